@@ -1,0 +1,44 @@
+# Two set-up commands on a fresh machine: `make demo` and `make test`.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip --disable-pip-version-check -q
+
+.PHONY: install demo test test-asyncio test-trio lint bench clean
+
+$(VENV)/.created:
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) install --upgrade pip
+	touch $@
+
+$(VENV)/.installed-base: $(VENV)/.created pyproject.toml
+	$(PIP) install -e .
+	touch $@
+
+$(VENV)/.installed-dev: $(VENV)/.created pyproject.toml
+	$(PIP) install -e '.[dev]'
+	touch $@ $(VENV)/.installed-base
+
+install: $(VENV)/.installed-dev
+
+demo: $(VENV)/.installed-base
+	$(VENV)/bin/agenthost demo --host 127.0.0.1 --port $${PORT:-8000}
+
+# The whole suite, once under asyncio and once under trio.
+test: install lint test-asyncio test-trio
+
+test-asyncio: install
+	AGENTHOST_TEST_BACKEND=asyncio $(PY) -m pytest -q
+
+test-trio: install
+	AGENTHOST_TEST_BACKEND=trio $(PY) -m pytest -q
+
+lint: install
+	$(VENV)/bin/ruff check agenthost tests benchmarks
+	$(VENV)/bin/mypy
+
+bench: install
+	$(PY) -m benchmarks
+
+clean:
+	rm -rf $(VENV) .agenthost build dist *.egg-info

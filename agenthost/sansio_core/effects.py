@@ -1,0 +1,150 @@
+"""Effects: what the core asks the backend to perform, and the answers it expects.
+
+A core lifecycle is a generator that yields one of these and receives the answer named in
+its docstring. The backend's interpreter performs them (store round trips, user hooks, the
+target) and must do nothing else: every decision stays in the core.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import attrs
+
+from agenthost.sansio_core import leases
+from agenthost.sansio_core.sessions import ScopeKey, SessionAlias, SessionRecord
+from agenthost.sansio_core.types import ChannelIdentity, ChannelRequest, MultitaskStrategy, SessionRef
+
+
+@attrs.frozen
+class LoadContext:
+    """One round trip: the identity's isolation key and, if known, the alias of ``scope``.
+
+    Answer: :class:`RequestContext`.
+    """
+
+    identity: ChannelIdentity
+    scope: ScopeKey | None
+
+
+@attrs.frozen
+class RequestContext:
+    isolation_key: str | None
+    alias: SessionAlias | None
+
+
+@attrs.frozen
+class CallIdentityResolver:
+    """Ask the application's resolver. Answer: ``str`` (isolation key) or ``None`` (refuse)."""
+
+    identity: ChannelIdentity
+
+
+@attrs.frozen
+class IssueIsolationKey:
+    """Insert ``candidate`` for the identity unless one exists. Answer: the key that won."""
+
+    identity: ChannelIdentity
+    candidate: str
+    now: float
+
+
+@attrs.frozen
+class LoadAlias:
+    """Answer: :class:`SessionAlias` or ``None``."""
+
+    scope: ScopeKey
+
+
+@attrs.frozen
+class CreateSession:
+    """Insert the alias and an empty session unless the alias exists. Answer: the alias that won."""
+
+    alias: SessionAlias
+    now: float
+
+
+@attrs.frozen
+class CallRunHook:
+    """Let the application rewrite the request. Answer: a :class:`ChannelRequest`."""
+
+    request: ChannelRequest
+    isolation_key: str
+
+
+@attrs.frozen
+class AcquireLease:
+    """Arrive at the session's lease. Answer: :class:`LeaseAnswer`."""
+
+    session_id: str
+    run_id: str
+    strategy: MultitaskStrategy
+
+
+@attrs.frozen
+class WaitForLease:
+    """Wait until the lease may have changed, then poll it. Answer: :class:`LeaseAnswer`.
+
+    ``interrupting`` names a holder this run asked to stop (the backend may cancel it at
+    once when it runs in this process).
+    """
+
+    session_id: str
+    run_id: str
+    interrupting: str | None
+
+
+@attrs.frozen
+class LeaseAnswer:
+    decision: leases.LeaseDecision
+    session: SessionRecord | None  # loaded in the same round trip when granted
+
+
+@attrs.frozen
+class RunTarget:
+    """Run the target. Answer: :class:`TargetSucceeded` or :class:`TargetFailed`."""
+
+    request: ChannelRequest
+    session_ref: SessionRef
+    session_state: Mapping[str, Any] | None
+    run_id: str
+
+
+@attrs.frozen
+class TargetSucceeded:
+    result: Any
+    text: str
+    new_state: Mapping[str, Any] | None
+
+
+@attrs.frozen
+class TargetFailed:
+    error: str
+    cancelled: bool = False
+
+
+@attrs.frozen
+class FinishRun:
+    """Save the session (when ``session`` is given) and release the lease, atomically.
+
+    The store saves only while ``run_id`` still holds the lease. Answer: ``bool`` saved.
+    """
+
+    session_id: str
+    run_id: str
+    session: SessionRecord | None
+
+
+Effect = (
+    LoadContext
+    | CallIdentityResolver
+    | IssueIsolationKey
+    | LoadAlias
+    | CreateSession
+    | CallRunHook
+    | AcquireLease
+    | WaitForLease
+    | RunTarget
+    | FinishRun
+)

@@ -1,0 +1,298 @@
+"""The per-session run lease: one run at a time per session, across replicas.
+
+Rules (everything that decides who may run in a session lives in this file):
+
+1. A session has at most one *holder*. A holder whose lease has expired counts as gone:
+   its process died, and the next waiter may take over.
+2. Waiters are served strictly in arrival order. A waiter that stops polling for longer
+   than the lease time is dropped (its process died); a dropped waiter that polls again
+   rejoins at the back, so its message is late but never lost.
+3. A run that arrives at a busy session follows its multitask strategy:
+   ``enqueue`` waits its turn, ``reject`` is answered busy at once, ``interrupt`` asks the
+   holder to stop and waits at the front of the queue.
+4. Only the holder may renew or release; a renew by anyone else answers ``LeaseLost`` so a
+   run whose lease was taken over stops and saves nothing.
+
+The state lives in the store (so it holds across replicas); the store applies these pure
+transitions inside one transaction. Time arrives in every event. Per run the lease moves
+through the states of :data:`RUN_LEASE_TRANSITIONS`, which ``apply`` checks on every step
+and ``docs/`` draws.
+"""
+
+from __future__ import annotations
+
+import enum
+
+import attrs
+
+from agenthost.sansio_core.types import MultitaskStrategy
+
+
+class RunLeaseState(enum.Enum):
+    """Where one run stands towards its session's lease."""
+
+    ABSENT = "absent"  # not known to the lease (not arrived yet, or finished)
+    WAITING = "waiting"
+    HOLDING = "holding"
+
+
+@attrs.frozen
+class Waiter:
+    run_id: str
+    expires_at: float
+
+
+@attrs.frozen
+class LeaseState:
+    """The stored lease of one session."""
+
+    session_id: str
+    holder: str | None = None
+    expires_at: float = 0.0
+    interrupt_requested: bool = False
+    waiters: tuple[Waiter, ...] = ()
+    grants: int = 0  # how many times the lease was granted; a fencing counter
+
+    def holder_alive(self, now: float) -> bool:
+        return self.holder is not None and now < self.expires_at
+
+    def state_of(self, run_id: str, now: float) -> RunLeaseState:
+        if self.holder == run_id:
+            return RunLeaseState.HOLDING
+        if any(waiter.run_id == run_id for waiter in self.waiters):
+            return RunLeaseState.WAITING
+        return RunLeaseState.ABSENT
+
+
+# --- events -------------------------------------------------------------------------
+
+
+@attrs.frozen
+class Arrive:
+    run_id: str
+    strategy: MultitaskStrategy
+    now: float
+    ttl: float
+
+
+@attrs.frozen
+class Poll:
+    """A waiting run asks again (and proves it is alive)."""
+
+    run_id: str
+    now: float
+    ttl: float
+
+
+@attrs.frozen
+class Renew:
+    """The holder's heartbeat."""
+
+    run_id: str
+    now: float
+    ttl: float
+
+
+@attrs.frozen
+class Release:
+    run_id: str
+    now: float
+
+
+@attrs.frozen
+class Withdraw:
+    """A waiting run gives up (its caller went away, or it was cancelled)."""
+
+    run_id: str
+    now: float
+
+
+LeaseEvent = Arrive | Poll | Renew | Release | Withdraw
+
+
+# --- decisions ----------------------------------------------------------------------
+
+
+@attrs.frozen
+class Granted:
+    fence: int
+
+
+@attrs.frozen
+class Waiting:
+    position: int  # 0 = next
+    interrupting: str | None = None  # the holder asked to stop, when this run interrupts
+
+
+@attrs.frozen
+class Rejected:
+    """The session is busy and the strategy is ``reject``."""
+
+
+@attrs.frozen
+class Renewed:
+    interrupt_requested: bool
+
+
+@attrs.frozen
+class LeaseLost:
+    """The caller does not hold the lease (any more)."""
+
+
+@attrs.frozen
+class Released:
+    pass
+
+
+@attrs.frozen
+class Withdrawn:
+    pass
+
+
+LeaseDecision = Granted | Waiting | Rejected | Renewed | LeaseLost | Released | Withdrawn
+
+
+# (state before, event, state after) -> the decision kinds that step may answer.
+RUN_LEASE_TRANSITIONS: dict[
+    tuple[RunLeaseState, type[LeaseEvent], RunLeaseState], tuple[type[LeaseDecision], ...]
+] = {
+    (RunLeaseState.ABSENT, Arrive, RunLeaseState.HOLDING): (Granted,),
+    (RunLeaseState.ABSENT, Arrive, RunLeaseState.WAITING): (Waiting,),
+    (RunLeaseState.ABSENT, Arrive, RunLeaseState.ABSENT): (Rejected,),
+    # a repeated arrival (a retried request) never queues twice
+    (RunLeaseState.WAITING, Arrive, RunLeaseState.WAITING): (Waiting,),
+    (RunLeaseState.WAITING, Arrive, RunLeaseState.HOLDING): (Granted,),
+    (RunLeaseState.HOLDING, Arrive, RunLeaseState.HOLDING): (Granted,),
+    (RunLeaseState.WAITING, Poll, RunLeaseState.WAITING): (Waiting,),
+    (RunLeaseState.WAITING, Poll, RunLeaseState.HOLDING): (Granted,),
+    (RunLeaseState.ABSENT, Poll, RunLeaseState.WAITING): (Waiting,),  # dropped, rejoins
+    (RunLeaseState.ABSENT, Poll, RunLeaseState.HOLDING): (Granted,),  # dropped, queue empty
+    (RunLeaseState.HOLDING, Renew, RunLeaseState.HOLDING): (Renewed,),
+    (RunLeaseState.WAITING, Renew, RunLeaseState.WAITING): (LeaseLost,),
+    (RunLeaseState.ABSENT, Renew, RunLeaseState.ABSENT): (LeaseLost,),
+    (RunLeaseState.HOLDING, Release, RunLeaseState.ABSENT): (Released,),
+    (RunLeaseState.WAITING, Release, RunLeaseState.WAITING): (LeaseLost,),
+    (RunLeaseState.ABSENT, Release, RunLeaseState.ABSENT): (LeaseLost,),
+    (RunLeaseState.WAITING, Withdraw, RunLeaseState.ABSENT): (Withdrawn,),
+    (RunLeaseState.ABSENT, Withdraw, RunLeaseState.ABSENT): (Withdrawn,),
+    (RunLeaseState.HOLDING, Withdraw, RunLeaseState.HOLDING): (LeaseLost,),
+}
+
+
+class LeaseTransitionError(AssertionError):
+    """The lease logic produced a step its own table forbids (a bug in this module)."""
+
+
+def apply(state: LeaseState, event: LeaseEvent) -> tuple[LeaseState, LeaseDecision]:
+    """Apply one event to a session's lease; return the new state and the answer."""
+    before = state.state_of(event.run_id, event.now)
+    new_state, decision = _step(_drop_expired_waiters(state, event), event)
+    after = new_state.state_of(event.run_id, event.now)
+    allowed = RUN_LEASE_TRANSITIONS.get((before, type(event), after))
+    if allowed is None or not isinstance(decision, allowed):
+        raise LeaseTransitionError(
+            f"lease step {before.value} --{type(event).__name__}--> {after.value} "
+            f"answering {type(decision).__name__} is not in RUN_LEASE_TRANSITIONS"
+        )
+    return new_state, decision
+
+
+def initial_state(session_id: str) -> LeaseState:
+    return LeaseState(session_id=session_id)
+
+
+def _drop_expired_waiters(state: LeaseState, event: LeaseEvent) -> LeaseState:
+    alive = tuple(
+        w for w in state.waiters if w.run_id == event.run_id or w.expires_at > event.now
+    )
+    if len(alive) == len(state.waiters):
+        return state
+    return attrs.evolve(state, waiters=alive)
+
+
+def _grant(state: LeaseState, run_id: str, now: float, ttl: float) -> tuple[LeaseState, Granted]:
+    fence = state.grants + 1
+    return (
+        attrs.evolve(
+            state,
+            holder=run_id,
+            expires_at=now + ttl,
+            interrupt_requested=False,
+            waiters=tuple(w for w in state.waiters if w.run_id != run_id),
+            grants=fence,
+        ),
+        Granted(fence=fence),
+    )
+
+
+def _step(state: LeaseState, event: LeaseEvent) -> tuple[LeaseState, LeaseDecision]:
+    now = event.now
+    if isinstance(event, Arrive):
+        if state.holder == event.run_id:
+            return state, Granted(fence=state.grants)
+        if state.state_of(event.run_id, now) is RunLeaseState.WAITING:
+            return _step(state, Poll(event.run_id, now, event.ttl))
+        free = not state.holder_alive(now)
+        if free and not state.waiters:
+            return _grant(state, event.run_id, now, event.ttl)
+        if event.strategy is MultitaskStrategy.REJECT:
+            return state, Rejected()
+        waiter = Waiter(event.run_id, now + event.ttl)
+        if event.strategy is MultitaskStrategy.INTERRUPT:
+            interrupting = state.holder if state.holder_alive(now) else None
+            return (
+                attrs.evolve(
+                    state,
+                    waiters=(waiter, *state.waiters),
+                    interrupt_requested=state.interrupt_requested or interrupting is not None,
+                ),
+                Waiting(position=0, interrupting=interrupting),
+            )
+        return (
+            attrs.evolve(state, waiters=(*state.waiters, waiter)),
+            Waiting(position=len(state.waiters)),
+        )
+
+    if isinstance(event, Poll):
+        positions = [i for i, w in enumerate(state.waiters) if w.run_id == event.run_id]
+        if not positions:
+            if not state.holder_alive(now) and not state.waiters:
+                return _grant(state, event.run_id, now, event.ttl)
+            waiter = Waiter(event.run_id, now + event.ttl)
+            return (
+                attrs.evolve(state, waiters=(*state.waiters, waiter)),
+                Waiting(position=len(state.waiters)),
+            )
+        position = positions[0]
+        if position == 0 and not state.holder_alive(now):
+            return _grant(state, event.run_id, now, event.ttl)
+        refreshed = tuple(
+            Waiter(w.run_id, now + event.ttl) if w.run_id == event.run_id else w
+            for w in state.waiters
+        )
+        return attrs.evolve(state, waiters=refreshed), Waiting(position=position)
+
+    if isinstance(event, Renew):
+        if state.holder != event.run_id:
+            return state, LeaseLost()
+        # An expired holder nobody has replaced yet may carry on: nothing was lost.
+        return (
+            attrs.evolve(state, expires_at=now + event.ttl),
+            Renewed(interrupt_requested=state.interrupt_requested),
+        )
+
+    if isinstance(event, Release):
+        if state.holder != event.run_id:
+            return state, LeaseLost()
+        return (
+            attrs.evolve(state, holder=None, expires_at=0.0, interrupt_requested=False),
+            Released(),
+        )
+
+    # Withdraw
+    if state.holder == event.run_id:
+        return state, LeaseLost()
+    return (
+        attrs.evolve(state, waiters=tuple(w for w in state.waiters if w.run_id != event.run_id)),
+        Withdrawn(),
+    )

@@ -1,0 +1,160 @@
+"""Session resolution: which stored session a request runs in.
+
+Rules:
+
+1. A session is found through an *alias* ``(owner, qualifier) -> session_id``. The owner is
+   the user's isolation key, except for ``per_conversation`` scopes where the whole
+   conversation owns it.
+2. A 1:1 conversation on a host-tracked channel always keys on the user (qualifier
+   ``direct``), so once two identities share an isolation key they share the conversation.
+3. Caller-supplied keys are untrusted: they are namespaced by channel and owned by the
+   authenticated caller, so ``telegram:123`` sent by a Responses caller names a different
+   alias than the Telegram user's, and one caller cannot reach another caller's key.
+4. ``required`` never creates a session; ``disabled`` runs stateless; ``auto`` creates.
+5. A reset rotates the alias to a fresh session; the old session stays stored and readable.
+
+Fresh ids and time come in as arguments.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import attrs
+
+from agenthost.sansio_core.types import ChannelRequest, ConversationScope, SessionMode
+
+DIRECT = "direct"
+
+
+@attrs.frozen
+class ScopeKey:
+    """The alias key of a session: who owns it and which of their sessions it is.
+
+    ``owner=None`` means "the requester's isolation key", filled in once it is known.
+    """
+
+    owner: str | None
+    qualifier: str
+
+    def owned_by(self, isolation_key: str) -> ScopeKey:
+        return self if self.owner is not None else ScopeKey(isolation_key, self.qualifier)
+
+
+@attrs.frozen
+class SessionAlias:
+    owner: str
+    qualifier: str
+    session_id: str
+    generation: int
+    created_at: float
+
+
+@attrs.frozen
+class SessionRecord:
+    """A stored session: the target's own serialized state (JSON-able) and bookkeeping."""
+
+    session_id: str
+    owner: str
+    qualifier: str
+    generation: int
+    created_at: float
+    updated_at: float
+    state: Mapping[str, Any] | None = None
+    turns: int = 0
+
+
+def scope_for(request: ChannelRequest, *, fresh_key: str) -> tuple[ScopeKey | None, str | None]:
+    """The alias scope of a request and the caller-facing session key (if any).
+
+    Returns ``(None, None)`` for a stateless request.
+    """
+    if request.session_mode is SessionMode.DISABLED:
+        return None, None
+    session = request.session
+    if session.caller_keyed or session.key is not None:
+        key = session.key if session.key is not None else fresh_key
+        return ScopeKey(None, f"{request.channel}:key:{key}"), key
+    conversation = session.conversation_id
+    if session.is_direct or conversation is None:
+        return ScopeKey(None, DIRECT), None
+    scope = request.conversation_scope
+    if scope is ConversationScope.PER_USER:
+        return ScopeKey(None, DIRECT), None
+    if scope is ConversationScope.PER_CONVERSATION:
+        return ScopeKey(f"conversation:{request.channel}:{conversation}", "shared"), None
+    return ScopeKey(None, f"{request.channel}:conversation:{conversation}"), None
+
+
+@attrs.frozen
+class UseSession:
+    alias: SessionAlias
+
+
+@attrs.frozen
+class CreateSession:
+    alias: SessionAlias
+
+
+@attrs.frozen
+class Stateless:
+    pass
+
+
+@attrs.frozen
+class SessionNotFound:
+    pass
+
+
+SessionDecision = UseSession | CreateSession | Stateless | SessionNotFound
+
+
+def resolve(
+    mode: SessionMode,
+    scope: ScopeKey | None,
+    alias: SessionAlias | None,
+    *,
+    new_session_id: str,
+    now: float,
+) -> SessionDecision:
+    """Decide the session of a request from its mode and the alias found (if any)."""
+    if mode is SessionMode.DISABLED or scope is None:
+        return Stateless()
+    if alias is not None:
+        return UseSession(alias)
+    if mode is SessionMode.REQUIRED:
+        return SessionNotFound()
+    if scope.owner is None:
+        raise ValueError("resolve needs a scope whose owner is known")
+    return CreateSession(
+        SessionAlias(scope.owner, scope.qualifier, new_session_id, generation=1, created_at=now)
+    )
+
+
+def rotate(
+    scope: ScopeKey, current: SessionAlias | None, *, new_session_id: str, now: float
+) -> SessionAlias:
+    """The alias after a reset: a fresh session, one generation on."""
+    if scope.owner is None:
+        raise ValueError("rotate needs a scope whose owner is known")
+    generation = current.generation + 1 if current is not None else 1
+    return SessionAlias(scope.owner, scope.qualifier, new_session_id, generation, now)
+
+
+def new_session_record(alias: SessionAlias, now: float) -> SessionRecord:
+    return SessionRecord(
+        session_id=alias.session_id,
+        owner=alias.owner,
+        qualifier=alias.qualifier,
+        generation=alias.generation,
+        created_at=now,
+        updated_at=now,
+    )
+
+
+def after_successful_run(
+    record: SessionRecord, state: Mapping[str, Any] | None, now: float
+) -> SessionRecord:
+    """The session to save after a run that succeeded (a failed run saves nothing)."""
+    return attrs.evolve(record, state=state, updated_at=now, turns=record.turns + 1)

@@ -1,0 +1,93 @@
+"""One cattrs converter for everything a store writes.
+
+Records are stored as JSON text. Enums are stored by value, mappings as plain dicts, and a
+request's ``input`` is either a tuple of host messages or a JSON value a ``run_hook`` put
+there, tagged so it reads back as it was written. Pickle is never used. The schema version
+these shapes belong to is ``stores.base.SCHEMA_VERSION``.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from typing import Any, TypeVar
+
+import attrs
+import cattrs
+
+from agenthost.sansio_core import leases
+from agenthost.sansio_core.background import RunRecord
+from agenthost.sansio_core.types import ContentPart, HostMessage, TextPart, UriPart
+
+T = TypeVar("T")
+
+converter = cattrs.Converter()
+
+
+def _unstructure_part(part: ContentPart) -> dict[str, Any]:
+    if isinstance(part, TextPart):
+        return {"type": "text", "text": part.text}
+    return {"type": "uri", "uri": part.uri, "media_type": part.media_type}
+
+
+def _structure_part(data: Mapping[str, Any], _: Any) -> ContentPart:
+    if data["type"] == "text":
+        return TextPart(data["text"])
+    if data["type"] == "uri":
+        return UriPart(data["uri"], data.get("media_type"))
+    raise ValueError(f"unknown content part type {data['type']!r}")
+
+
+converter.register_unstructure_hook(TextPart, _unstructure_part)
+converter.register_unstructure_hook(UriPart, _unstructure_part)
+converter.register_structure_hook(ContentPart, _structure_part)
+
+
+def unstructure_input(value: Any) -> dict[str, Any]:
+    """Tag a request input so it reads back with the same shape."""
+    if isinstance(value, tuple) and all(isinstance(m, HostMessage) for m in value):
+        return {"kind": "messages", "messages": converter.unstructure(list(value))}
+    json.dumps(value)  # fail now, with the value's own error, rather than half-write a record
+    return {"kind": "json", "value": value}
+
+
+def structure_input(data: Mapping[str, Any]) -> Any:
+    if data["kind"] == "messages":
+        return tuple(converter.structure(data["messages"], list[HostMessage]))
+    if data["kind"] == "json":
+        return data["value"]
+    raise ValueError(f"unknown input kind {data['kind']!r}")
+
+
+def to_json(value: Any) -> str:
+    return json.dumps(value, separators=(",", ":"), sort_keys=True)
+
+
+def dump(value: Any) -> str:
+    return to_json(converter.unstructure(value))
+
+
+def load(text: str, cls: type[T]) -> T:
+    return converter.structure(json.loads(text), cls)
+
+
+def dump_run(record: RunRecord) -> str:
+    data = converter.unstructure(record)
+    data["request"]["input"] = unstructure_input(record.request.input)
+    return to_json(data)
+
+
+def load_run(text: str) -> RunRecord:
+    data = json.loads(text)
+    request_input = structure_input(data["request"]["input"])
+    data["request"]["input"] = None
+    record = converter.structure(data, RunRecord)
+    return attrs.evolve(record, request=attrs.evolve(record.request, input=request_input))
+
+
+def dump_lease(state: leases.LeaseState) -> str:
+    return dump(state)
+
+
+def load_lease(text: str) -> leases.LeaseState:
+    return load(text, leases.LeaseState)

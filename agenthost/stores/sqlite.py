@@ -1,0 +1,523 @@
+"""The SQLite store: the default, one file under ``./.agenthost/``, kept across restarts.
+
+It owns the SQL schema, its version and its migrations, and nothing else: every change that
+needs a decision (a lease step, a run transition, a session rotation) loads the record inside
+one ``BEGIN IMMEDIATE`` transaction, calls the pure function from ``agenthost.sansio_core``
+and writes what it returns. Records are JSON written by ``stores.codec``; pickle is never used.
+
+The driver is synchronous. All work happens in one worker thread at a time
+(``anyio.to_thread`` with a limiter of one) on one connection, so the store runs under asyncio
+and trio alike and never shares the connection between threads at once. ``BEGIN IMMEDIATE``
+and the busy timeout keep other processes on the same file (other replicas, the CLI) correct.
+
+The store opens itself on first use; call :meth:`SQLiteStore.open` at start-up to have schema
+problems raised there, loudly.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sqlite3
+from collections.abc import Callable, Iterable, Iterator
+from pathlib import Path
+from typing import Any, TypeVar
+
+import anyio
+import anyio.to_thread
+
+from agenthost.sansio_core import background, leases, sessions
+from agenthost.sansio_core.background import RunEvent, RunRecord
+from agenthost.sansio_core.effects import LeaseAnswer, RequestContext
+from agenthost.sansio_core.sessions import ScopeKey, SessionAlias, SessionRecord
+from agenthost.sansio_core.types import ChannelIdentity, RunStatus
+from agenthost.stores import codec
+from agenthost.stores.base import SCHEMA_VERSION, RunNotFound, Store, StoreSchemaError
+
+T = TypeVar("T")
+
+DEFAULT_PATH = ".agenthost/state.db"
+BUSY_TIMEOUT_MS = 5_000
+
+Migration = Callable[[sqlite3.Connection], None]
+
+# Version N -> the function that upgrades a version-N database to N+1. ``open`` applies them
+# in order, in the same transaction that records the new version. Never edit a released one:
+# add the next. A new database is created at version 1 and migrated like any other.
+MIGRATIONS: dict[int, Migration] = {}
+
+_SCHEMA_V1 = (
+    """
+    CREATE TABLE meta (
+        key TEXT PRIMARY KEY,
+        value TEXT NOT NULL
+    )
+    """,
+    """
+    CREATE TABLE identities (
+        channel TEXT NOT NULL,
+        native_id TEXT NOT NULL,
+        isolation_key TEXT NOT NULL,
+        created_at REAL NOT NULL,
+        PRIMARY KEY (channel, native_id)
+    )
+    """,
+    """
+    CREATE TABLE session_aliases (
+        owner TEXT NOT NULL,
+        qualifier TEXT NOT NULL,
+        session_id TEXT NOT NULL,
+        generation INTEGER NOT NULL,
+        created_at REAL NOT NULL,
+        PRIMARY KEY (owner, qualifier)
+    )
+    """,
+    """
+    CREATE TABLE sessions (
+        session_id TEXT PRIMARY KEY,
+        owner TEXT NOT NULL,
+        qualifier TEXT NOT NULL,
+        generation INTEGER NOT NULL,
+        created_at REAL NOT NULL,
+        updated_at REAL NOT NULL,
+        turns INTEGER NOT NULL,
+        state TEXT
+    )
+    """,
+    # list_sessions filters on owner and sorts by the rest: the index serves both.
+    "CREATE INDEX sessions_by_owner ON sessions (owner, created_at, generation, session_id)",
+    """
+    CREATE TABLE session_leases (
+        session_id TEXT PRIMARY KEY,
+        state TEXT NOT NULL
+    )
+    """,
+    """
+    CREATE TABLE runs (
+        token TEXT PRIMARY KEY,
+        status TEXT NOT NULL,
+        created_at REAL NOT NULL,
+        expires_at REAL,
+        lease_expires_at REAL,
+        record TEXT NOT NULL
+    )
+    """,
+    "CREATE INDEX runs_by_status ON runs (status, created_at, token)",
+    "CREATE INDEX runs_by_expiry ON runs (expires_at)",
+)
+
+
+class SQLiteStore(Store):
+    """The store contract on one SQLite file (WAL, schema-versioned)."""
+
+    def __init__(self, path: str | os.PathLike[str] = DEFAULT_PATH) -> None:
+        self.path = Path(path)
+        self._limiter = anyio.CapacityLimiter(1)
+        self._conn: sqlite3.Connection | None = None
+
+    # --- lifecycle ------------------------------------------------------------------
+
+    async def open(self) -> None:
+        await self._run(lambda conn: None)
+
+    async def close(self) -> None:
+        await anyio.to_thread.run_sync(self._close_sync, limiter=self._limiter)
+
+    async def _run(self, work: Callable[[sqlite3.Connection], T]) -> T:
+        """Run ``work`` on the connection in the store's one worker slot, opening if needed.
+
+        The thread is not abandoned on cancellation: a cancelled caller waits for its
+        transaction to end, so the connection is never in two threads at once.
+        """
+        return await anyio.to_thread.run_sync(self._call, work, limiter=self._limiter)
+
+    def _call(self, work: Callable[[sqlite3.Connection], T]) -> T:
+        if self._conn is None:
+            self._conn = self._open_sync()
+        return work(self._conn)
+
+    def _close_sync(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+
+    def _open_sync(self) -> sqlite3.Connection:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        conn = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
+        try:
+            conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+            conn.execute("PRAGMA journal_mode = WAL")
+            conn.execute("PRAGMA synchronous = NORMAL")
+            conn.execute("PRAGMA foreign_keys = ON")
+            with _transaction(conn):
+                self._prepare_schema(conn)
+        except BaseException:
+            conn.close()
+            raise
+        return conn
+
+    def _prepare_schema(self, conn: sqlite3.Connection) -> None:
+        has_meta = conn.execute(
+            "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'meta'"
+        ).fetchone()
+        if has_meta is None:
+            if conn.execute("SELECT 1 FROM sqlite_master LIMIT 1").fetchone() is not None:
+                raise StoreSchemaError(
+                    f"{self.path} is an SQLite database but not an agenthost store (it has no "
+                    "meta table); point the store at another file"
+                )
+            for statement in _SCHEMA_V1:
+                conn.execute(statement)
+            _write_version(conn, 1)
+        found = self._stored_version(conn)
+        if found > SCHEMA_VERSION:
+            raise StoreSchemaError(
+                f"{self.path} holds agenthost store schema version {found}, but this agenthost "
+                f"supports schema version {SCHEMA_VERSION} at most; upgrade agenthost to a "
+                "release that knows this schema (a newer one wrote this file)"
+            )
+        missing = [v for v in range(found, SCHEMA_VERSION) if v not in MIGRATIONS]
+        if missing:
+            raise StoreSchemaError(
+                f"{self.path} holds agenthost store schema version {found}, and this agenthost "
+                f"(schema version {SCHEMA_VERSION}) has no migration from version {missing[0]}; "
+                "the installed agenthost is incomplete: reinstall it"
+            )
+        for version in range(found, SCHEMA_VERSION):
+            try:
+                MIGRATIONS[version](conn)
+            except Exception as exc:
+                raise StoreSchemaError(
+                    f"migrating {self.path} from schema version {version} to {version + 1} "
+                    f"failed ({exc!r}); the file was left at version {found}, unchanged"
+                ) from exc
+            _write_version(conn, version + 1)
+
+    def _stored_version(self, conn: sqlite3.Connection) -> int:
+        row = conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
+        try:
+            return int(row[0])
+        except (TypeError, ValueError):
+            raise StoreSchemaError(
+                f"{self.path} has no readable schema_version in its meta table "
+                f"(found {row!r}); it was not written by agenthost or was damaged"
+            ) from None
+
+    # --- identities -----------------------------------------------------------------
+
+    async def load_context(
+        self, identity: ChannelIdentity, scope: ScopeKey | None
+    ) -> RequestContext:
+        def work(conn: sqlite3.Connection) -> RequestContext:
+            # One trip: the alias is owned by the scope's owner or, when that is open, by the
+            # key just found. A NULL qualifier (no scope) joins nothing.
+            row = conn.execute(
+                """
+                SELECT i.isolation_key, a.owner, a.qualifier, a.session_id, a.generation,
+                       a.created_at
+                FROM identities AS i
+                LEFT JOIN session_aliases AS a
+                  ON a.owner = coalesce(:owner, i.isolation_key) AND a.qualifier = :qualifier
+                WHERE i.channel = :channel AND i.native_id = :native_id
+                """,
+                {
+                    "channel": identity.channel,
+                    "native_id": identity.native_id,
+                    "owner": scope.owner if scope is not None else None,
+                    "qualifier": scope.qualifier if scope is not None else None,
+                },
+            ).fetchone()
+            if row is None:
+                return RequestContext(None, None)
+            alias = _alias_from_row(row[1:]) if row[1] is not None else None
+            return RequestContext(row[0], alias)
+
+        return await self._run(work)
+
+    async def issue_isolation_key(
+        self, identity: ChannelIdentity, candidate: str, now: float
+    ) -> str:
+        def work(conn: sqlite3.Connection) -> str:
+            with _transaction(conn):
+                conn.execute(
+                    "INSERT INTO identities (channel, native_id, isolation_key, created_at)"
+                    " VALUES (?, ?, ?, ?) ON CONFLICT (channel, native_id) DO NOTHING",
+                    (identity.channel, identity.native_id, candidate, now),
+                )
+                row = conn.execute(
+                    "SELECT isolation_key FROM identities WHERE channel = ? AND native_id = ?",
+                    (identity.channel, identity.native_id),
+                ).fetchone()
+            key: str = row[0]
+            return key
+
+        return await self._run(work)
+
+    # --- sessions -------------------------------------------------------------------
+
+    async def load_alias(self, scope: ScopeKey) -> SessionAlias | None:
+        owner, qualifier = _alias_key(scope)
+        return await self._run(lambda conn: _select_alias(conn, owner, qualifier))
+
+    async def create_session(self, alias: SessionAlias, now: float) -> SessionAlias:
+        def work(conn: sqlite3.Connection) -> SessionAlias:
+            with _transaction(conn):
+                existing = _select_alias(conn, alias.owner, alias.qualifier)
+                if existing is not None:
+                    return existing
+                _write_alias(conn, alias)
+                _write_session(conn, alias.session_id, sessions.new_session_record(alias, now))
+                return alias
+
+        return await self._run(work)
+
+    async def rotate_session(
+        self, scope: ScopeKey, new_session_id: str, now: float
+    ) -> SessionAlias:
+        owner, qualifier = _alias_key(scope)
+
+        def work(conn: sqlite3.Connection) -> SessionAlias:
+            with _transaction(conn):
+                current = _select_alias(conn, owner, qualifier)
+                alias = sessions.rotate(scope, current, new_session_id=new_session_id, now=now)
+                _write_alias(conn, alias)
+                _write_session(conn, alias.session_id, sessions.new_session_record(alias, now))
+                return alias
+
+        return await self._run(work)
+
+    async def load_session(self, session_id: str) -> SessionRecord | None:
+        return await self._run(lambda conn: _select_session(conn, session_id))
+
+    async def list_sessions(self, owner: str) -> list[SessionRecord]:
+        def work(conn: sqlite3.Connection) -> list[SessionRecord]:
+            rows = conn.execute(
+                "SELECT session_id, owner, qualifier, generation, created_at, updated_at, turns,"
+                " state FROM sessions WHERE owner = ? ORDER BY created_at, generation, session_id",
+                (owner,),
+            ).fetchall()
+            return [_session_from_row(row) for row in rows]
+
+        return await self._run(work)
+
+    # --- session leases -------------------------------------------------------------
+
+    async def apply_lease_event(self, session_id: str, event: leases.LeaseEvent) -> LeaseAnswer:
+        def work(conn: sqlite3.Connection) -> LeaseAnswer:
+            with _transaction(conn):
+                state = _select_lease(conn, session_id)
+                new_state, decision = leases.apply(state, event)
+                _write_lease(conn, session_id, new_state)
+                session = None
+                if isinstance(decision, leases.Granted):
+                    session = _select_session(conn, session_id)
+                return LeaseAnswer(decision, session)
+
+        return await self._run(work)
+
+    async def finish_run(
+        self, session_id: str, run_id: str, session: SessionRecord | None, now: float
+    ) -> bool:
+        def work(conn: sqlite3.Connection) -> bool:
+            with _transaction(conn):
+                state = _select_lease(conn, session_id)
+                new_state, decision = leases.apply(state, leases.Release(run_id, now))
+                if not isinstance(decision, leases.Released):
+                    return False
+                _write_lease(conn, session_id, new_state)
+                if session is None:
+                    return False
+                _write_session(conn, session_id, session)
+                return True
+
+        return await self._run(work)
+
+    # --- background runs ------------------------------------------------------------
+
+    async def create_run(self, record: RunRecord) -> None:
+        def work(conn: sqlite3.Connection) -> None:
+            try:
+                conn.execute(
+                    "INSERT INTO runs (token, status, created_at, expires_at, lease_expires_at,"
+                    " record) VALUES (?, ?, ?, ?, ?, ?)",
+                    _run_row(record),
+                )
+            except sqlite3.IntegrityError:
+                raise ValueError(f"a run with token {record.token!r} exists") from None
+
+        await self._run(work)
+
+    async def get_run(self, token: str) -> RunRecord | None:
+        return await self._run(lambda conn: _select_run(conn, token))
+
+    async def apply_run_event(self, token: str, event: RunEvent) -> RunRecord:
+        def work(conn: sqlite3.Connection) -> RunRecord:
+            with _transaction(conn):
+                record = _select_run(conn, token)
+                if record is None:
+                    raise RunNotFound(token)
+                new = background.apply(record, event)
+                conn.execute(
+                    "UPDATE runs SET status = ?, created_at = ?, expires_at = ?,"
+                    " lease_expires_at = ?, record = ? WHERE token = ?",
+                    (*_run_row(new)[1:], token),
+                )
+                return new
+
+        return await self._run(work)
+
+    async def list_runs(self, statuses: Iterable[RunStatus]) -> list[RunRecord]:
+        wanted = sorted({status.value for status in statuses})
+        if not wanted:
+            return []
+
+        def work(conn: sqlite3.Connection) -> list[RunRecord]:
+            marks = ", ".join("?" * len(wanted))
+            rows = conn.execute(
+                f"SELECT record FROM runs WHERE status IN ({marks}) ORDER BY created_at, token",  # noqa: S608 - only placeholders are interpolated
+                wanted,
+            ).fetchall()
+            return [codec.load_run(row[0]) for row in rows]
+
+        return await self._run(work)
+
+    async def delete_expired_runs(self, now: float) -> int:
+        def work(conn: sqlite3.Connection) -> int:
+            with _transaction(conn):
+                # The index narrows the candidates; the core still decides what has expired.
+                rows = conn.execute(
+                    "SELECT record FROM runs WHERE expires_at <= ?", (now,)
+                ).fetchall()
+                expired = [
+                    record.token
+                    for record in (codec.load_run(row[0]) for row in rows)
+                    if background.is_expired(record, now)
+                ]
+                conn.executemany("DELETE FROM runs WHERE token = ?", [(t,) for t in expired])
+                return len(expired)
+
+        return await self._run(work)
+
+
+# --- SQL in one place -------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def _transaction(conn: sqlite3.Connection) -> Iterator[None]:
+    """A write transaction that takes the write lock first, so read-then-write is atomic."""
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        yield
+        conn.execute("COMMIT")
+    except BaseException:
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+        raise
+
+
+def _write_version(conn: sqlite3.Connection, version: int) -> None:
+    conn.execute(
+        "INSERT INTO meta (key, value) VALUES ('schema_version', ?)"
+        " ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+        (str(version),),
+    )
+
+
+def _alias_key(scope: ScopeKey) -> tuple[str, str]:
+    if scope.owner is None:
+        raise ValueError("an alias scope needs its owner")
+    return (scope.owner, scope.qualifier)
+
+
+def _alias_from_row(row: Any) -> SessionAlias:
+    owner, qualifier, session_id, generation, created_at = row
+    return SessionAlias(owner, qualifier, session_id, generation, created_at)
+
+
+def _select_alias(conn: sqlite3.Connection, owner: str, qualifier: str) -> SessionAlias | None:
+    row = conn.execute(
+        "SELECT owner, qualifier, session_id, generation, created_at FROM session_aliases"
+        " WHERE owner = ? AND qualifier = ?",
+        (owner, qualifier),
+    ).fetchone()
+    return _alias_from_row(row) if row is not None else None
+
+
+def _write_alias(conn: sqlite3.Connection, alias: SessionAlias) -> None:
+    conn.execute(
+        "INSERT INTO session_aliases (owner, qualifier, session_id, generation, created_at)"
+        " VALUES (?, ?, ?, ?, ?) ON CONFLICT (owner, qualifier) DO UPDATE SET"
+        " session_id = excluded.session_id, generation = excluded.generation,"
+        " created_at = excluded.created_at",
+        (alias.owner, alias.qualifier, alias.session_id, alias.generation, alias.created_at),
+    )
+
+
+def _session_from_row(row: Any) -> SessionRecord:
+    session_id, owner, qualifier, generation, created_at, updated_at, turns, state = row
+    return SessionRecord(
+        session_id=session_id,
+        owner=owner,
+        qualifier=qualifier,
+        generation=generation,
+        created_at=created_at,
+        updated_at=updated_at,
+        state=codec.load(state, dict[str, Any]) if state is not None else None,
+        turns=turns,
+    )
+
+
+def _select_session(conn: sqlite3.Connection, session_id: str) -> SessionRecord | None:
+    row = conn.execute(
+        "SELECT session_id, owner, qualifier, generation, created_at, updated_at, turns, state"
+        " FROM sessions WHERE session_id = ?",
+        (session_id,),
+    ).fetchone()
+    return _session_from_row(row) if row is not None else None
+
+
+def _write_session(conn: sqlite3.Connection, session_id: str, record: SessionRecord) -> None:
+    conn.execute(
+        "INSERT OR REPLACE INTO sessions (session_id, owner, qualifier, generation, created_at,"
+        " updated_at, turns, state) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+        (
+            session_id,
+            record.owner,
+            record.qualifier,
+            record.generation,
+            record.created_at,
+            record.updated_at,
+            record.turns,
+            codec.dump(dict(record.state)) if record.state is not None else None,
+        ),
+    )
+
+
+def _select_lease(conn: sqlite3.Connection, session_id: str) -> leases.LeaseState:
+    row = conn.execute(
+        "SELECT state FROM session_leases WHERE session_id = ?", (session_id,)
+    ).fetchone()
+    return codec.load_lease(row[0]) if row is not None else leases.initial_state(session_id)
+
+
+def _write_lease(conn: sqlite3.Connection, session_id: str, state: leases.LeaseState) -> None:
+    conn.execute(
+        "INSERT OR REPLACE INTO session_leases (session_id, state) VALUES (?, ?)",
+        (session_id, codec.dump_lease(state)),
+    )
+
+
+def _run_row(record: RunRecord) -> tuple[Any, ...]:
+    return (
+        record.token,
+        record.status.value,
+        record.created_at,
+        record.expires_at,
+        record.lease_expires_at,
+        codec.dump_run(record),
+    )
+
+
+def _select_run(conn: sqlite3.Connection, token: str) -> RunRecord | None:
+    row = conn.execute("SELECT record FROM runs WHERE token = ?", (token,)).fetchone()
+    return codec.load_run(row[0]) if row is not None else None

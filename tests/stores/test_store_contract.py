@@ -1,0 +1,541 @@
+"""The store contract, run against every store (see ``conftest.py``).
+
+Each test states one promise of ``agenthost.stores.base.Store``; a new store is correct when
+this module passes for it unchanged.
+"""
+
+from __future__ import annotations
+
+import anyio
+import pytest
+
+from agenthost.sansio_core import background, leases
+from agenthost.sansio_core.background import RunRecord, RunTransitionRefused
+from agenthost.sansio_core.effects import LeaseAnswer, RequestContext
+from agenthost.sansio_core.sessions import ScopeKey, SessionAlias, SessionRecord
+from agenthost.sansio_core.types import (
+    ChannelIdentity,
+    ChannelRequest,
+    ChannelSession,
+    HostMessage,
+    MultitaskStrategy,
+    ResponseTarget,
+    RunStatus,
+    UriPart,
+)
+from agenthost.stores.base import RunNotFound, Store
+
+pytestmark = pytest.mark.anyio
+
+ALICE = ChannelIdentity("telegram", "111")
+ALICE_ON_SLACK = ChannelIdentity("slack", "111")  # same native id, another channel
+BOB = ChannelIdentity("telegram", "222")
+
+ENQUEUE = MultitaskStrategy.ENQUEUE
+REJECT = MultitaskStrategy.REJECT
+INTERRUPT = MultitaskStrategy.INTERRUPT
+TTL = 30.0
+
+
+def alias(
+    owner: str, qualifier: str = "direct", session_id: str = "s1", now: float = 1.0
+) -> SessionAlias:
+    return SessionAlias(owner, qualifier, session_id, generation=1, created_at=now)
+
+
+def make_run(token: str, *, created_at: float = 100.0, max_attempts: int = 3) -> RunRecord:
+    request = ChannelRequest(
+        channel="invocations",
+        identity=ALICE,
+        input=(
+            HostMessage.user("hello"),
+            HostMessage("user", (UriPart("https://x/y.png", "image/png"),)),
+        ),
+        session=ChannelSession(key="caller-key", caller_keyed=True),
+        options={"temperature": 0.5},
+        response_target=ResponseTarget.channel("telegram", echo_input=True),
+        background=True,
+        metadata={"trace": "abc"},
+    )
+    return background.new_run(
+        token=token,
+        request=request,
+        isolation_key="key-alice",
+        session_id="s1",
+        session_key="caller-key",
+        now=created_at,
+        max_attempts=max_attempts,
+    )
+
+
+async def arrive(
+    store: Store, run_id: str, *, now: float = 0.0, strategy: MultitaskStrategy = ENQUEUE
+) -> LeaseAnswer:
+    return await store.apply_lease_event("s1", leases.Arrive(run_id, strategy, now, TTL))
+
+
+async def poll(store: Store, run_id: str, *, now: float = 0.0) -> LeaseAnswer:
+    return await store.apply_lease_event("s1", leases.Poll(run_id, now, TTL))
+
+
+# --- identities -----------------------------------------------------------------------
+
+
+async def test_issue_isolation_key_keeps_the_first_key(store: Store) -> None:
+    assert await store.issue_isolation_key(ALICE, "key-1", now=1.0) == "key-1"
+    assert await store.issue_isolation_key(ALICE, "key-2", now=2.0) == "key-1"
+    assert await store.issue_isolation_key(ALICE_ON_SLACK, "key-3", now=3.0) == "key-3"
+    assert (await store.load_context(ALICE, None)).isolation_key == "key-1"
+
+
+async def test_load_context_of_an_unknown_identity_is_empty(store: Store) -> None:
+    assert await store.load_context(ALICE, None) == RequestContext(None, None)
+    assert await store.load_context(ALICE, ScopeKey(None, "direct")) == RequestContext(None, None)
+
+
+async def test_load_context_without_an_alias(store: Store) -> None:
+    await store.issue_isolation_key(ALICE, "key-alice", now=1.0)
+    assert await store.load_context(ALICE, None) == RequestContext("key-alice", None)
+    context = await store.load_context(ALICE, ScopeKey(None, "direct"))
+    assert context == RequestContext("key-alice", None)
+
+
+async def test_load_context_finds_the_alias_owned_by_the_identity_key(store: Store) -> None:
+    await store.issue_isolation_key(ALICE, "key-alice", now=1.0)
+    await store.issue_isolation_key(BOB, "key-bob", now=1.0)
+    mine = await store.create_session(alias("key-alice", session_id="s-alice"), now=2.0)
+
+    assert await store.load_context(ALICE, ScopeKey(None, "direct")) == RequestContext(
+        "key-alice", mine
+    )
+    # Bob asks for the same qualifier and finds nothing: the alias is Alice's.
+    assert await store.load_context(BOB, ScopeKey(None, "direct")) == RequestContext(
+        "key-bob", None
+    )
+    # Another qualifier of Alice's is another alias.
+    other = await store.load_context(ALICE, ScopeKey(None, "telegram:conversation:9"))
+    assert other == RequestContext("key-alice", None)
+    # No scope: only the key.
+    assert await store.load_context(ALICE, None) == RequestContext("key-alice", None)
+
+
+async def test_load_context_with_a_conversation_owned_scope(store: Store) -> None:
+    await store.issue_isolation_key(ALICE, "key-alice", now=1.0)
+    await store.issue_isolation_key(BOB, "key-bob", now=1.0)
+    shared_scope = ScopeKey("conversation:telegram:42", "shared")
+    shared = await store.create_session(
+        alias("conversation:telegram:42", "shared", session_id="s-group"), now=2.0
+    )
+    # An alias with the same qualifier owned by Alice must not be the one found.
+    await store.create_session(alias("key-alice", "shared", session_id="s-alice"), now=2.0)
+
+    assert await store.load_context(ALICE, shared_scope) == RequestContext("key-alice", shared)
+    assert await store.load_context(BOB, shared_scope) == RequestContext("key-bob", shared)
+    assert await store.load_alias(shared_scope) == shared
+
+
+# --- sessions -------------------------------------------------------------------------
+
+
+async def test_load_alias_needs_an_owner(store: Store) -> None:
+    with pytest.raises(ValueError):
+        await store.load_alias(ScopeKey(None, "direct"))
+    assert await store.load_alias(ScopeKey("key-alice", "direct")) is None
+
+
+async def test_create_session_stores_alias_and_empty_session(store: Store) -> None:
+    created = await store.create_session(alias("key-alice", session_id="s1", now=5.0), now=5.0)
+    assert created == alias("key-alice", session_id="s1", now=5.0)
+    assert await store.load_alias(ScopeKey("key-alice", "direct")) == created
+    assert await store.load_session("s1") == SessionRecord(
+        session_id="s1",
+        owner="key-alice",
+        qualifier="direct",
+        generation=1,
+        created_at=5.0,
+        updated_at=5.0,
+        state=None,
+        turns=0,
+    )
+    assert await store.load_session("nope") is None
+
+
+async def test_create_session_returns_the_existing_alias(store: Store) -> None:
+    first = await store.create_session(alias("key-alice", session_id="s1"), now=1.0)
+    second = await store.create_session(alias("key-alice", session_id="s2", now=2.0), now=2.0)
+    assert second == first
+    assert second.session_id == "s1"
+    assert await store.load_session("s2") is None  # the loser's session was not stored
+    assert [s.session_id for s in await store.list_sessions("key-alice")] == ["s1"]
+
+
+async def test_rotate_session_starts_a_new_generation_and_keeps_history(store: Store) -> None:
+    scope = ScopeKey("key-alice", "direct")
+    await store.create_session(alias("key-alice", session_id="s1"), now=1.0)
+    saved = SessionRecord("s1", "key-alice", "direct", 1, 1.0, 2.0, {"messages": ["hi"]}, 1)
+    await store.apply_lease_event("s1", leases.Arrive("run-1", ENQUEUE, 2.0, TTL))
+    assert await store.finish_run("s1", "run-1", saved, now=2.0)
+
+    rotated = await store.rotate_session(scope, "s2", now=10.0)
+    assert rotated == SessionAlias("key-alice", "direct", "s2", generation=2, created_at=10.0)
+    assert await store.load_alias(scope) == rotated
+    fresh = await store.load_session("s2")
+    assert fresh is not None
+    assert (fresh.generation, fresh.state, fresh.turns, fresh.created_at) == (2, None, 0, 10.0)
+    assert await store.load_session("s1") == saved  # the old session is still readable
+
+    again = await store.rotate_session(scope, "s3", now=20.0)
+    assert again.generation == 3
+    history = await store.list_sessions("key-alice")
+    assert [(s.session_id, s.generation) for s in history] == [("s1", 1), ("s2", 2), ("s3", 3)]
+    assert history[0] == saved
+
+
+async def test_rotate_session_without_an_alias_starts_at_generation_one(store: Store) -> None:
+    rotated = await store.rotate_session(ScopeKey("key-alice", "direct"), "s1", now=3.0)
+    assert rotated == SessionAlias("key-alice", "direct", "s1", generation=1, created_at=3.0)
+    assert (await store.load_session("s1")) is not None
+    with pytest.raises(ValueError):
+        await store.rotate_session(ScopeKey(None, "direct"), "s9", now=4.0)
+
+
+async def test_list_sessions_is_per_owner_oldest_first(store: Store) -> None:
+    await store.create_session(alias("key-alice", "b", session_id="s-late", now=3.0), now=3.0)
+    await store.create_session(alias("key-alice", "a", session_id="s-early", now=1.0), now=1.0)
+    await store.create_session(alias("key-bob", "a", session_id="s-bob", now=2.0), now=2.0)
+    assert [s.session_id for s in await store.list_sessions("key-alice")] == ["s-early", "s-late"]
+    assert [s.session_id for s in await store.list_sessions("key-bob")] == ["s-bob"]
+    assert await store.list_sessions("key-nobody") == []
+
+
+# --- session leases -------------------------------------------------------------------
+
+
+async def test_lease_grant_loads_the_session(store: Store) -> None:
+    await store.create_session(alias("key-alice", session_id="s1"), now=1.0)
+    answer = await arrive(store, "run-1")
+    assert answer.decision == leases.Granted(fence=1)
+    assert answer.session is not None
+    assert answer.session.session_id == "s1"
+    assert answer.session == await store.load_session("s1")
+
+    waiting = await arrive(store, "run-2")
+    assert waiting == LeaseAnswer(leases.Waiting(position=0), None)
+
+
+async def test_lease_grant_without_a_stored_session(store: Store) -> None:
+    assert await arrive(store, "run-1") == LeaseAnswer(leases.Granted(fence=1), None)
+
+
+async def test_lease_repeated_arrival_is_idempotent(store: Store) -> None:
+    assert (await arrive(store, "run-1")).decision == leases.Granted(fence=1)
+    assert (await arrive(store, "run-1", now=1.0)).decision == leases.Granted(fence=1)
+    assert (await arrive(store, "run-2")).decision == leases.Waiting(position=0)
+    assert (await arrive(store, "run-2", now=1.0)).decision == leases.Waiting(position=0)
+    assert (await arrive(store, "run-3")).decision == leases.Waiting(position=1)
+
+
+async def test_lease_waiters_are_served_in_arrival_order(store: Store) -> None:
+    await store.create_session(alias("key-alice", session_id="s1"), now=0.0)
+    assert (await arrive(store, "run-1")).decision == leases.Granted(fence=1)
+    assert (await arrive(store, "run-2", now=1.0)).decision == leases.Waiting(position=0)
+    assert (await arrive(store, "run-3", now=2.0)).decision == leases.Waiting(position=1)
+
+    assert await store.finish_run("s1", "run-1", None, now=3.0) is False  # released, no save
+    # run-3 polls first but run-2 arrived first: run-3 keeps waiting.
+    assert (await poll(store, "run-3", now=4.0)).decision == leases.Waiting(position=1)
+    granted = await poll(store, "run-2", now=4.0)
+    assert granted.decision == leases.Granted(fence=2)
+    assert granted.session is not None and granted.session.session_id == "s1"
+    assert (await poll(store, "run-3", now=5.0)).decision == leases.Waiting(position=0)
+
+    await store.finish_run("s1", "run-2", None, now=6.0)
+    assert (await poll(store, "run-3", now=7.0)).decision == leases.Granted(fence=3)
+
+
+async def test_lease_withdrawn_waiter_leaves_the_queue(store: Store) -> None:
+    await arrive(store, "run-1")
+    await arrive(store, "run-2")
+    await arrive(store, "run-3")
+    withdrawn = await store.apply_lease_event("s1", leases.Withdraw("run-2", 1.0))
+    assert withdrawn.decision == leases.Withdrawn()
+    assert (await poll(store, "run-3", now=1.0)).decision == leases.Waiting(position=0)
+
+
+async def test_lease_reject_strategy(store: Store) -> None:
+    assert (await arrive(store, "run-1", strategy=REJECT)).decision == leases.Granted(fence=1)
+    assert await arrive(store, "run-2", strategy=REJECT) == LeaseAnswer(leases.Rejected(), None)
+    # A rejected run was never queued.
+    await store.finish_run("s1", "run-1", None, now=1.0)
+    assert (await arrive(store, "run-3", now=2.0)).decision == leases.Granted(fence=2)
+
+
+async def test_lease_interrupt_is_seen_by_the_holders_renew(store: Store) -> None:
+    assert (await arrive(store, "run-1")).decision == leases.Granted(fence=1)
+    renewed = await store.apply_lease_event("s1", leases.Renew("run-1", 1.0, TTL))
+    assert renewed.decision == leases.Renewed(interrupt_requested=False)
+
+    assert (await arrive(store, "run-2", now=2.0)).decision == leases.Waiting(position=0)
+    interrupting = await arrive(store, "run-3", now=3.0, strategy=INTERRUPT)
+    assert interrupting.decision == leases.Waiting(position=0, interrupting="run-1")
+
+    renewed = await store.apply_lease_event("s1", leases.Renew("run-1", 4.0, TTL))
+    assert renewed.decision == leases.Renewed(interrupt_requested=True)
+    # The interrupter jumped the queue.
+    assert (await poll(store, "run-2", now=4.0)).decision == leases.Waiting(position=1)
+    await store.finish_run("s1", "run-1", None, now=5.0)
+    assert (await poll(store, "run-3", now=6.0)).decision == leases.Granted(fence=2)
+    renewed = await store.apply_lease_event("s1", leases.Renew("run-3", 7.0, TTL))
+    assert renewed.decision == leases.Renewed(interrupt_requested=False)
+
+
+async def test_lease_of_an_expired_holder_is_taken_over(store: Store) -> None:
+    await store.create_session(alias("key-alice", session_id="s1"), now=0.0)
+    assert (await arrive(store, "run-1", now=0.0)).decision == leases.Granted(fence=1)
+    assert (await arrive(store, "run-2", now=TTL - 1)).decision == leases.Waiting(position=0)
+    taken = await poll(store, "run-2", now=TTL + 1)
+    assert taken.decision == leases.Granted(fence=2)
+    assert taken.session is not None
+
+    lost = await store.apply_lease_event("s1", leases.Renew("run-1", TTL + 2, TTL))
+    assert lost == LeaseAnswer(leases.LeaseLost(), None)
+    stale = SessionRecord("s1", "key-alice", "direct", 1, 0.0, TTL + 3, {"poison": True}, 1)
+    assert await store.finish_run("s1", "run-1", stale, now=TTL + 3) is False
+    stored = await store.load_session("s1")
+    assert stored is not None and stored.state is None and stored.turns == 0
+    # run-2 still holds the lease.
+    renewed = await store.apply_lease_event("s1", leases.Renew("run-2", TTL + 4, TTL))
+    assert renewed.decision == leases.Renewed(interrupt_requested=False)
+
+
+async def test_finish_run_saves_for_the_holder_and_releases(store: Store) -> None:
+    await store.create_session(alias("key-alice", session_id="s1"), now=0.0)
+    await arrive(store, "run-1")
+    await arrive(store, "run-2")
+    saved = SessionRecord("s1", "key-alice", "direct", 1, 0.0, 5.0, {"history": [1, "two"]}, 1)
+
+    # A waiter may not save.
+    assert await store.finish_run("s1", "run-2", saved, now=4.0) is False
+    stored = await store.load_session("s1")
+    assert stored is not None and stored.turns == 0
+
+    assert await store.finish_run("s1", "run-1", saved, now=5.0) is True
+    assert await store.load_session("s1") == saved
+    # Released: the holder cannot renew, and cannot release twice.
+    lost = await store.apply_lease_event("s1", leases.Renew("run-1", 6.0, TTL))
+    assert lost.decision == leases.LeaseLost()
+    assert await store.finish_run("s1", "run-1", saved, now=6.0) is False
+    granted = await poll(store, "run-2", now=7.0)
+    assert granted.decision == leases.Granted(fence=2)
+    assert granted.session == saved
+
+
+async def test_finish_run_releases_without_saving_a_failed_run(store: Store) -> None:
+    await store.create_session(alias("key-alice", session_id="s1"), now=0.0)
+    await arrive(store, "run-1")
+    assert await store.finish_run("s1", "run-1", None, now=1.0) is False
+    stored = await store.load_session("s1")
+    assert stored is not None and stored.turns == 0
+    assert (await arrive(store, "run-2", now=2.0)).decision == leases.Granted(fence=2)
+
+
+async def test_leases_are_per_session(store: Store) -> None:
+    one = await store.apply_lease_event("s1", leases.Arrive("run-1", ENQUEUE, 0.0, TTL))
+    two = await store.apply_lease_event("s2", leases.Arrive("run-2", ENQUEUE, 0.0, TTL))
+    assert one.decision == two.decision == leases.Granted(fence=1)
+
+
+# --- background runs ------------------------------------------------------------------
+
+
+async def test_create_and_get_run(store: Store) -> None:
+    record = make_run("t1")
+    await store.create_run(record)
+    loaded = await store.get_run("t1")
+    assert loaded == record
+    assert loaded is not None
+    assert loaded.request.input == record.request.input
+    assert dict(loaded.request.options) == {"temperature": 0.5}
+    assert dict(loaded.request.metadata) == {"trace": "abc"}
+    assert await store.get_run("nope") is None
+
+
+async def test_create_run_refuses_a_duplicate_token(store: Store) -> None:
+    await store.create_run(make_run("t1"))
+    with pytest.raises(ValueError, match="t1"):
+        await store.create_run(make_run("t1", created_at=200.0))
+    loaded = await store.get_run("t1")
+    assert loaded is not None and loaded.created_at == 100.0
+
+
+async def test_run_start_heartbeat_complete(store: Store) -> None:
+    await store.create_run(make_run("t1"))
+    started = await store.apply_run_event("t1", background.Start("w1", 101.0, 10.0))
+    assert started.status is RunStatus.RUNNING
+    assert (started.owner, started.attempts, started.lease_expires_at) == ("w1", 1, 111.0)
+    assert await store.get_run("t1") == started
+
+    beat = await store.apply_run_event("t1", background.Heartbeat("w1", 105.0, 10.0))
+    assert beat.lease_expires_at == 115.0
+    assert await store.get_run("t1") == beat
+
+    done = await store.apply_run_event(
+        "t1", background.Complete("w1", 106.0, {"text": "hi", "n": [1, 2]}, ttl=60.0)
+    )
+    assert done.status is RunStatus.COMPLETED
+    assert (done.owner, done.completed_at, done.expires_at) == (None, 106.0, 166.0)
+    loaded = await store.get_run("t1")
+    assert loaded == done
+    assert loaded is not None and dict(loaded.result or {}) == {"text": "hi", "n": [1, 2]}
+
+
+async def test_run_fail(store: Store) -> None:
+    await store.create_run(make_run("t1"))
+    await store.apply_run_event("t1", background.Start("w1", 101.0, 10.0))
+    failed = await store.apply_run_event("t1", background.Fail("w1", 102.0, "boom", ttl=5.0))
+    assert (failed.status, failed.error) == (RunStatus.FAILED, "boom")
+    assert await store.get_run("t1") == failed
+
+
+async def test_run_event_from_a_stale_owner_is_refused(store: Store) -> None:
+    await store.create_run(make_run("t1"))
+    started = await store.apply_run_event("t1", background.Start("w1", 101.0, 10.0))
+    with pytest.raises(RunTransitionRefused):
+        await store.apply_run_event("t1", background.Heartbeat("w2", 102.0, 10.0))
+    with pytest.raises(RunTransitionRefused):
+        await store.apply_run_event("t1", background.Complete("w2", 102.0, {}, ttl=1.0))
+    with pytest.raises(RunTransitionRefused):  # no such transition: already running
+        await store.apply_run_event("t1", background.Start("w2", 102.0, 10.0))
+    assert await store.get_run("t1") == started  # nothing was written
+
+
+async def test_run_event_on_an_unknown_token(store: Store) -> None:
+    with pytest.raises(RunNotFound):
+        await store.apply_run_event("nope", background.Cancel(1.0, ttl=1.0))
+
+
+async def test_cancel_is_idempotent(store: Store) -> None:
+    await store.create_run(make_run("t1"))
+    cancelled = await store.apply_run_event("t1", background.Cancel(101.0, ttl=10.0))
+    assert cancelled.status is RunStatus.CANCELLED
+    again = await store.apply_run_event("t1", background.Cancel(102.0, ttl=10.0))
+    assert again == cancelled
+    assert await store.get_run("t1") == cancelled
+
+    await store.create_run(make_run("t2"))
+    await store.apply_run_event("t2", background.Start("w1", 101.0, 10.0))
+    done = await store.apply_run_event("t2", background.Complete("w1", 102.0, {}, ttl=10.0))
+    assert await store.apply_run_event("t2", background.Cancel(103.0, ttl=10.0)) == done
+
+
+async def test_recover_requeues_an_abandoned_run(store: Store) -> None:
+    await store.create_run(make_run("t1"))
+    started = await store.apply_run_event("t1", background.Start("w1", 100.0, 10.0))
+    # Still within its lease: recovery changes nothing.
+    assert await store.apply_run_event("t1", background.Recover(105.0, ttl=10.0)) == started
+    recovered = await store.apply_run_event("t1", background.Recover(111.0, ttl=10.0))
+    assert recovered.status is RunStatus.QUEUED
+    assert (recovered.owner, recovered.lease_expires_at, recovered.attempts) == (None, None, 1)
+    assert await store.get_run("t1") == recovered
+    # The dead worker's late heartbeat is refused.
+    with pytest.raises(RunTransitionRefused):
+        await store.apply_run_event("t1", background.Heartbeat("w1", 112.0, 10.0))
+
+
+async def test_recover_fails_a_run_out_of_attempts(store: Store) -> None:
+    await store.create_run(make_run("t1", max_attempts=1))
+    await store.apply_run_event("t1", background.Start("w1", 100.0, 10.0))
+    recovered = await store.apply_run_event("t1", background.Recover(120.0, ttl=10.0))
+    assert recovered.status is RunStatus.FAILED
+    assert recovered.error is not None and "not retried" in recovered.error
+    assert recovered.expires_at == 130.0
+
+
+async def test_list_runs_by_status_oldest_first(store: Store) -> None:
+    for token, created_at in [("t-c", 3.0), ("t-a", 1.0), ("t-b", 2.0), ("t-a2", 1.0)]:
+        await store.create_run(make_run(token, created_at=created_at))
+    await store.apply_run_event("t-b", background.Start("w1", 4.0, 10.0))
+
+    queued = await store.list_runs([RunStatus.QUEUED])
+    assert [r.token for r in queued] == ["t-a", "t-a2", "t-c"]
+    running = await store.list_runs([RunStatus.RUNNING])
+    assert [r.token for r in running] == ["t-b"]
+    assert running[0] == await store.get_run("t-b")
+    both = await store.list_runs(iter([RunStatus.RUNNING, RunStatus.QUEUED]))
+    assert [r.token for r in both] == ["t-a", "t-a2", "t-b", "t-c"]
+    assert await store.list_runs([RunStatus.COMPLETED]) == []
+    assert await store.list_runs([]) == []
+
+
+async def test_delete_expired_runs(store: Store) -> None:
+    for token in ("done", "later", "queued", "running"):
+        await store.create_run(make_run(token))
+    for token in ("done", "later", "running"):
+        await store.apply_run_event(token, background.Start("w1", 100.0, 1000.0))
+    await store.apply_run_event("done", background.Complete("w1", 101.0, {}, ttl=10.0))
+    await store.apply_run_event("later", background.Fail("w1", 101.0, "x", ttl=100.0))
+
+    assert await store.delete_expired_runs(now=110.0) == 0
+    assert await store.delete_expired_runs(now=111.0) == 1
+    assert await store.get_run("done") is None
+    assert await store.delete_expired_runs(now=111.0) == 0
+    assert await store.delete_expired_runs(now=500.0) == 1
+    assert await store.get_run("later") is None
+    remaining = await store.list_runs(list(RunStatus))
+    assert sorted(r.token for r in remaining) == ["queued", "running"]
+    with pytest.raises(RunNotFound):
+        await store.apply_run_event("done", background.Cancel(600.0, ttl=1.0))
+
+
+# --- concurrency ----------------------------------------------------------------------
+
+
+async def test_concurrent_isolation_keys_agree(store: Store) -> None:
+    won: list[str] = []
+
+    async def issue(n: int) -> None:
+        won.append(await store.issue_isolation_key(ALICE, f"key-{n}", now=float(n)))
+
+    async with anyio.create_task_group() as tg:
+        for n in range(25):
+            tg.start_soon(issue, n)
+
+    assert len(won) == 25
+    assert len(set(won)) == 1
+    assert won[0] in {f"key-{n}" for n in range(25)}
+    assert (await store.load_context(ALICE, None)).isolation_key == won[0]
+
+
+async def test_concurrent_create_session_agree(store: Store) -> None:
+    won: list[SessionAlias] = []
+
+    async def create(n: int) -> None:
+        won.append(await store.create_session(alias("key-alice", session_id=f"s{n}"), now=1.0))
+
+    async with anyio.create_task_group() as tg:
+        for n in range(15):
+            tg.start_soon(create, n)
+
+    assert len({a.session_id for a in won}) == 1
+    assert [s.session_id for s in await store.list_sessions("key-alice")] == [won[0].session_id]
+
+
+async def test_concurrent_arrivals_grant_exactly_one(store: Store) -> None:
+    answers: dict[str, LeaseAnswer] = {}
+
+    async def come(n: int) -> None:
+        answers[f"run-{n}"] = await arrive(store, f"run-{n}", now=1.0)
+
+    async with anyio.create_task_group() as tg:
+        for n in range(25):
+            tg.start_soon(come, n)
+
+    granted = [run for run, a in answers.items() if isinstance(a.decision, leases.Granted)]
+    waiting = [a.decision for a in answers.values() if isinstance(a.decision, leases.Waiting)]
+    assert len(granted) == 1
+    assert sorted(w.position for w in waiting) == list(range(24))
+    # The lease state agrees: only the winner may renew.
+    for run in answers:
+        renew = await store.apply_lease_event("s1", leases.Renew(run, 2.0, TTL))
+        expected = leases.Renewed(False) if run == granted[0] else leases.LeaseLost()
+        assert renew.decision == expected

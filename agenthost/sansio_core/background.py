@@ -9,9 +9,11 @@ Rules (everything that decides a background run's status lives in this file):
 3. A ``running`` run whose lease expired was abandoned (its process died). Recovery puts it
    back to ``queued`` to be run again from the start (at-least-once) while attempts remain,
    and otherwise fails it with a reason. A run is never left ``running`` by a dead owner.
-4. Cancellation is idempotent: ``queued``/``running`` become ``cancelled``; cancelling a
+4. A graceful shutdown *suspends* the runs it had to interrupt: ``running -> queued``
+   without spending an attempt, since the run did not fail.
+5. Cancellation is idempotent: ``queued``/``running`` become ``cancelled``; cancelling a
    finished run changes nothing. The running owner learns it at its next heartbeat.
-5. Finished runs (``completed``, ``failed``, ``cancelled``) keep their result until
+6. Finished runs (``completed``, ``failed``, ``cancelled``) keep their result until
    ``expires_at``; then ``expire`` deletes them.
 
 The transitions are :data:`RUN_TRANSITIONS`; ``apply`` refuses any step outside it, and
@@ -104,6 +106,14 @@ class Fail:
 
 
 @attrs.frozen
+class Suspend:
+    """The owner stops a run for a shutdown; it goes back to the queue, attempt unspent."""
+
+    owner: str
+    now: float
+
+
+@attrs.frozen
 class Cancel:
     now: float
     ttl: float
@@ -117,7 +127,7 @@ class Recover:
     ttl: float
 
 
-RunEvent = Start | Heartbeat | Complete | Fail | Cancel | Recover
+RunEvent = Start | Heartbeat | Complete | Fail | Suspend | Cancel | Recover
 
 Q, R, C, F, X = (
     RunStatus.QUEUED,
@@ -133,6 +143,7 @@ RUN_TRANSITIONS: dict[tuple[RunStatus, type[RunEvent]], frozenset[RunStatus]] = 
     (R, Heartbeat): frozenset({R}),
     (R, Complete): frozenset({C}),
     (R, Fail): frozenset({F}),
+    (R, Suspend): frozenset({Q}),
     (Q, Cancel): frozenset({X}),
     (R, Cancel): frozenset({X}),
     (C, Cancel): frozenset({C}),
@@ -205,7 +216,7 @@ def _finish(
     )
 
 
-def _check_owner(record: RunRecord, event: Heartbeat | Complete | Fail) -> None:
+def _check_owner(record: RunRecord, event: Heartbeat | Complete | Fail | Suspend) -> None:
     if record.owner != event.owner:
         raise RunTransitionRefused(record, event, "the run belongs to another worker")
 
@@ -232,6 +243,16 @@ def _step(record: RunRecord, event: RunEvent) -> RunRecord:
     if isinstance(event, Fail):
         _check_owner(record, event)
         return _finish(record, RunStatus.FAILED, event.now, event.ttl, error=event.error)
+    if isinstance(event, Suspend):
+        _check_owner(record, event)
+        return attrs.evolve(
+            record,
+            status=RunStatus.QUEUED,
+            owner=None,
+            lease_expires_at=None,
+            attempts=record.attempts - 1,
+            updated_at=event.now,
+        )
     if isinstance(event, Cancel):
         if record.status.is_final:
             return record

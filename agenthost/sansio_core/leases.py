@@ -11,7 +11,8 @@ Rules (everything that decides who may run in a session lives in this file):
    ``enqueue`` waits its turn, ``reject`` is answered busy at once, ``interrupt`` asks the
    holder to stop and waits at the front of the queue.
 4. Only the holder may renew or release; a renew by anyone else answers ``LeaseLost`` so a
-   run whose lease was taken over stops and saves nothing.
+   run whose lease was taken over stops and saves nothing. A holder that arrives or polls
+   again (a retried request) is granted again, with its lease renewed as by a heartbeat.
 
 The state lives in the store (so it holds across replicas); the store applies these pure
 transitions inside one transaction. Time arrives in every event. Per run the lease moves
@@ -167,6 +168,8 @@ RUN_LEASE_TRANSITIONS: dict[
     (RunLeaseState.WAITING, Poll, RunLeaseState.HOLDING): (Granted,),
     (RunLeaseState.ABSENT, Poll, RunLeaseState.WAITING): (Waiting,),  # dropped, rejoins
     (RunLeaseState.ABSENT, Poll, RunLeaseState.HOLDING): (Granted,),  # dropped, queue empty
+    # a repeated poll (its granting answer was lost) is granted again, never queued behind itself
+    (RunLeaseState.HOLDING, Poll, RunLeaseState.HOLDING): (Granted,),
     (RunLeaseState.HOLDING, Renew, RunLeaseState.HOLDING): (Renewed,),
     (RunLeaseState.WAITING, Renew, RunLeaseState.WAITING): (LeaseLost,),
     (RunLeaseState.ABSENT, Renew, RunLeaseState.ABSENT): (LeaseLost,),
@@ -225,11 +228,18 @@ def _grant(state: LeaseState, run_id: str, now: float, ttl: float) -> tuple[Leas
     )
 
 
+def _regrant(state: LeaseState, now: float, ttl: float) -> tuple[LeaseState, Granted]:
+    # The holder asks again (a retried arrival or poll). "Granted" tells it it holds for
+    # another ttl, so the lease must say so too, or a waiter could take over meanwhile.
+    expires_at = max(state.expires_at, now + ttl)
+    return attrs.evolve(state, expires_at=expires_at), Granted(fence=state.grants)
+
+
 def _step(state: LeaseState, event: LeaseEvent) -> tuple[LeaseState, LeaseDecision]:
     now = event.now
     if isinstance(event, Arrive):
         if state.holder == event.run_id:
-            return state, Granted(fence=state.grants)
+            return _regrant(state, now, event.ttl)
         if state.state_of(event.run_id, now) is RunLeaseState.WAITING:
             return _step(state, Poll(event.run_id, now, event.ttl))
         free = not state.holder_alive(now)
@@ -254,6 +264,8 @@ def _step(state: LeaseState, event: LeaseEvent) -> tuple[LeaseState, LeaseDecisi
         )
 
     if isinstance(event, Poll):
+        if state.holder == event.run_id:
+            return _regrant(state, now, event.ttl)
         positions = [i for i, w in enumerate(state.waiters) if w.run_id == event.run_id]
         if not positions:
             if not state.holder_alive(now) and not state.waiters:

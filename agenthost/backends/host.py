@@ -1,0 +1,357 @@
+"""The host: one target, many channels, one app.
+
+``Host`` wires the pieces and owns their lifetimes: the store, the asyncio bridge for Agent
+Framework targets, the shared HTTP client, the background worker and the channels' own
+start-up work all live inside the app's lifespan (or ``async with host.running()``), and
+nothing outlives it. Decisions are the core's; this module only performs them.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import secrets
+import time
+from collections.abc import AsyncIterator, Callable, Sequence
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import anyio
+import httpx
+from starlette.applications import Starlette
+from starlette.middleware import Middleware
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import BaseRoute, Route
+
+from agenthost.backends.asyncio_bridge import AsyncioBridge
+from agenthost.backends.channel import Channel
+from agenthost.backends.interpreter import (
+    IdentityResolver,
+    InterpreterSettings,
+    LocalRuns,
+    RunHook,
+    TurnInterpreter,
+)
+from agenthost.backends.serving import Backend, serve_forever
+from agenthost.backends.targets import UpdateSink, adapt_target
+from agenthost.backends.worker import BackgroundWorker, WorkerSettings
+from agenthost.sansio_core import background, turns
+from agenthost.sansio_core.sessions import DIRECT, ScopeKey
+from agenthost.sansio_core.types import ChannelRequest, ContinuationToken, MultitaskStrategy
+from agenthost.stores.base import RunNotFound, Store
+
+log = logging.getLogger("agenthost.host")
+
+_CHANNEL_NAME = re.compile(r"^[a-z][a-z0-9_-]{0,31}$")
+
+
+class ConfigurationError(ValueError):
+    """The host was configured wrongly; the message names the setting and the remedy."""
+
+
+class HostNotRunning(RuntimeError):
+    """A run was asked of a host whose lifespan has not started."""
+
+
+def _new_id() -> str:
+    return secrets.token_hex(16)
+
+
+class Host:
+    """Host ``target`` on ``channels``.
+
+    ``target`` is an Agent Framework ``Agent`` (anything with ``run(messages, session=,
+    stream=)``), an Agent Framework ``Workflow``, or ``async def (messages) -> str`` (or an
+    async generator of text chunks). ``store`` defaults to SQLite under ``state_dir``.
+    """
+
+    def __init__(
+        self,
+        target: Any,
+        *,
+        channels: Sequence[Channel] = (),
+        store: Store | None = None,
+        middleware: Sequence[Middleware] = (),
+        identity_resolver: IdentityResolver | None = None,
+        run_hook: RunHook | None = None,
+        state_dir: str | Path = ".agenthost",
+        multitask: MultitaskStrategy = MultitaskStrategy.ENQUEUE,
+        lease_seconds: float = 30.0,
+        background_max_attempts: int = 3,
+        background_ttl_seconds: float = 24 * 3600.0,
+        max_concurrent_background_runs: int = 16,
+        shutdown_grace_seconds: float = 10.0,
+        clock: Callable[[], float] = time.time,
+        new_id: Callable[[], str] = _new_id,
+    ) -> None:
+        _check_channels(channels)
+        _check_positive(
+            lease_seconds=lease_seconds,
+            background_ttl_seconds=background_ttl_seconds,
+            shutdown_grace_seconds=shutdown_grace_seconds,
+        )
+        if background_max_attempts < 1 or max_concurrent_background_runs < 1:
+            raise ConfigurationError(
+                "background_max_attempts and max_concurrent_background_runs must be at least 1"
+            )
+        self.state_dir = Path(state_dir)
+        if store is None:
+            from agenthost.stores.sqlite import SQLiteStore
+
+            store = SQLiteStore(self.state_dir / "state.db")
+        self.store = store
+        self.channels = tuple(channels)
+        self._middleware = tuple(middleware)
+        self._clock = clock
+        self._new_id = new_id
+        self._owner = f"host_{new_id()}"
+        self._bridge = AsyncioBridge()
+        self._target = target
+        self._adapter = adapt_target(target, self._bridge, self.state_dir)
+        self._turn_settings = turns.TurnSettings(
+            custom_resolver=identity_resolver is not None,
+            run_hook=run_hook is not None,
+            default_multitask=multitask,
+        )
+        self._background_max_attempts = background_max_attempts
+        self._shutdown_grace = shutdown_grace_seconds
+        self._local_runs = LocalRuns()
+        self._interpreter = TurnInterpreter(
+            store=store,
+            target=self._adapter,
+            clock=clock,
+            local_runs=self._local_runs,
+            settings=InterpreterSettings(lease_seconds=lease_seconds),
+            identity_resolver=identity_resolver,
+            run_hook=run_hook,
+            target_object=target,
+        )
+        self._worker_settings = WorkerSettings(
+            max_concurrent_runs=max_concurrent_background_runs,
+            lease_seconds=lease_seconds,
+            sweep_seconds=max(lease_seconds / 3, 0.2),
+            result_ttl_seconds=background_ttl_seconds,
+        )
+        self._worker: BackgroundWorker | None = None
+        self._http: httpx.AsyncClient | None = None
+        self._app: Starlette | None = None
+
+    # --- the app ------------------------------------------------------------------
+
+    @property
+    def app(self) -> Starlette:
+        """The host's ASGI app (built once): channel routes, ``/readiness``, the lifespan."""
+        if self._app is None:
+            routes: list[BaseRoute] = [Route("/readiness", self._readiness, methods=["GET"])]
+            middleware = list(self._middleware)
+            for channel in self.channels:
+                routes.extend(channel.routes(self))
+                middleware.extend(channel.middleware())
+            self._app = Starlette(routes=routes, middleware=middleware, lifespan=self._lifespan)
+        return self._app
+
+    def serve(
+        self, host: str = "127.0.0.1", port: int = 8000, backend: Backend = "asyncio"
+    ) -> None:
+        """Serve the app with Hypercorn until interrupted (SIGINT/SIGTERM drain gracefully)."""
+        serve_forever(
+            self.app,
+            host=host,
+            port=port,
+            backend=backend,
+            graceful_timeout=self._shutdown_grace,
+        )
+
+    @asynccontextmanager
+    async def _lifespan(self, app: Starlette) -> AsyncIterator[None]:
+        async with self.running():
+            yield
+
+    @asynccontextmanager
+    async def running(self) -> AsyncIterator[Host]:
+        """Start everything the host needs; on exit drain, then cancel. Used by the lifespan."""
+        if self._worker is not None:
+            raise HostNotRunning("this host is already running")
+        await self.store.open()
+        try:
+            async with (
+                self._bridge,
+                httpx.AsyncClient(timeout=httpx.Timeout(30.0)) as http,
+                anyio.create_task_group() as tasks,
+            ):
+                self._http = http
+                worker = BackgroundWorker(
+                    store=self.store,
+                    interpreter=self._interpreter,
+                    clock=self._clock,
+                    owner=self._owner,
+                    settings=self._worker_settings,
+                    turn_settings=self._turn_settings,
+                )
+                await tasks.start(worker.serve)
+                self._worker = worker
+                started: list[Channel] = []
+                try:
+                    for channel in self.channels:
+                        await channel.startup(self)
+                        started.append(channel)
+                    log.info("host started", extra={"channels": [c.name for c in started]})
+                    yield self
+                finally:
+                    with anyio.CancelScope(shield=True):
+                        for channel in reversed(started):
+                            await channel.shutdown()
+                        await worker.drain(self._shutdown_grace)
+                    self._worker = None
+                    tasks.cancel_scope.cancel()
+        finally:
+            self._http = None
+            with anyio.CancelScope(shield=True):
+                await self.store.close()
+            log.info("host stopped")
+
+    async def _readiness(self, request: Request) -> Response:
+        if self._worker is None:
+            return JSONResponse({"status": "starting"}, status_code=503)
+        return JSONResponse({"status": "healthy"})
+
+    # --- what channels and applications call --------------------------------------
+
+    @property
+    def http(self) -> httpx.AsyncClient:
+        """The one shared outbound HTTP client (exists while the host runs)."""
+        if self._http is None:
+            raise HostNotRunning("the host's HTTP client exists only while the host runs")
+        return self._http
+
+    async def run(
+        self,
+        request: ChannelRequest,
+        *,
+        on_update: UpdateSink | None = None,
+        protocol_request: Any = None,
+    ) -> turns.TurnOutcome:
+        """Run one turn in the foreground; stream updates to ``on_update`` if given."""
+        self._require_running()
+        run_id = f"run_{self._new_id()}"
+        outcome = await self._interpreter.drive(
+            turns.run_turn(request, run_id=run_id, now=self._clock(), settings=self._turn_settings),
+            on_update=on_update,
+            protocol_request=protocol_request,
+        )
+        _log_outcome(run_id, request.channel, outcome)
+        return outcome
+
+    async def run_in_background(
+        self, request: ChannelRequest, *, protocol_request: Any = None
+    ) -> ContinuationToken | turns.TurnRefused:
+        """Record the run and return its token at once; the worker runs it."""
+        worker = self._require_running()
+        token = f"run_{self._new_id()}"
+        now = self._clock()
+        resolved = await self._interpreter.drive(
+            turns.resolve_turn(request, run_id=token, now=now, settings=self._turn_settings),
+            protocol_request=protocol_request,
+        )
+        if isinstance(resolved, turns.TurnRefused):
+            _log_outcome(token, request.channel, resolved)
+            return resolved
+        record = background.new_run(
+            token=token,
+            request=resolved.request,
+            isolation_key=resolved.session_ref.isolation_key,
+            session_id=resolved.session_ref.session_id,
+            session_key=resolved.session_ref.key,
+            now=now,
+            max_attempts=self._background_max_attempts,
+        )
+        await self.store.create_run(record)
+        worker.submit(token)
+        log.info("background run accepted", extra={"token": token, "channel": request.channel})
+        return record.to_token()
+
+    async def get_continuation(self, token: str) -> ContinuationToken | None:
+        record = await self.store.get_run(token)
+        if record is None or background.is_expired(record, self._clock()):
+            return None
+        return record.to_token()
+
+    async def get_run_record(self, token: str) -> background.RunRecord | None:
+        """The full stored record (its request and session), for channels that need more."""
+        record = await self.store.get_run(token)
+        if record is None or background.is_expired(record, self._clock()):
+            return None
+        return record
+
+    async def cancel_continuation(self, token: str) -> ContinuationToken | None:
+        """Cancel a background run (idempotent); ``None`` if no such run exists."""
+        try:
+            record = await self.store.apply_run_event(
+                token,
+                background.Cancel(self._clock(), self._worker_settings.result_ttl_seconds),
+            )
+        except RunNotFound:
+            return None
+        if self._worker is not None:
+            self._worker.cancel_local(token)
+        return record.to_token()
+
+    async def reset_session(self, isolation_key: str, *, qualifier: str = DIRECT) -> str:
+        """Start a fresh session for a user (``/new``); the old one stays readable."""
+        alias = await self.store.rotate_session(
+            ScopeKey(isolation_key, qualifier), f"s_{self._new_id()}", self._clock()
+        )
+        log.info("session reset", extra={"generation": alias.generation})
+        return alias.session_id
+
+    def _require_running(self) -> BackgroundWorker:
+        if self._worker is None:
+            raise HostNotRunning(
+                "the host is not running: serve host.app with an ASGI server, call "
+                "host.serve(), or use `async with host.running():`"
+            )
+        return self._worker
+
+
+def _log_outcome(run_id: str, channel: str, outcome: turns.TurnOutcome | turns.TurnRefused) -> None:
+    if isinstance(outcome, turns.TurnCompleted):
+        log.info(
+            "turn completed", extra={"run_id": run_id, "channel": channel, "saved": outcome.saved}
+        )
+    elif isinstance(outcome, turns.TurnFailed):
+        log.warning(
+            "turn failed",
+            extra={"run_id": run_id, "channel": channel, "cancelled": outcome.cancelled},
+        )
+    else:
+        log.info(
+            "turn refused",
+            extra={"run_id": run_id, "channel": channel, "reason": outcome.reason.value},
+        )
+
+
+def _check_channels(channels: Sequence[Channel]) -> None:
+    seen: set[str] = set()
+    for channel in channels:
+        if not isinstance(channel, Channel):
+            raise ConfigurationError(
+                f"{channel!r} is not a Channel; channels come from agenthost.channels.*"
+            )
+        name = getattr(channel, "name", None)
+        if not isinstance(name, str) or not _CHANNEL_NAME.match(name):
+            raise ConfigurationError(
+                f"channel name {name!r} must be 1-32 lowercase letters, digits, '-' or '_'"
+            )
+        if name in seen:
+            raise ConfigurationError(
+                f"two channels are named {name!r}; pass name=... to one of them"
+            )
+        seen.add(name)
+
+
+def _check_positive(**settings: float) -> None:
+    for setting, value in settings.items():
+        if not value > 0:
+            raise ConfigurationError(f"{setting} must be greater than 0, not {value!r}")

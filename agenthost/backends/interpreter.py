@@ -1,0 +1,258 @@
+"""The interpreter of the core's turn generators: it performs effects and decides nothing.
+
+Besides answering effects it keeps three promises the core cannot keep without I/O:
+the lease of a run that is cancelled mid-way (a caller hung up, a shutdown) is released
+or withdrawn, shielded from that cancellation; the holder renews its lease while the target
+runs and stops the run when the lease is lost or an interrupt is requested; and a release
+wakes the runs waiting in this process at once, instead of at their next poll.
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+from collections.abc import Awaitable, Callable, Generator
+from typing import Any
+
+import anyio
+import attrs
+
+from agenthost.backends.targets import TargetAdapter, TargetCall, UpdateSink
+from agenthost.sansio_core import effects as fx
+from agenthost.sansio_core import leases
+from agenthost.sansio_core.types import ChannelIdentity, ChannelRequest
+from agenthost.stores.base import Store
+
+log = logging.getLogger("agenthost.turns")
+
+IdentityResolver = Callable[[ChannelIdentity], "str | Awaitable[str | None] | None"]
+RunHook = Callable[..., "ChannelRequest | Awaitable[ChannelRequest | None] | None"]
+
+
+class LocalRuns:
+    """What this process knows of the runs it hosts: their cancel scopes and lease waiters."""
+
+    def __init__(self) -> None:
+        self._scopes: dict[str, anyio.CancelScope] = {}
+        self._released: dict[str, anyio.Event] = {}
+
+    def register(self, run_id: str, scope: anyio.CancelScope) -> None:
+        self._scopes[run_id] = scope
+
+    def unregister(self, run_id: str) -> None:
+        self._scopes.pop(run_id, None)
+
+    def cancel(self, run_id: str) -> bool:
+        scope = self._scopes.get(run_id)
+        if scope is None:
+            return False
+        scope.cancel()
+        return True
+
+    def released(self, session_id: str) -> anyio.Event:
+        event = self._released.get(session_id)
+        if event is None:
+            event = self._released[session_id] = anyio.Event()
+        return event
+
+    def notify_released(self, session_id: str) -> None:
+        event = self._released.pop(session_id, None)
+        if event is not None:
+            event.set()
+
+
+@attrs.define
+class _LeaseGuard:
+    """Which lease the turn being driven holds or waits for, for cleanup on cancel."""
+
+    session_id: str | None = None
+    run_id: str | None = None
+    holding: bool = False
+    waiting: bool = False
+    # Taken before each lease call, so a release landing between the store's "wait" answer
+    # and the wait itself still wakes this run.
+    wakeup: anyio.Event | None = None
+
+
+@attrs.frozen
+class InterpreterSettings:
+    lease_seconds: float = 30.0
+    lease_poll_seconds: float = 0.5
+
+
+class TurnInterpreter:
+    def __init__(
+        self,
+        *,
+        store: Store,
+        target: TargetAdapter,
+        clock: Callable[[], float],
+        local_runs: LocalRuns,
+        settings: InterpreterSettings,
+        identity_resolver: IdentityResolver | None = None,
+        run_hook: RunHook | None = None,
+        target_object: Any = None,
+    ) -> None:
+        self._store = store
+        self._target = target
+        self._clock = clock
+        self._local = local_runs
+        self._settings = settings
+        self._identity_resolver = identity_resolver
+        self._run_hook = run_hook
+        self._target_object = target_object
+
+    async def drive(
+        self,
+        turn: Generator[fx.Effect, Any, Any],
+        *,
+        on_update: UpdateSink | None = None,
+        protocol_request: Any = None,
+    ) -> Any:
+        """Run a core generator to its outcome, performing each effect it yields."""
+        guard = _LeaseGuard()
+        answer: Any = None
+        try:
+            while True:
+                try:
+                    effect = turn.send(answer)
+                except StopIteration as stop:
+                    return stop.value
+                answer = await self._perform(effect, guard, on_update, protocol_request)
+        finally:
+            turn.close()
+            if guard.holding or guard.waiting:
+                with anyio.CancelScope(shield=True):
+                    await self._abandon_lease(guard)
+
+    async def _perform(
+        self,
+        effect: fx.Effect,
+        guard: _LeaseGuard,
+        on_update: UpdateSink | None,
+        protocol_request: Any,
+    ) -> Any:
+        store = self._store
+        if isinstance(effect, fx.LoadContext):
+            return await store.load_context(effect.identity, effect.scope)
+        if isinstance(effect, fx.IssueIsolationKey):
+            return await store.issue_isolation_key(effect.identity, effect.candidate, effect.now)
+        if isinstance(effect, fx.LoadAlias):
+            return await store.load_alias(effect.scope)
+        if isinstance(effect, fx.CreateSession):
+            return await store.create_session(effect.alias, effect.now)
+        if isinstance(effect, fx.CallIdentityResolver):
+            assert self._identity_resolver is not None
+            return await _maybe_await(self._identity_resolver(effect.identity))
+        if isinstance(effect, fx.CallRunHook):
+            assert self._run_hook is not None
+            rewritten = await _maybe_await(
+                self._run_hook(
+                    effect.request, target=self._target_object, protocol_request=protocol_request
+                )
+            )
+            return effect.request if rewritten is None else rewritten
+        if isinstance(effect, fx.AcquireLease):
+            guard.session_id, guard.run_id, guard.waiting = effect.session_id, effect.run_id, True
+            guard.wakeup = self._local.released(effect.session_id)
+            answer = await store.apply_lease_event(
+                effect.session_id,
+                leases.Arrive(effect.run_id, effect.strategy, self._clock(), self._ttl),
+            )
+            return self._track(guard, answer)
+        if isinstance(effect, fx.WaitForLease):
+            if effect.interrupting is not None:
+                self._local.cancel(effect.interrupting)
+            assert guard.wakeup is not None
+            with anyio.move_on_after(self._settings.lease_poll_seconds):
+                await guard.wakeup.wait()
+            guard.wakeup = self._local.released(effect.session_id)
+            answer = await store.apply_lease_event(
+                effect.session_id, leases.Poll(effect.run_id, self._clock(), self._ttl)
+            )
+            return self._track(guard, answer)
+        if isinstance(effect, fx.RunTarget):
+            return await self._run_target(effect, guard, on_update)
+        if isinstance(effect, fx.FinishRun):
+            saved = await store.finish_run(
+                effect.session_id, effect.run_id, effect.session, self._clock()
+            )
+            guard.holding = False
+            self._local.notify_released(effect.session_id)
+            return saved
+        raise TypeError(f"no interpreter for effect {type(effect).__name__}")
+
+    @property
+    def _ttl(self) -> float:
+        return self._settings.lease_seconds
+
+    @staticmethod
+    def _track(guard: _LeaseGuard, answer: fx.LeaseAnswer) -> fx.LeaseAnswer:
+        guard.holding = isinstance(answer.decision, leases.Granted)
+        guard.waiting = isinstance(answer.decision, leases.Waiting)
+        return answer
+
+    async def _run_target(
+        self, effect: fx.RunTarget, guard: _LeaseGuard, on_update: UpdateSink | None
+    ) -> fx.TargetSucceeded | fx.TargetFailed:
+        call = TargetCall(effect.request, effect.session_ref, effect.session_state, on_update)
+        answer: fx.TargetSucceeded | fx.TargetFailed
+        with anyio.CancelScope() as run_scope:
+            self._local.register(effect.run_id, run_scope)
+            try:
+                async with anyio.create_task_group() as renewals:
+                    if guard.holding and guard.session_id is not None:
+                        renewals.start_soon(
+                            self._renew_lease, guard.session_id, effect.run_id, run_scope
+                        )
+                    try:
+                        answer = await self._target.run(call)
+                    except Exception as exc:
+                        # The error's text may quote the user's input: log its type only.
+                        log.warning(
+                            "target failed",
+                            extra={"run_id": effect.run_id, "error_type": type(exc).__name__},
+                        )
+                        answer = fx.TargetFailed(f"the target raised {type(exc).__name__}")
+                    renewals.cancel_scope.cancel()
+            finally:
+                self._local.unregister(effect.run_id)
+        if run_scope.cancelled_caught:
+            return fx.TargetFailed("the run was interrupted", cancelled=True)
+        return answer
+
+    async def _renew_lease(
+        self, session_id: str, run_id: str, run_scope: anyio.CancelScope
+    ) -> None:
+        while True:
+            await anyio.sleep(self._ttl / 3)
+            answer = await self._store.apply_lease_event(
+                session_id, leases.Renew(run_id, self._clock(), self._ttl)
+            )
+            decision = answer.decision
+            if isinstance(decision, leases.LeaseLost) or (
+                isinstance(decision, leases.Renewed) and decision.interrupt_requested
+            ):
+                log.info(
+                    "run stopped by its session lease",
+                    extra={"run_id": run_id, "lease": type(decision).__name__},
+                )
+                run_scope.cancel()
+                return
+
+    async def _abandon_lease(self, guard: _LeaseGuard) -> None:
+        assert guard.session_id is not None and guard.run_id is not None
+        if guard.holding:
+            await self._store.finish_run(guard.session_id, guard.run_id, None, self._clock())
+            self._local.notify_released(guard.session_id)
+        else:
+            await self._store.apply_lease_event(
+                guard.session_id, leases.Withdraw(guard.run_id, self._clock())
+            )
+        guard.holding = guard.waiting = False
+
+
+async def _maybe_await(value: Any) -> Any:
+    if inspect.isawaitable(value):
+        return await value
+    return value

@@ -1,0 +1,219 @@
+"""The background-run worker: runs recorded runs, renews their leases, recovers the lost.
+
+Runs reach it two ways: a fresh submission from this process (a bounded queue; when it is
+full the run simply waits in the store) and a periodic sweep of the store, which also
+recovers runs abandoned by a dead process and deletes expired ones. Concurrency is capped;
+the cap is taken before a task is spawned, so a sweep that finds ten thousand queued runs
+never spawns ten thousand tasks. On shutdown it drains for a grace period, then cancels
+what is left and suspends it back to ``queued`` for the next process.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import Callable
+from typing import Any
+
+import anyio
+import anyio.abc
+import attrs
+
+from agenthost.backends.interpreter import TurnInterpreter
+from agenthost.backends.targets import json_safe
+from agenthost.sansio_core import background, turns
+from agenthost.sansio_core.types import RunStatus, SessionRef
+from agenthost.stores.base import RunNotFound, Store
+
+log = logging.getLogger("agenthost.background")
+
+
+@attrs.frozen
+class WorkerSettings:
+    max_concurrent_runs: int = 16
+    queue_size: int = 1024
+    lease_seconds: float = 30.0
+    sweep_seconds: float = 10.0
+    result_ttl_seconds: float = 24 * 3600.0
+
+
+class BackgroundWorker:
+    def __init__(
+        self,
+        *,
+        store: Store,
+        interpreter: TurnInterpreter,
+        clock: Callable[[], float],
+        owner: str,
+        settings: WorkerSettings,
+        turn_settings: turns.TurnSettings,
+    ) -> None:
+        self._store = store
+        self._interpreter = interpreter
+        self._clock = clock
+        self._owner = owner
+        self._settings = settings
+        self._turn_settings = turn_settings
+        self._send, self._receive = anyio.create_memory_object_stream[str](settings.queue_size)
+        self._limiter = anyio.CapacityLimiter(settings.max_concurrent_runs)
+        self._inflight: dict[str, anyio.CancelScope] = {}
+        self._idle: anyio.Event | None = None  # set when the last in-flight run ends
+        self._task_group: anyio.abc.TaskGroup | None = None
+
+    # --- called by the host -------------------------------------------------------
+
+    def submit(self, token: str) -> None:
+        """Offer a freshly recorded run; if the queue is full the sweep will find it."""
+        with contextlib.suppress(
+            anyio.WouldBlock, anyio.ClosedResourceError, anyio.BrokenResourceError
+        ):
+            self._send.send_nowait(token)
+
+    def cancel_local(self, token: str) -> None:
+        scope = self._inflight.get(token)
+        if scope is not None:
+            scope.cancel()
+
+    async def serve(self, *, task_status: anyio.abc.TaskStatus[None]) -> None:
+        async with anyio.create_task_group() as tg:
+            self._task_group = tg
+            tg.start_soon(self._sweep_forever)
+            task_status.started()
+            async with self._receive:
+                async for token in self._receive:
+                    if token in self._inflight:
+                        continue
+                    await self._limiter.acquire_on_behalf_of(token)
+                    self._inflight[token] = anyio.CancelScope()
+                    tg.start_soon(self._execute, token)
+            # The queue closed for shutdown: let the sweep stop too.
+            tg.cancel_scope.cancel()
+
+    async def drain(self, grace_seconds: float) -> None:
+        """Stop taking runs, give running ones ``grace_seconds``, then cancel the rest."""
+        self._send.close()
+        if self._inflight:
+            self._idle = anyio.Event()
+            with anyio.move_on_after(grace_seconds):
+                await self._idle.wait()
+        for scope in list(self._inflight.values()):
+            scope.cancel()
+
+    # --- internals ----------------------------------------------------------------
+
+    async def _sweep_forever(self) -> None:
+        while True:
+            try:
+                await self.sweep()
+            except Exception:
+                log.exception("background sweep failed; retrying at the next interval")
+            await anyio.sleep(self._settings.sweep_seconds)
+
+    async def sweep(self) -> None:
+        now = self._clock()
+        ttl = self._settings.result_ttl_seconds
+        for record in await self._store.list_runs([RunStatus.RUNNING, RunStatus.QUEUED]):
+            if record.token in self._inflight:
+                continue
+            if record.is_abandoned(now):
+                record = await self._store.apply_run_event(
+                    record.token, background.Recover(now, ttl)
+                )
+                log.warning(
+                    "recovered an abandoned background run",
+                    extra={"token": record.token, "status": record.status.value},
+                )
+            if record.status is RunStatus.QUEUED:
+                self.submit(record.token)
+        expired = await self._store.delete_expired_runs(now)
+        if expired:
+            log.info("deleted expired background runs", extra={"count": expired})
+
+    async def _execute(self, token: str) -> None:
+        scope = self._inflight[token]
+        try:
+            with scope:
+                await self._run(token, scope)
+        finally:
+            self._inflight.pop(token, None)
+            self._limiter.release_on_behalf_of(token)
+            if not self._inflight and self._idle is not None:
+                self._idle.set()
+
+    async def _run(self, token: str, scope: anyio.CancelScope) -> None:
+        lease = self._settings.lease_seconds
+        try:
+            record = await self._store.apply_run_event(
+                token, background.Start(self._owner, self._clock(), lease)
+            )
+        except (background.RunTransitionRefused, RunNotFound):
+            return  # another worker took it, or it was cancelled meanwhile
+        log.info("background run started", extra={"token": token, "attempt": record.attempts})
+        turn = turns.ResolvedTurn(
+            record.request,
+            SessionRef(record.isolation_key, record.session_id, record.session_key),
+        )
+        try:
+            async with anyio.create_task_group() as heartbeats:
+                heartbeats.start_soon(self._heartbeat, token, scope)
+                outcome = await self._interpreter.drive(
+                    turns.execute_turn(
+                        turn, run_id=token, now=self._clock(), settings=self._turn_settings
+                    )
+                )
+                heartbeats.cancel_scope.cancel()
+        except anyio.get_cancelled_exc_class():
+            with anyio.CancelScope(shield=True):
+                await self._suspend_if_still_mine(token)
+            raise
+        await self._record_outcome(token, outcome)
+
+    async def _record_outcome(self, token: str, outcome: Any) -> None:
+        now, ttl = self._clock(), self._settings.result_ttl_seconds
+        event: background.RunEvent
+        if isinstance(outcome, turns.TurnCompleted):
+            event = background.Complete(
+                self._owner,
+                now,
+                {"text": outcome.result.text, "output": _storable(outcome.result.result)},
+                ttl,
+            )
+        elif isinstance(outcome, turns.TurnFailed):
+            event = background.Fail(self._owner, now, outcome.error, ttl)
+        else:
+            event = background.Fail(self._owner, now, outcome.detail, ttl)
+        try:
+            record = await self._store.apply_run_event(token, event)
+        except background.RunTransitionRefused as refused:
+            log.info(
+                "background run result not recorded",
+                extra={"token": token, "reason": refused.reason},
+            )
+            return
+        log.info("background run finished", extra={"token": token, "status": record.status.value})
+
+    async def _suspend_if_still_mine(self, token: str) -> None:
+        try:
+            await self._store.apply_run_event(token, background.Suspend(self._owner, self._clock()))
+        except (background.RunTransitionRefused, RunNotFound):
+            return  # cancelled by request, or already taken over: nothing to hand back
+
+    async def _heartbeat(self, token: str, scope: anyio.CancelScope) -> None:
+        lease = self._settings.lease_seconds
+        while True:
+            await anyio.sleep(lease / 3)
+            try:
+                await self._store.apply_run_event(
+                    token, background.Heartbeat(self._owner, self._clock(), lease)
+                )
+            except (background.RunTransitionRefused, RunNotFound):
+                # Cancelled by request, or recovered by another replica: stop working on it.
+                scope.cancel()
+                return
+
+
+def _storable(result: Any) -> Any:
+    try:
+        return json_safe(result)
+    except (TypeError, ValueError):
+        return None

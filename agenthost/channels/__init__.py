@@ -1,0 +1,1 @@
+"""Channels: one protocol a package, each a pure codec and a thin transport."""

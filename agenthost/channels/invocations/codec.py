@@ -1,0 +1,229 @@
+"""The Invocations wire format, both ways, with no I/O.
+
+Inbound: a JSON body ``{"input": ..., "session_id"?, "session_mode"?, "stream"?,
+"background"?}``. ``input`` is a string, a list of messages (``{"role", "content"}`` with
+string content or ``text``/``input_text``/``image_url``/``input_image`` parts), one such
+message, or any other JSON object: a typed input for a workflow, which a ``run_hook``
+adapts. Outbound: JSON replies, Server-Sent Events and errors ``{"error": {"code",
+"message"}}``. Foundry platform headers of both generations are read here but trusted
+only when the transport says the deployment sets them.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Mapping
+from typing import Any
+
+import attrs
+
+from agenthost.sansio_core.types import (
+    ContentPart,
+    ContinuationToken,
+    HostMessage,
+    SessionMode,
+    TextPart,
+    UriPart,
+)
+
+ANONYMOUS = "anonymous"
+_ID_PATTERN = re.compile(r"^[A-Za-z0-9\-_.:]{1,256}$")
+_ROLES = frozenset({"user", "assistant", "system", "developer"})
+MAX_MESSAGES = 256
+
+
+class InvocationError(Exception):
+    """Bad input from the caller: answered with ``status`` and a JSON error, nothing else."""
+
+    def __init__(self, status: int, code: str, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.message = message
+
+
+@attrs.frozen
+class InvocationBody:
+    input: Any
+    session_id: str | None = None
+    session_mode: SessionMode = SessionMode.AUTO
+    stream: bool = False
+    background: bool = False
+
+
+def parse_body(raw: bytes) -> InvocationBody:
+    try:
+        data = json.loads(raw)
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        raise InvocationError(400, "invalid_json", "The request body is not valid JSON.") from None
+    if not isinstance(data, dict):
+        raise InvocationError(400, "invalid_request", "The request body must be a JSON object.")
+    if "input" not in data or data["input"] is None:
+        raise InvocationError(422, "missing_input", "The request has no 'input'.")
+    session_id = data.get("session_id")
+    if session_id is not None and (
+        not isinstance(session_id, str) or not _ID_PATTERN.match(session_id)
+    ):
+        raise InvocationError(
+            422,
+            "invalid_session_id",
+            "'session_id' must be 1-256 characters of letters, digits, '-', '_', '.' or ':'.",
+        )
+    stream = _flag(data, "stream")
+    background = _flag(data, "background")
+    if stream and background:
+        raise InvocationError(
+            422, "invalid_request", "'stream' and 'background' cannot both be true."
+        )
+    return InvocationBody(
+        input=parse_input(data["input"]),
+        session_id=session_id,
+        session_mode=_session_mode(data.get("session_mode")),
+        stream=stream,
+        background=background,
+    )
+
+
+def parse_input(value: Any) -> Any:
+    """Messages as host messages; any other JSON object passes through as a typed input."""
+    if isinstance(value, str):
+        if not value.strip():
+            raise InvocationError(422, "invalid_input", "'input' must not be empty.")
+        return (HostMessage.user(value),)
+    if isinstance(value, list):
+        if not value:
+            raise InvocationError(422, "invalid_input", "'input' must not be an empty list.")
+        if len(value) > MAX_MESSAGES:
+            raise InvocationError(
+                422, "invalid_input", f"'input' may hold at most {MAX_MESSAGES} messages."
+            )
+        return tuple(_message(item, f"input[{i}]") for i, item in enumerate(value))
+    if isinstance(value, dict):
+        if "role" in value and "content" in value:
+            return (_message(value, "input"),)
+        return value
+    raise InvocationError(
+        422, "invalid_input", "'input' must be a string, a list of messages or an object."
+    )
+
+
+def _message(item: Any, where: str) -> HostMessage:
+    if isinstance(item, str):
+        return HostMessage.user(item)
+    if not isinstance(item, dict):
+        raise InvocationError(422, "invalid_input", f"{where} must be a string or a message.")
+    role = item.get("role", "user")
+    if role not in _ROLES:
+        raise InvocationError(
+            422, "invalid_input", f"{where}.role must be one of {', '.join(sorted(_ROLES))}."
+        )
+    content = item.get("content")
+    if isinstance(content, str):
+        return HostMessage(role=role, parts=(TextPart(content),))
+    if isinstance(content, list) and content:
+        return HostMessage(
+            role=role, parts=tuple(_part(p, f"{where}.content[{i}]") for i, p in enumerate(content))
+        )
+    raise InvocationError(
+        422, "invalid_input", f"{where}.content must be a string or a non-empty list of parts."
+    )
+
+
+def _part(part: Any, where: str) -> ContentPart:
+    if isinstance(part, str):
+        return TextPart(part)
+    if not isinstance(part, dict):
+        raise InvocationError(422, "invalid_input", f"{where} must be an object.")
+    kind = part.get("type")
+    if kind in ("text", "input_text") and isinstance(part.get("text"), str):
+        return TextPart(part["text"])
+    if kind in ("image_url", "input_image"):
+        url = part.get("image_url")
+        if isinstance(url, dict):
+            url = url.get("url")
+        if isinstance(url, str) and url:
+            return UriPart(url, part.get("media_type"))
+    raise InvocationError(
+        422, "invalid_input", f"{where} must be a text or image part with its value."
+    )
+
+
+def _flag(data: Mapping[str, Any], name: str) -> bool:
+    value = data.get(name, False)
+    if not isinstance(value, bool):
+        raise InvocationError(422, "invalid_request", f"'{name}' must be true or false.")
+    return value
+
+
+def _session_mode(value: Any) -> SessionMode:
+    if value is None:
+        return SessionMode.AUTO
+    try:
+        return SessionMode(value)
+    except ValueError:
+        raise InvocationError(
+            422, "invalid_request", "'session_mode' must be 'auto', 'required' or 'disabled'."
+        ) from None
+
+
+# --- platform headers ---------------------------------------------------------------
+
+
+@attrs.frozen
+class PlatformCaller:
+    """Who the platform says is calling, when the deployment trusts its headers."""
+
+    user_id: str
+    conversation_id: str | None
+
+
+def platform_caller(headers: Mapping[str, str]) -> PlatformCaller | None:
+    """Read both Foundry header generations; the newer (2.0) wins when both are present."""
+    user = headers.get("x-agent-user-id") or headers.get("x-agent-user-isolation-key")
+    if not user:
+        return None
+    chat = headers.get("x-agent-chat-isolation-key")
+    return PlatformCaller(user_id=user, conversation_id=chat if chat and chat != user else None)
+
+
+def invocation_id(header: str | None) -> str | None:
+    """The caller's invocation id if it is well formed (else the host makes one)."""
+    if header and _ID_PATTERN.match(header):
+        return header
+    return None
+
+
+# --- outbound -----------------------------------------------------------------------
+
+
+def completed_body(*, text: str, session_id: str | None, invocation: str) -> dict[str, Any]:
+    return {
+        "invocation_id": invocation,
+        "status": "completed",
+        "output": text,
+        "session_id": session_id,
+    }
+
+
+def token_body(token: ContinuationToken, *, poll_url: str) -> dict[str, Any]:
+    body: dict[str, Any] = {
+        "token": token.token,
+        "status": token.status.value,
+        "created_at": token.created_at,
+        "completed_at": token.completed_at,
+        "poll_url": poll_url,
+    }
+    if token.result is not None:
+        body["output"] = token.result.get("text", "")
+    if token.error is not None:
+        body["error"] = {"code": f"run_{token.status.value}", "message": token.error}
+    return body
+
+
+def error_body(code: str, message: str) -> dict[str, Any]:
+    return {"error": {"code": code, "message": message}}
+
+
+def sse_event(event: str, data: Mapping[str, Any]) -> bytes:
+    return f"event: {event}\ndata: {json.dumps(data, separators=(',', ':'))}\n\n".encode()

@@ -1,0 +1,261 @@
+"""The Invocations routes: ``POST {mount}/invoke`` (and ``POST {mount}``, the Foundry
+contract's path), ``GET {mount}/{token}`` and ``POST {mount}/{token}/cancel``.
+
+This module reads bodies (bounded), asks the codec to translate, hands requests to the
+host and writes what the codec renders. It decides nothing about sessions or runs.
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+import secrets
+from collections.abc import Awaitable, Callable, Sequence
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import BaseRoute, Route
+
+from agenthost.backends.channel import Channel, HostServices
+from agenthost.backends.streaming import Emit, ProducerResponse
+from agenthost.backends.targets import StreamUpdate
+from agenthost.channels.invocations import codec
+from agenthost.sansio_core.turns import (
+    RefusalReason,
+    TurnCompleted,
+    TurnFailed,
+    TurnOutcome,
+    TurnRefused,
+)
+from agenthost.sansio_core.types import (
+    ChannelIdentity,
+    ChannelRequest,
+    ChannelSession,
+    MultitaskStrategy,
+)
+
+log = logging.getLogger("agenthost.channels.invocations")
+
+CallerAuthenticator = Callable[[Request], "str | Awaitable[str | None] | None"]
+
+_REFUSALS: dict[RefusalReason, tuple[int, str, str]] = {
+    RefusalReason.IDENTITY_REFUSED: (403, "forbidden", "This caller may not use this agent."),
+    RefusalReason.SESSION_NOT_FOUND: (
+        409,
+        "session_not_found",
+        "No session matches 'session_id', and 'session_mode' is 'required'.",
+    ),
+    RefusalReason.SESSION_BUSY: (
+        409,
+        "session_busy",
+        "The session is busy with another run; try again when it has finished.",
+    ),
+}
+
+
+class InvocationsChannel(Channel):
+    """The Foundry-style Invocations API.
+
+    ``trust_platform_headers``: take the caller from Foundry's ``x-agent-user-id`` /
+    ``x-agent-user-isolation-key`` headers. Only set it where the platform sets them (a
+    Foundry hosted agent); anywhere else a caller could claim to be anyone.
+    ``authenticate``: a function of the Starlette request answering the caller's id, or
+    ``None`` to refuse with 401 (used instead of platform headers when given).
+    Without either, every caller is the same anonymous user and ``session_id`` values
+    are the only thing keeping conversations apart.
+    """
+
+    def __init__(
+        self,
+        *,
+        name: str = "invocations",
+        mount: str = "/invocations",
+        trust_platform_headers: bool = False,
+        authenticate: CallerAuthenticator | None = None,
+        max_body_bytes: int = 1024 * 1024,
+        multitask: MultitaskStrategy | None = None,
+    ) -> None:
+        if not mount.startswith("/") or mount.endswith("/"):
+            raise ValueError(f"mount must start with '/' and not end with one, not {mount!r}")
+        if max_body_bytes < 1:
+            raise ValueError("max_body_bytes must be at least 1")
+        self.name = name
+        self.mount = mount
+        self.trust_platform_headers = trust_platform_headers
+        self._authenticate = authenticate
+        self.max_body_bytes = max_body_bytes
+        self._multitask = multitask
+
+    def routes(self, host: HostServices) -> Sequence[BaseRoute]:
+        handlers = _Handlers(self, host)
+        return [
+            Route(f"{self.mount}/invoke", handlers.invoke, methods=["POST"]),
+            Route(self.mount, handlers.invoke, methods=["POST"]),
+            Route(f"{self.mount}/{{token}}", handlers.poll, methods=["GET"]),
+            Route(f"{self.mount}/{{token}}/cancel", handlers.cancel, methods=["POST"]),
+        ]
+
+
+class _Handlers:
+    def __init__(self, channel: InvocationsChannel, host: HostServices) -> None:
+        self._channel = channel
+        self._host = host
+
+    async def invoke(self, request: Request) -> Response:
+        invocation = codec.invocation_id(request.headers.get("x-agent-invocation-id")) or (
+            secrets.token_hex(16)
+        )
+        headers = {"x-agent-invocation-id": invocation}
+        try:
+            caller = await self._caller(request)
+            raw = await _read_limited(request, self._channel.max_body_bytes)
+            body = codec.parse_body(raw)
+        except codec.InvocationError as error:
+            return _error(error.status, error.code, error.message, headers)
+
+        session_id = body.session_id or request.query_params.get("agent_session_id")
+        if session_id is not None and codec.invocation_id(session_id) is None:
+            return _error(422, "invalid_session_id", "'agent_session_id' is malformed.", headers)
+        channel_request = ChannelRequest(
+            channel=self._channel.name,
+            identity=ChannelIdentity(self._channel.name, caller.user_id),
+            input=body.input,
+            session=ChannelSession(
+                key=session_id, conversation_id=caller.conversation_id, caller_keyed=True
+            ),
+            session_mode=body.session_mode,
+            multitask=self._channel._multitask,
+            background=body.background,
+            stream=body.stream,
+            attributes={"invocation_id": invocation},
+        )
+        if body.background:
+            return await self._start_background(channel_request, request, headers)
+        if body.stream:
+            return self._stream(channel_request, request, invocation, headers)
+        outcome = await self._host.run(channel_request, protocol_request=request)
+        return _render_outcome(outcome, invocation, headers)
+
+    async def poll(self, request: Request) -> Response:
+        token = await self._host.get_continuation(request.path_params["token"])
+        if token is None:
+            return _error(404, "not_found", "No invocation has that token (or it expired).")
+        return JSONResponse(codec.token_body(token, poll_url=self._poll_url(token.token)))
+
+    async def cancel(self, request: Request) -> Response:
+        token = await self._host.cancel_continuation(request.path_params["token"])
+        if token is None:
+            return _error(404, "not_found", "No invocation has that token (or it expired).")
+        return JSONResponse(codec.token_body(token, poll_url=self._poll_url(token.token)))
+
+    async def _caller(self, request: Request) -> codec.PlatformCaller:
+        authenticate = self._channel._authenticate
+        if authenticate is not None:
+            user = authenticate(request)
+            if inspect.isawaitable(user):
+                user = await user
+            if user is None:
+                raise codec.InvocationError(
+                    401, "unauthenticated", "The caller is not authenticated."
+                )
+            return codec.PlatformCaller(user_id=user, conversation_id=None)
+        if self._channel.trust_platform_headers:
+            caller = codec.platform_caller(request.headers)
+            if caller is None:
+                raise codec.InvocationError(
+                    401, "unauthenticated", "The platform did not name the calling user."
+                )
+            return caller
+        return codec.PlatformCaller(user_id=codec.ANONYMOUS, conversation_id=None)
+
+    async def _start_background(
+        self, channel_request: ChannelRequest, request: Request, headers: dict[str, str]
+    ) -> Response:
+        answer = await self._host.run_in_background(channel_request, protocol_request=request)
+        if isinstance(answer, TurnRefused):
+            return _refusal(answer, headers)
+        poll_url = self._poll_url(answer.token)
+        return JSONResponse(
+            codec.token_body(answer, poll_url=poll_url),
+            status_code=202,
+            headers={**headers, "location": poll_url},
+        )
+
+    def _stream(
+        self,
+        channel_request: ChannelRequest,
+        request: Request,
+        invocation: str,
+        headers: dict[str, str],
+    ) -> Response:
+        async def produce(emit: Emit) -> None:
+            async def on_update(update: StreamUpdate) -> None:
+                if update.text:
+                    await emit(codec.sse_event("delta", {"text": update.text}))
+
+            outcome = await self._host.run(
+                channel_request, on_update=on_update, protocol_request=request
+            )
+            if isinstance(outcome, TurnCompleted):
+                body = codec.completed_body(
+                    text=outcome.result.text,
+                    session_id=outcome.result.session.key,
+                    invocation=invocation,
+                )
+                await emit(codec.sse_event("done", body))
+            else:
+                _, code, message = _failure_parts(outcome)
+                await emit(codec.sse_event("error", codec.error_body(code, message)))
+
+        return ProducerResponse(produce, headers=headers)
+
+    def _poll_url(self, token: str) -> str:
+        return f"{self._channel.mount}/{token}"
+
+
+def _render_outcome(outcome: TurnOutcome, invocation: str, headers: dict[str, str]) -> Response:
+    if isinstance(outcome, TurnCompleted):
+        session = outcome.result.session.key
+        if session is not None:
+            headers = {**headers, "x-agent-session-id": session}
+        return JSONResponse(
+            codec.completed_body(
+                text=outcome.result.text, session_id=session, invocation=invocation
+            ),
+            headers=headers,
+        )
+    status, code, message = _failure_parts(outcome)
+    return _error(status, code, message, headers)
+
+
+def _failure_parts(outcome: TurnFailed | TurnRefused) -> tuple[int, str, str]:
+    if isinstance(outcome, TurnRefused):
+        return _REFUSALS[outcome.reason]
+    if outcome.cancelled:
+        return 409, "run_interrupted", "The run was interrupted before it finished."
+    return 500, "run_failed", "The agent could not answer this request."
+
+
+def _refusal(outcome: TurnRefused, headers: dict[str, str]) -> Response:
+    status, code, message = _REFUSALS[outcome.reason]
+    return _error(status, code, message, headers)
+
+
+def _error(status: int, code: str, message: str, headers: dict[str, str] | None = None) -> Response:
+    return JSONResponse(codec.error_body(code, message), status_code=status, headers=headers)
+
+
+async def _read_limited(request: Request, limit: int) -> bytes:
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise codec.InvocationError(
+            413, "body_too_large", f"The request body exceeds {limit} bytes."
+        )
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > limit:
+            raise codec.InvocationError(
+                413, "body_too_large", f"The request body exceeds {limit} bytes."
+            )
+    return bytes(body)

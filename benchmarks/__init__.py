@@ -1,0 +1,13 @@
+"""Benchmarks: how fast the host's layers are, measured without thresholds.
+
+Run them with ``python -m benchmarks`` (or ``make bench``); name some to run only those,
+e.g. ``python -m benchmarks core_sessions``. Each benchmark is one module listed in
+``BENCHMARKS`` with a ``run() -> list[Row]`` that stays within a few seconds; it raises
+:class:`benchmarks.report.BenchmarkPending` when what it measures does not exist yet.
+"""
+
+BENCHMARKS = (
+    "core_sessions",
+    "sqlite_store",
+    "invocations_http",
+)

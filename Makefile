@@ -34,7 +34,7 @@ test-trio: install
 	AGENTHOST_TEST_BACKEND=trio $(PY) -m pytest -q
 
 lint: install
-	$(VENV)/bin/ruff check agenthost tests benchmarks
+	$(VENV)/bin/ruff check agenthost tests benchmarks docs
 	$(VENV)/bin/mypy
 
 bench: install

@@ -78,7 +78,9 @@ def _reply_to(messages: Sequence[Message]) -> Message:
         op = match["op"].lower()
         name = "add" if op in ("+", "plus") else "multiply"
         arguments = {"a": float(match["a"]), "b": float(match["b"])}
-        call = Content.from_function_call(call_id=f"call_{len(messages)}", name=name, arguments=arguments)
+        call = Content.from_function_call(
+            call_id=f"call_{len(messages)}", name=name, arguments=arguments
+        )
         return Message(role="assistant", contents=[call])
     user_turns = [m.text for m in messages if m.role == "user"]
     if _RECALL.search(text):

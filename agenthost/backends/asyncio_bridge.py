@@ -14,7 +14,6 @@ from typing import Any, TypeVar
 
 import anyio
 import anyio.from_thread
-import anyio.lowlevel
 
 T = TypeVar("T")
 
@@ -22,7 +21,14 @@ _END = object()
 
 
 def running_on_asyncio() -> bool:
-    return anyio.lowlevel.get_async_backend() is anyio.lowlevel.get_async_backend("asyncio")
+    """Whether the calling task runs on an asyncio event loop (else: trio)."""
+    import asyncio  # noqa: TID251 - this module is where the host names asyncio
+
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return False
+    return True
 
 
 class AsyncioBridge:

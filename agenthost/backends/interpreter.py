@@ -12,7 +12,7 @@ from __future__ import annotations
 import inspect
 import logging
 from collections.abc import Awaitable, Callable, Generator
-from typing import Any
+from typing import Any, TypeVar
 
 import anyio
 import attrs
@@ -24,6 +24,8 @@ from agenthost.sansio_core.types import ChannelIdentity, ChannelRequest
 from agenthost.stores.base import Store
 
 log = logging.getLogger("agenthost.turns")
+
+OutcomeT = TypeVar("OutcomeT")
 
 IdentityResolver = Callable[[ChannelIdentity], "str | Awaitable[str | None] | None"]
 RunHook = Callable[..., "ChannelRequest | Awaitable[ChannelRequest | None] | None"]
@@ -104,11 +106,11 @@ class TurnInterpreter:
 
     async def drive(
         self,
-        turn: Generator[fx.Effect, Any, Any],
+        turn: Generator[fx.Effect, Any, OutcomeT],
         *,
         on_update: UpdateSink | None = None,
         protocol_request: Any = None,
-    ) -> Any:
+    ) -> OutcomeT:
         """Run a core generator to its outcome, performing each effect it yields."""
         guard = _LeaseGuard()
         answer: Any = None
@@ -117,7 +119,8 @@ class TurnInterpreter:
                 try:
                     effect = turn.send(answer)
                 except StopIteration as stop:
-                    return stop.value
+                    outcome: OutcomeT = stop.value
+                    return outcome
                 answer = await self._perform(effect, guard, on_update, protocol_request)
         finally:
             turn.close()

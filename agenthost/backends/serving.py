@@ -36,11 +36,11 @@ async def serve_app(
     if running_on_asyncio():
         from hypercorn.asyncio import serve as serve_asyncio
 
-        await serve_asyncio(app, config, shutdown_trigger=shutdown_trigger)  # type: ignore[arg-type]
+        await serve_asyncio(app, config, shutdown_trigger=shutdown_trigger)
     else:
         from hypercorn.trio import serve as serve_trio
 
-        await serve_trio(app, config, shutdown_trigger=shutdown_trigger)  # type: ignore[arg-type]
+        await serve_trio(app, config, shutdown_trigger=shutdown_trigger)
 
 
 def serve_forever(

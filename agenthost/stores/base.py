@@ -39,10 +39,10 @@ class RunNotFound(KeyError):
 class Store(abc.ABC):
     """The contract. See the module docstring for what a store may and may not do."""
 
-    async def open(self) -> None:
+    async def open(self) -> None:  # noqa: B027 - optional for stores with nothing to open
         """Prepare the store (create or migrate its schema). Idempotent."""
 
-    async def close(self) -> None:
+    async def close(self) -> None:  # noqa: B027 - optional for stores with nothing to close
         """Release connections. The store may be opened again."""
 
     # --- identities -----------------------------------------------------------------
@@ -73,7 +73,9 @@ class Store(abc.ABC):
         """Insert the alias and its empty session unless the alias exists; return the winner."""
 
     @abc.abstractmethod
-    async def rotate_session(self, scope: ScopeKey, new_session_id: str, now: float) -> SessionAlias:
+    async def rotate_session(
+        self, scope: ScopeKey, new_session_id: str, now: float
+    ) -> SessionAlias:
         """Point the alias at a fresh empty session (a reset); the old session stays stored."""
 
     @abc.abstractmethod
@@ -87,9 +89,7 @@ class Store(abc.ABC):
     # --- session leases -------------------------------------------------------------
 
     @abc.abstractmethod
-    async def apply_lease_event(
-        self, session_id: str, event: leases.LeaseEvent
-    ) -> LeaseAnswer:
+    async def apply_lease_event(self, session_id: str, event: leases.LeaseEvent) -> LeaseAnswer:
         """Apply ``leases.apply`` atomically; when it grants, load the session too."""
 
     @abc.abstractmethod

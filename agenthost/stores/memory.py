@@ -57,10 +57,14 @@ class MemoryStore(Store):
             self._sessions[alias.session_id] = sessions.new_session_record(alias, now)
             return alias
 
-    async def rotate_session(self, scope: ScopeKey, new_session_id: str, now: float) -> SessionAlias:
+    async def rotate_session(
+        self, scope: ScopeKey, new_session_id: str, now: float
+    ) -> SessionAlias:
         with self._lock:
             key = _alias_key(scope)
-            alias = sessions.rotate(scope, self._aliases.get(key), new_session_id=new_session_id, now=now)
+            alias = sessions.rotate(
+                scope, self._aliases.get(key), new_session_id=new_session_id, now=now
+            )
             self._aliases[key] = alias
             self._sessions[alias.session_id] = sessions.new_session_record(alias, now)
             return alias
@@ -79,7 +83,9 @@ class MemoryStore(Store):
             state = self._leases.get(session_id) or leases.initial_state(session_id)
             new_state, decision = leases.apply(state, event)
             self._leases[session_id] = new_state
-            session = self._sessions.get(session_id) if isinstance(decision, leases.Granted) else None
+            session = (
+                self._sessions.get(session_id) if isinstance(decision, leases.Granted) else None
+            )
             return LeaseAnswer(decision, session)
 
     async def finish_run(
@@ -133,4 +139,3 @@ def _alias_key(scope: ScopeKey) -> tuple[str, str]:
     if scope.owner is None:
         raise ValueError("an alias scope needs its owner")
     return (scope.owner, scope.qualifier)
-

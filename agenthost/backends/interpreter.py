@@ -209,7 +209,9 @@ class TurnInterpreter:
                             self._renew_lease, guard.session_id, effect.run_id, run_scope
                         )
                     try:
-                        answer = await self._target.run(call)
+                        answer = attrs.evolve(
+                            await self._target.run(call), finished_at=self._clock()
+                        )
                     except Exception as exc:
                         # The error's text may quote the user's input: log its type only.
                         log.warning(

@@ -77,7 +77,8 @@ class BackgroundWorker:
     async def serve(self, *, task_status: anyio.abc.TaskStatus[None]) -> None:
         async with anyio.create_task_group() as tg:
             self._task_group = tg
-            tg.start_soon(self._sweep_forever)
+            sweeping = anyio.CancelScope()
+            tg.start_soon(self._sweep_forever, sweeping)
             task_status.started()
             async with self._receive:
                 async for token in self._receive:
@@ -86,8 +87,8 @@ class BackgroundWorker:
                     await self._limiter.acquire_on_behalf_of(token)
                     self._inflight[token] = anyio.CancelScope()
                     tg.start_soon(self._execute, token)
-            # The queue closed for shutdown: let the sweep stop too.
-            tg.cancel_scope.cancel()
+            # The queue closed for shutdown: stop sweeping; runs in flight are left to drain().
+            sweeping.cancel()
 
     async def drain(self, grace_seconds: float) -> None:
         """Stop taking runs, give running ones ``grace_seconds``, then cancel the rest."""
@@ -101,7 +102,11 @@ class BackgroundWorker:
 
     # --- internals ----------------------------------------------------------------
 
-    async def _sweep_forever(self) -> None:
+    async def _sweep_forever(self, scope: anyio.CancelScope) -> None:
+        with scope:
+            await self._sweep_periodically()
+
+    async def _sweep_periodically(self) -> None:
         while True:
             try:
                 await self.sweep()

@@ -14,7 +14,12 @@ import attrs
 
 from agenthost.sansio_core import leases
 from agenthost.sansio_core.sessions import ScopeKey, SessionAlias, SessionRecord
-from agenthost.sansio_core.types import ChannelIdentity, ChannelRequest, MultitaskStrategy, SessionRef
+from agenthost.sansio_core.types import (
+    ChannelIdentity,
+    ChannelRequest,
+    MultitaskStrategy,
+    SessionRef,
+)
 
 
 @attrs.frozen
@@ -116,6 +121,7 @@ class TargetSucceeded:
     result: Any
     text: str
     new_state: Mapping[str, Any] | None
+    finished_at: float | None = None  # stamped by the interpreter; the saved session's time
 
 
 @attrs.frozen

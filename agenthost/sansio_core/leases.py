@@ -205,9 +205,7 @@ def initial_state(session_id: str) -> LeaseState:
 
 
 def _drop_expired_waiters(state: LeaseState, event: LeaseEvent) -> LeaseState:
-    alive = tuple(
-        w for w in state.waiters if w.run_id == event.run_id or w.expires_at > event.now
-    )
+    alive = tuple(w for w in state.waiters if w.run_id == event.run_id or w.expires_at > event.now)
     if len(alive) == len(state.waiters):
         return state
     return attrs.evolve(state, waiters=alive)

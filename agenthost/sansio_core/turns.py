@@ -155,7 +155,8 @@ def execute_turn(
     answer = yield fx.RunTarget(request, ref, state, run_id)
     to_save = None
     if isinstance(answer, fx.TargetSucceeded) and record is not None:
-        to_save = sessions.after_successful_run(record, answer.new_state, now)
+        finished_at = answer.finished_at if answer.finished_at is not None else now
+        to_save = sessions.after_successful_run(record, answer.new_state, finished_at)
     saved: bool = yield fx.FinishRun(ref.session_id, run_id, to_save)
     return _outcome(answer, ref, saved=saved)
 

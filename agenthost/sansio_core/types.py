@@ -197,9 +197,7 @@ class ChannelRequest:
     background: bool = False
     stream: bool = False
     metadata: Mapping[str, Any] = attrs.field(factory=dict, converter=_frozen_mapping, eq=False)
-    attributes: Mapping[str, Any] = attrs.field(
-        factory=dict, converter=_frozen_mapping, eq=False
-    )
+    attributes: Mapping[str, Any] = attrs.field(factory=dict, converter=_frozen_mapping, eq=False)
 
 
 @attrs.frozen

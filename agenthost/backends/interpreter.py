@@ -144,6 +144,8 @@ class TurnInterpreter:
             return await store.load_alias(effect.scope)
         if isinstance(effect, fx.CreateSession):
             return await store.create_session(effect.alias, effect.now)
+        if isinstance(effect, fx.ForkSession):
+            return await store.fork_session(effect.source_session_id, effect.alias, effect.now)
         if isinstance(effect, fx.CallIdentityResolver):
             assert self._identity_resolver is not None
             return await _maybe_await(self._identity_resolver(effect.identity))

@@ -131,8 +131,12 @@ class BackgroundWorker:
             if record.status is RunStatus.QUEUED:
                 self.submit(record.token)
         expired = await self._store.delete_expired_runs(now)
-        if expired:
-            log.info("deleted expired background runs", extra={"count": expired})
+        expired_records = await self._store.delete_expired_channel_records(now)
+        if expired or expired_records:
+            log.info(
+                "deleted expired records",
+                extra={"runs": expired, "channel_records": expired_records},
+            )
 
     async def _execute(self, token: str) -> None:
         scope = self._inflight[token]

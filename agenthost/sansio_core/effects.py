@@ -71,6 +71,16 @@ class CreateSession:
 
 
 @attrs.frozen
+class ForkSession:
+    """Insert ``alias`` and a session copying ``source_session_id``'s state (unless the alias
+    exists). Answer: the alias that won."""
+
+    source_session_id: str
+    alias: SessionAlias
+    now: float
+
+
+@attrs.frozen
 class CallRunHook:
     """Let the application rewrite the request. Answer: a :class:`ChannelRequest`."""
 
@@ -148,6 +158,7 @@ Effect = (
     | IssueIsolationKey
     | LoadAlias
     | CreateSession
+    | ForkSession
     | CallRunHook
     | AcquireLease
     | WaitForLease

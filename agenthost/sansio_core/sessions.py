@@ -12,6 +12,9 @@ Rules:
    alias than the Telegram user's, and one caller cannot reach another caller's key.
 4. ``required`` never creates a session; ``disabled`` runs stateless; ``auto`` creates.
 5. A reset rotates the alias to a fresh session; the old session stays stored and readable.
+6. A *fork* saves a turn as a new session under ``fork_key``, a copy of the session named by
+   ``key`` (which must exist) or a fresh one without a ``key``. The source is never changed,
+   so continuing from an older snapshot branches the conversation instead of rewriting it.
 
 Fresh ids and time come in as arguments.
 """
@@ -65,6 +68,13 @@ class SessionRecord:
     turns: int = 0
 
 
+def fork_scope_for(request: ChannelRequest) -> ScopeKey | None:
+    """The scope a forking request saves into, or ``None`` if it does not fork."""
+    if request.session_mode is SessionMode.DISABLED or request.session.fork_key is None:
+        return None
+    return ScopeKey(None, f"{request.channel}:key:{request.session.fork_key}")
+
+
 def scope_for(request: ChannelRequest, *, fresh_key: str) -> tuple[ScopeKey | None, str | None]:
     """The alias scope of a request and the caller-facing session key (if any).
 
@@ -73,6 +83,8 @@ def scope_for(request: ChannelRequest, *, fresh_key: str) -> tuple[ScopeKey | No
     if request.session_mode is SessionMode.DISABLED:
         return None, None
     session = request.session
+    if session.fork_key is not None and session.key is None:
+        return None, None  # a fork with no source starts empty: nothing to look up
     if session.caller_keyed or session.key is not None:
         key = session.key if session.key is not None else fresh_key
         return ScopeKey(None, f"{request.channel}:key:{key}"), key
@@ -107,7 +119,34 @@ class SessionNotFound:
     pass
 
 
-SessionDecision = UseSession | CreateSession | Stateless | SessionNotFound
+@attrs.frozen
+class ForkSession:
+    """Copy ``source`` into a new session under ``alias``."""
+
+    source: SessionAlias
+    alias: SessionAlias
+
+
+SessionDecision = UseSession | CreateSession | ForkSession | Stateless | SessionNotFound
+
+
+def resolve_fork(
+    fork_scope: ScopeKey,
+    source: SessionAlias | None,
+    *,
+    has_source_key: bool,
+    new_session_id: str,
+    now: float,
+) -> CreateSession | ForkSession | SessionNotFound:
+    """Decide a forking request's session: a copy of its source, or a fresh one."""
+    if fork_scope.owner is None:
+        raise ValueError("resolve_fork needs a scope whose owner is known")
+    alias = SessionAlias(fork_scope.owner, fork_scope.qualifier, new_session_id, 1, now)
+    if not has_source_key:
+        return CreateSession(alias)
+    if source is None:
+        return SessionNotFound()
+    return ForkSession(source, alias)
 
 
 def resolve(
@@ -151,6 +190,14 @@ def new_session_record(alias: SessionAlias, now: float) -> SessionRecord:
         created_at=now,
         updated_at=now,
     )
+
+
+def forked_record(source: SessionRecord | None, alias: SessionAlias, now: float) -> SessionRecord:
+    """The new session of a fork: the source's state and turn count, under the new alias."""
+    record = new_session_record(alias, now)
+    if source is None:
+        return record
+    return attrs.evolve(record, state=source.state, turns=source.turns)
 
 
 def after_successful_run(

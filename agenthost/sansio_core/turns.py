@@ -117,15 +117,29 @@ def resolve_turn(
             # or a request the hook rewrote): look it up now.
             alias = yield fx.LoadAlias(scope)
 
-    decision = sessions.resolve(
-        request.session_mode, scope, alias, new_session_id=f"s_{run_id}", now=now
-    )
+    fork_scope = sessions.fork_scope_for(request)
+    decision: sessions.SessionDecision
+    if fork_scope is not None:
+        session_key = request.session.fork_key
+        decision = sessions.resolve_fork(
+            fork_scope.owned_by(isolation_key),
+            alias,
+            has_source_key=request.session.key is not None,
+            new_session_id=f"s_{run_id}",
+            now=now,
+        )
+    else:
+        decision = sessions.resolve(
+            request.session_mode, scope, alias, new_session_id=f"s_{run_id}", now=now
+        )
     if isinstance(decision, sessions.SessionNotFound):
         return TurnRefused(RefusalReason.SESSION_NOT_FOUND, "no session matches the request")
     if isinstance(decision, sessions.Stateless):
         return ResolvedTurn(request, SessionRef(isolation_key, None, session_key))
     if isinstance(decision, sessions.CreateSession):
         alias = yield fx.CreateSession(decision.alias, now)
+    elif isinstance(decision, sessions.ForkSession):
+        alias = yield fx.ForkSession(decision.source.session_id, decision.alias, now)
     else:
         alias = decision.alias
     assert alias is not None

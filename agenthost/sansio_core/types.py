@@ -118,6 +118,9 @@ class ChannelSession:
     conversation_id: str | None = None
     is_direct: bool = True  # a 1:1 conversation (always keyed on the user)
     caller_keyed: bool = False  # the caller names sessions; no key means a new session
+    # Save this turn as a new session under ``fork_key``, starting from the session named by
+    # ``key`` (or empty without one): each Responses response id is such a snapshot.
+    fork_key: str | None = None
     attributes: Mapping[str, Any] = attrs.field(
         factory=dict, converter=_frozen_mapping, eq=False, hash=False
     )

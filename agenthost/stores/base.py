@@ -13,7 +13,10 @@ they work under asyncio and trio alike.
 from __future__ import annotations
 
 import abc
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+import attrs
 
 from agenthost.sansio_core import leases
 from agenthost.sansio_core.background import RunEvent, RunRecord
@@ -34,6 +37,22 @@ class StoreSchemaError(StoreError):
 
 class RunNotFound(KeyError):
     """No background run has that token (or it expired)."""
+
+
+@attrs.frozen
+class ChannelRecord:
+    """A record a channel keeps for its own protocol (a stored response, a conversation item,
+    a polling cursor). Keys sort within ``(channel, kind)``; a channel pads numbers in keys
+    so that order is meaningful. ``owner`` is the isolation key allowed to read it, if any.
+    """
+
+    channel: str
+    kind: str
+    key: str
+    value: Mapping[str, Any]
+    owner: str | None = None
+    created_at: float = 0.0
+    expires_at: float | None = None
 
 
 class Store(abc.ABC):
@@ -71,6 +90,13 @@ class Store(abc.ABC):
     @abc.abstractmethod
     async def create_session(self, alias: SessionAlias, now: float) -> SessionAlias:
         """Insert the alias and its empty session unless the alias exists; return the winner."""
+
+    @abc.abstractmethod
+    async def fork_session(
+        self, source_session_id: str, alias: SessionAlias, now: float
+    ) -> SessionAlias:
+        """Insert the alias and a session copying the source's state unless the alias exists;
+        return the winner. The source session is not changed."""
 
     @abc.abstractmethod
     async def rotate_session(
@@ -125,3 +151,34 @@ class Store(abc.ABC):
     @abc.abstractmethod
     async def delete_expired_runs(self, now: float) -> int:
         """Delete finished runs whose ``expires_at`` has passed; return how many."""
+
+    # --- channel records ------------------------------------------------------------
+
+    @abc.abstractmethod
+    async def put_channel_records(self, records: Sequence[ChannelRecord]) -> None:
+        """Insert or replace records, all in one transaction (one round trip)."""
+
+    @abc.abstractmethod
+    async def get_channel_record(self, channel: str, kind: str, key: str) -> ChannelRecord | None:
+        """One record (expired ones included until they are deleted)."""
+
+    @abc.abstractmethod
+    async def list_channel_records(
+        self,
+        channel: str,
+        kind: str,
+        *,
+        prefix: str = "",
+        after: str | None = None,
+        limit: int = 100,
+        descending: bool = False,
+    ) -> list[ChannelRecord]:
+        """Records whose key starts with ``prefix``, in key order, strictly past ``after``."""
+
+    @abc.abstractmethod
+    async def delete_channel_records(self, channel: str, kind: str, *, prefix: str) -> int:
+        """Delete the records whose key starts with ``prefix``; return how many."""
+
+    @abc.abstractmethod
+    async def delete_expired_channel_records(self, now: float) -> int:
+        """Delete records whose ``expires_at`` has passed; return how many."""

@@ -6,14 +6,14 @@ It keeps every record in dicts guarded by one lock; nothing survives the process
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 
 from agenthost.sansio_core import background, leases, sessions
 from agenthost.sansio_core.background import RunEvent, RunRecord
 from agenthost.sansio_core.effects import LeaseAnswer, RequestContext
 from agenthost.sansio_core.sessions import ScopeKey, SessionAlias, SessionRecord
 from agenthost.sansio_core.types import ChannelIdentity, RunStatus
-from agenthost.stores.base import RunNotFound, Store
+from agenthost.stores.base import ChannelRecord, RunNotFound, Store
 
 
 class MemoryStore(Store):
@@ -26,6 +26,7 @@ class MemoryStore(Store):
         self._sessions: dict[str, SessionRecord] = {}
         self._leases: dict[str, leases.LeaseState] = {}
         self._runs: dict[str, RunRecord] = {}
+        self._records: dict[tuple[str, str, str], ChannelRecord] = {}
 
     async def load_context(
         self, identity: ChannelIdentity, scope: ScopeKey | None
@@ -55,6 +56,18 @@ class MemoryStore(Store):
                 return existing
             self._aliases[(alias.owner, alias.qualifier)] = alias
             self._sessions[alias.session_id] = sessions.new_session_record(alias, now)
+            return alias
+
+    async def fork_session(
+        self, source_session_id: str, alias: SessionAlias, now: float
+    ) -> SessionAlias:
+        with self._lock:
+            existing = self._aliases.get((alias.owner, alias.qualifier))
+            if existing is not None:
+                return existing
+            source = self._sessions.get(source_session_id)
+            self._aliases[(alias.owner, alias.qualifier)] = alias
+            self._sessions[alias.session_id] = sessions.forked_record(source, alias, now)
             return alias
 
     async def rotate_session(
@@ -133,6 +146,59 @@ class MemoryStore(Store):
             for token in expired:
                 del self._runs[token]
             return len(expired)
+
+    async def put_channel_records(self, records: Sequence[ChannelRecord]) -> None:
+        with self._lock:
+            for record in records:
+                self._records[(record.channel, record.kind, record.key)] = record
+
+    async def get_channel_record(self, channel: str, kind: str, key: str) -> ChannelRecord | None:
+        with self._lock:
+            return self._records.get((channel, kind, key))
+
+    async def list_channel_records(
+        self,
+        channel: str,
+        kind: str,
+        *,
+        prefix: str = "",
+        after: str | None = None,
+        limit: int = 100,
+        descending: bool = False,
+    ) -> list[ChannelRecord]:
+        with self._lock:
+            keys = sorted(
+                key
+                for (c, k, key) in self._records
+                if c == channel and k == kind and key.startswith(prefix)
+            )
+            if descending:
+                keys.reverse()
+            if after is not None:
+                keys = [k for k in keys if (k < after if descending else k > after)]
+            return [self._records[(channel, kind, key)] for key in keys[:limit]]
+
+    async def delete_channel_records(self, channel: str, kind: str, *, prefix: str) -> int:
+        with self._lock:
+            doomed = [
+                ident
+                for ident in self._records
+                if ident[0] == channel and ident[1] == kind and ident[2].startswith(prefix)
+            ]
+            for ident in doomed:
+                del self._records[ident]
+            return len(doomed)
+
+    async def delete_expired_channel_records(self, now: float) -> int:
+        with self._lock:
+            doomed = [
+                ident
+                for ident, record in self._records.items()
+                if record.expires_at is not None and record.expires_at <= now
+            ]
+            for ident in doomed:
+                del self._records[ident]
+            return len(doomed)
 
 
 def _alias_key(scope: ScopeKey) -> tuple[str, str]:

@@ -19,7 +19,7 @@ from __future__ import annotations
 import contextlib
 import os
 import sqlite3
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -32,7 +32,13 @@ from agenthost.sansio_core.effects import LeaseAnswer, RequestContext
 from agenthost.sansio_core.sessions import ScopeKey, SessionAlias, SessionRecord
 from agenthost.sansio_core.types import ChannelIdentity, RunStatus
 from agenthost.stores import codec
-from agenthost.stores.base import SCHEMA_VERSION, RunNotFound, Store, StoreSchemaError
+from agenthost.stores.base import (
+    SCHEMA_VERSION,
+    ChannelRecord,
+    RunNotFound,
+    Store,
+    StoreSchemaError,
+)
 
 T = TypeVar("T")
 
@@ -104,6 +110,19 @@ _SCHEMA_V1 = (
     """,
     "CREATE INDEX runs_by_status ON runs (status, created_at, token)",
     "CREATE INDEX runs_by_expiry ON runs (expires_at)",
+    """
+    CREATE TABLE channel_records (
+        channel TEXT NOT NULL,
+        kind TEXT NOT NULL,
+        key TEXT NOT NULL,
+        owner TEXT,
+        created_at REAL NOT NULL,
+        expires_at REAL,
+        value TEXT NOT NULL,
+        PRIMARY KEY (channel, kind, key)
+    )
+    """,
+    "CREATE INDEX channel_records_by_expiry ON channel_records (expires_at)",
 )
 
 
@@ -271,6 +290,21 @@ class SQLiteStore(Store):
 
         return await self._run(work)
 
+    async def fork_session(
+        self, source_session_id: str, alias: SessionAlias, now: float
+    ) -> SessionAlias:
+        def work(conn: sqlite3.Connection) -> SessionAlias:
+            with _transaction(conn):
+                existing = _select_alias(conn, alias.owner, alias.qualifier)
+                if existing is not None:
+                    return existing
+                source = _select_session(conn, source_session_id)
+                _write_alias(conn, alias)
+                _write_session(conn, alias.session_id, sessions.forked_record(source, alias, now))
+                return alias
+
+        return await self._run(work)
+
     async def rotate_session(
         self, scope: ScopeKey, new_session_id: str, now: float
     ) -> SessionAlias:
@@ -398,6 +432,98 @@ class SQLiteStore(Store):
 
         return await self._run(work)
 
+    # --- channel records ------------------------------------------------------------
+
+    async def put_channel_records(self, records: Sequence[ChannelRecord]) -> None:
+        rows = [
+            (
+                r.channel,
+                r.kind,
+                r.key,
+                r.owner,
+                r.created_at,
+                r.expires_at,
+                codec.to_json(dict(r.value)),
+            )
+            for r in records
+        ]
+
+        def work(conn: sqlite3.Connection) -> None:
+            with _transaction(conn):
+                conn.executemany(
+                    "INSERT OR REPLACE INTO channel_records (channel, kind, key, owner,"
+                    " created_at, expires_at, value) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                    rows,
+                )
+
+        if rows:
+            await self._run(work)
+
+    async def get_channel_record(self, channel: str, kind: str, key: str) -> ChannelRecord | None:
+        def work(conn: sqlite3.Connection) -> ChannelRecord | None:
+            row = conn.execute(
+                "SELECT channel, kind, key, owner, created_at, expires_at, value"
+                " FROM channel_records WHERE channel = ? AND kind = ? AND key = ?",
+                (channel, kind, key),
+            ).fetchone()
+            return _channel_record_from_row(row) if row is not None else None
+
+        return await self._run(work)
+
+    async def list_channel_records(
+        self,
+        channel: str,
+        kind: str,
+        *,
+        prefix: str = "",
+        after: str | None = None,
+        limit: int = 100,
+        descending: bool = False,
+    ) -> list[ChannelRecord]:
+        # A prefix range instead of LIKE: it uses the primary key and needs no escaping.
+        clauses = ["channel = ?", "kind = ?", "key >= ?"]
+        params: list[Any] = [channel, kind, prefix]
+        if prefix:
+            clauses.append("key < ?")
+            params.append(prefix + "\U0010ffff")
+        if after is not None:
+            clauses.append("key < ?" if descending else "key > ?")
+            params.append(after)
+        order = "DESC" if descending else "ASC"
+        # Built from constant fragments only; every value is a bound parameter.
+        where = " AND ".join(clauses)
+        select = "SELECT channel, kind, key, owner, created_at, expires_at, value"
+        sql = f"{select} FROM channel_records WHERE {where} ORDER BY key {order} LIMIT ?"
+        params.append(limit)
+
+        def work(conn: sqlite3.Connection) -> list[ChannelRecord]:
+            return [_channel_record_from_row(row) for row in conn.execute(sql, params)]
+
+        return await self._run(work)
+
+    async def delete_channel_records(self, channel: str, kind: str, *, prefix: str) -> int:
+        def work(conn: sqlite3.Connection) -> int:
+            with _transaction(conn):
+                cursor = conn.execute(
+                    "DELETE FROM channel_records WHERE channel = ? AND kind = ?"
+                    " AND key >= ? AND key < ?",
+                    (channel, kind, prefix, prefix + "\U0010ffff"),
+                )
+                return cursor.rowcount
+
+        return await self._run(work)
+
+    async def delete_expired_channel_records(self, now: float) -> int:
+        def work(conn: sqlite3.Connection) -> int:
+            with _transaction(conn):
+                cursor = conn.execute(
+                    "DELETE FROM channel_records WHERE expires_at IS NOT NULL AND expires_at <= ?",
+                    (now,),
+                )
+                return cursor.rowcount
+
+        return await self._run(work)
+
 
 # --- SQL in one place -------------------------------------------------------------------
 
@@ -521,3 +647,16 @@ def _run_row(record: RunRecord) -> tuple[Any, ...]:
 def _select_run(conn: sqlite3.Connection, token: str) -> RunRecord | None:
     row = conn.execute("SELECT record FROM runs WHERE token = ?", (token,)).fetchone()
     return codec.load_run(row[0]) if row is not None else None
+
+
+def _channel_record_from_row(row: Any) -> ChannelRecord:
+    channel, kind, key, owner, created_at, expires_at, value = row
+    return ChannelRecord(
+        channel=channel,
+        kind=kind,
+        key=key,
+        value=codec.load(value, dict[str, Any]),
+        owner=owner,
+        created_at=created_at,
+        expires_at=expires_at,
+    )

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from starlette.middleware import Middleware
 from starlette.routing import BaseRoute
 
+from agenthost.sansio_core.background import RunRecord
 from agenthost.sansio_core.turns import ResolvedTurn, TurnOutcome, TurnRefused
 from agenthost.sansio_core.types import ChannelCommand, ChannelRequest, ContinuationToken
 
@@ -67,6 +68,16 @@ class Channel(abc.ABC):
 
     async def shutdown(self) -> None:  # noqa: B027 - optional hook
         """Stop what ``startup`` started."""
+
+    def background_updates(self, record: RunRecord) -> UpdateSink | None:
+        """Where a background run this channel started streams its updates (if anywhere).
+
+        Called by the worker each time it runs the record (a re-run after a crash too).
+        """
+        return None
+
+    async def background_finished(self, record: RunRecord) -> None:  # noqa: B027 - optional hook
+        """A background run this channel started reached a final status (already stored)."""
 
 
 __all__ = ["Channel", "HostServices", "ResolvedTurn"]

@@ -189,6 +189,7 @@ class Host:
                     owner=self._owner,
                     settings=self._worker_settings,
                     turn_settings=self._turn_settings,
+                    channels={channel.name: channel for channel in self.channels},
                 )
                 await tasks.start(worker.serve)
                 self._worker = worker
@@ -287,6 +288,9 @@ class Host:
 
     async def cancel_continuation(self, token: str) -> ContinuationToken | None:
         """Cancel a background run (idempotent); ``None`` if no such run exists."""
+        before = await self.store.get_run(token)
+        if before is None:
+            return None
         try:
             record = await self.store.apply_run_event(
                 token,
@@ -296,6 +300,8 @@ class Host:
             return None
         if self._worker is not None:
             self._worker.cancel_local(token)
+            if not before.status.is_final:
+                await self._worker.announce_finished(record)
         return record.to_token()
 
     async def reset_session(self, isolation_key: str, *, qualifier: str = DIRECT) -> str:

@@ -12,13 +12,14 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import anyio
 import anyio.abc
 import attrs
 
+from agenthost.backends.channel import Channel
 from agenthost.backends.interpreter import TurnInterpreter
 from agenthost.backends.targets import json_safe
 from agenthost.sansio_core import background, turns
@@ -47,7 +48,9 @@ class BackgroundWorker:
         owner: str,
         settings: WorkerSettings,
         turn_settings: turns.TurnSettings,
+        channels: Mapping[str, Channel],
     ) -> None:
+        self._channels = channels
         self._store = store
         self._interpreter = interpreter
         self._clock = clock
@@ -165,10 +168,12 @@ class BackgroundWorker:
         try:
             async with anyio.create_task_group() as heartbeats:
                 heartbeats.start_soon(self._heartbeat, token, scope)
+                channel = self._channels.get(record.request.channel)
                 outcome = await self._interpreter.drive(
                     turns.execute_turn(
                         turn, run_id=token, now=self._clock(), settings=self._turn_settings
-                    )
+                    ),
+                    on_update=channel.background_updates(record) if channel else None,
                 )
                 heartbeats.cancel_scope.cancel()
         except anyio.get_cancelled_exc_class():
@@ -200,6 +205,20 @@ class BackgroundWorker:
             )
             return
         log.info("background run finished", extra={"token": token, "status": record.status.value})
+        await self.announce_finished(record)
+
+    async def announce_finished(self, record: background.RunRecord) -> None:
+        """Tell the originating channel; its failure is logged, never lost in the worker."""
+        channel = self._channels.get(record.request.channel)
+        if channel is None:
+            return
+        try:
+            await channel.background_finished(record)
+        except Exception:
+            log.exception(
+                "channel failed to handle a finished background run",
+                extra={"token": record.token, "channel": channel.name},
+            )
 
     async def _suspend_if_still_mine(self, token: str) -> None:
         try:

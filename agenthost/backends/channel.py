@@ -22,6 +22,8 @@ from agenthost.sansio_core.types import ChannelCommand, ChannelRequest, Continua
 if TYPE_CHECKING:
     import httpx
 
+    from agenthost.stores.base import Store
+
     from agenthost.backends.targets import UpdateSink
 
 
@@ -30,6 +32,15 @@ class HostServices(Protocol):
 
     @property
     def http(self) -> httpx.AsyncClient: ...
+
+    @property
+    def store(self) -> Store:
+        """The host's store, for the channel's own records (``*_channel_records``)."""
+        ...
+
+    def now(self) -> float:
+        """The host's clock (wall time, seconds): use it for records' times."""
+        ...
 
     async def run(
         self,

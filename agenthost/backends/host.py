@@ -220,6 +220,10 @@ class Host:
 
     # --- what channels and applications call --------------------------------------
 
+    def now(self) -> float:
+        """The host's clock (wall time in seconds), as every record the host writes uses."""
+        return self._clock()
+
     @property
     def http(self) -> httpx.AsyncClient:
         """The one shared outbound HTTP client (exists while the host runs)."""

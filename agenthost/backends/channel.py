@@ -22,9 +22,8 @@ from agenthost.sansio_core.types import ChannelCommand, ChannelRequest, Continua
 if TYPE_CHECKING:
     import httpx
 
-    from agenthost.stores.base import Store
-
     from agenthost.backends.targets import UpdateSink
+    from agenthost.stores.base import Store
 
 
 class HostServices(Protocol):

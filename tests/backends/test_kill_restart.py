@@ -34,7 +34,9 @@ def free_port() -> int:
 
 
 @contextmanager
-def host_process(state_dir: Path, port: int, max_attempts: int) -> Iterator[subprocess.Popen[bytes]]:
+def host_process(
+    state_dir: Path, port: int, max_attempts: int
+) -> Iterator[subprocess.Popen[bytes]]:
     env = {
         **os.environ,
         "KILL_TEST_STATE_DIR": str(state_dir),
@@ -59,7 +61,9 @@ def host_process(state_dir: Path, port: int, max_attempts: int) -> Iterator[subp
             process.stderr.close()
 
 
-async def poll_until(client: httpx.AsyncClient, token: str, statuses: set[str]) -> dict[str, object]:
+async def poll_until(
+    client: httpx.AsyncClient, token: str, statuses: set[str]
+) -> dict[str, object]:
     with anyio.fail_after(20):
         while True:
             body: dict[str, object] = (await client.get(f"/invocations/{token}")).json()

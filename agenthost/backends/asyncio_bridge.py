@@ -4,11 +4,15 @@ Under asyncio the bridge calls straight through. Under trio it owns one asyncio 
 in a helper thread (an anyio blocking portal) and reaches it with ``call_async``, which
 carries cancellation across: cancelling the trio caller cancels the asyncio task. Streams
 are pulled one update per call, so the trio side sets the pace and nothing is buffered.
+Every pull of one stream runs in the same ``contextvars.Context``, as it would inside one
+asyncio task: Agent Framework sets a context variable in one step of a stream and resets it
+in a later one, which fails if each step has a context of its own.
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable
+import contextvars
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from contextlib import AbstractContextManager
 from typing import Any, TypeVar
 
@@ -65,13 +69,21 @@ class AsyncioBridge:
     async def iterate(self, open_stream: Callable[[], AsyncIterator[T]]) -> AsyncIterator[T]:
         """Iterate an asyncio-side async iterator from this loop, one update per pull."""
         if self._portal is None:
-            async for item in await self.call(_as_awaitable(open_stream)):
-                yield item
+            direct = await self.call(_as_awaitable(open_stream))
+            try:
+                async for item in direct:
+                    yield item
+            finally:
+                # As below: leaving early closes the stream now, not when it is collected.
+                with anyio.CancelScope(shield=True):
+                    aclose = getattr(direct, "aclose", None)
+                    if aclose is not None:
+                        await aclose()
             return
-        iterator = await self._portal.call_async(_as_awaitable(open_stream))
+        context, iterator = await self._portal.call_async(_open_in_own_context, open_stream)
         try:
             while True:
-                item = await self._portal.call_async(_next_or_end, iterator)
+                item = await self._portal.call_async(_in_context, context, _next_or_end, iterator)
                 if item is _END:
                     return
                 yield item
@@ -79,7 +91,7 @@ class AsyncioBridge:
             with anyio.CancelScope(shield=True):
                 aclose = getattr(iterator, "aclose", None)
                 if aclose is not None:
-                    await self._portal.call_async(aclose)
+                    await self._portal.call_async(_in_context, context, aclose)
 
 
 def _as_awaitable(
@@ -89,6 +101,22 @@ def _as_awaitable(
         return open_stream()
 
     return opened
+
+
+async def _open_in_own_context(
+    open_stream: Callable[[], AsyncIterator[T]],
+) -> tuple[contextvars.Context, AsyncIterator[T]]:
+    context = contextvars.copy_context()
+    return context, context.run(open_stream)
+
+
+async def _in_context(
+    context: contextvars.Context, fn: Callable[..., Coroutine[Any, Any, T]], *args: Any
+) -> T:
+    import asyncio  # noqa: TID251 - this module is where the host names asyncio
+
+    # Awaiting the task passes a cancellation of this one on to it.
+    return await asyncio.create_task(fn(*args), context=context)
 
 
 async def _next_or_end(iterator: AsyncIterator[Any]) -> Any:

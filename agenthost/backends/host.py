@@ -265,7 +265,7 @@ class Host:
             return resolved
         record = background.new_run(
             token=token,
-            request=resolved.request,
+            request=request,  # as it arrived: the hook runs again when the run starts
             isolation_key=resolved.session_ref.isolation_key,
             session_id=resolved.session_ref.session_id,
             session_key=resolved.session_ref.key,

@@ -9,6 +9,7 @@ save: the core does (only after success).
 from __future__ import annotations
 
 import abc
+import contextlib
 import inspect
 import json
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
@@ -149,10 +150,12 @@ class AgentTarget(TargetAdapter):
         else:
             sink = call.on_update
             final: list[Any] = []
-            async for update in self._bridge.iterate(
+            updates = self._bridge.iterate(
                 lambda: self._run_streaming(messages, session, options, final)
-            ):
-                await sink(StreamUpdate(update.text or "", update))
+            )
+            async with contextlib.aclosing(updates):
+                async for update in updates:
+                    await sink(StreamUpdate(update.text or "", update))
             response = final[0]
         new_state = session.to_dict() if session is not None else None
         return TargetSucceeded(result=response, text=response.text or "", new_state=new_state)

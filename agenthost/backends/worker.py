@@ -161,17 +161,17 @@ class BackgroundWorker:
         except (background.RunTransitionRefused, RunNotFound):
             return  # another worker took it, or it was cancelled meanwhile
         log.info("background run started", extra={"token": token, "attempt": record.attempts})
-        turn = turns.ResolvedTurn(
-            record.request,
-            SessionRef(record.isolation_key, record.session_id, record.session_key),
-        )
         try:
             async with anyio.create_task_group() as heartbeats:
                 heartbeats.start_soon(self._heartbeat, token, scope)
                 channel = self._channels.get(record.request.channel)
                 outcome = await self._interpreter.drive(
-                    turns.execute_turn(
-                        turn, run_id=token, now=self._clock(), settings=self._turn_settings
+                    turns.start_background_turn(
+                        record.request,
+                        SessionRef(record.isolation_key, record.session_id, record.session_key),
+                        run_id=token,
+                        now=self._clock(),
+                        settings=self._turn_settings,
                     ),
                     on_update=channel.background_updates(record) if channel else None,
                 )

@@ -2,15 +2,25 @@
 
 Rules:
 
-1. The order is fixed: resolve the identity -> run hook -> resolve the session -> take the
-   session lease -> restore the session -> run -> save the session only if the run
-   succeeded -> release the lease. A failed or cancelled run never changes the saved
-   session, so its input cannot poison later turns.
-2. A refused identity, a missing ``required`` session and a busy ``reject`` session end
-   the turn before the target runs, with an outcome that says which.
-3. A turn is split in two so background runs can record the resolved turn before running:
-   :func:`resolve_turn` (identity, hook, session) and :func:`execute_turn` (lease, run,
-   save). :func:`run_turn` is both.
+1. The order is fixed: resolve the identity -> authorize -> run hook -> resolve the
+   session -> take the session lease -> restore the session -> run -> save the session
+   only if the run succeeded -> release the lease. A failed or cancelled run never changes
+   the saved session, so its input cannot poison later turns.
+2. Authorization (``authorization.py``) runs on every request, right after the identity
+   is resolved and before anything else: a denied or not-yet-linked sender never reaches
+   the run hook, a session or the target, and a new identity it refuses is not even
+   given a key. What it needs of linking comes in the same round trip as the identity.
+3. A refused identity, a denied or unlinked sender, a missing ``required`` session and a
+   busy ``reject`` session end the turn before the target runs, with an outcome that says
+   which.
+4. A host command (``commands.py``) is answered by :func:`run_command` instead of a turn:
+   it is authorized the same way and never reaches the target.
+5. A turn is split in two so background runs can record the resolved turn before running:
+   :func:`resolve_turn` (identity, authorization, hook, session) and :func:`execute_turn`
+   (lease, run, save). :func:`run_turn` is both.
+6. A background run stores the request as it arrived, not as the hook rewrote it (a hook
+   may build values no store can keep, such as a workflow's typed input), and
+   :func:`start_background_turn` runs the hook again when the run starts.
 
 Each function is a generator: it yields effects from ``effects.py``, receives their answers
 through ``send``, and returns its outcome. Fresh ids are derived from ``run_id`` (fresh
@@ -25,8 +35,10 @@ from typing import Any
 
 import attrs
 
+from agenthost.sansio_core import authorization, commands, identity, leases, link_codes, sessions
 from agenthost.sansio_core import effects as fx
-from agenthost.sansio_core import identity, leases, sessions
+from agenthost.sansio_core.authorization import AccessSettings, Denied, LinkRequired
+from agenthost.sansio_core.commands import CommandCatalog, CommandReply, ParsedCommand
 from agenthost.sansio_core.types import (
     ChannelRequest,
     HostedRunResult,
@@ -41,6 +53,8 @@ class RefusalReason(enum.Enum):
     IDENTITY_REFUSED = "identity_refused"
     SESSION_NOT_FOUND = "session_not_found"
     SESSION_BUSY = "session_busy"
+    DENIED = "denied"  # the allowlist refused the sender (``access`` says why, for logs)
+    LINK_REQUIRED = "link_required"  # the sender must link first (``access`` says how)
 
 
 @attrs.frozen
@@ -66,8 +80,20 @@ class TurnFailed:
 
 @attrs.frozen
 class TurnRefused:
+    """The turn ended before the target ran.
+
+    ``detail`` is for logs and developers. For ``DENIED`` and ``LINK_REQUIRED``, ``access``
+    carries the decision: show the user ``user_message`` (bland for a denial) and nothing
+    else; ``Denied.log_details`` belong in structured logs only.
+    """
+
     reason: RefusalReason
     detail: str
+    access: Denied | LinkRequired | None = None
+
+    @property
+    def user_message(self) -> str | None:
+        return self.access.user_message if self.access is not None else None
 
 
 TurnOutcome = TurnCompleted | TurnFailed | TurnRefused
@@ -80,22 +106,38 @@ class TurnSettings:
     custom_resolver: bool = False
     run_hook: bool = False
     default_multitask: MultitaskStrategy = MultitaskStrategy.ENQUEUE
+    access: AccessSettings = attrs.field(factory=AccessSettings)
+    commands: CommandCatalog = attrs.field(factory=CommandCatalog)
 
 
 def resolve_turn(
     request: ChannelRequest, *, run_id: str, now: float, settings: TurnSettings
 ) -> Generator[fx.Effect, Any, ResolvedTurn | TurnRefused]:
-    """Settle who is asking and which session the request runs in."""
+    """Settle who is asking, whether they may, and which session the request runs in."""
     scope, session_key = sessions.scope_for(request, fresh_key=f"s_{run_id}")
+    access = settings.access.for_channel(request.channel)
+    is_direct = request.session.is_direct
 
     if settings.custom_resolver:
         isolation_key = yield fx.CallIdentityResolver(request.identity)
         if isolation_key is None:
             return TurnRefused(RefusalReason.IDENTITY_REFUSED, "the identity resolver refused")
+        refused = _refusal(
+            authorization.authorize(access, request.identity, None, is_direct=is_direct)
+        )
+        if refused is not None:
+            return refused
         alias = None
         alias_known = False
     else:
-        context: fx.RequestContext = yield fx.LoadContext(request.identity, scope)
+        context: fx.RequestContext = yield fx.LoadContext(
+            request.identity, scope, facts=access.needs_facts
+        )
+        refused = _refusal(
+            authorization.authorize(access, request.identity, context.facts, is_direct=is_direct)
+        )
+        if refused is not None:
+            return refused  # before a key is issued: a refused stranger leaves no trace
         isolation_key = context.isolation_key
         alias = context.alias
         alias_known = isolation_key is not None
@@ -175,14 +217,123 @@ def execute_turn(
     return _outcome(answer, ref, saved=saved)
 
 
-def run_turn(
-    request: ChannelRequest, *, run_id: str, now: float, settings: TurnSettings
+def start_background_turn(
+    request: ChannelRequest,
+    session_ref: SessionRef,
+    *,
+    run_id: str,
+    now: float,
+    settings: TurnSettings,
 ) -> Generator[fx.Effect, Any, TurnOutcome]:
-    """A whole foreground turn: :func:`resolve_turn` then :func:`execute_turn`."""
+    """Run a stored background request: the hook again, then :func:`execute_turn`."""
+    if settings.run_hook:
+        request = yield fx.CallRunHook(request, session_ref.isolation_key)
+    turn = ResolvedTurn(request, session_ref)
+    return (yield from execute_turn(turn, run_id=run_id, now=now, settings=settings))
+
+
+def run_turn(
+    request: ChannelRequest,
+    *,
+    run_id: str,
+    now: float,
+    settings: TurnSettings,
+    bot_name: str | None = None,
+) -> Generator[fx.Effect, Any, TurnOutcome]:
+    """A whole foreground turn: :func:`resolve_turn` then :func:`execute_turn`.
+
+    A request that carries a host command is answered by :func:`run_command` instead;
+    ``bot_name`` is the channel's bot name, for ``/command@bot``.
+    """
+    command = commands.command_of(request, settings.commands, bot_name)
+    if command is not None:
+        return (yield from run_command(request, command, run_id=run_id, now=now, settings=settings))
     resolved = yield from resolve_turn(request, run_id=run_id, now=now, settings=settings)
     if isinstance(resolved, TurnRefused):
         return resolved
     return (yield from execute_turn(resolved, run_id=run_id, now=now, settings=settings))
+
+
+def run_command(
+    request: ChannelRequest,
+    command: ParsedCommand,
+    *,
+    run_id: str,
+    now: float,
+    settings: TurnSettings,
+) -> Generator[fx.Effect, Any, TurnCompleted | TurnRefused]:
+    """Answer a host command: authorize it like a message, perform it, word the reply.
+
+    The reply is a :class:`TurnCompleted` whose result is a ``commands.CommandReply``
+    and whose session is stateless (nothing was run or saved).
+    """
+    access = settings.access.for_channel(request.channel)
+    who = request.identity
+    facts = None
+    if settings.custom_resolver:
+        isolation_key = yield fx.CallIdentityResolver(who)
+        if isolation_key is None:
+            return TurnRefused(RefusalReason.IDENTITY_REFUSED, "the identity resolver refused")
+    else:
+        context: fx.RequestContext = yield fx.LoadContext(who, None, facts=True)
+        isolation_key, facts = context.isolation_key, context.facts
+    decision = authorization.authorize(access, who, facts, is_direct=request.session.is_direct)
+    if not commands.permitted(command, decision):
+        refused = _refusal(decision)
+        assert refused is not None  # every command is permitted to an allowed sender
+        return refused
+    if isolation_key is None:
+        candidate = identity.candidate_isolation_key(who, run_id)
+        isolation_key = yield fx.IssueIsolationKey(who, candidate, now)
+    assert isolation_key is not None
+    text = yield from _perform(
+        request, command, isolation_key, run_id=run_id, now=now, settings=settings
+    )
+    ref = SessionRef(isolation_key, None, request.session.key)
+    return TurnCompleted(HostedRunResult(CommandReply(command.name, text), ref, text), saved=False)
+
+
+def _perform(
+    request: ChannelRequest,
+    command: ParsedCommand,
+    isolation_key: str,
+    *,
+    run_id: str,
+    now: float,
+    settings: TurnSettings,
+) -> Generator[fx.Effect, Any, str]:
+    who = request.identity
+    if command.name == commands.HELP:
+        return commands.help_answer(settings.commands.for_channel(request.channel))
+    if command.name == commands.LINK:
+        if not request.session.is_direct:
+            return commands.WRITE_TO_ME_DIRECTLY
+        if not command.args:
+            challenges = yield fx.BeginLink(who, isolation_key)
+            return commands.challenge_answer(challenges)
+        code = link_codes.parse_code(command.args)
+        if code is None:
+            return commands.NOT_A_CODE
+        result = yield fx.CompleteLink(who, *code)
+        return commands.NO_LINKER_COMPLETES_HERE if result is None else commands.link_answer(result)
+    if command.name == commands.UNLINK:
+        new_key = identity.candidate_isolation_key(who, run_id)
+        return commands.link_answer((yield fx.UnlinkIdentity(who, new_key, now)))
+    if command.name == commands.NEW:
+        scope, _ = sessions.scope_for(request, fresh_key=f"s_{run_id}")
+        if scope is None or (request.session.caller_keyed and request.session.key is None):
+            return commands.NOTHING_TO_RESET
+        yield fx.RotateSession(scope.owned_by(isolation_key), f"s_{run_id}", now)
+        return commands.NEW_CONVERSATION
+    raise ValueError(f"no host command is named {command.name!r}")
+
+
+def _refusal(decision: authorization.AccessDecision) -> TurnRefused | None:
+    if isinstance(decision, Denied):
+        return TurnRefused(RefusalReason.DENIED, f"denied ({decision.reason_code})", decision)
+    if isinstance(decision, LinkRequired):
+        return TurnRefused(RefusalReason.LINK_REQUIRED, "the sender must link first", decision)
+    return None
 
 
 def _outcome(

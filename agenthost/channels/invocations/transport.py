@@ -16,6 +16,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
+from agenthost.backends.bodies import BodyTooLarge, OversizedBodyResponse, read_limited
 from agenthost.backends.channel import Channel, HostServices
 from agenthost.backends.streaming import Emit, ProducerResponse
 from agenthost.backends.targets import StreamUpdate
@@ -108,10 +109,14 @@ class _Handlers:
         headers = {"x-agent-invocation-id": invocation}
         try:
             caller = await self._caller(request)
-            raw = await _read_limited(request, self._channel.max_body_bytes)
+            raw = await read_limited(request, self._channel.max_body_bytes)
             body = codec.parse_body(raw)
         except codec.InvocationError as error:
             return _error(error.status, error.code, error.message, headers)
+        except BodyTooLarge as too_large:
+            return OversizedBodyResponse(
+                codec.error_body("body_too_large", str(too_large)), headers=headers
+            )
 
         session_id = body.session_id or request.query_params.get("agent_session_id")
         if session_id is not None and codec.invocation_id(session_id) is None:
@@ -243,19 +248,3 @@ def _refusal(outcome: TurnRefused, headers: dict[str, str]) -> Response:
 
 def _error(status: int, code: str, message: str, headers: dict[str, str] | None = None) -> Response:
     return JSONResponse(codec.error_body(code, message), status_code=status, headers=headers)
-
-
-async def _read_limited(request: Request, limit: int) -> bytes:
-    declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > limit:
-        raise codec.InvocationError(
-            413, "body_too_large", f"The request body exceeds {limit} bytes."
-        )
-    body = bytearray()
-    async for chunk in request.stream():
-        body += chunk
-        if len(body) > limit:
-            raise codec.InvocationError(
-                413, "body_too_large", f"The request body exceeds {limit} bytes."
-            )
-    return bytes(body)

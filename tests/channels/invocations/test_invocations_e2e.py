@@ -233,11 +233,6 @@ async def test_typed_workflow_input_through_a_run_hook(tmp_path: Path) -> None:
     assert hooked == ["typed"]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="known bug: a run_hook's typed input cannot be recorded for a background run "
-    "(the store writes JSON only), and the caller gets a plain-text 500",
-)
 async def test_typed_workflow_input_in_the_background(tmp_path: Path) -> None:
     workflow = WorkflowBuilder(start_executor=add_pair).build()
 

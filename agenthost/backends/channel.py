@@ -9,7 +9,7 @@ background runs) is the host's.
 from __future__ import annotations
 
 import abc
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING, Any, Protocol
 
 from starlette.middleware import Middleware
@@ -39,6 +39,14 @@ class HostServices(Protocol):
 
     def now(self) -> float:
         """The host's clock (wall time, seconds): use it for records' times."""
+        ...
+
+    def start_task(self, fn: Callable[[], Awaitable[None]], *, name: str) -> None:
+        """Run ``fn`` in the host's lifespan task group (a poller, an inbox drain...).
+
+        It is cancelled when the host stops; an exception from it is logged and does not
+        stop the host. Only callable while the host runs (from ``startup`` on).
+        """
         ...
 
     async def run(

@@ -12,12 +12,13 @@ import logging
 import re
 import secrets
 import time
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
 import anyio
+import anyio.abc
 import httpx
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
@@ -135,6 +136,7 @@ class Host:
             result_ttl_seconds=background_ttl_seconds,
         )
         self._worker: BackgroundWorker | None = None
+        self._tasks: anyio.abc.TaskGroup | None = None
         self._http: httpx.AsyncClient | None = None
         self._app: Starlette | None = None
 
@@ -192,6 +194,7 @@ class Host:
                     channels={channel.name: channel for channel in self.channels},
                 )
                 await tasks.start(worker.serve)
+                self._tasks = tasks
                 self._worker = worker
                 started: list[Channel] = []
                 try:
@@ -206,6 +209,7 @@ class Host:
                             await channel.shutdown()
                         await worker.drain(self._shutdown_grace)
                     self._worker = None
+                    self._tasks = None
                     tasks.cancel_scope.cancel()
         finally:
             self._http = None
@@ -219,6 +223,19 @@ class Host:
         return JSONResponse({"status": "healthy"})
 
     # --- what channels and applications call --------------------------------------
+
+    def start_task(self, fn: Callable[[], Awaitable[None]], *, name: str) -> None:
+        """Run ``fn`` in the lifespan's task group until it ends or the host stops."""
+        if self._tasks is None:
+            raise HostNotRunning("tasks can be started only while the host runs")
+
+        async def guarded() -> None:
+            try:
+                await fn()
+            except Exception:
+                log.exception("a host task failed", extra={"task": name})
+
+        self._tasks.start_soon(guarded, name=name)
 
     def now(self) -> float:
         """The host's clock (wall time in seconds), as every record the host writes uses."""

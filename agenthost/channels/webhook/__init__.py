@@ -1,0 +1,5 @@
+"""A push-only channel that delivers replies to an application's HTTPS endpoint, signed."""
+
+from agenthost.channels.webhook.transport import WebhookChannel, sign, verify
+
+__all__ = ["WebhookChannel", "sign", "verify"]

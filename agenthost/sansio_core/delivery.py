@@ -1,0 +1,286 @@
+"""The delivery lifecycle: one durable push of a reply (and its echo) to one destination.
+
+Rules (everything that decides a delivery's status lives in this file):
+
+1. A delivery is recorded ``scheduled`` in the same store transaction that completes its
+   run, so a crash after the run cannot lose it. Its id is its idempotency key: recording
+   the same id twice keeps the first.
+2. A worker *claims* a due delivery (``scheduled``, or ``failed`` whose retry time has
+   come): ``-> sending``, with an owner and a lease. The attempt is counted at the claim,
+   before anything is sent.
+3. With an echo, the echo is sent first; ``echo_sent`` moves the cursor, so a retry never
+   echoes twice. Then the reply: ``sent -> delivered``.
+4. A failed send is classified by the channel. Transient (network, 5xx, 429) -> ``failed``
+   with the next attempt after exponential backoff with full jitter, and never sooner than
+   the platform's ``retry_after``; permanent (blocked, bad chat) -> ``dead`` at once with
+   the reason. When attempts run out a transient failure is ``dead`` too.
+5. A shutdown or cancel interrupts a send without spending its attempt: ``-> scheduled``.
+6. A ``sending`` delivery whose lease expired was in flight when its process died: nobody
+   knows whether the platform got it. It becomes ``unknown`` — kept apart from ``failed``
+   and never resent blindly — unless its channel's push is idempotent (the platform drops
+   a repeated idempotency key), in which case it is scheduled again.
+7. An operator may replay ``dead`` or ``unknown`` deliveries (``-> scheduled``, attempts
+   reset) or purge dead ones. ``delivered`` is final: nothing moves it, so a delivery is
+   never both delivered and dead.
+
+Time, owners and jitter (a number in [0, 1) drawn by the backend) come in with the events.
+The transitions are :data:`DELIVERY_TRANSITIONS`; ``apply`` refuses any other step.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Mapping
+from typing import Any
+
+import attrs
+
+from agenthost.sansio_core.types import ChannelIdentity
+
+
+class DeliveryStatus(enum.Enum):
+    SCHEDULED = "scheduled"
+    SENDING = "sending"
+    DELIVERED = "delivered"
+    UNKNOWN = "unknown"
+    FAILED = "failed"
+    DEAD = "dead"
+
+
+class FailureKind(enum.Enum):
+    TRANSIENT = "transient"
+    PERMANENT = "permanent"
+
+
+@attrs.frozen
+class RetryPolicy:
+    max_attempts: int = 5
+    base_seconds: float = 1.0
+    cap_seconds: float = 300.0
+
+    def delay(self, attempt: int, jitter: float) -> float:
+        """Full jitter: uniform in [0, min(cap, base * 2**(attempt-1)))."""
+        ceiling = min(self.cap_seconds, self.base_seconds * 2.0 ** max(attempt - 1, 0))
+        return ceiling * min(max(jitter, 0.0), 1.0)
+
+
+@attrs.frozen
+class Delivery:
+    """One push to one destination: the reply, and first the user's words when echoing."""
+
+    delivery_id: str
+    isolation_key: str
+    channel: str
+    identity: ChannelIdentity
+    conversation_id: str | None
+    reply: Mapping[str, Any]
+    echo: Mapping[str, Any] | None
+    created_at: float
+    status: DeliveryStatus = DeliveryStatus.SCHEDULED
+    echo_sent: bool = False
+    attempts: int = 0
+    retry: RetryPolicy = attrs.field(factory=lambda: RetryPolicy())
+    next_attempt_at: float = 0.0
+    owner: str | None = None
+    lease_expires_at: float | None = None
+    updated_at: float = 0.0
+    delivered_at: float | None = None
+    last_error: str | None = None
+
+    def is_due(self, now: float) -> bool:
+        return (
+            self.status in (DeliveryStatus.SCHEDULED, DeliveryStatus.FAILED)
+            and self.next_attempt_at <= now
+        )
+
+    def is_abandoned(self, now: float) -> bool:
+        return (
+            self.status is DeliveryStatus.SENDING
+            and self.lease_expires_at is not None
+            and self.lease_expires_at <= now
+        )
+
+    @property
+    def phase(self) -> str:
+        """What the next send is: ``echo`` or ``reply``."""
+        return "echo" if self.echo is not None and not self.echo_sent else "reply"
+
+
+# --- events -------------------------------------------------------------------------
+
+
+@attrs.frozen
+class Claim:
+    owner: str
+    now: float
+    lease_seconds: float
+
+
+@attrs.frozen
+class EchoSent:
+    owner: str
+    now: float
+
+
+@attrs.frozen
+class Sent:
+    owner: str
+    now: float
+
+
+@attrs.frozen
+class SendFailed:
+    owner: str
+    now: float
+    kind: FailureKind
+    reason: str
+    jitter: float
+    retry_after: float | None = None
+
+
+@attrs.frozen
+class Interrupted:
+    """A shutdown or cancel stopped the send; the attempt is given back."""
+
+    owner: str
+    now: float
+
+
+@attrs.frozen
+class Recover:
+    """A sweep found the delivery; it acts only if its sender died mid-send."""
+
+    now: float
+    idempotent_push: bool
+
+
+@attrs.frozen
+class Replay:
+    now: float
+
+
+DeliveryEvent = Claim | EchoSent | Sent | SendFailed | Interrupted | Recover | Replay
+
+S, G, D, U, F, X = (
+    DeliveryStatus.SCHEDULED,
+    DeliveryStatus.SENDING,
+    DeliveryStatus.DELIVERED,
+    DeliveryStatus.UNKNOWN,
+    DeliveryStatus.FAILED,
+    DeliveryStatus.DEAD,
+)
+
+# (status before, event) -> statuses the step may lead to.
+DELIVERY_TRANSITIONS: dict[
+    tuple[DeliveryStatus, type[DeliveryEvent]], frozenset[DeliveryStatus]
+] = {
+    (S, Claim): frozenset({G}),
+    (F, Claim): frozenset({G}),
+    (G, EchoSent): frozenset({G}),
+    (G, Sent): frozenset({D}),
+    (G, SendFailed): frozenset({F, X}),
+    (G, Interrupted): frozenset({S}),
+    (G, Recover): frozenset({G, U, S}),  # still leased / sender died / idempotent push
+    (S, Recover): frozenset({S}),
+    (F, Recover): frozenset({F}),
+    (X, Replay): frozenset({S}),
+    (U, Replay): frozenset({S}),
+}
+
+
+class DeliveryTransitionRefused(Exception):
+    def __init__(self, delivery: Delivery, event: DeliveryEvent, reason: str) -> None:
+        super().__init__(
+            f"{type(event).__name__} refused on {delivery.status.value} delivery: {reason}"
+        )
+        self.delivery = delivery
+        self.reason = reason
+
+
+def apply(delivery: Delivery, event: DeliveryEvent) -> Delivery:
+    allowed = DELIVERY_TRANSITIONS.get((delivery.status, type(event)))
+    if allowed is None:
+        raise DeliveryTransitionRefused(delivery, event, "no such transition")
+    new = _step(delivery, event)
+    if new.status not in allowed:  # pragma: no cover - guards this module's own logic
+        raise AssertionError(f"{delivery.status} --{type(event).__name__}--> {new.status}")
+    return new
+
+
+def _check(delivery: Delivery, event: DeliveryEvent, owner: str) -> None:
+    if delivery.owner != owner:
+        raise DeliveryTransitionRefused(delivery, event, "another worker holds it")
+
+
+def _step(d: Delivery, event: DeliveryEvent) -> Delivery:
+    if isinstance(event, Claim):
+        if not d.is_due(event.now):
+            raise DeliveryTransitionRefused(d, event, "not due yet")
+        return attrs.evolve(
+            d,
+            status=DeliveryStatus.SENDING,
+            attempts=d.attempts + 1,
+            owner=event.owner,
+            lease_expires_at=event.now + event.lease_seconds,
+            updated_at=event.now,
+        )
+    if isinstance(event, EchoSent):
+        _check(d, event, event.owner)
+        if d.echo is None or d.echo_sent:
+            raise DeliveryTransitionRefused(d, event, "no echo is pending")
+        return attrs.evolve(d, echo_sent=True, updated_at=event.now)
+    if isinstance(event, Sent):
+        _check(d, event, event.owner)
+        if d.phase == "echo":
+            raise DeliveryTransitionRefused(d, event, "the echo has not been sent")
+        return attrs.evolve(
+            d,
+            status=DeliveryStatus.DELIVERED,
+            owner=None,
+            lease_expires_at=None,
+            updated_at=event.now,
+            delivered_at=event.now,
+            last_error=None,
+        )
+    if isinstance(event, SendFailed):
+        _check(d, event, event.owner)
+        released = attrs.evolve(
+            d, owner=None, lease_expires_at=None, updated_at=event.now, last_error=event.reason
+        )
+        if event.kind is FailureKind.PERMANENT or d.attempts >= d.retry.max_attempts:
+            return attrs.evolve(released, status=DeliveryStatus.DEAD)
+        backoff = d.retry.delay(d.attempts, event.jitter)
+        wait = max(backoff, event.retry_after or 0.0)
+        return attrs.evolve(
+            released, status=DeliveryStatus.FAILED, next_attempt_at=event.now + wait
+        )
+    if isinstance(event, Interrupted):
+        _check(d, event, event.owner)
+        return attrs.evolve(
+            d,
+            status=DeliveryStatus.SCHEDULED,
+            attempts=d.attempts - 1,
+            owner=None,
+            lease_expires_at=None,
+            updated_at=event.now,
+        )
+    if isinstance(event, Recover):
+        if not d.is_abandoned(event.now):
+            return d
+        status = DeliveryStatus.SCHEDULED if event.idempotent_push else DeliveryStatus.UNKNOWN
+        return attrs.evolve(
+            d,
+            status=status,
+            owner=None,
+            lease_expires_at=None,
+            updated_at=event.now,
+            last_error="the sender stopped during a send; the platform may have it",
+        )
+    # Replay
+    return attrs.evolve(
+        d,
+        status=DeliveryStatus.SCHEDULED,
+        attempts=0,
+        next_attempt_at=event.now,
+        updated_at=event.now,
+    )

@@ -18,7 +18,8 @@ Rules (everything that decides a delivery's status lives in this file):
 6. A ``sending`` delivery whose lease expired was in flight when its process died: nobody
    knows whether the platform got it. It becomes ``unknown`` — kept apart from ``failed``
    and never resent blindly — unless its channel's push is idempotent (the platform drops
-   a repeated idempotency key), in which case it is scheduled again.
+   a repeated idempotency key), in which case it is scheduled again while it has attempts
+   left.
 7. An operator may replay ``dead`` or ``unknown`` deliveries (``-> scheduled``, attempts
    reset) or purge dead ones. ``delivered`` is final: nothing moves it, so a delivery is
    never both delivered and dead.
@@ -59,7 +60,7 @@ class RetryPolicy:
     cap_seconds: float = 300.0
 
     def delay(self, attempt: int, jitter: float) -> float:
-        """Full jitter: uniform in [0, min(cap, base * 2**(attempt-1)))."""
+        """Full jitter: ``jitter`` (in [0, 1]) scales ``min(cap, base * 2**(attempt-1))``."""
         ceiling = min(self.cap_seconds, self.base_seconds * 2.0 ** max(attempt - 1, 0))
         return ceiling * min(max(jitter, 0.0), 1.0)
 
@@ -267,7 +268,9 @@ def _step(d: Delivery, event: DeliveryEvent) -> Delivery:
     if isinstance(event, Recover):
         if not d.is_abandoned(event.now):
             return d
-        status = DeliveryStatus.SCHEDULED if event.idempotent_push else DeliveryStatus.UNKNOWN
+        # Out of attempts, scheduling it again would let the next claim exceed max_attempts.
+        retry = event.idempotent_push and d.attempts < d.retry.max_attempts
+        status = DeliveryStatus.SCHEDULED if retry else DeliveryStatus.UNKNOWN
         return attrs.evolve(
             d,
             status=status,

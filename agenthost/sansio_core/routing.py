@@ -13,7 +13,8 @@ Rules:
    takes one destination per channel the user has an identity on, most recent first.
 5. A destination is dropped, with a reason, when its channel cannot push, when the link
    policy forbids carrying this conversation from the originating channel to it, or when
-   the user has never been seen there (there is no conversation to push into).
+   the user has never been seen there (there is no conversation to push into). A push
+   within the originating channel crosses no link, so the policy is not asked.
 6. Each ``(channel, identity)`` appears at most once. If nothing is left, the reply falls
    back to the originating destination.
 
@@ -93,7 +94,7 @@ def resolve_destinations(
 
     newest_first = sorted(last_seen, key=lambda s: (-s.seen_at, s.channel, s.identity.native_id))
     owned = {originating.identity, *linked, *(s.identity for s in last_seen)}
-    candidates, dropped = _candidates(target, newest_first, owned, originating)
+    candidates, dropped = _candidates(target, newest_first, owned, originating, can_push)
 
     kept: list[Destination] = []
     seen_pairs: set[tuple[str, ChannelIdentity]] = set()
@@ -116,18 +117,21 @@ def _candidates(
     newest_first: Sequence[LastSeen],
     owned: set[ChannelIdentity],
     originating: Destination,
+    can_push: Mapping[str, bool],
 ) -> tuple[list[Destination], list[Dropped]]:
     dropped: list[Dropped] = []
     if target.kind is TargetKind.ACTIVE:
-        if not newest_first:
-            return [originating], dropped
-        return [_destination(newest_first[0])], dropped
+        # Never seen anywhere: nothing to choose, so the routing falls back to originating.
+        return ([_destination(newest_first[0])] if newest_first else []), dropped
 
     if target.kind is TargetKind.CHANNELS:
         found = []
         for name in target.channels:
             latest = next((s for s in newest_first if s.channel == name), None)
-            if latest is None:
+            if latest is None and name not in can_push:
+                # a name the host has no channel for (a typo): say so, not "never seen"
+                dropped.append(Dropped(name, None, DropReason.UNKNOWN_CHANNEL))
+            elif latest is None:
                 dropped.append(Dropped(name, None, DropReason.NEVER_SEEN))
             else:
                 found.append(_destination(latest))

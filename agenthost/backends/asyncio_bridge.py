@@ -12,7 +12,7 @@ in a later one, which fails if each step has a context of its own.
 from __future__ import annotations
 
 import contextvars
-from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Coroutine
 from contextlib import AbstractContextManager
 from typing import Any, TypeVar
 
@@ -66,7 +66,7 @@ class AsyncioBridge:
             return await fn(*args)
         return await self._portal.call_async(fn, *args)
 
-    async def iterate(self, open_stream: Callable[[], AsyncIterator[T]]) -> AsyncIterator[T]:
+    async def iterate(self, open_stream: Callable[[], AsyncIterator[T]]) -> AsyncGenerator[T, None]:
         """Iterate an asyncio-side async iterator from this loop, one update per pull."""
         if self._portal is None:
             direct = await self.call(_as_awaitable(open_stream))

@@ -22,7 +22,7 @@ from types import ModuleType
 
 import attrs
 
-from agenthost.sansio_core import background, leases
+from agenthost.sansio_core import background, leases, link_codes
 from agenthost.sansio_core.types import ChannelIdentity, ChannelRequest, RunStatus
 
 OUTPUT = Path(__file__).resolve().parent / "lifecycles.md"
@@ -77,6 +77,25 @@ def _run_edges() -> list[Edge]:
     ]
 
 
+def _code_edges() -> list[Edge]:
+    return [
+        Edge(before, event, after, decisions)
+        for (before, event, after), decisions in link_codes.CODE_TRANSITIONS.items()
+    ]
+
+
+def _code_initial() -> enum.Enum:
+    issued = link_codes.issue(
+        issuer=ChannelIdentity("docs", "docs"),
+        challenge_id="docs",
+        entropy=bytes(link_codes.ENTROPY_BYTES),
+        salt=bytes(link_codes.SALT_BYTES),
+        now=0.0,
+        limits=link_codes.CodeLimits(),
+    )
+    return issued.challenge.state
+
+
 def _lease_initial() -> enum.Enum:
     return leases.initial_state("session").state_of("run", now=0.0)
 
@@ -117,6 +136,17 @@ LIFECYCLES = (
         initial=_run_initial,
         finals=tuple(status for status in RunStatus if status.is_final),
         final_label="expired",
+    ),
+    Lifecycle(
+        title="One-time link code",
+        module=link_codes,
+        table_name="CODE_TRANSITIONS",
+        states=link_codes.CodeState,
+        events=(link_codes.Attempt,),
+        edges=_code_edges,
+        initial=_code_initial,
+        finals=tuple(link_codes.CodeState),
+        final_label="deleted after expiry",
     ),
 )
 

@@ -14,7 +14,7 @@ from types import ModuleType
 
 import pytest
 
-from agenthost.sansio_core import background, leases
+from agenthost.sansio_core import background, leases, link_codes
 
 ROOT = Path(__file__).resolve().parent.parent
 GENERATOR = ROOT / "docs" / "generate.py"
@@ -53,6 +53,14 @@ def _lease_lines() -> set[str]:
     }
 
 
+def _code_lines() -> set[str]:
+    return {
+        f"{before.value} --> {after.value} : {event.__name__} / "
+        + ", ".join(decision.__name__ for decision in decisions)
+        for (before, event, after), decisions in link_codes.CODE_TRANSITIONS.items()
+    }
+
+
 def _run_lines() -> set[str]:
     return {
         f"{before.value} --> {after.value} : {event.__name__}"
@@ -75,7 +83,7 @@ def test_render_is_deterministic(rendered: str) -> None:
 
 def test_one_state_diagram_per_lifecycle(rendered: str) -> None:
     blocks = _mermaid_blocks(rendered)
-    assert len(blocks) == 2
+    assert len(blocks) == 3
     assert all(block[0] == "stateDiagram-v2" for block in blocks)
 
 
@@ -89,10 +97,19 @@ def test_every_run_transition_is_drawn_and_nothing_else(rendered: str) -> None:
     assert _edges(run_block) == _run_lines()
 
 
+def test_every_link_code_transition_is_drawn_and_nothing_else(rendered: str) -> None:
+    code_block = _mermaid_blocks(rendered)[2]
+    assert _edges(code_block) == _code_lines()
+
+
 def test_every_transition_has_a_table_row(rendered: str) -> None:
     for (before, event, after), decisions in leases.RUN_LEASE_TRANSITIONS.items():
         names = ", ".join(f"`{d.__name__}`" for d in decisions)
         row = f"| `{before.value}` | `{event.__name__}` | `{after.value}` | {names} |"
+        assert row in rendered
+    for (state, code_event, after), decisions in link_codes.CODE_TRANSITIONS.items():
+        names = ", ".join(f"`{d.__name__}`" for d in decisions)
+        row = f"| `{state.value}` | `{code_event.__name__}` | `{after.value}` | {names} |"
         assert row in rendered
     for (status, run_event), statuses in background.RUN_TRANSITIONS.items():
         for new_status in statuses:
@@ -100,7 +117,7 @@ def test_every_transition_has_a_table_row(rendered: str) -> None:
             assert row in rendered
 
 
-@pytest.mark.parametrize("module", [leases, background], ids=lambda m: m.__name__)
+@pytest.mark.parametrize("module", [leases, background, link_codes], ids=lambda m: m.__name__)
 def test_rules_are_shown(rendered: str, module: ModuleType) -> None:
     doc = module.__doc__ or ""
     numbered = re.findall(r"^(\d+)\. (.+)$", doc, flags=re.MULTILINE)

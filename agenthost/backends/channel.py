@@ -3,27 +3,58 @@
 A channel translates one protocol: it contributes routes (and optionally middleware and
 start-up/shutdown work) and turns native payloads into ``ChannelRequest``s, which it hands
 to the host through :class:`HostServices`. Everything else (identity, sessions, leases,
-background runs) is the host's.
+background runs, authorization, linking, the host's commands) is the host's.
+
+A channel declares its access and linking settings as class or instance attributes
+(read once, when the ``Host`` is built; a wrong value raises ``ConfigurationError``):
+
+- ``require_link``: ``True``, ``False`` or ``"inherit"`` (the host's ``require_link``);
+- ``allowlist``: an ``authorization.Allowlist``, ``None`` (open) or ``"inherit"`` (the
+  host's ``allowlist``);
+- ``confidentiality_tier``: the tier the link policy compares (``"standard"``);
+- ``offers_link_commands``: ``False`` keeps the host's ``/link``, ``/unlink``, ``/new``
+  and ``/help`` off this channel (its messages all go to the target);
+- ``bot_name``: the name ``/command@bot_name`` must use in groups (``None``: no ``@``
+  form is this channel's);
+- ``provides_verified_claims``: the channel records verified claims through
+  ``Host.link_verified_claims`` (an OpenID Connect link channel): it is a claim source
+  and a way to link.
+
+A channel answers a refused turn (``TurnRefused``) with ``user_message`` only; for
+``RefusalReason.DENIED`` that message is bland on purpose. A host command comes back as a
+``TurnCompleted`` whose ``result.result`` is a ``commands.CommandReply``: render its text
+like any reply.
 """
 
 from __future__ import annotations
 
 import abc
-from collections.abc import Awaitable, Callable, Sequence
-from typing import TYPE_CHECKING, Any, Protocol
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 from starlette.middleware import Middleware
 from starlette.routing import BaseRoute
 
+from agenthost.sansio_core.authorization import Allowlist
 from agenthost.sansio_core.background import RunRecord
+from agenthost.sansio_core.link_policy import DEFAULT_TIER
+from agenthost.sansio_core.linking import LinkResult
 from agenthost.sansio_core.turns import ResolvedTurn, TurnOutcome, TurnRefused
-from agenthost.sansio_core.types import ChannelCommand, ChannelRequest, ContinuationToken
+from agenthost.sansio_core.types import (
+    ChannelCommand,
+    ChannelIdentity,
+    ChannelRequest,
+    ContinuationToken,
+)
 
 if TYPE_CHECKING:
     import httpx
 
     from agenthost.backends.targets import UpdateSink
     from agenthost.stores.base import Store
+
+Inherit = Literal["inherit"]
+INHERIT: Inherit = "inherit"
 
 
 class HostServices(Protocol):
@@ -65,11 +96,31 @@ class HostServices(Protocol):
 
     async def cancel_continuation(self, token: str) -> ContinuationToken | None: ...
 
+    async def link_verified_claims(
+        self, identity: ChannelIdentity, claims: Mapping[str, str], *, source: str
+    ) -> LinkResult:
+        """Record claims a trusted source verified for ``identity`` and link it to the user
+        already holding them (see ``Host.link_verified_claims``)."""
+        ...
+
+    def command_catalog(self, channel: str) -> Sequence[ChannelCommand]:
+        """The host's commands on ``channel`` (for a platform's command menu)."""
+        ...
+
 
 class Channel(abc.ABC):
-    """One protocol on the host. Subclasses set ``name`` and implement ``routes``."""
+    """One protocol on the host. Subclasses set ``name`` and implement ``routes``.
+
+    The access and linking attributes below are described in the module docstring.
+    """
 
     name: str
+    require_link: bool | Inherit = INHERIT
+    allowlist: Allowlist | Inherit | None = INHERIT
+    confidentiality_tier: str = DEFAULT_TIER
+    offers_link_commands: bool = True
+    bot_name: str | None = None
+    provides_verified_claims: bool = False
 
     @abc.abstractmethod
     def routes(self, host: HostServices) -> Sequence[BaseRoute]:

@@ -12,7 +12,7 @@ import logging
 import re
 import secrets
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -28,6 +28,8 @@ from starlette.routing import BaseRoute, Route
 
 from agenthost.backends.asyncio_bridge import AsyncioBridge
 from agenthost.backends.channel import Channel
+from agenthost.backends.configuration import ConfigurationError as ConfigurationError
+from agenthost.backends.configuration import identity_configuration
 from agenthost.backends.interpreter import (
     IdentityResolver,
     InterpreterSettings,
@@ -35,21 +37,28 @@ from agenthost.backends.interpreter import (
     RunHook,
     TurnInterpreter,
 )
+from agenthost.backends.linking import IdentityLinker
 from agenthost.backends.serving import Backend, serve_forever
 from agenthost.backends.targets import UpdateSink, adapt_target
 from agenthost.backends.worker import BackgroundWorker, WorkerSettings
-from agenthost.sansio_core import background, turns
+from agenthost.sansio_core import authorization, background, commands, linking, turns
+from agenthost.sansio_core.authorization import AccessDecision, Allowlist
+from agenthost.sansio_core.identity import candidate_isolation_key
+from agenthost.sansio_core.link_policy import LinkPolicy
+from agenthost.sansio_core.linking import LinkResult
 from agenthost.sansio_core.sessions import DIRECT, ScopeKey
-from agenthost.sansio_core.types import ChannelRequest, ContinuationToken, MultitaskStrategy
+from agenthost.sansio_core.types import (
+    ChannelCommand,
+    ChannelIdentity,
+    ChannelRequest,
+    ContinuationToken,
+    MultitaskStrategy,
+)
 from agenthost.stores.base import RunNotFound, Store
 
 log = logging.getLogger("agenthost.host")
 
 _CHANNEL_NAME = re.compile(r"^[a-z][a-z0-9_-]{0,31}$")
-
-
-class ConfigurationError(ValueError):
-    """The host was configured wrongly; the message names the setting and the remedy."""
 
 
 class HostNotRunning(RuntimeError):
@@ -66,6 +75,17 @@ class Host:
     ``target`` is an Agent Framework ``Agent`` (anything with ``run(messages, session=,
     stream=)``), an Agent Framework ``Workflow``, or ``async def (messages) -> str`` (or an
     async generator of text chunks). ``store`` defaults to SQLite under ``state_dir``.
+
+    Identity and access (``agenthost.sansio_core.authorization``, ``linking``):
+    ``identity_resolver`` replaces the default resolver (one stable isolation key per
+    ``(channel, native_id)``, issued and stored the first time it is seen) with the
+    application's: it answers a key, or ``None`` to refuse. ``linker`` (one
+    ``IdentityLinker`` or several, e.g. ``OneTimeCodeLinker()``) lets users link their
+    identities; with one, ``/link``, ``/unlink``, ``/new`` and ``/help`` join every
+    channel's commands. ``allowlist`` (``None``: open) and ``require_link`` are the
+    defaults the channels inherit; they are checked on every message. ``link_policy``
+    (default ``AllowAllLinks()``) decides which channels may be linked, from their
+    ``confidentiality_tier``. Settings that cannot work raise ``ConfigurationError`` here.
     """
 
     def __init__(
@@ -76,6 +96,10 @@ class Host:
         store: Store | None = None,
         middleware: Sequence[Middleware] = (),
         identity_resolver: IdentityResolver | None = None,
+        linker: IdentityLinker | Sequence[IdentityLinker] | None = None,
+        allowlist: Allowlist | None = None,
+        require_link: bool = False,
+        link_policy: LinkPolicy | None = None,
         run_hook: RunHook | None = None,
         state_dir: str | Path = ".agenthost",
         multitask: MultitaskStrategy = MultitaskStrategy.ENQUEUE,
@@ -97,6 +121,17 @@ class Host:
             raise ConfigurationError(
                 "background_max_attempts and max_concurrent_background_runs must be at least 1"
             )
+        identities = identity_configuration(
+            channels=channels,
+            linker=linker,
+            allowlist=allowlist,
+            require_link=require_link,
+            link_policy=link_policy,
+            custom_resolver=identity_resolver is not None,
+        )
+        self.linkers = identities.linkers
+        self.link_rules = identities.link_rules
+        self._commands = identities.commands
         self.state_dir = Path(state_dir)
         if store is None:
             from agenthost.stores.sqlite import SQLiteStore
@@ -115,6 +150,8 @@ class Host:
             custom_resolver=identity_resolver is not None,
             run_hook=run_hook is not None,
             default_multitask=multitask,
+            access=identities.access,
+            commands=identities.commands,
         )
         self._background_max_attempts = background_max_attempts
         self._shutdown_grace = shutdown_grace_seconds
@@ -128,7 +165,11 @@ class Host:
             identity_resolver=identity_resolver,
             run_hook=run_hook,
             target_object=target,
+            linkers=self.linkers,
         )
+        for bound in self.linkers:
+            bound.bind(self)
+        self._bot_names = {channel.name: channel.bot_name for channel in channels}
         self._worker_settings = WorkerSettings(
             max_concurrent_runs=max_concurrent_background_runs,
             lease_seconds=lease_seconds,
@@ -259,7 +300,13 @@ class Host:
         self._require_running()
         run_id = f"run_{self._new_id()}"
         outcome = await self._interpreter.drive(
-            turns.run_turn(request, run_id=run_id, now=self._clock(), settings=self._turn_settings),
+            turns.run_turn(
+                request,
+                run_id=run_id,
+                now=self._clock(),
+                settings=self._turn_settings,
+                bot_name=self._bot_names.get(request.channel),
+            ),
             on_update=on_update,
             protocol_request=protocol_request,
         )
@@ -273,6 +320,11 @@ class Host:
         worker = self._require_running()
         token = f"run_{self._new_id()}"
         now = self._clock()
+        command = commands.command_of(
+            request, self._turn_settings.commands, self._bot_names.get(request.channel)
+        )
+        if command is not None:
+            return await self._command_in_background(request, command, token, now, worker)
         resolved = await self._interpreter.drive(
             turns.resolve_turn(request, run_id=token, now=now, settings=self._turn_settings),
             protocol_request=protocol_request,
@@ -292,6 +344,43 @@ class Host:
         await self.store.create_run(record)
         worker.submit(token)
         log.info("background run accepted", extra={"token": token, "channel": request.channel})
+        return record.to_token()
+
+    async def _command_in_background(
+        self,
+        request: ChannelRequest,
+        command: commands.ParsedCommand,
+        token: str,
+        now: float,
+        worker: BackgroundWorker,
+    ) -> ContinuationToken | turns.TurnRefused:
+        # A command is answered at once, never queued for the target: its run is recorded
+        # already completed, so the channel's poll route serves the reply like any result.
+        outcome = await self._interpreter.drive(
+            turns.run_command(request, command, run_id=token, now=now, settings=self._turn_settings)
+        )
+        _log_outcome(token, request.channel, outcome)
+        if isinstance(outcome, turns.TurnRefused):
+            return outcome
+        ttl = self._worker_settings.result_ttl_seconds
+        record = background.new_run(
+            token=token,
+            request=request,
+            isolation_key=outcome.result.session.isolation_key,
+            session_id=None,
+            session_key=outcome.result.session.key,
+            now=now,
+            max_attempts=1,
+        )
+        await self.store.create_run(record)
+        await self.store.apply_run_event(token, background.Start(self._owner, now, ttl))
+        record = await self.store.apply_run_event(
+            token,
+            background.Complete(
+                self._owner, self._clock(), {"text": outcome.result.text, "output": None}, ttl
+            ),
+        )
+        await worker.announce_finished(record)
         return record.to_token()
 
     async def get_continuation(self, token: str) -> ContinuationToken | None:
@@ -333,6 +422,93 @@ class Host:
         log.info("session reset", extra={"generation": alias.generation})
         return alias.session_id
 
+    # --- identity, linking and access ----------------------------------------------
+
+    async def link_verified_claims(
+        self,
+        identity: ChannelIdentity,
+        claims: Mapping[str, str],
+        *,
+        source: str,
+        subject_claims: Sequence[str] = ("tid", "oid"),
+    ) -> LinkResult:
+        """Record claims a trusted source verified for ``identity``, and link it.
+
+        For an OpenID Connect (Entra) link ceremony: call it from the callback route with
+        the identity that began the ceremony and the verified claims, e.g.
+        ``{"tid": ..., "oid": ...}``, and ``source`` naming the verifier (``"entra"``).
+
+        ``subject_claims`` are the claims that together name the person (default Entra's
+        ``tid`` and ``oid``; ``("iss", "sub")`` for another OpenID provider); each must be
+        present. If another user already holds the same subject from the same source, the
+        identity's user is merged onto that user's isolation key, silently, and so shares
+        its sessions, provided the link policy permits the channels involved. Otherwise
+        the identity becomes the subject's holder. All the claims are recorded for the
+        identity (replacing its earlier claims from ``source``), so claim allowlists
+        (``LinkedClaimAllowlist``) see them on its user's next message.
+
+        Answers a ``LinkResult``: ``linked`` is true when the identity is now linked (to
+        another identity, or as the holder of the verified account); ``isolation_key`` is
+        its key afterwards; ``reason`` a ``LinkReason`` (``linked``, ``already_linked``,
+        ``claims_recorded``; on refusal ``link_policy`` or ``conflicting_claims``, in which
+        case nothing was recorded). Raises ``ValueError`` when a subject claim is missing.
+        Claim values are never logged.
+        """
+        verified = linking.verified_claims(
+            claims, source=source, subject_claims=subject_claims, now=self._clock()
+        )
+        candidate = candidate_isolation_key(identity, self._new_id())
+        result = await self.store.link_verified_claims(
+            identity, verified, self.link_rules, candidate_key=candidate, now=self._clock()
+        )
+        log.info(
+            "verified claims presented",
+            extra={"channel": identity.channel, "source": source, "reason": result.reason.value},
+        )
+        return result
+
+    async def link_identities(
+        self, anchor: ChannelIdentity, moving: ChannelIdentity, *, source: str = "operator"
+    ) -> LinkResult:
+        """Merge ``moving``'s user onto ``anchor``'s (an operator's link), under the policy."""
+        result = await self.store.link_identities(
+            anchor, moving, self.link_rules, source=source, now=self._clock()
+        )
+        log.info("identities linked", extra={"source": source, "reason": result.reason.value})
+        return result
+
+    async def unlink(self, identity: ChannelIdentity) -> LinkResult:
+        """Give ``identity`` a fresh isolation key of its own (``/unlink``): it never reaches
+        its former user's sessions again; the rest of that user keeps them."""
+        new_key = candidate_isolation_key(identity, self._new_id())
+        result = await self.store.unlink_identity(identity, new_key, self._clock())
+        log.info("unlink", extra={"channel": identity.channel, "reason": result.reason.value})
+        return result
+
+    async def is_linked(self, identity: ChannelIdentity) -> bool:
+        facts = await self.store.load_facts(identity)
+        return facts is not None and facts.linked
+
+    async def linked_identities(self, identity: ChannelIdentity) -> list[ChannelIdentity]:
+        """Every identity of ``identity``'s user (itself included), or ``[]`` if unseen."""
+        context = await self.store.load_context(identity, None)
+        if context.isolation_key is None:
+            return []
+        return await self.store.list_identities(context.isolation_key)
+
+    async def authorize(
+        self, identity: ChannelIdentity, *, is_direct: bool = True
+    ) -> AccessDecision:
+        """The access decision for ``identity`` on its channel now (routing and delivery
+        use it; every request is authorized by the turn itself)."""
+        access = self._turn_settings.access.for_channel(identity.channel)
+        facts = await self.store.load_facts(identity) if access.needs_facts else None
+        return authorization.authorize(access, identity, facts, is_direct=is_direct)
+
+    def command_catalog(self, channel: str) -> Sequence[ChannelCommand]:
+        """The host's commands on ``channel`` (for a platform's command menu)."""
+        return self._commands.channel_commands(channel)
+
     def _require_running(self) -> BackgroundWorker:
         if self._worker is None:
             raise HostNotRunning(
@@ -344,6 +520,13 @@ class Host:
 
 def _log_outcome(run_id: str, channel: str, outcome: turns.TurnOutcome | turns.TurnRefused) -> None:
     if isinstance(outcome, turns.TurnCompleted):
+        reply = outcome.result.result
+        if isinstance(reply, commands.CommandReply):
+            log.info(
+                "command answered",
+                extra={"run_id": run_id, "channel": channel, "command": reply.command},
+            )
+            return
         log.info(
             "turn completed", extra={"run_id": run_id, "channel": channel, "saved": outcome.saved}
         )
@@ -351,6 +534,19 @@ def _log_outcome(run_id: str, channel: str, outcome: turns.TurnOutcome | turns.T
         log.warning(
             "turn failed",
             extra={"run_id": run_id, "channel": channel, "cancelled": outcome.cancelled},
+        )
+    elif isinstance(outcome.access, authorization.Denied):
+        # The only place a denial's details go: a structured log line.
+        details = {f"denied_{k}": v for k, v in outcome.access.log_details.items()}
+        log.warning(
+            "request denied",
+            extra={
+                "run_id": run_id,
+                "channel": channel,
+                "reason": outcome.reason.value,
+                "reason_code": outcome.access.reason_code,
+                **details,
+            },
         )
     else:
         log.info(

@@ -11,12 +11,13 @@ from __future__ import annotations
 
 import inspect
 import logging
-from collections.abc import Awaitable, Callable, Generator
+from collections.abc import Awaitable, Callable, Generator, Sequence
 from typing import Any, TypeVar
 
 import anyio
 import attrs
 
+from agenthost.backends.linking import IdentityLinker
 from agenthost.backends.targets import TargetAdapter, TargetCall, UpdateSink
 from agenthost.sansio_core import effects as fx
 from agenthost.sansio_core import leases
@@ -94,6 +95,7 @@ class TurnInterpreter:
         identity_resolver: IdentityResolver | None = None,
         run_hook: RunHook | None = None,
         target_object: Any = None,
+        linkers: Sequence[IdentityLinker] = (),
     ) -> None:
         self._store = store
         self._target = target
@@ -103,6 +105,7 @@ class TurnInterpreter:
         self._identity_resolver = identity_resolver
         self._run_hook = run_hook
         self._target_object = target_object
+        self._linkers = tuple(linkers)
 
     async def drive(
         self,
@@ -137,7 +140,7 @@ class TurnInterpreter:
     ) -> Any:
         store = self._store
         if isinstance(effect, fx.LoadContext):
-            return await store.load_context(effect.identity, effect.scope)
+            return await store.load_context(effect.identity, effect.scope, facts=effect.facts)
         if isinstance(effect, fx.IssueIsolationKey):
             return await store.issue_isolation_key(effect.identity, effect.candidate, effect.now)
         if isinstance(effect, fx.LoadAlias):
@@ -185,6 +188,23 @@ class TurnInterpreter:
             guard.holding = False
             self._local.notify_released(effect.session_id)
             return saved
+        if isinstance(effect, fx.BeginLink):
+            return tuple([await linker.begin(effect.identity) for linker in self._linkers])
+        if isinstance(effect, fx.CompleteLink):
+            for linker in self._linkers:
+                if linker.completes_by_command:
+                    return await linker.complete(
+                        effect.challenge_id, effect.proof, identity=effect.identity
+                    )
+            return None
+        if isinstance(effect, fx.UnlinkIdentity):
+            result = await store.unlink_identity(effect.identity, effect.new_key, effect.now)
+            log.info(
+                "unlink", extra={"channel": effect.identity.channel, "reason": result.reason.value}
+            )
+            return result
+        if isinstance(effect, fx.RotateSession):
+            return await store.rotate_session(effect.scope, effect.new_session_id, effect.now)
         raise TypeError(f"no interpreter for effect {type(effect).__name__}")
 
     @property

@@ -135,10 +135,15 @@ class BackgroundWorker:
                 self.submit(record.token)
         expired = await self._store.delete_expired_runs(now)
         expired_records = await self._store.delete_expired_channel_records(now)
-        if expired or expired_records:
+        expired_links = await self._store.delete_expired_link_records(now)
+        if expired or expired_records or expired_links:
             log.info(
                 "deleted expired records",
-                extra={"runs": expired, "channel_records": expired_records},
+                extra={
+                    "runs": expired,
+                    "channel_records": expired_records,
+                    "link_records": expired_links,
+                },
             )
 
     async def _execute(self, token: str) -> None:

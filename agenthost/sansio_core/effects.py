@@ -13,6 +13,7 @@ from typing import Any
 import attrs
 
 from agenthost.sansio_core import leases
+from agenthost.sansio_core.linking import UserFacts
 from agenthost.sansio_core.sessions import ScopeKey, SessionAlias, SessionRecord
 from agenthost.sansio_core.types import (
     ChannelIdentity,
@@ -24,19 +25,22 @@ from agenthost.sansio_core.types import (
 
 @attrs.frozen
 class LoadContext:
-    """One round trip: the identity's isolation key and, if known, the alias of ``scope``.
+    """One round trip: the identity's isolation key and, if known, the alias of ``scope``;
+    with ``facts``, also what linking established (the user's other identities, claims).
 
     Answer: :class:`RequestContext`.
     """
 
     identity: ChannelIdentity
     scope: ScopeKey | None
+    facts: bool = False
 
 
 @attrs.frozen
 class RequestContext:
     isolation_key: str | None
     alias: SessionAlias | None
+    facts: UserFacts | None = None  # loaded when asked for and the identity is known
 
 
 @attrs.frozen
@@ -152,6 +156,50 @@ class FinishRun:
     session: SessionRecord | None
 
 
+@attrs.frozen
+class BeginLink:
+    """Ask every linker for a challenge for ``identity`` (in its direct chat).
+
+    Answer: a tuple of ``linking.LinkChallenge``.
+    """
+
+    identity: ChannelIdentity
+    isolation_key: str
+
+
+@attrs.frozen
+class CompleteLink:
+    """Complete a challenge by command (``/link CODE``) as ``identity``.
+
+    Answer: ``linking.LinkResult``, or ``None`` when no linker completes by command.
+    """
+
+    identity: ChannelIdentity
+    challenge_id: str
+    proof: str
+
+
+@attrs.frozen
+class UnlinkIdentity:
+    """Give ``identity`` the fresh key ``new_key`` (see ``linking.plan_unlink``).
+
+    Answer: ``linking.LinkResult``.
+    """
+
+    identity: ChannelIdentity
+    new_key: str
+    now: float
+
+
+@attrs.frozen
+class RotateSession:
+    """Point the scope's alias at a fresh session (``/new``). Answer: :class:`SessionAlias`."""
+
+    scope: ScopeKey
+    new_session_id: str
+    now: float
+
+
 Effect = (
     LoadContext
     | CallIdentityResolver
@@ -164,4 +212,8 @@ Effect = (
     | WaitForLease
     | RunTarget
     | FinishRun
+    | BeginLink
+    | CompleteLink
+    | UnlinkIdentity
+    | RotateSession
 )

@@ -6,6 +6,10 @@ needs a decision (a lease step, a run transition, a session rotation) the store 
 record inside its transaction, calls the pure function from ``agenthost.sansio_core`` and
 writes what it returns. It never decides on its own.
 
+Linking follows the same pattern: a merge, an unlink, presented claims and a one-time-code
+completion each load what the decision needs and apply ``linking`` / ``link_codes`` inside
+one transaction, so two concurrent completions of one code link exactly once.
+
 All methods are async; stores with sync drivers run them through ``anyio.to_thread`` so
 they work under asyncio and trio alike.
 """
@@ -21,6 +25,9 @@ import attrs
 from agenthost.sansio_core import leases
 from agenthost.sansio_core.background import RunEvent, RunRecord
 from agenthost.sansio_core.effects import LeaseAnswer, RequestContext
+from agenthost.sansio_core.link_codes import AttemptCounter, CodeChallenge, CodeLimits
+from agenthost.sansio_core.link_policy import LinkRules
+from agenthost.sansio_core.linking import LinkRecord, LinkResult, UserFacts, VerifiedClaims
 from agenthost.sansio_core.sessions import ScopeKey, SessionAlias, SessionRecord
 from agenthost.sansio_core.types import ChannelIdentity, RunStatus
 
@@ -68,11 +75,13 @@ class Store(abc.ABC):
 
     @abc.abstractmethod
     async def load_context(
-        self, identity: ChannelIdentity, scope: ScopeKey | None
+        self, identity: ChannelIdentity, scope: ScopeKey | None, *, facts: bool = False
     ) -> RequestContext:
         """The identity's isolation key and, when known, the alias of ``scope``, in one trip.
 
-        ``scope.owner=None`` means the identity's own isolation key.
+        ``scope.owner=None`` means the identity's own isolation key. With ``facts`` (and a
+        known identity) the same trip loads the user's :class:`UserFacts`: the other
+        identities sharing the key and every claim verified for any of them.
         """
 
     @abc.abstractmethod
@@ -80,6 +89,98 @@ class Store(abc.ABC):
         self, identity: ChannelIdentity, candidate: str, now: float
     ) -> str:
         """Store ``candidate`` for the identity unless it has a key; return the stored key."""
+
+    # --- links and verified claims --------------------------------------------------
+
+    @abc.abstractmethod
+    async def load_facts(self, identity: ChannelIdentity) -> UserFacts | None:
+        """What linking established about the identity's user (``None``: never seen)."""
+
+    @abc.abstractmethod
+    async def list_identities(self, isolation_key: str) -> list[ChannelIdentity]:
+        """Every identity sharing ``isolation_key`` (without display attributes), in order."""
+
+    @abc.abstractmethod
+    async def list_links(self, isolation_key: str) -> list[LinkRecord]:
+        """The link records of the identities on ``isolation_key``, oldest first."""
+
+    @abc.abstractmethod
+    async def link_identities(
+        self,
+        anchor: ChannelIdentity,
+        moving: ChannelIdentity,
+        rules: LinkRules,
+        *,
+        source: str,
+        now: float,
+    ) -> LinkResult:
+        """Merge ``moving``'s user onto ``anchor``'s key (``linking.plan_merge``), atomically.
+
+        Every identity on ``moving``'s key moves and gets a link record; a ``moving``
+        never seen is inserted with the anchor's key. Sessions stay where they are. An
+        ``anchor`` never seen links nothing (``NOT_LINKED``).
+        """
+
+    @abc.abstractmethod
+    async def unlink_identity(
+        self, identity: ChannelIdentity, new_key: str, now: float
+    ) -> LinkResult:
+        """Give the identity ``new_key`` and forget its claims and link record
+        (``linking.plan_unlink``), atomically."""
+
+    @abc.abstractmethod
+    async def link_verified_claims(
+        self,
+        identity: ChannelIdentity,
+        claims: VerifiedClaims,
+        rules: LinkRules,
+        *,
+        candidate_key: str,
+        now: float,
+    ) -> LinkResult:
+        """Record claims verified for ``identity`` and link it to the user already holding
+        their subject (``linking.plan_claims_link``), atomically.
+
+        An identity never seen gets ``candidate_key`` first. Claims from the same source
+        replace the identity's earlier ones. Nothing is recorded when the link is refused.
+        """
+
+    # --- one-time link codes --------------------------------------------------------
+
+    @abc.abstractmethod
+    async def put_link_challenge(self, challenge: CodeChallenge) -> bool:
+        """Store a new challenge, replacing its issuer's earlier one.
+
+        Answers ``False`` (and stores nothing) when another issuer's stored challenge has
+        the same locator: the caller draws a fresh code.
+        """
+
+    @abc.abstractmethod
+    async def get_link_challenge(self, locator: str) -> CodeChallenge | None:
+        """The stored challenge with ``locator`` (expired ones until they are deleted)."""
+
+    @abc.abstractmethod
+    async def attempt_link_code(
+        self,
+        completer: ChannelIdentity,
+        locator: str,
+        secret: str,
+        *,
+        now: float,
+        limits: CodeLimits,
+        rules: LinkRules,
+    ) -> LinkResult:
+        """One ``/link CODE``, atomically: load the challenge, both users and the attempt
+        counters, apply ``link_codes.decide_attempt`` and write what it answers (the
+        challenge, the counters, and the merge when the code matched)."""
+
+    @abc.abstractmethod
+    async def get_attempt_counter(self, scope: str) -> AttemptCounter:
+        """The stored counter of ``scope`` (a fresh one when none is stored)."""
+
+    @abc.abstractmethod
+    async def delete_expired_link_records(self, now: float) -> int:
+        """Delete challenges and attempt counters whose expiry has passed; return how many."""
 
     # --- sessions -------------------------------------------------------------------
 

@@ -8,12 +8,26 @@ from __future__ import annotations
 import threading
 from collections.abc import Iterable, Sequence
 
-from agenthost.sansio_core import background, leases, sessions
+from agenthost.sansio_core import background, leases, link_codes, linking, sessions
 from agenthost.sansio_core.background import RunEvent, RunRecord
 from agenthost.sansio_core.effects import LeaseAnswer, RequestContext
+from agenthost.sansio_core.link_codes import AttemptCounter, CodeChallenge, CodeLimits
+from agenthost.sansio_core.link_policy import LinkRules
+from agenthost.sansio_core.linking import (
+    LinkReason,
+    LinkRecord,
+    LinkResult,
+    Merge,
+    UserFacts,
+    UserRecord,
+    VerifiedClaims,
+)
 from agenthost.sansio_core.sessions import ScopeKey, SessionAlias, SessionRecord
 from agenthost.sansio_core.types import ChannelIdentity, RunStatus
 from agenthost.stores.base import ChannelRecord, RunNotFound, Store
+
+Native = tuple[str, str]  # (channel, native_id)
+Claim = tuple[str, str]  # (claim_type, claim_value)
 
 
 class MemoryStore(Store):
@@ -27,23 +41,256 @@ class MemoryStore(Store):
         self._leases: dict[str, leases.LeaseState] = {}
         self._runs: dict[str, RunRecord] = {}
         self._records: dict[tuple[str, str, str], ChannelRecord] = {}
+        # Linking: the members of each key (in arrival order), claims per identity and the
+        # identities holding each claim, link records, code challenges and counters.
+        self._members: dict[str, dict[Native, None]] = {}
+        self._claims: dict[Native, dict[Claim, str]] = {}  # -> the source that verified it
+        self._holders: dict[Claim, dict[Native, None]] = {}
+        self._links: dict[Native, LinkRecord] = {}
+        self._challenges: dict[str, CodeChallenge] = {}  # by locator
+        self._challenge_of: dict[Native, str] = {}  # issuer -> locator
+        self._counters: dict[str, AttemptCounter] = {}
 
     async def load_context(
-        self, identity: ChannelIdentity, scope: ScopeKey | None
+        self, identity: ChannelIdentity, scope: ScopeKey | None, *, facts: bool = False
     ) -> RequestContext:
         with self._lock:
-            key = self._identities.get((identity.channel, identity.native_id))
+            key = self._identities.get(_native(identity))
             alias = None
             if key is not None and scope is not None:
                 owned = scope.owned_by(key)
                 alias = self._aliases.get((owned.owner or key, owned.qualifier))
-            return RequestContext(key, alias)
+            loaded = self._facts(identity, key) if facts and key is not None else None
+            return RequestContext(key, alias, loaded)
 
     async def issue_isolation_key(
         self, identity: ChannelIdentity, candidate: str, now: float
     ) -> str:
         with self._lock:
-            return self._identities.setdefault((identity.channel, identity.native_id), candidate)
+            key = self._identities.get(_native(identity))
+            if key is None:
+                key = candidate
+                self._set_key(_native(identity), key)
+            return key
+
+    # --- links and verified claims ---------------------------------------------------
+
+    async def load_facts(self, identity: ChannelIdentity) -> UserFacts | None:
+        with self._lock:
+            key = self._identities.get(_native(identity))
+            return self._facts(identity, key) if key is not None else None
+
+    async def list_identities(self, isolation_key: str) -> list[ChannelIdentity]:
+        with self._lock:
+            return [
+                ChannelIdentity(*native) for native in sorted(self._members.get(isolation_key, {}))
+            ]
+
+    async def list_links(self, isolation_key: str) -> list[LinkRecord]:
+        with self._lock:
+            found = [r for r in self._links.values() if r.isolation_key == isolation_key]
+        return sorted(found, key=lambda r: (r.created_at, r.identity.channel, r.identity.native_id))
+
+    async def link_identities(
+        self,
+        anchor: ChannelIdentity,
+        moving: ChannelIdentity,
+        rules: LinkRules,
+        *,
+        source: str,
+        now: float,
+    ) -> LinkResult:
+        with self._lock:
+            anchor_user = self._user(anchor)
+            moving_user = self._user(moving)
+            if anchor_user.isolation_key is None:
+                return LinkResult(False, moving_user.isolation_key, LinkReason.NOT_LINKED)
+            plan = linking.plan_merge(
+                anchor, anchor_user, moving, moving_user, rules, source=source, now=now
+            )
+            if isinstance(plan, LinkResult):
+                return plan
+            self._apply_merge(plan)
+            return LinkResult(True, plan.to_key, LinkReason.LINKED)
+
+    async def unlink_identity(
+        self, identity: ChannelIdentity, new_key: str, now: float
+    ) -> LinkResult:
+        with self._lock:
+            native = _native(identity)
+            plan = linking.plan_unlink(
+                identity,
+                self._user(identity),
+                has_claims=bool(self._claims.get(native)),
+                new_key=new_key,
+            )
+            if isinstance(plan, LinkResult):
+                return plan
+            self._set_key(native, plan.to_key)
+            self._forget_claims(native, source=None)
+            self._links.pop(native, None)
+            return LinkResult(False, plan.to_key, LinkReason.UNLINKED)
+
+    async def link_verified_claims(
+        self,
+        identity: ChannelIdentity,
+        claims: VerifiedClaims,
+        rules: LinkRules,
+        *,
+        candidate_key: str,
+        now: float,
+    ) -> LinkResult:
+        with self._lock:
+            native = _native(identity)
+            if native not in self._identities:
+                self._set_key(native, candidate_key)
+            subject = (linking.SUBJECT_CLAIM, claims.subject)
+            holders = [
+                (ChannelIdentity(*holder), self._user(ChannelIdentity(*holder)))
+                for holder in self._holders.get(subject, {})
+            ]
+            decision = linking.plan_claims_link(
+                identity,
+                self._user(identity),
+                holders,
+                rules,
+                source=linking.claims_source(claims.source),
+                now=now,
+            )
+            if decision.merge is not None:
+                self._apply_merge(decision.merge)
+            if decision.record:
+                self._forget_claims(native, source=claims.source)
+                for claim in claims.rows():
+                    self._claims.setdefault(native, {})[claim] = claims.source
+                    self._holders.setdefault(claim, {})[native] = None
+            return decision.result
+
+    # --- one-time link codes ---------------------------------------------------------
+
+    async def put_link_challenge(self, challenge: CodeChallenge) -> bool:
+        with self._lock:
+            issuer = _native(challenge.issuer)
+            taken = self._challenges.get(challenge.locator)
+            if taken is not None and _native(taken.issuer) != issuer:
+                return False
+            previous = self._challenge_of.pop(issuer, None)
+            if previous is not None:
+                self._challenges.pop(previous, None)
+            self._challenges[challenge.locator] = challenge
+            self._challenge_of[issuer] = challenge.locator
+            return True
+
+    async def get_link_challenge(self, locator: str) -> CodeChallenge | None:
+        with self._lock:
+            return self._challenges.get(locator)
+
+    async def attempt_link_code(
+        self,
+        completer: ChannelIdentity,
+        locator: str,
+        secret: str,
+        *,
+        now: float,
+        limits: CodeLimits,
+        rules: LinkRules,
+    ) -> LinkResult:
+        with self._lock:
+            challenge = self._challenges.get(locator)
+            identity_scope = link_codes.identity_scope(completer)
+            outcome = link_codes.decide_attempt(
+                challenge=challenge,
+                identity_counter=self._counter(identity_scope),
+                global_counter=self._counter(link_codes.GLOBAL_SCOPE),
+                completer=completer,
+                secret=secret,
+                now=now,
+                limits=limits,
+                completer_user=self._user(completer),
+                issuer_user=self._user(challenge.issuer) if challenge is not None else None,
+                rules=rules,
+            )
+            if outcome.challenge is not None:
+                self._challenges[locator] = outcome.challenge
+            for counter in (outcome.identity_counter, outcome.global_counter):
+                if counter == AttemptCounter(counter.scope):
+                    self._counters.pop(counter.scope, None)  # nothing to remember
+                else:
+                    self._counters[counter.scope] = counter
+            if outcome.merge is not None:
+                self._apply_merge(outcome.merge)
+            return outcome.result
+
+    async def get_attempt_counter(self, scope: str) -> AttemptCounter:
+        with self._lock:
+            return self._counter(scope)
+
+    async def delete_expired_link_records(self, now: float) -> int:
+        with self._lock:
+            doomed = [
+                challenge
+                for challenge in self._challenges.values()
+                if link_codes.is_expired(challenge, now)
+            ]
+            for challenge in doomed:
+                del self._challenges[challenge.locator]
+                issuer = _native(challenge.issuer)
+                if self._challenge_of.get(issuer) == challenge.locator:
+                    del self._challenge_of[issuer]
+            idle = [
+                scope
+                for scope, counter in self._counters.items()
+                if link_codes.counter_is_expired(counter, now)
+            ]
+            for scope in idle:
+                del self._counters[scope]
+            return len(doomed) + len(idle)
+
+    # --- linking internals (called with the lock held) ------------------------------
+
+    def _set_key(self, native: Native, key: str) -> None:
+        old = self._identities.get(native)
+        if old is not None:
+            members = self._members.get(old, {})
+            members.pop(native, None)
+            if not members:
+                self._members.pop(old, None)
+        self._identities[native] = key
+        self._members.setdefault(key, {})[native] = None
+
+    def _user(self, identity: ChannelIdentity) -> UserRecord:
+        key = self._identities.get(_native(identity))
+        if key is None:
+            return UserRecord(None, ())
+        members = sorted(self._members.get(key, {}))
+        return UserRecord(key, tuple(ChannelIdentity(*native) for native in members))
+
+    def _facts(self, identity: ChannelIdentity, key: str) -> UserFacts:
+        members = sorted(self._members.get(key, {}))
+        others = tuple(ChannelIdentity(*n) for n in members if n != _native(identity))
+        claims = {claim for native in members for claim in self._claims.get(native, {})}
+        return UserFacts(others, claims)
+
+    def _apply_merge(self, merge: Merge) -> None:
+        for identity in merge.moved:
+            self._set_key(_native(identity), merge.to_key)
+        for record in merge.records:
+            self._links[_native(record.identity)] = record
+
+    def _forget_claims(self, native: Native, *, source: str | None) -> None:
+        held = self._claims.get(native, {})
+        for claim, claim_source in list(held.items()):
+            if source is None or claim_source == source:
+                del held[claim]
+                holders = self._holders.get(claim, {})
+                holders.pop(native, None)
+                if not holders:
+                    self._holders.pop(claim, None)
+        if not held:
+            self._claims.pop(native, None)
+
+    def _counter(self, scope: str) -> AttemptCounter:
+        return self._counters.get(scope) or AttemptCounter(scope)
 
     async def load_alias(self, scope: ScopeKey) -> SessionAlias | None:
         with self._lock:
@@ -199,6 +446,10 @@ class MemoryStore(Store):
             for ident in doomed:
                 del self._records[ident]
             return len(doomed)
+
+
+def _native(identity: ChannelIdentity) -> Native:
+    return (identity.channel, identity.native_id)
 
 
 def _alias_key(scope: ScopeKey) -> tuple[str, str]:

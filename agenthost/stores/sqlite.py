@@ -17,6 +17,7 @@ problems raised there, loudly.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import sqlite3
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -26,9 +27,20 @@ from typing import Any, TypeVar
 import anyio
 import anyio.to_thread
 
-from agenthost.sansio_core import background, leases, sessions
+from agenthost.sansio_core import background, leases, link_codes, linking, sessions
 from agenthost.sansio_core.background import RunEvent, RunRecord
 from agenthost.sansio_core.effects import LeaseAnswer, RequestContext
+from agenthost.sansio_core.link_codes import AttemptCounter, CodeChallenge, CodeLimits
+from agenthost.sansio_core.link_policy import LinkRules
+from agenthost.sansio_core.linking import (
+    LinkReason,
+    LinkRecord,
+    LinkResult,
+    Merge,
+    UserFacts,
+    UserRecord,
+    VerifiedClaims,
+)
 from agenthost.sansio_core.sessions import ScopeKey, SessionAlias, SessionRecord
 from agenthost.sansio_core.types import ChannelIdentity, RunStatus
 from agenthost.stores import codec
@@ -68,6 +80,58 @@ _SCHEMA_V1 = (
         PRIMARY KEY (channel, native_id)
     )
     """,
+    # The members of a user (facts, merges) are found by key.
+    "CREATE INDEX identities_by_key ON identities (isolation_key)",
+    """
+    CREATE TABLE identity_claims (
+        channel TEXT NOT NULL,
+        native_id TEXT NOT NULL,
+        claim_type TEXT NOT NULL,
+        claim_value TEXT NOT NULL,
+        source TEXT NOT NULL,
+        verified_at REAL NOT NULL,
+        PRIMARY KEY (channel, native_id, claim_type, claim_value)
+    )
+    """,
+    # (claim_type, claim_value) -> the identities holding it, and through them the key.
+    "CREATE INDEX identity_claims_by_claim ON identity_claims (claim_type, claim_value)",
+    """
+    CREATE TABLE links (
+        channel TEXT NOT NULL,
+        native_id TEXT NOT NULL,
+        isolation_key TEXT NOT NULL,
+        anchor_channel TEXT NOT NULL,
+        anchor_native_id TEXT NOT NULL,
+        source TEXT NOT NULL,
+        previous_key TEXT,
+        created_at REAL NOT NULL,
+        PRIMARY KEY (channel, native_id)
+    )
+    """,
+    "CREATE INDEX links_by_key ON links (isolation_key, created_at)",
+    """
+    CREATE TABLE link_challenges (
+        locator TEXT PRIMARY KEY,
+        issuer_channel TEXT NOT NULL,
+        issuer_native_id TEXT NOT NULL,
+        expires_at REAL NOT NULL,
+        record TEXT NOT NULL
+    )
+    """,
+    # One live code per issuer: a new one replaces the old.
+    """
+    CREATE UNIQUE INDEX link_challenges_by_issuer
+        ON link_challenges (issuer_channel, issuer_native_id)
+    """,
+    "CREATE INDEX link_challenges_by_expiry ON link_challenges (expires_at)",
+    """
+    CREATE TABLE link_attempts (
+        scope TEXT PRIMARY KEY,
+        expires_at REAL NOT NULL,
+        record TEXT NOT NULL
+    )
+    """,
+    "CREATE INDEX link_attempts_by_expiry ON link_attempts (expires_at)",
     """
     CREATE TABLE session_aliases (
         owner TEXT NOT NULL,
@@ -225,31 +289,28 @@ class SQLiteStore(Store):
     # --- identities -----------------------------------------------------------------
 
     async def load_context(
-        self, identity: ChannelIdentity, scope: ScopeKey | None
+        self, identity: ChannelIdentity, scope: ScopeKey | None, *, facts: bool = False
     ) -> RequestContext:
         def work(conn: sqlite3.Connection) -> RequestContext:
             # One trip: the alias is owned by the scope's owner or, when that is open, by the
-            # key just found. A NULL qualifier (no scope) joins nothing.
+            # key just found. A NULL qualifier (no scope) joins nothing. With facts, two
+            # correlated subqueries (both on indexes) add the user's other identities and
+            # claims as JSON; without, they are not evaluated.
             row = conn.execute(
-                """
-                SELECT i.isolation_key, a.owner, a.qualifier, a.session_id, a.generation,
-                       a.created_at
-                FROM identities AS i
-                LEFT JOIN session_aliases AS a
-                  ON a.owner = coalesce(:owner, i.isolation_key) AND a.qualifier = :qualifier
-                WHERE i.channel = :channel AND i.native_id = :native_id
-                """,
+                _LOAD_CONTEXT,
                 {
                     "channel": identity.channel,
                     "native_id": identity.native_id,
                     "owner": scope.owner if scope is not None else None,
                     "qualifier": scope.qualifier if scope is not None else None,
+                    "facts": 1 if facts else 0,
                 },
             ).fetchone()
             if row is None:
                 return RequestContext(None, None)
-            alias = _alias_from_row(row[1:]) if row[1] is not None else None
-            return RequestContext(row[0], alias)
+            alias = _alias_from_row(row[1:6]) if row[1] is not None else None
+            loaded = _facts_from_json(row[6], row[7]) if facts else None
+            return RequestContext(row[0], alias, loaded)
 
         return await self._run(work)
 
@@ -269,6 +330,218 @@ class SQLiteStore(Store):
                 ).fetchone()
             key: str = row[0]
             return key
+
+        return await self._run(work)
+
+    # --- links and verified claims --------------------------------------------------
+
+    async def load_facts(self, identity: ChannelIdentity) -> UserFacts | None:
+        context = await self.load_context(identity, None, facts=True)
+        return context.facts if context.isolation_key is not None else None
+
+    async def list_identities(self, isolation_key: str) -> list[ChannelIdentity]:
+        return await self._run(lambda conn: list(_members(conn, isolation_key)))
+
+    async def list_links(self, isolation_key: str) -> list[LinkRecord]:
+        def work(conn: sqlite3.Connection) -> list[LinkRecord]:
+            rows = conn.execute(
+                "SELECT channel, native_id, isolation_key, anchor_channel, anchor_native_id,"
+                " source, previous_key, created_at FROM links WHERE isolation_key = ?"
+                " ORDER BY created_at, channel, native_id",
+                (isolation_key,),
+            ).fetchall()
+            return [_link_from_row(row) for row in rows]
+
+        return await self._run(work)
+
+    async def link_identities(
+        self,
+        anchor: ChannelIdentity,
+        moving: ChannelIdentity,
+        rules: LinkRules,
+        *,
+        source: str,
+        now: float,
+    ) -> LinkResult:
+        def work(conn: sqlite3.Connection) -> LinkResult:
+            with _transaction(conn):
+                anchor_user = _user(conn, anchor)
+                moving_user = _user(conn, moving)
+                if anchor_user.isolation_key is None:
+                    return LinkResult(False, moving_user.isolation_key, LinkReason.NOT_LINKED)
+                plan = linking.plan_merge(
+                    anchor, anchor_user, moving, moving_user, rules, source=source, now=now
+                )
+                if isinstance(plan, LinkResult):
+                    return plan
+                _apply_merge(conn, plan, now)
+                return LinkResult(True, plan.to_key, LinkReason.LINKED)
+
+        return await self._run(work)
+
+    async def unlink_identity(
+        self, identity: ChannelIdentity, new_key: str, now: float
+    ) -> LinkResult:
+        def work(conn: sqlite3.Connection) -> LinkResult:
+            with _transaction(conn):
+                has_claims = conn.execute(
+                    "SELECT 1 FROM identity_claims WHERE channel = ? AND native_id = ? LIMIT 1",
+                    (identity.channel, identity.native_id),
+                ).fetchone()
+                plan = linking.plan_unlink(
+                    identity, _user(conn, identity), has_claims=bool(has_claims), new_key=new_key
+                )
+                if isinstance(plan, LinkResult):
+                    return plan
+                _set_key(conn, identity, plan.to_key, now)
+                _forget_claims(conn, identity, source=None)
+                conn.execute(
+                    "DELETE FROM links WHERE channel = ? AND native_id = ?",
+                    (identity.channel, identity.native_id),
+                )
+                return LinkResult(False, plan.to_key, LinkReason.UNLINKED)
+
+        return await self._run(work)
+
+    async def link_verified_claims(
+        self,
+        identity: ChannelIdentity,
+        claims: VerifiedClaims,
+        rules: LinkRules,
+        *,
+        candidate_key: str,
+        now: float,
+    ) -> LinkResult:
+        def work(conn: sqlite3.Connection) -> LinkResult:
+            with _transaction(conn):
+                conn.execute(
+                    "INSERT INTO identities (channel, native_id, isolation_key, created_at)"
+                    " VALUES (?, ?, ?, ?) ON CONFLICT (channel, native_id) DO NOTHING",
+                    (identity.channel, identity.native_id, candidate_key, now),
+                )
+                rows = conn.execute(
+                    "SELECT channel, native_id FROM identity_claims"
+                    " WHERE claim_type = ? AND claim_value = ? ORDER BY channel, native_id",
+                    (linking.SUBJECT_CLAIM, claims.subject),
+                ).fetchall()
+                holders = [
+                    (holder, _user(conn, holder))
+                    for holder in (ChannelIdentity(channel, native) for channel, native in rows)
+                ]
+                decision = linking.plan_claims_link(
+                    identity,
+                    _user(conn, identity),
+                    holders,
+                    rules,
+                    source=linking.claims_source(claims.source),
+                    now=now,
+                )
+                if decision.merge is not None:
+                    _apply_merge(conn, decision.merge, now)
+                if decision.record:
+                    _forget_claims(conn, identity, source=claims.source)
+                    conn.executemany(
+                        "INSERT OR REPLACE INTO identity_claims (channel, native_id,"
+                        " claim_type, claim_value, source, verified_at)"
+                        " VALUES (?, ?, ?, ?, ?, ?)",
+                        [
+                            (identity.channel, identity.native_id, kind, value, claims.source, now)
+                            for kind, value in claims.rows()
+                        ],
+                    )
+                return decision.result
+
+        return await self._run(work)
+
+    # --- one-time link codes --------------------------------------------------------
+
+    async def put_link_challenge(self, challenge: CodeChallenge) -> bool:
+        issuer = challenge.issuer
+
+        def work(conn: sqlite3.Connection) -> bool:
+            with _transaction(conn):
+                taken = conn.execute(
+                    "SELECT issuer_channel, issuer_native_id FROM link_challenges"
+                    " WHERE locator = ?",
+                    (challenge.locator,),
+                ).fetchone()
+                if taken is not None and tuple(taken) != (issuer.channel, issuer.native_id):
+                    return False
+                conn.execute(
+                    "DELETE FROM link_challenges WHERE issuer_channel = ? AND issuer_native_id = ?",
+                    (issuer.channel, issuer.native_id),
+                )
+                _write_challenge(conn, challenge)
+                return True
+
+        return await self._run(work)
+
+    async def get_link_challenge(self, locator: str) -> CodeChallenge | None:
+        return await self._run(lambda conn: _select_challenge(conn, locator))
+
+    async def attempt_link_code(
+        self,
+        completer: ChannelIdentity,
+        locator: str,
+        secret: str,
+        *,
+        now: float,
+        limits: CodeLimits,
+        rules: LinkRules,
+    ) -> LinkResult:
+        def work(conn: sqlite3.Connection) -> LinkResult:
+            with _transaction(conn):
+                challenge = _select_challenge(conn, locator)
+                outcome = link_codes.decide_attempt(
+                    challenge=challenge,
+                    identity_counter=_select_counter(conn, link_codes.identity_scope(completer)),
+                    global_counter=_select_counter(conn, link_codes.GLOBAL_SCOPE),
+                    completer=completer,
+                    secret=secret,
+                    now=now,
+                    limits=limits,
+                    completer_user=_user(conn, completer),
+                    issuer_user=_user(conn, challenge.issuer) if challenge is not None else None,
+                    rules=rules,
+                )
+                if outcome.challenge is not None:
+                    _write_challenge(conn, outcome.challenge)
+                _write_counter(conn, outcome.identity_counter)
+                _write_counter(conn, outcome.global_counter)
+                if outcome.merge is not None:
+                    _apply_merge(conn, outcome.merge, now)
+                return outcome.result
+
+        return await self._run(work)
+
+    async def get_attempt_counter(self, scope: str) -> AttemptCounter:
+        return await self._run(lambda conn: _select_counter(conn, scope))
+
+    async def delete_expired_link_records(self, now: float) -> int:
+        def work(conn: sqlite3.Connection) -> int:
+            with _transaction(conn):
+                # The indexes narrow the candidates; the core decides what has expired.
+                rows = conn.execute(
+                    "SELECT record FROM link_challenges WHERE expires_at <= ?", (now,)
+                ).fetchall()
+                doomed = [
+                    challenge.locator
+                    for challenge in (codec.load(row[0], CodeChallenge) for row in rows)
+                    if link_codes.is_expired(challenge, now)
+                ]
+                conn.executemany(
+                    "DELETE FROM link_challenges WHERE locator = ?", [(x,) for x in doomed]
+                )
+                rows = conn.execute(
+                    "SELECT record FROM link_attempts WHERE expires_at <= ?", (now,)
+                ).fetchall()
+                idle = [
+                    counter.scope
+                    for counter in (codec.load(row[0], AttemptCounter) for row in rows)
+                    if link_codes.counter_is_expired(counter, now)
+                ]
+                conn.executemany("DELETE FROM link_attempts WHERE scope = ?", [(x,) for x in idle])
+                return len(doomed) + len(idle)
 
         return await self._run(work)
 
@@ -539,6 +812,146 @@ def _transaction(conn: sqlite3.Connection) -> Iterator[None]:
         if conn.in_transaction:
             conn.execute("ROLLBACK")
         raise
+
+
+_LOAD_CONTEXT = """
+SELECT i.isolation_key, a.owner, a.qualifier, a.session_id, a.generation, a.created_at,
+       CASE WHEN :facts THEN (
+           SELECT json_group_array(json_array(j.channel, j.native_id))
+           FROM identities AS j
+           WHERE j.isolation_key = i.isolation_key
+             AND NOT (j.channel = i.channel AND j.native_id = i.native_id)
+       ) END,
+       CASE WHEN :facts THEN (
+           SELECT json_group_array(json_array(c.claim_type, c.claim_value))
+           FROM identities AS j
+           JOIN identity_claims AS c ON c.channel = j.channel AND c.native_id = j.native_id
+           WHERE j.isolation_key = i.isolation_key
+       ) END
+FROM identities AS i
+LEFT JOIN session_aliases AS a
+  ON a.owner = coalesce(:owner, i.isolation_key) AND a.qualifier = :qualifier
+WHERE i.channel = :channel AND i.native_id = :native_id
+"""
+
+
+def _facts_from_json(identities: str | None, claims: str | None) -> UserFacts:
+    others = sorted(tuple(pair) for pair in json.loads(identities or "[]"))
+    held = {(kind, value) for kind, value in json.loads(claims or "[]")}
+    return UserFacts(tuple(ChannelIdentity(ch, native) for ch, native in others), held)
+
+
+def _members(conn: sqlite3.Connection, isolation_key: str) -> tuple[ChannelIdentity, ...]:
+    rows = conn.execute(
+        "SELECT channel, native_id FROM identities WHERE isolation_key = ?"
+        " ORDER BY channel, native_id",
+        (isolation_key,),
+    ).fetchall()
+    return tuple(ChannelIdentity(channel, native) for channel, native in rows)
+
+
+def _user(conn: sqlite3.Connection, identity: ChannelIdentity) -> UserRecord:
+    row = conn.execute(
+        "SELECT isolation_key FROM identities WHERE channel = ? AND native_id = ?",
+        (identity.channel, identity.native_id),
+    ).fetchone()
+    if row is None:
+        return UserRecord(None, ())
+    return UserRecord(row[0], _members(conn, row[0]))
+
+
+def _set_key(conn: sqlite3.Connection, identity: ChannelIdentity, key: str, now: float) -> None:
+    conn.execute(
+        "INSERT INTO identities (channel, native_id, isolation_key, created_at)"
+        " VALUES (?, ?, ?, ?)"
+        " ON CONFLICT (channel, native_id) DO UPDATE SET isolation_key = excluded.isolation_key",
+        (identity.channel, identity.native_id, key, now),
+    )
+
+
+def _apply_merge(conn: sqlite3.Connection, merge: Merge, now: float) -> None:
+    for identity in merge.moved:
+        _set_key(conn, identity, merge.to_key, now)
+    conn.executemany(
+        "INSERT OR REPLACE INTO links (channel, native_id, isolation_key, anchor_channel,"
+        " anchor_native_id, source, previous_key, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+        [
+            (
+                r.identity.channel,
+                r.identity.native_id,
+                r.isolation_key,
+                r.anchor.channel,
+                r.anchor.native_id,
+                r.source,
+                r.previous_key,
+                r.created_at,
+            )
+            for r in merge.records
+        ],
+    )
+
+
+def _link_from_row(row: Any) -> LinkRecord:
+    channel, native, key, anchor_channel, anchor_native, source, previous, created_at = row
+    return LinkRecord(
+        ChannelIdentity(channel, native),
+        key,
+        ChannelIdentity(anchor_channel, anchor_native),
+        source,
+        previous,
+        created_at,
+    )
+
+
+def _forget_claims(
+    conn: sqlite3.Connection, identity: ChannelIdentity, *, source: str | None
+) -> None:
+    if source is None:
+        conn.execute(
+            "DELETE FROM identity_claims WHERE channel = ? AND native_id = ?",
+            (identity.channel, identity.native_id),
+        )
+    else:
+        conn.execute(
+            "DELETE FROM identity_claims WHERE channel = ? AND native_id = ? AND source = ?",
+            (identity.channel, identity.native_id, source),
+        )
+
+
+def _select_challenge(conn: sqlite3.Connection, locator: str) -> CodeChallenge | None:
+    row = conn.execute(
+        "SELECT record FROM link_challenges WHERE locator = ?", (locator,)
+    ).fetchone()
+    return codec.load(row[0], CodeChallenge) if row is not None else None
+
+
+def _write_challenge(conn: sqlite3.Connection, challenge: CodeChallenge) -> None:
+    conn.execute(
+        "INSERT OR REPLACE INTO link_challenges (locator, issuer_channel, issuer_native_id,"
+        " expires_at, record) VALUES (?, ?, ?, ?, ?)",
+        (
+            challenge.locator,
+            challenge.issuer.channel,
+            challenge.issuer.native_id,
+            challenge.expires_at,
+            codec.dump(challenge),
+        ),
+    )
+
+
+def _select_counter(conn: sqlite3.Connection, scope: str) -> AttemptCounter:
+    row = conn.execute("SELECT record FROM link_attempts WHERE scope = ?", (scope,)).fetchone()
+    return codec.load(row[0], AttemptCounter) if row is not None else AttemptCounter(scope)
+
+
+def _write_counter(conn: sqlite3.Connection, counter: AttemptCounter) -> None:
+    if counter == AttemptCounter(counter.scope):
+        conn.execute("DELETE FROM link_attempts WHERE scope = ?", (counter.scope,))
+        return
+    conn.execute(
+        "INSERT OR REPLACE INTO link_attempts (scope, expires_at, record) VALUES (?, ?, ?)",
+        (counter.scope, counter.expires_at or 0.0, codec.dump(counter)),
+    )
 
 
 def _write_version(conn: sqlite3.Connection, version: int) -> None:

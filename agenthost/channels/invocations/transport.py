@@ -11,16 +11,19 @@ import inspect
 import logging
 import secrets
 from collections.abc import Awaitable, Callable, Sequence
+from typing import Literal
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
 from agenthost.backends.bodies import BodyTooLarge, OversizedBodyResponse, read_limited
-from agenthost.backends.channel import Channel, HostServices
+from agenthost.backends.channel import INHERIT, Channel, HostServices, Inherit
 from agenthost.backends.streaming import Emit, ProducerResponse
 from agenthost.backends.targets import StreamUpdate
 from agenthost.channels.invocations import codec
+from agenthost.sansio_core.authorization import Allowlist
+from agenthost.sansio_core.link_policy import DEFAULT_TIER
 from agenthost.sansio_core.turns import (
     RefusalReason,
     TurnCompleted,
@@ -51,7 +54,12 @@ _REFUSALS: dict[RefusalReason, tuple[int, str, str]] = {
         "session_busy",
         "The session is busy with another run; try again when it has finished.",
     ),
+    # The message of these two comes from the host's decision (bland for a denial).
+    RefusalReason.DENIED: (403, "forbidden", "This caller may not use this agent."),
+    RefusalReason.LINK_REQUIRED: (403, "link_required", "Link this account first: send /link."),
 }
+
+SessionKeys = Literal["caller", "host"]
 
 
 class InvocationsChannel(Channel):
@@ -64,6 +72,19 @@ class InvocationsChannel(Channel):
     ``None`` to refuse with 401 (used instead of platform headers when given).
     Without either, every caller is the same anonymous user and ``session_id`` values
     are the only thing keeping conversations apart.
+
+    ``session_keys``: ``"caller"`` (the default) keys sessions on the caller's
+    ``session_id``, and a request without one starts a new session (its id comes back in
+    the answer). ``"host"`` makes the host track the conversation: a request without
+    ``session_id`` continues the caller's one direct conversation, which is the one the
+    caller's linked identities on other channels share; a ``session_id`` still names a
+    session of its own.
+
+    ``require_link``, ``allowlist``, ``confidentiality_tier`` and ``offers_link_commands``
+    are the channel's access and linking settings (see ``agenthost.backends.channel``). A
+    denied caller is answered 403 ``forbidden``, one that must link first 403
+    ``link_required``; a host command (``/link`` ...) is answered 200 with the reply as
+    ``output``.
     """
 
     def __init__(
@@ -75,11 +96,23 @@ class InvocationsChannel(Channel):
         authenticate: CallerAuthenticator | None = None,
         max_body_bytes: int = 1024 * 1024,
         multitask: MultitaskStrategy | None = None,
+        session_keys: SessionKeys = "caller",
+        require_link: bool | Inherit = INHERIT,
+        allowlist: Allowlist | Inherit | None = INHERIT,
+        confidentiality_tier: str = DEFAULT_TIER,
+        offers_link_commands: bool = True,
     ) -> None:
         if not mount.startswith("/") or mount.endswith("/"):
             raise ValueError(f"mount must start with '/' and not end with one, not {mount!r}")
         if max_body_bytes < 1:
             raise ValueError("max_body_bytes must be at least 1")
+        if session_keys not in ("caller", "host"):
+            raise ValueError(f"session_keys must be 'caller' or 'host', not {session_keys!r}")
+        self.session_keys = session_keys
+        self.require_link = require_link
+        self.allowlist = allowlist
+        self.confidentiality_tier = confidentiality_tier
+        self.offers_link_commands = offers_link_commands
         self.name = name
         self.mount = mount
         self.trust_platform_headers = trust_platform_headers
@@ -126,7 +159,9 @@ class _Handlers:
             identity=ChannelIdentity(self._channel.name, caller.user_id),
             input=body.input,
             session=ChannelSession(
-                key=session_id, conversation_id=caller.conversation_id, caller_keyed=True
+                key=session_id,
+                conversation_id=caller.conversation_id,
+                caller_keyed=self._channel.session_keys == "caller",
             ),
             session_mode=body.session_mode,
             multitask=self._channel._multitask,
@@ -235,14 +270,19 @@ def _render_outcome(outcome: TurnOutcome, invocation: str, headers: dict[str, st
 
 def _failure_parts(outcome: TurnFailed | TurnRefused) -> tuple[int, str, str]:
     if isinstance(outcome, TurnRefused):
-        return _REFUSALS[outcome.reason]
+        return _refusal_parts(outcome)
     if outcome.cancelled:
         return 409, "run_interrupted", "The run was interrupted before it finished."
     return 500, "run_failed", "The agent could not answer this request."
 
 
-def _refusal(outcome: TurnRefused, headers: dict[str, str]) -> Response:
+def _refusal_parts(outcome: TurnRefused) -> tuple[int, str, str]:
     status, code, message = _REFUSALS[outcome.reason]
+    return status, code, outcome.user_message or message
+
+
+def _refusal(outcome: TurnRefused, headers: dict[str, str]) -> Response:
+    status, code, message = _refusal_parts(outcome)
     return _error(status, code, message, headers)
 
 

@@ -1,0 +1,186 @@
+"""The host's identity configuration, checked and resolved once, when ``Host`` is built.
+
+It turns the host's and the channels' settings (allowlists, ``require_link``, linkers,
+the link policy, confidentiality tiers, command opt-outs) into the values the core
+decides with: ``authorization.AccessSettings``, ``commands.CommandCatalog`` and
+``link_policy.LinkRules``. A setting that cannot work raises :class:`ConfigurationError`
+here, at start-up, naming the setting and the remedy, instead of failing a request later.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+
+import attrs
+
+from agenthost.backends.channel import INHERIT, Channel
+from agenthost.backends.linking import IdentityLinker
+from agenthost.sansio_core import authorization
+from agenthost.sansio_core.authorization import AccessSettings, Allowlist, ChannelAccess
+from agenthost.sansio_core.commands import LINK_COMMANDS, CommandCatalog
+from agenthost.sansio_core.link_policy import AllowAllLinks, LinkPolicy, LinkRules
+
+
+class ConfigurationError(ValueError):
+    """The host was configured wrongly; the message names the setting and the remedy."""
+
+
+@attrs.frozen
+class IdentityConfiguration:
+    access: AccessSettings
+    commands: CommandCatalog
+    link_rules: LinkRules
+    linkers: tuple[IdentityLinker, ...]
+
+
+def identity_configuration(
+    *,
+    channels: Sequence[Channel],
+    linker: IdentityLinker | Sequence[IdentityLinker] | None,
+    allowlist: Allowlist | None,
+    require_link: bool,
+    link_policy: LinkPolicy | None,
+    custom_resolver: bool,
+) -> IdentityConfiguration:
+    """Check every identity setting and resolve ``"inherit"``; raise on the first problem."""
+    linkers = _linkers(linker, channels)
+    _check_host_settings(allowlist, require_link, link_policy)
+    for channel in channels:
+        _check_channel_settings(channel)
+    claim_channels = [c.name for c in channels if c.provides_verified_claims]
+    claims_available = bool(claim_channels) or any(x.provides_claims for x in linkers)
+    can_link = bool(linkers) or bool(claim_channels)
+    if custom_resolver and (
+        can_link or require_link or any(c.require_link is True for c in channels)
+    ):
+        raise ConfigurationError(
+            "identity_resolver= cannot be combined with linking (linker=, require_link, or a "
+            "channel that verifies claims): linking re-points the identities the host stores, "
+            "which a custom resolver bypasses. Remove the resolver, or the linking settings"
+        )
+    names = frozenset(channel.name for channel in channels)
+    default = ChannelAccess(allowlist, require_link, can_link, claims_available)
+    _check_access(default, "Host(allowlist=..., require_link=...)", names)
+    per_channel = {}
+    for channel in channels:
+        access = ChannelAccess(
+            allowlist if channel.allowlist == INHERIT else channel.allowlist,
+            require_link if channel.require_link == INHERIT else bool(channel.require_link),
+            can_link,
+            claims_available,
+        )
+        if channel.allowlist != INHERIT or channel.require_link != INHERIT:
+            _check_access(access, f"channel {channel.name!r}", names)
+        per_channel[channel.name] = access
+
+    policy = link_policy if link_policy is not None else AllowAllLinks()
+    unknown = sorted(policy.named_channels() - names)
+    if unknown:
+        raise ConfigurationError(
+            f"link_policy names channel(s) {', '.join(map(repr, unknown))} that this host does "
+            f"not have (its channels: {_listing(names)}); fix the names or add the channels"
+        )
+    rules = LinkRules(policy, {channel.name: channel.confidentiality_tier for channel in channels})
+    catalog = CommandCatalog(
+        LINK_COMMANDS if linkers else (),
+        frozenset(channel.name for channel in channels if not channel.offers_link_commands),
+    )
+    return IdentityConfiguration(AccessSettings(default, per_channel), catalog, rules, linkers)
+
+
+def _linkers(
+    linker: IdentityLinker | Sequence[IdentityLinker] | None, channels: Sequence[Channel]
+) -> tuple[IdentityLinker, ...]:
+    given: Iterable[object]
+    if linker is None:
+        given = ()
+    elif isinstance(linker, IdentityLinker):
+        given = (linker,)
+    elif isinstance(linker, Sequence) and not isinstance(linker, str):
+        given = linker
+    else:
+        given = (linker,)
+    found: list[IdentityLinker] = []
+    for item in given:
+        if not isinstance(item, IdentityLinker):
+            raise ConfigurationError(
+                f"linker= takes IdentityLinker values (e.g. OneTimeCodeLinker()), not {item!r}"
+            )
+        if item.is_bound:
+            raise ConfigurationError(
+                f"linker {item.name!r} already belongs to another Host; give each Host its own"
+            )
+        found.append(item)
+    # A channel that is also a linker (an OpenID Connect link channel) links too.
+    found += [c for c in channels if isinstance(c, IdentityLinker) and c not in found]
+    return tuple(found)
+
+
+def _check_host_settings(allowlist: object, require_link: object, link_policy: object) -> None:
+    if allowlist is not None and not isinstance(allowlist, Allowlist):
+        raise ConfigurationError(
+            f"allowlist= takes an Allowlist (AllowAll(), NativeIdAllowlist({{...}}), "
+            f"LinkedClaimAllowlist(...), AnyOfAllowlists(...) ...) or None, not {allowlist!r}"
+        )
+    if not isinstance(require_link, bool):
+        raise ConfigurationError(f"require_link= takes True or False, not {require_link!r}")
+    if link_policy is not None and not isinstance(link_policy, LinkPolicy):
+        raise ConfigurationError(
+            "link_policy= takes a LinkPolicy (AllowAllLinks(), SameConfidentialityTierOnly(), "
+            f"ExplicitAllowList([...]), DenyAllLinks()), not {link_policy!r}"
+        )
+
+
+def _check_channel_settings(channel: Channel) -> None:
+    name = channel.name
+    if channel.require_link != INHERIT and not isinstance(channel.require_link, bool):
+        raise ConfigurationError(
+            f"channel {name!r}: require_link must be True, False or 'inherit', "
+            f"not {channel.require_link!r}"
+        )
+    allowlist = channel.allowlist
+    if allowlist is not None and allowlist != INHERIT and not isinstance(allowlist, Allowlist):
+        raise ConfigurationError(
+            f"channel {name!r}: allowlist must be an Allowlist, None (open) or 'inherit' "
+            f"(the host's), not {allowlist!r}"
+        )
+    tier = channel.confidentiality_tier
+    if not isinstance(tier, str) or not tier:
+        raise ConfigurationError(
+            f"channel {name!r}: confidentiality_tier must be a non-empty string, not {tier!r}"
+        )
+    if not isinstance(channel.offers_link_commands, bool):
+        raise ConfigurationError(f"channel {name!r}: offers_link_commands must be True or False")
+    if channel.bot_name is not None and not isinstance(channel.bot_name, str):
+        raise ConfigurationError(f"channel {name!r}: bot_name must be a string or None")
+
+
+def _check_access(access: ChannelAccess, where: str, names: frozenset[str]) -> None:
+    if access.require_link and not access.can_link:
+        raise ConfigurationError(
+            f"{where} requires linking (require_link=True) but this host cannot link: pass "
+            "Host(linker=OneTimeCodeLinker()) or add a channel that verifies claims, or set "
+            "require_link=False"
+        )
+    allowlist = access.allowlist
+    if allowlist is None:
+        return
+    unknown = sorted(authorization.channels_named(allowlist) - names)
+    if unknown:
+        raise ConfigurationError(
+            f"the allowlist of {where} names channel(s) {', '.join(map(repr, unknown))} that "
+            f"this host does not have (its channels: {_listing(names)}); fix the names or add "
+            "the channels"
+        )
+    if authorization.consults_claims(allowlist) and not access.claims_available:
+        raise ConfigurationError(
+            f"the allowlist of {where} reads verified claims (LinkedClaimAllowlist, or a "
+            "CallableAllowlist with claims=True) but nothing on this host verifies claims: add "
+            "a channel or linker that does (an OpenID Connect link channel), or remove the "
+            "claim allowlist"
+        )
+
+
+def _listing(names: Iterable[str]) -> str:
+    ordered = sorted(names)
+    return ", ".join(map(repr, ordered)) if ordered else "none"

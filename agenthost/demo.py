@@ -124,8 +124,14 @@ def build_agent() -> Agent[Any]:
 
 
 def build_host(state_dir: str | Path = ".agenthost") -> Any:
-    """The demo host on the SQLite default: Invocations, open to anyone (a demo)."""
+    """The demo host on the SQLite default: Invocations and Responses, open to anyone (a
+    demo: Responses takes any API key, and each key is its own caller)."""
     from agenthost.backends.host import Host
     from agenthost.channels.invocations import InvocationsChannel
+    from agenthost.channels.responses import ResponsesChannel
 
-    return Host(build_agent(), channels=[InvocationsChannel()], state_dir=state_dir)
+    return Host(
+        build_agent(),
+        channels=[InvocationsChannel(), ResponsesChannel()],
+        state_dir=state_dir,
+    )

@@ -8,6 +8,8 @@ e.g. ``python -m benchmarks core_sessions``. Each benchmark is one module listed
 
 BENCHMARKS = (
     "core_sessions",
+    "authorization",
     "sqlite_store",
     "invocations_http",
+    "responses_http",
 )

@@ -1,0 +1,499 @@
+"""A run's output as Responses stream events and output items: a small state machine, no I/O.
+
+Rules:
+
+1. Every event carries ``sequence_number``, one more than the event before it (a stream
+   can start later than 0: a background run re-run after a crash continues the numbers,
+   so a client's resume cursor stays valid).
+2. An output item is *open* from ``response.output_item.added`` to
+   ``response.output_item.done``; at most one is open at a time. Text and reasoning
+   items open a content part (``response.content_part.added``) and stream deltas into it.
+3. An item closes when content of another kind arrives, when the framework's
+   ``message_id`` or role changes, at :meth:`ResponseEvents.break_item`, and at the end.
+   Closing emits the ``.done`` events, each carrying the whole text, part or item.
+4. The end is exactly one of ``response.completed``, ``response.incomplete`` (the
+   framework's ``finish_reason`` was ``length`` or ``content_filter``) or
+   ``response.failed``, carrying the full response; after it the machine accepts nothing.
+
+Input is what a run streams: Agent Framework ``AgentResponseUpdate``s (or their
+``to_dict()`` form) whose ``contents`` are ``text``, ``text_reasoning``,
+``function_call``, ``function_result`` and ``usage``; or plain text chunks for targets
+that stream text only. A finished result (an ``AgentResponse``, a workflow's list of
+outputs, a string) is rendered by feeding its messages the same way
+(:func:`render_result`), so a streamed and a non-streamed run produce the same items.
+Item ids come from an injected ``new_id`` and time arrives as arguments.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterator, Mapping
+from typing import Any
+
+from agenthost.channels.responses.codec import failed_error, usage
+
+NewId = Callable[[str], str]  # prefix -> a fresh id such as "msg_..."
+
+TERMINAL_EVENTS = frozenset({"response.completed", "response.incomplete", "response.failed"})
+_INCOMPLETE_REASONS = {"length": "max_output_tokens", "content_filter": "content_filter"}
+
+
+def field(value: Any, name: str) -> Any:
+    """A field of a framework object or of its ``to_dict()`` form."""
+    if isinstance(value, Mapping):
+        return value.get(name)
+    return getattr(value, name, None)
+
+
+class ResponseEvents:
+    """The stream events of one response, built as its run produces updates."""
+
+    def __init__(
+        self,
+        response: Mapping[str, Any],
+        *,
+        new_id: NewId,
+        next_sequence: int = 0,
+        stream_id: str | None = None,
+    ) -> None:
+        self.response: dict[str, Any] = {**response, "output": list(response.get("output", []))}
+        self._new_id = new_id
+        self._sequence = next_sequence
+        self._stream_id = stream_id
+        self._open: _OpenItem | None = None
+        self._message: dict[str, Any] = {}  # the message_id and role updates last named
+        self._usage: Mapping[str, Any] | None = None
+        self._finish_reason: str | None = None
+        self.finished = False
+
+    @property
+    def next_sequence(self) -> int:
+        return self._sequence
+
+    # --- the start --------------------------------------------------------------------
+
+    def created(self) -> list[dict[str, Any]]:
+        """``response.created`` (and ``response.queued`` for a queued response)."""
+        events = [self._event("response.created", response=self._snapshot())]
+        if self.response.get("status") == "queued":
+            events.append(self._event("response.queued", response=self._snapshot()))
+        return events
+
+    def in_progress(self) -> list[dict[str, Any]]:
+        self.response["status"] = "in_progress"
+        return [self._event("response.in_progress", response=self._snapshot())]
+
+    # --- updates ----------------------------------------------------------------------
+
+    def feed(self, update: Any) -> list[dict[str, Any]]:
+        """Events for one framework update (an ``AgentResponseUpdate`` or its dict)."""
+        self._check_running()
+        events: list[dict[str, Any]] = []
+        # A message boundary is a change of a value both updates name: updates that leave
+        # one out (a usage-only update, say) continue the open item.
+        for name in ("message_id", "role"):
+            value = field(update, name)
+            if value is None:
+                continue
+            value = str(getattr(value, "value", value))
+            if self._message.get(name, value) != value:
+                self._close(events)
+            self._message[name] = value
+        reason = field(update, "finish_reason")
+        if reason is not None:
+            self._finish_reason = str(getattr(reason, "value", reason))
+        for content in field(update, "contents") or ():
+            self._content(content, events)
+        return events
+
+    def feed_text(self, text: str) -> list[dict[str, Any]]:
+        """Events for a plain text chunk (targets that stream text only)."""
+        self._check_running()
+        events: list[dict[str, Any]] = []
+        if text:
+            self._text(text, None, events)
+        return events
+
+    def break_item(self) -> list[dict[str, Any]]:
+        """Close the open item: what comes next is a new item."""
+        events: list[dict[str, Any]] = []
+        self._close(events)
+        self._message.clear()
+        return events
+
+    def note_result(self, result: Any) -> None:
+        """Take usage and finish reason from the run's final result, when it has them."""
+        details = field(result, "usage_details")
+        if isinstance(details, Mapping) and details:
+            self._usage = details
+        reason = field(result, "finish_reason")
+        if reason is not None:
+            self._finish_reason = str(getattr(reason, "value", reason))
+
+    # --- the end ----------------------------------------------------------------------
+
+    def complete(self, *, completed_at: int) -> list[dict[str, Any]]:
+        """Close everything; ``response.completed`` or ``response.incomplete``."""
+        self._check_running()
+        events: list[dict[str, Any]] = []
+        reason = _INCOMPLETE_REASONS.get(self._finish_reason or "")
+        self._close(events, status="incomplete" if reason else "completed")
+        self.response.update(completed_at=completed_at, usage=usage(self._usage))
+        if reason:
+            self.response.update(status="incomplete", incomplete_details={"reason": reason})
+            kind = "response.incomplete"
+        else:
+            self.response["status"] = "completed"
+            kind = "response.completed"
+        self.finished = True
+        events.append(self._event(kind, response=self._snapshot()))
+        return events
+
+    def fail(
+        self, *, code: str, message: str, completed_at: int | None = None
+    ) -> list[dict[str, Any]]:
+        """Close what is open as incomplete; ``response.failed`` with the error."""
+        self._check_running()
+        events: list[dict[str, Any]] = []
+        self._close(events, status="incomplete")
+        self.response.update(
+            status="failed",
+            error=failed_error(code, message),
+            completed_at=completed_at,
+            usage=usage(self._usage),
+        )
+        self.finished = True
+        events.append(self._event("response.failed", response=self._snapshot()))
+        return events
+
+    def stop(self, status: str, *, completed_at: int | None = None) -> None:
+        """End without a terminal event (a cancelled response): close items, set status."""
+        closing: list[dict[str, Any]] = []
+        if not self.finished:
+            self._close(closing, status="incomplete")
+        self.response.update(status=status, completed_at=completed_at)
+        self.finished = True
+
+    def error(
+        self, *, message: str, code: str | None = None, param: str | None = None
+    ) -> list[dict[str, Any]]:
+        """An ``error`` event: the request could not be run at all."""
+        self.finished = True
+        return [self._event("error", code=code, message=message, param=param)]
+
+    # --- internals --------------------------------------------------------------------
+
+    def _check_running(self) -> None:
+        if self.finished:
+            raise RuntimeError("this response has finished; it takes no more events")
+
+    def _event(self, kind: str, **fields: Any) -> dict[str, Any]:
+        event = {"type": kind, "sequence_number": self._sequence, **fields}
+        if self._stream_id is not None:
+            event["stream_id"] = self._stream_id
+        self._sequence += 1
+        return event
+
+    def _snapshot(self) -> dict[str, Any]:
+        return {**self.response, "output": [dict(item) for item in self.response["output"]]}
+
+    def _content(self, content: Any, events: list[dict[str, Any]]) -> None:
+        kind = field(content, "type")
+        if kind == "text":
+            self._text(field(content, "text") or "", field(content, "annotations"), events)
+        elif kind == "text_reasoning":
+            self._reasoning(content, events)
+        elif kind == "function_call":
+            self._function_call(content, events)
+        elif kind == "function_result":
+            self._function_result(content, events)
+        elif kind == "usage":
+            details = field(content, "usage_details")
+            if isinstance(details, Mapping):
+                self._usage = details
+        # Other contents (data, uri, hosted files, approvals...) have no Responses item
+        # this channel renders; the full result stays available to response hooks.
+
+    def _text(self, text: str, annotations: Any, events: list[dict[str, Any]]) -> None:
+        item = self._open_item("message", events)
+        if text:
+            item.chunks.append(text)
+            events.append(
+                self._event(
+                    "response.output_text.delta",
+                    item_id=item.id,
+                    output_index=item.index,
+                    content_index=0,
+                    delta=text,
+                    logprobs=[],
+                )
+            )
+        for annotation in annotations or ():
+            rendered = _annotation(annotation)
+            if rendered is None:
+                continue
+            item.annotations.append(rendered)
+            events.append(
+                self._event(
+                    "response.output_text.annotation.added",
+                    item_id=item.id,
+                    output_index=item.index,
+                    content_index=0,
+                    annotation_index=len(item.annotations) - 1,
+                    annotation=rendered,
+                )
+            )
+
+    def _reasoning(self, content: Any, events: list[dict[str, Any]]) -> None:
+        item = self._open_item("reasoning", events)
+        protected = field(content, "protected_data")
+        if protected:
+            item.item["encrypted_content"] = protected
+        text = field(content, "text") or ""
+        if text:
+            item.chunks.append(text)
+            events.append(
+                self._event(
+                    "response.reasoning_text.delta",
+                    item_id=item.id,
+                    output_index=item.index,
+                    content_index=0,
+                    delta=text,
+                )
+            )
+
+    def _function_call(self, content: Any, events: list[dict[str, Any]]) -> None:
+        call_id = field(content, "call_id") or ""
+        arguments = field(content, "arguments")
+        if not isinstance(arguments, str):
+            arguments = "" if arguments is None else json.dumps(arguments, separators=(",", ":"))
+        open_item = self._open
+        continuing = (
+            open_item is not None
+            and open_item.kind == "function_call"
+            and (not call_id or call_id == open_item.item["call_id"])
+        )
+        if not continuing:
+            self._close(events)
+            item = self._start_item(
+                "function_call",
+                {
+                    "type": "function_call",
+                    "call_id": call_id,
+                    "name": field(content, "name") or "",
+                    "arguments": "",
+                },
+                events,
+            )
+        else:
+            assert open_item is not None
+            item = open_item
+        if arguments:
+            item.chunks.append(arguments)
+            events.append(
+                self._event(
+                    "response.function_call_arguments.delta",
+                    item_id=item.id,
+                    output_index=item.index,
+                    delta=arguments,
+                )
+            )
+
+    def _function_result(self, content: Any, events: list[dict[str, Any]]) -> None:
+        self._close(events)
+        result = field(content, "result")
+        if result is None:
+            exception = field(content, "exception")
+            result = f"Error: {exception}" if exception else ""
+        output = result if isinstance(result, str) else json.dumps(result, default=str)
+        item = self._start_item(
+            "function_call_output",
+            {
+                "type": "function_call_output",
+                "call_id": field(content, "call_id") or "",
+                "output": "",
+            },
+            events,
+        )
+        item.item["output"] = output
+        self._close(events)
+
+    def _open_item(self, kind: str, events: list[dict[str, Any]]) -> _OpenItem:
+        if self._open is not None and self._open.kind == kind:
+            return self._open
+        self._close(events)
+        if kind == "message":
+            item = self._start_item(
+                kind, {"type": "message", "role": "assistant", "content": []}, events
+            )
+            part: dict[str, Any] = {
+                "type": "output_text",
+                "text": "",
+                "annotations": [],
+                "logprobs": [],
+            }
+        else:
+            item = self._start_item(
+                kind, {"type": "reasoning", "summary": [], "content": []}, events
+            )
+            part = {"type": "reasoning_text", "text": ""}
+        events.append(
+            self._event(
+                "response.content_part.added",
+                item_id=item.id,
+                output_index=item.index,
+                content_index=0,
+                part=part,
+            )
+        )
+        return item
+
+    def _start_item(
+        self, kind: str, item: dict[str, Any], events: list[dict[str, Any]]
+    ) -> _OpenItem:
+        prefix = {"message": "msg", "reasoning": "rs", "function_call": "fc"}.get(kind, "fco")
+        item = {"id": self._new_id(prefix), **item, "status": "in_progress"}
+        index = len(self.response["output"])
+        self.response["output"].append(item)
+        opened = _OpenItem(kind, index, item)
+        self._open = opened
+        events.append(
+            self._event("response.output_item.added", output_index=index, item=dict(item))
+        )
+        return opened
+
+    def _close(self, events: list[dict[str, Any]], status: str = "completed") -> None:
+        opened, self._open = self._open, None
+        if opened is None:
+            return
+        item, text = opened.item, "".join(opened.chunks)
+        where = {"item_id": opened.id, "output_index": opened.index}
+        if opened.kind == "message":
+            part = {
+                "type": "output_text",
+                "text": text,
+                "annotations": list(opened.annotations),
+                "logprobs": [],
+            }
+            events.append(
+                self._event(
+                    "response.output_text.done", **where, content_index=0, text=text, logprobs=[]
+                )
+            )
+            events.append(
+                self._event("response.content_part.done", **where, content_index=0, part=part)
+            )
+            item["content"] = [part]
+        elif opened.kind == "reasoning":
+            part = {"type": "reasoning_text", "text": text}
+            events.append(
+                self._event("response.reasoning_text.done", **where, content_index=0, text=text)
+            )
+            events.append(
+                self._event("response.content_part.done", **where, content_index=0, part=part)
+            )
+            item["content"] = [part]
+        elif opened.kind == "function_call":
+            item["arguments"] = text
+            events.append(
+                self._event(
+                    "response.function_call_arguments.done",
+                    **where,
+                    name=item["name"],
+                    arguments=text,
+                )
+            )
+        item["status"] = status
+        events.append(
+            self._event("response.output_item.done", output_index=opened.index, item=dict(item))
+        )
+
+
+class _OpenItem:
+    __slots__ = ("annotations", "chunks", "id", "index", "item", "kind")
+
+    def __init__(self, kind: str, index: int, item: dict[str, Any]) -> None:
+        self.kind = kind
+        self.index = index
+        self.item = item
+        self.id: str = item["id"]
+        self.chunks: list[str] = []
+        self.annotations: list[dict[str, Any]] = []
+
+
+def _annotation(annotation: Any) -> dict[str, Any] | None:
+    """An Agent Framework citation as a Responses annotation (URL or file citation)."""
+    if not isinstance(annotation, Mapping):
+        return None
+    regions = annotation.get("annotated_regions") or [{}]
+    region = regions[0] if isinstance(regions[0], Mapping) else {}
+    start, end = int(region.get("start_index") or 0), int(region.get("end_index") or 0)
+    if annotation.get("url"):
+        return {
+            "type": "url_citation",
+            "url": annotation["url"],
+            "title": annotation.get("title") or "",
+            "start_index": start,
+            "end_index": end,
+        }
+    if annotation.get("file_id"):
+        return {
+            "type": "file_citation",
+            "file_id": annotation["file_id"],
+            "filename": annotation.get("title") or "",
+            "index": start,
+        }
+    return None
+
+
+# --- finished results ------------------------------------------------------------------
+
+
+def result_updates(result: Any) -> Iterator[Any]:
+    """A finished result as the updates a stream of it would have carried.
+
+    ``None`` marks a boundary between messages (each message is its own item).
+    """
+    if result is None:
+        return
+    messages = field(result, "messages")
+    if isinstance(messages, list | tuple) and not isinstance(result, str):
+        for message in messages:
+            yield None
+            yield message  # a Message has ``contents``, ``role`` and ``message_id`` like an update
+        return
+    if isinstance(result, str):
+        yield None
+        yield {"contents": [{"type": "text", "text": result}], "role": "assistant"}
+        return
+    if isinstance(result, list | tuple):  # a workflow's outputs
+        for output in result:
+            yield from result_updates(output)
+        return
+    text = field(result, "text")
+    if isinstance(text, str) and not isinstance(result, Mapping):  # a host command's reply
+        yield None
+        yield {"contents": [{"type": "text", "text": text}], "role": "assistant"}
+        return
+    text = json.dumps(result, default=str, ensure_ascii=False)
+    yield None
+    yield {"contents": [{"type": "text", "text": text}], "role": "assistant"}
+
+
+def render_result(
+    response: Mapping[str, Any], result: Any, *, new_id: NewId, completed_at: int
+) -> dict[str, Any]:
+    """The completed response object for a finished result (the non-streaming path)."""
+    machine = ResponseEvents(response, new_id=new_id)
+    feed_result(machine, result)
+    machine.complete(completed_at=completed_at)
+    return machine.response
+
+
+def feed_result(machine: ResponseEvents, result: Any) -> list[dict[str, Any]]:
+    """Feed a whole finished result to ``machine``; the events it produced."""
+    events: list[dict[str, Any]] = []
+    for update in result_updates(result):
+        events += machine.break_item() if update is None else machine.feed(update)
+    machine.note_result(result)
+    return events

@@ -1,0 +1,1067 @@
+"""The Responses routes: HTTP (JSON and Server-Sent Events), WebSocket mode, Conversations.
+
+Under the mount (default ``/responses``) and the protocol suffix ``/v1``, so a client with
+``base_url=http://host/responses/v1`` works unchanged:
+
+- ``POST /responses`` (JSON, SSE with ``stream``, ``background``), and WebSocket mode on
+  the same path; ``GET /responses/{id}`` (``stream=true&starting_after=N`` resumes a
+  background stream), ``POST /responses/{id}/cancel``, ``DELETE /responses/{id}``,
+  ``GET /responses/{id}/input_items``;
+- ``POST /conversations``, ``GET|POST|DELETE /conversations/{id}``,
+  ``POST|GET /conversations/{id}/items``, ``GET /conversations/{id}/items/{item_id}``.
+
+Who the caller is comes from the bearer key (or the application's ``authenticate``); every
+stored record is owned by that caller, and every session key it names is bound to it by
+the host. Sessions: a response continues from ``previous_response_id`` by forking that
+response's saved session into a new one named by the new response's id (OpenAI's
+branching: each response is a snapshot), or runs in the session named by a
+``conversation`` (created by ``POST /conversations``; items added there reach the target
+with the next turn); with neither it starts a fresh one. An ``item_reference`` resolves to
+an output item of the caller's stored responses.
+
+This module reads bodies, asks the codec and the event machine to translate, hands
+requests to the host and stores what the protocol must remember (``records.py``). It
+decides nothing about sessions, identities or runs. Deleting a response deletes this
+channel's records of it; the host keeps the session snapshot (the store has no deletion
+for sessions), which nobody can reach without the response's record.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import inspect
+import json
+import logging
+import secrets
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from typing import Any
+
+import anyio
+import anyio.abc
+import attrs
+from starlette.requests import HTTPConnection, Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import BaseRoute, Route, WebSocketRoute
+from starlette.websockets import WebSocket, WebSocketDisconnect
+
+from agenthost.backends.bodies import BodyTooLarge, OversizedBodyResponse, read_limited
+from agenthost.backends.channel import Channel, HostServices
+from agenthost.backends.streaming import Emit, ProducerResponse
+from agenthost.backends.targets import StreamUpdate, UpdateSink
+from agenthost.channels.responses import codec, events, records
+from agenthost.channels.responses.codec import CreateRequest, ResponsesError
+from agenthost.channels.responses.live import BackgroundRun, EventLog
+from agenthost.channels.responses.records import Records
+from agenthost.sansio_core.background import RunRecord
+from agenthost.sansio_core.turns import (
+    RefusalReason,
+    TurnCompleted,
+    TurnFailed,
+    TurnOutcome,
+    TurnRefused,
+)
+from agenthost.sansio_core.types import (
+    ChannelIdentity,
+    ChannelRequest,
+    ChannelSession,
+    ContinuationToken,
+    MultitaskStrategy,
+    RunStatus,
+)
+
+log = logging.getLogger("agenthost.channels.responses")
+
+CallerAuthenticator = Callable[[HTTPConnection], "str | Awaitable[str | None] | None"]
+
+_FAILED_MESSAGE = "The agent could not complete this response."
+_SETTLE_SECONDS = 5.0  # a final run whose result record never appears is settled after this
+_CONVERSATION_LOCKS = 64
+
+
+def new_id(prefix: str) -> str:
+    return f"{prefix}_{secrets.token_hex(16)}"
+
+
+class ResponsesChannel(Channel):
+    """The OpenAI Responses API (and its Conversations subset) over the hosted target.
+
+    ``api_keys``: bearer key -> caller id. Without it (``None``) any bearer key is
+    accepted and the caller is the key's SHA-256 (the key itself is never stored or
+    logged), so two keys are two callers. ``authenticate``: a function of the Starlette
+    connection answering the caller id, or ``None`` to refuse with 401; it replaces both.
+    ``safety_identifier`` and ``user`` are passed on as hints in the identity's
+    attributes and never change who the caller is.
+
+    ``store=false`` is honoured for this channel's records (the response cannot be
+    retrieved) and forwarded in ``attributes["store"]``; the session snapshot is still
+    saved, since continuing with ``previous_response_id`` (which WebSocket mode relies on)
+    needs it. A ``run_hook`` can make such runs stateless with ``SessionMode.DISABLED``.
+    """
+
+    def __init__(
+        self,
+        *,
+        name: str = "responses",
+        mount: str = "/responses",
+        api_keys: Mapping[str, str] | None = None,
+        authenticate: CallerAuthenticator | None = None,
+        model: str = "agenthost",
+        max_body_bytes: int = 8 * 1024 * 1024,
+        multitask: MultitaskStrategy | None = None,
+        response_ttl_seconds: float | None = 30 * 24 * 3600.0,
+        event_ttl_seconds: float = 24 * 3600.0,
+        poll_seconds: float = 0.25,
+    ) -> None:
+        if not mount.startswith("/") or mount.endswith("/"):
+            raise ValueError(f"mount must start with '/' and not end with one, not {mount!r}")
+        if max_body_bytes < 1:
+            raise ValueError("max_body_bytes must be at least 1")
+        if api_keys is not None and (
+            not api_keys or not all(isinstance(k, str) and k for k in api_keys)
+        ):
+            raise ValueError(
+                "api_keys must map non-empty bearer keys to caller ids; pass None to accept "
+                "any key (each key is then its own caller)"
+            )
+        if event_ttl_seconds <= 0 or poll_seconds <= 0:
+            raise ValueError("event_ttl_seconds and poll_seconds must be greater than 0")
+        self.name = name
+        self.mount = mount
+        self.model = model
+        self.max_body_bytes = max_body_bytes
+        self.multitask = multitask
+        self.response_ttl_seconds = response_ttl_seconds
+        self.event_ttl_seconds = event_ttl_seconds
+        self.poll_seconds = poll_seconds
+        self._authenticate = authenticate
+        # Keys are compared by digest: the mapping lookup then reveals nothing about them.
+        self._key_digests = (
+            {_digest(key): caller for key, caller in api_keys.items()}
+            if api_keys is not None
+            else None
+        )
+        self._service: _Service | None = None
+
+    @property
+    def prefix(self) -> str:
+        return f"{self.mount}/v1"
+
+    def _bind(self, host: HostServices) -> _Service:
+        if self._service is None or self._service.host is not host:
+            self._service = _Service(self, host)
+        return self._service
+
+    def routes(self, host: HostServices) -> Sequence[BaseRoute]:
+        service = self._bind(host)
+        p = self.prefix
+        return [
+            Route(f"{p}/responses", service.create, methods=["POST"]),
+            WebSocketRoute(f"{p}/responses", service.websocket),
+            Route(f"{p}/responses/{{response_id}}", service.retrieve, methods=["GET"]),
+            Route(f"{p}/responses/{{response_id}}", service.delete, methods=["DELETE"]),
+            Route(f"{p}/responses/{{response_id}}/cancel", service.cancel, methods=["POST"]),
+            Route(
+                f"{p}/responses/{{response_id}}/input_items", service.input_items, methods=["GET"]
+            ),
+            Route(f"{p}/conversations", service.create_conversation, methods=["POST"]),
+            Route(
+                f"{p}/conversations/{{conversation_id}}",
+                service.conversation,
+                methods=["GET", "POST", "DELETE"],
+            ),
+            Route(
+                f"{p}/conversations/{{conversation_id}}/items",
+                service.conversation_items,
+                methods=["GET", "POST"],
+            ),
+            Route(
+                f"{p}/conversations/{{conversation_id}}/items/{{item_id}}",
+                service.conversation_item,
+                methods=["GET"],
+            ),
+        ]
+
+    async def startup(self, host: HostServices) -> None:
+        self._bind(host)
+
+    def background_updates(self, record: RunRecord) -> UpdateSink | None:
+        if self._service is None:
+            return None
+        return self._service.background_updates(record)
+
+    async def background_finished(self, record: RunRecord) -> None:
+        if self._service is not None:
+            await self._service.background_finished(record)
+
+    async def caller(self, connection: HTTPConnection) -> str:
+        """The authenticated caller of a request or WebSocket, or a 401 error."""
+        if self._authenticate is not None:
+            answer = self._authenticate(connection)
+            if inspect.isawaitable(answer):
+                answer = await answer
+            if not answer:
+                raise ResponsesError(
+                    401, "The request is not authenticated.", code="invalid_api_key"
+                )
+            return answer
+        scheme, _, key = connection.headers.get("authorization", "").partition(" ")
+        key = key.strip()
+        if scheme.lower() != "bearer" or not key:
+            raise ResponsesError(
+                401,
+                "You didn't provide an API key. Send it in the Authorization header "
+                "(Authorization: Bearer YOUR_KEY).",
+                code="invalid_api_key",
+            )
+        digest = _digest(key)
+        if self._key_digests is None:
+            return digest
+        caller = self._key_digests.get(digest)
+        if caller is None:
+            raise ResponsesError(401, "Incorrect API key provided.", code="invalid_api_key")
+        return caller
+
+
+def _digest(key: str) -> str:
+    return hashlib.sha256(key.encode()).hexdigest()
+
+
+Handler = Callable[["_Service", Request], Awaitable[Response]]
+
+
+def _answering_errors(handler: Handler) -> Handler:
+    """Answer bad input in the OpenAI error shape, and a bug as a bland 500."""
+
+    @functools.wraps(handler)
+    async def answer(service: _Service, request: Request) -> Response:
+        try:
+            return await handler(service, request)
+        except ResponsesError as error:
+            return _error(error)
+        except BodyTooLarge as too_large:
+            # Answered at once; the response then drains the rest of the body (bounded).
+            body = codec.error_body(
+                str(too_large), type="invalid_request_error", code="request_too_large"
+            )
+            return OversizedBodyResponse(body, headers=_request_id_header())
+        except Exception:
+            log.exception("responses request failed unexpectedly")
+            return _error(_internal_error())
+
+    return answer
+
+
+def _internal_error() -> ResponsesError:
+    return ResponsesError(
+        500,
+        "The server had an error while processing your request.",
+        type="server_error",
+        code="server_error",
+    )
+
+
+@attrs.frozen
+class _Turn:
+    """One create, prepared: its id, the request for the host and what to store after."""
+
+    response_id: str
+    caller: str
+    create: CreateRequest
+    items: tuple[Mapping[str, Any], ...]  # input items with ids, references resolved
+    response: Mapping[str, Any]  # the response object before the run
+    request: ChannelRequest
+    pending_taken: tuple[str, ...] = ()  # conversation items this turn hands the target
+
+
+class _Service:
+    """The channel bound to one host: handlers, records and background runs."""
+
+    def __init__(self, channel: ResponsesChannel, host: HostServices) -> None:
+        self.channel = channel
+        self.host = host
+        self.records = Records(
+            channel.name,
+            host,
+            response_ttl=channel.response_ttl_seconds,
+            event_ttl=channel.event_ttl_seconds,
+        )
+        self.log = EventLog(self.records, poll_seconds=channel.poll_seconds)
+        self._live: dict[str, BackgroundRun] = {}
+        # Striped locks serialize read-modify-writes of one conversation in this process.
+        self._conversation_locks = [anyio.Lock() for _ in range(_CONVERSATION_LOCKS)]
+
+    # --- POST /responses --------------------------------------------------------------
+
+    @_answering_errors
+    async def create(self, request: Request) -> Response:
+        caller = await self.channel.caller(request)
+        body = codec.parse_json(await read_limited(request, self.channel.max_body_bytes))
+        create = codec.parse_create(body)
+        turn = await self._prepare(create, caller)
+        if create.background:
+            return await self._start_background(turn, request)
+        if create.stream:
+            return self._stream(turn, request)
+        outcome = await self.host.run(turn.request, protocol_request=request)
+        response = self._finished_response(turn, outcome)
+        await self._save_turn(turn, response, outcome)
+        return _json(response)
+
+    async def _prepare(self, create: CreateRequest, caller: str) -> _Turn:
+        response_id = new_id("resp")
+        resolved = await self._resolve_references(create.items, caller)
+        items = tuple(_with_id(item) for item in resolved)
+        pending: list[Mapping[str, Any]] = []
+        if create.previous_response_id is not None:
+            await self._check_previous(create.previous_response_id, caller)
+            session = ChannelSession(
+                key=create.previous_response_id, fork_key=response_id, caller_keyed=True
+            )
+        elif create.conversation_id is not None:
+            conversation = await self.records.owned(
+                records.CONVERSATION, create.conversation_id, caller
+            )
+            if conversation is None:
+                raise codec.not_found("Conversation", create.conversation_id, "conversation")
+            pending = list(conversation.value.get("pending", []))
+            session = ChannelSession(key=create.conversation_id, caller_keyed=True)
+        else:
+            session = ChannelSession(fork_key=response_id, caller_keyed=True)
+
+        response = codec.base_response(
+            create,
+            response_id=response_id,
+            created_at=int(self.host.now()),
+            model=self.channel.model,
+            status="queued" if create.background else "in_progress",
+        )
+        hints = {
+            name: value
+            for name, value in (
+                ("safety_identifier", create.safety_identifier),
+                ("user", create.user),
+            )
+            if value is not None
+        }
+        attributes: dict[str, Any] = {
+            "response_id": response_id,
+            "store": create.store,
+            "input_items": [dict(item) for item in items],
+            "model": create.model,
+            "instructions": create.instructions,
+            "extra_fields": dict(create.extra),
+        }
+        if create.background:
+            # Stored with the run: the worker renders its events from the response, and
+            # takes the conversation items it hands the target off the waiting list.
+            attributes["response_object"] = response
+            attributes["conversation_items_taken"] = [str(item["id"]) for item in pending]
+        channel_request = ChannelRequest(
+            channel=self.channel.name,
+            identity=ChannelIdentity(self.channel.name, caller, attributes=hints),
+            input=codec.host_messages([*pending, *items]),
+            session=session,
+            options=create.options,
+            multitask=self.channel.multitask,
+            background=create.background,
+            stream=create.stream,
+            metadata=create.metadata,
+            attributes=attributes,
+        )
+        return _Turn(
+            response_id=response_id,
+            caller=caller,
+            create=create,
+            items=items,
+            response=response,
+            request=channel_request,
+            pending_taken=tuple(str(item["id"]) for item in pending),
+        )
+
+    async def _resolve_references(
+        self, items: Sequence[Mapping[str, Any]], caller: str
+    ) -> list[Mapping[str, Any]]:
+        resolved = []
+        for index, item in enumerate(items):
+            if item.get("type") != "item_reference":
+                resolved.append(item)
+                continue
+            found = await self.records.owned(records.ITEM, item["id"], caller)
+            if found is None:
+                raise codec.not_found("Item", item["id"], f"input[{index}].id")
+            resolved.append(found.value["item"])
+        return resolved
+
+    async def _check_previous(self, previous_id: str, caller: str) -> None:
+        record = await self.records.owned(records.RESPONSE, previous_id, caller)
+        if record is None:
+            raise codec.previous_response_not_found(previous_id)
+        if record.value.get("conversation"):
+            raise codec.bad_request(
+                f"Response '{previous_id}' belongs to a conversation; continue it with "
+                "'conversation' instead of 'previous_response_id'.",
+                "previous_response_id",
+            )
+        if record.value.get("background"):
+            current = await self._current_response(record)
+            if current["status"] in ("queued", "in_progress"):
+                raise codec.bad_request(
+                    f"Response '{previous_id}' has not finished; continue from it once it has.",
+                    "previous_response_id",
+                    "previous_response_not_finished",
+                )
+
+    # --- foreground runs --------------------------------------------------------------
+
+    def _finished_response(self, turn: _Turn, outcome: TurnOutcome) -> dict[str, Any]:
+        now = int(self.host.now())
+        if isinstance(outcome, TurnCompleted):
+            return events.render_result(
+                turn.response, outcome.result.result, new_id=new_id, completed_at=now
+            )
+        if isinstance(outcome, TurnRefused):
+            raise _refusal_error(outcome, turn.create)
+        machine = events.ResponseEvents(turn.response, new_id=new_id)
+        code, message = _failure(outcome)
+        machine.fail(code=code, message=message, completed_at=now)
+        return machine.response
+
+    def _stream(self, turn: _Turn, request: Request) -> Response:
+        machine = events.ResponseEvents(turn.response, new_id=new_id)
+
+        async def produce(emit: Emit) -> None:
+            async def send(batch: list[dict[str, Any]]) -> None:
+                if batch:
+                    await emit(_sse(batch))
+
+            await self._run_streaming(turn, machine, send, protocol_request=request)
+
+        return ProducerResponse(produce, headers=_request_id_header())
+
+    async def _run_streaming(
+        self,
+        turn: _Turn,
+        machine: events.ResponseEvents,
+        send: Callable[[list[dict[str, Any]]], Awaitable[None]],
+        *,
+        protocol_request: Any,
+    ) -> None:
+        """Run a turn, sending its events as they come (SSE and WebSocket alike)."""
+        await send(machine.created() + machine.in_progress())
+
+        async def on_update(update: StreamUpdate) -> None:
+            batch = (
+                machine.feed(update.raw)
+                if update.raw is not None
+                else machine.feed_text(update.text)
+            )
+            await send(batch)
+
+        outcome = await self.host.run(
+            turn.request, on_update=on_update, protocol_request=protocol_request
+        )
+        now = int(self.host.now())
+        if isinstance(outcome, TurnRefused):
+            error = _refusal_error(outcome, turn.create)
+            await send(machine.error(message=error.message, code=error.code, param=error.param))
+            return
+        if isinstance(outcome, TurnCompleted):
+            machine.note_result(outcome.result.result)
+            final = machine.complete(completed_at=now)
+        else:
+            code, message = _failure(outcome)
+            final = machine.fail(code=code, message=message, completed_at=now)
+        # Stored before the terminal event, so a client that chains at once finds it.
+        await self._save_turn(turn, machine.response, outcome)
+        await send(final)
+
+    async def _save_turn(
+        self, turn: _Turn, response: Mapping[str, Any], outcome: TurnOutcome
+    ) -> None:
+        """Store a finished foreground response, its input and output items, in one batch."""
+        caller, rid = turn.caller, turn.response_id
+        value: dict[str, Any] = {
+            "stored": turn.create.store,
+            "background": False,
+            "conversation": turn.create.conversation_id,
+        }
+        batch = []
+        if turn.create.store:
+            value["response"] = response
+            batch += [
+                self.records.record(
+                    records.INPUT_ITEM, records.input_item_key(rid, index), {"item": item}, caller
+                )
+                for index, item in enumerate(turn.items)
+            ]
+            batch += self._output_index(response, caller)
+        batch.append(self.records.record(records.RESPONSE, rid, value, caller))
+        await self.records.put(batch)
+        if turn.create.conversation_id is not None and response.get("status") in (
+            "completed",
+            "incomplete",
+        ):
+            await self._append_to_conversation(
+                turn.create.conversation_id,
+                caller,
+                [*turn.items, *response["output"]],
+                taken=turn.pending_taken,
+            )
+
+    def _output_index(self, response: Mapping[str, Any], caller: str) -> list[Any]:
+        return [
+            self.records.record(records.ITEM, item["id"], {"item": item}, caller)
+            for item in response.get("output", [])
+        ]
+
+    # --- background runs --------------------------------------------------------------
+
+    async def _start_background(self, turn: _Turn, request: Request) -> Response:
+        answer = await self.host.run_in_background(turn.request, protocol_request=request)
+        if isinstance(answer, TurnRefused):
+            raise _refusal_error(answer, turn.create)
+        rid, caller = turn.response_id, turn.caller
+        machine = events.ResponseEvents(turn.response, new_id=new_id)
+        opening = machine.created()  # response.created and response.queued: 0 and 1
+        value = {
+            "stored": True,
+            "background": True,
+            "response": turn.response,
+            "token": answer.token,
+            "conversation": turn.create.conversation_id,
+        }
+        batch = [self.records.record(records.RESPONSE, rid, value, caller)]
+        batch += [
+            self.records.record(
+                records.INPUT_ITEM, records.input_item_key(rid, i), {"item": item}, caller
+            )
+            for i, item in enumerate(turn.items)
+        ]
+        batch += self.records.event_records(rid, opening, caller)
+        await self.records.put(batch)
+        self.log.wake(rid)
+        if not turn.create.stream:
+            return _json(turn.response)
+        return self._follow(rid, caller, starting_after=-1)
+
+    def background_updates(self, record: RunRecord) -> UpdateSink | None:
+        rid = record.request.attributes.get("response_id")
+        response = record.request.attributes.get("response_object")
+        if not isinstance(rid, str) or not isinstance(response, Mapping):
+            return None  # a run_hook dropped what this channel needs: run without events
+        run = BackgroundRun(
+            response_id=rid,
+            response=response,
+            owner=record.request.identity.native_id,
+            log=self.log,
+            records=self.records,
+            new_id=new_id,
+        )
+        self._live[rid] = run
+        return run.on_update
+
+    async def background_finished(self, record: RunRecord) -> None:
+        """Write the final events and response of a background run (once it is final)."""
+        rid = record.request.attributes.get("response_id")
+        response = record.request.attributes.get("response_object")
+        if not isinstance(rid, str) or not isinstance(response, Mapping):
+            return
+        owner = record.request.identity.native_id
+        run = self._live.pop(rid, None)
+        if run is None:
+            run = BackgroundRun(
+                response_id=rid,
+                response=response,
+                owner=owner,
+                log=self.log,
+                records=self.records,
+                new_id=new_id,
+            )
+        async with run.lock:
+            if run.closed:
+                return
+            run.closed = True
+            final_events = await self._final_events(run, record)
+            assert run.machine is not None
+            final = run.machine.response
+            batch = self.records.event_records(rid, final_events, owner)
+            batch.append(self.records.record(records.RESULT, rid, {"response": final}, owner))
+            batch += self._output_index(final, owner)
+            await self.records.put(batch)
+        self.log.wake(rid)
+        conversation = (response.get("conversation") or {}).get("id")
+        if conversation is not None and final["status"] in ("completed", "incomplete"):
+            attributes = record.request.attributes
+            await self._append_to_conversation(
+                conversation,
+                owner,
+                [*attributes.get("input_items", []), *final["output"]],
+                taken=tuple(attributes.get("conversation_items_taken", [])),
+            )
+
+    async def _final_events(self, run: BackgroundRun, record: RunRecord) -> list[dict[str, Any]]:
+        had_machine = run.machine is not None
+        machine, batch = await run.start()
+        now = int(self.host.now())
+        if record.status is RunStatus.COMPLETED:
+            output = (record.result or {}).get("output")
+            if not had_machine:
+                # The target streamed nothing: render its stored result instead.
+                batch += events.feed_result(machine, output)
+            else:
+                machine.note_result(output)
+            return batch + machine.complete(completed_at=now)
+        if record.status is RunStatus.FAILED:
+            return batch + machine.fail(
+                code="server_error", message=_FAILED_MESSAGE, completed_at=now
+            )
+        # Cancelled: OpenAI has no terminal event for it; the stream ends, GET says so.
+        machine.stop("cancelled", completed_at=now)
+        return batch if had_machine else []
+
+    def _follow(self, rid: str, caller: str, *, starting_after: int) -> Response:
+        async def produce(emit: Emit) -> None:
+            async def send(batch: list[dict[str, Any]]) -> None:
+                await emit(_sse(batch))
+
+            async def settled() -> bool:
+                return await self._settled(rid, caller)
+
+            await self.log.follow(rid, starting_after, send, settled)
+
+        return ProducerResponse(produce, headers=_request_id_header())
+
+    async def _settled(self, rid: str, caller: str) -> bool:
+        if await self.records.get(records.RESULT, rid) is not None:
+            return True
+        record = await self.records.owned(records.RESPONSE, rid, caller)
+        if record is None:
+            return True  # deleted meanwhile
+        token = await self.host.get_continuation(record.value["token"])
+        if token is None:
+            return True
+        return (
+            token.status.is_final
+            and token.completed_at is not None
+            and self.host.now() - token.completed_at > _SETTLE_SECONDS
+        )
+
+    async def _current_response(self, record: Any) -> dict[str, Any]:
+        """A stored response as it stands now (a background one from its run)."""
+        value = record.value
+        if not value.get("background"):
+            return dict(value["response"])
+        result = await self.records.get(records.RESULT, record.key)
+        if result is not None:
+            return dict(result.value["response"])
+        base = dict(value["response"])
+        token = await self.host.get_continuation(value["token"])
+        return _from_token(base, token, int(self.host.now()))
+
+    # --- GET / cancel / delete / input items ------------------------------------------
+
+    @_answering_errors
+    async def retrieve(self, request: Request) -> Response:
+        caller = await self.channel.caller(request)
+        record = await self._owned_response(request, caller)
+        stream = request.query_params.get("stream", "false").lower() == "true"
+        if not stream:
+            return _json(await self._current_response(record))
+        if not record.value.get("background"):
+            raise codec.bad_request(
+                "Only background responses can be streamed again; this one was not "
+                "created with 'background': true.",
+                "stream",
+            )
+        raw = request.query_params.get("starting_after")
+        starting_after = -1
+        if raw is not None:
+            try:
+                starting_after = int(raw)
+            except ValueError:
+                raise codec.bad_request(
+                    "'starting_after' must be an integer sequence number.", "starting_after"
+                ) from None
+        return self._follow(record.key, caller, starting_after=starting_after)
+
+    @_answering_errors
+    async def cancel(self, request: Request) -> Response:
+        caller = await self.channel.caller(request)
+        record = await self._owned_response(request, caller)
+        if not record.value.get("background"):
+            raise codec.bad_request("Only background responses can be cancelled.", "response_id")
+        await self.host.cancel_continuation(record.value["token"])
+        return _json(await self._current_response(record))
+
+    @_answering_errors
+    async def delete(self, request: Request) -> Response:
+        caller = await self.channel.caller(request)
+        rid = request.path_params["response_id"]
+        record = await self.records.owned(records.RESPONSE, rid, caller)
+        if record is None:
+            raise codec.not_found("Response", rid, "response_id")
+        output: list[Any] = []
+        if record.value.get("stored"):
+            current = await self._current_response(record)
+            if current["status"] in ("queued", "in_progress"):
+                await self.host.cancel_continuation(record.value["token"])
+                current = await self._current_response(record)
+            output = current.get("output", [])
+        for item in output:
+            await self.records.delete(records.ITEM, item["id"])
+        for kind in (records.INPUT_ITEM, records.EVENT):
+            await self.records.delete(kind, f"{rid}:")
+        await self.records.delete(records.RESULT, rid)
+        await self.records.delete(records.RESPONSE, rid)
+        return _json(codec.deleted(rid, "response"))
+
+    @_answering_errors
+    async def input_items(self, request: Request) -> Response:
+        caller = await self.channel.caller(request)
+        record = await self._owned_response(request, caller)
+        query = codec.parse_list_query(request.query_params)
+        items = await self.records.all_values(records.INPUT_ITEM, f"{record.key}:", "item")
+        page, has_more = codec.page_of(items, query)
+        return _json(codec.list_page(page, has_more=has_more))
+
+    async def _owned_response(self, request: Request, caller: str) -> Any:
+        rid = request.path_params["response_id"]
+        record = await self.records.owned(records.RESPONSE, rid, caller)
+        if record is None or not record.value.get("stored"):
+            raise codec.not_found("Response", rid, "response_id")
+        return record
+
+    # --- WebSocket mode ---------------------------------------------------------------
+
+    async def websocket(self, websocket: WebSocket) -> None:
+        try:
+            caller = await self.channel.caller(websocket)
+        except ResponsesError as error:
+            await _deny(websocket, error)
+            return
+        await websocket.accept()
+        sending = anyio.Lock()
+        busy = False
+
+        async def send(batch: list[dict[str, Any]]) -> None:
+            async with sending:
+                for event in batch:
+                    await websocket.send_text(json.dumps(event, separators=(",", ":")))
+
+        async def respond(data: Mapping[str, Any], tasks: anyio.abc.TaskGroup) -> None:
+            nonlocal busy
+            try:
+                await self._websocket_response(data, caller, send, websocket)
+            except ResponsesError as error:
+                await send([_websocket_error(error)])
+            except (WebSocketDisconnect, OSError, RuntimeError):
+                tasks.cancel_scope.cancel()  # the client is gone: so is its response
+            except Exception:
+                log.exception("websocket response failed")
+                await send([_websocket_error(_internal_error())])
+            finally:
+                busy = False
+
+        async with anyio.create_task_group() as tasks:
+            try:
+                while True:
+                    message = await websocket.receive()
+                    if message["type"] == "websocket.disconnect":
+                        break
+                    try:
+                        data = _websocket_message(message)
+                    except ResponsesError as error:
+                        await send([_websocket_error(error)])
+                        continue
+                    if busy:  # one response at a time per connection
+                        await send([_websocket_error(_busy_error())])
+                        continue
+                    busy = True
+                    tasks.start_soon(respond, data, tasks)
+            except (WebSocketDisconnect, OSError, RuntimeError):
+                pass  # the client went away while we answered it
+            finally:
+                # The client left (or the server is stopping): stop its response too.
+                tasks.cancel_scope.cancel()
+
+    async def _websocket_response(
+        self,
+        data: Mapping[str, Any],
+        caller: str,
+        send: Callable[[list[dict[str, Any]]], Awaitable[None]],
+        websocket: WebSocket,
+    ) -> None:
+        fields = {key: value for key, value in data.items() if key not in ("type", "stream_id")}
+        create = codec.parse_create(fields, websocket=True)
+        turn = await self._prepare(create, caller)
+        stream_id = data.get("stream_id")
+        machine = events.ResponseEvents(
+            turn.response,
+            new_id=new_id,
+            stream_id=stream_id if isinstance(stream_id, str) else None,
+        )
+        await self._run_streaming(turn, machine, send, protocol_request=websocket)
+
+    # --- conversations ----------------------------------------------------------------
+
+    @_answering_errors
+    async def create_conversation(self, request: Request) -> Response:
+        caller = await self.channel.caller(request)
+        raw = await read_limited(request, self.channel.max_body_bytes)
+        parsed = codec.parse_conversation_create(codec.parse_json(raw) if raw.strip() else None)
+        cid = new_id("conv")
+        created_at = int(self.host.now())
+        conversation = codec.conversation_object(
+            cid, created_at=created_at, metadata=parsed.metadata
+        )
+        items = [_with_fresh_id(item) for item in parsed.items]
+        value = {"conversation": conversation, "next": len(items), "pending": items}
+        batch = [self.records.record(records.CONVERSATION, cid, value, caller, expires=False)]
+        batch += self._conversation_item_records(cid, caller, items, first=0)
+        await self.records.put(batch)
+        return _json(conversation)
+
+    @_answering_errors
+    async def conversation(self, request: Request) -> Response:
+        caller = await self.channel.caller(request)
+        record = await self._owned_conversation(request, caller)
+        cid = record.key
+        if request.method == "GET":
+            return _json(record.value["conversation"])
+        if request.method == "DELETE":
+            async with self._conversation_lock(cid):
+                for kind in (records.CONVERSATION_ITEM, records.CONVERSATION_ITEM_REF):
+                    await self.records.delete(kind, f"{cid}:")
+                await self.records.delete(records.CONVERSATION, cid)
+            return _json(codec.deleted(cid, "conversation.deleted"))
+        raw = await read_limited(request, self.channel.max_body_bytes)
+        data = codec.parse_json(raw)
+        if not isinstance(data, dict):
+            raise codec.bad_request("The request body must be a JSON object.")
+        metadata = codec.parse_metadata(data.get("metadata"))
+        async with self._conversation_lock(cid):
+            record = await self._owned_conversation(request, caller)
+            conversation = {**record.value["conversation"], "metadata": metadata}
+            value = {**record.value, "conversation": conversation}
+            await self.records.put(
+                [self.records.record(records.CONVERSATION, cid, value, caller, expires=False)]
+            )
+        return _json(conversation)
+
+    @_answering_errors
+    async def conversation_items(self, request: Request) -> Response:
+        caller = await self.channel.caller(request)
+        record = await self._owned_conversation(request, caller)
+        cid = record.key
+        if request.method == "POST":
+            raw = await read_limited(request, self.channel.max_body_bytes)
+            data = codec.parse_json(raw)
+            if not isinstance(data, dict):
+                raise codec.bad_request("The request body must be a JSON object.")
+            items = [_with_fresh_id(i) for i in codec.parse_conversation_items(data.get("items"))]
+            await self._append_to_conversation(cid, caller, items, pending=True)
+            return _json(codec.list_page(items, has_more=False))
+        query = codec.parse_list_query(request.query_params)
+        after = None
+        if query.after is not None:
+            ref = await self.records.get(records.CONVERSATION_ITEM_REF, f"{cid}:{query.after}")
+            if ref is None:
+                raise codec.not_found("Item", query.after, "after")
+            after = records.conversation_item_key(cid, ref.value["number"])
+        page = await self.records.list_records(
+            records.CONVERSATION_ITEM,
+            f"{cid}:",
+            after=after,
+            limit=query.limit + 1,
+            descending=query.descending,
+        )
+        items = [record.value["item"] for record in page[: query.limit]]
+        return _json(codec.list_page(items, has_more=len(page) > query.limit))
+
+    @_answering_errors
+    async def conversation_item(self, request: Request) -> Response:
+        caller = await self.channel.caller(request)
+        record = await self._owned_conversation(request, caller)
+        item_id = request.path_params["item_id"]
+        ref = await self.records.get(records.CONVERSATION_ITEM_REF, f"{record.key}:{item_id}")
+        item = None
+        if ref is not None:
+            item = await self.records.get(
+                records.CONVERSATION_ITEM,
+                records.conversation_item_key(record.key, ref.value["number"]),
+            )
+        if item is None:
+            raise codec.not_found("Item", item_id, "item_id")
+        return _json(item.value["item"])
+
+    async def _owned_conversation(self, request: Request, caller: str) -> Any:
+        cid = request.path_params["conversation_id"]
+        record = await self.records.owned(records.CONVERSATION, cid, caller)
+        if record is None:
+            raise codec.not_found("Conversation", cid, "conversation_id")
+        return record
+
+    def _conversation_lock(self, cid: str) -> anyio.Lock:
+        return self._conversation_locks[hash(cid) % _CONVERSATION_LOCKS]
+
+    async def _append_to_conversation(
+        self,
+        cid: str,
+        caller: str,
+        items: Sequence[Mapping[str, Any]],
+        *,
+        taken: Sequence[str] = (),
+        pending: bool = False,
+    ) -> None:
+        """Append items (a turn's, or ones added by the API: ``pending`` for the target)."""
+        async with self._conversation_lock(cid):
+            record = await self.records.owned(records.CONVERSATION, cid, caller)
+            if record is None:
+                return  # deleted meanwhile
+            first = int(record.value["next"])
+            waiting = [item for item in record.value.get("pending", []) if item["id"] not in taken]
+            if pending:
+                waiting += items
+            value = {**record.value, "next": first + len(items), "pending": waiting}
+            batch = [self.records.record(records.CONVERSATION, cid, value, caller, expires=False)]
+            batch += self._conversation_item_records(cid, caller, items, first=first)
+            await self.records.put(batch)
+
+    def _conversation_item_records(
+        self, cid: str, caller: str, items: Sequence[Mapping[str, Any]], *, first: int
+    ) -> list[Any]:
+        batch = []
+        for number, item in enumerate(items, start=first):
+            key = records.conversation_item_key(cid, number)
+            batch.append(
+                self.records.record(
+                    records.CONVERSATION_ITEM, key, {"item": item}, caller, expires=False
+                )
+            )
+            batch.append(
+                self.records.record(
+                    records.CONVERSATION_ITEM_REF,
+                    f"{cid}:{item['id']}",
+                    {"number": number},
+                    caller,
+                    expires=False,
+                )
+            )
+        return batch
+
+
+# --- helpers of this module -------------------------------------------------------------
+
+
+def _with_id(item: Mapping[str, Any]) -> Mapping[str, Any]:
+    if item.get("id"):
+        return item
+    return {"id": new_id(codec.item_id_prefix(item)), **item}
+
+
+def _with_fresh_id(item: Mapping[str, Any]) -> dict[str, Any]:
+    return {**item, "id": new_id(codec.item_id_prefix(item))}
+
+
+def _from_token(base: dict[str, Any], token: ContinuationToken | None, now: int) -> dict[str, Any]:
+    """A background response from its run, before (or without) its result record."""
+    if token is None:
+        return {
+            **base,
+            "status": "failed",
+            "error": codec.failed_error("expired", "This response's run is no longer kept."),
+        }
+    if token.status is RunStatus.QUEUED:
+        return {**base, "status": "queued"}
+    if token.status is RunStatus.RUNNING:
+        return {**base, "status": "in_progress"}
+    completed_at = int(token.completed_at) if token.completed_at is not None else now
+    if token.status is RunStatus.COMPLETED:
+        output = (token.result or {}).get("output")
+        return events.render_result(base, output, new_id=new_id, completed_at=completed_at)
+    if token.status is RunStatus.CANCELLED:
+        return {**base, "status": "cancelled", "completed_at": completed_at}
+    return {
+        **base,
+        "status": "failed",
+        "completed_at": completed_at,
+        "error": codec.failed_error("server_error", _FAILED_MESSAGE),
+    }
+
+
+def _failure(outcome: TurnFailed) -> tuple[str, str]:
+    if outcome.cancelled:
+        return "interrupted", "The run was interrupted before it finished."
+    return "server_error", _FAILED_MESSAGE
+
+
+def _refusal_error(outcome: TurnRefused, create: CreateRequest) -> ResponsesError:
+    if outcome.reason is RefusalReason.SESSION_NOT_FOUND:
+        if create.previous_response_id is not None:
+            return codec.previous_response_not_found(create.previous_response_id)
+        if create.conversation_id is not None:
+            return codec.not_found("Conversation", create.conversation_id, "conversation")
+        return ResponsesError(404, "No session matches this request.", code="not_found")
+    if outcome.reason is RefusalReason.SESSION_BUSY:
+        return ResponsesError(
+            409,
+            "Another response is running in this conversation; try again when it has finished.",
+            code="conversation_busy",
+        )
+    # Denied, or must link first: the host's message, bland for a denial, and nothing else.
+    code = "link_required" if outcome.reason is RefusalReason.LINK_REQUIRED else "forbidden"
+    message = outcome.user_message or "This caller may not use this agent."
+    return ResponsesError(403, message, type="permission_error", code=code)
+
+
+def _sse(batch: Sequence[Mapping[str, Any]]) -> bytes:
+    return b"".join(
+        f"event: {event['type']}\ndata: {json.dumps(event, separators=(',', ':'))}\n\n".encode()
+        for event in batch
+    )
+
+
+def _request_id_header() -> dict[str, str]:
+    return {"x-request-id": f"req_{secrets.token_hex(12)}"}
+
+
+def _json(body: Mapping[str, Any], status: int = 200) -> Response:
+    return JSONResponse(body, status_code=status, headers=_request_id_header())
+
+
+def _error(error: ResponsesError) -> Response:
+    if error.status >= 500:
+        log.warning("responses request failed", extra={"status": error.status, "code": error.code})
+    return _json(error.body(), error.status)
+
+
+def _busy_error() -> ResponsesError:
+    return ResponsesError(
+        409,
+        "A response is in progress on this connection; send the next one when it has finished.",
+        code="response_in_progress",
+    )
+
+
+def _websocket_error(error: ResponsesError) -> dict[str, Any]:
+    return {"type": "error", "status": error.status, **error.body()}
+
+
+def _websocket_message(message: Mapping[str, Any]) -> Mapping[str, Any]:
+    raw = message.get("text")
+    if raw is None:
+        raw = (message.get("bytes") or b"").decode("utf-8", "replace")
+    data = codec.parse_json(raw.encode())
+    if not isinstance(data, dict) or data.get("type") != "response.create":
+        raise codec.bad_request(
+            "This connection takes 'response.create' messages only.", "type", "unsupported_event"
+        )
+    return data
+
+
+async def _deny(websocket: WebSocket, error: ResponsesError) -> None:
+    if "websocket.http.response" in websocket.scope.get("extensions", {}):
+        await websocket.send_denial_response(_json(error.body(), error.status))
+    else:
+        await websocket.close(code=1008, reason=error.message[:120])

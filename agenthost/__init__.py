@@ -7,8 +7,32 @@
 """
 
 from agenthost.backends.channel import Channel, HostServices
-from agenthost.backends.host import ConfigurationError, Host, HostNotRunning
+from agenthost.backends.configuration import ConfigurationError
+from agenthost.backends.host import Host, HostNotRunning
+from agenthost.backends.linking import IdentityLinker, OneTimeCodeLinker
+from agenthost.backends.push import ChannelPush, PushMessage, PushOutcome
 from agenthost.backends.targets import StreamUpdate, TargetAdapter
+from agenthost.sansio_core.authorization import (
+    AllOfAllowlists,
+    AllowAll,
+    Allowed,
+    Allowlist,
+    AnyOfAllowlists,
+    CallableAllowlist,
+    Denied,
+    LinkedClaimAllowlist,
+    LinkRequired,
+    NativeIdAllowlist,
+    Verdict,
+)
+from agenthost.sansio_core.link_policy import (
+    AllowAllLinks,
+    DenyAllLinks,
+    ExplicitAllowList,
+    LinkPolicy,
+    SameConfidentialityTierOnly,
+)
+from agenthost.sansio_core.linking import LinkResult
 from agenthost.sansio_core.turns import (
     RefusalReason,
     TurnCompleted,
@@ -35,23 +59,44 @@ from agenthost.sansio_core.types import (
 )
 
 __all__ = [
+    "AllOfAllowlists",
+    "AllowAll",
+    "AllowAllLinks",
+    "Allowed",
+    "Allowlist",
+    "AnyOfAllowlists",
+    "CallableAllowlist",
     "Channel",
     "ChannelCommand",
     "ChannelIdentity",
+    "ChannelPush",
     "ChannelRequest",
     "ChannelSession",
     "ConfigurationError",
     "ContinuationToken",
     "ConversationScope",
+    "Denied",
+    "DenyAllLinks",
+    "ExplicitAllowList",
     "Host",
     "HostMessage",
     "HostNotRunning",
     "HostServices",
     "HostedRunResult",
+    "IdentityLinker",
+    "LinkPolicy",
+    "LinkRequired",
+    "LinkResult",
+    "LinkedClaimAllowlist",
     "MultitaskStrategy",
+    "NativeIdAllowlist",
+    "OneTimeCodeLinker",
+    "PushMessage",
+    "PushOutcome",
     "RefusalReason",
     "ResponseTarget",
     "RunStatus",
+    "SameConfidentialityTierOnly",
     "SessionMode",
     "SessionRef",
     "StreamUpdate",
@@ -62,4 +107,5 @@ __all__ = [
     "TurnOutcome",
     "TurnRefused",
     "UriPart",
+    "Verdict",
 ]

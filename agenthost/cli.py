@@ -93,9 +93,14 @@ def main(argv: Sequence[str] | None = None) -> None:
         from agenthost.demo import build_host
 
         host = build_host(args.state_dir)
+        base = f"http://{args.host}:{args.port}"
         print(
-            f"agenthost demo: try\n  curl -s http://{args.host}:{args.port}/invocations/invoke "
-            "-H 'content-type: application/json' -d '{\"input\": \"what is 2 + 3\"}'",
+            "agenthost demo: try\n"
+            f"  curl -s {base}/invocations/invoke -H 'content-type: application/json' "
+            '-d \'{"input": "what is 2 + 3"}\'\n'
+            "  python -c \"from openai import OpenAI; print(OpenAI("
+            f"base_url='{base}/responses/v1', api_key='any')"
+            ".responses.create(model='demo', input='what is 2 + 3').output_text)\"",
             file=sys.stderr,
         )
     else:

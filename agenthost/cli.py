@@ -83,11 +83,18 @@ def build_parser() -> argparse.ArgumentParser:
     demo = commands.add_parser("demo", help="serve the demo agent (no network or key needed)")
     demo.add_argument("--state-dir", default=".agenthost", help="where the SQLite store lives")
     _add_serving_options(demo, 8000)
+    from agenthost import cli_deliveries
+
+    cli_deliveries.add_parser(commands)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
+    if args.command == "deliveries":
+        from agenthost import cli_deliveries
+
+        raise SystemExit(cli_deliveries.run(args))
     configure_logging(args.log_level)
     if args.command == "demo":
         from agenthost.demo import build_host

@@ -12,4 +12,6 @@ BENCHMARKS = (
     "sqlite_store",
     "invocations_http",
     "responses_http",
+    "delivery",
+    "telegram_webhook",
 )

@@ -22,7 +22,7 @@ from types import ModuleType
 
 import attrs
 
-from agenthost.sansio_core import background, leases, link_codes
+from agenthost.sansio_core import background, delivery, leases, link_codes, routing
 from agenthost.sansio_core.types import ChannelIdentity, ChannelRequest, RunStatus
 
 OUTPUT = Path(__file__).resolve().parent / "lifecycles.md"
@@ -75,6 +75,28 @@ def _run_edges() -> list[Edge]:
         for (before, event), afters in background.RUN_TRANSITIONS.items()
         for after in afters
     ]
+
+
+def _delivery_edges() -> list[Edge]:
+    return [
+        Edge(before, event, after)
+        for (before, event), afters in delivery.DELIVERY_TRANSITIONS.items()
+        for after in afters
+    ]
+
+
+def _delivery_initial() -> enum.Enum:
+    identity = ChannelIdentity("docs", "docs")
+    [planned] = delivery.plan(
+        [routing.Destination("docs", identity, None)],
+        key_prefix="run",
+        isolation_key="ik",
+        reply={"text": ""},
+        echo=None,
+        now=0.0,
+        retry=delivery.RetryPolicy(),
+    )
+    return planned.status
 
 
 def _code_edges() -> list[Edge]:
@@ -136,6 +158,17 @@ LIFECYCLES = (
         initial=_run_initial,
         finals=tuple(status for status in RunStatus if status.is_final),
         final_label="expired",
+    ),
+    Lifecycle(
+        title="Delivery (the outbox)",
+        module=delivery,
+        table_name="DELIVERY_TRANSITIONS",
+        states=delivery.DeliveryStatus,
+        events=typing.get_args(delivery.DeliveryEvent),
+        edges=_delivery_edges,
+        initial=_delivery_initial,
+        finals=(delivery.DeliveryStatus.DEAD,),
+        final_label="purged",
     ),
     Lifecycle(
         title="One-time link code",

@@ -14,7 +14,7 @@ from types import ModuleType
 
 import pytest
 
-from agenthost.sansio_core import background, leases, link_codes
+from agenthost.sansio_core import background, delivery, leases, link_codes
 
 ROOT = Path(__file__).resolve().parent.parent
 GENERATOR = ROOT / "docs" / "generate.py"
@@ -69,6 +69,14 @@ def _run_lines() -> set[str]:
     }
 
 
+def _delivery_lines() -> set[str]:
+    return {
+        f"{before.value} --> {after.value} : {event.__name__}"
+        for (before, event), afters in delivery.DELIVERY_TRANSITIONS.items()
+        for after in afters
+    }
+
+
 def test_committed_lifecycles_are_current(rendered: str) -> None:
     committed = COMMITTED.read_text(encoding="utf-8") if COMMITTED.exists() else ""
     assert committed == rendered, (
@@ -83,7 +91,7 @@ def test_render_is_deterministic(rendered: str) -> None:
 
 def test_one_state_diagram_per_lifecycle(rendered: str) -> None:
     blocks = _mermaid_blocks(rendered)
-    assert len(blocks) == 3
+    assert len(blocks) == 4
     assert all(block[0] == "stateDiagram-v2" for block in blocks)
 
 
@@ -97,8 +105,13 @@ def test_every_run_transition_is_drawn_and_nothing_else(rendered: str) -> None:
     assert _edges(run_block) == _run_lines()
 
 
+def test_every_delivery_transition_is_drawn_and_nothing_else(rendered: str) -> None:
+    delivery_block = _mermaid_blocks(rendered)[2]
+    assert _edges(delivery_block) == _delivery_lines()
+
+
 def test_every_link_code_transition_is_drawn_and_nothing_else(rendered: str) -> None:
-    code_block = _mermaid_blocks(rendered)[2]
+    code_block = _mermaid_blocks(rendered)[3]
     assert _edges(code_block) == _code_lines()
 
 
@@ -115,9 +128,15 @@ def test_every_transition_has_a_table_row(rendered: str) -> None:
         for new_status in statuses:
             row = f"| `{status.value}` | `{run_event.__name__}` | `{new_status.value}` |"
             assert row in rendered
+    for (state, delivery_event), states in delivery.DELIVERY_TRANSITIONS.items():
+        for new_state in states:
+            row = f"| `{state.value}` | `{delivery_event.__name__}` | `{new_state.value}` |"
+            assert row in rendered
 
 
-@pytest.mark.parametrize("module", [leases, background, link_codes], ids=lambda m: m.__name__)
+@pytest.mark.parametrize(
+    "module", [leases, background, delivery, link_codes], ids=lambda m: m.__name__
+)
 def test_rules_are_shown(rendered: str, module: ModuleType) -> None:
     doc = module.__doc__ or ""
     numbered = re.findall(r"^(\d+)\. (.+)$", doc, flags=re.MULTILINE)

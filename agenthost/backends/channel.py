@@ -20,6 +20,13 @@ A channel declares its access and linking settings as class or instance attribut
   ``Host.link_verified_claims`` (an OpenID Connect link channel): it is a claim source
   and a way to link.
 
+A request whose ``response_target`` is not ``originating`` (a caller chose where the
+reply goes) must go to ``run_in_background`` (``turns.runs_in_background`` says which):
+the channel answers with the token and the reply is pushed. The host refuses such a
+target from callers its ``trust_wire_targets`` policy does not trust
+(``RefusalReason.TARGET_NOT_ALLOWED``). A channel that can push implements
+``backends.push.ChannelPush``.
+
 A channel answers a refused turn (``TurnRefused``) with ``user_message`` only; for
 ``RefusalReason.DENIED`` that message is bland on purpose. A host command comes back as a
 ``TurnCompleted`` whose ``result.result`` is a ``commands.CommandReply``: render its text

@@ -30,6 +30,7 @@ from agenthost.backends.asyncio_bridge import AsyncioBridge
 from agenthost.backends.channel import Channel
 from agenthost.backends.configuration import ConfigurationError as ConfigurationError
 from agenthost.backends.configuration import identity_configuration
+from agenthost.backends.destinations import DeliveryRouter
 from agenthost.backends.interpreter import (
     IdentityResolver,
     InterpreterSettings,
@@ -38,11 +39,13 @@ from agenthost.backends.interpreter import (
     TurnInterpreter,
 )
 from agenthost.backends.linking import IdentityLinker
+from agenthost.backends.outbox import DeliveryWorker, OutboxSettings, ResponseHook
 from agenthost.backends.serving import Backend, serve_forever
 from agenthost.backends.targets import UpdateSink, adapt_target
 from agenthost.backends.worker import BackgroundWorker, WorkerSettings
-from agenthost.sansio_core import authorization, background, commands, linking, turns
+from agenthost.sansio_core import authorization, background, commands, delivery, linking, turns
 from agenthost.sansio_core.authorization import AccessDecision, Allowlist
+from agenthost.sansio_core.delivery import Delivery, DeliveryStatus, RetryPolicy
 from agenthost.sansio_core.identity import candidate_isolation_key
 from agenthost.sansio_core.link_policy import LinkPolicy
 from agenthost.sansio_core.linking import LinkResult
@@ -53,10 +56,15 @@ from agenthost.sansio_core.types import (
     ChannelRequest,
     ContinuationToken,
     MultitaskStrategy,
+    ResponseTarget,
 )
 from agenthost.stores.base import RunNotFound, Store
 
 log = logging.getLogger("agenthost.host")
+
+#: ``trust_wire_targets(protocol_request, identity) -> bool``: may this caller choose a
+#: non-originating ``response_target`` on the wire?
+WireTargetPolicy = Callable[[Any, ChannelIdentity], bool]
 
 _CHANNEL_NAME = re.compile(r"^[a-z][a-z0-9_-]{0,31}$")
 
@@ -86,6 +94,17 @@ class Host:
     defaults the channels inherit; they are checked on every message. ``link_policy``
     (default ``AllowAllLinks()``) decides which channels may be linked, from their
     ``confidentiality_tier``. Settings that cannot work raise ``ConfigurationError`` here.
+
+    Delivery (``agenthost.sansio_core.routing``, ``delivery``): a request whose
+    ``response_target`` is not ``originating`` runs in the background and its reply is
+    pushed, through the durable outbox, to the channels that implement ``ChannelPush``.
+    ``trust_wire_targets(protocol_request, identity)`` decides which callers may set such a
+    target on the wire (default: nobody; a refused one is ``TurnRefused`` with
+    ``TARGET_NOT_ALLOWED`` and nothing runs). A ``run_hook`` and ``deliver`` may always
+    choose one. ``response_hook(message, *, context)`` shapes each pushed message (a clone
+    per destination; ``context.is_echo``, ``context.originating``) and may return a new
+    ``PushMessage``. ``delivery_retry`` bounds and paces retries;
+    ``max_concurrent_deliveries`` bounds the fan-out.
     """
 
     def __init__(
@@ -101,6 +120,11 @@ class Host:
         require_link: bool = False,
         link_policy: LinkPolicy | None = None,
         run_hook: RunHook | None = None,
+        trust_wire_targets: WireTargetPolicy | None = None,
+        response_hook: ResponseHook | None = None,
+        delivery_retry: RetryPolicy | None = None,
+        max_concurrent_deliveries: int = 16,
+        delivery_lease_seconds: float = 60.0,
         state_dir: str | Path = ".agenthost",
         multitask: MultitaskStrategy = MultitaskStrategy.ENQUEUE,
         lease_seconds: float = 30.0,
@@ -117,9 +141,15 @@ class Host:
             background_ttl_seconds=background_ttl_seconds,
             shutdown_grace_seconds=shutdown_grace_seconds,
         )
-        if background_max_attempts < 1 or max_concurrent_background_runs < 1:
+        _check_positive(delivery_lease_seconds=delivery_lease_seconds)
+        if (
+            background_max_attempts < 1
+            or max_concurrent_background_runs < 1
+            or max_concurrent_deliveries < 1
+        ):
             raise ConfigurationError(
-                "background_max_attempts and max_concurrent_background_runs must be at least 1"
+                "background_max_attempts, max_concurrent_background_runs and "
+                "max_concurrent_deliveries must be at least 1"
             )
         identities = identity_configuration(
             channels=channels,
@@ -146,7 +176,23 @@ class Host:
         self._bridge = AsyncioBridge()
         self._target = target
         self._adapter = adapt_target(target, self._bridge, self.state_dir)
+        self._trust_wire_targets = trust_wire_targets
+        self._response_hook = response_hook
+        self._router = DeliveryRouter(
+            store=store,
+            channels=self.channels,
+            link_rules=self.link_rules,
+            retry=delivery_retry or RetryPolicy(),
+        )
+        self._outbox_settings = OutboxSettings(
+            max_concurrent_sends=max_concurrent_deliveries,
+            lease_seconds=delivery_lease_seconds,
+            sweep_seconds=max(min(delivery_lease_seconds / 3, 5.0), 0.2),
+            keep_delivered_seconds=background_ttl_seconds,
+        )
+        self._outbox: DeliveryWorker | None = None
         self._turn_settings = turns.TurnSettings(
+            record_last_seen=self._router.any_can_push,
             custom_resolver=identity_resolver is not None,
             run_hook=run_hook is not None,
             default_multitask=multitask,
@@ -233,8 +279,21 @@ class Host:
                     settings=self._worker_settings,
                     turn_settings=self._turn_settings,
                     channels={channel.name: channel for channel in self.channels},
+                    router=self._router,
+                    on_scheduled=self._notify_outbox,
+                )
+                outbox = DeliveryWorker(
+                    store=self.store,
+                    router=self._router,
+                    clock=self._clock,
+                    owner=self._owner,
+                    settings=self._outbox_settings,
+                    response_hook=self._response_hook,
                 )
                 await tasks.start(worker.serve)
+                if self._router.any_can_push:
+                    await tasks.start(outbox.serve)
+                    self._outbox = outbox
                 self._tasks = tasks
                 self._worker = worker
                 started: list[Channel] = []
@@ -248,7 +307,11 @@ class Host:
                     with anyio.CancelScope(shield=True):
                         for channel in reversed(started):
                             await channel.shutdown()
-                        await worker.drain(self._shutdown_grace)
+                        # Runs and sends drain side by side, within one grace period.
+                        async with anyio.create_task_group() as draining:
+                            draining.start_soon(worker.drain, self._shutdown_grace)
+                            draining.start_soon(outbox.drain, self._shutdown_grace)
+                    self._outbox = None
                     self._worker = None
                     self._tasks = None
                     tasks.cancel_scope.cancel()
@@ -296,9 +359,23 @@ class Host:
         on_update: UpdateSink | None = None,
         protocol_request: Any = None,
     ) -> turns.TurnOutcome:
-        """Run one turn in the foreground; stream updates to ``on_update`` if given."""
+        """Run one turn in the foreground; stream updates to ``on_update`` if given.
+
+        A request whose ``response_target`` is not ``originating`` runs in the background:
+        call :meth:`run_in_background` for it (``turns.runs_in_background`` says which).
+        If the ``run_hook`` chooses such a target, the reply is answered here *and* pushed.
+        """
         self._require_running()
         run_id = f"run_{self._new_id()}"
+        refused = self._check_wire_target(request, protocol_request, run_id)
+        if refused is not None:
+            return refused
+        if not request.response_target.is_originating:
+            raise ValueError(
+                "a request with a non-originating response_target runs in the background: "
+                "call host.run_in_background(request) (see turns.runs_in_background)"
+            )
+        rewritten = [request]
         outcome = await self._interpreter.drive(
             turns.run_turn(
                 request,
@@ -309,9 +386,46 @@ class Host:
             ),
             on_update=on_update,
             protocol_request=protocol_request,
+            on_request=rewritten.append,
         )
         _log_outcome(run_id, request.channel, outcome)
+        chosen = rewritten[-1]
+        if isinstance(outcome, turns.TurnCompleted) and not chosen.response_target.is_originating:
+            await self._push_foreground_reply(run_id, chosen, outcome)
         return outcome
+
+    async def _push_foreground_reply(
+        self, run_id: str, request: ChannelRequest, outcome: turns.TurnCompleted
+    ) -> None:
+        plan = await self._router.plan_reply(
+            key_prefix=run_id,
+            request=request,
+            target=request.response_target,
+            isolation_key=outcome.result.session.isolation_key,
+            reply_text=outcome.result.text,
+            now=self._clock(),
+            answered_on_wire=True,
+        )
+        if plan.deliveries:
+            await self.store.schedule_deliveries(plan.deliveries)
+            self._notify_outbox()
+
+    def _check_wire_target(
+        self, request: ChannelRequest, protocol_request: Any, run_id: str
+    ) -> turns.TurnRefused | None:
+        # A request reaching the host from a channel carries what its caller put on the
+        # wire: a push target is honoured only for callers the application trusts.
+        if request.response_target.is_originating:
+            return None
+        policy = self._trust_wire_targets
+        if policy is not None and policy(protocol_request, request.identity):
+            return None
+        refused = turns.TurnRefused(
+            turns.RefusalReason.TARGET_NOT_ALLOWED,
+            "this caller may not choose where the reply is delivered",
+        )
+        _log_outcome(run_id, request.channel, refused)
+        return refused
 
     async def run_in_background(
         self, request: ChannelRequest, *, protocol_request: Any = None
@@ -319,6 +433,9 @@ class Host:
         """Record the run and return its token at once; the worker runs it."""
         worker = self._require_running()
         token = f"run_{self._new_id()}"
+        refused = self._check_wire_target(request, protocol_request, token)
+        if refused is not None:
+            return refused
         now = self._clock()
         command = commands.command_of(
             request, self._turn_settings.commands, self._bot_names.get(request.channel)
@@ -413,6 +530,65 @@ class Host:
             if not before.status.is_final:
                 await self._worker.announce_finished(record)
         return record.to_token()
+
+    # --- delivery ---------------------------------------------------------------------
+
+    async def deliver(
+        self,
+        *,
+        isolation_key: str,
+        message: str,
+        target: ResponseTarget | None = None,
+    ) -> list[Delivery]:
+        """Push ``message`` to a user from application code (default target ``active``).
+
+        The deliveries are routed like a reply (the user's own identities only, channels
+        that can push) and go through the durable outbox; the scheduled ones are returned.
+        A target that finds no destination delivers nothing.
+        """
+        target = target or ResponseTarget.active()
+        if target.is_originating:
+            raise ValueError("a proactive message has no originating wire: choose a target")
+        key = f"msg_{self._new_id()}"
+        plan = await self._router.plan_message(
+            key_prefix=key,
+            isolation_key=isolation_key,
+            target=target,
+            text=message,
+            now=self._clock(),
+        )
+        if plan.deliveries:
+            await self.store.schedule_deliveries(plan.deliveries)
+            self._notify_outbox()
+        log.info(
+            "proactive message scheduled", extra={"key": key, "deliveries": len(plan.deliveries)}
+        )
+        return list(plan.deliveries)
+
+    async def list_deliveries(
+        self, statuses: Sequence[DeliveryStatus] | None = None, *, limit: int = 100
+    ) -> list[Delivery]:
+        return await self.store.list_deliveries(statuses, limit=limit)
+
+    async def replay_delivery(self, delivery_id: str) -> Delivery:
+        """Send a dead (or ``unknown``) delivery again, attempts reset.
+
+        Raises ``DeliveryNotFound`` or ``delivery.DeliveryTransitionRefused``.
+        """
+        replayed = await self.store.apply_delivery_event(
+            delivery_id, delivery.Replay(self._clock())
+        )
+        log.info("delivery replayed", extra={"delivery_id": delivery_id})
+        self._notify_outbox()
+        return replayed
+
+    async def purge_deliveries(self) -> int:
+        """Delete the dead letters; return how many."""
+        return await self.store.purge_deliveries([DeliveryStatus.DEAD])
+
+    def _notify_outbox(self) -> None:
+        if self._outbox is not None:
+            self._outbox.notify()
 
     async def reset_session(self, isolation_key: str, *, qualifier: str = DIRECT) -> str:
         """Start a fresh session for a user (``/new``); the old one stays readable."""

@@ -113,8 +113,13 @@ class TurnInterpreter:
         *,
         on_update: UpdateSink | None = None,
         protocol_request: Any = None,
+        on_request: Callable[[ChannelRequest], None] | None = None,
     ) -> OutcomeT:
-        """Run a core generator to its outcome, performing each effect it yields."""
+        """Run a core generator to its outcome, performing each effect it yields.
+
+        ``on_request`` sees each request a ``run_hook`` returns (the hook may choose where
+        the reply goes).
+        """
         guard = _LeaseGuard()
         answer: Any = None
         try:
@@ -125,6 +130,8 @@ class TurnInterpreter:
                     outcome: OutcomeT = stop.value
                     return outcome
                 answer = await self._perform(effect, guard, on_update, protocol_request)
+                if on_request is not None and isinstance(effect, fx.CallRunHook):
+                    on_request(answer)
         finally:
             turn.close()
             if guard.holding or guard.waiting:
@@ -149,6 +156,8 @@ class TurnInterpreter:
             return await store.create_session(effect.alias, effect.now)
         if isinstance(effect, fx.ForkSession):
             return await store.fork_session(effect.source_session_id, effect.alias, effect.now)
+        if isinstance(effect, fx.RecordLastSeen):
+            return await store.record_last_seen(effect.isolation_key, effect.seen)
         if isinstance(effect, fx.CallIdentityResolver):
             assert self._identity_resolver is not None
             return await _maybe_await(self._identity_resolver(effect.identity))

@@ -2,7 +2,9 @@
 
 Runs reach it two ways: a fresh submission from this process (a bounded queue; when it is
 full the run simply waits in the store) and a periodic sweep of the store, which also
-recovers runs abandoned by a dead process and deletes expired ones. Concurrency is capped;
+recovers runs abandoned by a dead process and deletes expired ones. A completed run whose
+``response_target`` is not ``originating`` is routed (``destinations.DeliveryRouter``) and
+recorded with its deliveries in one store transaction. Concurrency is capped;
 the cap is taken before a task is spawned, so a sweep that finds ten thousand queued runs
 never spawns ten thousand tasks. On shutdown it drains for a grace period, then cancels
 what is left and suspends it back to ``queued`` for the next process.
@@ -20,10 +22,12 @@ import anyio.abc
 import attrs
 
 from agenthost.backends.channel import Channel
+from agenthost.backends.destinations import DeliveryRouter
 from agenthost.backends.interpreter import TurnInterpreter
 from agenthost.backends.targets import json_safe
 from agenthost.sansio_core import background, turns
-from agenthost.sansio_core.types import RunStatus, SessionRef
+from agenthost.sansio_core.delivery import Delivery
+from agenthost.sansio_core.types import ChannelRequest, RunStatus, SessionRef
 from agenthost.stores.base import RunNotFound, Store
 
 log = logging.getLogger("agenthost.background")
@@ -49,8 +53,12 @@ class BackgroundWorker:
         settings: WorkerSettings,
         turn_settings: turns.TurnSettings,
         channels: Mapping[str, Channel],
+        router: DeliveryRouter | None = None,
+        on_scheduled: Callable[[], None] | None = None,
     ) -> None:
         self._channels = channels
+        self._router = router
+        self._on_scheduled = on_scheduled
         self._store = store
         self._interpreter = interpreter
         self._clock = clock
@@ -166,6 +174,7 @@ class BackgroundWorker:
         except (background.RunTransitionRefused, RunNotFound):
             return  # another worker took it, or it was cancelled meanwhile
         log.info("background run started", extra={"token": token, "attempt": record.attempts})
+        final_request = [record.request]  # the run hook may rewrite it, target included
         try:
             async with anyio.create_task_group() as heartbeats:
                 heartbeats.start_soon(self._heartbeat, token, scope)
@@ -179,37 +188,65 @@ class BackgroundWorker:
                         settings=self._turn_settings,
                     ),
                     on_update=channel.background_updates(record) if channel else None,
+                    on_request=final_request.append,
                 )
                 heartbeats.cancel_scope.cancel()
         except anyio.get_cancelled_exc_class():
             with anyio.CancelScope(shield=True):
                 await self._suspend_if_still_mine(token)
             raise
-        await self._record_outcome(token, outcome)
+        await self._record_outcome(record, final_request[-1], outcome)
 
-    async def _record_outcome(self, token: str, outcome: Any) -> None:
+    async def _record_outcome(
+        self, record: background.RunRecord, request: ChannelRequest, outcome: Any
+    ) -> None:
+        token = record.token
         now, ttl = self._clock(), self._settings.result_ttl_seconds
         event: background.RunEvent
+        deliveries: tuple[Delivery, ...] = ()
         if isinstance(outcome, turns.TurnCompleted):
-            event = background.Complete(
-                self._owner,
-                now,
-                {"text": outcome.result.text, "output": _storable(outcome.result.result)},
-                ttl,
-            )
+            result: dict[str, Any] = {
+                "text": outcome.result.text,
+                "output": _storable(outcome.result.result),
+            }
+            target = request.response_target
+            if not target.is_originating and self._router is not None:
+                plan = await self._router.plan_reply(
+                    key_prefix=token,
+                    request=request,
+                    target=target,
+                    isolation_key=record.isolation_key,
+                    reply_text=outcome.result.text,
+                    now=now,
+                )
+                deliveries = plan.deliveries
+                result["destinations"] = plan.intended  # intent only: the outbox has the rest
+            event = background.Complete(self._owner, now, result, ttl)
         elif isinstance(outcome, turns.TurnFailed):
             event = background.Fail(self._owner, now, outcome.error, ttl)
         else:
             event = background.Fail(self._owner, now, outcome.detail, ttl)
         try:
-            record = await self._store.apply_run_event(token, event)
+            if deliveries:
+                record = await self._store.complete_run_with_deliveries(token, event, deliveries)
+            else:
+                record = await self._store.apply_run_event(token, event)
         except background.RunTransitionRefused as refused:
             log.info(
                 "background run result not recorded",
                 extra={"token": token, "reason": refused.reason},
             )
             return
-        log.info("background run finished", extra={"token": token, "status": record.status.value})
+        log.info(
+            "background run finished",
+            extra={
+                "token": token,
+                "status": record.status.value,
+                "deliveries": len(deliveries),
+            },
+        )
+        if deliveries and self._on_scheduled is not None:
+            self._on_scheduled()
         await self.announce_finished(record)
 
     async def announce_finished(self, record: background.RunRecord) -> None:

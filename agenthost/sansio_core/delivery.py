@@ -31,11 +31,12 @@ The transitions are :data:`DELIVERY_TRANSITIONS`; ``apply`` refuses any other st
 from __future__ import annotations
 
 import enum
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import attrs
 
+from agenthost.sansio_core.routing import Destination
 from agenthost.sansio_core.types import ChannelIdentity
 
 
@@ -105,6 +106,49 @@ class Delivery:
     def phase(self) -> str:
         """What the next send is: ``echo`` or ``reply``."""
         return "echo" if self.echo is not None and not self.echo_sent else "reply"
+
+
+def plan(
+    destinations: Sequence[Destination],
+    *,
+    key_prefix: str,
+    isolation_key: str,
+    reply: Mapping[str, Any],
+    echo: Mapping[str, Any] | None,
+    now: float,
+    retry: RetryPolicy,
+    originating: Destination | None = None,
+) -> tuple[Delivery, ...]:
+    """One ``scheduled`` delivery per destination, its id ``{key_prefix}:{channel}:{native}``.
+
+    ``echo`` goes to every destination but the originating one (the user wrote it there);
+    the originating one's reply is marked ``"originating": True`` (its wire answered with a
+    continuation token, so the reply is pushed there too).
+
+    The id is the idempotency key: planning the same run twice (a completion retried after
+    a crash) yields the same ids, so the store keeps the first.
+    """
+    return tuple(
+        Delivery(
+            delivery_id=f"{key_prefix}:{d.channel}:{d.identity.native_id}",
+            isolation_key=isolation_key,
+            channel=d.channel,
+            identity=d.identity,
+            conversation_id=d.conversation_id,
+            reply={**reply, "originating": True} if d == originating else reply,
+            echo=None if d == originating else echo,
+            created_at=now,
+            retry=retry,
+            next_attempt_at=now,
+            updated_at=now,
+        )
+        for d in destinations
+    )
+
+
+def echo_text(channel_display_name: str, user_text: str) -> str:
+    """The user's own words, attributed, as other destinations show them."""
+    return f"You, via {channel_display_name}: {user_text}"
 
 
 # --- events -------------------------------------------------------------------------

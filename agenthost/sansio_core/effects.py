@@ -14,6 +14,7 @@ import attrs
 
 from agenthost.sansio_core import leases
 from agenthost.sansio_core.linking import UserFacts
+from agenthost.sansio_core.routing import LastSeen
 from agenthost.sansio_core.sessions import ScopeKey, SessionAlias, SessionRecord
 from agenthost.sansio_core.types import (
     ChannelIdentity,
@@ -82,6 +83,14 @@ class ForkSession:
     source_session_id: str
     alias: SessionAlias
     now: float
+
+
+@attrs.frozen
+class RecordLastSeen:
+    """Upsert where the user was just seen (routing's ``active`` reads it). Answer: ``None``."""
+
+    isolation_key: str
+    seen: LastSeen
 
 
 @attrs.frozen
@@ -207,6 +216,7 @@ Effect = (
     | LoadAlias
     | CreateSession
     | ForkSession
+    | RecordLastSeen
     | CallRunHook
     | AcquireLease
     | WaitForLease

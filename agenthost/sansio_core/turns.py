@@ -18,6 +18,12 @@ Rules:
 5. A turn is split in two so background runs can record the resolved turn before running:
    :func:`resolve_turn` (identity, authorization, hook, session) and :func:`execute_turn`
    (lease, run, save). :func:`run_turn` is both.
+7. With ``record_last_seen`` (the host has a channel that can push), every authorized
+   request records where its user was seen, in one write, once its key is known: routing
+   reads these records to find the user's ``active`` channel and conversations.
+8. A request whose ``response_target`` is not ``originating`` runs in the background
+   (:func:`runs_in_background`): the originating wire answers with the token, the reply
+   is pushed when the run completes.
 6. A background run stores the request as it arrived, not as the hook rewrote it (a hook
    may build values no store can keep, such as a workflow's typed input), and
    :func:`start_background_turn` runs the hook again when the run starts.
@@ -35,7 +41,15 @@ from typing import Any
 
 import attrs
 
-from agenthost.sansio_core import authorization, commands, identity, leases, link_codes, sessions
+from agenthost.sansio_core import (
+    authorization,
+    commands,
+    identity,
+    leases,
+    link_codes,
+    routing,
+    sessions,
+)
 from agenthost.sansio_core import effects as fx
 from agenthost.sansio_core.authorization import AccessSettings, Denied, LinkRequired
 from agenthost.sansio_core.commands import CommandCatalog, CommandReply, ParsedCommand
@@ -55,6 +69,7 @@ class RefusalReason(enum.Enum):
     SESSION_BUSY = "session_busy"
     DENIED = "denied"  # the allowlist refused the sender (``access`` says why, for logs)
     LINK_REQUIRED = "link_required"  # the sender must link first (``access`` says how)
+    TARGET_NOT_ALLOWED = "target_not_allowed"  # the caller may not choose where replies go
 
 
 @attrs.frozen
@@ -108,6 +123,22 @@ class TurnSettings:
     default_multitask: MultitaskStrategy = MultitaskStrategy.ENQUEUE
     access: AccessSettings = attrs.field(factory=AccessSettings)
     commands: CommandCatalog = attrs.field(factory=CommandCatalog)
+    record_last_seen: bool = False
+
+
+def runs_in_background(request: ChannelRequest) -> bool:
+    """Whether the request's answer is a continuation token rather than the reply."""
+    return request.background or not request.response_target.is_originating
+
+
+def _last_seen(
+    request: ChannelRequest, isolation_key: str, now: float, settings: TurnSettings
+) -> Generator[fx.Effect, Any, None]:
+    if settings.record_last_seen:
+        seen = routing.LastSeen(
+            request.channel, request.identity, request.session.conversation_id, now
+        )
+        yield fx.RecordLastSeen(isolation_key, seen)
 
 
 def resolve_turn(
@@ -145,6 +176,7 @@ def resolve_turn(
             isolation_key = yield fx.IssueIsolationKey(
                 request.identity, identity.candidate_isolation_key(request.identity, run_id), now
             )
+    yield from _last_seen(request, isolation_key, now, settings)
 
     if settings.run_hook:
         request = yield fx.CallRunHook(request, isolation_key)
@@ -286,6 +318,7 @@ def run_command(
         candidate = identity.candidate_isolation_key(who, run_id)
         isolation_key = yield fx.IssueIsolationKey(who, candidate, now)
     assert isolation_key is not None
+    yield from _last_seen(request, isolation_key, now, settings)
     text = yield from _perform(
         request, command, isolation_key, run_id=run_id, now=now, settings=settings
     )

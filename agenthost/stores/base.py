@@ -24,10 +24,12 @@ import attrs
 
 from agenthost.sansio_core import leases
 from agenthost.sansio_core.background import RunEvent, RunRecord
+from agenthost.sansio_core.delivery import Delivery, DeliveryEvent, DeliveryStatus
 from agenthost.sansio_core.effects import LeaseAnswer, RequestContext
 from agenthost.sansio_core.link_codes import AttemptCounter, CodeChallenge, CodeLimits
 from agenthost.sansio_core.link_policy import LinkRules
 from agenthost.sansio_core.linking import LinkRecord, LinkResult, UserFacts, VerifiedClaims
+from agenthost.sansio_core.routing import LastSeen
 from agenthost.sansio_core.sessions import ScopeKey, SessionAlias, SessionRecord
 from agenthost.sansio_core.types import ChannelIdentity, RunStatus
 
@@ -44,6 +46,10 @@ class StoreSchemaError(StoreError):
 
 class RunNotFound(KeyError):
     """No background run has that token (or it expired)."""
+
+
+class DeliveryNotFound(KeyError):
+    """No delivery has that id (or it was purged)."""
 
 
 @attrs.frozen
@@ -252,6 +258,73 @@ class Store(abc.ABC):
     @abc.abstractmethod
     async def delete_expired_runs(self, now: float) -> int:
         """Delete finished runs whose ``expires_at`` has passed; return how many."""
+
+    # --- last seen ------------------------------------------------------------------
+
+    @abc.abstractmethod
+    async def record_last_seen(self, isolation_key: str, seen: LastSeen) -> None:
+        """Upsert when ``seen.identity`` last spoke in ``seen.conversation_id`` (one write)."""
+
+    @abc.abstractmethod
+    async def list_last_seen(self, isolation_key: str) -> list[LastSeen]:
+        """Where the user of ``isolation_key`` was seen, newest first.
+
+        A record belongs to the user its identity belongs to *now*: after a link the
+        moved identity's records follow it, after an unlink they leave with it. An
+        identity the store has no key for (a custom resolver) keeps the key it was
+        recorded under.
+        """
+
+    # --- the delivery outbox --------------------------------------------------------
+
+    @abc.abstractmethod
+    async def complete_run_with_deliveries(
+        self, token: str, event: RunEvent, deliveries: Sequence[Delivery]
+    ) -> RunRecord:
+        """Apply ``background.apply`` and record ``deliveries``, in one transaction.
+
+        A refused transition records nothing. A delivery whose id exists is kept as it is
+        (the id is the idempotency key).
+        """
+
+    @abc.abstractmethod
+    async def schedule_deliveries(self, deliveries: Sequence[Delivery]) -> None:
+        """Record deliveries (insert-if-absent by id), in one transaction."""
+
+    @abc.abstractmethod
+    async def claim_due_deliveries(
+        self, owner: str, now: float, lease_seconds: float, limit: int
+    ) -> list[Delivery]:
+        """Claim up to ``limit`` due deliveries (``delivery.Claim``), oldest due first,
+        atomically: two claimers never claim the same delivery."""
+
+    @abc.abstractmethod
+    async def apply_delivery_event(self, delivery_id: str, event: DeliveryEvent) -> Delivery:
+        """Apply ``delivery.apply`` atomically and store the result.
+
+        Raises :class:`DeliveryNotFound` or ``delivery.DeliveryTransitionRefused``.
+        """
+
+    @abc.abstractmethod
+    async def get_delivery(self, delivery_id: str) -> Delivery | None:
+        """One delivery by id."""
+
+    @abc.abstractmethod
+    async def list_deliveries(
+        self, statuses: Iterable[DeliveryStatus] | None = None, *, limit: int = 100
+    ) -> list[Delivery]:
+        """Deliveries in any of ``statuses`` (all when ``None``), oldest first."""
+
+    @abc.abstractmethod
+    async def next_delivery_due(self) -> float | None:
+        """The earliest ``next_attempt_at`` of a ``scheduled`` or ``failed`` delivery."""
+
+    @abc.abstractmethod
+    async def purge_deliveries(
+        self, statuses: Iterable[DeliveryStatus], *, updated_before: float | None = None
+    ) -> int:
+        """Delete the deliveries in any of ``statuses`` (last changed at or before
+        ``updated_before``, when given); return how many."""
 
     # --- channel records ------------------------------------------------------------
 

@@ -17,6 +17,7 @@ import cattrs
 
 from agenthost.sansio_core import leases
 from agenthost.sansio_core.background import RunRecord
+from agenthost.sansio_core.delivery import Delivery
 from agenthost.sansio_core.types import ContentPart, HostMessage, TextPart, UriPart
 
 T = TypeVar("T")
@@ -91,3 +92,7 @@ def dump_lease(state: leases.LeaseState) -> str:
 
 def load_lease(text: str) -> leases.LeaseState:
     return load(text, leases.LeaseState)
+
+
+def load_delivery(text: str) -> Delivery:
+    return load(text, Delivery)

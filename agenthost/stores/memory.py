@@ -8,8 +8,9 @@ from __future__ import annotations
 import threading
 from collections.abc import Iterable, Sequence
 
-from agenthost.sansio_core import background, leases, link_codes, linking, sessions
+from agenthost.sansio_core import background, delivery, leases, link_codes, linking, sessions
 from agenthost.sansio_core.background import RunEvent, RunRecord
+from agenthost.sansio_core.delivery import Delivery, DeliveryEvent, DeliveryStatus
 from agenthost.sansio_core.effects import LeaseAnswer, RequestContext
 from agenthost.sansio_core.link_codes import AttemptCounter, CodeChallenge, CodeLimits
 from agenthost.sansio_core.link_policy import LinkRules
@@ -22,9 +23,10 @@ from agenthost.sansio_core.linking import (
     UserRecord,
     VerifiedClaims,
 )
+from agenthost.sansio_core.routing import LastSeen
 from agenthost.sansio_core.sessions import ScopeKey, SessionAlias, SessionRecord
 from agenthost.sansio_core.types import ChannelIdentity, RunStatus
-from agenthost.stores.base import ChannelRecord, RunNotFound, Store
+from agenthost.stores.base import ChannelRecord, DeliveryNotFound, RunNotFound, Store
 
 Native = tuple[str, str]  # (channel, native_id)
 Claim = tuple[str, str]  # (claim_type, claim_value)
@@ -50,6 +52,9 @@ class MemoryStore(Store):
         self._challenges: dict[str, CodeChallenge] = {}  # by locator
         self._challenge_of: dict[Native, str] = {}  # issuer -> locator
         self._counters: dict[str, AttemptCounter] = {}
+        # (channel, native_id, conversation) -> (the key it was recorded under, the record)
+        self._last_seen: dict[tuple[str, str, str], tuple[str, LastSeen]] = {}
+        self._deliveries: dict[str, Delivery] = {}
 
     async def load_context(
         self, identity: ChannelIdentity, scope: ScopeKey | None, *, facts: bool = False
@@ -394,6 +399,102 @@ class MemoryStore(Store):
                 del self._runs[token]
             return len(expired)
 
+    # --- last seen --------------------------------------------------------------------
+
+    async def record_last_seen(self, isolation_key: str, seen: LastSeen) -> None:
+        ident = (seen.channel, seen.identity.native_id, seen.conversation_id or "")
+        with self._lock:
+            self._last_seen[ident] = (isolation_key, seen)
+
+    async def list_last_seen(self, isolation_key: str) -> list[LastSeen]:
+        with self._lock:
+            found = [
+                seen
+                for (channel, native, _), (key, seen) in self._last_seen.items()
+                if self._identities.get((channel, native), key) == isolation_key
+            ]
+        return sorted(found, key=_newest_first)
+
+    # --- the delivery outbox -----------------------------------------------------------
+
+    async def complete_run_with_deliveries(
+        self, token: str, event: RunEvent, deliveries: Sequence[Delivery]
+    ) -> RunRecord:
+        with self._lock:
+            record = self._runs.get(token)
+            if record is None:
+                raise RunNotFound(token)
+            new = background.apply(record, event)
+            self._runs[token] = new
+            self._insert_deliveries(deliveries)
+            return new
+
+    async def schedule_deliveries(self, deliveries: Sequence[Delivery]) -> None:
+        with self._lock:
+            self._insert_deliveries(deliveries)
+
+    def _insert_deliveries(self, deliveries: Sequence[Delivery]) -> None:
+        for d in deliveries:
+            self._deliveries.setdefault(d.delivery_id, d)
+
+    async def claim_due_deliveries(
+        self, owner: str, now: float, lease_seconds: float, limit: int
+    ) -> list[Delivery]:
+        with self._lock:
+            due = sorted(
+                (d for d in self._deliveries.values() if d.is_due(now)),
+                key=lambda d: (d.next_attempt_at, d.created_at, d.delivery_id),
+            )[:limit]
+            claimed = []
+            for d in due:
+                new = delivery.apply(d, delivery.Claim(owner, now, lease_seconds))
+                self._deliveries[d.delivery_id] = new
+                claimed.append(new)
+            return claimed
+
+    async def apply_delivery_event(self, delivery_id: str, event: DeliveryEvent) -> Delivery:
+        with self._lock:
+            d = self._deliveries.get(delivery_id)
+            if d is None:
+                raise DeliveryNotFound(delivery_id)
+            new = delivery.apply(d, event)
+            self._deliveries[delivery_id] = new
+            return new
+
+    async def get_delivery(self, delivery_id: str) -> Delivery | None:
+        with self._lock:
+            return self._deliveries.get(delivery_id)
+
+    async def list_deliveries(
+        self, statuses: Iterable[DeliveryStatus] | None = None, *, limit: int = 100
+    ) -> list[Delivery]:
+        wanted = set(statuses) if statuses is not None else set(DeliveryStatus)
+        with self._lock:
+            found = [d for d in self._deliveries.values() if d.status in wanted]
+        return sorted(found, key=lambda d: (d.created_at, d.delivery_id))[:limit]
+
+    async def next_delivery_due(self) -> float | None:
+        waiting = (DeliveryStatus.SCHEDULED, DeliveryStatus.FAILED)
+        with self._lock:
+            times = [d.next_attempt_at for d in self._deliveries.values() if d.status in waiting]
+        return min(times, default=None)
+
+    async def purge_deliveries(
+        self, statuses: Iterable[DeliveryStatus], *, updated_before: float | None = None
+    ) -> int:
+        wanted = set(statuses)
+        with self._lock:
+            doomed = [
+                i
+                for i, d in self._deliveries.items()
+                if d.status in wanted and (updated_before is None or d.updated_at <= updated_before)
+            ]
+            for delivery_id in doomed:
+                del self._deliveries[delivery_id]
+            return len(doomed)
+
+    # --- channel records ---------------------------------------------------------------
+
     async def put_channel_records(self, records: Sequence[ChannelRecord]) -> None:
         with self._lock:
             for record in records:
@@ -450,6 +551,10 @@ class MemoryStore(Store):
 
 def _native(identity: ChannelIdentity) -> Native:
     return (identity.channel, identity.native_id)
+
+
+def _newest_first(seen: LastSeen) -> tuple[float, str, str, str]:
+    return (-seen.seen_at, seen.channel, seen.identity.native_id, seen.conversation_id or "")
 
 
 def _alias_key(scope: ScopeKey) -> tuple[str, str]:

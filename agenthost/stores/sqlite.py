@@ -27,8 +27,9 @@ from typing import Any, TypeVar
 import anyio
 import anyio.to_thread
 
-from agenthost.sansio_core import background, leases, link_codes, linking, sessions
+from agenthost.sansio_core import background, delivery, leases, link_codes, linking, sessions
 from agenthost.sansio_core.background import RunEvent, RunRecord
+from agenthost.sansio_core.delivery import Delivery, DeliveryEvent, DeliveryStatus
 from agenthost.sansio_core.effects import LeaseAnswer, RequestContext
 from agenthost.sansio_core.link_codes import AttemptCounter, CodeChallenge, CodeLimits
 from agenthost.sansio_core.link_policy import LinkRules
@@ -41,12 +42,14 @@ from agenthost.sansio_core.linking import (
     UserRecord,
     VerifiedClaims,
 )
+from agenthost.sansio_core.routing import LastSeen
 from agenthost.sansio_core.sessions import ScopeKey, SessionAlias, SessionRecord
 from agenthost.sansio_core.types import ChannelIdentity, RunStatus
 from agenthost.stores import codec
 from agenthost.stores.base import (
     SCHEMA_VERSION,
     ChannelRecord,
+    DeliveryNotFound,
     RunNotFound,
     Store,
     StoreSchemaError,
@@ -187,6 +190,35 @@ _SCHEMA_V1 = (
     )
     """,
     "CREATE INDEX channel_records_by_expiry ON channel_records (expires_at)",
+    # One row per (identity, conversation); '' stands for "no conversation" (a NULL in a
+    # primary key would not be unique). ``isolation_key`` is the key it was recorded under:
+    # reads follow the identity's current key, so links and unlinks carry the rows along.
+    """
+    CREATE TABLE last_seen (
+        channel TEXT NOT NULL,
+        native_id TEXT NOT NULL,
+        conversation_id TEXT NOT NULL,
+        isolation_key TEXT NOT NULL,
+        seen_at REAL NOT NULL,
+        identity TEXT NOT NULL,
+        PRIMARY KEY (channel, native_id, conversation_id)
+    )
+    """,
+    "CREATE INDEX last_seen_by_key ON last_seen (isolation_key)",
+    # The outbox: the id is the idempotency key. Claims scan (status, next_attempt_at).
+    """
+    CREATE TABLE deliveries (
+        delivery_id TEXT PRIMARY KEY,
+        status TEXT NOT NULL,
+        next_attempt_at REAL NOT NULL,
+        created_at REAL NOT NULL,
+        updated_at REAL NOT NULL,
+        record TEXT NOT NULL
+    )
+    """,
+    "CREATE INDEX deliveries_due ON deliveries (status, next_attempt_at)",
+    "CREATE INDEX deliveries_by_update ON deliveries (status, updated_at)",
+    "CREATE INDEX deliveries_by_age ON deliveries (created_at, delivery_id)",
 )
 
 
@@ -705,6 +737,159 @@ class SQLiteStore(Store):
 
         return await self._run(work)
 
+    # --- last seen ------------------------------------------------------------------
+
+    async def record_last_seen(self, isolation_key: str, seen: LastSeen) -> None:
+        row = (
+            seen.channel,
+            seen.identity.native_id,
+            seen.conversation_id or "",
+            isolation_key,
+            seen.seen_at,
+            codec.dump(seen.identity),
+        )
+
+        def work(conn: sqlite3.Connection) -> None:
+            # One statement is its own transaction: no BEGIN needed for one upsert.
+            conn.execute(
+                "INSERT INTO last_seen (channel, native_id, conversation_id, isolation_key,"
+                " seen_at, identity) VALUES (?, ?, ?, ?, ?, ?)"
+                " ON CONFLICT (channel, native_id, conversation_id) DO UPDATE SET"
+                " isolation_key = excluded.isolation_key, seen_at = excluded.seen_at,"
+                " identity = excluded.identity",
+                row,
+            )
+
+        await self._run(work)
+
+    async def list_last_seen(self, isolation_key: str) -> list[LastSeen]:
+        def work(conn: sqlite3.Connection) -> list[LastSeen]:
+            rows = conn.execute(_LIST_LAST_SEEN, {"key": isolation_key}).fetchall()
+            return [
+                LastSeen(channel, codec.load(identity, ChannelIdentity), conv or None, seen_at)
+                for channel, conv, seen_at, identity, _ in rows
+            ]
+
+        return await self._run(work)
+
+    # --- the delivery outbox --------------------------------------------------------
+
+    async def complete_run_with_deliveries(
+        self, token: str, event: RunEvent, deliveries: Sequence[Delivery]
+    ) -> RunRecord:
+        rows = [_delivery_row(d) for d in deliveries]
+
+        def work(conn: sqlite3.Connection) -> RunRecord:
+            with _transaction(conn):
+                record = _select_run(conn, token)
+                if record is None:
+                    raise RunNotFound(token)
+                new = background.apply(record, event)
+                conn.execute(
+                    "UPDATE runs SET status = ?, created_at = ?, expires_at = ?,"
+                    " lease_expires_at = ?, record = ? WHERE token = ?",
+                    (*_run_row(new)[1:], token),
+                )
+                _insert_deliveries(conn, rows)
+                return new
+
+        return await self._run(work)
+
+    async def schedule_deliveries(self, deliveries: Sequence[Delivery]) -> None:
+        rows = [_delivery_row(d) for d in deliveries]
+
+        def work(conn: sqlite3.Connection) -> None:
+            with _transaction(conn):
+                _insert_deliveries(conn, rows)
+
+        if rows:
+            await self._run(work)
+
+    async def claim_due_deliveries(
+        self, owner: str, now: float, lease_seconds: float, limit: int
+    ) -> list[Delivery]:
+        def work(conn: sqlite3.Connection) -> list[Delivery]:
+            with _transaction(conn):
+                rows = conn.execute(
+                    "SELECT record FROM deliveries WHERE status IN ('scheduled', 'failed')"
+                    " AND next_attempt_at <= ? ORDER BY next_attempt_at, created_at,"
+                    " delivery_id LIMIT ?",
+                    (now, limit),
+                ).fetchall()
+                claimed = []
+                for row in rows:
+                    found = codec.load_delivery(row[0])
+                    if not found.is_due(now):  # the index narrows; the core decides
+                        continue
+                    new = delivery.apply(found, delivery.Claim(owner, now, lease_seconds))
+                    _update_delivery(conn, new)
+                    claimed.append(new)
+                return claimed
+
+        return await self._run(work)
+
+    async def apply_delivery_event(self, delivery_id: str, event: DeliveryEvent) -> Delivery:
+        def work(conn: sqlite3.Connection) -> Delivery:
+            with _transaction(conn):
+                found = _select_delivery(conn, delivery_id)
+                if found is None:
+                    raise DeliveryNotFound(delivery_id)
+                new = delivery.apply(found, event)
+                _update_delivery(conn, new)
+                return new
+
+        return await self._run(work)
+
+    async def get_delivery(self, delivery_id: str) -> Delivery | None:
+        return await self._run(lambda conn: _select_delivery(conn, delivery_id))
+
+    async def list_deliveries(
+        self, statuses: Iterable[DeliveryStatus] | None = None, *, limit: int = 100
+    ) -> list[Delivery]:
+        wanted = sorted({s.value for s in (statuses if statuses is not None else DeliveryStatus)})
+        if not wanted:
+            return []
+
+        def work(conn: sqlite3.Connection) -> list[Delivery]:
+            marks = ", ".join("?" * len(wanted))
+            rows = conn.execute(
+                f"SELECT record FROM deliveries WHERE status IN ({marks})"  # noqa: S608 - only placeholders are interpolated
+                " ORDER BY created_at, delivery_id LIMIT ?",
+                (*wanted, limit),
+            ).fetchall()
+            return [codec.load_delivery(row[0]) for row in rows]
+
+        return await self._run(work)
+
+    async def next_delivery_due(self) -> float | None:
+        def work(conn: sqlite3.Connection) -> float | None:
+            row = conn.execute(
+                "SELECT min(next_attempt_at) FROM deliveries"
+                " WHERE status IN ('scheduled', 'failed')"
+            ).fetchone()
+            return float(row[0]) if row is not None and row[0] is not None else None
+
+        return await self._run(work)
+
+    async def purge_deliveries(
+        self, statuses: Iterable[DeliveryStatus], *, updated_before: float | None = None
+    ) -> int:
+        wanted = sorted({s.value for s in statuses})
+        if not wanted:
+            return 0
+        cutoff = float("inf") if updated_before is None else updated_before
+
+        def work(conn: sqlite3.Connection) -> int:
+            marks = ", ".join("?" * len(wanted))
+            with _transaction(conn):
+                cursor = conn.execute(
+                    f"DELETE FROM deliveries WHERE status IN ({marks}) AND updated_at <= ?",  # noqa: S608 - only placeholders are interpolated
+                    (*wanted, cutoff),
+                )
+                return cursor.rowcount
+
+        return await self._run(work)
+
     # --- channel records ------------------------------------------------------------
 
     async def put_channel_records(self, records: Sequence[ChannelRecord]) -> None:
@@ -833,6 +1018,57 @@ LEFT JOIN session_aliases AS a
   ON a.owner = coalesce(:owner, i.isolation_key) AND a.qualifier = :qualifier
 WHERE i.channel = :channel AND i.native_id = :native_id
 """
+
+
+# Rows of the key's current members, and rows recorded under the key for identities the
+# store holds no key for (a custom resolver); newest first.
+_LIST_LAST_SEEN = """
+SELECT l.channel, l.conversation_id, l.seen_at, l.identity, l.native_id
+FROM identities AS i
+JOIN last_seen AS l ON l.channel = i.channel AND l.native_id = i.native_id
+WHERE i.isolation_key = :key
+UNION ALL
+SELECT l.channel, l.conversation_id, l.seen_at, l.identity, l.native_id
+FROM last_seen AS l
+WHERE l.isolation_key = :key AND NOT EXISTS (
+    SELECT 1 FROM identities AS i WHERE i.channel = l.channel AND i.native_id = l.native_id
+)
+ORDER BY 3 DESC, 1, 5, 2
+"""
+
+
+def _delivery_row(d: Delivery) -> tuple[Any, ...]:
+    return (
+        d.delivery_id,
+        d.status.value,
+        d.next_attempt_at,
+        d.created_at,
+        d.updated_at,
+        codec.dump(d),
+    )
+
+
+def _insert_deliveries(conn: sqlite3.Connection, rows: Sequence[tuple[Any, ...]]) -> None:
+    conn.executemany(
+        "INSERT INTO deliveries (delivery_id, status, next_attempt_at, created_at, updated_at,"
+        " record) VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (delivery_id) DO NOTHING",
+        rows,
+    )
+
+
+def _update_delivery(conn: sqlite3.Connection, d: Delivery) -> None:
+    conn.execute(
+        "UPDATE deliveries SET status = ?, next_attempt_at = ?, updated_at = ?, record = ?"
+        " WHERE delivery_id = ?",
+        (d.status.value, d.next_attempt_at, d.updated_at, codec.dump(d), d.delivery_id),
+    )
+
+
+def _select_delivery(conn: sqlite3.Connection, delivery_id: str) -> Delivery | None:
+    row = conn.execute(
+        "SELECT record FROM deliveries WHERE delivery_id = ?", (delivery_id,)
+    ).fetchone()
+    return codec.load_delivery(row[0]) if row is not None else None
 
 
 def _facts_from_json(identities: str | None, claims: str | None) -> UserFacts:

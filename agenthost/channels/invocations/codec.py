@@ -1,12 +1,12 @@
 """The Invocations wire format, both ways, with no I/O.
 
 Inbound: a JSON body ``{"input": ..., "session_id"?, "session_mode"?, "stream"?,
-"background"?}``. ``input`` is a string, a list of messages (``{"role", "content"}`` with
-string content or ``text``/``input_text``/``image_url``/``input_image`` parts), one such
-message, or any other JSON object: a typed input for a workflow, which a ``run_hook``
-adapts. Outbound: JSON replies, Server-Sent Events and errors ``{"error": {"code",
-"message"}}``. Foundry platform headers of both generations are read here but trusted
-only when the transport says the deployment sets them.
+"background"?, "response_target"?}``. ``input`` is a string, a list of messages
+(``{"role", "content"}`` with string content or ``text``/``input_text``/``image_url``/
+``input_image`` parts), one such message, or any other JSON object: a typed input for a
+workflow, which a ``run_hook`` adapts. Outbound: JSON replies, Server-Sent Events and errors
+``{"error": {"code", "message"}}``. Foundry platform headers of both generations are read
+here but trusted only when the transport says the deployment sets them.
 """
 
 from __future__ import annotations
@@ -19,9 +19,11 @@ from typing import Any
 import attrs
 
 from agenthost.sansio_core.types import (
+    ChannelIdentity,
     ContentPart,
     ContinuationToken,
     HostMessage,
+    ResponseTarget,
     SessionMode,
     TextPart,
     UriPart,
@@ -50,6 +52,7 @@ class InvocationBody:
     session_mode: SessionMode = SessionMode.AUTO
     stream: bool = False
     background: bool = False
+    response_target: ResponseTarget = attrs.field(factory=ResponseTarget)
 
 
 def parse_body(raw: bytes) -> InvocationBody:
@@ -76,13 +79,78 @@ def parse_body(raw: bytes) -> InvocationBody:
         raise InvocationError(
             422, "invalid_request", "'stream' and 'background' cannot both be true."
         )
+    target = parse_response_target(data.get("response_target"))
+    if stream and not target.is_originating:
+        raise InvocationError(
+            422, "invalid_request", "'stream' needs the originating 'response_target'."
+        )
     return InvocationBody(
         input=parse_input(data["input"]),
         session_id=session_id,
         session_mode=_session_mode(data.get("session_mode")),
         stream=stream,
         background=background,
+        response_target=target,
     )
+
+
+_TARGET_KINDS = ("originating", "active", "channel", "channels", "identities", "all_linked", "none")
+
+
+def parse_response_target(value: Any) -> ResponseTarget:
+    """``"active"`` or ``{"kind", "channels"?, "identities"?, "echo_input"?}``.
+
+    Whether the caller may choose it is the host's decision, not the codec's.
+    """
+    if value is None:
+        return ResponseTarget.originating()
+    if isinstance(value, str):
+        value = {"kind": value}
+    if not isinstance(value, dict) or value.get("kind") not in _TARGET_KINDS:
+        raise InvocationError(
+            422,
+            "invalid_response_target",
+            f"'response_target.kind' must be one of {', '.join(_TARGET_KINDS)}.",
+        )
+    kind = value["kind"]
+    echo = _flag(value, "echo_input")
+    if kind in ("channel", "channels"):
+        names = value.get("channels", [value["channel"]] if "channel" in value else None)
+        if (
+            not isinstance(names, list)
+            or not names
+            or not all(isinstance(n, str) and n for n in names)
+        ):
+            raise InvocationError(
+                422, "invalid_response_target", "'response_target.channels' must name channels."
+            )
+        return ResponseTarget.to_channels(names, echo_input=echo)
+    if kind == "identities":
+        found = value.get("identities")
+        if (
+            not isinstance(found, list)
+            or not found
+            or not all(
+                isinstance(i, dict)
+                and isinstance(i.get("channel"), str)
+                and isinstance(i.get("native_id"), str)
+                for i in found
+            )
+        ):
+            raise InvocationError(
+                422,
+                "invalid_response_target",
+                '\'response_target.identities\' must list {"channel", "native_id"} objects.',
+            )
+        identities = [ChannelIdentity(i["channel"], i["native_id"]) for i in found]
+        return ResponseTarget.to_identities(identities, echo_input=echo)
+    if kind == "all_linked":
+        return ResponseTarget.all_linked(echo_input=echo)
+    if kind == "active":
+        return ResponseTarget.active()
+    if kind == "none":
+        return ResponseTarget.none()
+    return ResponseTarget.originating()
 
 
 def parse_input(value: Any) -> Any:
@@ -216,6 +284,8 @@ def token_body(token: ContinuationToken, *, poll_url: str) -> dict[str, Any]:
     }
     if token.result is not None:
         body["output"] = token.result.get("text", "")
+    if token.result is not None and "destinations" in token.result:
+        body["destinations"] = token.result["destinations"]
     if token.error is not None:
         body["error"] = {"code": f"run_{token.status.value}", "message": token.error}
     return body

@@ -30,6 +30,7 @@ from agenthost.sansio_core.turns import (
     TurnFailed,
     TurnOutcome,
     TurnRefused,
+    runs_in_background,
 )
 from agenthost.sansio_core.types import (
     ChannelIdentity,
@@ -57,6 +58,11 @@ _REFUSALS: dict[RefusalReason, tuple[int, str, str]] = {
     # The message of these two comes from the host's decision (bland for a denial).
     RefusalReason.DENIED: (403, "forbidden", "This caller may not use this agent."),
     RefusalReason.LINK_REQUIRED: (403, "link_required", "Link this account first: send /link."),
+    RefusalReason.TARGET_NOT_ALLOWED: (
+        403,
+        "target_not_allowed",
+        "This caller may not choose 'response_target'; the host's policy does not trust it.",
+    ),
 }
 
 SessionKeys = Literal["caller", "host"]
@@ -167,9 +173,10 @@ class _Handlers:
             multitask=self._channel._multitask,
             background=body.background,
             stream=body.stream,
+            response_target=body.response_target,
             attributes={"invocation_id": invocation},
         )
-        if body.background:
+        if runs_in_background(channel_request):
             return await self._start_background(channel_request, request, headers)
         if body.stream:
             return self._stream(channel_request, request, invocation, headers)

@@ -54,6 +54,10 @@ class WebhookChannel(Channel):
     """Push-only: it serves no routes and answers no requests; it delivers."""
 
     push_is_idempotent = True  # the receiver is given the idempotency key to drop repeats
+    # The application's endpoint reaches every user: routing addresses it by isolation key
+    # (there is no conversation to have been seen in).
+    addresses_every_user = True
+    display_name = "Webhook"
 
     def __init__(
         self,
@@ -76,6 +80,10 @@ class WebhookChannel(Channel):
     def routes(self, host: HostServices) -> Sequence[BaseRoute]:
         self._host = host
         return ()
+
+    async def startup(self, host: HostServices) -> None:
+        # A host run without its app (``async with host.running()``) never asks for routes.
+        self._host = host
 
     async def push(self, destination: Destination, message: PushMessage) -> PushOutcome:
         host = self._require_host()

@@ -333,6 +333,26 @@ class Store(abc.ABC):
         """Insert or replace records, all in one transaction (one round trip)."""
 
     @abc.abstractmethod
+    async def insert_channel_records(
+        self,
+        records: Sequence[ChannelRecord],
+        *,
+        companions: Mapping[str, Sequence[ChannelRecord]] | None = None,
+        put: Sequence[ChannelRecord] = (),
+    ) -> set[str]:
+        """Insert the records whose ``(channel, kind, key)`` is absent, leaving present ones
+        alone; return the keys inserted. All in one transaction (one round trip), which
+        also writes (inserts or replaces) ``companions[key]`` for each key inserted and
+        ``put`` unconditionally.
+
+        Two concurrent inserts of one key (on any replica sharing the store) insert it once:
+        exactly one of them reports the key. Expired records still present count as present.
+        A key given twice in ``records`` is inserted (and reported) once, from its first
+        record. Keys are reported without their channel and kind, so ``records`` are best
+        of one kind (a de-duplication mark, say, with the payload as its companion).
+        """
+
+    @abc.abstractmethod
     async def get_channel_record(self, channel: str, kind: str, key: str) -> ChannelRecord | None:
         """One record (expired ones included until they are deleted)."""
 

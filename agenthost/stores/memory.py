@@ -5,8 +5,9 @@ It keeps every record in dicts guarded by one lock; nothing survives the process
 
 from __future__ import annotations
 
+import bisect
 import threading
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 
 from agenthost.sansio_core import background, delivery, leases, link_codes, linking, sessions
 from agenthost.sansio_core.background import RunEvent, RunRecord
@@ -42,7 +43,11 @@ class MemoryStore(Store):
         self._sessions: dict[str, SessionRecord] = {}
         self._leases: dict[str, leases.LeaseState] = {}
         self._runs: dict[str, RunRecord] = {}
-        self._records: dict[tuple[str, str, str], ChannelRecord] = {}
+        # Channel records by (channel, kind): key -> record, the same keys kept sorted (for
+        # ranges and pages), and the expiry of each record that has one.
+        self._records: dict[tuple[str, str], dict[str, ChannelRecord]] = {}
+        self._record_keys: dict[tuple[str, str], list[str]] = {}
+        self._expiring: dict[tuple[str, str, str], float] = {}
         # Linking: the members of each key (in arrival order), claims per identity and the
         # identities holding each claim, link records, code challenges and counters.
         self._members: dict[str, dict[Native, None]] = {}
@@ -498,11 +503,34 @@ class MemoryStore(Store):
     async def put_channel_records(self, records: Sequence[ChannelRecord]) -> None:
         with self._lock:
             for record in records:
-                self._records[(record.channel, record.kind, record.key)] = record
+                self._put_record(record)
+
+    async def insert_channel_records(
+        self,
+        records: Sequence[ChannelRecord],
+        *,
+        companions: Mapping[str, Sequence[ChannelRecord]] | None = None,
+        put: Sequence[ChannelRecord] = (),
+    ) -> set[str]:
+        with self._lock:
+            inserted: set[str] = set()
+            for record in records:
+                group = self._records.get((record.channel, record.kind))
+                if group is None or record.key not in group:
+                    self._put_record(record)
+                    inserted.add(record.key)
+            if companions:
+                for key in inserted:
+                    for companion in companions.get(key, ()):
+                        self._put_record(companion)
+            for record in put:
+                self._put_record(record)
+            return inserted
 
     async def get_channel_record(self, channel: str, kind: str, key: str) -> ChannelRecord | None:
         with self._lock:
-            return self._records.get((channel, kind, key))
+            group = self._records.get((channel, kind))
+            return group.get(key) if group is not None else None
 
     async def list_channel_records(
         self,
@@ -515,38 +543,77 @@ class MemoryStore(Store):
         descending: bool = False,
     ) -> list[ChannelRecord]:
         with self._lock:
-            keys = sorted(
-                key
-                for (c, k, key) in self._records
-                if c == channel and k == kind and key.startswith(prefix)
-            )
-            if descending:
-                keys.reverse()
+            group = self._records.get((channel, kind))
+            if group is None or limit <= 0:
+                return []
+            keys = self._record_keys[(channel, kind)]
+            low, high = _prefix_range(keys, prefix)
             if after is not None:
-                keys = [k for k in keys if (k < after if descending else k > after)]
-            return [self._records[(channel, kind, key)] for key in keys[:limit]]
+                if descending:
+                    high = min(high, bisect.bisect_left(keys, after, low, high))
+                else:
+                    low = max(low, bisect.bisect_right(keys, after, low, high))
+            if descending:
+                chosen = keys[max(low, high - limit) : high][::-1]
+            else:
+                chosen = keys[low : min(high, low + limit)]
+            return [group[key] for key in chosen]
 
     async def delete_channel_records(self, channel: str, kind: str, *, prefix: str) -> int:
         with self._lock:
-            doomed = [
-                ident
-                for ident in self._records
-                if ident[0] == channel and ident[1] == kind and ident[2].startswith(prefix)
-            ]
-            for ident in doomed:
-                del self._records[ident]
+            group = self._records.get((channel, kind))
+            if group is None:
+                return 0
+            keys = self._record_keys[(channel, kind)]
+            low, high = _prefix_range(keys, prefix)
+            doomed = keys[low:high]
+            del keys[low:high]
+            for key in doomed:
+                del group[key]
+                self._expiring.pop((channel, kind, key), None)
+            if not group:
+                del self._records[(channel, kind)]
+                del self._record_keys[(channel, kind)]
             return len(doomed)
 
     async def delete_expired_channel_records(self, now: float) -> int:
         with self._lock:
-            doomed = [
-                ident
-                for ident, record in self._records.items()
-                if record.expires_at is not None and record.expires_at <= now
-            ]
+            doomed = [ident for ident, expires_at in self._expiring.items() if expires_at <= now]
             for ident in doomed:
-                del self._records[ident]
+                self._drop_record(ident)
             return len(doomed)
+
+    def _put_record(self, record: ChannelRecord) -> None:
+        group_key = (record.channel, record.kind)
+        group = self._records.setdefault(group_key, {})
+        if record.key not in group:
+            bisect.insort(self._record_keys.setdefault(group_key, []), record.key)
+        group[record.key] = record
+        ident = (record.channel, record.kind, record.key)
+        if record.expires_at is None:
+            self._expiring.pop(ident, None)
+        else:
+            self._expiring[ident] = record.expires_at
+
+    def _drop_record(self, ident: tuple[str, str, str]) -> None:
+        channel, kind, key = ident
+        group_key = (channel, kind)
+        group = self._records[group_key]
+        del group[key]
+        keys = self._record_keys[group_key]
+        del keys[bisect.bisect_left(keys, key)]
+        self._expiring.pop(ident, None)
+        if not group:
+            del self._records[group_key]
+            del self._record_keys[group_key]
+
+
+def _prefix_range(keys: list[str], prefix: str) -> tuple[int, int]:
+    """The slice of sorted ``keys`` that start with ``prefix``."""
+    low = bisect.bisect_left(keys, prefix)
+    if not prefix:
+        return low, len(keys)
+    return low, bisect.bisect_left(keys, prefix + "\U0010ffff", low)
 
 
 def _native(identity: ChannelIdentity) -> Native:

@@ -20,7 +20,7 @@ import contextlib
 import json
 import os
 import sqlite3
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -917,6 +917,45 @@ class SQLiteStore(Store):
         if rows:
             await self._run(work)
 
+    async def insert_channel_records(
+        self,
+        records: Sequence[ChannelRecord],
+        *,
+        companions: Mapping[str, Sequence[ChannelRecord]] | None = None,
+        put: Sequence[ChannelRecord] = (),
+    ) -> set[str]:
+        rows = [_channel_record_row(r) for r in records]
+        followers = {
+            key: [_channel_record_row(r) for r in those]
+            for key, those in (companions or {}).items()
+        }
+        always = [_channel_record_row(r) for r in put]
+
+        def work(conn: sqlite3.Connection) -> set[str]:
+            inserted: set[str] = set()
+            with _transaction(conn):
+                for row in rows:
+                    # An ignored insert changes no row (``changes()``, which rowcount reports).
+                    cursor = conn.execute(
+                        "INSERT OR IGNORE INTO channel_records (channel, kind, key, owner,"
+                        " created_at, expires_at, value) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                        row,
+                    )
+                    if cursor.rowcount == 1:
+                        inserted.add(row[2])
+                more = [row for key in inserted for row in followers.get(key, ())] + always
+                if more:
+                    conn.executemany(
+                        "INSERT OR REPLACE INTO channel_records (channel, kind, key, owner,"
+                        " created_at, expires_at, value) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                        more,
+                    )
+            return inserted
+
+        if not rows and not always:
+            return set()
+        return await self._run(work)
+
     async def get_channel_record(self, channel: str, kind: str, key: str) -> ChannelRecord | None:
         def work(conn: sqlite3.Connection) -> ChannelRecord | None:
             row = conn.execute(
@@ -1296,6 +1335,18 @@ def _run_row(record: RunRecord) -> tuple[Any, ...]:
 def _select_run(conn: sqlite3.Connection, token: str) -> RunRecord | None:
     row = conn.execute("SELECT record FROM runs WHERE token = ?", (token,)).fetchone()
     return codec.load_run(row[0]) if row is not None else None
+
+
+def _channel_record_row(r: ChannelRecord) -> tuple[Any, ...]:
+    return (
+        r.channel,
+        r.kind,
+        r.key,
+        r.owner,
+        r.created_at,
+        r.expires_at,
+        codec.to_json(dict(r.value)),
+    )
 
 
 def _channel_record_from_row(row: Any) -> ChannelRecord:

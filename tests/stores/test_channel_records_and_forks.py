@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
+import anyio
 import pytest
 
 from agenthost.sansio_core import leases
 from agenthost.sansio_core.sessions import SessionAlias, SessionRecord
 from agenthost.sansio_core.types import MultitaskStrategy
 from agenthost.stores.base import ChannelRecord, Store
+from agenthost.stores.sqlite import SQLiteStore
 
 pytestmark = pytest.mark.anyio
 
@@ -109,6 +113,127 @@ async def test_channel_records_delete_by_prefix_and_expiry(store: Store) -> None
     assert await store.get_channel_record("responses", "response", "old") is None
     assert await store.get_channel_record("responses", "response", "fresh") is not None
     assert await store.get_channel_record("responses", "response", "forever") is not None
+
+
+async def test_insert_channel_records_inserts_only_absent_keys(store: Store) -> None:
+    await store.put_channel_records([record("a", kind="seen")])
+    inserted = await store.insert_channel_records(
+        [
+            ChannelRecord("responses", "seen", "a", {"v": "new"}),
+            record("b", kind="seen"),
+            ChannelRecord("responses", "seen", "b", {"v": "twice"}),
+            record("a", kind="other"),
+        ]
+    )
+    assert inserted == {"a", "b"}  # "a" of kind "other" and "b" of kind "seen"
+    kept = await store.get_channel_record("responses", "seen", "a")
+    assert kept == record("a", kind="seen")  # present: left alone
+    first = await store.get_channel_record("responses", "seen", "b")
+    assert first == record("b", kind="seen")  # given twice: the first one wins
+    assert await store.get_channel_record("responses", "other", "a") == record("a", kind="other")
+    assert await store.insert_channel_records([record("a", kind="seen")]) == set()
+    assert await store.insert_channel_records([]) == set()
+    # An expired record still present counts as present until it is deleted.
+    await store.put_channel_records([record("x", kind="seen", expires_at=1.0)])
+    assert await store.insert_channel_records([record("x", kind="seen")]) == set()
+    assert await store.delete_expired_channel_records(now=2.0) == 1
+    assert await store.insert_channel_records([record("x", kind="seen")]) == {"x"}
+
+
+async def test_insert_channel_records_writes_companions_of_inserted_keys_only(
+    store: Store,
+) -> None:
+    await store.put_channel_records([record("old", kind="seen")])
+    inserted = await store.insert_channel_records(
+        [record("old", kind="seen"), record("new", kind="seen")],
+        companions={
+            "old": [record("old", kind="inbox")],
+            "new": [record("new", kind="inbox")],
+        },
+        put=[ChannelRecord("responses", "cursor", "offset", {"offset": 7})],
+    )
+    assert inserted == {"new"}
+    inbox = await store.list_channel_records("responses", "inbox")
+    assert [r.key for r in inbox] == ["new"]
+    cursor = await store.get_channel_record("responses", "cursor", "offset")
+    assert cursor is not None and cursor.value == {"offset": 7}
+    # ``put`` replaces; with no records at all it still writes.
+    assert (
+        await store.insert_channel_records(
+            [], put=[ChannelRecord("responses", "cursor", "offset", {"offset": 9})]
+        )
+        == set()
+    )
+    cursor = await store.get_channel_record("responses", "cursor", "offset")
+    assert cursor is not None and cursor.value == {"offset": 9}
+
+
+async def test_concurrent_inserts_of_one_key_report_it_once(store: Store) -> None:
+    answers: list[set[str]] = []
+
+    async def insert(n: int) -> None:
+        answers.append(
+            await store.insert_channel_records(
+                [record(f"k{i}", kind="seen") for i in range(n % 3, 20)]
+            )
+        )
+
+    async with anyio.create_task_group() as tasks:
+        for n in range(6):
+            tasks.start_soon(insert, n)
+    reported = [key for answer in answers for key in answer]
+    assert sorted(reported) == sorted(f"k{i}" for i in range(20))
+    listed = await store.list_channel_records("responses", "seen", limit=100)
+    assert len(listed) == 20
+
+
+async def test_concurrent_inserts_across_sqlite_replicas_report_a_key_once(
+    tmp_path: Path, anyio_backend: str
+) -> None:
+    path = tmp_path / "shared.db"
+    replicas = [SQLiteStore(path) for _ in range(3)]
+    for replica in replicas:
+        await replica.open()
+    answers: list[set[str]] = []
+
+    async def insert(replica: Store) -> None:
+        for round_ in range(10):
+            answers.append(
+                await replica.insert_channel_records(
+                    [record(f"r{round_}", kind="seen"), record(f"r{round_}:x", kind="seen")]
+                )
+            )
+
+    try:
+        async with anyio.create_task_group() as tasks:
+            for replica in replicas:
+                tasks.start_soon(insert, replica)
+    finally:
+        for replica in replicas:
+            await replica.close()
+    reported = sorted(key for answer in answers for key in answer)
+    assert reported == sorted([f"r{i}" for i in range(10)] + [f"r{i}:x" for i in range(10)])
+
+
+async def test_channel_record_ranges_after_mixed_writes(store: Store) -> None:
+    # Puts, inserts and deletes interleaved keep listing, paging and expiry consistent.
+    await store.put_channel_records([record(f"{i:03d}", kind="q") for i in range(0, 50, 2)])
+    assert (
+        len(
+            await store.insert_channel_records(
+                [record(f"{i:03d}", kind="q", expires_at=float(i)) for i in range(50)]
+            )
+        )
+        == 25
+    )
+    assert await store.delete_channel_records("responses", "q", prefix="01") == 10
+    assert await store.delete_expired_channel_records(now=30.0) == 10  # odd 1..29 but 11..19
+    keys = [r.key for r in await store.list_channel_records("responses", "q", limit=1000)]
+    expected = [f"{i:03d}" for i in range(50) if not 10 <= i <= 19 and (i % 2 == 0 or i > 30)]
+    assert keys == expected
+    page = await store.list_channel_records("responses", "q", after="030", descending=True, limit=3)
+    assert [r.key for r in page] == ["028", "026", "024"]
+    assert await store.list_channel_records("responses", "q", prefix="zz") == []
 
 
 def _arrive(run_id: str) -> leases.Arrive:

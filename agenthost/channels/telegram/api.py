@@ -326,8 +326,12 @@ class BotApi:
         *,
         paced: bool = False,
         http_timeout: float | None = None,
+        wait_out_rate_limits: bool = True,
     ) -> Any:
-        """Call ``method``; 429s and migrations are handled here, other errors raised."""
+        """Call ``method``; 429s and migrations are handled here, other errors raised.
+
+        Without ``wait_out_rate_limits`` a 429 is raised at once (after pausing the chat's
+        pacing), for callers that retry later themselves (the delivery worker)."""
         body = {key: value for key, value in (params or {}).items() if value is not None}
         chat = body.get("chat_id")
         chat = self.chat_id(chat) if isinstance(chat, int) else None
@@ -339,6 +343,10 @@ class BotApi:
             try:
                 return await self._post(method, body, http_timeout)
             except RateLimited as limited:
+                if not wait_out_rate_limits:
+                    if paced:
+                        self._pacer.pause(chat, limited.retry_after)
+                    raise
                 if attempt == self._max_attempts or limited.retry_after > self._max_retry_after:
                     raise
                 log.warning(
@@ -444,6 +452,8 @@ class BotApi:
         parse_mode: str | None = None,
         thread_id: int | None = None,
         reply_to: int | None = None,
+        silent: bool = False,
+        wait_out_rate_limits: bool = True,
     ) -> Mapping[str, Any]:
         reply = (
             {"message_id": reply_to, "allow_sending_without_reply": True}
@@ -459,8 +469,10 @@ class BotApi:
                 "message_thread_id": thread_id,
                 "reply_parameters": reply,
                 "link_preview_options": {"is_disabled": True},
+                "disable_notification": True if silent else None,
             },
             paced=True,
+            wait_out_rate_limits=wait_out_rate_limits,
         )
         return result if isinstance(result, Mapping) else {}
 

@@ -5,8 +5,10 @@ Rules (design §8):
 1. An update is recorded before Telegram hears that it arrived: the webhook answers 200
    only after the record is stored, and the poller asks for the next batch (which confirms
    this one) only after the batch, its de-duplication marks and the new offset are stored,
-   all in one ``put_channel_records`` call. A crash after the acknowledgement loses nothing:
-   the next start handles what the inbox still holds.
+   all in one ``insert_channel_records`` call. That call inserts a mark, and the update's
+   inbox record with it, only where the mark is absent, so replicas sharing the store
+   record an update once. A crash after the acknowledgement loses nothing: the next start
+   handles what the inbox still holds.
 2. Each update id is remembered (kind ``seen``) for a window (a day by default: Telegram
    keeps updates at most that long). An id already seen is acknowledged and not handled
    again. Ids are compared exactly, never as "older than the last one", because Telegram
@@ -94,34 +96,41 @@ class Inbox:
             fresh.append((key, update, parsed))
         self._known.update(key for key, _, _ in fresh)
         try:
-            new = []
-            for key, update, parsed in fresh:
-                if await store.get_channel_record(self._channel, SEEN, key) is None:
-                    new.append((key, update, parsed))
             now = self._host.now()
-            records = [
-                record
-                for key, update, _ in new
-                for record in (
-                    ChannelRecord(self._channel, INBOX, key, dict(update), created_at=now),
-                    ChannelRecord(
-                        self._channel,
-                        SEEN,
-                        key,
-                        {},
-                        created_at=now,
-                        expires_at=now + self._dedupe_seconds,
-                    ),
+            # One transaction: each fresh update's ``seen`` mark is inserted only if absent
+            # and, when it is, the update's inbox record with it; the poller's offset is
+            # written regardless. So exactly one replica (or one delivery of a repeated
+            # update) records an update, and the store's answer names the new ones.
+            marks = [
+                ChannelRecord(
+                    self._channel,
+                    SEEN,
+                    key,
+                    {},
+                    created_at=now,
+                    expires_at=now + self._dedupe_seconds,
                 )
+                for key, _, _ in fresh
             ]
-            if offset is not None:
-                records.append(
+            payloads = {
+                key: [ChannelRecord(self._channel, INBOX, key, dict(update), created_at=now)]
+                for key, update, _ in fresh
+            }
+            cursor = (
+                [
                     ChannelRecord(
                         self._channel, CURSOR, OFFSET_KEY, {"offset": offset}, created_at=now
                     )
-                )
-            if records:
-                await store.put_channel_records(records)
+                ]
+                if offset is not None
+                else []
+            )
+            inserted = (
+                await store.insert_channel_records(marks, companions=payloads, put=cursor)
+                if marks or cursor
+                else set()
+            )
+            new = [(key, update, parsed) for key, update, parsed in fresh if key in inserted]
         except BaseException:
             self._known.difference_update(key for key, _, _ in fresh)
             raise

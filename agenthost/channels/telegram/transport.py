@@ -32,7 +32,8 @@ from starlette.routing import BaseRoute, Route
 from agenthost.backends.bodies import BodyTooLarge, OversizedBodyResponse, read_limited
 from agenthost.backends.channel import INHERIT, Channel, HostServices, Inherit
 from agenthost.backends.host import ConfigurationError
-from agenthost.channels.telegram import codec, media
+from agenthost.backends.push import PushMessage, PushOutcome
+from agenthost.channels.telegram import codec, media, pushes
 from agenthost.channels.telegram.api import (
     DEFAULT_API_BASE_URL,
     BadRequest,
@@ -48,6 +49,7 @@ from agenthost.channels.telegram.replies import Reply
 from agenthost.sansio_core.authorization import Allowlist
 from agenthost.sansio_core.commands import CommandReply
 from agenthost.sansio_core.link_policy import DEFAULT_TIER
+from agenthost.sansio_core.routing import Destination
 from agenthost.sansio_core.turns import (
     RefusalReason,
     TurnCompleted,
@@ -58,6 +60,7 @@ from agenthost.sansio_core.turns import (
 from agenthost.sansio_core.types import (
     ChannelCommand,
     ContentPart,
+    ContinuationToken,
     ConversationScope,
     MultitaskStrategy,
     TextPart,
@@ -83,6 +86,7 @@ _REFUSALS = {
     RefusalReason.SESSION_NOT_FOUND: "There is no conversation to continue here.",
 }
 _FAILED = "Sorry, something went wrong while answering. Please try again."
+_ACKNOWLEDGED = "Got it. The answer will be delivered where you asked for it."
 
 
 class TelegramChannel(Channel):
@@ -97,6 +101,9 @@ class TelegramChannel(Channel):
     described in text instead). ``api_base_url`` points the channel at another Bot API
     server (a local one, or a test fake). ``commands`` are the application's own commands
     for the menu (they reach the target as text); the host's commands are added.
+
+    The channel can push (``ChannelPush``): a delivery goes to the chat the user was last
+    seen in (a forum topic included), rendered like a reply; see ``telegram.pushes``.
 
     Several replicas of one bot must share ``secret_token`` and ``file_url_key`` (each
     start registers the webhook with its secret, and any replica may serve a file URL);
@@ -315,6 +322,17 @@ class TelegramChannel(Channel):
         if self._inbox is not None:
             await self._inbox.wait_idle()
 
+    # --- pushing (ChannelPush) --------------------------------------------------------
+
+    push_is_idempotent = False  # Telegram does not drop a repeated send
+
+    async def push(self, destination: Destination, message: PushMessage) -> PushOutcome:
+        """Send a delivery to the destination's chat (see ``pushes``)."""
+        api = self._api
+        if api is None:
+            return PushOutcome.transient("the telegram channel has not started")
+        return await pushes.push(api, destination, message, parse_mode=self.parse_mode)
+
     # --- inbound -----------------------------------------------------------------------
 
     async def _webhook(self, request: Request) -> Response:
@@ -424,7 +442,11 @@ class TelegramChannel(Channel):
         reply = Reply(api, parsed, parse_mode=self.parse_mode, stream_interval=self.stream_interval)
         async with anyio.create_task_group() as tasks:
             tasks.start_soon(reply.keep_typing, self.typing_delay)
-            outcome = await host.run(request, on_update=reply.on_update if self.stream else None)
+            # A run the hook sends elsewhere comes back as a continuation token: the chat gets
+            # a short acknowledgement, and the reply goes where it was sent.
+            outcome = await host.run_or_continue(
+                request, on_update=reply.on_update if self.stream else None
+            )
             tasks.cancel_scope.cancel()
         await _answer(reply, outcome)
 
@@ -521,7 +543,10 @@ class TelegramChannel(Channel):
             )
 
 
-async def _answer(reply: Reply, outcome: TurnOutcome) -> None:
+async def _answer(reply: Reply, outcome: TurnOutcome | ContinuationToken) -> None:
+    if isinstance(outcome, ContinuationToken):
+        await reply.send_plain(_ACKNOWLEDGED)
+        return
     if isinstance(outcome, TurnCompleted):
         result = outcome.result
         if isinstance(result.result, CommandReply):

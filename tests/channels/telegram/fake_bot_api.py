@@ -15,7 +15,8 @@ It implements the methods the channel uses with the answers the Bot API document
   ``parameters.retry_after``), :attr:`blocked` (403 "bot was blocked by the user"),
   :attr:`migrations` (400 with ``parameters.migrate_to_chat_id``),
   :attr:`reject_formatting` (the next formatted messages, not drafts, are refused as
-  unparseable);
+  unparseable), :attr:`missing_chats` (400 "chat not found") and :attr:`server_errors`
+  (the next calls are answered 502);
 - updates reach the bot by webhook (:meth:`deliver`, with the registered secret, another
   one, or none) or through ``getUpdates`` (:meth:`enqueue`).
 """
@@ -95,6 +96,8 @@ class FakeBotApi:
         self.blocked: set[int] = set()
         self.migrations: dict[int, int] = {}
         self.reject_formatting = 0
+        self.missing_chats: set[int] = set()
+        self.server_errors = 0
         self._rate_limits: list[RateLimit] = []
         # getUpdates
         self._queue: list[dict[str, Any]] = []
@@ -189,6 +192,9 @@ class FakeBotApi:
         try:
             if handler is None:
                 raise ApiError(404, "Not Found")
+            if self.server_errors > 0:
+                self.server_errors -= 1
+                raise ApiError(502, "Bad Gateway")
             self._check_rate_limit(method, params)
             result = await handler(params)
         except ApiError as error:
@@ -390,6 +396,8 @@ class FakeBotApi:
                 "Bad Request: group chat was upgraded to a supergroup chat",
                 migrate_to_chat_id=self.migrations[chat_id],
             )
+        if chat_id in self.missing_chats:
+            raise ApiError(400, "Bad Request: chat not found")
         if chat_id in self.blocked:
             raise ApiError(403, "Forbidden: bot was blocked by the user")
         return chat_id

@@ -314,12 +314,19 @@ async def test_commands_menu_with_the_applications_own_commands(tmp_path: Path, 
                 command_languages={"de": {"weather": "Das Wetter heute"}},
             ),
         ):
+            # No linker: the host's /new and /help (always there), then the application's.
+            host_commands = [
+                {"command": "new", "description": "Start a new conversation"},
+                {"command": "help", "description": "List the commands"},
+            ]
             for scope in ("all_private_chats", "all_group_chats"):
                 assert fake.commands[(scope, "")] == [
-                    {"command": "weather", "description": "Today's weather"}
+                    *host_commands,
+                    {"command": "weather", "description": "Today's weather"},
                 ]
                 assert fake.commands[(scope, "de")] == [
-                    {"command": "weather", "description": "Das Wetter heute"}
+                    *host_commands,
+                    {"command": "weather", "description": "Das Wetter heute"},
                 ]
 
 

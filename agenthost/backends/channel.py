@@ -95,6 +95,17 @@ class HostServices(Protocol):
         protocol_request: Any = None,
     ) -> TurnOutcome: ...
 
+    async def run_or_continue(
+        self,
+        request: ChannelRequest,
+        *,
+        on_update: UpdateSink | None = None,
+        protocol_request: Any = None,
+    ) -> TurnOutcome | ContinuationToken:
+        """``run``, or a background run's token when the reply is pushed elsewhere (a
+        target set by a trusted caller or by the ``run_hook``); see ``Host.run_or_continue``."""
+        ...
+
     async def run_in_background(
         self, request: ChannelRequest, *, protocol_request: Any = None
     ) -> ContinuationToken | TurnRefused: ...

@@ -17,7 +17,7 @@ from agenthost.backends.channel import INHERIT, Channel
 from agenthost.backends.linking import IdentityLinker
 from agenthost.sansio_core import authorization
 from agenthost.sansio_core.authorization import AccessSettings, Allowlist, ChannelAccess
-from agenthost.sansio_core.commands import LINK_COMMANDS, CommandCatalog
+from agenthost.sansio_core.commands import CommandCatalog, host_commands
 from agenthost.sansio_core.link_policy import AllowAllLinks, LinkPolicy, LinkRules
 
 
@@ -82,7 +82,7 @@ def identity_configuration(
         )
     rules = LinkRules(policy, {channel.name: channel.confidentiality_tier for channel in channels})
     catalog = CommandCatalog(
-        LINK_COMMANDS if linkers else (),
+        host_commands(can_link=bool(linkers)),
         frozenset(channel.name for channel in channels if not channel.offers_link_commands),
     )
     return IdentityConfiguration(AccessSettings(default, per_channel), catalog, rules, linkers)

@@ -89,9 +89,10 @@ class Host:
     ``(channel, native_id)``, issued and stored the first time it is seen) with the
     application's: it answers a key, or ``None`` to refuse. ``linker`` (one
     ``IdentityLinker`` or several, e.g. ``OneTimeCodeLinker()``) lets users link their
-    identities; with one, ``/link``, ``/unlink``, ``/new`` and ``/help`` join every
-    channel's commands. ``allowlist`` (``None``: open) and ``require_link`` are the
-    defaults the channels inherit; they are checked on every message. ``link_policy``
+    identities; with one, ``/link`` and ``/unlink`` join every channel's commands
+    (``/new`` and ``/help`` are there always). ``allowlist`` (``None``: open) and
+    ``require_link`` are the defaults the channels inherit; they are checked on every
+    message. ``link_policy``
     (default ``AllowAllLinks()``) decides which channels may be linked, from their
     ``confidentiality_tier``. Settings that cannot work raise ``ConfigurationError`` here.
 
@@ -393,6 +394,73 @@ class Host:
         if isinstance(outcome, turns.TurnCompleted) and not chosen.response_target.is_originating:
             await self._push_foreground_reply(run_id, chosen, outcome)
         return outcome
+
+    async def run_or_continue(
+        self,
+        request: ChannelRequest,
+        *,
+        on_update: UpdateSink | None = None,
+        protocol_request: Any = None,
+    ) -> turns.TurnOutcome | ContinuationToken:
+        """Like :meth:`run`, for a wire that can answer with a continuation token.
+
+        When the request's target is not ``originating`` (set on the wire: only for a
+        trusted caller, see ``trust_wire_targets``), or the ``run_hook`` chooses such a
+        target, the turn is not run here: it becomes a background run and its
+        ``ContinuationToken`` is returned at once; the worker runs it (the hook again
+        first, as for every background run) and pushes the reply. Otherwise the turn
+        runs in the foreground and its outcome is returned. A command is answered at once.
+        """
+        worker = self._require_running()
+        if not request.response_target.is_originating:
+            return await self.run_in_background(request, protocol_request=protocol_request)
+        token = f"run_{self._new_id()}"
+        now = self._clock()
+        command = commands.command_of(
+            request, self._turn_settings.commands, self._bot_names.get(request.channel)
+        )
+        if command is not None:
+            answered = await self._interpreter.drive(
+                turns.run_command(
+                    request, command, run_id=token, now=now, settings=self._turn_settings
+                )
+            )
+            _log_outcome(token, request.channel, answered)
+            return answered
+        resolved = await self._interpreter.drive(
+            turns.resolve_turn(request, run_id=token, now=now, settings=self._turn_settings),
+            protocol_request=protocol_request,
+        )
+        if isinstance(resolved, turns.TurnRefused):
+            _log_outcome(token, request.channel, resolved)
+            return resolved
+        if resolved.request.response_target.is_originating:
+            outcome = await self._interpreter.drive(
+                turns.execute_turn(
+                    resolved, run_id=token, now=self._clock(), settings=self._turn_settings
+                ),
+                on_update=on_update,
+                protocol_request=protocol_request,
+            )
+            _log_outcome(token, request.channel, outcome)
+            return outcome
+        # The hook chose where the reply goes: the wire gets the token, the target the push.
+        record = background.new_run(
+            token=token,
+            request=request,  # as it arrived: the hook runs again when the run starts
+            isolation_key=resolved.session_ref.isolation_key,
+            session_id=resolved.session_ref.session_id,
+            session_key=resolved.session_ref.key,
+            now=now,
+            max_attempts=self._background_max_attempts,
+        )
+        await self.store.create_run(record)
+        worker.submit(token)
+        log.info(
+            "run continued in the background",
+            extra={"token": token, "channel": request.channel},
+        )
+        return record.to_token()
 
     async def _push_foreground_reply(
         self, run_id: str, request: ChannelRequest, outcome: turns.TurnCompleted

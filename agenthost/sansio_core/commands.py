@@ -1,4 +1,5 @@
-"""The host's command catalog: ``/link``, ``/unlink``, ``/new`` and ``/help`` on every channel.
+"""The host's command catalog: ``/new`` and ``/help`` on every channel, ``/link`` and
+``/unlink`` too when the host can link.
 
 Rules:
 
@@ -11,8 +12,10 @@ Rules:
    to a user who must link first; a denied user gets the denial, whatever the command.
 4. A link challenge is never shown in a group conversation: ``/link`` there (with or
    without a code) answers "write to me directly" and neither issues nor completes.
-5. The link commands join every channel's catalog when the host can link; a channel may
-   opt out (``offers_link_commands = False``), and then its messages all go to the target.
+5. ``/new`` and ``/help`` are in every channel's catalog; ``/link`` and ``/unlink`` join
+   it only when the host can link (without a linker ``/link`` is a message for the
+   target). A channel may opt out of them all (``offers_link_commands = False``), and
+   then its messages all go to the target.
 
 The generator that performs a command lives with the turns (``turns.run_command``); this
 module parses, holds the catalog and words the answers.
@@ -47,16 +50,30 @@ class CommandSpec:
     usage: str
 
 
-LINK_COMMANDS = (
+LINKING_COMMANDS = (
     CommandSpec(
         LINK,
         "Link this account with your account elsewhere, so both share one conversation",
         "/link (get a code) or /link CODE (use a code)",
     ),
     CommandSpec(UNLINK, "Unlink this account from your other accounts", "/unlink"),
+)
+
+#: In every channel's catalog, whether or not the host can link.
+SESSION_COMMANDS = (
     CommandSpec(NEW, "Start a new conversation", "/new"),
     CommandSpec(HELP, "List the commands", "/help"),
 )
+
+#: The whole catalog of a host that can link.
+LINK_COMMANDS = LINKING_COMMANDS + SESSION_COMMANDS
+
+
+def host_commands(*, can_link: bool) -> tuple[CommandSpec, ...]:
+    """The host's commands: ``/new`` and ``/help`` always, ``/link`` and ``/unlink`` with a
+    linker (rule 5)."""
+    return LINK_COMMANDS if can_link else SESSION_COMMANDS
+
 
 # Open to a user who has to link before anything else.
 _OPEN_BEFORE_LINKING = frozenset({LINK, HELP})

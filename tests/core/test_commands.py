@@ -5,6 +5,7 @@ does through ``run_turn`` (``/link`` twice makes one conversation, ``/unlink`` l
 
 from __future__ import annotations
 
+import attrs
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -13,10 +14,12 @@ from agenthost.sansio_core import effects as fx
 from agenthost.sansio_core.authorization import NativeIdAllowlist
 from agenthost.sansio_core.commands import (
     LINK_COMMANDS,
+    NEW_CONVERSATION,
     CommandCatalog,
     CommandReply,
     ParsedCommand,
     command_of,
+    host_commands,
     parse,
 )
 from agenthost.sansio_core.link_codes import AttemptLimit, CodeLimits
@@ -199,6 +202,41 @@ def test_new_rotates_the_conversation_and_keeps_the_old_one() -> None:
     (run,) = driven.of_type(fx.RunTarget)
     assert run.session_state is None
     assert world.sessions[old.session_id].state == {"inputs": ["first"]}
+
+
+def test_new_and_help_are_commands_without_a_linker() -> None:
+    """Without a linker the catalog is ``/new`` and ``/help``: ``/new`` still rotates the
+    conversation and never reaches the target; ``/link`` is a message for the target."""
+    assert [spec.name for spec in host_commands(can_link=False)] == ["new", "help"]
+    assert [spec.name for spec in host_commands(can_link=True)] == [
+        "link",
+        "unlink",
+        "new",
+        "help",
+    ]
+    unlinkable = attrs.evolve(
+        settings_for(None, can_link=False),
+        commands=CommandCatalog(host_commands(can_link=False)),
+    )
+    world = IdentityWorld()
+    world.turn(message("first", ALICE_CHAT), unlinkable)
+    old = world.direct_session(ALICE_CHAT)
+    assert old is not None
+
+    new = world.turn(message("/new", ALICE_CHAT), unlinkable)
+    assert new.of_type(fx.RunTarget) == []
+    assert len(new.of_type(fx.RotateSession)) == 1
+    assert reply(new.outcome) == NEW_CONVERSATION
+    (run,) = world.turn(message("second", ALICE_CHAT), unlinkable).of_type(fx.RunTarget)
+    assert run.session_state is None
+
+    helped = reply(world.turn(message("/help", ALICE_CHAT), unlinkable).outcome)
+    assert "/new" in helped and "/help" in helped
+    assert "/link" not in helped and "/unlink" not in helped
+
+    linked = world.turn(message("/link", ALICE_CHAT), unlinkable)
+    assert len(linked.of_type(fx.RunTarget)) == 1  # not a command here: the target's
+    assert not isinstance(linked.outcome.result.result, CommandReply)
 
 
 def test_unlink_answers_and_separates() -> None:

@@ -14,6 +14,7 @@ import pytest
 from agenthost import (
     ChannelIdentity,
     ChannelRequest,
+    ContinuationToken,
     Host,
     HostMessage,
     RefusalReason,
@@ -25,6 +26,7 @@ from agenthost.backends.outbox import DeliveryContext
 from agenthost.backends.push import PushMessage, PushOutcome
 from agenthost.sansio_core.delivery import Delivery, DeliveryStatus
 from agenthost.sansio_core.routing import Destination
+from agenthost.sansio_core.types import RunStatus
 from agenthost.stores.memory import MemoryStore
 from tests.delivery.receiver import PushChat
 
@@ -104,6 +106,46 @@ async def test_a_run_hook_may_choose_a_target_for_a_foreground_run(tmp_path: Pat
         assert isinstance(outcome, TurnCompleted)  # answered on its own wire...
         await settled(host, 1)
     # ...and pushed where the hook said, but not again to the wire that answered it
+    assert other.texts() == ["answer to hello"]
+    assert chat.texts() == []
+
+
+async def test_run_or_continue_answers_a_token_when_the_hook_chooses_a_target(
+    tmp_path: Path,
+) -> None:
+    def to_other(request: ChannelRequest, **_: Any) -> ChannelRequest:
+        if request.input[-1].text == "stay":
+            return request
+        return attrs.evolve(request, response_target=ResponseTarget.channel("other"))
+
+    chat, other = PushChat("chat"), PushChat("other")
+    host = make_host(tmp_path, chat, other, run_hook=to_other)
+    async with host.running():
+        alice_2 = ChannelIdentity("other", "alice-2")
+        await host.run(said("stay", channel="other", identity=alice_2))
+        await host.link_identities(alice_2, ALICE)
+
+        stayed = await host.run_or_continue(said("stay"))
+        assert isinstance(stayed, TurnCompleted)
+        assert stayed.result.text == "answer to stay"
+
+        helped = await host.run_or_continue(said("/help"))  # a command: answered at once
+        assert isinstance(helped, TurnCompleted)
+        assert "/new" in helped.result.text
+
+        token = await host.run_or_continue(said("hello"))
+        assert isinstance(token, ContinuationToken)
+        await settled(host, 1)
+        polled = await host.get_continuation(token.token)
+        assert polled is not None and polled.status is RunStatus.COMPLETED
+        assert (polled.result or {})["text"] == "answer to hello"
+
+        # A target on the wire still needs a trusted caller.
+        refused = await host.run_or_continue(
+            said("wired", response_target=ResponseTarget.all_linked())
+        )
+        assert isinstance(refused, TurnRefused)
+        assert refused.reason is RefusalReason.TARGET_NOT_ALLOWED
     assert other.texts() == ["answer to hello"]
     assert chat.texts() == []
 

@@ -139,8 +139,11 @@ def test_a_complete_configuration_resolves_inherit_and_catalogs(tmp_path: Path) 
     assert made.command_catalog("quiet") == ()
 
 
-def test_without_a_linker_there_are_no_host_commands(tmp_path: Path) -> None:
-    assert host(tmp_path, [InvocationsChannel()]).command_catalog("invocations") == ()
+def test_without_a_linker_only_new_and_help_are_host_commands(tmp_path: Path) -> None:
+    quiet = Plain("quiet", offers_link_commands=False, allowlist=None)
+    made = host(tmp_path, [InvocationsChannel(), quiet])
+    assert [c.name for c in made.command_catalog("invocations")] == ["new", "help"]
+    assert made.command_catalog("quiet") == ()
 
 
 def test_a_linker_belongs_to_one_host(tmp_path: Path) -> None:

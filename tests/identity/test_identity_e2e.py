@@ -265,6 +265,27 @@ async def test_commands_never_reach_the_agent(tmp_path: Path) -> None:
         assert target.calls == 1
 
 
+async def test_new_and_help_work_without_a_linker(tmp_path: Path) -> None:
+    """No linker: ``/new`` and ``/help`` are still the host's, ``/link`` is the target's."""
+    target = Counting()
+    async with serving(tmp_path, target=target, linker=None) as client:
+        assert await on_invocations(client, "ada", "first") == "first"
+        assert await on_invocations(client, "ada", "second") == "first | second"
+
+        assert "new conversation" in await on_invocations(client, "ada", "/new")
+        assert target.calls == 2  # /new never reached the target
+        assert await on_invocations(client, "ada", "fresh") == "fresh"
+
+        helped = await on_invocations(client, "ada", "/help")
+        assert "/new" in helped and "/help" in helped
+        assert "/link" not in helped and "/unlink" not in helped
+        assert target.calls == 3
+
+        # Without a linker /link is not a command: the target answers it.
+        assert await on_invocations(client, "ada", "/link") == "fresh | /link"
+        assert target.calls == 4
+
+
 async def test_a_background_command_is_answered_at_once(tmp_path: Path) -> None:
     target = Counting()
     async with serving(tmp_path, target=target) as client:

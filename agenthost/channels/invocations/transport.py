@@ -36,6 +36,7 @@ from agenthost.sansio_core.types import (
     ChannelIdentity,
     ChannelRequest,
     ChannelSession,
+    ContinuationToken,
     MultitaskStrategy,
 )
 
@@ -180,7 +181,11 @@ class _Handlers:
             return await self._start_background(channel_request, request, headers)
         if body.stream:
             return self._stream(channel_request, request, invocation, headers)
-        outcome = await self._host.run(channel_request, protocol_request=request)
+        # When the run hook sends the reply elsewhere, the run continues in the background
+        # and this wire answers 202 with the poll URL, like a background request.
+        outcome = await self._host.run_or_continue(channel_request, protocol_request=request)
+        if isinstance(outcome, ContinuationToken):
+            return self._accepted(outcome, headers)
         return _render_outcome(outcome, invocation, headers)
 
     async def poll(self, request: Request) -> Response:
@@ -221,9 +226,12 @@ class _Handlers:
         answer = await self._host.run_in_background(channel_request, protocol_request=request)
         if isinstance(answer, TurnRefused):
             return _refusal(answer, headers)
-        poll_url = self._poll_url(answer.token)
+        return self._accepted(answer, headers)
+
+    def _accepted(self, token: ContinuationToken, headers: dict[str, str]) -> Response:
+        poll_url = self._poll_url(token.token)
         return JSONResponse(
-            codec.token_body(answer, poll_url=poll_url),
+            codec.token_body(token, poll_url=poll_url),
             status_code=202,
             headers={**headers, "location": poll_url},
         )

@@ -97,6 +97,12 @@ class ResponsesChannel(Channel):
     retrieved) and forwarded in ``attributes["store"]``; the session snapshot is still
     saved, since continuing with ``previous_response_id`` (which WebSocket mode relies on)
     needs it. A ``run_hook`` can make such runs stateless with ``SessionMode.DISABLED``.
+
+    The channel reads no ``response_target`` from the wire. When a ``run_hook`` sends the
+    reply elsewhere (a non-``originating`` target), a plain ``create`` is answered with a
+    background response (``queued``, ``background: true``) whose ``retrieve`` shows the
+    result once the run completes, and the reply is pushed (``Host.run_or_continue``). A
+    streamed or WebSocket ``create`` is still answered on its wire, and pushed too.
     """
 
     def __init__(
@@ -303,7 +309,14 @@ class _Service:
             return await self._start_background(turn, request)
         if create.stream:
             return self._stream(turn, request)
-        outcome = await self.host.run(turn.request, protocol_request=request)
+        answer = await self.host.run_or_continue(turn.request, protocol_request=request)
+        if isinstance(answer, ContinuationToken):
+            # The run_hook sent the reply elsewhere: this wire answers with a background
+            # response the caller can poll, as if it had asked for ``background``.
+            response = dict(turn.request.attributes["response_object"])
+            await self._record_background(turn, answer, response)
+            return _json(response)
+        outcome = answer
         response = self._finished_response(turn, outcome)
         await self._save_turn(turn, response, outcome)
         return _json(response)
@@ -352,11 +365,14 @@ class _Service:
             "instructions": create.instructions,
             "extra_fields": dict(create.extra),
         }
-        if create.background:
-            # Stored with the run: the worker renders its events from the response, and
-            # takes the conversation items it hands the target off the waiting list.
-            attributes["response_object"] = response
-            attributes["conversation_items_taken"] = [str(item["id"]) for item in pending]
+        # Stored with a background run: the worker renders its events from the response,
+        # and takes the conversation items it hands the target off the waiting list. A
+        # foreground request carries them too: a run_hook that sends its reply elsewhere
+        # turns it into a background run (answered queued, with ``background: true``).
+        attributes["response_object"] = (
+            response if create.background else {**response, "status": "queued", "background": True}
+        )
+        attributes["conversation_items_taken"] = [str(item["id"]) for item in pending]
         channel_request = ChannelRequest(
             channel=self.channel.name,
             identity=ChannelIdentity(self.channel.name, caller, attributes=hints),
@@ -521,14 +537,23 @@ class _Service:
         answer = await self.host.run_in_background(turn.request, protocol_request=request)
         if isinstance(answer, TurnRefused):
             raise _refusal_error(answer, turn.create)
+        await self._record_background(turn, answer, turn.response)
+        if not turn.create.stream:
+            return _json(turn.response)
+        return self._follow(turn.response_id, turn.caller, starting_after=-1)
+
+    async def _record_background(
+        self, turn: _Turn, token: ContinuationToken, response: Mapping[str, Any]
+    ) -> None:
+        """Store a background response (its record, input items and opening events)."""
         rid, caller = turn.response_id, turn.caller
-        machine = events.ResponseEvents(turn.response, new_id=new_id)
+        machine = events.ResponseEvents(response, new_id=new_id)
         opening = machine.created()  # response.created and response.queued: 0 and 1
         value = {
             "stored": True,
             "background": True,
-            "response": turn.response,
-            "token": answer.token,
+            "response": response,
+            "token": token.token,
             "conversation": turn.create.conversation_id,
         }
         batch = [self.records.record(records.RESPONSE, rid, value, caller)]
@@ -541,9 +566,6 @@ class _Service:
         batch += self.records.event_records(rid, opening, caller)
         await self.records.put(batch)
         self.log.wake(rid)
-        if not turn.create.stream:
-            return _json(turn.response)
-        return self._follow(rid, caller, starting_after=-1)
 
     def background_updates(self, record: RunRecord) -> UpdateSink | None:
         rid = record.request.attributes.get("response_id")
@@ -1009,10 +1031,24 @@ def _refusal_error(outcome: TurnRefused, create: CreateRequest) -> ResponsesErro
             "Another response is running in this conversation; try again when it has finished.",
             code="conversation_busy",
         )
-    # Denied, or must link first: the host's message, bland for a denial, and nothing else.
-    code = "link_required" if outcome.reason is RefusalReason.LINK_REQUIRED else "forbidden"
-    message = outcome.user_message or "This caller may not use this agent."
-    return ResponsesError(403, message, type="permission_error", code=code)
+    # Denied, must link first, ...: the host's message (bland for a denial) or this
+    # channel's, and nothing else.
+    code, message = _FORBIDDEN[outcome.reason]
+    return ResponsesError(403, outcome.user_message or message, type="permission_error", code=code)
+
+
+_FORBIDDEN: dict[RefusalReason, tuple[str, str]] = {
+    RefusalReason.IDENTITY_REFUSED: ("forbidden", "This caller may not use this agent."),
+    RefusalReason.DENIED: ("forbidden", "This caller may not use this agent."),
+    RefusalReason.LINK_REQUIRED: ("link_required", "Link this account first: send /link."),
+    RefusalReason.TARGET_NOT_ALLOWED: (
+        "target_not_allowed",
+        "This caller may not choose where the reply is delivered.",
+    ),
+    # Answered above with their own status; here so that every reason has an entry.
+    RefusalReason.SESSION_NOT_FOUND: ("not_found", "No session matches this request."),
+    RefusalReason.SESSION_BUSY: ("conversation_busy", "The conversation is busy."),
+}
 
 
 def _sse(batch: Sequence[Mapping[str, Any]]) -> bytes:

@@ -384,12 +384,15 @@ class MemoryStore(Store):
 
     async def apply_run_event(self, token: str, event: RunEvent) -> RunRecord:
         with self._lock:
-            record = self._runs.get(token)
-            if record is None:
-                raise RunNotFound(token)
-            new = background.apply(record, event)
-            self._runs[token] = new
-            return new
+            return self._apply_run_event(token, event)
+
+    def _apply_run_event(self, token: str, event: RunEvent) -> RunRecord:
+        record = self._runs.get(token)
+        if record is None:
+            raise RunNotFound(token)
+        new = background.apply(record, event)
+        self._runs[token] = new
+        return new
 
     async def list_runs(self, statuses: Iterable[RunStatus]) -> list[RunRecord]:
         wanted = set(statuses)
@@ -426,11 +429,7 @@ class MemoryStore(Store):
         self, token: str, event: RunEvent, deliveries: Sequence[Delivery]
     ) -> RunRecord:
         with self._lock:
-            record = self._runs.get(token)
-            if record is None:
-                raise RunNotFound(token)
-            new = background.apply(record, event)
-            self._runs[token] = new
+            new = self._apply_run_event(token, event)
             self._insert_deliveries(deliveries)
             return new
 

@@ -692,16 +692,7 @@ class SQLiteStore(Store):
     async def apply_run_event(self, token: str, event: RunEvent) -> RunRecord:
         def work(conn: sqlite3.Connection) -> RunRecord:
             with _transaction(conn):
-                record = _select_run(conn, token)
-                if record is None:
-                    raise RunNotFound(token)
-                new = background.apply(record, event)
-                conn.execute(
-                    "UPDATE runs SET status = ?, created_at = ?, expires_at = ?,"
-                    " lease_expires_at = ?, record = ? WHERE token = ?",
-                    (*_run_row(new)[1:], token),
-                )
-                return new
+                return _apply_run_event(conn, token, event)
 
         return await self._run(work)
 
@@ -781,15 +772,7 @@ class SQLiteStore(Store):
 
         def work(conn: sqlite3.Connection) -> RunRecord:
             with _transaction(conn):
-                record = _select_run(conn, token)
-                if record is None:
-                    raise RunNotFound(token)
-                new = background.apply(record, event)
-                conn.execute(
-                    "UPDATE runs SET status = ?, created_at = ?, expires_at = ?,"
-                    " lease_expires_at = ?, record = ? WHERE token = ?",
-                    (*_run_row(new)[1:], token),
-                )
+                new = _apply_run_event(conn, token, event)
                 _insert_deliveries(conn, rows)
                 return new
 
@@ -1330,6 +1313,20 @@ def _run_row(record: RunRecord) -> tuple[Any, ...]:
         record.lease_expires_at,
         codec.dump_run(record),
     )
+
+
+def _apply_run_event(conn: sqlite3.Connection, token: str, event: RunEvent) -> RunRecord:
+    """Inside a transaction: load the run, apply the core's transition, write it back."""
+    record = _select_run(conn, token)
+    if record is None:
+        raise RunNotFound(token)
+    new = background.apply(record, event)
+    conn.execute(
+        "UPDATE runs SET status = ?, created_at = ?, expires_at = ?,"
+        " lease_expires_at = ?, record = ? WHERE token = ?",
+        (*_run_row(new)[1:], token),
+    )
+    return new
 
 
 def _select_run(conn: sqlite3.Connection, token: str) -> RunRecord | None:

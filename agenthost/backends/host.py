@@ -610,14 +610,19 @@ class Host:
     ) -> list[Delivery]:
         """Push ``message`` to a user from application code (default target ``active``).
 
-        The deliveries are routed like a reply (the user's own identities only, channels
-        that can push) and go through the durable outbox; the scheduled ones are returned.
-        A target that finds no destination delivers nothing.
+        The message is first recorded in the user's direct session as an assistant turn
+        (``turns.record_proactive_message``: it waits for a run in progress there), so later
+        turns see it in the history. The deliveries are then routed like a reply (the user's
+        own identities only, channels that can push) and go through the durable outbox; the
+        scheduled ones are returned. A target that finds no destination delivers nothing.
         """
         target = target or ResponseTarget.active()
         if target.is_originating:
             raise ValueError("a proactive message has no originating wire: choose a target")
         key = f"msg_{self._new_id()}"
+        await self._interpreter.drive(
+            turns.record_proactive_message(isolation_key, message, run_id=key, now=self._clock())
+        )
         plan = await self._router.plan_message(
             key_prefix=key,
             isolation_key=isolation_key,

@@ -190,6 +190,8 @@ class TurnInterpreter:
             return self._track(guard, answer)
         if isinstance(effect, fx.RunTarget):
             return await self._run_target(effect, guard, on_update)
+        if isinstance(effect, fx.AppendAssistantMessage):
+            return await self._target.append_assistant_message(effect.state, effect.text)
         if isinstance(effect, fx.FinishRun):
             saved = await store.finish_run(
                 effect.session_id, effect.run_id, effect.session, self._clock()

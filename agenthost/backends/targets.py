@@ -50,6 +50,17 @@ class TargetAdapter(abc.ABC):
     @abc.abstractmethod
     async def run(self, call: TargetCall) -> TargetSucceeded: ...
 
+    async def append_assistant_message(
+        self, state: Mapping[str, Any] | None, text: str
+    ) -> Mapping[str, Any] | None:
+        """The session state with an assistant message (``Host.deliver``) added to its history.
+
+        ``state`` is the stored state (``None`` for a session never run). The default keeps
+        the state unchanged: a target whose history the host cannot write to does not see
+        proactive messages in later turns.
+        """
+        return state
+
 
 def json_safe(value: Any) -> Any:
     """A JSON-able copy of a framework object (its ``to_dict`` if it has one)."""
@@ -107,6 +118,13 @@ class CallableTarget(TargetAdapter):
         state = {"messages": converter.unstructure([*history, *new_input, reply])}
         return TargetSucceeded(result=text, text=text, new_state=state)
 
+    async def append_assistant_message(
+        self, state: Mapping[str, Any] | None, text: str
+    ) -> Mapping[str, Any] | None:
+        history = converter.structure((state or {}).get("messages", []), list[HostMessage])
+        message = HostMessage(role="assistant", parts=(TextPart(text),))
+        return {**(state or {}), "messages": converter.unstructure([*history, message])}
+
 
 # --- Agent Framework agents ---------------------------------------------------------
 
@@ -160,6 +178,36 @@ class AgentTarget(TargetAdapter):
         new_state = session.to_dict() if session is not None else None
         return TargetSucceeded(result=response, text=response.text or "", new_state=new_state)
 
+    async def append_assistant_message(
+        self, state: Mapping[str, Any] | None, text: str
+    ) -> Mapping[str, Any] | None:
+        """Save the message through the agent's history provider, into the session's state.
+
+        That is the provider that loads history (the framework's default
+        ``InMemoryHistoryProvider`` when the agent has none). A session whose history the
+        service keeps (``service_session_id``) is left unchanged.
+        """
+        session = self._restore(state)
+        if getattr(session, "service_session_id", None):
+            return state
+        await self._bridge.call(self._save_assistant_message, session, text)
+        return dict(session.to_dict())
+
+    async def _save_assistant_message(self, session: Any, text: str) -> None:
+        from agent_framework import Content, HistoryProvider, InMemoryHistoryProvider, Message
+
+        providers = getattr(self._agent, "context_providers", None) or []
+        provider = next(
+            (p for p in providers if isinstance(p, HistoryProvider) and p.load_messages),
+            None,
+        )
+        if provider is None:
+            provider = InMemoryHistoryProvider()
+        message = Message(role="assistant", contents=[Content.from_text(text)])
+        await provider.save_messages(
+            session.session_id, [message], state=session.state.setdefault(provider.source_id, {})
+        )
+
     def _restore(self, state: Mapping[str, Any] | None) -> Any:
         from agent_framework import AgentSession
 
@@ -196,6 +244,8 @@ class WorkflowTarget(TargetAdapter):
     start executor takes ``str``, the text of the last message is passed. Outputs are the
     workflow's yielded outputs. Runs are serialized per workflow instance, since a workflow
     object runs one invocation at a time; the session lease already serializes per session.
+    A proactive message (``Host.deliver``) leaves the state unchanged: a workflow's history
+    is its checkpoints, which the host does not write.
     """
 
     def __init__(self, workflow: Any, bridge: AsyncioBridge, checkpoint_root: Path) -> None:

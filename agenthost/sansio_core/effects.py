@@ -154,6 +154,17 @@ class TargetFailed:
 
 
 @attrs.frozen
+class AppendAssistantMessage:
+    """Append an assistant message to a session's stored state, the way the target keeps its
+    history (``None`` is an empty session). Answer: the new state (``Mapping`` or ``None``).
+    """
+
+    session_ref: SessionRef
+    state: Mapping[str, Any] | None
+    text: str
+
+
+@attrs.frozen
 class FinishRun:
     """Save the session (when ``session`` is given) and release the lease, atomically.
 
@@ -221,6 +232,7 @@ Effect = (
     | AcquireLease
     | WaitForLease
     | RunTarget
+    | AppendAssistantMessage
     | FinishRun
     | BeginLink
     | CompleteLink

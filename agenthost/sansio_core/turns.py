@@ -27,6 +27,10 @@ Rules:
 6. A background run stores the request as it arrived, not as the hook rewrote it (a hook
    may build values no store can keep, such as a workflow's typed input), and
    :func:`start_background_turn` runs the hook again when the run starts.
+9. A proactive message from application code (:func:`record_proactive_message`) is
+   recorded in the user's direct session like a turn: under the session lease (it waits
+   for a run in progress, it never interrupts one), appended by the target's adapter and
+   saved on release, so a later turn sees it in the history.
 
 Each function is a generator: it yields effects from ``effects.py``, receives their answers
 through ``send``, and returns its outcome. Fresh ids are derived from ``run_id`` (fresh
@@ -57,6 +61,7 @@ from agenthost.sansio_core.types import (
     ChannelRequest,
     HostedRunResult,
     MultitaskStrategy,
+    SessionMode,
     SessionRef,
 )
 
@@ -112,6 +117,15 @@ class TurnRefused:
 
 
 TurnOutcome = TurnCompleted | TurnFailed | TurnRefused
+
+
+@attrs.frozen
+class MessageRecorded:
+    """A proactive message was appended to ``session_ref``'s session (``saved`` says if the
+    save landed: it does not when the lease was lost meanwhile)."""
+
+    session_ref: SessionRef
+    saved: bool
 
 
 @attrs.frozen
@@ -247,6 +261,46 @@ def execute_turn(
         to_save = sessions.after_successful_run(record, answer.new_state, finished_at)
     saved: bool = yield fx.FinishRun(ref.session_id, run_id, to_save)
     return _outcome(answer, ref, saved=saved)
+
+
+def record_proactive_message(
+    isolation_key: str, text: str, *, run_id: str, now: float
+) -> Generator[fx.Effect, Any, MessageRecorded]:
+    """Record an assistant message sent from application code in the user's direct session.
+
+    The session is created if the user has none. The lease is taken with ``enqueue`` whatever
+    the host's default, so the message waits for a run in progress instead of stopping it or
+    being refused.
+    """
+    scope = sessions.ScopeKey(isolation_key, sessions.DIRECT)
+    alias = yield fx.LoadAlias(scope)
+    decision = sessions.resolve(
+        SessionMode.AUTO, scope, alias, new_session_id=f"s_{run_id}", now=now
+    )
+    if isinstance(decision, sessions.CreateSession):
+        alias = yield fx.CreateSession(decision.alias, now)
+    elif isinstance(decision, sessions.UseSession):
+        alias = decision.alias
+    else:  # pragma: no cover - an owned scope in ``auto`` always has a session
+        raise AssertionError(f"unexpected session decision {decision!r}")
+    assert alias is not None
+    ref = SessionRef(isolation_key, alias.session_id, None)
+
+    lease: fx.LeaseAnswer = yield fx.AcquireLease(
+        alias.session_id, run_id, MultitaskStrategy.ENQUEUE
+    )
+    while isinstance(lease.decision, leases.Waiting):
+        lease = yield fx.WaitForLease(alias.session_id, run_id, lease.decision.interrupting)
+    if not isinstance(lease.decision, leases.Granted):  # pragma: no cover - enqueue waits
+        raise AssertionError(f"unexpected lease decision {lease.decision!r}")
+
+    record = lease.session
+    to_save = None
+    if record is not None:
+        state = yield fx.AppendAssistantMessage(ref, record.state, text)
+        to_save = sessions.after_successful_run(record, state, now)
+    saved: bool = yield fx.FinishRun(alias.session_id, run_id, to_save)
+    return MessageRecorded(ref, saved)
 
 
 def start_background_turn(

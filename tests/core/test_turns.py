@@ -20,6 +20,7 @@ from agenthost.sansio_core import effects as fx
 from agenthost.sansio_core import leases, sessions
 from agenthost.sansio_core.sessions import DIRECT, ScopeKey, SessionAlias, SessionRecord
 from agenthost.sansio_core.turns import (
+    MessageRecorded,
     RefusalReason,
     ResolvedTurn,
     TurnCompleted,
@@ -28,6 +29,7 @@ from agenthost.sansio_core.turns import (
     TurnRefused,
     TurnSettings,
     execute_turn,
+    record_proactive_message,
     resolve_turn,
     run_turn,
 )
@@ -115,6 +117,8 @@ class World:
             )
         if isinstance(effect, fx.RunTarget):
             return self.target(effect)
+        if isinstance(effect, fx.AppendAssistantMessage):
+            return {"inputs": [*inputs_of(effect.state), f"assistant: {effect.text}"]}
         if isinstance(effect, fx.FinishRun):
             state = self.leases[effect.session_id]
             saved = False
@@ -739,3 +743,104 @@ def test_reset_yields_a_fresh_session_and_old_ones_stay_readable(ops: list[str])
         for session_id, inputs in history.items():
             assert inputs_of(world.sessions[session_id].state) == inputs
     assert world.aliases[(key, DIRECT)].session_id == current
+
+
+# --- proactive messages (Host.deliver) ----------------------------------------------------
+
+
+def record(world: World, isolation_key: str, text: str, run_id: str) -> Driven:
+    return drive(record_proactive_message(isolation_key, text, run_id=run_id, now=world.now), world)
+
+
+def test_a_proactive_message_creates_the_direct_session_of_a_user_who_has_none() -> None:
+    world = World()
+    world.identities[("telegram", "123")] = "ik_alice"
+    driven = record(world, "ik_alice", "Reminder: standup at 10", "msg_1")
+
+    assert driven.kinds == [
+        "LoadAlias",
+        "CreateSession",
+        "AcquireLease",
+        "AppendAssistantMessage",
+        "FinishRun",
+    ]
+    assert driven.of_type(fx.LoadAlias) == [fx.LoadAlias(ScopeKey("ik_alice", DIRECT))]
+    assert driven.of_type(fx.AcquireLease) == [fx.AcquireLease("s_msg_1", "msg_1", ENQUEUE)]
+    (append,) = driven.of_type(fx.AppendAssistantMessage)
+    assert append == fx.AppendAssistantMessage(
+        SessionRef("ik_alice", "s_msg_1", None), None, "Reminder: standup at 10"
+    )
+    assert driven.outcome == MessageRecorded(SessionRef("ik_alice", "s_msg_1", None), saved=True)
+    assert world.leases["s_msg_1"].holder is None
+
+    # the user's next message runs in that session and sees the reminder in its history
+    turn(world, message("thanks"), "r1")
+    session = world.session_of(ALICE)
+    assert session.session_id == "s_msg_1"
+    assert inputs_of(session.state) == ["assistant: Reminder: standup at 10", "thanks"]
+    assert session.turns == 2
+
+
+def test_a_proactive_message_is_appended_to_the_existing_history() -> None:
+    world = World()
+    turn(world, message("hello"), "r1")
+    key = world.identities[("telegram", "123")]
+    driven = record(world, key, "ping", "msg_1")
+
+    assert driven.kinds == ["LoadAlias", "AcquireLease", "AppendAssistantMessage", "FinishRun"]
+    (append,) = driven.of_type(fx.AppendAssistantMessage)
+    assert append.state == {"inputs": ["hello"]}
+    assert isinstance(driven.outcome, MessageRecorded) and driven.outcome.saved
+    assert inputs_of(world.session_of(ALICE).state) == ["hello", "assistant: ping"]
+
+
+def test_a_proactive_message_waits_for_the_run_in_progress_and_never_interrupts_it() -> None:
+    world = World()
+    turn(world, message("hello"), "r1")
+    key = world.identities[("telegram", "123")]
+    world.leases["s_r1"], _ = leases.apply(
+        world.leases["s_r1"], leases.Arrive("other", ENQUEUE, world.now, world.ttl)
+    )
+    gen = record_proactive_message(key, "ping", run_id="msg_1", now=world.now)
+    effect = next(gen)
+    effect = gen.send(world.answer(effect))
+    assert effect == fx.AcquireLease("s_r1", "msg_1", ENQUEUE)
+    effect = gen.send(world.answer(effect))
+    assert effect == fx.WaitForLease("s_r1", "msg_1", None)
+    assert world.leases["s_r1"].interrupt_requested is False
+    effect = gen.send(world.answer(effect))  # still busy
+    assert isinstance(effect, fx.WaitForLease)
+
+    # the other run saves its turn and releases; the message lands after it
+    other = attrs.evolve(world.sessions["s_r1"], state={"inputs": ["hello", "other"]})
+    world.sessions["s_r1"] = other
+    world.leases["s_r1"], _ = leases.apply(world.leases["s_r1"], leases.Release("other", 1.0))
+    effect = gen.send(world.answer(effect))
+    assert isinstance(effect, fx.AppendAssistantMessage)
+    assert effect.state == {"inputs": ["hello", "other"]}
+    effect = gen.send(world.answer(effect))
+    assert isinstance(effect, fx.FinishRun)
+    with pytest.raises(StopIteration) as stop:
+        gen.send(world.answer(effect))
+    assert stop.value.value == MessageRecorded(SessionRef(key, "s_r1", None), saved=True)
+    assert inputs_of(world.sessions["s_r1"].state) == ["hello", "other", "assistant: ping"]
+
+
+def test_a_proactive_message_whose_lease_was_taken_over_saves_nothing() -> None:
+    world = World(ttl=10.0)
+    turn(world, message("hello"), "r1")
+    key = world.identities[("telegram", "123")]
+    gen = record_proactive_message(key, "ping", run_id="msg_1", now=world.now)
+    effect = next(gen)
+    while not isinstance(effect, fx.AppendAssistantMessage):
+        effect = gen.send(world.answer(effect))
+    # the lease lapses before the message is saved, and r2 takes the session over
+    world.now += 11.0
+    assert isinstance(turn(world, message("fast"), "r2").outcome, TurnCompleted)
+    effect = gen.send(world.answer(effect))
+    assert isinstance(effect, fx.FinishRun)
+    assert effect.session is not None
+    with pytest.raises(StopIteration) as stop:
+        gen.send(world.answer(effect))
+    assert stop.value.value == MessageRecorded(SessionRef(key, "s_r1", None), saved=False)
+    assert inputs_of(world.sessions["s_r1"].state) == ["hello", "fast"]

@@ -1,0 +1,136 @@
+"""``Host.deliver``: a proactive message is pushed and recorded in the user's session, so a
+later turn sees it in its history."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import anyio
+import pytest
+from agent_framework import Agent
+
+from agenthost import ChannelIdentity, ChannelRequest, Host, HostMessage, ResponseTarget
+from agenthost import demo as demo_module
+from agenthost.sansio_core.delivery import DeliveryStatus
+from agenthost.sansio_core.sessions import DIRECT, ScopeKey
+from agenthost.stores.base import Store
+from agenthost.stores.memory import MemoryStore
+from tests.delivery.receiver import PushChat
+
+pytestmark = pytest.mark.anyio
+
+ALICE = ChannelIdentity("chat", "alice")
+REMINDER = "Reminder: standup at 10"
+
+
+def said(text: str) -> ChannelRequest:
+    return ChannelRequest(channel="chat", identity=ALICE, input=(HostMessage.user(text),))
+
+
+async def delivered(host: Host, count: int) -> None:
+    with anyio.fail_after(10):
+        while True:
+            found = await host.list_deliveries()
+            if sum(d.status is DeliveryStatus.DELIVERED for d in found) >= count:
+                return
+            await anyio.sleep(0.01)
+
+
+async def key_of(store: Store) -> str:
+    key = (await store.load_context(ALICE, None)).isolation_key
+    assert key is not None
+    return key
+
+
+@pytest.mark.parametrize("store_kind", ["memory", "sqlite"])
+async def test_a_callable_target_sees_a_delivered_message_in_its_history(
+    tmp_path: Path, store_kind: str
+) -> None:
+    seen: list[list[tuple[str, str]]] = []
+
+    async def remembering(messages: list[HostMessage]) -> str:
+        seen.append([(m.role, m.text) for m in messages])
+        return f"answer to {messages[-1].text}"
+
+    chat = PushChat("chat")
+    store = MemoryStore() if store_kind == "memory" else None
+    host = Host(remembering, channels=[chat], store=store, state_dir=tmp_path)
+    async with host.running():
+        await host.run(said("hi"))
+        key = await key_of(host.store)
+        [scheduled] = await host.deliver(
+            isolation_key=key, message=REMINDER, target=ResponseTarget.channel("chat")
+        )
+        assert scheduled.channel == "chat"
+        await delivered(host, 1)
+        assert chat.texts() == [REMINDER]
+        await host.run(said("what was that?"))
+    assert seen[-1] == [
+        ("user", "hi"),
+        ("assistant", "answer to hi"),
+        ("assistant", REMINDER),
+        ("user", "what was that?"),
+    ]
+
+
+async def test_a_message_to_a_user_without_a_session_starts_their_direct_session(
+    tmp_path: Path,
+) -> None:
+    seen: list[list[tuple[str, str]]] = []
+
+    async def remembering(messages: list[HostMessage]) -> str:
+        seen.append([(m.role, m.text) for m in messages])
+        return "ok"
+
+    store = MemoryStore()
+    host = Host(remembering, channels=[PushChat("chat")], store=store, state_dir=tmp_path)
+    async with host.running():
+        key = await store.issue_isolation_key(ALICE, "ik_alice", 0.0)  # known, never seen
+        assert await host.deliver(isolation_key=key, message=REMINDER) == []  # nowhere to push
+        await host.run(said("hello"))
+    assert seen == [[("assistant", REMINDER), ("user", "hello")]]
+
+
+class RecordingModel(demo_module.LocalChatClient):
+    """The demo's local model, remembering every conversation it was asked to answer."""
+
+    def _inner_get_response(self, *, messages: Sequence[Any], **kwargs: Any) -> Any:
+        SEEN_BY_MODEL.append([(str(m.role), m.text or "") for m in messages])
+        return super()._inner_get_response(messages=messages, **kwargs)
+
+
+SEEN_BY_MODEL: list[list[tuple[str, str]]] = []
+
+
+async def test_the_demo_agent_sees_a_delivered_message_in_its_history(tmp_path: Path) -> None:
+    SEEN_BY_MODEL.clear()
+    seen = SEEN_BY_MODEL
+    agent = Agent(client=RecordingModel(), tools=[demo_module.add], name="demo")
+    chat = PushChat("chat")
+    store = MemoryStore()
+    host = Host(agent, channels=[chat], store=store, state_dir=tmp_path)
+    async with host.running():
+        await host.run(said("hi"))
+        key = await key_of(store)
+        await host.deliver(
+            isolation_key=key, message=REMINDER, target=ResponseTarget.channel("chat")
+        )
+        await delivered(host, 1)
+        assert chat.texts() == [REMINDER]
+
+        alias = await store.load_alias(ScopeKey(key, DIRECT))
+        assert alias is not None
+        record = await store.load_session(alias.session_id)
+        assert record is not None and record.state is not None
+        assert REMINDER in str(record.state)
+        assert record.turns == 2
+
+        await host.run(said("and now?"))
+    assert seen[-1] == [
+        ("user", "hi"),
+        ("assistant", 'You said: "hi" (message 1 of this conversation)'),
+        ("assistant", REMINDER),
+        ("user", "and now?"),
+    ]

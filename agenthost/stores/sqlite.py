@@ -351,11 +351,7 @@ class SQLiteStore(Store):
     ) -> str:
         def work(conn: sqlite3.Connection) -> str:
             with _transaction(conn):
-                conn.execute(
-                    "INSERT INTO identities (channel, native_id, isolation_key, created_at)"
-                    " VALUES (?, ?, ?, ?) ON CONFLICT (channel, native_id) DO NOTHING",
-                    (identity.channel, identity.native_id, candidate, now),
-                )
+                _insert_identity_if_absent(conn, identity, candidate, now)
                 row = conn.execute(
                     "SELECT isolation_key FROM identities WHERE channel = ? AND native_id = ?",
                     (identity.channel, identity.native_id),
@@ -446,11 +442,7 @@ class SQLiteStore(Store):
     ) -> LinkResult:
         def work(conn: sqlite3.Connection) -> LinkResult:
             with _transaction(conn):
-                conn.execute(
-                    "INSERT INTO identities (channel, native_id, isolation_key, created_at)"
-                    " VALUES (?, ?, ?, ?) ON CONFLICT (channel, native_id) DO NOTHING",
-                    (identity.channel, identity.native_id, candidate_key, now),
-                )
+                _insert_identity_if_absent(conn, identity, candidate_key, now)
                 rows = conn.execute(
                     "SELECT channel, native_id FROM identity_claims"
                     " WHERE claim_type = ? AND claim_value = ? ORDER BY channel, native_id",
@@ -1116,6 +1108,16 @@ def _user(conn: sqlite3.Connection, identity: ChannelIdentity) -> UserRecord:
     if row is None:
         return UserRecord(None, ())
     return UserRecord(row[0], _members(conn, row[0]))
+
+
+def _insert_identity_if_absent(
+    conn: sqlite3.Connection, identity: ChannelIdentity, key: str, now: float
+) -> None:
+    conn.execute(
+        "INSERT INTO identities (channel, native_id, isolation_key, created_at)"
+        " VALUES (?, ?, ?, ?) ON CONFLICT (channel, native_id) DO NOTHING",
+        (identity.channel, identity.native_id, key, now),
+    )
 
 
 def _set_key(conn: sqlite3.Connection, identity: ChannelIdentity, key: str, now: float) -> None:

@@ -6,59 +6,24 @@ The background run is either finished by the new process (attempts remain) or re
 
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
-import sys
-from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager
 from pathlib import Path
 
 import anyio
 import httpx
 import pytest
 
-from agenthost.backends.serving import bound_socket
-from tests.conftest import BACKEND
+from tests.host_process import free_port, host_process
 from tests.served import wait_ready
 
-REPO = Path(__file__).resolve().parents[2]
 
-
-def free_port() -> int:
-    sock = bound_socket("127.0.0.1")
-    try:
-        return int(sock.getsockname()[1])
-    finally:
-        sock.close()
-
-
-@contextmanager
-def host_process(
+def kill_test_host(
     state_dir: Path, port: int, max_attempts: int
-) -> Iterator[subprocess.Popen[bytes]]:
-    env = {
-        **os.environ,
-        "KILL_TEST_STATE_DIR": str(state_dir),
-        "KILL_TEST_MAX_ATTEMPTS": str(max_attempts),
-    }
-    command = [
-        sys.executable, "-m", "agenthost", "serve", "tests.kill_restart_app:build_host",
-        "--port", str(port), "--backend", BACKEND, "--log-level", "warning",
-    ]  # fmt: skip
-    process = subprocess.Popen(command, cwd=REPO, env=env, stderr=subprocess.PIPE)
-    try:
-        yield process
-    finally:
-        if process.poll() is None:
-            process.send_signal(signal.SIGTERM)
-            try:
-                process.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait(timeout=5)
-        if process.stderr is not None:
-            process.stderr.close()
+) -> AbstractContextManager[subprocess.Popen[bytes]]:
+    env = {"KILL_TEST_STATE_DIR": str(state_dir), "KILL_TEST_MAX_ATTEMPTS": str(max_attempts)}
+    return host_process("tests.kill_restart_app:build_host", port, env)
 
 
 async def poll_until(
@@ -79,7 +44,7 @@ async def test_sigkill_mid_run_then_restart(tmp_path: Path, max_attempts: int) -
     port = free_port()
     base_url = f"http://127.0.0.1:{port}"
     async with httpx.AsyncClient(base_url=base_url, timeout=10) as client:
-        with host_process(tmp_path, port, max_attempts) as first:
+        with kill_test_host(tmp_path, port, max_attempts) as first:
             await wait_ready(base_url, timeout=30)
             accepted = await client.post(
                 "/invocations/invoke", json={"input": "survive", "background": True}
@@ -95,7 +60,7 @@ async def test_sigkill_mid_run_then_restart(tmp_path: Path, max_attempts: int) -
             first.wait(timeout=10)
             assert first.returncode == -signal.SIGKILL
 
-        with host_process(tmp_path, port, max_attempts):
+        with kill_test_host(tmp_path, port, max_attempts):
             await wait_ready(base_url, timeout=30)
             final = await poll_until(client, token, {"completed", "failed", "cancelled"})
 

@@ -8,56 +8,30 @@ The receiver runs in the test process. ``hook_a`` acknowledges at once; ``hook_b
 
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
-import sys
-from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager
 from pathlib import Path
 
 import anyio
 import httpx
 import pytest
 
-from agenthost.backends.serving import bound_socket
 from agenthost.sansio_core.delivery import DeliveryStatus
 from agenthost.stores.sqlite import SQLiteStore
-from tests.conftest import BACKEND
 from tests.delivery.receiver import Receiver
+from tests.host_process import free_port, host_process
 from tests.served import served, wait_ready
 
-REPO = Path(__file__).resolve().parents[2]
 TARGET = {"kind": "channels", "channels": ["hook_a", "hook_b"]}
 HEADERS = {"x-agent-user-id": "alice", "x-test-trusted": "yes"}
 
 
-def free_port() -> int:
-    sock = bound_socket("127.0.0.1")
-    try:
-        return int(sock.getsockname()[1])
-    finally:
-        sock.close()
-
-
-@contextmanager
-def host_process(state_dir: Path, port: int, receiver: str) -> Iterator[subprocess.Popen[bytes]]:
-    env = {**os.environ, "CRASH_TEST_STATE_DIR": str(state_dir), "CRASH_TEST_RECEIVER": receiver}
-    command = [
-        sys.executable, "-m", "agenthost", "serve", "tests.delivery.crash_app:build_host",
-        "--port", str(port), "--backend", BACKEND, "--log-level", "warning",
-    ]  # fmt: skip
-    process = subprocess.Popen(command, cwd=REPO, env=env, stderr=subprocess.DEVNULL)
-    try:
-        yield process
-    finally:
-        if process.poll() is None:
-            process.send_signal(signal.SIGTERM)
-            try:
-                process.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait(timeout=5)
+def crash_test_host(
+    state_dir: Path, port: int, receiver: str
+) -> AbstractContextManager[subprocess.Popen[bytes]]:
+    env = {"CRASH_TEST_STATE_DIR": str(state_dir), "CRASH_TEST_RECEIVER": receiver}
+    return host_process("tests.delivery.crash_app:build_host", port, env)
 
 
 async def wait_for(condition: object, timeout: float = 20.0) -> None:
@@ -77,7 +51,7 @@ async def test_sigkill_before_the_pushes_then_restart(tmp_path: Path) -> None:
         served(receiver.app) as receiver_url,
         httpx.AsyncClient(base_url=base_url, timeout=10) as client,
     ):
-        with host_process(tmp_path, port, receiver_url) as first:
+        with crash_test_host(tmp_path, port, receiver_url) as first:
             await wait_ready(base_url, timeout=30)
             accepted = await client.post(
                 "/invocations/invoke",
@@ -105,7 +79,7 @@ async def test_sigkill_before_the_pushes_then_restart(tmp_path: Path) -> None:
         assert not receiver.accepted("b")
         receiver.script("b")  # the destination is back
 
-        with host_process(tmp_path, port, receiver_url):
+        with crash_test_host(tmp_path, port, receiver_url):
             await wait_ready(base_url, timeout=30)
             await wait_for(lambda: receiver.accepted("b"))
             await anyio.sleep(1.5)  # time for a wrong second send to show up

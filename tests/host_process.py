@@ -1,0 +1,52 @@
+"""A host served by `agenthost serve` in a child process, for tests that kill it.
+
+The child runs the real CLI on 127.0.0.1 under the suite's backend; on exit it is stopped
+gracefully (SIGTERM), and killed if it does not stop in time.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from pathlib import Path
+
+from agenthost.backends.serving import bound_socket
+from tests.conftest import BACKEND
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def free_port() -> int:
+    sock = bound_socket("127.0.0.1")
+    try:
+        return int(sock.getsockname()[1])
+    finally:
+        sock.close()
+
+
+@contextmanager
+def host_process(
+    target: str, port: int, env: Mapping[str, str]
+) -> Iterator[subprocess.Popen[bytes]]:
+    """Serve ``target`` (``module:factory``) on ``port``; yield the process."""
+    command = [
+        sys.executable, "-m", "agenthost", "serve", target,
+        "--port", str(port), "--backend", BACKEND, "--log-level", "warning",
+    ]  # fmt: skip
+    process = subprocess.Popen(
+        command, cwd=REPO, env={**os.environ, **env}, stderr=subprocess.DEVNULL
+    )
+    try:
+        yield process
+    finally:
+        if process.poll() is None:
+            process.send_signal(signal.SIGTERM)
+            try:
+                process.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait(timeout=5)

@@ -6,6 +6,7 @@ and the server's lifespan runs exactly as in production.
 
 from __future__ import annotations
 
+import socket
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -17,9 +18,15 @@ from agenthost.backends.serving import bound_socket, hypercorn_config, serve_app
 
 
 @asynccontextmanager
-async def served(app: Any, *, startup_timeout: float = 10.0) -> AsyncIterator[str]:
-    """Yield the base URL of ``app`` served on loopback; stop it (gracefully) on exit."""
-    sock = bound_socket("127.0.0.1")
+async def served(
+    app: Any, *, sock: socket.socket | None = None, startup_timeout: float = 10.0
+) -> AsyncIterator[str]:
+    """Yield the base URL of ``app`` served on loopback; stop it (gracefully) on exit.
+
+    Pass ``sock`` when the URL must be known before the app is built (a channel that
+    registers its own webhook URL at start-up).
+    """
+    sock = sock if sock is not None else bound_socket("127.0.0.1")
     port = sock.getsockname()[1]
     # Hypercorn takes ownership of the descriptor and closes it when it stops.
     config = hypercorn_config(bind=[f"fd://{sock.detach()}"], graceful_timeout=5.0)

@@ -8,7 +8,7 @@ before the channel is built, because the webhook URL must name its port.
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Mapping
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -18,13 +18,13 @@ import httpx
 import pytest
 
 from agenthost import Host, HostMessage
-from agenthost.backends.serving import bound_socket, hypercorn_config, serve_app
+from agenthost.backends.serving import bound_socket
 from agenthost.channels.telegram import Pacing, TelegramChannel
 from agenthost.stores.base import Store
 from agenthost.stores.sqlite import SQLiteStore
 from tests.channels.telegram.fake_bot_api import FakeBotApi
 from tests.channels.telegram.telegram_updates import BOT_TOKEN, BOT_USERNAME
-from tests.served import wait_ready
+from tests.served import served
 
 TIMEOUT = 30.0
 FAST = Pacing(
@@ -42,20 +42,9 @@ def mode(request: pytest.FixtureRequest) -> str:
     return str(request.param)
 
 
-@asynccontextmanager
-async def serve_on(sock: Any, app: Any) -> AsyncIterator[str]:
-    """Serve ``app`` with Hypercorn on an already bound socket; yield its base URL."""
-    port = sock.getsockname()[1]
-    config = hypercorn_config(bind=[f"fd://{sock.detach()}"], graceful_timeout=5.0)
-    stop = anyio.Event()
-    base_url = f"http://127.0.0.1:{port}"
-    async with anyio.create_task_group() as tasks:
-        tasks.start_soon(lambda: serve_app(app, config, shutdown_trigger=stop.wait))
-        await wait_ready(base_url, 10.0)
-        try:
-            yield base_url
-        finally:
-            stop.set()
+def serve_on(sock: Any, app: Any) -> AbstractAsyncContextManager[str]:
+    """Serve ``app`` on an already bound socket (its URL was needed before start-up)."""
+    return served(app, sock=sock)
 
 
 @asynccontextmanager

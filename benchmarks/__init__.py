@@ -15,4 +15,7 @@ BENCHMARKS = (
     "delivery",
     "telegram_webhook",
     "agent_framework_peer",
+    "session_scale",
+    "one_connection_latency",
+    "server_memory",
 )

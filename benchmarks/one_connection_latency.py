@@ -5,7 +5,7 @@ the server's side: a garbage collection, a WAL checkpoint, a timer's sweep. The 
 target is p99 <= 3x p50 at one connection; ``p99/p50`` is printed on every row.
 
 Three servers, each in its own process behind the project's Hypercorn helpers on a loopback
-socket (:mod:`benchmarks.loopback`), on asyncio, one after another:
+socket (:mod:`benchmarks.loopback`), on asyncio, side by side:
 
 - **bare Starlette**: ``responses_http``'s baseline route (JSON in, a Responses object out,
   no store). Its ``p99/p50`` is the floor the machine itself sets: on a shared machine other
@@ -16,15 +16,17 @@ socket (:mod:`benchmarks.loopback`), on asyncio, one after another:
 - **Responses create, host SQLite**: ``POST /responses/v1/responses``, non-streaming, every
   request a new response (a session and the response record saved each time).
 
-Each server gets a short warm-up, then one keep-alive connection sends one request at a
-time until ``BUDGET_SECONDS`` have passed or ``MAX_REQUESTS`` were answered. ``max`` is the
-slowest request seen.
+Each server gets a short warm-up, then ``ROUNDS`` slices in which one keep-alive
+connection sends one request at a time for ``SLICE_SECONDS``, taken in turn on the three
+servers (rotating which goes first), so a burst from another process on the shared machine
+lands on all of them rather than on one row. ``max`` is the slowest request seen.
 """
 
 from __future__ import annotations
 
 import json
 import tempfile
+from contextlib import ExitStack
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -35,9 +37,10 @@ import anyio
 from benchmarks import loopback
 from benchmarks.report import Row, format_seconds
 
-BUDGET_SECONDS = 3.0  # per measured row
+ROUNDS = 6  # measured slices per row, interleaved between the three servers
+SLICE_SECONDS = 0.5  # each slice; a row measures ROUNDS * SLICE_SECONDS
 WARMUP_SECONDS = 0.5  # per server, not reported
-MAX_REQUESTS = 50_000  # a bound on each row besides the clock
+MAX_REQUESTS = 50_000  # a bound on each slice besides the clock
 SESSIONS = 64  # Invocations session ids s-0 ... s-63
 WORDS = "hello from the latency benchmark"
 RESPONSES_PATH = "/responses/v1/responses"
@@ -61,42 +64,60 @@ PLAN = (
 
 
 def run() -> list[Row]:
-    rows: list[Row] = []
-    with tempfile.TemporaryDirectory(prefix="agenthost-bench-latency-") as directory:
+    with (
+        tempfile.TemporaryDirectory(prefix="agenthost-bench-latency-") as directory,
+        ExitStack() as stack,
+    ):
+        servers: dict[ServerSpec, loopback.Server] = {}
         for index, spec in enumerate(PLAN):
             state_dir = Path(directory) / f"server-{index}"
             state_dir.mkdir()
             build = partial(_build_app, spec.app, state_dir)
-            name = f"bench-latency-{spec.app}"
-            with loopback.server_process(build, name=name, label=spec.label) as server:
-                rows.append(anyio.run(_measure, server, spec, backend="asyncio"))
-    return rows
-
-
-async def _measure(server: loopback.Server, spec: ServerSpec) -> Row:
-    await loopback.wait_ready(server)
-    requests, check = _plan(spec.app)
-    with anyio.fail_after(WARMUP_SECONDS + BUDGET_SECONDS + 60.0):
-        connection = loopback.RawConnection(server.port)
-        try:
-            answer = await connection.request(requests[0])
-            if answer.status != 200:
-                raise AssertionError(f"answer {answer.status}: {answer.body[:300]!r}")
-            check(answer)
-        finally:
-            await connection.aclose()
-        drive = partial(
-            loopback.drive,
-            server,
-            requests,
-            connections=1,
-            max_requests=MAX_REQUESTS,
-            check=check,
+            servers[spec] = stack.enter_context(
+                loopback.server_process(build, name=f"bench-latency-{spec.app}", label=spec.label)
+            )
+        loads = anyio.run(_measure, servers, backend="asyncio")
+    return [
+        loads[spec].row(
+            f"one connection, {spec.label} (asyncio)",
+            {"max": format_seconds(max(loads[spec].latencies))},
         )
-        await drive(seconds=WARMUP_SECONDS)
-        load = await drive(seconds=BUDGET_SECONDS)
-    extra = {"max": format_seconds(max(load.latencies))}
-    return load.row(f"one connection, {spec.label} (asyncio)", extra)
+        for spec in PLAN
+    ]
+
+
+async def _measure(servers: dict[ServerSpec, loopback.Server]) -> dict[ServerSpec, loopback.Load]:
+    """Each server in interleaved slices at one connection, so all see the same machine."""
+    slices: dict[ServerSpec, list[loopback.Load]] = {}
+    count = len(servers) * (1 + ROUNDS)
+    with anyio.fail_after(count * max(WARMUP_SECONDS, SLICE_SECONDS) + 60.0):
+        for spec, server in servers.items():
+            await loopback.wait_ready(server)
+            requests, check = _plan(spec.app)
+            connection = loopback.RawConnection(server.port)
+            try:
+                answer = await connection.request(requests[0])
+                if answer.status != 200:
+                    raise AssertionError(f"answer {answer.status}: {answer.body[:300]!r}")
+                check(answer)
+            finally:
+                await connection.aclose()
+        for spec, server in servers.items():
+            await _drive(server, spec, WARMUP_SECONDS)
+        for round_ in range(ROUNDS):
+            # Rotate which server goes first, so none always follows the same one.
+            order = list(servers.items())
+            order = order[round_ % len(order) :] + order[: round_ % len(order)]
+            for spec, server in order:
+                slices.setdefault(spec, []).append(await _drive(server, spec, SLICE_SECONDS))
+    return {spec: loopback.Load.combined(parts) for spec, parts in slices.items()}
+
+
+async def _drive(server: loopback.Server, spec: ServerSpec, seconds: float) -> loopback.Load:
+    requests, check = _plan(spec.app)
+    return await loopback.drive(
+        server, requests, connections=1, seconds=seconds, max_requests=MAX_REQUESTS, check=check
+    )
 
 
 def _plan(app: str) -> tuple[list[bytes], Any]:

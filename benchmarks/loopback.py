@@ -1,6 +1,7 @@
 """A server in its own process on a loopback port, and the raw HTTP/1.1 client that drives it.
 
-The HTTP benchmarks (``invocations_http``, ``responses_http``) share this machinery; each
+The HTTP benchmarks (``invocations_http``, ``responses_http``, ``agent_framework_peer``,
+``session_scale``, ``one_connection_latency``, ``server_memory``) share this machinery; each
 keeps its own rows, request bodies, answer checks and apps. This module owns:
 
 - the server process's lifecycle: :func:`server_process` spawns a process
@@ -9,7 +10,8 @@ keeps its own rows, request bodies, answer checks and apps. This module owns:
   serves with the project's Hypercorn helpers (:func:`serve_in_process`). The process stops
   when the parent sends ``"stop"``, when the parent goes away or after ``SERVER_LIFETIME``
   seconds; the parent asks it to stop, then terminates it, then kills it. Over the same pipe
-  the process answers ``"cpu"`` with its CPU time (:meth:`Server.cpu_seconds`);
+  the process answers ``"cpu"`` with its CPU time (:meth:`Server.cpu_seconds`); its
+  resident memory is read from ``/proc`` (:meth:`Server.memory_kib`);
 - the readiness wait: :func:`wait_ready` polls ``GET /readiness`` until it answers 200;
 - the load generator's client: :class:`RawConnection`, one keep-alive HTTP/1.1 connection on
   anyio sockets sending pre-built request bytes (:func:`post_request`) and reading

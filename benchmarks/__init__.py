@@ -14,4 +14,8 @@ BENCHMARKS = (
     "responses_http",
     "delivery",
     "telegram_webhook",
+    "agent_framework_peer",
+    "session_scale",
+    "one_connection_latency",
+    "server_memory",
 )

@@ -20,7 +20,7 @@ import attrs
 from agenthost.backends.linking import IdentityLinker
 from agenthost.backends.targets import TargetAdapter, TargetCall, UpdateSink
 from agenthost.sansio_core import effects as fx
-from agenthost.sansio_core import leases
+from agenthost.sansio_core import leases, opening
 from agenthost.sansio_core.types import ChannelIdentity, ChannelRequest
 from agenthost.stores.base import Store
 
@@ -38,6 +38,7 @@ class LocalRuns:
     def __init__(self) -> None:
         self._scopes: dict[str, anyio.CancelScope] = {}
         self._released: dict[str, anyio.Event] = {}
+        self.releases = 0  # how many leases this process released, ever
 
     def register(self, run_id: str, scope: anyio.CancelScope) -> None:
         self._scopes[run_id] = scope
@@ -59,6 +60,7 @@ class LocalRuns:
         return event
 
     def notify_released(self, session_id: str) -> None:
+        self.releases += 1
         event = self._released.pop(session_id, None)
         if event is not None:
             event.set()
@@ -169,6 +171,8 @@ class TurnInterpreter:
                 )
             )
             return effect.request if rewritten is None else rewritten
+        if isinstance(effect, fx.OpenTurn):
+            return await self._open_turn(effect, guard)
         if isinstance(effect, fx.AcquireLease):
             guard.session_id, guard.run_id, guard.waiting = effect.session_id, effect.run_id, True
             guard.wakeup = self._local.released(effect.session_id)
@@ -217,6 +221,24 @@ class TurnInterpreter:
         if isinstance(effect, fx.RotateSession):
             return await store.rotate_session(effect.scope, effect.new_session_id, effect.now)
         raise TypeError(f"no interpreter for effect {type(effect).__name__}")
+
+    async def _open_turn(self, effect: fx.OpenTurn, guard: _LeaseGuard) -> opening.Outcome:
+        releases_before = self._local.releases
+        outcome = await self._store.open_turn(
+            attrs.evolve(effect.opening, lease_seconds=self._ttl)
+        )
+        if isinstance(outcome, opening.Opened) and outcome.lease is not None:
+            session_id = outcome.session_ref.session_id
+            assert session_id is not None
+            guard.session_id, guard.run_id = session_id, effect.opening.run_id
+            self._track(guard, fx.LeaseAnswer(outcome.lease, outcome.session))
+            if guard.waiting:
+                # The session id was not known before the trip, so a release that landed
+                # during it could not be watched for: if any did, look again at once.
+                guard.wakeup = self._local.released(session_id)
+                if self._local.releases != releases_before:
+                    guard.wakeup = _already_set()
+        return outcome
 
     @property
     def _ttl(self) -> float:
@@ -288,6 +310,12 @@ class TurnInterpreter:
                 guard.session_id, leases.Withdraw(guard.run_id, self._clock())
             )
         guard.holding = guard.waiting = False
+
+
+def _already_set() -> anyio.Event:
+    event = anyio.Event()
+    event.set()
+    return event
 
 
 async def _maybe_await(value: Any) -> Any:

@@ -14,6 +14,7 @@ import attrs
 
 from agenthost.sansio_core import leases
 from agenthost.sansio_core.linking import UserFacts
+from agenthost.sansio_core.opening import Opening
 from agenthost.sansio_core.routing import LastSeen
 from agenthost.sansio_core.sessions import ScopeKey, SessionAlias, SessionRecord
 from agenthost.sansio_core.types import (
@@ -42,6 +43,17 @@ class RequestContext:
     isolation_key: str | None
     alias: SessionAlias | None
     facts: UserFacts | None = None  # loaded when asked for and the identity is known
+
+
+@attrs.frozen
+class OpenTurn:
+    """One round trip that opens a foreground turn (see ``opening``): the store applies
+    ``opening.decide`` in its transaction. Answer: ``opening.Outcome``.
+
+    The interpreter fills in ``opening.lease_seconds``.
+    """
+
+    opening: Opening
 
 
 @attrs.frozen
@@ -222,6 +234,7 @@ class RotateSession:
 
 Effect = (
     LoadContext
+    | OpenTurn
     | CallIdentityResolver
     | IssueIsolationKey
     | LoadAlias

@@ -18,19 +18,23 @@ Rules:
 5. A turn is split in two so background runs can record the resolved turn before running:
    :func:`resolve_turn` (identity, authorization, hook, session) and :func:`execute_turn`
    (lease, run, save). :func:`run_turn` is both.
-7. With ``record_last_seen`` (the host has a channel that can push), every authorized
+6. With ``record_last_seen`` (the host has a channel that can push), every authorized
    request records where its user was seen, in one write, once its key is known: routing
    reads these records to find the user's ``active`` channel and conversations.
-8. A request whose ``response_target`` is not ``originating`` runs in the background
+7. A request whose ``response_target`` is not ``originating`` runs in the background
    (:func:`runs_in_background`): the originating wire answers with the token, the reply
    is pushed when the run completes.
-6. A background run stores the request as it arrived, not as the hook rewrote it (a hook
+8. A background run stores the request as it arrived, not as the hook rewrote it (a hook
    may build values no store can keep, such as a workflow's typed input), and
    :func:`start_background_turn` runs the hook again when the run starts.
 9. A proactive message from application code (:func:`record_proactive_message`) is
    recorded in the user's direct session like a turn: under the session lease (it waits
    for a run in progress, it never interrupts one), appended by the target's adapter and
    saved on release, so a later turn sees it in the history.
+10. A foreground turn that needs no application callback before it runs (no custom
+   resolver, no run hook, no fork) opens in one store round trip (``opening.py``): the
+   same decisions as :func:`resolve_turn` and the lease arrival, applied by the store in
+   one transaction. With the save and release in one more, such a turn costs two trips.
 
 Each function is a generator: it yields effects from ``effects.py``, receives their answers
 through ``send``, and returns its outcome. Fresh ids are derived from ``run_id`` (fresh
@@ -51,6 +55,7 @@ from agenthost.sansio_core import (
     identity,
     leases,
     link_codes,
+    opening,
     routing,
     sessions,
 )
@@ -245,6 +250,19 @@ def execute_turn(
 
     strategy = request.multitask or settings.default_multitask
     lease: fx.LeaseAnswer = yield fx.AcquireLease(ref.session_id, run_id, strategy)
+    return (yield from _run_under_lease(request, ref, lease, run_id=run_id, now=now))
+
+
+def _run_under_lease(
+    request: ChannelRequest,
+    ref: SessionRef,
+    lease: fx.LeaseAnswer,
+    *,
+    run_id: str,
+    now: float,
+) -> Generator[fx.Effect, Any, TurnOutcome]:
+    """From the lease's first answer: wait for it, run the target, save on success, release."""
+    assert ref.session_id is not None
     while isinstance(lease.decision, leases.Waiting):
         lease = yield fx.WaitForLease(ref.session_id, run_id, lease.decision.interrupting)
     if isinstance(lease.decision, leases.Rejected):
@@ -261,6 +279,52 @@ def execute_turn(
         to_save = sessions.after_successful_run(record, answer.new_state, finished_at)
     saved: bool = yield fx.FinishRun(ref.session_id, run_id, to_save)
     return _outcome(answer, ref, saved=saved)
+
+
+def opens_in_one_trip(request: ChannelRequest, settings: TurnSettings) -> bool:
+    """Whether a foreground turn can open with :class:`effects.OpenTurn` (rule 10)."""
+    return (
+        not settings.custom_resolver
+        and not settings.run_hook
+        and sessions.fork_scope_for(request) is None
+    )
+
+
+def open_turn(
+    request: ChannelRequest, *, run_id: str, now: float, settings: TurnSettings
+) -> Generator[fx.Effect, Any, TurnOutcome]:
+    """A whole foreground turn opened in one round trip (rule 10), then run as usual."""
+    scope, session_key = sessions.scope_for(request, fresh_key=f"s_{run_id}")
+    seen = None
+    if settings.record_last_seen:
+        seen = routing.LastSeen(
+            request.channel, request.identity, request.session.conversation_id, now
+        )
+    plan = opening.Opening(
+        identity=request.identity,
+        scope=scope,
+        session_key=session_key,
+        session_mode=request.session_mode,
+        access=settings.access.for_channel(request.channel),
+        is_direct=request.session.is_direct,
+        run_id=run_id,
+        strategy=request.multitask or settings.default_multitask,
+        now=now,
+        last_seen=seen,
+    )
+    opened: opening.Outcome = yield fx.OpenTurn(plan)
+    if isinstance(opened, opening.Refused):
+        if opened.access is None:
+            return TurnRefused(RefusalReason.SESSION_NOT_FOUND, "no session matches the request")
+        refused = _refusal(opened.access)
+        assert refused is not None
+        return refused
+    ref = opened.session_ref
+    if opened.lease is None:
+        answer = yield fx.RunTarget(request, ref, None, run_id)
+        return _outcome(answer, ref, saved=False)
+    first = fx.LeaseAnswer(opened.lease, opened.session)
+    return (yield from _run_under_lease(request, ref, first, run_id=run_id, now=now))
 
 
 def record_proactive_message(
@@ -334,6 +398,8 @@ def run_turn(
     command = commands.command_of(request, settings.commands, bot_name)
     if command is not None:
         return (yield from run_command(request, command, run_id=run_id, now=now, settings=settings))
+    if opens_in_one_trip(request, settings):
+        return (yield from open_turn(request, run_id=run_id, now=now, settings=settings))
     resolved = yield from resolve_turn(request, run_id=run_id, now=now, settings=settings)
     if isinstance(resolved, TurnRefused):
         return resolved

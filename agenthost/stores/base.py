@@ -22,7 +22,7 @@ from typing import Any
 
 import attrs
 
-from agenthost.sansio_core import leases
+from agenthost.sansio_core import leases, opening
 from agenthost.sansio_core.background import RunEvent, RunRecord
 from agenthost.sansio_core.delivery import Delivery, DeliveryEvent, DeliveryStatus
 from agenthost.sansio_core.effects import LeaseAnswer, RequestContext
@@ -220,6 +220,17 @@ class Store(abc.ABC):
         """Every session an owner has had, oldest first (history survives resets)."""
 
     # --- session leases -------------------------------------------------------------
+
+    @abc.abstractmethod
+    async def open_turn(self, plan: opening.Opening) -> opening.Outcome:
+        """Open a foreground turn in one transaction (one round trip).
+
+        Load :class:`opening.Loaded` (the identity's key and, when ``plan.access`` needs
+        them, its facts; the alias of ``plan.scope`` under the owner it names or else under
+        that key; the alias's lease and session), apply ``opening.decide`` and write exactly
+        the records its ``Writes`` name: the identity's key, the last-seen record, the alias
+        with its empty session, the lease.
+        """
 
     @abc.abstractmethod
     async def apply_lease_event(self, session_id: str, event: leases.LeaseEvent) -> LeaseAnswer:

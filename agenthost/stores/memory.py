@@ -9,7 +9,15 @@ import bisect
 import threading
 from collections.abc import Iterable, Mapping, Sequence
 
-from agenthost.sansio_core import background, delivery, leases, link_codes, linking, sessions
+from agenthost.sansio_core import (
+    background,
+    delivery,
+    leases,
+    link_codes,
+    linking,
+    opening,
+    sessions,
+)
 from agenthost.sansio_core.background import RunEvent, RunRecord
 from agenthost.sansio_core.delivery import Delivery, DeliveryEvent, DeliveryStatus
 from agenthost.sansio_core.effects import LeaseAnswer, RequestContext
@@ -348,6 +356,38 @@ class MemoryStore(Store):
             found = [s for s in self._sessions.values() if s.owner == owner]
         return sorted(found, key=lambda s: (s.created_at, s.generation, s.session_id))
 
+    async def open_turn(self, plan: opening.Opening) -> opening.Outcome:
+        with self._lock:
+            key = self._identities.get(_native(plan.identity))
+            alias = None
+            if plan.scope is not None:
+                owner = plan.scope.owner or key
+                if owner is not None:
+                    alias = self._aliases.get((owner, plan.scope.qualifier))
+            facts = None
+            if key is not None and plan.access.needs_facts:
+                facts = self._facts(plan.identity, key)
+            lease = session = None
+            if alias is not None:
+                lease = self._leases.get(alias.session_id)
+                session = self._sessions.get(alias.session_id)
+            loaded = opening.Loaded(key, alias, facts, lease, session)
+            outcome, writes = opening.decide(plan, loaded)
+            if writes.issue_key is not None:
+                self._set_key(_native(plan.identity), writes.issue_key)
+            if writes.last_seen is not None:
+                seen_key, seen = writes.last_seen
+                self._record_seen(seen_key, seen)
+            if writes.create is not None:
+                created = writes.create
+                self._aliases[(created.owner, created.qualifier)] = created
+                self._sessions[created.session_id] = sessions.new_session_record(
+                    created, plan.now
+                )
+            if writes.lease is not None:
+                self._leases[writes.lease.session_id] = writes.lease
+            return outcome
+
     async def apply_lease_event(self, session_id: str, event: leases.LeaseEvent) -> LeaseAnswer:
         with self._lock:
             state = self._leases.get(session_id) or leases.initial_state(session_id)
@@ -410,9 +450,12 @@ class MemoryStore(Store):
     # --- last seen --------------------------------------------------------------------
 
     async def record_last_seen(self, isolation_key: str, seen: LastSeen) -> None:
-        ident = (seen.channel, seen.identity.native_id, seen.conversation_id or "")
         with self._lock:
-            self._last_seen[ident] = (isolation_key, seen)
+            self._record_seen(isolation_key, seen)
+
+    def _record_seen(self, isolation_key: str, seen: LastSeen) -> None:
+        ident = (seen.channel, seen.identity.native_id, seen.conversation_id or "")
+        self._last_seen[ident] = (isolation_key, seen)
 
     async def list_last_seen(self, isolation_key: str) -> list[LastSeen]:
         with self._lock:

@@ -26,7 +26,15 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
-from agenthost.sansio_core import background, delivery, leases, link_codes, linking, sessions
+from agenthost.sansio_core import (
+    background,
+    delivery,
+    leases,
+    link_codes,
+    linking,
+    opening,
+    sessions,
+)
 from agenthost.sansio_core.background import RunEvent, RunRecord
 from agenthost.sansio_core.delivery import Delivery, DeliveryEvent, DeliveryStatus
 from agenthost.sansio_core.effects import LeaseAnswer, RequestContext
@@ -342,28 +350,7 @@ class SQLiteStore(Store):
     async def load_context(
         self, identity: ChannelIdentity, scope: ScopeKey | None, *, facts: bool = False
     ) -> RequestContext:
-        def work(conn: sqlite3.Connection) -> RequestContext:
-            # One trip: the alias is owned by the scope's owner or, when that is open, by the
-            # key just found. A NULL qualifier (no scope) joins nothing. With facts, two
-            # correlated subqueries (both on indexes) add the user's other identities and
-            # claims as JSON; without, they are not evaluated.
-            row = conn.execute(
-                _LOAD_CONTEXT,
-                {
-                    "channel": identity.channel,
-                    "native_id": identity.native_id,
-                    "owner": scope.owner if scope is not None else None,
-                    "qualifier": scope.qualifier if scope is not None else None,
-                    "facts": 1 if facts else 0,
-                },
-            ).fetchone()
-            if row is None:
-                return RequestContext(None, None)
-            alias = _alias_from_row(row[1:6]) if row[1] is not None else None
-            loaded = _facts_from_json(row[6], row[7]) if facts else None
-            return RequestContext(row[0], alias, loaded)
-
-        return await self._run(work)
+        return await self._run(lambda conn: _load_context(conn, identity, scope, facts))
 
     async def issue_isolation_key(
         self, identity: ChannelIdentity, candidate: str, now: float
@@ -652,6 +639,38 @@ class SQLiteStore(Store):
 
     # --- session leases -------------------------------------------------------------
 
+    async def open_turn(self, plan: opening.Opening) -> opening.Outcome:
+        def work(conn: sqlite3.Connection) -> opening.Outcome:
+            with _transaction(conn):
+                context = _load_context(conn, plan.identity, plan.scope, plan.access.needs_facts)
+                alias = context.alias
+                scope = plan.scope
+                if context.isolation_key is None and scope is not None and scope.owner:
+                    # A shared scope names its owner: its alias exists without this key.
+                    alias = _select_alias(conn, scope.owner, scope.qualifier)
+                lease = session = None
+                if alias is not None:
+                    lease = _select_lease(conn, alias.session_id)
+                    session = _select_session(conn, alias.session_id)
+                loaded = opening.Loaded(
+                    context.isolation_key, alias, context.facts, lease, session
+                )
+                outcome, writes = opening.decide(plan, loaded)
+                if writes.issue_key is not None:
+                    _insert_identity_if_absent(conn, plan.identity, writes.issue_key, plan.now)
+                if writes.last_seen is not None:
+                    _upsert_last_seen(conn, *writes.last_seen)
+                if writes.create is not None:
+                    created = writes.create
+                    _write_alias(conn, created)
+                    record = sessions.new_session_record(created, plan.now)
+                    _write_session(conn, created.session_id, record)
+                if writes.lease is not None:
+                    _write_lease(conn, writes.lease.session_id, writes.lease)
+                return outcome
+
+        return await self._run(work)
+
     async def apply_lease_event(self, session_id: str, event: leases.LeaseEvent) -> LeaseAnswer:
         def work(conn: sqlite3.Connection) -> LeaseAnswer:
             with _transaction(conn):
@@ -742,27 +761,7 @@ class SQLiteStore(Store):
     # --- last seen ------------------------------------------------------------------
 
     async def record_last_seen(self, isolation_key: str, seen: LastSeen) -> None:
-        row = (
-            seen.channel,
-            seen.identity.native_id,
-            seen.conversation_id or "",
-            isolation_key,
-            seen.seen_at,
-            codec.dump(seen.identity),
-        )
-
-        def work(conn: sqlite3.Connection) -> None:
-            # One statement is its own transaction: no BEGIN needed for one upsert.
-            conn.execute(
-                "INSERT INTO last_seen (channel, native_id, conversation_id, isolation_key,"
-                " seen_at, identity) VALUES (?, ?, ?, ?, ?, ?)"
-                " ON CONFLICT (channel, native_id, conversation_id) DO UPDATE SET"
-                " isolation_key = excluded.isolation_key, seen_at = excluded.seen_at,"
-                " identity = excluded.identity",
-                row,
-            )
-
-        await self._run(work)
+        await self._run(lambda conn: _upsert_last_seen(conn, isolation_key, seen))
 
     async def list_last_seen(self, isolation_key: str) -> list[LastSeen]:
         def work(conn: sqlite3.Connection) -> list[LastSeen]:
@@ -1066,6 +1065,30 @@ WHERE i.channel = :channel AND i.native_id = :native_id
 """
 
 
+def _load_context(
+    conn: sqlite3.Connection, identity: ChannelIdentity, scope: ScopeKey | None, facts: bool
+) -> RequestContext:
+    # One query: the alias is owned by the scope's owner or, when that is open, by the key
+    # just found. A NULL qualifier (no scope) joins nothing. With facts, two correlated
+    # subqueries (both on indexes) add the user's other identities and claims as JSON;
+    # without, they are not evaluated.
+    row = conn.execute(
+        _LOAD_CONTEXT,
+        {
+            "channel": identity.channel,
+            "native_id": identity.native_id,
+            "owner": scope.owner if scope is not None else None,
+            "qualifier": scope.qualifier if scope is not None else None,
+            "facts": 1 if facts else 0,
+        },
+    ).fetchone()
+    if row is None:
+        return RequestContext(None, None)
+    alias = _alias_from_row(row[1:6]) if row[1] is not None else None
+    loaded = _facts_from_json(row[6], row[7]) if facts else None
+    return RequestContext(row[0], alias, loaded)
+
+
 # Rows of the key's current members, and rows recorded under the key for identities the
 # store holds no key for (a custom resolver); newest first.
 _LIST_LAST_SEEN = """
@@ -1081,6 +1104,24 @@ WHERE l.isolation_key = :key AND NOT EXISTS (
 )
 ORDER BY 3 DESC, 1, 5, 2
 """
+
+
+def _upsert_last_seen(conn: sqlite3.Connection, isolation_key: str, seen: LastSeen) -> None:
+    conn.execute(
+        "INSERT INTO last_seen (channel, native_id, conversation_id, isolation_key,"
+        " seen_at, identity) VALUES (?, ?, ?, ?, ?, ?)"
+        " ON CONFLICT (channel, native_id, conversation_id) DO UPDATE SET"
+        " isolation_key = excluded.isolation_key, seen_at = excluded.seen_at,"
+        " identity = excluded.identity",
+        (
+            seen.channel,
+            seen.identity.native_id,
+            seen.conversation_id or "",
+            isolation_key,
+            seen.seen_at,
+            codec.dump(seen.identity),
+        ),
+    )
 
 
 def _delivery_row(d: Delivery) -> tuple[Any, ...]:

@@ -15,7 +15,7 @@ from typing import Any
 import attrs
 
 from agenthost.sansio_core import effects as fx
-from agenthost.sansio_core import leases, link_codes, linking, sessions
+from agenthost.sansio_core import leases, link_codes, linking, opening, sessions
 from agenthost.sansio_core.authorization import AccessSettings, Allowlist, ChannelAccess
 from agenthost.sansio_core.commands import LINK_COMMANDS, CommandCatalog
 from agenthost.sansio_core.link_codes import AttemptCounter, CodeChallenge, CodeLimits
@@ -27,6 +27,7 @@ from agenthost.sansio_core.linking import (
     UserFacts,
     UserRecord,
 )
+from agenthost.sansio_core.routing import LastSeen
 from agenthost.sansio_core.sessions import DIRECT, SessionAlias, SessionRecord
 from agenthost.sansio_core.turns import TurnSettings, run_turn
 from agenthost.sansio_core.types import (
@@ -115,6 +116,7 @@ class IdentityWorld:
     sessions: dict[str, SessionRecord] = attrs.field(factory=dict)
     leases: dict[str, leases.LeaseState] = attrs.field(factory=dict)
     codes: list[str] = attrs.field(factory=list)  # every code shown, in order
+    seen: list[tuple[str, LastSeen]] = attrs.field(factory=list)  # last-seen writes
     targets: list[fx.RunTarget] = attrs.field(factory=list)
     _rng: random.Random = attrs.field(init=False)
     _runs: int = 0
@@ -298,8 +300,13 @@ class IdentityWorld:
                 alias = self.aliases.get((owned.owner or key, owned.qualifier))
             facts = self.facts(effect.identity) if effect.facts and key is not None else None
             return fx.RequestContext(key, alias, facts)
+        if isinstance(effect, fx.OpenTurn):
+            return self.open_turn(attrs.evolve(effect.opening, lease_seconds=1e9))
         if isinstance(effect, fx.IssueIsolationKey):
             return self.identities.setdefault(native(effect.identity), effect.candidate)
+        if isinstance(effect, fx.RecordLastSeen):
+            self.seen.append((effect.isolation_key, effect.seen))
+            return None
         if isinstance(effect, fx.LoadAlias):
             assert effect.scope.owner is not None
             return self.aliases.get((effect.scope.owner, effect.scope.qualifier))
@@ -343,6 +350,28 @@ class IdentityWorld:
         if isinstance(effect, fx.UnlinkIdentity):
             return self.unlink(effect.identity, effect.new_key)
         raise AssertionError(f"the identity world does not answer {effect!r}")
+
+    def open_turn(self, plan: opening.Opening) -> opening.Outcome:
+        """What a store does for ``OpenTurn``: load, ``opening.decide``, write."""
+        key = self.key_of(plan.identity)
+        alias = None
+        if plan.scope is not None and (plan.scope.owner or key) is not None:
+            alias = self.aliases.get((plan.scope.owner or key or "", plan.scope.qualifier))
+        facts = self.facts(plan.identity) if key is not None and plan.access.needs_facts else None
+        lease = self.leases.get(alias.session_id) if alias is not None else None
+        session = self.sessions.get(alias.session_id) if alias is not None else None
+        outcome, writes = opening.decide(plan, opening.Loaded(key, alias, facts, lease, session))
+        if writes.issue_key is not None:
+            self.identities[native(plan.identity)] = writes.issue_key
+        if writes.last_seen is not None:
+            self.seen.append(writes.last_seen)
+        if writes.create is not None:
+            created = writes.create
+            self.aliases[(created.owner, created.qualifier)] = created
+            self.sessions[created.session_id] = sessions.new_session_record(created, plan.now)
+        if writes.lease is not None:
+            self.leases[writes.lease.session_id] = writes.lease
+        return outcome
 
     def _lease_step(self, session_id: str, event: leases.LeaseEvent) -> fx.LeaseAnswer:
         state = self.leases.get(session_id, leases.initial_state(session_id))

@@ -13,7 +13,6 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from agenthost.sansio_core import authorization
-from agenthost.sansio_core import effects as fx
 from agenthost.sansio_core.authorization import (
     DENIED_MESSAGE,
     AllOfAllowlists,
@@ -266,8 +265,9 @@ def test_a_denied_stranger_ends_the_turn_after_one_load_and_leaves_no_trace() ->
     world = IdentityWorld()
     settings = settings_for(NativeIdAllowlist({"telegram": ["111"]}), can_link=False)
     driven = world.turn(message("hello", BOB), settings)
-    assert driven.kinds == ["LoadContext"]
-    assert driven.effects[0] == fx.LoadContext(BOB, driven.effects[0].scope, facts=True)
+    assert driven.kinds == ["OpenTurn"]  # the store refused it in the trip that loaded it
+    assert driven.effects[0].opening.identity == BOB
+    assert driven.effects[0].opening.access.needs_facts
     refused = driven.outcome
     assert isinstance(refused, TurnRefused)
     assert refused.reason is RefusalReason.DENIED
@@ -279,18 +279,10 @@ def test_a_denied_stranger_ends_the_turn_after_one_load_and_leaves_no_trace() ->
 def test_the_open_profile_costs_no_extra_effect() -> None:
     world = IdentityWorld()
     first = world.turn(message("hello", ALICE), settings_for(None, commands=False))
-    assert first.kinds == [
-        "LoadContext",
-        "IssueIsolationKey",
-        "LoadAlias",
-        "CreateSession",
-        "AcquireLease",
-        "RunTarget",
-        "FinishRun",
-    ]
+    assert first.kinds == ["OpenTurn", "RunTarget", "FinishRun"]
     again = world.turn(message("again", ALICE), settings_for(None, commands=False))
-    assert again.kinds == ["LoadContext", "AcquireLease", "RunTarget", "FinishRun"]
-    assert again.effects[0].facts is False
+    assert again.kinds == ["OpenTurn", "RunTarget", "FinishRun"]
+    assert again.effects[0].opening.access.needs_facts is False
 
 
 def test_a_returning_user_under_an_allowlist_still_costs_one_load() -> None:
@@ -298,8 +290,8 @@ def test_a_returning_user_under_an_allowlist_still_costs_one_load() -> None:
     settings = settings_for(NativeIdAllowlist({"telegram": ["111"]}))
     world.turn(message("hello", ALICE), settings)
     again = world.turn(message("again", ALICE), settings)
-    assert again.kinds == ["LoadContext", "AcquireLease", "RunTarget", "FinishRun"]
-    assert again.effects[0].facts is True
+    assert again.kinds == ["OpenTurn", "RunTarget", "FinishRun"]
+    assert again.effects[0].opening.access.needs_facts is True
 
 
 def test_forced_link_through_the_turn_then_linked_by_code() -> None:
@@ -432,6 +424,6 @@ def test_a_denied_identity_never_produces_a_target_run(
         else:
             assert isinstance(driven.outcome, TurnRefused)
             assert driven.outcome.access == expected
-            assert driven.kinds == ["LoadContext"]
+            assert driven.kinds == ["OpenTurn"]
             assert len(world.targets) == ran
             assert world.identities == before

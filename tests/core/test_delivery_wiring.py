@@ -9,7 +9,7 @@ import attrs
 import pytest
 
 from agenthost.channels.invocations import codec
-from agenthost.sansio_core import delivery, turns
+from agenthost.sansio_core import delivery, opening, turns
 from agenthost.sansio_core import effects as fx
 from agenthost.sansio_core.authorization import AccessSettings, ChannelAccess, NativeIdAllowlist
 from agenthost.sansio_core.routing import Destination, LastSeen
@@ -30,6 +30,12 @@ SEEN = TurnSettings(record_last_seen=True)
 class SeeingWorld(World):
     seen: list[tuple[str, LastSeen]] = attrs.field(factory=list)
 
+    def open_turn(self, plan: opening.Opening) -> opening.Outcome:
+        _, writes = opening.decide(plan, self.loaded_for(plan))
+        if writes.last_seen is not None:
+            self.seen.append(writes.last_seen)
+        return super().open_turn(plan)
+
     def answer(self, effect: fx.Effect) -> Any:
         if isinstance(effect, fx.RecordLastSeen):
             self.seen.append((effect.isolation_key, effect.seen))
@@ -44,10 +50,10 @@ def test_an_authorized_request_records_where_its_user_was_seen_once() -> None:
     )
     first = turn(world, request, "r1", SEEN)
     assert isinstance(first.outcome, TurnCompleted)
-    # after the key is issued, before the session: one write per request
-    assert first.kinds[:3] == ["LoadContext", "IssueIsolationKey", "RecordLastSeen"]
+    # written in the trip that opens the turn, with the key issued there: one per request
+    assert first.kinds[0] == "OpenTurn" and "RecordLastSeen" not in first.kinds
     second = turn(world, request, "r2", SEEN)
-    assert second.kinds.count("RecordLastSeen") == 1
+    assert second.kinds[0] == "OpenTurn"
     key = world.identities[("telegram", "111")]
     assert [(k, s.conversation_id, s.seen_at) for k, s in world.seen] == [
         (key, "chat-1", world.now),

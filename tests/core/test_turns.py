@@ -17,7 +17,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from agenthost.sansio_core import effects as fx
-from agenthost.sansio_core import leases, sessions
+from agenthost.sansio_core import leases, opening, sessions
 from agenthost.sansio_core.sessions import DIRECT, ScopeKey, SessionAlias, SessionRecord
 from agenthost.sansio_core.turns import (
     MessageRecorded,
@@ -89,6 +89,9 @@ class World:
             if key is not None and effect.scope is not None:
                 alias = self.aliases.get((effect.scope.owner or key, effect.scope.qualifier))
             return fx.RequestContext(key, alias)
+        if isinstance(effect, fx.OpenTurn):
+            self.arrivals.append(effect.opening.run_id)
+            return self.open_turn(attrs.evolve(effect.opening, lease_seconds=self.ttl))
         if isinstance(effect, fx.CallIdentityResolver):
             assert self.resolver is not None
             return self.resolver(effect.identity)
@@ -130,6 +133,30 @@ class World:
             )
             return saved
         raise AssertionError(f"unknown effect {effect!r}")
+
+    def loaded_for(self, plan: opening.Opening) -> opening.Loaded:
+        """What a store loads for ``OpenTurn``."""
+        key = self.identities.get((plan.identity.channel, plan.identity.native_id))
+        alias = None
+        if plan.scope is not None and (plan.scope.owner or key) is not None:
+            alias = self.aliases.get((plan.scope.owner or key or "", plan.scope.qualifier))
+        lease = self.leases.get(alias.session_id) if alias is not None else None
+        session = self.sessions.get(alias.session_id) if alias is not None else None
+        return opening.Loaded(key, alias, None, lease, session)
+
+    def open_turn(self, plan: opening.Opening) -> opening.Outcome:
+        """What a store does for ``OpenTurn``: load, ``opening.decide``, write."""
+        native = (plan.identity.channel, plan.identity.native_id)
+        outcome, writes = opening.decide(plan, self.loaded_for(plan))
+        if writes.issue_key is not None:
+            self.identities[native] = writes.issue_key
+        if writes.create is not None:
+            created = writes.create
+            self.aliases[(created.owner, created.qualifier)] = created
+            self.sessions[created.session_id] = sessions.new_session_record(created, plan.now)
+        if writes.lease is not None:
+            self.leases[writes.lease.session_id] = writes.lease
+        return outcome
 
     def _lease_step(self, session_id: str, event: leases.LeaseEvent) -> fx.LeaseAnswer:
         state = self.leases.get(session_id, leases.initial_state(session_id))
@@ -222,15 +249,8 @@ def test_first_request_issues_a_key_creates_a_session_runs_and_saves() -> None:
     world = World()
     driven = turn(world, message("hello"), "r1")
 
-    assert driven.kinds == [
-        "LoadContext",
-        "IssueIsolationKey",
-        "LoadAlias",
-        "CreateSession",
-        "AcquireLease",
-        "RunTarget",
-        "FinishRun",
-    ]
+    # key, session and lease in one trip; save and release in one more
+    assert driven.kinds == ["OpenTurn", "RunTarget", "FinishRun"]
     ref = SessionRef("ik_r1", "s_r1", None)
     assert driven.outcome == TurnCompleted(
         result=driven.outcome.result, saved=True
@@ -258,8 +278,8 @@ def test_second_request_reuses_the_session_in_one_round_trip() -> None:
     turn(world, message("hello"), "r1")
     driven = turn(world, message("again"), "r2")
 
-    # identity and alias come back together: no LoadAlias, no new key, no new session
-    assert driven.kinds == ["LoadContext", "AcquireLease", "RunTarget", "FinishRun"]
+    # identity, alias, session and lease come back together, in one trip
+    assert driven.kinds == ["OpenTurn", "RunTarget", "FinishRun"]
     (run,) = driven.of_type(fx.RunTarget)
     assert run.session_state == {"inputs": ["hello"]}
     assert run.session_ref == SessionRef("ik_r1", "s_r1", None)
@@ -320,7 +340,7 @@ def test_disabled_runs_stateless_without_a_lease() -> None:
     world = World()
     turn(world, message("hello"), "r1")
     driven = turn(world, message("one-off", mode=SessionMode.DISABLED), "r2")
-    assert driven.kinds == ["LoadContext", "RunTarget"]
+    assert driven.kinds == ["OpenTurn", "RunTarget"]
     (run,) = driven.of_type(fx.RunTarget)
     assert run.session_state is None
     assert run.session_ref == SessionRef("ik_r1", None, None)
@@ -368,9 +388,9 @@ def test_reject_while_another_run_holds_the_lease_is_busy() -> None:
     assert driven.outcome == TurnRefused(
         RefusalReason.SESSION_BUSY, "the session is busy with another run"
     )
-    assert driven.of_type(fx.AcquireLease) == [
-        fx.AcquireLease("s_r1", "r2", MultitaskStrategy.REJECT)
-    ]
+    (opened,) = driven.of_type(fx.OpenTurn)
+    assert opened.opening.strategy is MultitaskStrategy.REJECT
+    assert opened.opening.run_id == "r2"
     assert driven.of_type(fx.RunTarget) == []
     assert driven.of_type(fx.FinishRun) == []
     assert world.leases["s_r1"].holder == "other"
@@ -385,7 +405,7 @@ def test_the_host_default_strategy_applies_when_the_request_names_none() -> None
     )
     settings = TurnSettings(default_multitask=MultitaskStrategy.REJECT)
     driven = turn(world, message("now!"), "r2", settings)
-    assert driven.of_type(fx.AcquireLease)[0].strategy is MultitaskStrategy.REJECT
+    assert driven.of_type(fx.OpenTurn)[0].opening.strategy is MultitaskStrategy.REJECT
     assert isinstance(driven.outcome, TurnRefused)
 
 
@@ -405,8 +425,7 @@ def test_a_busy_session_makes_the_turn_wait_then_run(
         message("queued", multitask=strategy), run_id="r2", now=world.now, settings=TurnSettings()
     )
     effect = next(gen)
-    while not isinstance(effect, fx.AcquireLease):
-        effect = gen.send(world.answer(effect))
+    assert isinstance(effect, fx.OpenTurn)  # it arrives at the lease in its first trip
     effect = gen.send(world.answer(effect))
     assert effect == fx.WaitForLease("s_r1", "r2", interrupting)
     if interrupting:

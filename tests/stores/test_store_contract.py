@@ -7,11 +7,14 @@ this module passes for it unchanged.
 from __future__ import annotations
 
 import anyio
+import attrs
 import pytest
 
-from agenthost.sansio_core import background, leases
+from agenthost.sansio_core import background, leases, opening
+from agenthost.sansio_core.authorization import ChannelAccess, NativeIdAllowlist
 from agenthost.sansio_core.background import RunRecord, RunTransitionRefused
 from agenthost.sansio_core.effects import LeaseAnswer, RequestContext
+from agenthost.sansio_core.routing import LastSeen
 from agenthost.sansio_core.sessions import ScopeKey, SessionAlias, SessionRecord
 from agenthost.sansio_core.types import (
     ChannelIdentity,
@@ -21,6 +24,8 @@ from agenthost.sansio_core.types import (
     MultitaskStrategy,
     ResponseTarget,
     RunStatus,
+    SessionMode,
+    SessionRef,
     UriPart,
 )
 from agenthost.stores.base import RunNotFound, Store
@@ -539,3 +544,107 @@ async def test_concurrent_arrivals_grant_exactly_one(store: Store) -> None:
         renew = await store.apply_lease_event("s1", leases.Renew(run, 2.0, TTL))
         expected = leases.Renewed(False) if run == granted[0] else leases.LeaseLost()
         assert renew.decision == expected
+
+
+# --- opening a turn in one trip -------------------------------------------------------
+
+
+def opening_for(
+    identity: ChannelIdentity,
+    run_id: str,
+    *,
+    scope: ScopeKey | None = ScopeKey(None, "direct"),  # noqa: B008 - a frozen value
+    mode: SessionMode = SessionMode.AUTO,
+    strategy: MultitaskStrategy = ENQUEUE,
+    access: ChannelAccess | None = None,
+    now: float = 10.0,
+) -> opening.Opening:
+    return opening.Opening(
+        identity=identity,
+        scope=scope,
+        session_key=None,
+        session_mode=mode,
+        access=access or ChannelAccess(),
+        is_direct=True,
+        run_id=run_id,
+        strategy=strategy,
+        now=now,
+        last_seen=LastSeen(identity.channel, identity, None, now),
+        lease_seconds=TTL,
+    )
+
+
+async def test_open_turn_of_a_stranger_issues_a_key_creates_a_session_and_leases_it(
+    store: Store,
+) -> None:
+    opened = await store.open_turn(opening_for(ALICE, "r1"))
+    assert isinstance(opened, opening.Opened)
+    assert isinstance(opened.lease, leases.Granted)
+    assert opened.session_ref == SessionRef("ik_r1", "s_r1", None)
+    assert opened.session is not None and opened.session.state is None
+    context = await store.load_context(ALICE, ScopeKey(None, "direct"))
+    assert context.isolation_key == "ik_r1"
+    assert context.alias is not None and context.alias.session_id == "s_r1"
+    assert [s.channel for s in await store.list_last_seen("ik_r1")] == ["telegram"]
+    # the lease is held: a second arrival waits
+    waiting = await store.open_turn(opening_for(ALICE, "r2"))
+    assert isinstance(waiting, opening.Opened)
+    assert isinstance(waiting.lease, leases.Waiting)
+    assert waiting.session is None
+
+
+async def test_open_turn_of_a_returning_user_loads_the_saved_session(store: Store) -> None:
+    first = await store.open_turn(opening_for(ALICE, "r1"))
+    assert isinstance(first, opening.Opened) and first.session is not None
+    saved = attrs.evolve(first.session, state={"history": ["hi"]}, turns=1)
+    assert await store.finish_run("s_r1", "r1", saved, 11.0)
+    again = await store.open_turn(opening_for(ALICE, "r2", now=12.0))
+    assert isinstance(again, opening.Opened) and isinstance(again.lease, leases.Granted)
+    assert again.session_ref.session_id == "s_r1"
+    assert again.session is not None and again.session.state == {"history": ["hi"]}
+
+
+async def test_open_turn_refused_by_the_allowlist_writes_nothing(store: Store) -> None:
+    closed = ChannelAccess(allowlist=NativeIdAllowlist({"telegram": ["someone-else"]}))
+    refused = await store.open_turn(opening_for(ALICE, "r1", access=closed))
+    assert isinstance(refused, opening.Refused) and refused.access is not None
+    assert await store.load_context(ALICE, ScopeKey(None, "direct")) == RequestContext(None, None)
+    assert await store.list_last_seen("ik_r1") == []
+
+
+async def test_open_turn_required_without_a_session_creates_none(store: Store) -> None:
+    refused = await store.open_turn(opening_for(ALICE, "r1", mode=SessionMode.REQUIRED))
+    assert refused == opening.Refused(None)
+    assert await store.load_alias(ScopeKey("ik_r1", "direct")) is None
+    assert await store.load_session("s_r1") is None
+
+
+async def test_open_turn_finds_a_shared_scope_for_a_new_member(store: Store) -> None:
+    shared = ScopeKey("conversation:telegram:g1", "shared")
+    await store.open_turn(opening_for(ALICE, "r1", scope=shared))
+    await store.finish_run("s_r1", "r1", None, 11.0)
+    bob = await store.open_turn(opening_for(BOB, "r2", scope=shared))
+    assert isinstance(bob, opening.Opened)
+    assert bob.session_ref.session_id == "s_r1"  # the conversation's, not a new one
+
+
+async def test_open_turn_with_reject_on_a_busy_session(store: Store) -> None:
+    await store.open_turn(opening_for(ALICE, "r1"))
+    busy = await store.open_turn(opening_for(ALICE, "r2", strategy=REJECT))
+    assert isinstance(busy, opening.Opened) and isinstance(busy.lease, leases.Rejected)
+
+
+async def test_concurrent_openings_of_one_user_grant_exactly_one(store: Store) -> None:
+    await store.open_turn(opening_for(ALICE, "r0"))
+    await store.finish_run("s_r0", "r0", None, 11.0)
+    answers: list[opening.Outcome] = []
+
+    async def arrive(n: int) -> None:
+        answers.append(await store.open_turn(opening_for(ALICE, f"r{n + 1}", now=12.0)))
+
+    async with anyio.create_task_group() as tasks:
+        for n in range(8):
+            tasks.start_soon(arrive, n)
+    decisions = [a.lease for a in answers if isinstance(a, opening.Opened)]
+    assert sum(isinstance(d, leases.Granted) for d in decisions) == 1
+    assert sum(isinstance(d, leases.Waiting) for d in decisions) == 7

@@ -1,0 +1,155 @@
+"""Opening a turn in one store round trip: who is asking, whether they may, which session,
+and the session's lease, decided inside the store's transaction.
+
+A foreground turn needs the same reads and writes every time: the identity's key (issued on
+first sight), authorization over what linking established, where the user was last seen,
+the session (created on first use) and its lease. Asked as separate questions that is four
+to six store round trips before the target runs. Here the turn hands the store an
+:class:`Opening` (what the request asks for); the store loads the :class:`Loaded` records in
+its transaction, calls :func:`decide` and writes exactly the records the decision names. The
+store still decides nothing: every rule is the one the step-by-step path applies, and each
+comes from its own module (``authorization``, ``identity``, ``sessions``, ``leases``).
+
+Rules:
+
+1. The decision is the step-by-step path's, in its order: authorize (a refused identity
+   leaves no trace, not even a key) -> issue the key of an identity seen for the first
+   time -> record where it was seen -> resolve the session (create on first use; a
+   ``required`` session that does not exist refuses) -> arrive at the lease.
+2. Only requests that need no application callback between those steps open this way:
+   no custom identity resolver, no run hook, no fork, no command (``turns.opens_in_one_trip``).
+   The others take the step-by-step path.
+3. Writes are named in the decision, never inferred by the store: a key to insert, a
+   last-seen record, an alias (with its empty session) to create, and the lease state.
+"""
+
+from __future__ import annotations
+
+import attrs
+
+from agenthost.sansio_core import authorization, identity, leases, routing, sessions
+from agenthost.sansio_core.authorization import ChannelAccess, Denied, LinkRequired
+from agenthost.sansio_core.linking import UserFacts
+from agenthost.sansio_core.sessions import ScopeKey, SessionAlias, SessionRecord
+from agenthost.sansio_core.types import (
+    ChannelIdentity,
+    MultitaskStrategy,
+    SessionMode,
+    SessionRef,
+)
+
+
+@attrs.frozen
+class Opening:
+    """What a request asks of the store to open its turn (the answer: :class:`Opened`)."""
+
+    identity: ChannelIdentity
+    scope: ScopeKey | None  # ``owner=None``: the identity's own key
+    session_key: str | None  # the caller-facing key, for the SessionRef
+    session_mode: SessionMode
+    access: ChannelAccess
+    is_direct: bool
+    run_id: str
+    strategy: MultitaskStrategy
+    now: float
+    last_seen: routing.LastSeen | None  # recorded when the host has a channel that can push
+    lease_seconds: float = 0.0  # the interpreter's lease time (the core does not know it)
+
+    @property
+    def new_session_id(self) -> str:
+        return f"s_{self.run_id}"
+
+
+@attrs.frozen
+class Loaded:
+    """What the store read in its transaction for :func:`decide`.
+
+    ``alias`` is the scope's alias under the owner the scope names or, when it names none,
+    under ``isolation_key`` (``None`` for an identity never seen); ``lease`` and ``session``
+    are those of ``alias``'s session.
+    """
+
+    isolation_key: str | None
+    alias: SessionAlias | None
+    facts: UserFacts | None
+    lease: leases.LeaseState | None
+    session: SessionRecord | None
+
+
+@attrs.frozen
+class Refused:
+    """The turn ends before the target runs; ``access`` is set for a denial or a link
+    requirement, otherwise the session was ``required`` and not found."""
+
+    access: Denied | LinkRequired | None
+
+
+@attrs.frozen
+class Opened:
+    """The turn's session and its place at the lease (``lease`` is ``None`` when stateless)."""
+
+    session_ref: SessionRef
+    lease: leases.LeaseDecision | None
+    session: SessionRecord | None  # the session to run on, when the lease was granted
+
+
+@attrs.frozen
+class Writes:
+    """The records :func:`decide` asks the store to write, in its transaction."""
+
+    issue_key: str | None = None  # insert the identity with this key
+    last_seen: tuple[str, routing.LastSeen] | None = None  # (isolation key, record)
+    create: SessionAlias | None = None  # insert the alias and its empty session
+    lease: leases.LeaseState | None = None
+
+
+Outcome = Refused | Opened
+
+
+def decide(opening: Opening, loaded: Loaded) -> tuple[Outcome, Writes]:
+    """The turn's opening from what the store loaded; see the module rules."""
+    decision = authorization.authorize(
+        opening.access, opening.identity, loaded.facts, is_direct=opening.is_direct
+    )
+    if isinstance(decision, Denied | LinkRequired):
+        return Refused(decision), Writes()
+
+    key = loaded.isolation_key
+    issue_key = None
+    if key is None:
+        key = issue_key = identity.candidate_isolation_key(opening.identity, opening.run_id)
+    last_seen = (key, opening.last_seen) if opening.last_seen is not None else None
+    writes = Writes(issue_key=issue_key, last_seen=last_seen)
+
+    scope = opening.scope.owned_by(key) if opening.scope is not None else None
+    session_decision = sessions.resolve(
+        opening.session_mode,
+        scope,
+        loaded.alias,
+        new_session_id=opening.new_session_id,
+        now=opening.now,
+    )
+    if isinstance(session_decision, sessions.SessionNotFound):
+        return Refused(None), writes
+    if isinstance(session_decision, sessions.Stateless):
+        return Opened(SessionRef(key, None, opening.session_key), None, None), writes
+
+    record: SessionRecord | None
+    lease_state: leases.LeaseState
+    if isinstance(session_decision, sessions.CreateSession):
+        alias = session_decision.alias
+        writes = attrs.evolve(writes, create=alias)
+        record = sessions.new_session_record(alias, opening.now)
+        lease_state = leases.initial_state(alias.session_id)
+    else:
+        assert isinstance(session_decision, sessions.UseSession)  # resolve never forks
+        alias = session_decision.alias
+        record = loaded.session
+        lease_state = loaded.lease or leases.initial_state(alias.session_id)
+
+    arrive = leases.Arrive(opening.run_id, opening.strategy, opening.now, opening.lease_seconds)
+    new_lease, lease_decision = leases.apply(lease_state, arrive)
+    writes = attrs.evolve(writes, lease=new_lease)
+    granted = isinstance(lease_decision, leases.Granted)
+    ref = SessionRef(key, alias.session_id, opening.session_key)
+    return Opened(ref, lease_decision, record if granted else None), writes

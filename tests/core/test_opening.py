@@ -1,0 +1,129 @@
+"""Opening a turn in one trip (``opening.decide``) decides exactly what the step-by-step
+path decides: for any world and request, both end with the same outcome and leave the same
+identities, aliases, sessions and leases behind."""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Generator
+from typing import Any
+
+import attrs
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from agenthost.sansio_core import effects as fx
+from agenthost.sansio_core import leases
+from agenthost.sansio_core.authorization import Allowlist, NativeIdAllowlist
+from agenthost.sansio_core.turns import (
+    TurnOutcome,
+    TurnRefused,
+    TurnSettings,
+    execute_turn,
+    resolve_turn,
+    run_turn,
+)
+from agenthost.sansio_core.types import (
+    ChannelIdentity,
+    ChannelRequest,
+    ChannelSession,
+    ConversationScope,
+    HostMessage,
+    MultitaskStrategy,
+    SessionMode,
+)
+from tests.core.identity_world import IdentityWorld, settings_for
+
+PEOPLE = [ChannelIdentity("telegram", str(n)) for n in range(3)]
+
+
+def step_by_step(
+    request: ChannelRequest, *, run_id: str, now: float, settings: TurnSettings
+) -> Generator[fx.Effect, Any, TurnOutcome]:
+    resolved = yield from resolve_turn(request, run_id=run_id, now=now, settings=settings)
+    if isinstance(resolved, TurnRefused):
+        return resolved
+    return (yield from execute_turn(resolved, run_id=run_id, now=now, settings=settings))
+
+
+@st.composite
+def requests(draw: st.DrawFn) -> ChannelRequest:
+    who = draw(st.sampled_from(PEOPLE))
+    group = draw(st.sampled_from([None, "g1", "g2"]))
+    scope = draw(st.sampled_from(list(ConversationScope)))
+    keyed = draw(st.sampled_from([None, "k1", "k2"]))
+    session = ChannelSession(
+        key=keyed,
+        conversation_id=group,
+        is_direct=group is None,
+        caller_keyed=keyed is not None,
+    )
+    return ChannelRequest(
+        channel=who.channel,
+        identity=who,
+        input=(HostMessage.user("hi"),),
+        session=session,
+        session_mode=draw(st.sampled_from(list(SessionMode))),
+        conversation_scope=scope,
+        multitask=draw(st.sampled_from([None, MultitaskStrategy.REJECT])),
+    )
+
+
+def snapshot(world: IdentityWorld) -> tuple[Any, ...]:
+    return (world.identities, world.aliases, world.sessions, world.leases, world.seen)
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    st.lists(st.tuples(requests(), st.booleans()), min_size=1, max_size=6),
+    st.sampled_from(["open", "allowlist"]),
+)
+def test_one_trip_and_step_by_step_decide_alike(
+    turns: list[tuple[ChannelRequest, bool]], profile: str
+) -> None:
+    allowlist: Allowlist | None = None
+    if profile == "allowlist":
+        allowlist = NativeIdAllowlist({"telegram": ["0", "1"]})
+    turn_settings = attrs.evolve(settings_for(allowlist, can_link=False), record_last_seen=True)
+    one_trip, stepwise = IdentityWorld(), IdentityWorld()
+    for n, (request, busy) in enumerate(turns):
+        run_id = f"r{n}"
+        if busy:
+            # another run holds every existing session: a REJECT turn is refused, an
+            # ENQUEUE one would wait forever here, so busy turns always reject
+            request = attrs.evolve(request, multitask=MultitaskStrategy.REJECT)
+            for world in (one_trip, stepwise):
+                for session_id in list(world.sessions):
+                    arrive = leases.Arrive("other", MultitaskStrategy.ENQUEUE, world.now, 1e9)
+                    world.leases[session_id], _ = leases.apply(
+                        world.leases.get(session_id, leases.initial_state(session_id)), arrive
+                    )
+        fast = one_trip.drive(
+            run_turn(request, run_id=run_id, now=one_trip.now, settings=turn_settings)
+        )
+        slow = stepwise.drive(
+            step_by_step(request, run_id=run_id, now=stepwise.now, settings=turn_settings)
+        )
+        if busy:
+            for world in (one_trip, stepwise):
+                for session_id, state in list(world.leases.items()):
+                    world.leases[session_id], _ = leases.apply(
+                        state, leases.Release("other", world.now)
+                    )
+        assert fast.kinds[0] == "OpenTurn"
+        assert fast.outcome == slow.outcome
+        assert snapshot(one_trip) == snapshot(stepwise)
+        assert fast.kinds.count("OpenTurn") == 1 and "LoadContext" not in fast.kinds
+
+
+def test_a_refused_stranger_is_decided_in_the_one_trip_and_leaves_nothing() -> None:
+    world = IdentityWorld()
+    closed = settings_for(NativeIdAllowlist({"telegram": ["someone-else"]}), can_link=False)
+    request = ChannelRequest(
+        channel="telegram", identity=PEOPLE[0], input=(HostMessage.user("hi"),)
+    )
+    before = copy.deepcopy(snapshot(world))
+    driven = world.drive(run_turn(request, run_id="r1", now=world.now, settings=closed))
+    assert driven.kinds == ["OpenTurn"]
+    assert isinstance(driven.outcome, TurnRefused)
+    assert snapshot(world) == before

@@ -329,16 +329,19 @@ class WorkflowTarget(TargetAdapter):
             stored = None
         plan = self._plan(call.request, stored)
         storage = SessionCheckpointStorage(self._allowed_types, seed=stored)
+        sealed: list[tuple[str, dict[str, Any]] | None] = []
         fold = _TurnFold()
         guard = self._lock if self._lock is not None else contextlib.nullcontext()
         async with guard:
             if call.on_update is None:
-                events = await self._bridge.call(self._collect, plan, storage)
+                events = await self._bridge.call(self._collect, plan, storage, sealed)
                 for event in events:
                     fold.take(event)
             else:
                 sink = call.on_update
-                stream = self._bridge.iterate(lambda: self._events(plan, storage, stream=True))
+                stream = self._bridge.iterate(
+                    lambda: self._events(plan, storage, sealed, stream=True)
+                )
                 async with contextlib.aclosing(stream):
                     async for event in stream:
                         update = fold.take(event)
@@ -346,7 +349,7 @@ class WorkflowTarget(TargetAdapter):
                             await sink(update)
         turn = fold.turn()
         new_state: Mapping[str, Any] | None = None
-        newest = storage.newest
+        newest = sealed[0] if sealed else None
         if stateful and newest is not None:
             new_state = StoredWorkflow(
                 name=str(newest[1].get("workflow_name", "")),
@@ -365,19 +368,20 @@ class WorkflowTarget(TargetAdapter):
         if stored is not None and stored.pending:
             answer = value[-1].text if messages and value else value
             return _RunPlan(answer=(stored.pending[0], answer), stored=stored)
-        if messages:
-            value = (
-                (value[-1].text if value else "")
-                if self._takes_text
-                else (to_framework_messages(value))
-            )
+        if messages and self._takes_text:
+            value = value[-1].text if value else ""
+        elif messages:
+            value = to_framework_messages(value)
         return _RunPlan(message=value, stored=stored)
 
-    async def _collect(self, plan: _RunPlan, storage: Any) -> list[Any]:
-        return [event async for event in self._events(plan, storage, stream=False)]
+    async def _collect(self, plan: _RunPlan, storage: Any, sealed: list[Any]) -> list[Any]:
+        return [event async for event in self._events(plan, storage, sealed, stream=False)]
 
-    async def _events(self, plan: _RunPlan, storage: Any, *, stream: bool) -> AsyncIterator[Any]:
-        """Run one turn on the asyncio side, yielding the workflow's events as they come."""
+    async def _events(
+        self, plan: _RunPlan, storage: Any, sealed: list[Any], *, stream: bool
+    ) -> AsyncIterator[Any]:
+        """Run one turn on the asyncio side, yielding the workflow's events as they come;
+        at the end, ``sealed`` gets the newest checkpoint in its stored form."""
         workflow = self._make() if self._make is not None else self._shared
         run_options: dict[str, Any]
         if plan.answer is not None:
@@ -401,6 +405,7 @@ class WorkflowTarget(TargetAdapter):
         else:
             for event in await workflow.run(**run_options, checkpoint_storage=storage):
                 yield event
+        sealed.append(storage.seal())
 
 
 async def _typed_answer(storage: Any, checkpoint_id: str, request_id: str, answer: Any) -> Any:

@@ -7,8 +7,8 @@ another replica, gone with the session. Nothing is written under the state direc
 
 ``SessionCheckpointStorage`` is the framework's ``CheckpointStorage`` for one run: it is
 seeded with the session's stored checkpoint (so the run can resume from it) and keeps what
-the run saves in memory, encoded the way the framework's own storages encode it; the
-adapter takes ``newest`` at the end and returns it as the session's new state.
+the run saves in memory; at the end the adapter ``seal``s the newest, encoded the way the
+framework's own storages encode it, and returns it as the session's new state.
 
 Checkpoints are decoded with the framework's restricted unpickler. Allowed are the
 framework's own types, the types the workflow's executors declare (inputs, outputs,
@@ -18,6 +18,7 @@ requests and responses) and whatever the application registered with
 
 from __future__ import annotations
 
+import copy
 import types
 import typing
 from collections.abc import Iterable, Mapping
@@ -80,70 +81,75 @@ class StoredWorkflow:
 
 
 class SessionCheckpointStorage:
-    """``agent_framework.CheckpointStorage`` for one run of one session's workflow."""
+    """``agent_framework.CheckpointStorage`` for one run of one session's workflow.
+
+    The framework saves a checkpoint after every superstep, and only the newest matters to
+    the session, so saving keeps the checkpoint object as the framework built it (a fresh
+    object each time, which the framework does not touch again) and ``seal`` encodes the
+    newest once, at the end of the run. A checkpoint that could not be restored (a value of
+    a type nobody allowed) fails the run at ``seal``: the framework only logs a failed save
+    and runs on, which would leave the session with a checkpoint older than its question.
+    """
 
     def __init__(self, allowed_types: frozenset[str], seed: StoredWorkflow | None = None) -> None:
         self._allowed = allowed_types
-        self._encoded: dict[str, tuple[str, Mapping[str, Any]]] = {}  # id -> (name, encoded)
-        self._saved: list[str] = []  # ids this run saved, oldest first
-        if seed is not None:
-            self._encoded[seed.checkpoint_id] = (seed.name, seed.checkpoint)
-
-    @property
-    def newest(self) -> tuple[str, Mapping[str, Any]] | None:
-        """The id and encoded form of the last checkpoint this run saved."""
-        if not self._saved:
-            return None
-        checkpoint_id = self._saved[-1]
-        return checkpoint_id, self._encoded[checkpoint_id][1]
+        self._seed = seed
+        self._saved: dict[str, Any] = {}  # this run's checkpoints by id, oldest first
 
     async def save(self, checkpoint: Any) -> str:
+        checkpoint_id = str(checkpoint.checkpoint_id)
+        self._saved.pop(checkpoint_id, None)
+        self._saved[checkpoint_id] = checkpoint
+        while len(self._saved) > _KEPT:
+            del self._saved[next(iter(self._saved))]
+        return checkpoint_id
+
+    def seal(self) -> tuple[str, dict[str, Any]] | None:
+        """The id and stored form of the newest checkpoint this run saved (``None``: none)."""
+        if not self._saved:
+            return None
+        checkpoint_id, checkpoint = next(reversed(self._saved.items()))
         try:
-            encoded = encode_checkpoint_value(checkpoint.to_dict())
+            encoded: dict[str, Any] = encode_checkpoint_value(checkpoint.to_dict())
             # Refuse now what could not be restored later, as the framework's storages do.
             decode_checkpoint_value(encoded, allowed_types=self._allowed)
-        except WorkflowCheckpointException:
-            raise
         except Exception as exc:
             raise WorkflowCheckpointException(
-                "the checkpoint holds a value that cannot be restored; register its type with "
-                "agent_framework.register_checkpoint_type"
+                "the workflow's checkpoint holds a value the host could not restore; register "
+                "its type with agent_framework.register_checkpoint_type"
             ) from exc
-        checkpoint_id = str(checkpoint.checkpoint_id)
-        self._encoded[checkpoint_id] = (checkpoint.workflow_name, encoded)
-        if checkpoint_id in self._saved:
-            self._saved.remove(checkpoint_id)
-        self._saved.append(checkpoint_id)
-        while len(self._saved) > _KEPT:
-            self._encoded.pop(self._saved.pop(0), None)
-        return checkpoint_id
+        return checkpoint_id, encoded
 
     async def load(self, checkpoint_id: str) -> Any:
         from agent_framework import WorkflowCheckpoint
 
-        found = self._encoded.get(checkpoint_id)
-        if found is None:
+        if checkpoint_id in self._saved:
+            return copy.deepcopy(self._saved[checkpoint_id])
+        if self._seed is None or checkpoint_id != self._seed.checkpoint_id:
             raise WorkflowCheckpointException(f"No checkpoint found with ID {checkpoint_id}")
-        decoded = decode_checkpoint_value(found[1], allowed_types=self._allowed)
+        decoded = decode_checkpoint_value(self._seed.checkpoint, allowed_types=self._allowed)
         return WorkflowCheckpoint.from_dict(decoded)
 
     async def list_checkpoints(self, *, workflow_name: str) -> list[Any]:
-        return [
-            await self.load(i) for i in await self.list_checkpoint_ids(workflow_name=workflow_name)
-        ]
+        ids = await self.list_checkpoint_ids(workflow_name=workflow_name)
+        return [await self.load(checkpoint_id) for checkpoint_id in ids]
 
     async def delete(self, checkpoint_id: str) -> bool:
-        if checkpoint_id in self._saved:
-            self._saved.remove(checkpoint_id)
-        return self._encoded.pop(checkpoint_id, None) is not None
+        if self._seed is not None and checkpoint_id == self._seed.checkpoint_id:
+            self._seed = None
+            return True
+        return self._saved.pop(checkpoint_id, None) is not None
 
     async def get_latest(self, *, workflow_name: str) -> Any:
         ids = await self.list_checkpoint_ids(workflow_name=workflow_name)
         return await self.load(ids[-1]) if ids else None
 
     async def list_checkpoint_ids(self, *, workflow_name: str) -> list[str]:
-        # Insertion order: the seed first, then what this run saved, oldest first.
-        return [i for i, (name, _) in self._encoded.items() if name == workflow_name]
+        # Oldest first: the seed, then what this run saved.
+        ids = [i for i, c in self._saved.items() if c.workflow_name == workflow_name]
+        if self._seed is not None and self._seed.name == workflow_name:
+            ids.insert(0, self._seed.checkpoint_id)
+        return ids
 
 
 def declared_type_keys(workflow: Any) -> frozenset[str]:

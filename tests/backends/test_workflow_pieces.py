@@ -106,21 +106,24 @@ async def test_checkpoints_round_trip_through_their_stored_form() -> None:
     assert "tests.backends.workflow_fixtures:NameQuestion" in allowed
     storage = SessionCheckpointStorage(allowed)
     saved = await storage.save(checkpoint(NameQuestion("Who?", "party")))
-    newest = storage.newest
-    assert newest is not None and newest[0] == saved
+    sealed = storage.seal()
+    assert sealed is not None and sealed[0] == saved
     # What the session keeps is plain JSON; a new storage seeded with it restores the value.
-    stored = StoredWorkflow("greeter", "g", saved, json.loads(json.dumps(newest[1])), ("r1",))
+    stored = StoredWorkflow("greeter", "g", saved, json.loads(json.dumps(sealed[1])), ("r1",))
     again = StoredWorkflow.from_state(json.loads(json.dumps(stored.to_state())))
     assert again == stored
-    restored = await SessionCheckpointStorage(allowed, seed=again).load(saved)
+    seeded = SessionCheckpointStorage(allowed, seed=again)
+    restored = await seeded.load(saved)
     assert restored.state == {"value": NameQuestion("Who?", "party")}
+    assert await seeded.list_checkpoint_ids(workflow_name="greeter") == [saved]
+    assert seeded.seal() is None  # the run saved nothing new: the session keeps what it had
 
 
-async def test_a_checkpoint_that_could_not_be_restored_is_refused_when_saved() -> None:
+async def test_a_checkpoint_that_could_not_be_restored_fails_the_run() -> None:
     storage = SessionCheckpointStorage(frozenset())
-    with pytest.raises(WorkflowCheckpointException):
-        await storage.save(checkpoint(Point(1, 2)))
-    assert storage.newest is None
+    await storage.save(checkpoint(Point(1, 2)))  # saving never fails: the framework would
+    with pytest.raises(WorkflowCheckpointException):  # only log it and run on
+        storage.seal()
 
 
 async def test_a_run_keeps_only_its_newest_checkpoints() -> None:
@@ -131,7 +134,8 @@ async def test_a_run_keeps_only_its_newest_checkpoints() -> None:
     with pytest.raises(WorkflowCheckpointException):
         await storage.load(ids[0])
     assert await storage.delete(ids[-1]) is True
-    assert storage.newest is not None and storage.newest[0] == ids[-2]
+    sealed = storage.seal()
+    assert sealed is not None and sealed[0] == ids[-2]
 
 
 def test_a_foreign_or_broken_state_is_no_stored_workflow() -> None:

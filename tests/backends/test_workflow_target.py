@@ -30,6 +30,7 @@ from tests.backends.workflow_fixtures import (
     invoicer_factory,
     sleeper_builder,
     sleeper_factory,
+    two_questions_factory,
 )
 from tests.served import served
 
@@ -281,3 +282,43 @@ async def poll_until_final(client: httpx.AsyncClient, poll_url: str) -> dict[str
                 return body
             await anyio.sleep(0.02)
     raise AssertionError("the background run did not finish")
+
+
+async def test_two_questions_are_answered_in_turn_and_a_wrong_answer_is_asked_again(
+    tmp_path: Path,
+) -> None:
+    with anyio.fail_after(TIMEOUT):
+        async with client_for(make_host(two_questions_factory, tmp_path)) as client:
+            asked = await invoke(client, "the gala", "s")
+            wrong = await client.post(INVOKE, json={"input": "lots", "session_id": "s"})
+            still = await invoke(client, "41", "s")
+            done = await invoke(client, "the ballroom", "s")
+    assert asked["status"] == "input_required"
+    assert [r["text"] for r in asked["input_requests"]] == [
+        "How many guests for the gala?",
+        "Which room for the gala?",
+    ]
+    # "lots" is no int: the run fails, and the session still waits for the same answer.
+    assert wrong.status_code == 500
+    assert wrong.json()["error"]["code"] == "run_failed"
+    assert "lots" not in wrong.text
+    assert still["status"] == "input_required"
+    assert [r["text"] for r in still["input_requests"]] == ["Which room for the gala?"]
+    assert done == {**done, "status": "completed", "output": "42 seats in the ballroom"}
+
+
+async def test_telegram_shows_the_question_as_a_message(tmp_path: Path) -> None:
+    from tests.channels.telegram.conftest import fake_bot_api, telegram_host
+    from tests.channels.telegram.telegram_updates import message, private_chat
+
+    user = 930_000_001
+    with anyio.fail_after(TIMEOUT):
+        async with (
+            fake_bot_api() as (fake, api_url),
+            telegram_host(greeter_factory, tmp_path, "webhook", fake, api_url) as bot,
+        ):
+            chat = private_chat(user)
+            start = message(fake.next_update_id(), user_id=user, chat=chat, text="the fair")
+            assert await bot.exchange(start, user) == ["Who should I greet for 'the fair'?"]
+            name = message(fake.next_update_id(), user_id=user, chat=chat, text="Eve")
+            assert await bot.exchange(name, user) == ["Hello Eve (re: the fair), greeting #1"]

@@ -140,3 +140,50 @@ class TwoParts(Executor):
             while not self._seen_first.is_set():
                 await anyio.sleep(0.01)
         await ctx.yield_output("second part")
+
+
+@dataclasses.dataclass
+class CountQuestion:
+    prompt: str
+
+
+class TwoQuestions(Executor):
+    """Asks two questions at once: how many guests (an ``int``), and which room (text)."""
+
+    def __init__(self) -> None:
+        super().__init__(id="planner")
+        self.answers: dict[str, Any] = {}
+
+    @handler
+    async def start(self, text: str, ctx: WorkflowContext[Never, str]) -> None:
+        await ctx.request_info(CountQuestion(f"How many guests for {text}?"), int)
+        await ctx.request_info(NameQuestion(f"Which room for {text}?", text), str)
+
+    @response_handler
+    async def on_count(
+        self, question: CountQuestion, count: int, ctx: WorkflowContext[Never, str]
+    ) -> None:
+        self.answers["count"] = count
+        await self._maybe_done(ctx)
+
+    @response_handler
+    async def on_room(
+        self, question: NameQuestion, room: str, ctx: WorkflowContext[Never, str]
+    ) -> None:
+        self.answers["room"] = room
+        await self._maybe_done(ctx)
+
+    async def _maybe_done(self, ctx: WorkflowContext[Never, str]) -> None:
+        if len(self.answers) == 2:
+            count = self.answers["count"]
+            await ctx.yield_output(f"{count + 1} seats in {self.answers['room']}")
+
+    async def on_checkpoint_save(self) -> dict[str, Any]:
+        return dict(self.answers)
+
+    async def on_checkpoint_restore(self, state: dict[str, Any]) -> None:
+        self.answers = dict(state)
+
+
+def two_questions_factory() -> Workflow:
+    return WorkflowBuilder(start_executor=TwoQuestions(), name="planner").build()

@@ -8,6 +8,7 @@ client would (httpx for Invocations, the official ``openai`` client for Response
 from __future__ import annotations
 
 import json
+import signal
 import threading
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -32,7 +33,8 @@ from tests.backends.workflow_fixtures import (
     sleeper_factory,
     two_questions_factory,
 )
-from tests.served import served
+from tests.host_process import free_port, host_process
+from tests.served import served, wait_ready
 
 pytestmark = pytest.mark.anyio
 
@@ -203,6 +205,25 @@ async def test_a_question_is_answered_after_a_restart(tmp_path: Path) -> None:
     assert again["status"] == "input_required"
     assert answered_again["output"] == "Hello Bob (re: the dinner), greeting #2"
     assert not (tmp_path / "checkpoints").exists()
+
+
+@pytest.mark.slow
+async def test_a_question_survives_a_killed_process(tmp_path: Path) -> None:
+    port = free_port()
+    base_url = f"http://127.0.0.1:{port}"
+    env = {"WORKFLOW_TEST_STATE_DIR": str(tmp_path)}
+    target = "tests.backends.workflow_app:build_host"
+    async with httpx.AsyncClient(base_url=base_url, timeout=TIMEOUT) as client:
+        with host_process(target, port, env) as first:
+            await wait_ready(base_url, timeout=30)
+            asked = await invoke(client, "the race", "runner")
+            first.send_signal(signal.SIGKILL)
+            first.wait(timeout=10)
+        with host_process(target, port, env):
+            await wait_ready(base_url, timeout=30)
+            answered = await invoke(client, "Fay", "runner")
+    assert asked["status"] == "input_required"
+    assert answered["output"] == "Hello Fay (re: the race), greeting #1"
 
 
 async def test_responses_shows_a_question_as_an_incomplete_response(tmp_path: Path) -> None:

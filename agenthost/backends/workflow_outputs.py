@@ -60,8 +60,24 @@ class WorkflowTurn:
         """Read by channels that report why a response stopped short (Responses)."""
         return "input_required" if self.input_requests else None
 
+    @property
+    def messages(self) -> list[Any]:
+        """The turn as assistant messages, the shape channels render an agent's answer from:
+        an agent's response keeps its own messages; any other output, and each question, is
+        one text message."""
+        found: list[Any] = []
+        for output in self.outputs:
+            inner = getattr(output, "messages", None) if _is_framework_message(output) else None
+            if isinstance(inner, list):
+                found.extend(inner)
+            else:
+                found.append(_text_message(output_text(output)))
+        found.extend(_text_message(request.text) for request in self.input_requests)
+        return found
+
     def to_dict(self) -> dict[str, Any]:
-        """The JSON form stored with a background run's result."""
+        """The JSON form stored with a background run's result: an agent response's shape
+        (``messages``, ``finish_reason``) plus the workflow's own fields."""
         return {
             "status": self.status,
             "text": self.text,
@@ -70,6 +86,8 @@ class WorkflowTurn:
                 {"request_id": r.request_id, "text": r.text, "data": r.data}
                 for r in self.input_requests
             ],
+            "messages": [_json_copy(_as_dict(m)) for m in self.messages],
+            "finish_reason": self.finish_reason,
         }
 
 
@@ -118,6 +136,15 @@ def question_text(value: Any) -> str:
 def _is_framework_message(value: Any) -> bool:
     # Agent responses, updates and messages: text is what they say; their fields are not data.
     return type(value).__module__.startswith("agent_framework")
+
+
+def _text_message(text: str) -> dict[str, Any]:
+    return {"role": "assistant", "contents": [{"type": "text", "text": text}]}
+
+
+def _as_dict(message: Any) -> Any:
+    to_dict = getattr(message, "to_dict", None)
+    return to_dict() if callable(to_dict) else message
 
 
 def _json_copy(value: Any) -> Any:

@@ -93,6 +93,11 @@ def test_a_turn_with_a_question_is_input_required() -> None:
     assert asking.to_dict()["input_requests"] == [
         {"request_id": "r1", "text": "Who?", "data": None}
     ]
+    # Stored like an agent's answer, so channels render a background turn the same way.
+    assert asking.to_dict()["messages"] == [
+        {"role": "assistant", "contents": [{"type": "text", "text": "Who?"}]}
+    ]
+    assert asking.to_dict()["finish_reason"] == "input_required"
 
 
 def checkpoint(value: Any, **fields: Any) -> WorkflowCheckpoint:
@@ -142,3 +147,15 @@ def test_a_foreign_or_broken_state_is_no_stored_workflow() -> None:
     assert StoredWorkflow.from_state(None) is None
     assert StoredWorkflow.from_state({"messages": []}) is None
     assert StoredWorkflow.from_state({"workflow": {"name": "x"}}) is None
+
+
+def test_an_agents_answer_in_a_turn_keeps_its_own_messages() -> None:
+    said = Message(role="assistant", contents=[Content.from_text("hi")], message_id="m1")
+    turn = WorkflowTurn(outputs=(AgentResponse(messages=[said]), Point(1, 2)), text="")
+    assert turn.messages[0] is said
+    assert turn.messages[1] == {
+        "role": "assistant",
+        "contents": [{"type": "text", "text": '{"x": 1, "y": 2}'}],
+    }
+    stored = turn.to_dict()["messages"][0]
+    assert stored["message_id"] == "m1" and stored["contents"][0]["text"] == "hi"

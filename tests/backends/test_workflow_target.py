@@ -343,3 +343,25 @@ async def test_telegram_shows_the_question_as_a_message(tmp_path: Path) -> None:
             assert await bot.exchange(start, user) == ["Who should I greet for 'the fair'?"]
             name = message(fake.next_update_id(), user_id=user, chat=chat, text="Eve")
             assert await bot.exchange(name, user) == ["Hello Eve (re: the fair), greeting #1"]
+
+
+async def test_a_background_response_that_asks_is_incomplete(tmp_path: Path) -> None:
+    with anyio.fail_after(TIMEOUT):
+        async with served(make_host(greeter_factory, tmp_path).app) as base_url:
+            client = openai.AsyncOpenAI(base_url=f"{base_url}/responses/v1", api_key="k")
+            queued = await client.responses.create(model="wf", input="the trip", background=True)
+            asked = queued
+            for _ in range(500):
+                asked = await client.responses.retrieve(queued.id)
+                if asked.status not in ("queued", "in_progress"):
+                    break
+                await anyio.sleep(0.02)
+            answered = await client.responses.create(
+                model="wf", input="Gus", previous_response_id=asked.id
+            )
+            await client.close()
+    assert asked.status == "incomplete"
+    assert asked.incomplete_details is not None
+    assert asked.incomplete_details.reason == "input_required"
+    assert asked.output_text == "Who should I greet for 'the trip'?"
+    assert answered.output_text == "Hello Gus (re: the trip), greeting #1"

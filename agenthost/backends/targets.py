@@ -13,6 +13,7 @@ import contextlib
 import copy
 import inspect
 import json
+import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -34,6 +35,8 @@ from agenthost.stores.codec import converter
 
 if TYPE_CHECKING:
     from agenthost.backends.workflow_checkpoints import StoredWorkflow
+
+log = logging.getLogger("agenthost.targets")
 
 
 @attrs.frozen
@@ -310,11 +313,6 @@ class WorkflowTarget(TargetAdapter):
         self._takes_text = str in prototype.input_types
         self._allowed_types = declared_type_keys(prototype)
 
-    @property
-    def runs_in_parallel(self) -> bool:
-        """Whether each run gets its own instance (a factory or a builder)."""
-        return self._make is not None
-
     async def run(self, call: TargetCall) -> TargetSucceeded:
         from agenthost.backends.workflow_checkpoints import (
             SessionCheckpointStorage,
@@ -326,6 +324,10 @@ class WorkflowTarget(TargetAdapter):
         if stored is not None and stored.graph != self._graph:
             # The workflow changed since this session last ran it: its checkpoint (and any
             # question it asked) cannot be restored into the new graph, so start over.
+            log.warning(
+                "workflow checkpoint dropped: the workflow graph changed",
+                extra={"open_questions": len(stored.pending)},
+            )
             stored = None
         plan = self._plan(call.request, stored)
         storage = SessionCheckpointStorage(self._allowed_types, seed=stored)

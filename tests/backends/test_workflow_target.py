@@ -365,3 +365,20 @@ async def test_a_background_response_that_asks_is_incomplete(tmp_path: Path) -> 
     assert asked.incomplete_details.reason == "input_required"
     assert asked.output_text == "Who should I greet for 'the trip'?"
     assert answered.output_text == "Hello Gus (re: the trip), greeting #1"
+
+
+async def test_a_changed_workflow_starts_the_session_over(tmp_path: Path) -> None:
+    with anyio.fail_after(TIMEOUT):
+        async with client_for(make_host(greeter_factory, tmp_path)) as client:
+            asked = await invoke(client, "the show", "s")
+        # A new deployment whose graph differs: the stored checkpoint cannot be restored.
+        async with client_for(make_host(invoicer_factory, tmp_path)) as client:
+            fresh = await invoke(client, "pens,ink", "s")
+    assert asked["status"] == "input_required"
+    assert fresh["status"] == "completed"
+    assert fresh["data"] == [{"number": 7, "total": 12.5, "lines": ["pens", "ink"]}]
+
+
+def test_a_factory_that_builds_no_workflow_is_refused_at_start(tmp_path: Path) -> None:
+    with pytest.raises(TypeError, match="returned str, not a Workflow"):
+        make_host(lambda: "not a workflow", tmp_path)

@@ -234,7 +234,18 @@ async def test_responses_shows_a_question_as_an_incomplete_response(tmp_path: Pa
             answered = await client.responses.create(
                 model="wf", input="Cleo", previous_response_id=asked.id
             )
+            streamed = [
+                event
+                async for event in await client.responses.create(
+                    model="wf", input="the parade", stream=True
+                )
+            ]
             await client.close()
+    assert streamed[-1].type == "response.incomplete"
+    assert streamed[-1].response.output_text == "Who should I greet for 'the parade'?"
+    assert [e.delta for e in streamed if e.type == "response.output_text.delta"] == [
+        "Who should I greet for 'the parade'?"
+    ]
     assert asked.status == "incomplete"
     assert asked.incomplete_details is not None
     assert asked.incomplete_details.reason == "input_required"

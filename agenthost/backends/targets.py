@@ -463,15 +463,19 @@ class _TurnFold:
         self._texts: list[str] = []
         self._data: list[Any] = []
         self._requests: dict[str, InputRequest] = {}
-        self._updates: list[Any] = []  # an agent's streamed updates, until its message ends
+        self._updates: list[Any] = []  # an agent's streamed updates, until its answer ends
+        self._updates_from: str | None = None  # the executor those updates came from
 
     def take(self, event: Any) -> StreamUpdate | None:
         kind = getattr(event, "type", None)
         if kind == "output":
             value = event.data
             if _is_agent_update(value):
+                if self._updates_from != event.executor_id:
+                    self._end_updates()  # another agent speaks: its answer is a new output
                 prefix = "" if self._updates else self._separator()
                 self._updates.append(value)
+                self._updates_from = event.executor_id
                 return StreamUpdate(prefix + (value.text or ""), value)
             self._end_updates()
             text = output_text(value)
@@ -513,7 +517,7 @@ class _TurnFold:
         from agent_framework import AgentResponse
 
         response = AgentResponse.from_updates(self._updates)
-        self._updates = []
+        self._updates, self._updates_from = [], None
         self._add(response, response.text or "")
 
 

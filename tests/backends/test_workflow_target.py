@@ -393,3 +393,37 @@ async def test_a_changed_workflow_starts_the_session_over(tmp_path: Path) -> Non
 def test_a_factory_that_builds_no_workflow_is_refused_at_start(tmp_path: Path) -> None:
     with pytest.raises(TypeError, match="returned str, not a Workflow"):
         make_host(lambda: "not a workflow", tmp_path)
+
+
+async def test_two_agents_in_a_row_stream_as_two_answers(tmp_path: Path) -> None:
+    from agent_framework import Agent, WorkflowBuilder
+
+    from agenthost.demo import LocalChatClient
+
+    def build() -> Any:
+        first = Agent(client=LocalChatClient(), name="first")
+        second = Agent(client=LocalChatClient(), name="second")
+        return WorkflowBuilder(start_executor=first, name="relay").add_edge(first, second).build()
+
+    deltas: list[str] = []
+    done: dict[str, Any] = {}
+    with anyio.fail_after(TIMEOUT):
+        async with (
+            client_for(make_host(build, tmp_path)) as client,
+            client.stream(
+                "POST", INVOKE, json={"input": "hi there", "session_id": "s", "stream": True}
+            ) as response,
+        ):
+            kind = ""
+            async for line in response.aiter_lines():
+                if line.startswith("event: "):
+                    kind = line.removeprefix("event: ")
+                elif line.startswith("data: ") and kind == "delta":
+                    deltas.append(json.loads(line.removeprefix("data: "))["text"])
+                elif line.startswith("data: ") and kind == "done":
+                    done = json.loads(line.removeprefix("data: "))
+    first, second = done["output"].split("\n")
+    assert first == 'You said: "hi there" (message 1 of this conversation)'
+    assert second.startswith('You said: "You said: ')
+    assert "".join(deltas) == done["output"]  # the deltas were the whole answer, in order
+    assert len(deltas) > 10

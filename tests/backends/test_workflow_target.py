@@ -27,6 +27,7 @@ from agenthost.stores.sqlite import SQLiteStore
 from tests.backends.workflow_fixtures import (
     Overlap,
     TwoParts,
+    approver_factory,
     greeter_factory,
     invoicer_factory,
     sleeper_builder,
@@ -427,3 +428,20 @@ async def test_two_agents_in_a_row_stream_as_two_answers(tmp_path: Path) -> None
     assert second.startswith('You said: "You said: ')
     assert "".join(deltas) == done["output"]  # the deltas were the whole answer, in order
     assert len(deltas) > 10
+
+
+async def test_a_typed_answer_arrives_as_json_from_a_client_or_as_text_from_a_person(
+    tmp_path: Path,
+) -> None:
+    with anyio.fail_after(TIMEOUT):
+        async with client_for(make_host(approver_factory, tmp_path)) as client:
+            asked = await invoke(client, "the memo", "api")
+            as_object = await client.post(
+                INVOKE, json={"input": {"approved": True, "note": "fine"}, "session_id": "api"}
+            )
+            await invoke(client, "the draft", "chat")
+            as_text = await invoke(client, '{"approved": false, "note": "typos"}', "chat")
+    assert asked["input_requests"][0]["text"] == "Publish 'the memo'?"
+    assert as_object.status_code == 200, as_object.text
+    assert as_object.json()["output"] == "published (fine)"
+    assert as_text["output"] == "held back (typos)"

@@ -187,3 +187,31 @@ class TwoQuestions(Executor):
 
 def two_questions_factory() -> Workflow:
     return WorkflowBuilder(start_executor=TwoQuestions(), name="planner").build()
+
+
+@dataclasses.dataclass
+class Decision:
+    approved: bool
+    note: str = ""
+
+
+class Approver(Executor):
+    """Asks for a ``Decision`` (a dataclass answer) before it publishes."""
+
+    def __init__(self) -> None:
+        super().__init__(id="approver")
+
+    @handler
+    async def start(self, text: str, ctx: WorkflowContext[Never, str]) -> None:
+        await ctx.request_info(f"Publish '{text}'?", Decision)
+
+    @response_handler
+    async def decided(
+        self, question: str, decision: Decision, ctx: WorkflowContext[Never, str]
+    ) -> None:
+        verdict = "published" if decision.approved else "held back"
+        await ctx.yield_output(f"{verdict} ({decision.note})")
+
+
+def approver_factory() -> Workflow:
+    return WorkflowBuilder(start_executor=Approver(), name="approver").build()

@@ -18,4 +18,5 @@ BENCHMARKS = (
     "session_scale",
     "one_connection_latency",
     "server_memory",
+    "workflow_turns",
 )

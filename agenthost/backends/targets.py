@@ -10,19 +10,33 @@ from __future__ import annotations
 
 import abc
 import contextlib
+import copy
 import inspect
 import json
+import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import anyio
 import attrs
 
 from agenthost.backends.asyncio_bridge import AsyncioBridge
+from agenthost.backends.workflow_outputs import (
+    InputRequest,
+    WorkflowTurn,
+    output_text,
+    question_text,
+    structured_output,
+)
 from agenthost.sansio_core.effects import TargetSucceeded
 from agenthost.sansio_core.types import ChannelRequest, HostMessage, SessionRef, TextPart, UriPart
 from agenthost.stores.codec import structure_messages, unstructure_messages
+
+if TYPE_CHECKING:
+    from agenthost.backends.workflow_checkpoints import StoredWorkflow
+
+log = logging.getLogger("agenthost.targets")
 
 
 @attrs.frozen
@@ -237,72 +251,317 @@ def _agent_kwargs(options: Mapping[str, Any]) -> dict[str, Any]:
 
 # --- Agent Framework workflows ------------------------------------------------------
 
+WorkflowFactory = Callable[[], Any]
+
+
+@attrs.frozen
+class _RunPlan:
+    """How one turn drives its workflow: a new message, or the answer to a question."""
+
+    message: Any = None
+    answer: tuple[str, Any] | None = None  # (request id, the user's answer)
+    stored: StoredWorkflow | None = None  # restored first when present
+
 
 class WorkflowTarget(TargetAdapter):
-    """An Agent Framework ``Workflow``, checkpointed under the host's state directory.
+    """An Agent Framework workflow, one instance per run, checkpointed in the session.
+
+    ``source`` is a built ``Workflow``, a ``WorkflowBuilder``, or a function taking no
+    arguments that builds one:
+
+    - a function is called for every run, so concurrent sessions run in parallel;
+    - a builder is copied for every run (its executors deep-copied, the agents inside
+      them shared) and built, with the same effect;
+    - a built ``Workflow`` is one instance, and the framework runs one invocation of an
+      instance at a time: its runs are serialized here, across all sessions.
 
     The input goes to the start executor as the request carries it (a ``run_hook`` adapts
-    channel messages to a typed input); when the request still holds host messages and the
-    start executor takes ``str``, the text of the last message is passed. Outputs are the
-    workflow's yielded outputs. Runs are serialized per workflow instance, since a workflow
-    object runs one invocation at a time; the session lease already serializes per session.
-    A proactive message (``Host.deliver``) leaves the state unchanged: a workflow's history
-    is its checkpoints, which the host does not write.
+    channel messages to a typed input); when the request still holds host messages, the
+    start executor gets the last message's text if it takes ``str``, else the messages.
+    Output events stream as they are yielded (an agent's updates inside the workflow as
+    text deltas). A workflow that asks for input (``ctx.request_info``) ends the turn with
+    the question (``WorkflowTurn.input_requests``); the session's next message is the
+    answer, and the workflow resumes from its checkpoint. The newest checkpoint is the
+    session's state, so it is saved with the session, only when the run succeeded
+    (``workflow_checkpoints``). Cancelling the run cancels the running executors.
     """
 
-    def __init__(self, workflow: Any, bridge: AsyncioBridge, checkpoint_root: Path) -> None:
-        self._workflow = workflow
+    def __init__(self, source: Any, bridge: AsyncioBridge) -> None:
+        from agent_framework import Workflow, WorkflowBuilder
+
+        from agenthost.backends.workflow_checkpoints import declared_type_keys
+
         self._bridge = bridge
-        self._checkpoint_root = checkpoint_root
-        self._lock = anyio.Lock()
+        self._shared: Any = None
+        self._lock: anyio.Lock | None = None
+        if isinstance(source, Workflow):
+            self._shared, self._lock, prototype = source, anyio.Lock(), source
+            self._make: WorkflowFactory | None = None
+        else:
+            if isinstance(source, WorkflowBuilder):
+                self._make = _builder_copies(source)
+            elif callable(source):
+                self._make = source
+            else:
+                raise TypeError(f"cannot host {type(source).__name__} as a workflow")
+            # Built once now, so a factory that cannot build fails at start-up, not per run.
+            prototype = self._make()
+            if not isinstance(prototype, Workflow):
+                raise TypeError(
+                    f"the workflow factory returned {type(prototype).__name__}, not a Workflow; "
+                    "pass a function that builds and returns the workflow"
+                )
+        self._graph: str = prototype.graph_signature_hash
+        self._takes_text = str in prototype.input_types
+        self._allowed_types = declared_type_keys(prototype)
 
     async def run(self, call: TargetCall) -> TargetSucceeded:
-        message = self._start_message(call.request)
-        folder = self._checkpoint_root / (call.session_ref.session_id or "stateless")
-        await anyio.to_thread.run_sync(lambda: folder.mkdir(parents=True, exist_ok=True))
-        async with self._lock:
-            outputs = await self._bridge.call(self._run_workflow, message, folder, call)
-        text = "\n".join(str(output) for output in outputs)
-        if call.on_update is not None and text:
-            await call.on_update(StreamUpdate(text))
-        # The workflow's own state lives in its checkpoints; the session remembers where.
-        return TargetSucceeded(
-            result=outputs, text=text, new_state={"checkpoint_folder": folder.name}
+        from agenthost.backends.workflow_checkpoints import (
+            SessionCheckpointStorage,
+            StoredWorkflow,
         )
 
-    def _start_message(self, request: ChannelRequest) -> Any:
+        stateful = call.session_ref.session_id is not None
+        stored = StoredWorkflow.from_state(call.state) if stateful else None
+        if stored is not None and stored.graph != self._graph:
+            # The workflow changed since this session last ran it: its checkpoint (and any
+            # question it asked) cannot be restored into the new graph, so start over.
+            log.warning(
+                "workflow checkpoint dropped: the workflow graph changed",
+                extra={"open_questions": len(stored.pending)},
+            )
+            stored = None
+        plan = self._plan(call.request, stored)
+        storage = SessionCheckpointStorage(self._allowed_types, seed=stored)
+        sealed: list[tuple[str, dict[str, Any]] | None] = []
+        fold = _TurnFold()
+        guard = self._lock if self._lock is not None else contextlib.nullcontext()
+        async with guard:
+            if call.on_update is None:
+                events = await self._bridge.call(self._collect, plan, storage, sealed)
+                for event in events:
+                    fold.take(event)
+            else:
+                sink = call.on_update
+                stream = self._bridge.iterate(
+                    lambda: self._events(plan, storage, sealed, stream=True)
+                )
+                async with contextlib.aclosing(stream):
+                    async for event in stream:
+                        update = fold.take(event)
+                        if update is not None:
+                            await sink(update)
+        turn = fold.turn()
+        new_state: Mapping[str, Any] | None = None
+        newest = sealed[0] if sealed else None
+        if stateful and newest is not None:
+            new_state = StoredWorkflow(
+                name=str(newest[1].get("workflow_name", "")),
+                graph=self._graph,
+                checkpoint_id=newest[0],
+                checkpoint=newest[1],
+                pending=tuple(r.request_id for r in turn.input_requests),
+            ).to_state()
+        elif stateful and stored is not None:
+            new_state = stored.to_state()
+        return TargetSucceeded(result=turn, text=turn.text, new_state=new_state)
+
+    def _plan(self, request: ChannelRequest, stored: StoredWorkflow | None) -> _RunPlan:
         value = request.input
-        if isinstance(value, tuple) and all(isinstance(m, HostMessage) for m in value):
-            input_types = getattr(self._workflow, "input_types", [])
-            if str in input_types:
-                return value[-1].text if value else ""
-            return to_framework_messages(value)
-        return value
+        messages = isinstance(value, tuple) and all(isinstance(m, HostMessage) for m in value)
+        if stored is not None and stored.pending:
+            answer = value[-1].text if messages and value else value
+            return _RunPlan(answer=(stored.pending[0], answer), stored=stored)
+        if messages and self._takes_text:
+            value = value[-1].text if value else ""
+        elif messages:
+            value = to_framework_messages(value)
+        return _RunPlan(message=value, stored=stored)
 
-    async def _run_workflow(self, message: Any, folder: Path, call: TargetCall) -> list[Any]:
-        from agent_framework import FileCheckpointStorage
+    async def _collect(self, plan: _RunPlan, storage: Any, sealed: list[Any]) -> list[Any]:
+        return [event async for event in self._events(plan, storage, sealed, stream=False)]
 
-        storage = FileCheckpointStorage(str(folder))
-        result = await self._workflow.run(message, checkpoint_storage=storage)
-        return list(result.get_outputs())
+    async def _events(
+        self, plan: _RunPlan, storage: Any, sealed: list[Any], *, stream: bool
+    ) -> AsyncIterator[Any]:
+        """Run one turn on the asyncio side, yielding the workflow's events as they come;
+        at the end, ``sealed`` gets the newest checkpoint in its stored form."""
+        workflow = self._make() if self._make is not None else self._shared
+        run_options: dict[str, Any]
+        if plan.answer is not None:
+            assert plan.stored is not None
+            request_id, answer = plan.answer
+            answer = await _typed_answer(storage, plan.stored.checkpoint_id, request_id, answer)
+            run_options = {
+                "responses": {request_id: answer},
+                "checkpoint_id": plan.stored.checkpoint_id,
+            }
+        else:
+            if plan.stored is not None:
+                # Continue the session's workflow: restore its state, then take the message.
+                await workflow.run(
+                    checkpoint_id=plan.stored.checkpoint_id, checkpoint_storage=storage
+                )
+            run_options = {"message": plan.message}
+        if stream:
+            async for event in workflow.run(**run_options, checkpoint_storage=storage, stream=True):
+                yield event
+        else:
+            for event in await workflow.run(**run_options, checkpoint_storage=storage):
+                yield event
+        sealed.append(storage.seal())
+
+
+async def _typed_answer(storage: Any, checkpoint_id: str, request_id: str, answer: Any) -> Any:
+    """The user's answer in the type the request asked for: text, or JSON for other types."""
+    if not isinstance(answer, str):
+        return answer  # a typed answer from a run_hook goes as it is
+    checkpoint = await storage.load(checkpoint_id)
+    pending = checkpoint.pending_request_info_events.get(request_id)
+    response_type = getattr(pending, "response_type", str)
+    if response_type is str or not answer.strip():
+        return answer
+    try:
+        return json.loads(answer)
+    except ValueError:
+        return answer  # the framework coerces it, or refuses it as the wrong type
+
+
+def _builder_copies(builder: Any) -> WorkflowFactory:
+    """A factory building the builder's workflow from fresh copies of its executors.
+
+    ``build()`` alone reuses the builder's executor objects, and the framework runs each
+    executor's handlers one at a time, so every run would wait for the others. Each run
+    therefore builds from a deep copy of the builder. What an executor holds that cannot
+    be copied (a lock, a client, a connection) is shared by the copies, as are the agents
+    wrapped in executors: they keep no per-run state (that is the executor's session) and
+    hold clients that must not be duplicated. Which values to share is decided once, here.
+    """
+    shared: list[Any] = []
+    for executor in getattr(builder, "_executors", {}).values():
+        agent = getattr(executor, "_agent", None)
+        if agent is not None:
+            shared.append(agent)
+        for name, value in vars(executor).items():
+            if name == "_agent":
+                continue
+            try:
+                copy.deepcopy(value)
+            except Exception:  # whatever cannot be copied is shared
+                shared.append(value)
+
+    def build() -> Any:
+        copied = copy.deepcopy(builder, {id(value): value for value in shared})
+        return copied.build()
+
+    return build
+
+
+class _TurnFold:
+    """Folds a run's events into stream updates and the turn's ``WorkflowTurn``."""
+
+    def __init__(self) -> None:
+        self._outputs: list[Any] = []
+        self._texts: list[str] = []
+        self._data: list[Any] = []
+        self._requests: dict[str, InputRequest] = {}
+        self._updates: list[Any] = []  # an agent's streamed updates, until its answer ends
+        self._updates_from: str | None = None  # the executor those updates came from
+
+    def take(self, event: Any) -> StreamUpdate | None:
+        kind = getattr(event, "type", None)
+        if kind == "output":
+            value = event.data
+            if _is_agent_update(value):
+                if self._updates_from != event.executor_id:
+                    self._end_updates()  # another agent speaks: its answer is a new output
+                prefix = "" if self._updates else self._separator()
+                self._updates.append(value)
+                self._updates_from = event.executor_id
+                return StreamUpdate(prefix + (value.text or ""), value)
+            self._end_updates()
+            text = output_text(value)
+            update = StreamUpdate(self._separator() + text)
+            self._add(value, text)
+            return update
+        if kind == "request_info" and event.request_id not in self._requests:
+            self._end_updates()
+            data = event.data
+            question = InputRequest(event.request_id, question_text(data), structured_output(data))
+            update = StreamUpdate(self._separator() + question.text)
+            self._requests[question.request_id] = question
+            self._texts.append(question.text)
+            return update
+        return None
+
+    def turn(self) -> WorkflowTurn:
+        self._end_updates()
+        return WorkflowTurn(
+            outputs=tuple(self._outputs),
+            text="\n".join(self._texts),
+            data=tuple(self._data),
+            input_requests=tuple(self._requests.values()),
+        )
+
+    def _separator(self) -> str:
+        return "\n" if self._texts else ""
+
+    def _add(self, value: Any, text: str) -> None:
+        self._outputs.append(value)
+        self._texts.append(text)
+        data = structured_output(value)
+        if data is not None:
+            self._data.append(data)
+
+    def _end_updates(self) -> None:
+        if not self._updates:
+            return
+        from agent_framework import AgentResponse
+
+        response = AgentResponse.from_updates(self._updates)
+        self._updates, self._updates_from = [], None
+        self._add(response, response.text or "")
+
+
+def _is_agent_update(value: Any) -> bool:
+    from agent_framework import AgentResponseUpdate
+
+    return isinstance(value, AgentResponseUpdate)
 
 
 def adapt_target(target: Any, bridge: AsyncioBridge, state_dir: Path) -> TargetAdapter:
-    """Choose the adapter for what the application handed the host."""
+    """Choose the adapter for what the application handed the host.
+
+    ``state_dir`` is unused since workflow checkpoints moved into the store; the host
+    still passes it.
+    """
     if isinstance(target, TargetAdapter):
         return target
     try:
-        from agent_framework import Workflow
+        from agent_framework import Workflow, WorkflowBuilder
     except ImportError:  # pragma: no cover - agent-framework-core is a dependency
-        Workflow = None  # type: ignore[assignment,misc]
-    if Workflow is not None and isinstance(target, Workflow):
-        return WorkflowTarget(target, bridge, state_dir / "checkpoints")
+        Workflow = WorkflowBuilder = None  # type: ignore[assignment,misc]
+    if Workflow is not None and isinstance(target, Workflow | WorkflowBuilder):
+        return WorkflowTarget(target, bridge)
     run = getattr(target, "run", None)
     if callable(run) and not inspect.isfunction(target):
         return AgentTarget(target, bridge)
+    if callable(target) and _builds_without_arguments(target):
+        return WorkflowTarget(target, bridge)
     if callable(target):
         return CallableTarget(target)
     raise TypeError(
-        f"cannot host {type(target).__name__}: pass an Agent Framework Agent or Workflow, "
-        "or an async function taking a list of messages"
+        f"cannot host {type(target).__name__}: pass an Agent Framework Agent or Workflow "
+        "(or a function building one), or an async function taking a list of messages"
     )
+
+
+def _builds_without_arguments(target: Any) -> bool:
+    """A plain function taking no arguments: a workflow factory (a target takes messages)."""
+    if inspect.iscoroutinefunction(target) or inspect.isasyncgenfunction(target):
+        return False
+    try:
+        inspect.signature(target).bind()
+    except (TypeError, ValueError):
+        return False
+    return True

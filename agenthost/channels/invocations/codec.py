@@ -5,8 +5,11 @@ Inbound: a JSON body ``{"input": ..., "session_id"?, "session_mode"?, "stream"?,
 (``{"role", "content"}`` with string content or ``text``/``input_text``/``image_url``/
 ``input_image`` parts), one such message, or any other JSON object: a typed input for a
 workflow, which a ``run_hook`` adapts. Outbound: JSON replies, Server-Sent Events and errors
-``{"error": {"code", "message"}}``. Foundry platform headers of both generations are read
-here but trusted only when the transport says the deployment sets them.
+``{"error": {"code", "message"}}``; a workflow's reply adds its structured outputs
+(``data``) and, when it waits for the user, ``status: "input_required"`` with its
+``input_requests`` (the session's next input answers the first). Foundry platform headers
+of both generations are read here but trusted only when the transport says the deployment
+sets them.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from typing import Any
 
 import attrs
 
+from agenthost.backends.workflow_outputs import WorkflowTurn
 from agenthost.sansio_core.types import (
     ChannelIdentity,
     ContentPart,
@@ -265,13 +269,30 @@ def invocation_id(header: str | None) -> str | None:
 # --- outbound -----------------------------------------------------------------------
 
 
-def completed_body(*, text: str, session_id: str | None, invocation: str) -> dict[str, Any]:
-    return {
+def completed_body(
+    *, text: str, session_id: str | None, invocation: str, result: Any = None
+) -> dict[str, Any]:
+    body: dict[str, Any] = {
         "invocation_id": invocation,
         "status": "completed",
         "output": text,
         "session_id": session_id,
     }
+    if isinstance(result, WorkflowTurn):
+        body.update(_workflow_fields(result.to_dict()))
+    return body
+
+
+def _workflow_fields(turn: Mapping[str, Any]) -> dict[str, Any]:
+    """A workflow's structured outputs as ``data``; a question as ``input_required``."""
+    fields: dict[str, Any] = {}
+    if turn.get("data"):
+        fields["data"] = turn["data"]
+    if turn.get("input_requests"):
+        # The run ended with a question: the next input on this session answers the first.
+        fields["status"] = "input_required"
+        fields["input_requests"] = turn["input_requests"]
+    return fields
 
 
 def token_body(token: ContinuationToken, *, poll_url: str) -> dict[str, Any]:
@@ -284,6 +305,9 @@ def token_body(token: ContinuationToken, *, poll_url: str) -> dict[str, Any]:
     }
     if token.result is not None:
         body["output"] = token.result.get("text", "")
+        stored = token.result.get("output")
+        if isinstance(stored, Mapping) and "input_requests" in stored:
+            body.update(_workflow_fields(stored))
     if token.result is not None and "destinations" in token.result:
         body["destinations"] = token.result["destinations"]
     if token.error is not None:

@@ -256,6 +256,7 @@ class _Handlers:
                     text=outcome.result.text,
                     session_id=outcome.result.session.key,
                     invocation=invocation,
+                    result=outcome.result.result,
                 )
                 await emit(codec.sse_event("done", body))
             else:
@@ -275,7 +276,10 @@ def _render_outcome(outcome: TurnOutcome, invocation: str, headers: dict[str, st
             headers = {**headers, "x-agent-session-id": session}
         return JSONResponse(
             codec.completed_body(
-                text=outcome.result.text, session_id=session, invocation=invocation
+                text=outcome.result.text,
+                session_id=session,
+                invocation=invocation,
+                result=outcome.result.result,
             ),
             headers=headers,
         )

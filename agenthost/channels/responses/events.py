@@ -12,8 +12,9 @@ Rules:
    ``message_id`` or role changes, at :meth:`ResponseEvents.break_item`, and at the end.
    Closing emits the ``.done`` events, each carrying the whole text, part or item.
 4. The end is exactly one of ``response.completed``, ``response.incomplete`` (the
-   framework's ``finish_reason`` was ``length`` or ``content_filter``) or
-   ``response.failed``, carrying the full response; after it the machine accepts nothing.
+   framework's ``finish_reason`` was ``length`` or ``content_filter``, or a workflow
+   stopped to ask the user: ``input_required``) or ``response.failed``, carrying the full
+   response; after it the machine accepts nothing.
 
 Input is what a run streams: Agent Framework ``AgentResponseUpdate``s (or their
 ``to_dict()`` form) whose ``contents`` are ``text``, ``text_reasoning``,
@@ -35,7 +36,11 @@ from agenthost.channels.responses.codec import failed_error, usage
 NewId = Callable[[str], str]  # prefix -> a fresh id such as "msg_..."
 
 TERMINAL_EVENTS = frozenset({"response.completed", "response.incomplete", "response.failed"})
-_INCOMPLETE_REASONS = {"length": "max_output_tokens", "content_filter": "content_filter"}
+_INCOMPLETE_REASONS = {
+    "length": "max_output_tokens",
+    "content_filter": "content_filter",
+    "input_required": "input_required",  # a workflow paused to ask the user (WorkflowTurn)
+}
 
 
 def field(value: Any, name: str) -> Any:

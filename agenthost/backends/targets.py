@@ -90,10 +90,12 @@ def json_safe(value: Any) -> Any:
 
 
 def refuse_function_tools(request: ChannelRequest) -> None:
-    """Fail the run of a target without tools when the caller declared some."""
-    if request.options.get("tools"):
+    """Fail the run of a target without tools when the caller declared some, or required
+    a tool call (``tool_choice``: ``required`` or a named function)."""
+    choice = request.options.get("tool_choice")
+    if request.options.get("tools") or choice == "required" or isinstance(choice, Mapping):
         raise FunctionToolsUnsupported(
-            "this target cannot call tools: it was given function tools it would ignore"
+            "this target cannot call tools: it was given tools or a tool choice it would ignore"
         )
 
 

@@ -336,17 +336,8 @@ class _Service:
         return _json(response)
 
     async def _prepare(self, create: CreateRequest, caller: str) -> _Turn:
-        if (
-            create.options.get("tools")
-            and isinstance(self.host, TargetFeatures)
-            and not self.host.target_accepts_function_tools
-        ):
-            raise codec.bad_request(
-                "This agent cannot call tools, so it cannot use the function tools in "
-                "'tools'; send the request without them.",
-                "tools",
-                "tools_not_supported",
-            )
+        if isinstance(self.host, TargetFeatures) and not self.host.target_accepts_function_tools:
+            _refuse_tools(create)
         response_id = new_id("resp")
         resolved = await self._resolve_references(create.items, caller)
         items = tuple(_with_id(item) for item in resolved)
@@ -1055,6 +1046,25 @@ def _from_token(
         "completed_at": completed_at,
         "error": codec.failed_error("server_error", _FAILED_MESSAGE),
     }
+
+
+def _refuse_tools(create: CreateRequest) -> None:
+    """A target that cannot call tools cannot honour ``tools`` nor a required tool call."""
+    if create.options.get("tools"):
+        raise codec.bad_request(
+            "This agent cannot call tools, so it cannot use the function tools in 'tools'; "
+            "send the request without them.",
+            "tools",
+            "tools_not_supported",
+        )
+    choice = create.options.get("tool_choice")
+    if choice == "required" or isinstance(choice, Mapping):
+        raise codec.bad_request(
+            "This agent cannot call tools, so 'tool_choice' cannot require one; use 'auto' "
+            "or 'none'.",
+            "tool_choice",
+            "tools_not_supported",
+        )
 
 
 def _failure(outcome: TurnFailed) -> tuple[str, str]:

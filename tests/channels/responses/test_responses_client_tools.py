@@ -173,6 +173,19 @@ async def test_the_agents_own_tools_still_run_next_to_the_clients(tmp_path: Path
             assert own.output_text == "The answer is 5."
 
 
+async def test_a_client_tool_named_like_one_of_the_agents_is_refused(tmp_path: Path) -> None:
+    """Its calls could not be told apart: the agent's own call would reach the client."""
+    add = {"type": "function", "name": "add", "parameters": {"type": "object"}}
+    with anyio.fail_after(TIMEOUT):
+        async with (
+            serving(make_host(build_agent(), tmp_path)) as base_url,
+            sdk_client(base_url) as client,
+        ):
+            clash = await client.responses.create(model="demo", input="what is 2 + 3", tools=[add])
+            assert clash.status == "failed" and clash.output == []
+            assert clash.error is not None and clash.error.code == "server_error"
+
+
 async def test_tool_choice_and_parallel_tool_calls_reach_the_agent(tmp_path: Path) -> None:
     with anyio.fail_after(TIMEOUT):
         async with (
@@ -247,7 +260,11 @@ async def test_a_plain_async_target_never_quietly_ignores_tools(tmp_path: Path) 
         ):
             refused = await client.responses.create(model="demo", input=ASK, tools=[WEATHER])
             assert refused.status == "failed" and refused.output == []
-            fine = await client.responses.create(model="demo", input="hi")
+            required = await client.responses.create(
+                model="demo", input="hi", tool_choice="required"
+            )
+            assert required.status == "failed"
+            fine = await client.responses.create(model="demo", input="hi", tool_choice="auto")
             assert fine.output_text == "echo: hi"
 
 
@@ -283,6 +300,11 @@ async def test_a_host_that_knows_its_target_refuses_tools_with_a_400(tmp_path: P
         ):
             refused = await http.post("/responses", json=body, headers=headers)
             streamed = await http.post("/responses", json={**body, "stream": True}, headers=headers)
+            required = await http.post(
+                "/responses",
+                json={"model": "demo", "input": "hi", "tool_choice": "required"},
+                headers=headers,
+            )
         async with (
             serving(host(build_agent())) as base_url,
             httpx.AsyncClient(base_url=f"{base_url}/responses/v1") as http,
@@ -292,5 +314,7 @@ async def test_a_host_that_knows_its_target_refuses_tools_with_a_400(tmp_path: P
         assert answer.status_code == 400
         assert answer.json()["error"]["param"] == "tools"
         assert answer.json()["error"]["code"] == "tools_not_supported"
+    assert required.status_code == 400
+    assert required.json()["error"]["param"] == "tool_choice"
     assert taken.status_code == 200
     assert taken.json()["output"][0]["type"] == "function_call"

@@ -130,6 +130,13 @@ async def test_the_agents_tool_calls_shown_as_mcp_calls_when_asked(tmp_path: Pat
 
             assert shape(final.output) == shape(tooled.output)
 
+            # A background run renders its events the same way.
+            queued = await client.responses.create(
+                model="demo", input="what is 2 + 3", background=True
+            )
+            done = await settled(client, queued.id)
+            assert shape(done.output) == shape(tooled.output)
+
 
 async def test_streaming_sends_every_event_in_order(tmp_path: Path) -> None:
     with anyio.fail_after(TIMEOUT):

@@ -101,15 +101,10 @@ def refuse_function_tools(request: ChannelRequest) -> None:
 
 def accepts_function_tools(target: Any) -> bool:
     """Whether the target the application hands the host can take caller-declared tools
-    (what :func:`adapt_target` chooses for it says)."""
+    (asked of the adapter :func:`adapt_target` chooses for it)."""
     if isinstance(target, TargetAdapter):
         return target.accepts_function_tools
-    try:
-        from agent_framework import Workflow
-    except ImportError:  # pragma: no cover - agent-framework-core is a dependency
-        return False
-    run = getattr(target, "run", None)
-    return not isinstance(target, Workflow) and callable(run) and not inspect.isfunction(target)
+    return _adapter_kind(target) is AgentTarget
 
 
 def input_messages(request: ChannelRequest) -> tuple[HostMessage, ...]:
@@ -377,17 +372,26 @@ def adapt_target(target: Any, bridge: AsyncioBridge, state_dir: Path) -> TargetA
     """Choose the adapter for what the application handed the host."""
     if isinstance(target, TargetAdapter):
         return target
+    kind = _adapter_kind(target)
+    if kind is WorkflowTarget:
+        return WorkflowTarget(target, bridge, state_dir / "checkpoints")
+    if kind is AgentTarget:
+        return AgentTarget(target, bridge)
+    return CallableTarget(target)
+
+
+def _adapter_kind(target: Any) -> type[TargetAdapter]:
     try:
         from agent_framework import Workflow
     except ImportError:  # pragma: no cover - agent-framework-core is a dependency
         Workflow = None  # type: ignore[assignment,misc]
     if Workflow is not None and isinstance(target, Workflow):
-        return WorkflowTarget(target, bridge, state_dir / "checkpoints")
+        return WorkflowTarget
     run = getattr(target, "run", None)
     if callable(run) and not inspect.isfunction(target):
-        return AgentTarget(target, bridge)
+        return AgentTarget
     if callable(target):
-        return CallableTarget(target)
+        return CallableTarget
     raise TypeError(
         f"cannot host {type(target).__name__}: pass an Agent Framework Agent or Workflow, "
         "or an async function taking a list of messages"

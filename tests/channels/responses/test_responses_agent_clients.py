@@ -52,14 +52,18 @@ async def in_client_thread(fn: Callable[[], T]) -> T:
     return await anyio.to_thread.run_sync(fn, abandon_on_cancel=True)
 
 
-def with_agents_sdk(base_url: str, body: Callable[[OpenAIResponsesModel], Awaitable[T]]) -> T:
-    """Run ``body`` with a Responses model pointed at the host, on a fresh asyncio loop."""
+SdkBody = Callable[[OpenAIResponsesModel, openai.AsyncOpenAI], Awaitable[T]]
+
+
+def with_agents_sdk(base_url: str, body: SdkBody[T]) -> T:
+    """Run ``body`` with a Responses model pointed at the host (and the ``openai`` client
+    under it, to look at what was stored), on a fresh asyncio loop."""
 
     async def run() -> T:
         async with openai.AsyncOpenAI(
             api_key="key-a", base_url=f"{base_url}/responses/v1", max_retries=0, timeout=TIMEOUT
         ) as client:
-            return await body(OpenAIResponsesModel(model="demo", openai_client=client))
+            return await body(OpenAIResponsesModel(model="demo", openai_client=client), client)
 
     return anyio.run(run, backend="asyncio")
 
@@ -78,7 +82,7 @@ def weather_tool(calls: list[str]) -> Any:
 
 
 async def test_agents_sdk_plain_tool_using_and_streamed_questions(tmp_path: Path) -> None:
-    async def body(model: OpenAIResponsesModel) -> dict[str, Any]:
+    async def body(model: OpenAIResponsesModel, client: openai.AsyncOpenAI) -> dict[str, Any]:
         agent = Agent(name="asker", model=model)
         plain = await Runner.run(agent, "hello there", run_config=NO_TRACING)
         # The question that used to end in "Tool add not found in agent".
@@ -111,7 +115,7 @@ async def test_agents_sdk_plain_tool_using_and_streamed_questions(tmp_path: Path
 async def test_agents_sdk_multi_turn_by_history_and_by_previous_response_id(
     tmp_path: Path,
 ) -> None:
-    async def body(model: OpenAIResponsesModel) -> list[str]:
+    async def body(model: OpenAIResponsesModel, client: openai.AsyncOpenAI) -> list[str]:
         agent = Agent(name="asker", model=model)
         first = await Runner.run(agent, "my name is Ada", run_config=NO_TRACING)
         # The SDK's default: the whole history goes back with each turn.
@@ -135,23 +139,36 @@ async def test_agents_sdk_multi_turn_by_history_and_by_previous_response_id(
     assert answers == ['You first said: "my name is Ada"'] * 2
 
 
+@pytest.mark.parametrize("streamed", [False, True], ids=["run", "run_streamed"])
 @pytest.mark.parametrize("chained", [False, True], ids=["history", "previous_response_id"])
-async def test_agents_sdk_runs_its_own_function_tool(tmp_path: Path, chained: bool) -> None:
+async def test_agents_sdk_runs_its_own_function_tool(
+    tmp_path: Path, chained: bool, streamed: bool
+) -> None:
     calls: list[str] = []
 
-    async def body(model: OpenAIResponsesModel) -> dict[str, Any]:
+    async def body(model: OpenAIResponsesModel, client: openai.AsyncOpenAI) -> dict[str, Any]:
         agent = Agent(name="asker", model=model, tools=[weather_tool(calls)])
-        result = await Runner.run(
-            agent, ASK, auto_previous_response_id=chained, run_config=NO_TRACING
-        )
+        if streamed:
+            result: Any = Runner.run_streamed(
+                agent, ASK, auto_previous_response_id=chained, run_config=NO_TRACING
+            )
+            async for _ in result.stream_events():
+                pass
+        else:
+            result = await Runner.run(
+                agent, ASK, auto_previous_response_id=chained, run_config=NO_TRACING
+            )
+        last = await client.responses.retrieve(result.last_response_id)
         return {
             "final": result.final_output,
             "items": [item.type for item in result.new_items],
             "arguments": [
-                json.loads(item.raw_item.arguments)  # type: ignore[union-attr]
+                json.loads(item.raw_item.arguments)
                 for item in result.new_items
                 if isinstance(item, ToolCallItem)
             ],
+            # The second request continued the first by id, or sent the whole history.
+            "continued_by_id": last.previous_response_id is not None,
         }
 
     with anyio.fail_after(TIMEOUT):
@@ -161,12 +178,13 @@ async def test_agents_sdk_runs_its_own_function_tool(tmp_path: Path, chained: bo
     assert seen["items"] == ["tool_call_item", "tool_call_output_item", "message_output_item"]
     assert seen["arguments"] == [{"city": "Paris"}]
     assert seen["final"] == "The answer is sunny in Paris."
+    assert seen["continued_by_id"] is chained
 
 
 async def test_agents_sdk_takes_the_agents_own_calls_shown_as_mcp_calls(
     tmp_path: Path,
 ) -> None:
-    async def body(model: OpenAIResponsesModel) -> dict[str, Any]:
+    async def body(model: OpenAIResponsesModel, client: openai.AsyncOpenAI) -> dict[str, Any]:
         agent = Agent(name="asker", model=model)
         tooled = await Runner.run(agent, "what is 2 + 3", run_config=NO_TRACING)
         # The mcp_call goes back as history with the next turn, and is taken as such.
@@ -268,7 +286,16 @@ async def test_langchain_round_trip_through_its_own_tool(tmp_path: Path, chained
         [call] = asked.tool_calls
         answer = ToolMessage(get_weather.invoke(call["args"]), tool_call_id=call["id"])
         final = llm.invoke([question, asked, answer])
-        return {"call": call, "final": final}
+        with openai.OpenAI(
+            api_key="key-a", base_url=f"{base_url}/responses/v1", max_retries=0, timeout=TIMEOUT
+        ) as client:
+            stored = client.responses.retrieve(final.response_metadata["id"])
+        return {
+            "call": call,
+            "final": final,
+            "previous": stored.previous_response_id,
+            "call_response": asked.response_metadata["id"],
+        }
 
     with anyio.fail_after(TIMEOUT):
         async with serving(make_host(build_agent(), tmp_path)) as base_url:
@@ -278,6 +305,8 @@ async def test_langchain_round_trip_through_its_own_tool(tmp_path: Path, chained
     final: AIMessage = seen["final"]
     assert final.text == "The answer is sunny in Paris."
     assert final.tool_calls == []
+    # Chained, only the tool's output went back, after the response that asked for it.
+    assert seen["previous"] == (seen["call_response"] if chained else None)
 
 
 async def test_langchain_keeps_the_agents_own_calls_shown_as_mcp_calls_apart(

@@ -312,14 +312,21 @@ async def test_langchain_round_trip_through_its_own_tool(tmp_path: Path, chained
 async def test_langchain_keeps_the_agents_own_calls_shown_as_mcp_calls_apart(
     tmp_path: Path,
 ) -> None:
-    def ask(base_url: str) -> AIMessage:
-        return chat_model(base_url).invoke("what is 2 + 3")
+    def ask(base_url: str) -> tuple[AIMessage, AIMessage]:
+        llm = chat_model(base_url)
+        first = llm.invoke("what is 2 + 3")
+        # The mcp_call block goes back with the history, as an item the host takes.
+        later = llm.invoke(
+            [HumanMessage("what is 2 + 3"), first, HumanMessage("what did I say first?")]
+        )
+        return first, later
 
     channel = ResponsesChannel(server_tool_calls="mcp_call")
     host = make_host(build_agent(), tmp_path, channels=[channel])
     with anyio.fail_after(TIMEOUT):
         async with serving(host) as base_url:
-            message = await in_client_thread(lambda: ask(base_url))
+            message, later = await in_client_thread(lambda: ask(base_url))
+    assert later.text == 'You first said: "what is 2 + 3"'
     assert message.tool_calls == []
     assert message.text == "The answer is 5."
     blocks = [block for block in message.content if isinstance(block, dict)]

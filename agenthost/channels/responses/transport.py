@@ -307,6 +307,11 @@ class _Service:
             event_ttl=channel.event_ttl_seconds,
         )
         self.log = EventLog(self.records, poll_seconds=channel.poll_seconds)
+        # Known once: whether the host says its target cannot take tools (else the target's
+        # adapter refuses a run with them).
+        self._target_takes_no_tools = (
+            isinstance(host, TargetFeatures) and not host.target_accepts_function_tools
+        )
         self._live: dict[str, BackgroundRun] = {}
         # Striped locks serialize read-modify-writes of one conversation in this process.
         self._conversation_locks = [anyio.Lock() for _ in range(_CONVERSATION_LOCKS)]
@@ -336,7 +341,7 @@ class _Service:
         return _json(response)
 
     async def _prepare(self, create: CreateRequest, caller: str) -> _Turn:
-        if isinstance(self.host, TargetFeatures) and not self.host.target_accepts_function_tools:
+        if self._target_takes_no_tools:
             _refuse_tools(create)
         response_id = new_id("resp")
         resolved = await self._resolve_references(create.items, caller)

@@ -28,10 +28,10 @@ import attrs
 from agenthost.backends.asyncio_bridge import AsyncioBridge
 from agenthost.sansio_core.effects import TargetSucceeded
 from agenthost.sansio_core.types import ChannelRequest, HostMessage, SessionRef, TextPart, UriPart
+from agenthost.stores.codec import converter
 
 if TYPE_CHECKING:
     from agent_framework import Message
-from agenthost.stores.codec import converter
 
 
 @attrs.frozen

@@ -20,8 +20,8 @@ Rules:
    calls are never rendered as one (nor their results as ``function_call_output``).
 6. The agent's own tool calls are left out (``server_tool_calls="omit"``, the default) or
    rendered as ``mcp_call`` items (``"mcp_call"``), the item clients already treat as run
-   by the server and informational (the openai SDK's output union, the OpenAI Agents SDK
-   and LangChain all take it as such). A call is held back until its result arrives and
+   by the server and informational (the openai SDK's output union, the OpenAI Agents SDK,
+   LangChain and the Vercel AI SDK all take it as such). A call is held back until its result arrives and
    then rendered whole, so one item is open at a time and a streamed run renders exactly
    what its finished result renders; a call still without a result at the end is
    rendered ``incomplete``.

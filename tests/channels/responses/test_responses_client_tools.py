@@ -10,15 +10,17 @@ continues the run. The agent's own tools keep running on the host, out of the cl
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import anyio
 import httpx
 import pytest
+from agent_framework import Agent
 from openai.types.responses import ResponseFunctionToolCall
 
-from agenthost import Host, HostMessage
+from agenthost import Host, HostMessage, demo
 from agenthost.backends.targets import accepts_function_tools
 from agenthost.channels.responses import ResponsesChannel
 from agenthost.demo import build_agent
@@ -184,6 +186,46 @@ async def test_a_client_tool_named_like_one_of_the_agents_is_refused(tmp_path: P
             clash = await client.responses.create(model="demo", input="what is 2 + 3", tools=[add])
             assert clash.status == "failed" and clash.output == []
             assert clash.error is not None and clash.error.code == "server_error"
+
+
+class RecordingModel(demo.LocalChatClient):
+    """The demo's model, noting the tool options each call to it was given."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.seen: list[dict[str, Any]] = []
+
+    def _inner_get_response(self, *, options: Mapping[str, Any], **kwargs: Any) -> Any:
+        self.seen.append(
+            {
+                "tools": sorted(getattr(tool, "name", "") for tool in options.get("tools") or ()),
+                "tool_choice": options.get("tool_choice"),
+                "parallel": options.get("allow_multiple_tool_calls"),
+            }
+        )
+        return super()._inner_get_response(options=options, **kwargs)
+
+
+async def test_the_model_sees_the_declared_tools_and_choices(tmp_path: Path) -> None:
+    model = RecordingModel()
+    agent = Agent(client=model, tools=[demo.add, demo.multiply], name="demo")
+    with anyio.fail_after(TIMEOUT):
+        async with (
+            serving(make_host(agent, tmp_path)) as base_url,
+            sdk_client(base_url) as client,
+        ):
+            await client.responses.create(
+                model="demo",
+                input=ASK,
+                tools=[WEATHER],
+                tool_choice={"type": "function", "name": "get_weather"},
+                parallel_tool_calls=False,
+            )
+    assert model.seen[0] == {
+        "tools": ["add", "get_weather", "multiply"],  # the client's next to the agent's own
+        "tool_choice": {"mode": "required", "required_function_name": "get_weather"},
+        "parallel": False,
+    }
 
 
 async def test_tool_choice_and_parallel_tool_calls_reach_the_agent(tmp_path: Path) -> None:

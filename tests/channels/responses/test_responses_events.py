@@ -248,6 +248,36 @@ def test_a_call_to_a_client_tool_ends_the_response_as_a_function_call() -> None:
     assert events[-1]["response"]["status"] == "completed"
 
 
+def test_parallel_client_calls_are_one_item_each_and_their_pause_copies_none() -> None:
+    def call(call_id: str, city: str, **marks: Any) -> dict[str, Any]:
+        arguments = {"city": city}
+        return {"type": "function_call", "call_id": call_id, "name": "get_weather",
+                "arguments": arguments, **marks}  # fmt: skip
+
+    updates = [
+        {"role": "assistant", "contents": [call("c1", "Paris")]},
+        {"role": "assistant", "contents": [call("c2", "Rome")]},
+        {
+            "role": "assistant",
+            "contents": [
+                call("c1", "Paris", user_input_request=True),
+                call("c2", "Rome", user_input_request=True),
+            ],
+        },
+    ]
+    events, streamed = run(updates, tools=(WEATHER_TOOL,))
+    assert_well_formed(events)
+    calls = [(item["call_id"], item["arguments"]) for item in streamed.response["output"]]
+    assert calls == [("c1", '{"city":"Paris"}'), ("c2", '{"city":"Rome"}')]
+    finished = render_result(
+        base((WEATHER_TOOL,)),
+        {"messages": [updates[2]]},
+        new_id=counter_ids(),
+        completed_at=101,
+    )
+    assert finished["output"] == streamed.response["output"]
+
+
 def test_a_client_call_after_the_agents_own_tool_renders_alike_streamed_or_finished() -> None:
     updates = [*TOOL_CALL_UPDATES[:2], *CLIENT_CALL_UPDATES[1:]]
     for shown in ("omit", "mcp_call"):

@@ -21,10 +21,10 @@ Rules:
 6. The agent's own tool calls are left out (``server_tool_calls="omit"``, the default) or
    rendered as ``mcp_call`` items (``"mcp_call"``), the item clients already treat as run
    by the server and informational (the openai SDK's output union, the OpenAI Agents SDK,
-   LangChain and the Vercel AI SDK all take it as such). A call is held back until its result arrives and
-   then rendered whole, so one item is open at a time and a streamed run renders exactly
-   what its finished result renders; a call still without a result at the end is
-   rendered ``incomplete``.
+   LangChain and the Vercel AI SDK all take it as such). A call is held back until its
+   result arrives and then rendered whole, so one item is open at a time and a streamed
+   run renders exactly what its finished result renders; a call still without a result at
+   the end is rendered ``incomplete``.
 7. The framework repeats a client tool call as its "waiting for the caller" marker
    (``user_input_request``); a call already rendered is not rendered twice.
 

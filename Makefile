@@ -24,7 +24,14 @@ $(VENV)/.installed-bench: $(VENV)/.installed-dev pyproject.toml
 	$(PIP) install -e '.[dev,bench]'
 	touch $@
 
-install: $(VENV)/.installed-dev
+# The Vercel AI SDK and a Node 22 for its test (skipped when npm is missing or offline).
+VERCEL := tests/channels/responses/vercel
+$(VERCEL)/node_modules/.installed: $(VERCEL)/package-lock.json
+	@if command -v npm >/dev/null 2>&1 && npm ci --prefix $(VERCEL) --no-audit --no-fund \
+		--loglevel=error; then touch $@; \
+	else echo "npm ci failed or npm is missing: the Vercel AI SDK test will be skipped"; fi
+
+install: $(VENV)/.installed-dev $(VERCEL)/node_modules/.installed
 
 demo: $(VENV)/.installed-base
 	$(VENV)/bin/agenthost demo --host 127.0.0.1 --port $${PORT:-8000}

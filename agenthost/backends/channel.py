@@ -37,7 +37,7 @@ from __future__ import annotations
 
 import abc
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from typing import TYPE_CHECKING, Any, Literal, Protocol
+from typing import TYPE_CHECKING, Any, Literal, Protocol, runtime_checkable
 
 from starlette.middleware import Middleware
 from starlette.routing import BaseRoute
@@ -126,6 +126,22 @@ class HostServices(Protocol):
         ...
 
 
+@runtime_checkable
+class TargetFeatures(Protocol):
+    """Optional on a ``HostServices``: what the hosted target can take.
+
+    A channel that finds it refuses up front (a clear 4xx) a request the target cannot
+    serve; without it, the target's adapter refuses the run itself (a failed run, never a
+    request quietly answered as if it had asked less).
+    """
+
+    @property
+    def target_accepts_function_tools(self) -> bool:
+        """Whether caller-declared function tools reach the target (``options["tools"]``);
+        ``backends.targets.accepts_function_tools`` answers it for a target."""
+        ...
+
+
 class Channel(abc.ABC):
     """One protocol on the host. Subclasses set ``name`` and implement ``routes``.
 
@@ -167,4 +183,4 @@ class Channel(abc.ABC):
         """A background run this channel started reached a final status (already stored)."""
 
 
-__all__ = ["Channel", "HostServices", "ResolvedTurn"]
+__all__ = ["Channel", "HostServices", "ResolvedTurn", "TargetFeatures"]

@@ -4,6 +4,12 @@ An adapter receives the request and the session's stored state, runs the target 
 answers the core's ``RunTarget`` effect with the result and the state to save. It streams
 updates to ``on_update`` as the target produces them. Adapters never decide whether to
 save: the core does (only after success).
+
+Function tools a caller declares travel in ``request.options["tools"]`` as dicts in the
+OpenAI function-tool shape (``type: "function"``, ``name``, ``description``,
+``parameters``): the caller runs them itself. Only an Agent Framework agent can take them
+(:attr:`TargetAdapter.accepts_function_tools`); another target refuses the run rather than
+quietly answering without them.
 """
 
 from __future__ import annotations
@@ -38,6 +44,9 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("agenthost.targets")
 
+if TYPE_CHECKING:
+    from agent_framework import Message
+
 
 @attrs.frozen
 class StreamUpdate:
@@ -58,8 +67,19 @@ class TargetCall:
     on_update: UpdateSink | None = None
 
 
+class FunctionToolsUnsupported(ValueError):
+    """The request declares function tools and this target cannot call any."""
+
+
+class FunctionToolConflict(ValueError):
+    """A caller declared a function tool with the name of one of the agent's own tools."""
+
+
 class TargetAdapter(abc.ABC):
     """Runs one kind of target. Exceptions mean the run failed; the host records that."""
+
+    #: Whether the target can take caller-declared function tools (``options["tools"]``).
+    accepts_function_tools: bool = False
 
     @abc.abstractmethod
     async def run(self, call: TargetCall) -> TargetSucceeded: ...
@@ -81,6 +101,24 @@ def json_safe(value: Any) -> Any:
     if hasattr(value, "to_dict"):
         value = value.to_dict()
     return json.loads(json.dumps(value, default=str))
+
+
+def refuse_function_tools(request: ChannelRequest) -> None:
+    """Fail the run of a target without tools when the caller declared some, or required
+    a tool call (``tool_choice``: ``required`` or a named function)."""
+    choice = request.options.get("tool_choice")
+    if request.options.get("tools") or choice == "required" or isinstance(choice, Mapping):
+        raise FunctionToolsUnsupported(
+            "this target cannot call tools: it was given tools or a tool choice it would ignore"
+        )
+
+
+def accepts_function_tools(target: Any) -> bool:
+    """Whether the target the application hands the host can take caller-declared tools
+    (asked of the adapter :func:`adapt_target` chooses for it)."""
+    if isinstance(target, TargetAdapter):
+        return target.accepts_function_tools
+    return _adapter_kind(target) is AgentTarget
 
 
 def input_messages(request: ChannelRequest) -> tuple[HostMessage, ...]:
@@ -112,6 +150,7 @@ class CallableTarget(TargetAdapter):
         self._fn = fn
 
     async def run(self, call: TargetCall) -> TargetSucceeded:
+        refuse_function_tools(call.request)
         stored = (call.state or {}).get("messages", [])
         history = structure_messages(stored)
         new_input = list(input_messages(call.request))
@@ -145,7 +184,7 @@ class CallableTarget(TargetAdapter):
 # --- Agent Framework agents ---------------------------------------------------------
 
 
-def to_framework_messages(messages: Sequence[HostMessage]) -> list[Any]:
+def to_framework_messages(messages: Sequence[HostMessage]) -> list[Message]:
     from agent_framework import Content, Message
 
     converted = []
@@ -157,8 +196,46 @@ def to_framework_messages(messages: Sequence[HostMessage]) -> list[Any]:
             for part in message.parts
             if isinstance(part, TextPart | UriPart)
         ]
+        if message.tool_call_id is not None:
+            # The output of a call the caller ran: the framework pairs it by call id.
+            contents = [Content.from_function_result(message.tool_call_id, result=message.text)]
+        contents += [
+            Content.from_function_call(call.call_id, call.name, arguments=call.arguments)
+            for call in message.function_calls
+        ]
         converted.append(Message(role=message.role, contents=contents))
     return converted
+
+
+def declared_function_tools(tools: Sequence[Any], agent: Any) -> list[Any]:
+    """The caller's function tools (dicts) as declaration-only ``FunctionTool``s; other
+    tools (framework objects a ``run_hook`` put there) pass unchanged.
+
+    The framework pauses on a call to one (a ``function_call`` marked
+    ``user_input_request``) and ends the run, so the caller can run it and send the output
+    in its next request. A name the agent's own tools already use is refused: the agent's
+    call would otherwise be shown to the caller as one it must run.
+    """
+    from agent_framework import FunctionTool
+
+    declared = [tool for tool in tools if isinstance(tool, Mapping)]
+    own = {
+        getattr(tool, "name", None)
+        for tool in (getattr(agent, "default_options", None) or {}).get("tools") or ()
+    }
+    if any(tool.get("name") in own for tool in declared):
+        raise FunctionToolConflict("a declared function tool has the name of an agent tool")
+    return [
+        FunctionTool(
+            name=str(tool["name"]),
+            description=str(tool.get("description") or ""),
+            func=None,
+            input_model=dict(tool.get("parameters") or {"type": "object", "properties": {}}),
+        )
+        if isinstance(tool, Mapping)
+        else tool
+        for tool in tools
+    ]
 
 
 class AgentTarget(TargetAdapter):
@@ -166,7 +243,10 @@ class AgentTarget(TargetAdapter):
 
     Its ``AgentSession`` is restored from and saved to the store with the framework's own
     ``to_dict``/``from_dict``. The agent runs on asyncio (through the bridge under trio).
+    Caller-declared function tools join the agent's own as declaration-only tools.
     """
+
+    accepts_function_tools = True
 
     def __init__(self, agent: Any, bridge: AsyncioBridge) -> None:
         self._agent = agent
@@ -178,6 +258,8 @@ class AgentTarget(TargetAdapter):
         stateful = call.session_ref.session_id is not None
         session = self._restore(state) if stateful else None
         options = dict(call.request.options)
+        if options.get("tools"):
+            options["tools"] = declared_function_tools(options["tools"], self._agent)
 
         if call.on_update is None:
             response = await self._bridge.call(self._run_once, messages, session, options)
@@ -316,6 +398,7 @@ class WorkflowTarget(TargetAdapter):
         self._allowed_types = declared_type_keys(prototype)
 
     async def run(self, call: TargetCall) -> TargetSucceeded:
+        refuse_function_tools(call.request)
         from agenthost.backends.workflow_checkpoints import (
             SessionCheckpointStorage,
             StoredWorkflow,
@@ -537,19 +620,28 @@ def adapt_target(target: Any, bridge: AsyncioBridge, state_dir: Path) -> TargetA
     """
     if isinstance(target, TargetAdapter):
         return target
+    kind = _adapter_kind(target)
+    if kind is WorkflowTarget:
+        return WorkflowTarget(target, bridge)
+    if kind is AgentTarget:
+        return AgentTarget(target, bridge)
+    return CallableTarget(target)
+
+
+def _adapter_kind(target: Any) -> type[TargetAdapter]:
     try:
         from agent_framework import Workflow, WorkflowBuilder
     except ImportError:  # pragma: no cover - agent-framework-core is a dependency
         Workflow = WorkflowBuilder = None  # type: ignore[assignment,misc]
     if Workflow is not None and isinstance(target, Workflow | WorkflowBuilder):
-        return WorkflowTarget(target, bridge)
+        return WorkflowTarget
     run = getattr(target, "run", None)
     if callable(run) and not inspect.isfunction(target):
-        return AgentTarget(target, bridge)
+        return AgentTarget
     if callable(target) and _builds_without_arguments(target):
-        return WorkflowTarget(target, bridge)
+        return WorkflowTarget
     if callable(target):
-        return CallableTarget(target)
+        return CallableTarget
     raise TypeError(
         f"cannot host {type(target).__name__}: pass an Agent Framework Agent or Workflow "
         "(or a function building one), or an async function taking a list of messages"

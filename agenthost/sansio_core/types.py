@@ -76,11 +76,28 @@ ContentPart = TextPart | UriPart
 
 
 @attrs.frozen
+class FunctionCall:
+    """A call the model made to a function tool that the *caller* runs (a client-declared
+    tool), as it comes back in a later request's history."""
+
+    call_id: str
+    name: str
+    arguments: str  # JSON text, as the model wrote it
+
+
+@attrs.frozen
 class HostMessage:
-    """One input message in the host's neutral form; adapters translate it per target."""
+    """One input message in the host's neutral form; adapters translate it per target.
+
+    ``function_calls`` (on an ``assistant`` message) are calls the caller ran;
+    ``tool_call_id`` (on a ``tool`` message, whose text is the output) names the call it
+    answers. Targets that take no tools see only the text.
+    """
 
     role: str
     parts: tuple[ContentPart, ...]
+    function_calls: tuple[FunctionCall, ...] = ()
+    tool_call_id: str | None = None
 
     @classmethod
     def user(cls, text: str) -> HostMessage:

@@ -23,7 +23,13 @@ from typing import Any
 
 import attrs
 
-from agenthost.sansio_core.types import ContentPart, HostMessage, TextPart, UriPart
+from agenthost.sansio_core.types import (
+    ContentPart,
+    FunctionCall,
+    HostMessage,
+    TextPart,
+    UriPart,
+)
 
 MAX_INPUT_ITEMS = 1000
 MAX_METADATA_PAIRS = 16
@@ -37,6 +43,12 @@ DEFAULT_LIST_LIMIT = 20
 _ID = re.compile(r"^[A-Za-z0-9_\-]{1,128}$")
 _ROLES = frozenset({"user", "assistant", "system", "developer"})
 _TOOL_CHOICES = frozenset({"none", "auto", "required"})
+_TOOL_NAME = re.compile(r"^[A-Za-z0-9_\-]{1,64}$")
+_FUNCTION_FIELDS: tuple[tuple[str, type, str], ...] = (
+    ("description", str, "a string"),
+    ("parameters", dict, "a JSON Schema object"),
+    ("strict", bool, "true or false"),
+)
 # Item types OpenAI defines that are stored and listed as sent, but are not messages.
 _OPAQUE_ITEMS = frozenset(
     {
@@ -228,7 +240,7 @@ def parse_create(data: Any, *, websocket: bool = False) -> CreateRequest:
     top_p = _number(data, "top_p", 0.0, 1.0)
     max_output_tokens = _positive_int(data, "max_output_tokens")
     tools = _tools(data.get("tools"))
-    tool_choice = _tool_choice(data.get("tool_choice"))
+    tool_choice = _tool_choice(data.get("tool_choice"), tools)
     parallel = data.get("parallel_tool_calls")
     if parallel is not None and not isinstance(parallel, bool):
         raise bad_request("'parallel_tool_calls' must be true or false.", "parallel_tool_calls")
@@ -363,22 +375,70 @@ def _conversation_id(value: Any) -> str | None:
 
 
 def _tools(value: Any) -> list[dict[str, Any]]:
+    """Client-declared function tools; the agent brings its own tools, so other types (web
+    search, MCP, ...) are refused rather than silently ignored."""
     if value is None:
         return []
     if not isinstance(value, list) or not all(
         isinstance(tool, dict) and isinstance(tool.get("type"), str) for tool in value
     ):
         raise bad_request("'tools' must be a list of tool objects with a 'type'.", "tools")
+    names: set[str] = set()
+    for index, tool in enumerate(value):
+        where = f"tools[{index}]"
+        if tool["type"] != "function":
+            raise bad_request(
+                f"{where}.type '{tool['type'][:64]}' is not supported: this agent runs its "
+                "own tools, and a client can declare only 'function' tools (which it runs "
+                "itself when the response ends with a 'function_call').",
+                f"{where}.type",
+                "unsupported_tool_type",
+            )
+        name = tool.get("name")
+        if not isinstance(name, str) or not _TOOL_NAME.match(name):
+            raise bad_request(
+                f"{where}.name must be 1 to 64 letters, digits, '_' or '-'.", f"{where}.name"
+            )
+        if name in names:
+            raise bad_request(f"{where}.name '{name}' is declared twice.", f"{where}.name")
+        names.add(name)
+        for key, kind, wanted in _FUNCTION_FIELDS:
+            if tool.get(key) is not None and not isinstance(tool[key], kind):
+                raise bad_request(f"{where}.{key} must be {wanted}.", f"{where}.{key}")
     return value
 
 
-def _tool_choice(value: Any) -> str | dict[str, Any] | None:
+def client_function_names(response: Mapping[str, Any]) -> frozenset[str]:
+    """The names of the function tools a request (or its response object) declared."""
+    return frozenset(
+        tool["name"]
+        for tool in response.get("tools") or ()
+        if isinstance(tool, Mapping) and tool.get("type") == "function"
+    )
+
+
+def _tool_choice(value: Any, tools: Sequence[Mapping[str, Any]]) -> str | dict[str, Any] | None:
+    """``none``, ``auto``, ``required`` or one declared function; other forms name tools
+    this host does not take from clients, so they are refused."""
     if value is None:
         return None
     if isinstance(value, str) and value in _TOOL_CHOICES:
         return value
+    if isinstance(value, dict) and value.get("type") == "function":
+        name = value.get("name")
+        if not isinstance(name, str) or name not in {tool["name"] for tool in tools}:
+            raise bad_request(
+                "'tool_choice' names a function that 'tools' does not declare.",
+                "tool_choice.name",
+            )
+        return {"type": "function", "name": name}
     if isinstance(value, dict) and isinstance(value.get("type"), str):
-        return value
+        raise bad_request(
+            f"'tool_choice' of type '{value['type'][:64]}' is not supported: use 'none', "
+            "'auto', 'required' or a 'function' choice naming a tool in 'tools'.",
+            "tool_choice",
+            "unsupported_tool_choice",
+        )
     raise bad_request(
         "'tool_choice' must be 'none', 'auto', 'required' or a tool choice object.", "tool_choice"
     )
@@ -387,9 +447,7 @@ def _tool_choice(value: Any) -> str | dict[str, Any] | None:
 def _framework_tool_choice(choice: str | Mapping[str, Any]) -> Any:
     if isinstance(choice, str):
         return choice
-    if choice.get("type") == "function" and isinstance(choice.get("name"), str):
-        return {"mode": "required", "required_function_name": choice["name"]}
-    return "required" if choice.get("type") == "allowed_tools" else "auto"
+    return {"mode": "required", "required_function_name": choice["name"]}
 
 
 # --- input items ----------------------------------------------------------------------
@@ -528,9 +586,10 @@ def _required_string(item: Mapping[str, Any], name: str, where: str, *, empty: b
 def host_messages(items: Iterable[Mapping[str, Any]]) -> tuple[HostMessage, ...]:
     """The items the target reads as messages, in order.
 
-    A ``function_call_output`` becomes a ``tool`` message with its text. Function calls,
-    reasoning and other items are not messages; a run_hook finds them all, with full
-    fidelity, in the request's ``attributes["input_items"]``.
+    A ``function_call`` (a call to a client-declared tool, sent back as history) becomes an
+    assistant message carrying the call; a ``function_call_output`` a ``tool`` message with
+    its text and the call's id. Reasoning and other items are not messages; a run_hook
+    finds them all, with full fidelity, in the request's ``attributes["input_items"]``.
     """
     messages = []
     for item in items:
@@ -538,10 +597,15 @@ def host_messages(items: Iterable[Mapping[str, Any]]) -> tuple[HostMessage, ...]
         if kind == "message":
             parts = tuple(p for p in map(_host_part, item["content"]) if p is not None)
             messages.append(HostMessage(role=item["role"], parts=parts))
+        elif kind == "function_call":
+            call = FunctionCall(item["call_id"], item["name"], item["arguments"])
+            messages.append(HostMessage(role="assistant", parts=(), function_calls=(call,)))
         elif kind == "function_call_output":
             output = item["output"]
             text = output if isinstance(output, str) else _parts_text(output)
-            messages.append(HostMessage(role="tool", parts=(TextPart(text),)))
+            messages.append(
+                HostMessage(role="tool", parts=(TextPart(text),), tool_call_id=item["call_id"])
+            )
     return tuple(messages)
 
 

@@ -15,6 +15,19 @@ Rules:
    framework's ``finish_reason`` was ``length`` or ``content_filter``, or a workflow
    stopped to ask the user: ``input_required``) or ``response.failed``, carrying the full
    response; after it the machine accepts nothing.
+5. A ``function_call`` item is only ever a call the *client* must run: one to a function
+   tool the request declared (the response's ``tools``). To a client a ``function_call``
+   means "run this and send me its output", so the agent's own, already executed tool
+   calls are never rendered as one (nor their results as ``function_call_output``).
+6. The agent's own tool calls are left out (``server_tool_calls="omit"``, the default) or
+   rendered as ``mcp_call`` items (``"mcp_call"``), the item clients already treat as run
+   by the server and informational (the openai SDK's output union, the OpenAI Agents SDK,
+   LangChain and the Vercel AI SDK all take it as such). A call is held back until its
+   result arrives and then rendered whole, so one item is open at a time and a streamed
+   run renders exactly what its finished result renders; a call still without a result at
+   the end is rendered ``incomplete``.
+7. The framework repeats a client tool call as its "waiting for the caller" marker
+   (``user_input_request``); a call already rendered is not rendered twice.
 
 Input is what a run streams: Agent Framework ``AgentResponseUpdate``s (or their
 ``to_dict()`` form) whose ``contents`` are ``text``, ``text_reasoning``,
@@ -29,11 +42,15 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Iterator, Mapping
-from typing import Any
+from typing import Any, Literal
 
-from agenthost.channels.responses.codec import failed_error, usage
+from agenthost.channels.responses.codec import client_function_names, failed_error, usage
 
 NewId = Callable[[str], str]  # prefix -> a fresh id such as "msg_..."
+ServerToolCalls = Literal["omit", "mcp_call"]
+SERVER_TOOL_CALLS: tuple[ServerToolCalls, ...] = ("omit", "mcp_call")
+SERVER_LABEL = "agenthost"  # the ``server_label`` of the agent's own calls as ``mcp_call``
+_TOOL_FAILED = "The tool failed."  # never the exception's text: it may quote user data
 
 TERMINAL_EVENTS = frozenset({"response.completed", "response.incomplete", "response.failed"})
 _INCOMPLETE_REASONS = {
@@ -60,9 +77,15 @@ class ResponseEvents:
         new_id: NewId,
         next_sequence: int = 0,
         stream_id: str | None = None,
+        server_tool_calls: ServerToolCalls = "omit",
     ) -> None:
         self.response: dict[str, Any] = {**response, "output": list(response.get("output", []))}
         self._new_id = new_id
+        self._client_tools = client_function_names(response)
+        self._show_server_calls = server_tool_calls == "mcp_call"
+        self._server_calls: dict[str, _ServerCall] = {}  # held back until their results
+        self._last_server_call: _ServerCall | None = None
+        self._client_calls: set[str] = set()  # call ids already rendered as function_call
         self._sequence = next_sequence
         self._stream_id = stream_id
         self._open: _OpenItem | None = None
@@ -143,6 +166,7 @@ class ResponseEvents:
         events: list[dict[str, Any]] = []
         reason = _INCOMPLETE_REASONS.get(self._finish_reason or "")
         self._close(events, status="incomplete" if reason else "completed")
+        self._flush_server_calls(events)
         self.response.update(completed_at=completed_at, usage=usage(self._usage))
         if reason:
             self.response.update(status="incomplete", incomplete_details={"reason": reason})
@@ -161,6 +185,7 @@ class ResponseEvents:
         self._check_running()
         events: list[dict[str, Any]] = []
         self._close(events, status="incomplete")
+        self._flush_server_calls(events)
         self.response.update(
             status="failed",
             error=failed_error(code, message),
@@ -176,6 +201,7 @@ class ResponseEvents:
         closing: list[dict[str, Any]] = []
         if not self.finished:
             self._close(closing, status="incomplete")
+            self._flush_server_calls(closing)
         self.response.update(status=status, completed_at=completed_at)
         self.finished = True
 
@@ -269,59 +295,116 @@ class ResponseEvents:
 
     def _function_call(self, content: Any, events: list[dict[str, Any]]) -> None:
         call_id = field(content, "call_id") or ""
-        arguments = field(content, "arguments")
-        if not isinstance(arguments, str):
-            arguments = "" if arguments is None else json.dumps(arguments, separators=(",", ":"))
+        name = field(content, "name") or ""
+        arguments = _arguments_text(field(content, "arguments"))
+        if field(content, "user_input_request") and call_id in self._client_calls:
+            return  # the framework's "waiting for the caller" copy of a call rendered already
         open_item = self._open
-        continuing = (
+        if (
             open_item is not None
             and open_item.kind == "function_call"
             and (not call_id or call_id == open_item.item["call_id"])
-        )
-        if not continuing:
+        ):
+            self._arguments_delta(open_item, arguments, events)  # more of the open client call
+            return
+        server_call = self._server_calls.get(call_id) if call_id else self._last_server_call
+        if server_call is not None:
+            server_call.chunks.append(arguments)  # more of a held-back call of the agent's own
+            return
+        if name not in self._client_tools:
             self._close(events)
-            item = self._start_item(
-                "function_call",
-                {
-                    "type": "function_call",
-                    "call_id": call_id,
-                    "name": field(content, "name") or "",
-                    "arguments": "",
-                },
-                events,
+            server_call = _ServerCall(call_id, name, arguments)
+            self._server_calls[call_id] = self._last_server_call = server_call
+            return
+        self._close(events)
+        self._client_calls.add(call_id)
+        item = self._start_item(
+            "function_call",
+            {"type": "function_call", "call_id": call_id, "name": name, "arguments": ""},
+            events,
+        )
+        self._arguments_delta(item, arguments, events)
+
+    def _arguments_delta(
+        self, item: _OpenItem, arguments: str, events: list[dict[str, Any]]
+    ) -> None:
+        if not arguments:
+            return
+        item.chunks.append(arguments)
+        events.append(
+            self._event(
+                "response.function_call_arguments.delta",
+                item_id=item.id,
+                output_index=item.index,
+                delta=arguments,
             )
-        else:
-            assert open_item is not None
-            item = open_item
-        if arguments:
-            item.chunks.append(arguments)
-            events.append(
-                self._event(
-                    "response.function_call_arguments.delta",
-                    item_id=item.id,
-                    output_index=item.index,
-                    delta=arguments,
-                )
-            )
+        )
 
     def _function_result(self, content: Any, events: list[dict[str, Any]]) -> None:
-        self._close(events)
+        call_id = field(content, "call_id") or ""
+        server_call = self._server_calls.pop(call_id, None)
+        if server_call is None:
+            return  # a result of no call this response made: nothing a client can act on
+        if self._last_server_call is server_call:
+            self._last_server_call = None
+        if field(content, "exception"):
+            self._render_server_call(server_call, events, status="failed")
+            return
         result = field(content, "result")
-        if result is None:
-            exception = field(content, "exception")
-            result = f"Error: {exception}" if exception else ""
-        output = result if isinstance(result, str) else json.dumps(result, default=str)
+        output = "" if result is None else result if isinstance(result, str) else None
+        if output is None:
+            output = json.dumps(result, default=str, ensure_ascii=False)
+        self._render_server_call(server_call, events, status="completed", output=output)
+
+    def _flush_server_calls(self, events: list[dict[str, Any]]) -> None:
+        """Calls of the agent's own that got no result before the end: ``incomplete``."""
+        pending, self._server_calls, self._last_server_call = self._server_calls, {}, None
+        for server_call in pending.values():
+            self._render_server_call(server_call, events, status="incomplete")
+
+    def _render_server_call(
+        self,
+        call: _ServerCall,
+        events: list[dict[str, Any]],
+        *,
+        status: str,
+        output: str | None = None,
+    ) -> None:
+        """One of the agent's own calls, whole, as an ``mcp_call`` item (when shown)."""
+        if not self._show_server_calls:
+            return
+        self._close(events)
+        arguments = "".join(call.chunks)
         item = self._start_item(
-            "function_call_output",
+            "mcp_call",
             {
-                "type": "function_call_output",
-                "call_id": field(content, "call_id") or "",
-                "output": "",
+                "type": "mcp_call",
+                "server_label": SERVER_LABEL,
+                "name": call.name,
+                "arguments": "",
+                "output": None,
+                "error": None,
+                "approval_request_id": None,
             },
             events,
         )
-        item.item["output"] = output
-        self._close(events)
+        where = {"item_id": item.id, "output_index": item.index}
+        events.append(self._event("response.mcp_call.in_progress", **where))
+        if arguments:
+            events.append(
+                self._event("response.mcp_call_arguments.delta", **where, delta=arguments)
+            )
+        events.append(self._event("response.mcp_call_arguments.done", **where, arguments=arguments))
+        item.item.update(arguments=arguments, output=output)
+        if status == "failed":
+            item.item["error"] = {
+                "type": "mcp_tool_execution_error",
+                "content": [{"type": "text", "text": _TOOL_FAILED}],
+            }
+            events.append(self._event("response.mcp_call.failed", **where))
+        elif status == "completed":
+            events.append(self._event("response.mcp_call.completed", **where))
+        self._close(events, status=status)
 
     def _open_item(self, kind: str, events: list[dict[str, Any]]) -> _OpenItem:
         if self._open is not None and self._open.kind == kind:
@@ -356,7 +439,7 @@ class ResponseEvents:
     def _start_item(
         self, kind: str, item: dict[str, Any], events: list[dict[str, Any]]
     ) -> _OpenItem:
-        prefix = {"message": "msg", "reasoning": "rs", "function_call": "fc"}.get(kind, "fco")
+        prefix = {"message": "msg", "reasoning": "rs", "function_call": "fc"}.get(kind, "mcp")
         item = {"id": self._new_id(prefix), **item, "status": "in_progress"}
         index = len(self.response["output"])
         self.response["output"].append(item)
@@ -412,6 +495,23 @@ class ResponseEvents:
         events.append(
             self._event("response.output_item.done", output_index=opened.index, item=dict(item))
         )
+
+
+class _ServerCall:
+    """A tool call of the agent's own, held back until its result arrives."""
+
+    __slots__ = ("call_id", "chunks", "name")
+
+    def __init__(self, call_id: str, name: str, arguments: str) -> None:
+        self.call_id = call_id
+        self.name = name
+        self.chunks = [arguments] if arguments else []
+
+
+def _arguments_text(arguments: Any) -> str:
+    if isinstance(arguments, str):
+        return arguments
+    return "" if arguments is None else json.dumps(arguments, separators=(",", ":"))
 
 
 class _OpenItem:
@@ -486,10 +586,15 @@ def result_updates(result: Any) -> Iterator[Any]:
 
 
 def render_result(
-    response: Mapping[str, Any], result: Any, *, new_id: NewId, completed_at: int
+    response: Mapping[str, Any],
+    result: Any,
+    *,
+    new_id: NewId,
+    completed_at: int,
+    server_tool_calls: ServerToolCalls = "omit",
 ) -> dict[str, Any]:
     """The completed response object for a finished result (the non-streaming path)."""
-    machine = ResponseEvents(response, new_id=new_id)
+    machine = ResponseEvents(response, new_id=new_id, server_tool_calls=server_tool_calls)
     feed_result(machine, result)
     machine.complete(completed_at=completed_at)
     return machine.response

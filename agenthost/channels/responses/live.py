@@ -25,7 +25,12 @@ from typing import Any
 import anyio
 
 from agenthost.backends.targets import StreamUpdate
-from agenthost.channels.responses.events import TERMINAL_EVENTS, NewId, ResponseEvents
+from agenthost.channels.responses.events import (
+    TERMINAL_EVENTS,
+    NewId,
+    ResponseEvents,
+    ServerToolCalls,
+)
 from agenthost.channels.responses.records import Records
 
 # A new background response is stored with two events already: created (0), queued (1).
@@ -117,6 +122,7 @@ class BackgroundRun:
         log: EventLog,
         records: Records,
         new_id: NewId,
+        server_tool_calls: ServerToolCalls = "omit",
     ) -> None:
         self.response_id = response_id
         self.owner = owner
@@ -127,6 +133,7 @@ class BackgroundRun:
         self._log = log
         self._records = records
         self._new_id = new_id
+        self._server_tool_calls: ServerToolCalls = server_tool_calls
 
     async def on_update(self, update: StreamUpdate) -> None:
         async with self.lock:
@@ -147,5 +154,10 @@ class BackgroundRun:
         # runs again from the start, and its events continue the numbers.
         last = await self._records.last_sequence(self.response_id)
         sequence = max(FIRST_RUN_SEQUENCE, last + 1)
-        self.machine = ResponseEvents(self._response, new_id=self._new_id, next_sequence=sequence)
+        self.machine = ResponseEvents(
+            self._response,
+            new_id=self._new_id,
+            next_sequence=sequence,
+            server_tool_calls=self._server_tool_calls,
+        )
         return self.machine, self.machine.in_progress()

@@ -46,7 +46,7 @@ from starlette.routing import BaseRoute, Route, WebSocketRoute
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from agenthost.backends.bodies import BodyTooLarge, OversizedBodyResponse, read_limited
-from agenthost.backends.channel import Channel, HostServices
+from agenthost.backends.channel import Channel, HostServices, TargetFeatures
 from agenthost.backends.streaming import Emit, ProducerResponse
 from agenthost.backends.targets import StreamUpdate, UpdateSink
 from agenthost.channels.responses import codec, events, records
@@ -103,6 +103,13 @@ class ResponsesChannel(Channel):
     background response (``queued``, ``background: true``) whose ``retrieve`` shows the
     result once the run completes, and the reply is pushed (``Host.run_or_continue``). A
     streamed or WebSocket ``create`` is still answered on its wire, and pushed too.
+
+    Tools: the agent's own tool calls run on the host and are not the caller's to run, so
+    they are left out of ``output`` (``server_tool_calls="omit"``) or shown as ``mcp_call``
+    items (``"mcp_call"``). Function tools the caller declares in ``tools`` reach an Agent
+    Framework agent as declaration-only tools: a call to one ends the response with a
+    ``function_call`` item, and the caller's next request (``function_call_output`` with
+    ``previous_response_id`` or ``conversation``) continues the run.
     """
 
     def __init__(
@@ -118,6 +125,7 @@ class ResponsesChannel(Channel):
         response_ttl_seconds: float | None = 30 * 24 * 3600.0,
         event_ttl_seconds: float = 24 * 3600.0,
         poll_seconds: float = 0.25,
+        server_tool_calls: events.ServerToolCalls = "omit",
     ) -> None:
         if not mount.startswith("/") or mount.endswith("/"):
             raise ValueError(f"mount must start with '/' and not end with one, not {mount!r}")
@@ -132,6 +140,11 @@ class ResponsesChannel(Channel):
             )
         if event_ttl_seconds <= 0 or poll_seconds <= 0:
             raise ValueError("event_ttl_seconds and poll_seconds must be greater than 0")
+        if server_tool_calls not in events.SERVER_TOOL_CALLS:
+            raise ValueError(
+                f"server_tool_calls must be one of {', '.join(events.SERVER_TOOL_CALLS)}, "
+                f"not {server_tool_calls!r}"
+            )
         self.name = name
         self.mount = mount
         self.model = model
@@ -140,6 +153,7 @@ class ResponsesChannel(Channel):
         self.response_ttl_seconds = response_ttl_seconds
         self.event_ttl_seconds = event_ttl_seconds
         self.poll_seconds = poll_seconds
+        self.server_tool_calls: events.ServerToolCalls = server_tool_calls
         self._authenticate = authenticate
         # Keys are compared by digest: the mapping lookup then reveals nothing about them.
         self._key_digests = (
@@ -293,6 +307,11 @@ class _Service:
             event_ttl=channel.event_ttl_seconds,
         )
         self.log = EventLog(self.records, poll_seconds=channel.poll_seconds)
+        # Known once: whether the host says its target cannot take tools (else the target's
+        # adapter refuses a run with them).
+        self._target_takes_no_tools = (
+            isinstance(host, TargetFeatures) and not host.target_accepts_function_tools
+        )
         self._live: dict[str, BackgroundRun] = {}
         # Striped locks serialize read-modify-writes of one conversation in this process.
         self._conversation_locks = [anyio.Lock() for _ in range(_CONVERSATION_LOCKS)]
@@ -322,6 +341,8 @@ class _Service:
         return _json(response)
 
     async def _prepare(self, create: CreateRequest, caller: str) -> _Turn:
+        if self._target_takes_no_tools:
+            _refuse_tools(create)
         response_id = new_id("resp")
         resolved = await self._resolve_references(create.items, caller)
         items = tuple(_with_id(item) for item in resolved)
@@ -434,17 +455,26 @@ class _Service:
         now = int(self.host.now())
         if isinstance(outcome, TurnCompleted):
             return events.render_result(
-                turn.response, outcome.result.result, new_id=new_id, completed_at=now
+                turn.response,
+                outcome.result.result,
+                new_id=new_id,
+                completed_at=now,
+                server_tool_calls=self.channel.server_tool_calls,
             )
         if isinstance(outcome, TurnRefused):
             raise _refusal_error(outcome, turn.create)
-        machine = events.ResponseEvents(turn.response, new_id=new_id)
+        machine = self._machine(turn.response)
         code, message = _failure(outcome)
         machine.fail(code=code, message=message, completed_at=now)
         return machine.response
 
+    def _machine(self, response: Mapping[str, Any], **options: Any) -> events.ResponseEvents:
+        return events.ResponseEvents(
+            response, new_id=new_id, server_tool_calls=self.channel.server_tool_calls, **options
+        )
+
     def _stream(self, turn: _Turn, request: Request) -> Response:
-        machine = events.ResponseEvents(turn.response, new_id=new_id)
+        machine = self._machine(turn.response)
 
         async def produce(emit: Emit) -> None:
             async def send(batch: list[dict[str, Any]]) -> None:
@@ -547,7 +577,7 @@ class _Service:
     ) -> None:
         """Store a background response (its record, input items and opening events)."""
         rid, caller = turn.response_id, turn.caller
-        machine = events.ResponseEvents(response, new_id=new_id)
+        machine = self._machine(response)
         opening = machine.created()  # response.created and response.queued: 0 and 1
         value = {
             "stored": True,
@@ -579,6 +609,7 @@ class _Service:
             log=self.log,
             records=self.records,
             new_id=new_id,
+            server_tool_calls=self.channel.server_tool_calls,
         )
         self._live[rid] = run
         return run.on_update
@@ -599,6 +630,7 @@ class _Service:
                 log=self.log,
                 records=self.records,
                 new_id=new_id,
+                server_tool_calls=self.channel.server_tool_calls,
             )
         async with run.lock:
             if run.closed:
@@ -679,7 +711,7 @@ class _Service:
             return dict(result.value["response"])
         base = dict(value["response"])
         token = await self.host.get_continuation(value["token"])
-        return _from_token(base, token, int(self.host.now()))
+        return _from_token(base, token, int(self.host.now()), self.channel.server_tool_calls)
 
     # --- GET / cancel / delete / input items ------------------------------------------
 
@@ -818,10 +850,8 @@ class _Service:
         create = codec.parse_create(fields, websocket=True)
         turn = await self._prepare(create, caller)
         stream_id = data.get("stream_id")
-        machine = events.ResponseEvents(
-            turn.response,
-            new_id=new_id,
-            stream_id=stream_id if isinstance(stream_id, str) else None,
+        machine = self._machine(
+            turn.response, stream_id=stream_id if isinstance(stream_id, str) else None
         )
         await self._run_streaming(turn, machine, send, protocol_request=websocket)
 
@@ -986,7 +1016,12 @@ def _with_fresh_id(item: Mapping[str, Any]) -> dict[str, Any]:
     return {**item, "id": new_id(codec.item_id_prefix(item))}
 
 
-def _from_token(base: dict[str, Any], token: ContinuationToken | None, now: int) -> dict[str, Any]:
+def _from_token(
+    base: dict[str, Any],
+    token: ContinuationToken | None,
+    now: int,
+    server_tool_calls: events.ServerToolCalls,
+) -> dict[str, Any]:
     """A background response from its run, before (or without) its result record."""
     if token is None:
         return {
@@ -1001,7 +1036,13 @@ def _from_token(base: dict[str, Any], token: ContinuationToken | None, now: int)
     completed_at = int(token.completed_at) if token.completed_at is not None else now
     if token.status is RunStatus.COMPLETED:
         output = (token.result or {}).get("output")
-        return events.render_result(base, output, new_id=new_id, completed_at=completed_at)
+        return events.render_result(
+            base,
+            output,
+            new_id=new_id,
+            completed_at=completed_at,
+            server_tool_calls=server_tool_calls,
+        )
     if token.status is RunStatus.CANCELLED:
         return {**base, "status": "cancelled", "completed_at": completed_at}
     return {
@@ -1010,6 +1051,25 @@ def _from_token(base: dict[str, Any], token: ContinuationToken | None, now: int)
         "completed_at": completed_at,
         "error": codec.failed_error("server_error", _FAILED_MESSAGE),
     }
+
+
+def _refuse_tools(create: CreateRequest) -> None:
+    """A target that cannot call tools cannot honour ``tools`` nor a required tool call."""
+    if create.options.get("tools"):
+        raise codec.bad_request(
+            "This agent cannot call tools, so it cannot use the function tools in 'tools'; "
+            "send the request without them.",
+            "tools",
+            "tools_not_supported",
+        )
+    choice = create.options.get("tool_choice")
+    if choice == "required" or isinstance(choice, Mapping):
+        raise codec.bad_request(
+            "This agent cannot call tools, so 'tool_choice' cannot require one; use 'auto' "
+            "or 'none'.",
+            "tool_choice",
+            "tools_not_supported",
+        )
 
 
 def _failure(outcome: TurnFailed) -> tuple[str, str]:

@@ -8,7 +8,7 @@ import pytest
 
 from agenthost.channels.responses import codec
 from agenthost.channels.responses.codec import ResponsesError
-from agenthost.sansio_core.types import HostMessage, TextPart, UriPart
+from agenthost.sansio_core.types import FunctionCall, HostMessage, TextPart, UriPart
 
 
 def rejected(body: Any, **kwargs: Any) -> ResponsesError:
@@ -74,14 +74,18 @@ def test_item_lists_with_every_supported_part_and_item() -> None:
     ]
     resolved = [item for item in create.items if item["type"] != "item_reference"]
     messages = codec.host_messages(resolved)
-    assert [m.role for m in messages] == ["developer", "user", "assistant", "tool"]
+    assert [m.role for m in messages] == ["developer", "user", "assistant", "assistant", "tool"]
     assert messages[1].parts == (
         TextPart("look: "),
         UriPart("data:image/png;base64,AAAA", "image/png"),
         UriPart("https://example.test/a.pdf", None),
         UriPart("data:application/octet-stream;base64,QUJD", "application/octet-stream"),
     )
-    assert messages[3] == HostMessage(role="tool", parts=(TextPart("5"),))
+    # A client tool's call and output, sent back as history, stay paired by their call id.
+    assert messages[3] == HostMessage(
+        role="assistant", parts=(), function_calls=(FunctionCall("c1", "add", "{}"),)
+    )
+    assert messages[4] == HostMessage(role="tool", parts=(TextPart("5"),), tool_call_id="c1")
 
 
 def test_options_are_forwarded_in_the_frameworks_names_and_echoed() -> None:

@@ -27,6 +27,7 @@ from agent_framework import (
     WorkflowContext,
     executor,
 )
+from openai.types.responses.response_output_item import McpCall
 
 from agenthost import ChannelRequest, HostMessage, SessionMode
 from agenthost.channels.invocations import InvocationsChannel
@@ -67,7 +68,9 @@ async def settled(client: openai.AsyncOpenAI, response_id: str) -> Any:
 # --- plain and tool-calling responses --------------------------------------------------
 
 
-async def test_create_answers_with_messages_and_function_calls(tmp_path: Path) -> None:
+async def test_create_answers_with_messages_and_never_a_phantom_tool_call(
+    tmp_path: Path,
+) -> None:
     with anyio.fail_after(TIMEOUT):
         async with (
             serving(make_host(build_agent(), tmp_path)) as base_url,
@@ -84,22 +87,55 @@ async def test_create_answers_with_messages_and_function_calls(tmp_path: Path) -
             assert message.status == "completed"
             assert message.content[0].type == "output_text"
 
+            # The agent ran its own ``add`` tool: that is not a call for the client to run.
             tooled = await client.responses.create(model="demo", input="what is 2 + 3")
-            assert [item.type for item in tooled.output] == [
-                "function_call",
-                "function_call_output",
-                "message",
-            ]
-            call, result, answer = tooled.output
-            assert answer.content[0].text == "The answer is 5."
-            assert call.name == "add" and json.loads(call.arguments) == {"a": 2, "b": 3}
-            assert call.status == "completed" and call.call_id
-            assert result.call_id == call.call_id and result.output == "5.0"
+            assert [item.type for item in tooled.output] == ["message"]
             assert tooled.output_text == "The answer is 5."
 
             # What was stored is what was answered.
             again = await client.responses.retrieve(tooled.id)
             assert again.model_dump() == tooled.model_dump()
+
+
+async def test_the_agents_tool_calls_shown_as_mcp_calls_when_asked(tmp_path: Path) -> None:
+    channel = ResponsesChannel(server_tool_calls="mcp_call")
+    with anyio.fail_after(TIMEOUT):
+        async with (
+            serving(make_host(build_agent(), tmp_path, channels=[channel])) as base_url,
+            sdk_client(base_url) as client,
+        ):
+            tooled = await client.responses.create(model="demo", input="what is 2 + 3")
+            call, answer = tooled.output
+            assert isinstance(call, McpCall)  # the SDK's own type for a server-run tool call
+            assert call.name == "add" and json.loads(call.arguments) == {"a": 2, "b": 3}
+            assert call.output == "5.0" and call.status == "completed" and call.error is None
+            assert call.server_label == "agenthost"
+            assert answer.type == "message" and tooled.output_text == "The answer is 5."
+
+            stream = await client.responses.create(model="demo", input="what is 2 + 3", stream=True)
+            events = await collect(stream)
+            assert_contiguous(events)
+            final = events[-1].response
+            assert [item.type for item in final.output] == ["mcp_call", "message"]
+            kinds = [event.type for event in events]
+            assert kinds.index("response.mcp_call.completed") < kinds.index(
+                "response.output_text.delta"
+            )
+            indexes = [e.output_index for e in events if e.type == "response.output_item.added"]
+            assert indexes == [0, 1]
+
+            # Streamed or not, the same items (ids aside).
+            def shape(items: list[Any]) -> list[dict[str, Any]]:
+                return [{k: v for k, v in i.model_dump().items() if k != "id"} for i in items]
+
+            assert shape(final.output) == shape(tooled.output)
+
+            # A background run renders its events the same way.
+            queued = await client.responses.create(
+                model="demo", input="what is 2 + 3", background=True
+            )
+            done = await settled(client, queued.id)
+            assert shape(done.output) == shape(tooled.output)
 
 
 async def test_streaming_sends_every_event_in_order(tmp_path: Path) -> None:
@@ -116,8 +152,6 @@ async def test_streaming_sends_every_event_in_order(tmp_path: Path) -> None:
         "response.created",
         "response.in_progress",
         "response.output_item.added",
-        "response.function_call_arguments.delta",
-        "response.function_call_arguments.done",
         "response.content_part.added",
         "response.output_text.delta",
         "response.output_text.done",
@@ -128,16 +162,13 @@ async def test_streaming_sends_every_event_in_order(tmp_path: Path) -> None:
         assert kind in kinds, kind
     assert kinds[:2] == ["response.created", "response.in_progress"]
     assert kinds[-1] == "response.completed"
-    assert kinds.index("response.function_call_arguments.done") < kinds.index(
-        "response.content_part.added"
-    )
+    assert not any("function_call" in kind or "mcp_call" in kind for kind in kinds)
     deltas = "".join(e.delta for e in events if e.type == "response.output_text.delta")
     assert deltas == "The answer is 5."
     assert len([e for e in events if e.type == "response.output_text.delta"]) > 1
     [done_text] = [e for e in events if e.type == "response.output_text.done"]
     assert done_text.text == "The answer is 5."
-    [arguments] = [e for e in events if e.type == "response.function_call_arguments.done"]
-    assert json.loads(arguments.arguments) == {"a": 2, "b": 3}
+    assert [item.type for item in events[-1].response.output] == ["message"]
 
     final = events[-1].response
     assert final.status == "completed" and final.output_text == "The answer is 5."
@@ -173,11 +204,7 @@ async def test_the_sdks_stream_helper_accumulates_our_events(tmp_path: Path) -> 
             async with client.responses.stream(model="demo", input="what is 2 + 3") as stream:
                 final = await stream.get_final_response()
             assert final.output_text == "The answer is 5."
-            assert [item.type for item in final.output] == [
-                "function_call",
-                "function_call_output",
-                "message",
-            ]
+            assert [item.type for item in final.output] == ["message"]
             queued = await client.responses.create(model="demo", input="hi", background=True)
             async with client.responses.stream(response_id=queued.id) as stream:
                 resumed = await stream.get_final_response()
@@ -407,11 +434,7 @@ async def test_background_create_poll_and_complete(tmp_path: Path) -> None:
             assert queued.background is True
             done = await settled(client, queued.id)
             assert done.status == "completed"
-            assert [item.type for item in done.output] == [
-                "function_call",
-                "function_call_output",
-                "message",
-            ]
+            assert [item.type for item in done.output] == ["message"]
             assert done.output_text == "The answer is 20."
             # A background turn continues like any other.
             chained = await client.responses.create(

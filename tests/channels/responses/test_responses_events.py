@@ -1,8 +1,10 @@
 """The event state machine on recorded update shapes, with no server and no event loop.
 
 The updates below are the ``to_dict()`` form of what the demo agent (a real Agent
-Framework agent) streamed for "what is 2 + 3"; the machine reads framework objects and
-their dicts alike, and the last tests feed real framework objects.
+Framework agent) streamed for "what is 2 + 3", and for a call to a tool the client
+declared (the framework streams the model's call, then repeats it marked
+``user_input_request`` as it pauses for the caller); the machine reads framework objects
+and their dicts alike, and the last tests feed real framework objects.
 """
 
 from __future__ import annotations
@@ -67,19 +69,62 @@ TOOL_CALL_UPDATES: list[dict[str, Any]] = [
 ]
 
 
+# A call to the client's ``get_weather``, as the demo agent streamed it (its to_dict form).
+CLIENT_CALL_UPDATES: list[dict[str, Any]] = [
+    {
+        "type": "agent_response_update",
+        "contents": [{"type": "text", "text": "Let me look.", "additional_properties": {}}],
+        "role": "assistant",
+        "message_id": "m1",
+    },
+    {
+        "type": "agent_response_update",
+        "contents": [
+            {
+                "type": "function_call",
+                "call_id": "call_w",
+                "name": "get_weather",
+                "arguments": {"city": "Paris"},
+                "additional_properties": {},
+            }
+        ],
+        "role": "assistant",
+        "message_id": "m1",
+    },
+    {
+        "type": "agent_response_update",
+        "contents": [
+            {
+                "type": "function_call",
+                "call_id": "call_w",
+                "name": "get_weather",
+                "arguments": {"city": "Paris"},
+                "user_input_request": True,
+                "id": "af-call-1",
+                "additional_properties": {},
+            }
+        ],
+        "role": "assistant",
+    },
+]
+WEATHER_TOOL = {"type": "function", "name": "get_weather", "parameters": {"type": "object"}}
+
+
 def counter_ids() -> Callable[[str], str]:
     numbers = itertools.count()
     return lambda prefix: f"{prefix}_{next(numbers)}"
 
 
-def base(**changes: Any) -> dict[str, Any]:
-    create = codec.parse_create({"input": "what is 2 + 3"})
+def base(tools: tuple[dict[str, Any], ...] = (), **changes: Any) -> dict[str, Any]:
+    create = codec.parse_create({"input": "what is 2 + 3", "tools": list(tools)})
     response = codec.base_response(create, response_id="resp_1", created_at=100, model="demo")
     return {**response, **changes}
 
 
-def run(updates: list[Any]) -> tuple[list[dict[str, Any]], ResponseEvents]:
-    machine = ResponseEvents(base(), new_id=counter_ids())
+def run(
+    updates: list[Any], *, tools: tuple[dict[str, Any], ...] = (), **options: Any
+) -> tuple[list[dict[str, Any]], ResponseEvents]:
+    machine = ResponseEvents(base(tools), new_id=counter_ids(), **options)
     events = machine.created() + machine.in_progress()
     for update in updates:
         events += machine.feed(update)
@@ -109,17 +154,11 @@ def assert_well_formed(events: list[dict[str, Any]], start: int = 0) -> None:
     assert [done[i] for i in sorted(done)] == final["output"]
 
 
-def test_a_tool_calling_run_streams_every_event_in_order() -> None:
+def test_the_agents_own_tool_call_is_left_out_by_default() -> None:
     events, machine = run(TOOL_CALL_UPDATES)
     assert [e["type"] for e in events] == [
         "response.created",
         "response.in_progress",
-        "response.output_item.added",  # function_call
-        "response.function_call_arguments.delta",
-        "response.function_call_arguments.done",
-        "response.output_item.done",
-        "response.output_item.added",  # function_call_output
-        "response.output_item.done",
         "response.output_item.added",  # message
         "response.content_part.added",
         "response.output_text.delta",
@@ -132,29 +171,13 @@ def test_a_tool_calling_run_streams_every_event_in_order() -> None:
         "response.completed",
     ]
     assert_well_formed(events)
-    call, result, message = machine.response["output"]
-    assert call == {
-        "id": "fc_0",
-        "type": "function_call",
-        "call_id": "call_1",
-        "name": "add",
-        "arguments": '{"a":2.0,"b":3.0}',
-        "status": "completed",
-    }
-    assert json.loads(events[4]["arguments"]) == {"a": 2.0, "b": 3.0}
-    assert events[4]["name"] == "add"
-    assert result == {
-        "id": "fco_1",
-        "type": "function_call_output",
-        "call_id": "call_1",
-        "output": "5.0",
-        "status": "completed",
-    }
+    [message] = machine.response["output"]
+    assert message["id"] == "msg_0"
     assert message["role"] == "assistant" and message["status"] == "completed"
     assert message["content"] == [
         {"type": "output_text", "text": "The answer is 5.", "annotations": [], "logprobs": []}
     ]
-    assert events[14]["text"] == "The answer is 5."
+    assert events[8]["text"] == "The answer is 5."
     assert "".join(e["delta"] for e in events if e["type"] == "response.output_text.delta") == (
         "The answer is 5."
     )
@@ -163,14 +186,156 @@ def test_a_tool_calling_run_streams_every_event_in_order() -> None:
     assert final["usage"] is None and final["error"] is None
 
 
+def test_the_agents_own_tool_call_shown_is_one_finished_mcp_call() -> None:
+    events, machine = run(TOOL_CALL_UPDATES, server_tool_calls="mcp_call")
+    assert [e["type"] for e in events[:9]] == [
+        "response.created",
+        "response.in_progress",
+        "response.output_item.added",  # mcp_call, once its result is in
+        "response.mcp_call.in_progress",
+        "response.mcp_call_arguments.delta",
+        "response.mcp_call_arguments.done",
+        "response.mcp_call.completed",
+        "response.output_item.done",
+        "response.output_item.added",  # message
+    ]
+    assert events[-1]["type"] == "response.completed"
+    assert_well_formed(events)
+    call, message = machine.response["output"]
+    assert call == {
+        "id": "mcp_0",
+        "type": "mcp_call",
+        "server_label": "agenthost",
+        "name": "add",
+        "arguments": '{"a":2.0,"b":3.0}',
+        "output": "5.0",
+        "error": None,
+        "approval_request_id": None,
+        "status": "completed",
+    }
+    assert events[2]["item"]["status"] == "in_progress" and events[2]["item"]["output"] is None
+    assert json.loads(events[5]["arguments"]) == {"a": 2.0, "b": 3.0}
+    assert message["content"][0]["text"] == "The answer is 5."
+
+
 def test_events_are_snapshots_not_live_views() -> None:
     events, _ = run(TOOL_CALL_UPDATES)
     added = [e for e in events if e["type"] == "response.output_item.added"]
-    assert added[2]["item"]["status"] == "in_progress"
-    assert added[2]["item"]["content"] == []
+    assert added[0]["item"]["status"] == "in_progress"
+    assert added[0]["item"]["content"] == []
     assert (
         events[0]["response"]["output"] == [] and events[0]["response"]["status"] == "in_progress"
     )
+
+
+def test_a_call_to_a_client_tool_ends_the_response_as_a_function_call() -> None:
+    events, machine = run(CLIENT_CALL_UPDATES, tools=(WEATHER_TOOL,))
+    assert_well_formed(events)
+    message, call = machine.response["output"]
+    assert message["content"][0]["text"] == "Let me look."
+    # The framework's "waiting for the caller" copy of the call is not a second item.
+    assert call == {
+        "id": "fc_1",
+        "type": "function_call",
+        "call_id": "call_w",
+        "name": "get_weather",
+        "arguments": '{"city":"Paris"}',
+        "status": "completed",
+    }
+    assert [
+        e["delta"] for e in events if e["type"] == "response.function_call_arguments.delta"
+    ] == ['{"city":"Paris"}']
+    assert events[-1]["response"]["status"] == "completed"
+
+
+def test_parallel_client_calls_are_one_item_each_and_their_pause_copies_none() -> None:
+    def call(call_id: str, city: str, **marks: Any) -> dict[str, Any]:
+        arguments = {"city": city}
+        return {"type": "function_call", "call_id": call_id, "name": "get_weather",
+                "arguments": arguments, **marks}  # fmt: skip
+
+    updates = [
+        {"role": "assistant", "contents": [call("c1", "Paris")]},
+        {"role": "assistant", "contents": [call("c2", "Rome")]},
+        {
+            "role": "assistant",
+            "contents": [
+                call("c1", "Paris", user_input_request=True),
+                call("c2", "Rome", user_input_request=True),
+            ],
+        },
+    ]
+    events, streamed = run(updates, tools=(WEATHER_TOOL,))
+    assert_well_formed(events)
+    calls = [(item["call_id"], item["arguments"]) for item in streamed.response["output"]]
+    assert calls == [("c1", '{"city":"Paris"}'), ("c2", '{"city":"Rome"}')]
+    finished = render_result(
+        base((WEATHER_TOOL,)),
+        {"messages": [updates[2]]},
+        new_id=counter_ids(),
+        completed_at=101,
+    )
+    assert finished["output"] == streamed.response["output"]
+
+
+def test_a_client_call_after_the_agents_own_tool_renders_alike_streamed_or_finished() -> None:
+    updates = [*TOOL_CALL_UPDATES[:2], *CLIENT_CALL_UPDATES[1:]]
+    for shown in ("omit", "mcp_call"):
+        events, streamed = run(updates, tools=(WEATHER_TOOL,), server_tool_calls=shown)
+        assert_well_formed(events)
+        # The finished result holds only the paused copy of the client's call.
+        result = {
+            "messages": [
+                {"role": "assistant", "contents": TOOL_CALL_UPDATES[0]["contents"]},
+                {"role": "tool", "contents": TOOL_CALL_UPDATES[1]["contents"]},
+                {"role": "assistant", "contents": CLIENT_CALL_UPDATES[2]["contents"]},
+            ]
+        }
+        rendered = render_result(
+            base((WEATHER_TOOL,)),
+            result,
+            new_id=counter_ids(),
+            completed_at=101,
+            server_tool_calls=shown,
+        )
+        assert rendered["output"] == streamed.response["output"]
+        kinds = [item["type"] for item in rendered["output"]]
+        assert kinds == (["function_call"] if shown == "omit" else ["mcp_call", "function_call"])
+
+
+def test_a_failed_or_unanswered_tool_call_of_the_agents_own() -> None:
+    updates = [
+        {"contents": [{"type": "function_call", "call_id": "a", "name": "f", "arguments": "{}"}]},
+        {"contents": [{"type": "function_call", "call_id": "b", "name": "g", "arguments": "{}"}]},
+        {
+            "role": "tool",
+            "contents": [
+                {
+                    "type": "function_result",
+                    "call_id": "a",
+                    "result": "Error: Function failed. Exception: secret path /etc/x",
+                    "exception": "secret path /etc/x",
+                }
+            ],
+        },
+    ]
+    events, machine = run(updates, server_tool_calls="mcp_call")
+    assert_well_formed(events)
+    failed, unanswered = machine.response["output"]
+    assert failed["name"] == "f" and failed["status"] == "failed"
+    assert failed["output"] is None
+    assert "secret" not in json.dumps(events)  # the exception's text never reaches the caller
+    assert failed["error"]["type"] == "mcp_tool_execution_error"
+    assert "response.mcp_call.failed" in [e["type"] for e in events]
+    assert unanswered["name"] == "g" and unanswered["status"] == "incomplete"
+    # Hidden, neither leaves a trace.
+    events, machine = run(updates)
+    assert machine.response["output"] == []
+    assert [e["type"] for e in events] == [
+        "response.created",
+        "response.in_progress",
+        "response.completed",
+    ]
 
 
 def test_plain_text_chunks_and_a_queued_start() -> None:
@@ -201,7 +366,8 @@ def test_function_call_arguments_streamed_in_pieces_make_one_item() -> None:
         {"contents": [{"type": "function_call", "call_id": "c9", "arguments": "1}"}]},
         {"contents": [{"type": "function_call", "call_id": "c10", "name": "g", "arguments": "{}"}]},
     ]
-    events, machine = run(updates)
+    tools = tuple({"type": "function", "name": name} for name in ("f", "g"))
+    events, machine = run(updates, tools=tools)
     assert_well_formed(events)
     first, second = machine.response["output"]
     assert first["arguments"] == '{"x":1}' and first["name"] == "f"

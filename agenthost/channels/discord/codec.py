@@ -228,9 +228,9 @@ def understand(interaction: Interaction, names: CommandNames) -> Asked:
     if interaction.type == InteractionType.APPLICATION_COMMAND:
         return _command(data, names)
     if interaction.type == InteractionType.MESSAGE_COMPONENT:
-        return _component(data)
+        return _as_host_command(_component(data), names)
     if interaction.type == InteractionType.MODAL_SUBMIT:
-        return _modal(data)
+        return _as_host_command(_modal(data), names)
     if interaction.type == InteractionType.AUTOCOMPLETE:
         focused = _focused(data.get("options"))
         if focused is None:
@@ -252,6 +252,15 @@ def _command(data: Mapping[str, Any], names: CommandNames) -> Asked:
     if name in names.own:
         return Turn(f"/{name} {' '.join(values.values())}".rstrip())
     return Unsupported("a command this bot does not know")
+
+
+def _as_host_command(asked: Asked, names: CommandNames) -> Asked:
+    """A component or modal whose text is one of the host's commands answers privately too."""
+    if isinstance(asked, Turn) and asked.text.startswith("/"):
+        name = asked.text[1:].split(maxsplit=1)[0].lower() if asked.text[1:].strip() else ""
+        if name in names.host:
+            return Turn(asked.text, host_command=True)
+    return asked
 
 
 def _string_values(options: Any) -> dict[str, str]:

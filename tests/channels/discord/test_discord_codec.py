@@ -124,7 +124,9 @@ def test_a_modal_named_after_a_command_is_that_command() -> None:
     data["data"]["components"] = [
         {"type": 1, "components": [{"type": 4, "custom_id": "code", "value": "AB12-CD34-EF56"}]}
     ]
-    assert understand(parse_interaction(data), NAMES) == Turn("/link AB12-CD34-EF56")
+    assert understand(parse_interaction(data), NAMES) == Turn(
+        "/link AB12-CD34-EF56", host_command=True
+    )
 
 
 def test_autocomplete_names_the_focused_option() -> None:

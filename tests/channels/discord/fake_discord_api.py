@@ -173,8 +173,9 @@ class FakeDiscordApi:
         return [m for m in self.messages if m.channel_id == channel_id and m.kind == "channel"]
 
     def dm_messages(self, user_id: str) -> list[Message]:
+        """What the bot posted in its DM with ``user_id`` (not interaction replies)."""
         channels = {c for c, u in self._dms.items() if u == user_id}
-        return [m for m in self.messages if m.channel_id in channels]
+        return [m for m in self.messages if m.channel_id in channels and m.kind == "channel"]
 
     async def deliver(
         self,

@@ -410,3 +410,28 @@ async def test_interactions_in_one_channel_are_answered_in_order(tmp_path: Path)
                 assert (await h.send(interaction)).status_code == 200
         await h.idle()
         assert target.calls == [f"message {i}" for i in range(5)]
+
+
+async def test_an_interaction_cut_off_by_a_restart_is_answered_by_the_next_start(
+    tmp_path: Path,
+) -> None:
+    stuck = Gated("Started", " but never finished")
+    finisher = Recorder()
+    interaction = ask("survive the restart", user=new_user(), guild=GUILD)
+    async with fake_discord() as (fake, api):
+        async with discord_host(stuck, tmp_path, fake, api) as h:
+            assert (await h.send(interaction)).json() == DEFERRED
+            await fake.wait_until(lambda: stuck.runs == 1)
+        # The process stopped mid-run; the interaction is still in the inbox.
+        async with discord_host(finisher, tmp_path, fake, api) as h:
+            await h.idle()
+            await fake.wait_until(lambda: finisher.calls == ["survive the restart"])
+        delivered = fake.delivered[interaction["id"]]
+        assert delivered.original is not None
+        assert delivered.original.content == "You said: survive the restart"
+
+
+async def test_garbage_with_a_wrong_signature_is_401_not_400(tmp_path: Path) -> None:
+    async with fake_discord() as (fake, api), discord_host(Recorder(), tmp_path, fake, api) as h:
+        response = await h.send(ping(), body=b"this is not json")
+        assert response.status_code == 401

@@ -10,11 +10,12 @@ Rules:
    the first part becomes ``@original``, every other part is a follow-up message, in
    order. An empty reply still replaces "thinking…", so the user is never left waiting.
 3. The interaction token lives 15 minutes. When the reply is ready after that (a long
-   run, or an interaction recovered after a restart), or Discord says the token is gone,
-   the rest of the reply is posted with the bot's own token instead: to the channel the
-   interaction came from, or to the user's DM when that is not possible (a private
-   channel of a user-installed app, a channel the bot may not post in) or when the reply
-   was private (ephemeral: a host command's answer never lands in a shared channel).
+   run, or an interaction recovered after a restart), or Discord says the token is gone
+   or refuses another follow-up (it caps them for user-installed apps), the rest of the
+   reply is posted with the bot's own token instead: to the channel the interaction came
+   from, or to the user's DM when that is not possible (a private channel of a
+   user-installed app, a channel the bot may not post in) or when the reply was private
+   (ephemeral: a host command's answer never lands in a shared channel).
 4. Every message pings nobody (``allowed_mentions`` is empty). A host command's answer is
    ephemeral, like its deferral.
 5. A failure to answer is logged with its class and ends the reply; it never fails the
@@ -31,6 +32,7 @@ import anyio
 from agenthost.backends.targets import StreamUpdate
 from agenthost.channels.discord import codec
 from agenthost.channels.discord.api import (
+    BadRequest,
     DiscordApi,
     DiscordError,
     Forbidden,
@@ -137,6 +139,16 @@ class Reply:
                     log.info(
                         "discord interaction token expired; answering with the bot token",
                         extra={"interaction_id": self._interaction.id},
+                    )
+                except BadRequest as refused:
+                    if index == 0:
+                        raise
+                    # Discord caps follow-ups (five for a user-installed app outside a
+                    # guild): the rest of the reply goes the bot's way instead.
+                    self._token_alive = False
+                    log.info(
+                        "discord refused a follow-up; answering with the bot token",
+                        extra={"interaction_id": self._interaction.id, "code": refused.code},
                     )
             await self._fallback(parts[index:])
             return

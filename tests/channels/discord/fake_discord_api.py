@@ -12,8 +12,9 @@ wire behaviour (discord.com/developers/docs: interactions, rate limits, messages
   most 25 options), ``POST /users/@me/channels`` (the DM channel), ``POST
   /channels/{id}/messages``, and the interaction webhook: ``PATCH
   /webhooks/{app}/{token}/messages/@original`` and ``POST /webhooks/{app}/{token}``
-  (follow-ups). Bot calls need ``Authorization: Bot <token>``. Messages are validated
-  (1-2,000 characters of content, flags a message may carry) and recorded.
+  (follow-ups; at most five for an app only the user installed). Bot calls need
+  ``Authorization: Bot <token>``. Messages are validated (1-2,000 characters of content,
+  flags a message may carry) and recorded.
 - **Failures Discord documents**: an expired interaction token (401, code 50027), an
   unknown one (404, 10015), DMs closed (403, 50007), no access to a channel (403, 50001),
   an unknown channel (404, 10003), and rate limits: every answer carries
@@ -46,6 +47,7 @@ from tests.channels.discord.signer import Signer
 
 API = "/api/v10"
 ACK_SECONDS = 3.0
+USER_APP_FOLLOWUPS = 5  # follow-ups a user-installed app may send per interaction
 _COMMAND_NAME = r"^[-_'\w]{1,32}$"
 _MESSAGE_FLAGS = (1 << 2) | (1 << 12)  # SUPPRESS_EMBEDS, SUPPRESS_NOTIFICATIONS
 _EPHEMERAL = 1 << 6
@@ -444,6 +446,9 @@ class FakeDiscordApi:
 
         def handle(body: Any) -> Any:
             delivered = self._interaction_of(app, token)
+            owners = delivered.payload.get("authorizing_integration_owners") or {}
+            if "0" not in owners and len(delivered.followups) >= USER_APP_FOLLOWUPS:
+                raise ApiError(400, "Maximum number of follow-up messages reached", 50035)
             content, flags = _check_message(body, ephemeral_allowed=True)
             channel = str(delivered.payload.get("channel_id"))
             message = self._new_message(

@@ -435,3 +435,23 @@ async def test_garbage_with_a_wrong_signature_is_401_not_400(tmp_path: Path) -> 
     async with fake_discord() as (fake, api), discord_host(Recorder(), tmp_path, fake, api) as h:
         response = await h.send(ping(), body=b"this is not json")
         assert response.status_code == 401
+
+
+async def test_past_the_follow_up_cap_of_a_user_installed_app_the_rest_goes_by_dm(
+    tmp_path: Path,
+) -> None:
+    reply = "\n\n".join(f"Part {i}: " + "x" * 1900 for i in range(8))
+    async with (
+        fake_discord() as (fake, api),
+        discord_host(Recorder(lambda text: reply), tmp_path, fake, api, stream=False) as h,
+    ):
+        user = new_user()
+        interaction = fixture("private_channel_command")
+        interaction.update(id=next_id(), token=f"aW50ZXJhY3Rpb246{next_id()}private")
+        interaction["user"]["id"] = user
+        delivered = await h.answered(interaction)
+        assert delivered.original is not None
+        shown = [delivered.original.content, *(m.content for m in delivered.followups)]
+        assert len(delivered.followups) == 5  # Discord's cap for user-installed apps
+        rest = [m.content for m in fake.dm_messages(user)]
+        assert [p.split(":")[0] for p in shown + rest] == [f"Part {i}" for i in range(8)]

@@ -169,6 +169,8 @@ class RateLimits:
         remaining = headers.get("x-ratelimit-remaining")
         reset_after = _seconds(headers.get("x-ratelimit-reset-after"))
         if remaining == "0" and reset_after is not None:
+            if len(self._exhausted_until) >= self._MAX_BUCKETS:
+                self._forget_stale()
             self._exhausted_until[key] = self._clock() + reset_after
         elif remaining is not None:
             self._exhausted_until.pop(key, None)
@@ -178,6 +180,8 @@ class RateLimits:
         if error.is_global:
             self._global_until = max(self._global_until, until)
         else:
+            if len(self._exhausted_until) >= self._MAX_BUCKETS:
+                self._forget_stale()
             key = self._bucket_of.get(route_key, route_key)
             self._exhausted_until[key] = max(self._exhausted_until.get(key, 0.0), until)
 

@@ -16,7 +16,7 @@ import anyio
 import httpx
 import pytest
 
-from agenthost import HostMessage
+from agenthost import HostMessage, NativeIdAllowlist
 from agenthost.backends.linking import OneTimeCodeLinker
 from agenthost.channels.discord import AutocompleteQuery
 from tests.channels.discord.conftest import TIMEOUT, Recorder, discord_host, fake_discord
@@ -455,3 +455,20 @@ async def test_past_the_follow_up_cap_of_a_user_installed_app_the_rest_goes_by_d
         assert len(delivered.followups) == 5  # Discord's cap for user-installed apps
         rest = [m.content for m in fake.dm_messages(user)]
         assert [p.split(":")[0] for p in shown + rest] == [f"Part {i}" for i in range(8)]
+
+
+async def test_the_allowlist_decides_per_user_and_a_denial_is_bland(tmp_path: Path) -> None:
+    target = Recorder()
+    ada, mallory = new_user(), new_user()
+    async with (
+        fake_discord() as (fake, api),
+        discord_host(
+            target, tmp_path, fake, api, allowlist=NativeIdAllowlist({"discord": [ada]})
+        ) as h,
+    ):
+        allowed = await h.answered(ask("hello", user=ada, guild=GUILD))
+        denied = await h.answered(ask("hello", user=mallory, guild=GUILD))
+        assert target.calls == ["hello"]  # only Ada's turn ran
+        assert allowed.original is not None and allowed.original.content == "You said: hello"
+        assert denied.original is not None
+        assert mallory not in denied.original.content and "hello" not in denied.original.content

@@ -378,6 +378,11 @@ class DiscordApi:
         digest = hashlib.sha256(token.encode()).hexdigest()[:24]
         return f"/webhooks/{self.application_id}/{token}", f"webhook:{digest}"
 
+    def edit_would_wait(self, token: str) -> bool:
+        """Whether an ``@original`` edit would have to wait for its rate-limit bucket."""
+        _, key = self._webhook(token)
+        return self._limits.delay(f"{key}:original", webhook=True) > 0
+
     async def edit_original(self, token: str, body: Mapping[str, Any]) -> Mapping[str, Any]:
         path, key = self._webhook(token)
         result = await self.call(

@@ -4,7 +4,8 @@ Rules:
 
 1. The interaction was deferred (callback type 5) when it was received, so Discord shows
    "thinking…" and ``@original`` is that message. While the target streams, the text so
-   far replaces it (``PATCH …/messages/@original``), at most once per ``stream_interval``
+   far replaces it (``PATCH …/messages/@original``), at most once per ``stream_interval``,
+   only while the edit's rate-limit bucket has room (a preview never makes the run wait)
    and only while it fits one message; past that the final reply splits it.
 2. The reply is split into parts of at most 2,000 characters (``codec.split_message``):
    the first part becomes ``@original``, every other part is a follow-up message, in
@@ -94,6 +95,8 @@ class Reply:
         if not self.token_alive:
             self._streaming = False
             return
+        if self._api.edit_would_wait(self._interaction.token):
+            return  # a preview never holds up the run: the next update or the reply shows it
         self._last_edit = now
         try:
             await self._edit_original(parts[0])

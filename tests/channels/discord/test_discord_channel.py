@@ -472,3 +472,24 @@ async def test_the_allowlist_decides_per_user_and_a_denial_is_bland(tmp_path: Pa
         assert allowed.original is not None and allowed.original.content == "You said: hello"
         assert denied.original is not None
         assert mallory not in denied.original.content and "hello" not in denied.original.content
+
+
+async def test_streamed_edits_skip_an_exhausted_bucket_instead_of_waiting(tmp_path: Path) -> None:
+    finished: list[float] = []
+
+    async def chatty(messages: list[HostMessage]) -> AsyncIterator[str]:
+        for i in range(10):
+            yield f"chunk {i}. "
+            await anyio.sleep(0.06)
+        finished.append(time.monotonic())
+
+    async with fake_discord() as (fake, api), discord_host(chatty, tmp_path, fake, api) as h:
+        fake.set_bucket("PATCH /webhooks/{app}/{token}/messages/@original", limit=1, window=4.0)
+        delivered = await h.answered(ask("talk", user=new_user()))
+        patches = fake.called("PATCH /webhooks/{app}/{token}/messages/@original")
+        assert all(call.status == 200 for call in patches)  # never refused: never a 429
+        assert len(patches) == 2  # the first preview, then the reply once the bucket reset
+        # The run ended before the bucket reset: no preview waited for it.
+        assert finished[0] < patches[0].at + 4.0 <= patches[1].at + 0.05
+        assert delivered.original is not None
+        assert delivered.original.content == "".join(f"chunk {i}. " for i in range(10)).strip()

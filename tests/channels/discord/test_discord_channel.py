@@ -493,3 +493,48 @@ async def test_streamed_edits_skip_an_exhausted_bucket_instead_of_waiting(tmp_pa
         assert finished[0] < patches[0].at + 4.0 <= patches[1].at + 0.05
         assert delivered.original is not None
         assert delivered.original.content == "".join(f"chunk {i}. " for i in range(10)).strip()
+
+
+async def test_a_rate_limited_reply_edit_is_waited_out(tmp_path: Path) -> None:
+    async with (
+        fake_discord() as (fake, api),
+        discord_host(Recorder(), tmp_path, fake, api, stream=False) as h,
+    ):
+        fake.rate_limit("PATCH /webhooks/{app}/{token}/messages/@original", retry_after=0.3)
+        delivered = await h.answered(ask("patience", user=new_user()))
+        limited, edited = fake.called("PATCH /webhooks/{app}/{token}/messages/@original")
+        assert (limited.status, edited.status) == (429, 200)
+        assert edited.at - limited.at >= 0.25  # Discord's retry_after, honoured
+        assert delivered.original is not None
+        assert delivered.original.content == "You said: patience"
+
+
+async def test_an_oversized_body_is_413_before_anything_else(tmp_path: Path) -> None:
+    target = Recorder()
+    async with (
+        fake_discord() as (fake, api),
+        discord_host(target, tmp_path, fake, api, max_body_bytes=2048) as h,
+    ):
+        response = await h.send(ask("x" * 4000, user=new_user()))
+        assert response.status_code == 413
+        assert set(response.json()) == {"message", "code"}
+        await h.idle()
+        assert target.calls == []
+
+
+async def test_past_max_pending_an_interaction_is_told_to_retry_not_queued(
+    tmp_path: Path,
+) -> None:
+    target = Gated("Working", " done.")
+    async with (
+        fake_discord() as (fake, api),
+        discord_host(target, tmp_path, fake, api, max_pending=1) as h,
+    ):
+        first = await h.send(ask("first", user=new_user()))
+        assert first.json() == DEFERRED
+        second = await h.send(ask("second", user=new_user()))
+        assert second.json()["type"] == 4
+        assert second.json()["data"]["flags"] == EPHEMERAL
+        target.release.set()
+        await h.idle()
+        assert target.runs == 1

@@ -2,10 +2,11 @@
 replay-proof, deferred and streamed, plus pushes with the bot token.
 
 Modules: ``verifier`` (Ed25519 signature and replay window), ``codec`` (interactions in,
-requests and message bodies out), ``api`` (the REST API over the host's HTTP client:
-errors, rate limits), ``inbox`` (record, de-duplicate, dispatch), ``replies`` (deferred
-message edits, follow-ups, the bot-token fallback), ``pushes`` (deliveries) and
-``transport`` (the channel itself).
+requests and the command menu out), ``rendering`` (message bodies: 2,000-character parts,
+no mentions), ``api`` (the REST API over the host's HTTP client: errors, rate limits),
+``inbox`` (record, de-duplicate, dispatch), ``replies`` (deferred message edits,
+follow-ups, the bot-token fallback), ``pushes`` (deliveries) and ``transport`` (the
+channel itself).
 """
 
 from agenthost.channels.discord.codec import AutocompleteQuery

@@ -26,12 +26,11 @@ from collections import OrderedDict
 
 from agenthost.backends.channel import HostServices
 from agenthost.backends.push import PushMessage, PushOutcome
-from agenthost.channels.discord import codec
+from agenthost.channels.discord import rendering
 from agenthost.channels.discord.api import DiscordApi, DiscordError, RateLimited
 from agenthost.sansio_core.routing import Destination
 from agenthost.stores.base import ChannelRecord
 
-SUPPRESS_NOTIFICATIONS = 1 << 12
 PROGRESS = "push"
 PROGRESS_SECONDS = 7 * 24 * 3600.0
 
@@ -49,7 +48,7 @@ class Pusher:
         self._dms: OrderedDict[str, str] = OrderedDict()
 
     async def push(self, destination: Destination, message: PushMessage) -> PushOutcome:
-        parts = codec.split_message(message.text)
+        parts = rendering.split_message(message.text)
         if not parts:
             return PushOutcome.ok()
         try:
@@ -58,9 +57,9 @@ class Pusher:
                 channel_id = await self._dm(destination.identity.native_id)
             sent = await self._progress(message.delivery_id) if len(parts) > 1 else 0
             for index in range(sent, len(parts)):
-                body = codec.message_payload(parts[index])
+                body = rendering.message_payload(parts[index])
                 if message.silent:
-                    body["flags"] = SUPPRESS_NOTIFICATIONS
+                    body["flags"] = rendering.SUPPRESS_NOTIFICATIONS
                 await self._api.create_message(channel_id, body, wait=False)
                 if len(parts) > 1:
                     await self._record_progress(message.delivery_id, index + 1)

@@ -7,7 +7,7 @@ Rules:
    far replaces it (``PATCH …/messages/@original``), at most once per ``stream_interval``,
    only while the edit's rate-limit bucket has room (a preview never makes the run wait)
    and only while it fits one message; past that the final reply splits it.
-2. The reply is split into parts of at most 2,000 characters (``codec.split_message``):
+2. The reply is split into parts of at most 2,000 characters (``rendering.split_message``):
    the first part becomes ``@original``, every other part is a follow-up message, in
    order. An empty reply still replaces "thinking…", so the user is never left waiting.
 3. The interaction token lives 15 minutes. When the reply is ready after that (a long
@@ -31,7 +31,7 @@ from collections.abc import Callable, Sequence
 import anyio
 
 from agenthost.backends.targets import StreamUpdate
-from agenthost.channels.discord import codec
+from agenthost.channels.discord import rendering
 from agenthost.channels.discord.api import (
     BadRequest,
     DiscordApi,
@@ -88,7 +88,7 @@ class Reply:
         now = anyio.current_time()
         if now - self._last_edit < self._stream_interval:
             return
-        parts = codec.split_message(self._streamed)
+        parts = rendering.split_message(self._streamed)
         if len(parts) != 1:
             self._streaming = False  # longer than one message: the reply splits it
             return
@@ -110,7 +110,7 @@ class Reply:
 
     async def send(self, text: str) -> None:
         """The reply (rules 2-5)."""
-        parts = codec.split_message(text) or [EMPTY_REPLY]
+        parts = rendering.split_message(text) or [EMPTY_REPLY]
         try:
             await self._send_parts(parts)
         except DiscordError as error:
@@ -134,7 +134,7 @@ class Reply:
                     else:
                         await self._api.create_followup(
                             self._interaction.token,
-                            codec.message_payload(part, ephemeral=self._ephemeral),
+                            rendering.message_payload(part, ephemeral=self._ephemeral),
                         )
                     continue
                 except TokenExpired:
@@ -157,7 +157,7 @@ class Reply:
             return
 
     async def _edit_original(self, content: str) -> None:
-        await self._api.edit_original(self._interaction.token, codec.message_payload(content))
+        await self._api.edit_original(self._interaction.token, rendering.message_payload(content))
         self._shown = content
 
     async def _fallback(self, parts: Sequence[str]) -> None:
@@ -167,7 +167,7 @@ class Reply:
         if shared and not self._ephemeral and channel_id is not None:
             try:
                 for part in parts:
-                    await self._api.create_message(channel_id, codec.message_payload(part))
+                    await self._api.create_message(channel_id, rendering.message_payload(part))
                 return
             except (Forbidden, NotFound) as error:
                 log.info(
@@ -179,4 +179,4 @@ class Reply:
             return
         dm = await self._api.open_dm(interaction.user_id)
         for part in parts:
-            await self._api.create_message(dm, codec.message_payload(part))
+            await self._api.create_message(dm, rendering.message_payload(part))

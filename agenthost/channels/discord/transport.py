@@ -36,7 +36,7 @@ from agenthost.backends.bodies import BodyTooLarge, OversizedBodyResponse, read_
 from agenthost.backends.channel import INHERIT, Channel, HostServices, Inherit
 from agenthost.backends.configuration import ConfigurationError
 from agenthost.backends.push import PushMessage, PushOutcome
-from agenthost.channels.discord import codec, verifier
+from agenthost.channels.discord import codec, rendering, verifier
 from agenthost.channels.discord.api import DEFAULT_API_BASE_URL, DiscordApi, DiscordError
 from agenthost.channels.discord.codec import (
     AutocompleteQuery,
@@ -361,7 +361,7 @@ class DiscordChannel(Channel):
             log.info("discord interaction repeated", extra={"interaction_id": interaction.id})
         body: dict[str, Any] = {"type": CallbackType.DEFERRED_CHANNEL_MESSAGE_WITH_SOURCE}
         if asked.host_command:
-            body["data"] = {"flags": codec.EPHEMERAL}
+            body["data"] = {"flags": rendering.EPHEMERAL}
         return JSONResponse(body)
 
     async def _choices(self, query: AutocompleteQuery) -> list[dict[str, str]]:
@@ -442,7 +442,7 @@ def _message(text: str) -> JSONResponse:
     return JSONResponse(
         {
             "type": CallbackType.CHANNEL_MESSAGE_WITH_SOURCE,
-            "data": codec.message_payload(text, ephemeral=True),
+            "data": rendering.message_payload(text, ephemeral=True),
         }
     )
 

@@ -1,5 +1,5 @@
-"""The codec on recorded interaction payloads (``fixtures/``, shaped like Discord's) and the
-message splitting and command menu it produces. No I/O."""
+"""The codec on recorded interaction payloads (``fixtures/``, shaped like Discord's), the
+command menu, and the rendering of messages (splitting, mentions). No I/O."""
 
 from __future__ import annotations
 
@@ -8,8 +8,6 @@ import re
 import pytest
 
 from agenthost.channels.discord.codec import (
-    EPHEMERAL,
-    MAX_CONTENT,
     AutocompleteQuery,
     CommandNames,
     InteractionType,
@@ -18,10 +16,14 @@ from agenthost.channels.discord.codec import (
     Unsupported,
     channel_request,
     command_payloads,
-    message_payload,
     parse_interaction,
-    split_message,
     understand,
+)
+from agenthost.channels.discord.rendering import (
+    EPHEMERAL,
+    MAX_CONTENT,
+    message_payload,
+    split_message,
     utf16_length,
 )
 from agenthost.sansio_core.commands import CommandCatalog, host_commands

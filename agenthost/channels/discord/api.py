@@ -264,12 +264,15 @@ class DiscordApi:
         body: Any = None,
         webhook: bool = False,
         wait: bool = True,
+        idempotent: bool = False,
     ) -> Any:
         """Send one request; answer its JSON (``None`` for 204).
 
         ``route`` names the call in errors and logs; ``route_key`` is what its rate-limit
         bucket is learned under. With ``wait`` a rate limit is waited out (up to
         ``max_wait`` seconds, a bounded number of times); without it, raised at once.
+        A failed connection is retried; a 5xx or a lost answer only when ``idempotent``
+        (an edit), since a message sent twice would show twice.
         """
         for attempt in range(1, self._max_attempts + 1):
             delay = self._limits.delay(route_key, webhook=webhook)
@@ -297,9 +300,10 @@ class DiscordApi:
                     raise
             except Unavailable as unavailable:
                 # Only a request that never reached Discord is safe to repeat blindly.
-                if attempt == self._max_attempts or not isinstance(
+                never_sent = isinstance(
                     unavailable.__cause__, httpx.ConnectError | httpx.ConnectTimeout
-                ):
+                )
+                if attempt == self._max_attempts or not (never_sent or idempotent):
                     raise
                 await anyio.sleep(0.25 * 2**attempt)
         raise AssertionError("unreachable")  # pragma: no cover
@@ -339,7 +343,9 @@ class DiscordApi:
         else:
             path = f"/applications/{app}/guilds/{guild_id}/commands"
             route = "PUT /applications/{app}/guilds/{guild}/commands"
-        result = await self.call("PUT", path, route=route, route_key=path, body=list(commands))
+        result = await self.call(
+            "PUT", path, route=route, route_key=path, body=list(commands), idempotent=True
+        )
         return result if isinstance(result, list) else []
 
     async def open_dm(self, user_id: str, *, wait: bool = True) -> str:
@@ -392,6 +398,7 @@ class DiscordApi:
             route_key=f"{key}:original",
             body=dict(body),
             webhook=True,
+            idempotent=True,
         )
         return result if isinstance(result, Mapping) else {}
 

@@ -21,7 +21,8 @@ wire behaviour (discord.com/developers/docs: interactions, rate limits, messages
   ``X-RateLimit-Limit/-Remaining/-Reset/-Reset-After/-Bucket`` from a real per-route
   bucket (:meth:`set_bucket`), a call past the bucket is 429, and :meth:`rate_limit`
   forces 429s (per bucket or global) with ``Retry-After``, ``X-RateLimit-Scope`` and the
-  body ``{"message", "retry_after", "global"}``.
+  body ``{"message", "retry_after", "global"}``; ``server_errors`` and :meth:`fail` answer
+  502.
 """
 
 from __future__ import annotations
@@ -131,6 +132,7 @@ class FakeDiscordApi:
         self._buckets: dict[str, tuple[int, float]] = {}  # route -> (limit, window)
         self._usage: dict[tuple[str, str], deque[float]] = {}
         self._forced: list[ForcedLimit] = []
+        self._failing: dict[str, int] = {}  # route -> calls still to answer 502
         self._ids = itertools.count(1_500_000_000_000_000_000)
         self._changed = anyio.Event()
         prefix = f"{API}/applications/{{app}}"
@@ -163,6 +165,10 @@ class FakeDiscordApi:
     ) -> None:
         """Answer the next ``times`` calls of ``route`` with 429."""
         self._forced.append(ForcedLimit(route, times, retry_after, is_global))
+
+    def fail(self, route: str, *, times: int = 1) -> None:
+        """Answer the next ``times`` calls of ``route`` with 502."""
+        self._failing[route] = self._failing.get(route, 0) + times
 
     def expire(self, interaction_id: str) -> None:
         """Age the interaction's token past its lifetime."""
@@ -262,6 +268,9 @@ class FakeDiscordApi:
                 raise ApiError(401, "401: Unauthorized")
             if self.server_errors > 0:
                 self.server_errors -= 1
+                raise ApiError(502, "Bad Gateway")
+            if self._failing.get(route, 0) > 0:
+                self._failing[route] -= 1
                 raise ApiError(502, "Bad Gateway")
             headers = self._take_bucket(route, major)
             result = handler(body)

@@ -538,3 +538,25 @@ async def test_past_max_pending_an_interaction_is_told_to_retry_not_queued(
         target.release.set()
         await h.idle()
         assert target.runs == 1
+
+
+async def test_a_server_error_on_an_edit_is_retried_but_never_on_a_follow_up(
+    tmp_path: Path,
+) -> None:
+    reply = "\n\n".join(["a" * 1500, "b" * 1500])
+    async with (
+        fake_discord() as (fake, api),
+        discord_host(Recorder(lambda text: reply), tmp_path, fake, api, stream=False) as h,
+    ):
+        fake.fail("PATCH /webhooks/{app}/{token}/messages/@original")  # may be repeated
+        delivered = await h.answered(ask("two parts", user=new_user()))
+        assert delivered.original is not None and delivered.original.content == "a" * 1500
+        assert [m.content for m in delivered.followups] == ["b" * 1500]
+        edits = fake.called("PATCH /webhooks/{app}/{token}/messages/@original")
+        assert [c.status for c in edits] == [502, 200]
+
+        fake.fail("POST /webhooks/{app}/{token}")  # sent twice, it would show twice
+        again = await h.answered(ask("two parts again", user=new_user()))
+        assert again.original is not None and again.followups == []
+        [refused] = fake.called("POST /webhooks/{app}/{token}")[-1:]
+        assert refused.status == 502

@@ -22,7 +22,8 @@ Rules:
      unsupported: the channel answers it with a short ephemeral message, never an error.
 4. The command menu is the ask command (a required ``message`` option), the host's
    commands (``/link`` with an optional ``code``) and the application's (an optional
-   ``text``), as one bulk-overwrite body; descriptions are cut to Discord's 100.
+   ``text``, autocompleted when the application supplies choices), as one bulk-overwrite
+   body; descriptions are cut to Discord's 100.
 """
 
 from __future__ import annotations
@@ -356,8 +357,12 @@ def command_payloads(
     ask_description: str,
     host_commands: Sequence[ChannelCommand],
     own_commands: Sequence[ChannelCommand],
+    autocomplete: bool = False,
 ) -> list[dict[str, Any]]:
-    """The bulk-overwrite body: the ask command, then the host's and the application's."""
+    """The bulk-overwrite body: the ask command, then the host's and the application's.
+
+    With ``autocomplete`` the application's ``text`` options ask Discord for choices as
+    the user types (Discord sends autocomplete only for options flagged so)."""
     commands: list[dict[str, Any]] = [
         {
             "name": ask,
@@ -409,6 +414,7 @@ def command_payloads(
                         "name": "text",
                         "description": "Anything to add",
                         "required": False,
+                        "autocomplete": autocomplete,
                     }
                 ],
             }

@@ -419,6 +419,7 @@ class DiscordChannel(Channel):
             ask_description=self.ask_description,
             host_commands=[c for c in catalog if codec.valid_command_name(c.name)],
             own_commands=self._own_commands,
+            autocomplete=self._autocomplete is not None,
         )
         try:
             if self.command_guild_ids:

@@ -16,7 +16,7 @@ import anyio
 import httpx
 import pytest
 
-from agenthost import HostMessage, NativeIdAllowlist
+from agenthost import ChannelCommand, HostMessage, NativeIdAllowlist
 from agenthost.backends.linking import OneTimeCodeLinker
 from agenthost.channels.discord import AutocompleteQuery
 from tests.channels.discord.conftest import TIMEOUT, Recorder, discord_host, fake_discord
@@ -292,7 +292,12 @@ async def test_autocomplete_answers_an_empty_list_or_the_applications_choices(
                 (c, c.lower()) for c in ("Lisbon", "Lille", "Lima") if c.startswith(query.value)
             ]
 
-        async with discord_host(Recorder(), tmp_path, fake, api, autocomplete=cities) as h:
+        weather = ChannelCommand("weather", "The weather somewhere")
+        async with discord_host(
+            Recorder(), tmp_path, fake, api, autocomplete=cities, commands=[weather]
+        ) as h:
+            [registered] = [c for c in fake.commands["global"] if c["name"] == "weather"]
+            assert registered["options"][0]["autocomplete"] is True
             response = await h.send(autocomplete("weather", "text", "Li", user=new_user()))
             assert response.json() == {
                 "type": 8,

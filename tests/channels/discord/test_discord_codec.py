@@ -261,6 +261,7 @@ def test_the_menu_holds_ask_the_host_commands_and_the_applications() -> None:
             "max_length": 6000,
         }
     ]
+    assert payloads[5]["options"][0]["autocomplete"] is False  # no choices supplied
     link = payloads[1]
     assert link["options"][0]["name"] == "code" and link["options"][0]["required"] is False
     assert "options" not in payloads[3]

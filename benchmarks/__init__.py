@@ -19,4 +19,5 @@ BENCHMARKS = (
     "one_connection_latency",
     "server_memory",
     "workflow_turns",
+    "discord_interactions",
 )

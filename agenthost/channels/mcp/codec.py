@@ -315,10 +315,6 @@ def answer(text: str, *, conversation: str | None) -> types.CallToolResult:
     )
 
 
-def command_answer(text: str) -> types.CallToolResult:
-    return types.CallToolResult(content=[types.TextContent(text=text)])
-
-
 def run_answer(
     run: str, status: RunStatus, *, text: str | None, conversation: str | None = None
 ) -> types.CallToolResult:

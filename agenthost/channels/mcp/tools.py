@@ -213,9 +213,10 @@ class _Progress:
 def _render(outcome: TurnOutcome) -> types.CallToolResult:
     if isinstance(outcome, TurnCompleted):
         result = outcome.result
-        if isinstance(result.result, CommandReply):
-            return codec.command_answer(result.text)
-        return codec.answer(result.text, conversation=result.session.key)
+        # A command (a command tool, or "/new" sent to the target's tool) names no
+        # conversation; its reply still fits the target tool's outputSchema.
+        conversation = None if isinstance(result.result, CommandReply) else result.session.key
+        return codec.answer(result.text, conversation=conversation)
     if isinstance(outcome, TurnRefused):
         # For a denial the host's message is bland on purpose; details are only logged.
         return codec.tool_error(outcome.user_message or _REFUSALS[outcome.reason])

@@ -429,6 +429,30 @@ async def test_host_commands_are_tools_and_linking_joins_conversations(
     assert not unlinked.is_error
 
 
+async def test_a_command_sent_to_the_target_tool_is_answered_by_the_host(
+    tmp_path: Path, generation: str
+) -> None:
+    recorder = Recorder()
+    host = make_host(recorder, tmp_path)
+    with anyio.fail_after(TIMEOUT):
+        async with served(host.app) as base, mcp_client(base, generation) as client:
+            await client.list_tools()  # so the client checks the reply against outputSchema
+            helped = answered(await client.call_tool("ask", {"message": "/help"}))
+    assert helped["text"].startswith("Commands:\n/new: ")
+    assert "conversation" not in helped
+    assert recorder.calls == []
+
+
+async def test_an_auto_client_negotiates_the_stateless_generation(tmp_path: Path) -> None:
+    host = make_host(Recorder(), tmp_path)
+    with anyio.fail_after(TIMEOUT):
+        async with served(host.app) as base, mcp_client(base, "auto") as client:
+            version = client.protocol_version
+            reply = answered(await client.call_tool("ask", {"message": "hi"}))
+    assert version == MODERN
+    assert reply["text"] == "hi"
+
+
 async def test_the_allowlist_applies(tmp_path: Path, generation: str) -> None:
     recorder = Recorder()
     channel = MCPChannel(api_keys=TOKENS, allowlist=NativeIdAllowlist({"mcp": ["alice"]}))

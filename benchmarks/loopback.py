@@ -27,7 +27,7 @@ import multiprocessing
 import time
 from collections.abc import Callable, Hashable, Iterator, Mapping
 from contextlib import contextmanager, suppress
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import partial
 from multiprocessing.connection import Connection
 from pathlib import Path
@@ -156,6 +156,7 @@ class Answer:
     body: bytes
     seconds: float  # from sending the request to having read the whole body
     first_event_seconds: float  # ... to the first whole SSE event (chunked bodies only)
+    headers: Mapping[str, str] = field(default_factory=dict)  # lower-case names
 
     @property
     def events(self) -> int:
@@ -213,7 +214,8 @@ class RawConnection:
         seconds = time.perf_counter() - began
         if fields.get(b"connection", b"").strip() == b"close":
             await self.aclose()
-        return Answer(status, body, seconds, first_event or seconds)
+        headers = {k.decode("latin-1"): v.strip().decode("latin-1") for k, v in fields.items()}
+        return Answer(status, body, seconds, first_event or seconds, headers)
 
     async def _receive(self, stream: anyio.abc.SocketStream) -> None:
         self._buffer += await stream.receive(65536)

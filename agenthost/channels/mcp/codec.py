@@ -1,11 +1,12 @@
-"""The MCP channel's wire shapes, both ways, with no I/O.
+"""The MCP channel's wire shapes and its small decisions, both ways, with no I/O.
 
 Inbound: the arguments of a ``tools/call`` (the hosted target's tool and the host-command
-tools), the ``Authorization`` and ``Origin`` headers. Outbound: the tool catalog
-(``tools/list``) and every ``CallToolResult`` the channel answers. A tool's failure is a
-result with ``isError: true`` and a bland message the model can read; protocol failures
-(an unknown tool) are the SDK's JSON-RPC errors. Which tools exist depends on the host's
-command catalog, read once when the channel starts.
+tools), the ``Authorization``, ``Host`` and ``Origin`` headers, and which conversation a
+call continues (:func:`session_for`). Outbound: the tool catalog (``tools/list``) and every
+``CallToolResult`` the channel answers, including a turn's outcome
+(:func:`render_outcome`). A tool's failure is a result with ``isError: true`` and a bland
+message the model can read; protocol failures (an unknown tool) are the SDK's JSON-RPC
+errors. Which tools exist depends on the host's command catalog, read once at start-up.
 
 The types are the MCP SDK's own (``mcp_types``); nothing here awaits or reads a clock.
 """
@@ -19,7 +20,15 @@ from typing import Any
 import attrs
 import mcp_types as types
 
-from agenthost.sansio_core.types import RunStatus
+from agenthost.sansio_core.commands import CommandReply
+from agenthost.sansio_core.turns import (
+    RefusalReason,
+    TurnCompleted,
+    TurnFailed,
+    TurnOutcome,
+    TurnRefused,
+)
+from agenthost.sansio_core.types import ChannelSession, RunStatus
 
 CONVERSATION_PATTERN = r"^[A-Za-z0-9._:\-]{1,128}$"
 RUN_PATTERN = r"^[A-Za-z0-9._:\-]{1,256}$"
@@ -302,7 +311,52 @@ def _conversation(args: Mapping[str, Any]) -> str | None:
     return value
 
 
+def session_for(
+    conversation: str | None, *, mcp_session: str | None, direct: bool
+) -> ChannelSession:
+    """Which conversation a call continues.
+
+    A named one is caller-keyed: the host namespaces the name by channel and binds it to
+    the caller. Without a name: the caller's direct conversation (``direct``), else the
+    MCP session's own (session era), else a new one whose name the answer carries.
+    """
+    if conversation is not None:
+        return ChannelSession(key=conversation, caller_keyed=True)
+    if direct:
+        return ChannelSession()
+    if mcp_session is not None:
+        return ChannelSession(key=f"session-{mcp_session}", caller_keyed=True)
+    return ChannelSession(caller_keyed=True)
+
+
 # --- results ---------------------------------------------------------------------------
+
+_REFUSALS: Mapping[RefusalReason, str] = {
+    RefusalReason.IDENTITY_REFUSED: "This caller may not use this agent.",
+    RefusalReason.SESSION_NOT_FOUND: "No conversation has that name.",
+    RefusalReason.SESSION_BUSY: (
+        "The conversation is busy with another request; try again when it has finished."
+    ),
+    RefusalReason.DENIED: "This caller may not use this agent.",
+    RefusalReason.LINK_REQUIRED: f"Link this account first: call {LINK_ACCOUNT}.",
+    RefusalReason.TARGET_NOT_ALLOWED: "This caller may not choose where replies go.",
+}
+
+
+def render_outcome(outcome: TurnOutcome) -> types.CallToolResult:
+    """A turn's outcome as the call's result: the reply, or a tool error saying little."""
+    if isinstance(outcome, TurnCompleted):
+        result = outcome.result
+        # A command (a command tool, or "/new" sent to the target's tool) names no
+        # conversation; its reply still fits the target tool's outputSchema.
+        conversation = None if isinstance(result.result, CommandReply) else result.session.key
+        return answer(result.text, conversation=conversation)
+    if isinstance(outcome, TurnRefused):
+        # For a denial the host's message is bland on purpose; details are only logged.
+        return tool_error(outcome.user_message or _REFUSALS[outcome.reason])
+    if isinstance(outcome, TurnFailed) and outcome.cancelled:
+        return tool_error(CANCELLED_MESSAGE)
+    return tool_error(FAILED_MESSAGE)
 
 
 def answer(text: str, *, conversation: str | None) -> types.CallToolResult:

@@ -28,14 +28,7 @@ from starlette.requests import Request
 
 from agenthost.backends.targets import StreamUpdate
 from agenthost.channels.mcp import codec
-from agenthost.sansio_core.commands import CommandReply
-from agenthost.sansio_core.turns import (
-    RefusalReason,
-    TurnCompleted,
-    TurnFailed,
-    TurnOutcome,
-    TurnRefused,
-)
+from agenthost.sansio_core.turns import TurnRefused
 from agenthost.sansio_core.types import (
     ChannelIdentity,
     ChannelRequest,
@@ -53,17 +46,6 @@ if TYPE_CHECKING:
 CALLER_SCOPE_KEY = "agenthost.mcp.caller"
 RUN_RECORD = "run"
 _SESSION_HEADER = "mcp-session-id"
-
-_REFUSALS: Mapping[RefusalReason, str] = {
-    RefusalReason.IDENTITY_REFUSED: "This caller may not use this agent.",
-    RefusalReason.SESSION_NOT_FOUND: "No conversation has that name.",
-    RefusalReason.SESSION_BUSY: (
-        "The conversation is busy with another request; try again when it has finished."
-    ),
-    RefusalReason.DENIED: "This caller may not use this agent.",
-    RefusalReason.LINK_REQUIRED: f"Link this account first: call {codec.LINK_ACCOUNT}.",
-    RefusalReason.TARGET_NOT_ALLOWED: "This caller may not choose where replies go.",
-}
 
 Context = ServerRequestContext[Any, Any]
 
@@ -106,12 +88,12 @@ class ToolService:
             return await self._run_query(call, caller)
         if isinstance(call, codec.Command):
             request = self._request(ctx, caller, call.text, call.conversation)
-            return _render(await self._host.run(request, protocol_request=ctx.request))
+            return codec.render_outcome(await self._host.run(request, protocol_request=ctx.request))
         request = self._request(ctx, caller, call.message, call.conversation, call.background)
         if call.background:
             started = await self._host.run_in_background(request, protocol_request=ctx.request)
             if isinstance(started, TurnRefused):
-                return _render(started)
+                return codec.render_outcome(started)
             return await self._accepted(started, caller, request)
         progress = _Progress(ctx)
         outcome = await self._host.run_or_continue(
@@ -120,7 +102,7 @@ class ToolService:
         if isinstance(outcome, ContinuationToken):
             # The run hook sent the reply elsewhere: answer like a background call.
             return await self._accepted(outcome, caller, request)
-        return _render(outcome)
+        return codec.render_outcome(outcome)
 
     def _request(
         self,
@@ -143,15 +125,12 @@ class ToolService:
         )
 
     def _session(self, ctx: Context, conversation: str | None) -> ChannelSession:
-        if conversation is not None:
-            return ChannelSession(key=conversation, caller_keyed=True)
-        if self._channel.conversations == "direct":
-            return ChannelSession()
-        mcp_session = _mcp_session_id(ctx)
-        if mcp_session is not None:
-            # The manager only lets this caller's own, live session id through.
-            return ChannelSession(key=f"session-{mcp_session}", caller_keyed=True)
-        return ChannelSession(caller_keyed=True)  # stateless: a new conversation
+        # The manager only lets this caller's own, live MCP session id through.
+        return codec.session_for(
+            conversation,
+            mcp_session=_mcp_session_id(ctx),
+            direct=self._channel.conversations == "direct",
+        )
 
     async def _accepted(
         self, token: ContinuationToken, caller: str, request: ChannelRequest
@@ -208,21 +187,6 @@ class _Progress:
             return
         self._count += 1
         await self._session.report_progress(self._count, message=update.text)
-
-
-def _render(outcome: TurnOutcome) -> types.CallToolResult:
-    if isinstance(outcome, TurnCompleted):
-        result = outcome.result
-        # A command (a command tool, or "/new" sent to the target's tool) names no
-        # conversation; its reply still fits the target tool's outputSchema.
-        conversation = None if isinstance(result.result, CommandReply) else result.session.key
-        return codec.answer(result.text, conversation=conversation)
-    if isinstance(outcome, TurnRefused):
-        # For a denial the host's message is bland on purpose; details are only logged.
-        return codec.tool_error(outcome.user_message or _REFUSALS[outcome.reason])
-    if isinstance(outcome, TurnFailed) and outcome.cancelled:
-        return codec.tool_error(codec.CANCELLED_MESSAGE)
-    return codec.tool_error(codec.FAILED_MESSAGE)
 
 
 def _caller(ctx: Context) -> str | None:

@@ -28,7 +28,7 @@ from mcp.server.auth.provider import AccessToken
 from mcp.server.lowlevel import Server
 from mcp.server.streamable_http_manager import StreamableHTTPSessionManager
 from mcp.server.transport_security import TransportSecuritySettings
-from mcp_types import INVALID_REQUEST
+from mcp_types import INTERNAL_ERROR, INVALID_REQUEST
 from starlette.authentication import AuthCredentials
 from starlette.datastructures import Headers
 from starlette.requests import HTTPConnection
@@ -230,7 +230,13 @@ class MCPChannel(Channel):
         if manager is None:
             await _refuse(send, 503, codec.jsonrpc_error(INVALID_REQUEST, "Not started."))
             return
-        caller = await self._caller(HTTPConnection(scope))
+        try:
+            caller = await self._caller(HTTPConnection(scope))
+        except Exception:
+            # The application's authenticate hook failed: a bland 500, details in the log.
+            log.exception("the MCP channel's authenticate hook failed")
+            await _refuse(send, 500, codec.jsonrpc_error(INTERNAL_ERROR, "Server error."))
+            return
         if caller is None:
             await _refuse(
                 send,

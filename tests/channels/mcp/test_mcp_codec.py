@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import jsonschema
@@ -9,7 +10,10 @@ import mcp_types as types
 import pytest
 
 from agenthost.channels.mcp import codec
-from agenthost.sansio_core.types import RunStatus
+from agenthost.sansio_core.authorization import Denied
+from agenthost.sansio_core.commands import CommandReply
+from agenthost.sansio_core.turns import RefusalReason, TurnCompleted, TurnFailed, TurnRefused
+from agenthost.sansio_core.types import HostedRunResult, RunStatus, SessionRef
 
 SETTINGS = codec.ToolSettings(
     name="ask", title="Ask", description="Ask the agent.", background_runs=True
@@ -262,3 +266,71 @@ def test_host_allowlist(host: str | None, allowed: bool) -> None:
 )
 def test_bearer_token(header: str | None, token: str | None) -> None:
     assert codec.bearer_token(header) == token
+
+
+# --- conversations and outcomes -------------------------------------------------------------
+
+
+def test_which_conversation_a_call_continues() -> None:
+    named = codec.session_for("project-x", mcp_session="abc", direct=True)
+    assert (named.key, named.caller_keyed) == ("project-x", True)
+    direct = codec.session_for(None, mcp_session="abc", direct=True)
+    assert (direct.key, direct.caller_keyed, direct.is_direct) == (None, False, True)
+    per_session = codec.session_for(None, mcp_session="abc", direct=False)
+    assert (per_session.key, per_session.caller_keyed) == ("session-abc", True)
+    fresh = codec.session_for(None, mcp_session=None, direct=False)
+    assert (fresh.key, fresh.caller_keyed) == (None, True)
+
+
+REF = SessionRef("iso-1", "sess-1", "project-x")
+
+
+@pytest.mark.parametrize(
+    ("outcome", "expected"),
+    [
+        (
+            TurnCompleted(HostedRunResult("raw", REF, "The answer is 5."), saved=True),
+            {"status": "completed", "text": "The answer is 5.", "conversation": "project-x"},
+        ),
+        (
+            TurnCompleted(
+                HostedRunResult(CommandReply("new", "Started a new conversation."), REF, "x"),
+                saved=False,
+            ),
+            {"status": "completed", "text": "x"},
+        ),
+    ],
+)
+def test_completed_outcomes_render_as_answers(
+    outcome: TurnCompleted, expected: dict[str, Any]
+) -> None:
+    assert codec.render_outcome(outcome).structured_content == expected
+
+
+@pytest.mark.parametrize(
+    ("outcome", "text"),
+    [
+        (TurnFailed("ValueError: secret=hunter2", REF), codec.FAILED_MESSAGE),
+        (TurnFailed("cancelled", REF, cancelled=True), codec.CANCELLED_MESSAGE),
+        (
+            TurnRefused(RefusalReason.SESSION_BUSY, "lease held by run 7"),
+            "The conversation is busy with another request; try again when it has finished.",
+        ),
+        (
+            TurnRefused(
+                RefusalReason.DENIED,
+                "denied (not_listed)",
+                Denied("not_listed", "Sorry, no.", {"native_id": "bob"}),
+            ),
+            "Sorry, no.",
+        ),
+    ],
+)
+def test_other_outcomes_render_as_bland_tool_errors(
+    outcome: TurnFailed | TurnRefused, text: str
+) -> None:
+    rendered = wire(codec.render_outcome(outcome))
+    assert rendered["isError"] is True
+    assert rendered["content"] == [{"type": "text", "text": text}]
+    assert "hunter2" not in json.dumps(rendered)
+    assert "bob" not in json.dumps(rendered)

@@ -16,10 +16,12 @@ from pathlib import Path
 from typing import Any
 
 import anyio
+import anyio.lowlevel
 import httpx
 import pytest
 from mcp.shared.exceptions import MCPError
 from mcp_types import CallToolResult, TextContent
+from starlette.requests import HTTPConnection
 
 from agenthost import HostMessage, NativeIdAllowlist, OneTimeCodeLinker, RunStatus
 from agenthost.channels.mcp import MCPChannel
@@ -354,6 +356,35 @@ async def test_a_missing_or_unknown_token_is_answered_401(tmp_path: Path, genera
         assert response.headers["www-authenticate"].startswith("Bearer ")
         assert response.json()["error"] == "invalid_token"
     assert recorder.calls == []
+
+
+async def test_an_authenticate_hook_names_the_caller(tmp_path: Path, generation: str) -> None:
+    async def authenticate(connection: HTTPConnection) -> str | None:
+        await anyio.lowlevel.checkpoint()
+        token = connection.headers.get("authorization", "")
+        if token == "Bearer broken":
+            raise RuntimeError("the token service is down; secret=hunter2")
+        return "carol" if token == "Bearer oauth-carol" else None
+
+    recorder = Recorder()
+    channel = MCPChannel(authenticate=authenticate, allowlist=NativeIdAllowlist({"mcp": ["carol"]}))
+    host = make_host(recorder, tmp_path, channels=[channel])
+    with anyio.fail_after(TIMEOUT):
+        async with served(host.app) as base:
+            async with mcp_client(base, generation, token="oauth-carol") as client:
+                reply = answered(await client.call_tool("ask", {"message": "hi"}))
+            assert await refused_by_client(base, generation, token="token-alice")
+            async with httpx.AsyncClient(base_url=base) as http:
+                broken = await http.post(
+                    "/mcp",
+                    json=_initialize("2025-11-25"),
+                    headers={"accept": ACCEPT, "authorization": "Bearer broken"},
+                )
+    assert reply["text"] == "hi"
+    assert broken.status_code == 500
+    assert broken.json()["error"]["message"] == "Server error."
+    assert "hunter2" not in broken.text
+    assert recorder.calls == [["hi"]]
 
 
 async def test_an_oversized_body_is_answered_413(tmp_path: Path) -> None:

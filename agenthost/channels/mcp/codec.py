@@ -312,13 +312,18 @@ def _conversation(args: Mapping[str, Any]) -> str | None:
 
 
 def session_for(
-    conversation: str | None, *, mcp_session: str | None, direct: bool
+    conversation: str | None,
+    *,
+    mcp_session: str | None,
+    direct: bool,
+    fresh: str | None = None,
 ) -> ChannelSession:
     """Which conversation a call continues.
 
     A named one is caller-keyed: the host namespaces the name by channel and binds it to
     the caller. Without a name: the caller's direct conversation (``direct``), else the
-    MCP session's own (session era), else a new one whose name the answer carries.
+    MCP session's own (session era), else a new conversation named ``fresh`` (so the
+    answer, even a background run's, can say how to continue it).
     """
     if conversation is not None:
         return ChannelSession(key=conversation, caller_keyed=True)
@@ -326,7 +331,7 @@ def session_for(
         return ChannelSession()
     if mcp_session is not None:
         return ChannelSession(key=f"session-{mcp_session}", caller_keyed=True)
-    return ChannelSession(caller_keyed=True)
+    return ChannelSession(key=fresh, caller_keyed=True)
 
 
 # --- results ---------------------------------------------------------------------------

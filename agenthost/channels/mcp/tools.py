@@ -17,6 +17,7 @@ asking about it is told there is no such run.
 
 from __future__ import annotations
 
+import secrets
 from collections.abc import Collection, Mapping
 from typing import TYPE_CHECKING, Any
 
@@ -32,7 +33,6 @@ from agenthost.sansio_core.turns import TurnRefused
 from agenthost.sansio_core.types import (
     ChannelIdentity,
     ChannelRequest,
-    ChannelSession,
     ContinuationToken,
     HostMessage,
 )
@@ -87,7 +87,7 @@ class ToolService:
         if isinstance(call, codec.RunQuery):
             return await self._run_query(call, caller)
         if isinstance(call, codec.Command):
-            request = self._request(ctx, caller, call.text, call.conversation)
+            request = self._request(ctx, caller, call.text, call.conversation, command=True)
             return codec.render_outcome(await self._host.run(request, protocol_request=ctx.request))
         request = self._request(ctx, caller, call.message, call.conversation, call.background)
         if call.background:
@@ -111,25 +111,26 @@ class ToolService:
         text: str,
         conversation: str | None,
         background: bool = False,
+        *,
+        command: bool = False,
     ) -> ChannelRequest:
         name = self._channel.name
         return ChannelRequest(
             channel=name,
             identity=ChannelIdentity(name, caller),
             input=(HostMessage.user(text),),
-            session=self._session(ctx, conversation),
+            session=codec.session_for(
+                conversation,
+                # The manager only lets this caller's own, live MCP session id through.
+                mcp_session=_mcp_session_id(ctx),
+                direct=self._channel.conversations == "direct",
+                # A command starts nothing: "/new" without a conversation resets none.
+                fresh=None if command else f"new-{secrets.token_hex(12)}",
+            ),
             multitask=self._channel.multitask,
             background=background,
             stream=not background,
             attributes={"mcp_protocol_version": ctx.protocol_version},
-        )
-
-    def _session(self, ctx: Context, conversation: str | None) -> ChannelSession:
-        # The manager only lets this caller's own, live MCP session id through.
-        return codec.session_for(
-            conversation,
-            mcp_session=_mcp_session_id(ctx),
-            direct=self._channel.conversations == "direct",
         )
 
     async def _accepted(
@@ -142,7 +143,7 @@ class ToolService:
                     channel=self._channel.name,
                     kind=RUN_RECORD,
                     key=token.token,
-                    value={},
+                    value={"conversation": request.session.key},
                     owner=caller,
                     created_at=now,
                     expires_at=now + self._channel.run_ttl_seconds,
@@ -170,8 +171,12 @@ class ToolService:
         if token is None:
             return codec.tool_error(codec.NO_RUN_MESSAGE)
         text = token.result.get("text") if token.result is not None else None
+        conversation = record.value.get("conversation")
         return codec.run_answer(
-            token.token, token.status, text=text if isinstance(text, str) else None
+            token.token,
+            token.status,
+            text=text if isinstance(text, str) else None,
+            conversation=conversation if isinstance(conversation, str) else None,
         )
 
 

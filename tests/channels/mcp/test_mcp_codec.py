@@ -278,8 +278,11 @@ def test_which_conversation_a_call_continues() -> None:
     assert (direct.key, direct.caller_keyed, direct.is_direct) == (None, False, True)
     per_session = codec.session_for(None, mcp_session="abc", direct=False)
     assert (per_session.key, per_session.caller_keyed) == ("session-abc", True)
-    fresh = codec.session_for(None, mcp_session=None, direct=False)
-    assert (fresh.key, fresh.caller_keyed) == (None, True)
+    fresh = codec.session_for(None, mcp_session=None, direct=False, fresh="new-1")
+    assert (fresh.key, fresh.caller_keyed) == ("new-1", True)
+    # No name for a new one (a command): caller-keyed without a key, nothing to continue.
+    command = codec.session_for(None, mcp_session=None, direct=False)
+    assert (command.key, command.caller_keyed) == (None, True)
 
 
 REF = SessionRef("iso-1", "sess-1", "project-x")

@@ -523,11 +523,12 @@ async def test_a_background_run_is_polled_until_it_completes(
         async with served(host.app) as base:
             async with mcp_client(base, generation) as client:
                 started = await client.call_tool(
-                    "ask", {"message": "a long job", "conversation": "bg", "background": True}
+                    "ask", {"message": "a long job", "background": True}
                 )
             assert not started.is_error
             assert isinstance(started.structured_content, dict)
             run = started.structured_content["run"]
+            conversation = started.structured_content["conversation"]
             assert started.structured_content["status"] in ("queued", "running")
             # The client that started it has gone; another connection asks later.
             await gated.started.wait()
@@ -540,13 +541,21 @@ async def test_a_background_run_is_polled_until_it_completes(
                     if polled.structured_content["status"] == RunStatus.COMPLETED.value:
                         break
                     await anyio.sleep(0.05)
+                # The answer named the run's conversation: it continues from the run.
+                after = answered(
+                    await client.call_tool(
+                        "ask", {"message": "what happened?", "conversation": conversation}
+                    )
+                )
     assert isinstance(pending.structured_content, dict)
     assert pending.structured_content["status"] == "running"
     assert polled.structured_content == {
         "status": "completed",
         "text": "working done",
         "run": run,
+        "conversation": conversation,
     }
+    assert after["text"] == "a long job | what happened?"
 
 
 async def test_a_background_run_can_be_cancelled(tmp_path: Path, generation: str) -> None:

@@ -244,6 +244,33 @@ async def test_the_stateless_generation_continues_by_conversation_name(tmp_path:
     assert other["text"] == "one | two"
 
 
+async def test_conversations_survive_a_restart_and_old_sessions_end(tmp_path: Path) -> None:
+    headers = {"authorization": "Bearer token-alice", "accept": ACCEPT}
+    with anyio.fail_after(TIMEOUT):
+        async with served(make_host(Recorder(), tmp_path).app) as base:
+            async with mcp_client(base, "legacy") as client:
+                first = answered(await client.call_tool("ask", {"message": "remember me"}))
+            async with httpx.AsyncClient(base_url=base) as http:
+                opened = await http.post("/mcp", json=_initialize("2025-11-25"), headers=headers)
+        session = opened.headers["mcp-session-id"]
+        # A new process on the same store: MCP sessions are gone, conversations are not.
+        async with served(make_host(Recorder(), tmp_path).app) as base:
+            async with httpx.AsyncClient(base_url=base) as http:
+                stale = await http.post(
+                    "/mcp",
+                    json={"jsonrpc": "2.0", "id": 2, "method": "tools/list"},
+                    headers={**headers, "mcp-session-id": session},
+                )
+            async with mcp_client(base, MODERN) as client:
+                again = answered(
+                    await client.call_tool(
+                        "ask", {"message": "still here?", "conversation": first["conversation"]}
+                    )
+                )
+    assert stale.status_code == 404
+    assert again["text"] == "remember me | still here?"
+
+
 async def test_callers_are_isolated(tmp_path: Path, generation: str) -> None:
     host = make_host(Recorder(), tmp_path)
     with anyio.fail_after(TIMEOUT):

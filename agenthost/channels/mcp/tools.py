@@ -137,6 +137,8 @@ class ToolService:
         self, token: ContinuationToken, caller: str, request: ChannelRequest
     ) -> types.CallToolResult:
         now = self._host.now()
+        # Owned by the caller id (this channel's native id): check_run and cancel_run
+        # answer only that caller, whatever links it makes later.
         await self._host.store.put_channel_records(
             [
                 ChannelRecord(

@@ -156,7 +156,6 @@ class MCPChannel(Channel):
             if api_keys is not None
             else None
         )
-        self._tools: ToolService | None = None
         self._manager: StreamableHTTPSessionManager | None = None
         self._stop: anyio.Event | None = None
         self._stopped: anyio.Event | None = None
@@ -200,7 +199,7 @@ class MCPChannel(Channel):
                 stopped.set()
                 ready.set()
 
-        self._tools, self._stop, self._stopped = tools, stop, stopped
+        self._stop, self._stopped = stop, stopped
         host.start_task(serve_sessions, name=f"{self.name} sessions")
         await ready.wait()
         if self._manager is None:
@@ -213,7 +212,6 @@ class MCPChannel(Channel):
         with anyio.move_on_after(_STOP_SECONDS):
             await self._stopped.wait()
         self._stop = self._stopped = None
-        self._tools = None
 
     # --- the guard ---------------------------------------------------------------------
 

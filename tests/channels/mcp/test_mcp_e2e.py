@@ -24,6 +24,7 @@ from mcp_types import CallToolResult, TextContent
 from starlette.requests import HTTPConnection
 
 from agenthost import HostMessage, NativeIdAllowlist, OneTimeCodeLinker, RunStatus
+from agenthost.channels.invocations import InvocationsChannel
 from agenthost.channels.mcp import MCPChannel
 from tests.channels.mcp.conftest import (
     TIMEOUT,
@@ -509,6 +510,44 @@ async def test_an_auto_client_negotiates_the_stateless_generation(tmp_path: Path
             reply = answered(await client.call_tool("ask", {"message": "hi"}))
     assert version == MODERN
     assert reply["text"] == "hi"
+
+
+async def test_a_code_from_another_channel_links_the_mcp_caller(
+    tmp_path: Path, generation: str
+) -> None:
+    channels = [
+        InvocationsChannel(
+            authenticate=lambda request: request.headers.get("x-user"), session_keys="host"
+        ),
+        MCPChannel(api_keys=TOKENS, conversations="direct"),
+    ]
+    host = make_host(Recorder(), tmp_path, channels=channels, linker=OneTimeCodeLinker())
+
+    async def on_invocations(http: httpx.AsyncClient, text: str) -> str:
+        answer = await http.post(
+            "/invocations/invoke", json={"input": text}, headers={"x-user": "ada"}
+        )
+        assert answer.status_code == 200, answer.text
+        output: str = answer.json()["output"]
+        return output
+
+    with anyio.fail_after(TIMEOUT):
+        async with served(host.app) as base, httpx.AsyncClient(base_url=base) as http:
+            assert await on_invocations(http, "my name is Ada") == "my name is Ada"
+            shown = await on_invocations(http, "/link")
+            found = re.search(r"/link ([0-9A-Z]{4}-[0-9A-Z]{4}-[0-9A-Z]{4})", shown)
+            assert found is not None, shown
+            async with mcp_client(base, generation) as client:
+                before = answered(await client.call_tool("ask", {"message": "who am I?"}))
+                linked = await client.call_tool("link_account", {"code": found[1]})
+                after = answered(await client.call_tool("ask", {"message": "who am I now?"}))
+            back = await on_invocations(http, "and there?")
+    # Before linking the MCP caller is someone else, with a conversation of their own.
+    assert before["text"] == "who am I?"
+    assert text_of(linked).startswith("Linked")
+    # Linked, the MCP caller continues Ada's conversation, and Invocations sees it too.
+    assert after["text"] == "my name is Ada | who am I now?"
+    assert back == "my name is Ada | who am I now? | and there?"
 
 
 async def test_the_allowlist_applies(tmp_path: Path, generation: str) -> None:

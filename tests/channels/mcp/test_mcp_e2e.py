@@ -174,6 +174,48 @@ async def test_a_client_cancel_cancels_the_run(tmp_path: Path, generation: str) 
     assert gated.calls == [["a long job"], ["still there?"]]
 
 
+async def test_in_the_session_era_a_disconnect_is_not_a_cancel(tmp_path: Path) -> None:
+    gated = Gated()
+    host = make_host(gated, tmp_path)
+    headers = {"authorization": "Bearer token-alice", "accept": ACCEPT}
+    call = {
+        "jsonrpc": "2.0",
+        "id": 2,
+        "method": "tools/call",
+        "params": {
+            "name": "ask",
+            "arguments": {"message": "a long job", "conversation": "d"},
+            "_meta": {"progressToken": "p"},
+        },
+    }
+    with anyio.fail_after(TIMEOUT):
+        async with served(host.app) as base:
+            async with httpx.AsyncClient(base_url=base) as http:
+                opened = await http.post("/mcp", json=_initialize("2025-11-25"), headers=headers)
+                session = {
+                    "mcp-session-id": opened.headers["mcp-session-id"],
+                    "mcp-protocol-version": "2025-11-25",
+                }
+                initialized = {"jsonrpc": "2.0", "method": "notifications/initialized"}
+                await http.post("/mcp", json=initialized, headers={**headers, **session})
+                async with http.stream(
+                    "POST", "/mcp", json=call, headers={**headers, **session}
+                ) as streamed:
+                    first = await anext(streamed.aiter_text())
+                # The client hung up without notifications/cancelled: the run goes on.
+                await anyio.sleep(0.3)
+                assert not gated.cancelled.is_set()
+                gated.release.set()
+            async with mcp_client(base, "legacy") as client:
+                # Queued behind the first run (one run at a time per conversation).
+                after = answered(
+                    await client.call_tool("ask", {"message": "then?", "conversation": "d"})
+                )
+    assert '"notifications/progress"' in first
+    # The finished run was saved: its message is in the conversation.
+    assert after["text"] == "a long job | then?"
+
+
 async def test_a_failed_run_is_a_tool_error_with_a_bland_message(
     tmp_path: Path, generation: str
 ) -> None:

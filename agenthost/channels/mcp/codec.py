@@ -30,10 +30,12 @@ from agenthost.sansio_core.turns import (
 )
 from agenthost.sansio_core.types import ChannelSession, RunStatus
 
+# JSON Schema patterns (ECMA-262) for the catalog; the checks here use ``fullmatch``, since
+# Python's ``$`` would also accept a trailing newline.
 CONVERSATION_PATTERN = r"^[A-Za-z0-9._:\-]{1,128}$"
 RUN_PATTERN = r"^[A-Za-z0-9._:\-]{1,256}$"
-_CONVERSATION = re.compile(CONVERSATION_PATTERN)
-_RUN = re.compile(RUN_PATTERN)
+_CONVERSATION = re.compile(r"[A-Za-z0-9._:\-]{1,128}")
+_RUN = re.compile(r"[A-Za-z0-9._:\-]{1,256}")
 MAX_MESSAGE_CHARS = 100_000
 
 # Host command -> the tool that offers it. ``help`` has no tool: ``tools/list`` is an MCP
@@ -74,9 +76,9 @@ _CONVERSATION_PROPERTY = {
     "type": "string",
     "pattern": CONVERSATION_PATTERN,
     "description": (
-        "Optional. A name for the conversation to continue (1-128 letters, digits, '.', "
-        "'_', ':' or '-'); yours alone. Without it the call continues this connection's "
-        "conversation."
+        "Optional. The name of a conversation to continue (1-128 letters, digits, '.', "
+        "'_', ':' or '-'); names are yours alone. Every answer gives the name of the "
+        "conversation it used."
     ),
 }
 
@@ -291,7 +293,7 @@ def parse_call(
         return Command("unlink", "/unlink")
     _only(args, {"run"})
     run = args.get("run")
-    if not isinstance(run, str) or not _RUN.match(run):
+    if not isinstance(run, str) or not _RUN.fullmatch(run):
         raise ToolInputError("'run' must be the run id a background call answered.")
     return RunQuery(run, cancel=name == CANCEL_RUN)
 
@@ -306,7 +308,7 @@ def _conversation(args: Mapping[str, Any]) -> str | None:
     value = args.get("conversation")
     if value is None:
         return None
-    if not isinstance(value, str) or not _CONVERSATION.match(value):
+    if not isinstance(value, str) or not _CONVERSATION.fullmatch(value):
         raise ToolInputError("'conversation' must be 1-128 letters, digits, '.', '_', ':' or '-'.")
     return value
 

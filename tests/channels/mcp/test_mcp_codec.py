@@ -99,12 +99,14 @@ def test_command_and_run_tools_parse(
         ("ask", {"message": "hi", "conversation": "../../etc"}, "'conversation' must be 1-128"),
         ("ask", {"message": "hi", "conversation": "x" * 129}, "'conversation' must be 1-128"),
         ("ask", {"message": "hi", "conversation": 7}, "'conversation' must be 1-128"),
+        ("ask", {"message": "hi", "conversation": "x\n"}, "'conversation' must be 1-128"),
         ("ask", {"message": "hi", "session": "telegram:123"}, "Unknown argument: 'session'."),
         ("link_account", {"code": "AB\nCD"}, "'code' must be the one-time code"),
         ("link_account", {"code": ""}, "'code' must be the one-time code"),
         ("unlink_account", {"everyone": True}, "Unknown argument: 'everyone'."),
         ("check_run", {}, "'run' must be the run id"),
         ("check_run", {"run": "a b"}, "'run' must be the run id"),
+        ("check_run", {"run": "run_1\n"}, "'run' must be the run id"),
     ],
 )
 def test_bad_arguments_are_tool_input_errors(

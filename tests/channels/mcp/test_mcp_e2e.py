@@ -498,6 +498,33 @@ async def test_an_idle_mcp_session_expires(tmp_path: Path) -> None:
     assert later.status_code == 404
 
 
+async def test_open_sessions_are_bounded(tmp_path: Path) -> None:
+    channel = MCPChannel(api_keys=TOKENS, max_sessions=1)
+    host = make_host(Recorder(), tmp_path, channels=[channel])
+    headers = {"authorization": "Bearer token-alice", "accept": ACCEPT}
+    with anyio.fail_after(TIMEOUT):
+        async with served(host.app) as base, httpx.AsyncClient(base_url=base) as http:
+            first = await http.post("/mcp", json=_initialize("2025-11-25"), headers=headers)
+            second = await http.post("/mcp", json=_initialize("2025-11-25"), headers=headers)
+            ended = await http.delete(
+                "/mcp",
+                headers={
+                    **headers,
+                    "mcp-session-id": first.headers["mcp-session-id"],
+                    "mcp-protocol-version": "2025-11-25",
+                },
+            )
+            third = await http.post("/mcp", json=_initialize("2025-11-25"), headers=headers)
+            # The stateless generation keeps no session, so the bound does not apply to it.
+            async with mcp_client(base, MODERN, token="token-bob") as client:
+                stateless = answered(await client.call_tool("ask", {"message": "hi"}))
+    assert first.status_code == 200
+    assert second.status_code == 503
+    assert ended.status_code == 200
+    assert third.status_code == 200
+    assert stateless["text"] == "hi"
+
+
 # --- host commands, access rules and background runs ------------------------------------
 
 

@@ -19,6 +19,11 @@ $(VENV)/.installed-dev: $(VENV)/.created pyproject.toml
 	$(PIP) install -e '.[dev]'
 	touch $@ $(VENV)/.installed-base
 
+# The benchmarks' peer (the Agent Framework's hosting helpers), on top of the dev extra.
+$(VENV)/.installed-bench: $(VENV)/.installed-dev pyproject.toml
+	$(PIP) install -e '.[dev,bench]'
+	touch $@
+
 install: $(VENV)/.installed-dev
 
 demo: $(VENV)/.installed-base
@@ -37,7 +42,7 @@ lint: install
 	$(VENV)/bin/ruff check agenthost tests benchmarks docs
 	$(VENV)/bin/mypy
 
-bench: install
+bench: $(VENV)/.installed-bench
 	$(PY) -m benchmarks
 
 # The MCP conformance suite (Node): its server scenarios then run with the MCP channel's tests.

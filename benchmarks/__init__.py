@@ -15,4 +15,8 @@ BENCHMARKS = (
     "mcp_http",
     "delivery",
     "telegram_webhook",
+    "agent_framework_peer",
+    "session_scale",
+    "one_connection_latency",
+    "server_memory",
 )

@@ -1,7 +1,9 @@
 """A server in its own process on a loopback port, and the raw HTTP/1.1 client that drives it.
 
-The HTTP benchmarks (``invocations_http``, ``responses_http``) share this machinery; each
-keeps its own rows, request bodies, answer checks and apps. This module owns:
+The HTTP benchmarks (``invocations_http``, ``responses_http``, ``mcp_http``,
+``agent_framework_peer``, ``session_scale``, ``one_connection_latency``, ``server_memory``)
+share this machinery; each keeps its own rows, request bodies, answer checks and apps. This
+module owns:
 
 - the server process's lifecycle: :func:`server_process` spawns a process
   (``multiprocessing``, spawn context) that builds the app, binds a loopback socket before
@@ -9,13 +11,17 @@ keeps its own rows, request bodies, answer checks and apps. This module owns:
   serves with the project's Hypercorn helpers (:func:`serve_in_process`). The process stops
   when the parent sends ``"stop"``, when the parent goes away or after ``SERVER_LIFETIME``
   seconds; the parent asks it to stop, then terminates it, then kills it. Over the same pipe
-  the process answers ``"cpu"`` with its CPU time (:meth:`Server.cpu_seconds`);
+  the process answers ``"cpu"`` with its CPU time (:meth:`Server.cpu_seconds`); its
+  resident memory is read from ``/proc`` (:meth:`Server.memory_kib`);
 - the readiness wait: :func:`wait_ready` polls ``GET /readiness`` until it answers 200;
 - the load generator's client: :class:`RawConnection`, one keep-alive HTTP/1.1 connection on
   anyio sockets sending pre-built request bytes (:func:`post_request`) and reading
   ``content-length`` or chunked responses, reconnecting when the server answers
   ``connection: close`` (Hypercorn does after ``keep_alive_max_requests``). It costs the
   client far less CPU per request than ``httpx.AsyncClient``, so the rows measure the server;
+- the closed-loop load: :func:`drive` keeps N connections busy, one request at a time
+  each, for a bounded count and time, and :meth:`Load.row` turns what it measured into a row
+  (p50, p99, p99/p50, the server's CPU share);
 - what both serve around their own parts: :func:`host_app` (a ``Host`` on the SQLite or the
   memory store), :func:`bare_app` (the bare Starlette baseline doing the route's JSON work)
   and :class:`Baselines` (the other rows' ``ratio`` column against that baseline).
@@ -25,7 +31,7 @@ from __future__ import annotations
 
 import multiprocessing
 import time
-from collections.abc import Callable, Hashable, Iterator, Mapping
+from collections.abc import Callable, Hashable, Iterator, Mapping, Sequence
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from functools import partial
@@ -36,7 +42,8 @@ from typing import TYPE_CHECKING, Any
 import anyio
 import anyio.abc
 
-from benchmarks.report import Row
+from benchmarks.report import Row, format_seconds
+from benchmarks.timing import percentile
 
 if TYPE_CHECKING:
     from starlette.responses import Response
@@ -70,6 +77,17 @@ class Server:
         if not self.conn.poll(5.0):
             raise TimeoutError("the server process did not report its CPU time")
         return float(self.conn.recv())
+
+    def memory_kib(self) -> dict[str, int]:
+        """The server process's ``VmRSS`` (resident now) and ``VmHWM`` (resident at its
+        peak), in KiB, as Linux reports them in ``/proc/<pid>/status``."""
+        fields: dict[str, int] = {}
+        status = Path(f"/proc/{self.process.pid}/status").read_text()
+        for line in status.splitlines():
+            key, _, value = line.partition(":")
+            if key in ("VmRSS", "VmHWM"):
+                fields[key] = int(value.split()[0])  # "  65432 kB"
+        return fields
 
 
 @contextmanager
@@ -226,6 +244,92 @@ class RawConnection:
         if self._stream is not None:
             stream, self._stream = self._stream, None
             await stream.aclose()
+
+
+@dataclass
+class Load:
+    """What one :func:`drive` measured: answers, wall time, latencies and server CPU."""
+
+    requests: int
+    wall_seconds: float
+    latencies: list[float]
+    server_cpu_seconds: float
+    client_cpu_seconds: float
+
+    @classmethod
+    def combined(cls, loads: Sequence[Load]) -> Load:
+        """Several slices of one load (say, interleaved with another server's) as one."""
+        return cls(
+            sum(load.requests for load in loads),
+            sum(load.wall_seconds for load in loads),
+            [latency for load in loads for latency in load.latencies],
+            sum(load.server_cpu_seconds for load in loads),
+            sum(load.client_cpu_seconds for load in loads),
+        )
+
+    def row(self, name: str, extra: Mapping[str, str] | None = None) -> Row:
+        """Requests per second of wall time, with p50, p99, p99/p50 and both processes' CPU
+        over the wall time (100% is one core busy; a client near 100% measures itself)."""
+        ordered = sorted(self.latencies)
+        p50, p99 = percentile(ordered, 0.50), percentile(ordered, 0.99)
+        columns = {
+            "p50": format_seconds(p50),
+            "p99": format_seconds(p99),
+            "p99/p50": f"{p99 / p50:.1f}" if p50 > 0 else "",
+            "server CPU": f"{self.server_cpu_seconds / self.wall_seconds:.0%}",
+            "client CPU": f"{self.client_cpu_seconds / self.wall_seconds:.0%}",
+        }
+        return Row(name, self.requests, self.wall_seconds, {**columns, **(extra or {})})
+
+
+async def drive(
+    server: Server,
+    requests: Sequence[bytes],
+    *,
+    connections: int,
+    seconds: float,
+    max_requests: int,
+    check: Callable[[Answer], None] | None = None,
+) -> Load:
+    """Keep ``connections`` keep-alive connections busy, one request at a time each, until
+    ``seconds`` have passed or ``max_requests`` answers have come back in all.
+
+    Connection ``c`` sends ``requests[(c + connections * k) % len(requests)]`` as its
+    ``k``-th request: when ``len(requests)`` is a multiple of ``connections``, no two
+    connections ever send the same request (say, two turns on one session at once).
+
+    Every answer must be a 200 (and pass ``check``, when given): a load that quietly turns
+    into errors would measure the error path.
+    """
+    latencies: list[float] = []
+    clock = time.perf_counter
+    server_cpu = server.cpu_seconds()
+    client_cpu = time.process_time()
+    started = clock()
+    deadline = started + seconds
+
+    async def connection_loop(c: int) -> None:
+        connection = RawConnection(server.port)
+        n = c
+        try:
+            # The shared count bounds the loop with the clock; each connection checks both.
+            while len(latencies) < max_requests and clock() < deadline:
+                answer = await connection.request(requests[n % len(requests)])
+                n += connections
+                if answer.status != 200:
+                    raise AssertionError(f"answer {answer.status}: {answer.body[:300]!r}")
+                if check is not None:
+                    check(answer)
+                latencies.append(answer.seconds)
+        finally:
+            await connection.aclose()
+
+    async with anyio.create_task_group() as tasks:
+        for c in range(connections):
+            tasks.start_soon(connection_loop, c)
+    wall = clock() - started
+    client_cpu = time.process_time() - client_cpu
+    return Load(len(latencies), wall, latencies, server.cpu_seconds() - server_cpu, client_cpu)
 
 
 # --- the server side (a spawned process) -----------------------------------------------

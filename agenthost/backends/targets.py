@@ -22,7 +22,7 @@ import attrs
 from agenthost.backends.asyncio_bridge import AsyncioBridge
 from agenthost.sansio_core.effects import TargetSucceeded
 from agenthost.sansio_core.types import ChannelRequest, HostMessage, SessionRef, TextPart, UriPart
-from agenthost.stores.codec import converter
+from agenthost.stores.codec import structure_messages, unstructure_messages
 
 
 @attrs.frozen
@@ -98,7 +98,8 @@ class CallableTarget(TargetAdapter):
         self._fn = fn
 
     async def run(self, call: TargetCall) -> TargetSucceeded:
-        history = converter.structure((call.state or {}).get("messages", []), list[HostMessage])
+        stored = (call.state or {}).get("messages", [])
+        history = structure_messages(stored)
         new_input = list(input_messages(call.request))
         produced = self._fn([*history, *new_input])
         if inspect.isawaitable(produced):
@@ -115,15 +116,16 @@ class CallableTarget(TargetAdapter):
                     await call.on_update(StreamUpdate(chunk))
             text = "".join(chunks)
         reply = HostMessage(role="assistant", parts=(TextPart(text),))
-        state = {"messages": converter.unstructure([*history, *new_input, reply])}
+        # The stored history is already in stored form: only this turn's messages convert.
+        state = {"messages": [*stored, *unstructure_messages([*new_input, reply])]}
         return TargetSucceeded(result=text, text=text, new_state=state)
 
     async def append_assistant_message(
         self, state: Mapping[str, Any] | None, text: str
     ) -> Mapping[str, Any] | None:
-        history = converter.structure((state or {}).get("messages", []), list[HostMessage])
+        stored = (state or {}).get("messages", [])
         message = HostMessage(role="assistant", parts=(TextPart(text),))
-        return {**(state or {}), "messages": converter.unstructure([*history, message])}
+        return {**(state or {}), "messages": [*stored, *unstructure_messages([message])]}
 
 
 # --- Agent Framework agents ---------------------------------------------------------

@@ -9,7 +9,7 @@ these shapes belong to is ``stores.base.SCHEMA_VERSION``.
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any, TypeVar
 
 import attrs
@@ -39,9 +39,29 @@ def _structure_part(data: Mapping[str, Any], _: Any) -> ContentPart:
     raise ValueError(f"unknown content part type {data['type']!r}")
 
 
+def unstructure_message(message: HostMessage) -> dict[str, Any]:
+    return {"role": message.role, "parts": [_unstructure_part(part) for part in message.parts]}
+
+
+def structure_message(data: Mapping[str, Any], _: Any = None) -> HostMessage:
+    return HostMessage(data["role"], tuple(_structure_part(part, None) for part in data["parts"]))
+
+
+def unstructure_messages(messages: Iterable[HostMessage]) -> list[dict[str, Any]]:
+    return [unstructure_message(message) for message in messages]
+
+
+def structure_messages(data: Iterable[Mapping[str, Any]]) -> list[HostMessage]:
+    return [structure_message(message) for message in data]
+
+
 converter.register_unstructure_hook(TextPart, _unstructure_part)
 converter.register_unstructure_hook(UriPart, _unstructure_part)
 converter.register_structure_hook(ContentPart, _structure_part)
+# Histories are the bulk of what a store reads and writes per turn: these two shapes get
+# direct hooks rather than cattrs' generic per-field dispatch.
+converter.register_unstructure_hook(HostMessage, unstructure_message)
+converter.register_structure_hook(HostMessage, structure_message)
 
 
 def unstructure_input(value: Any) -> dict[str, Any]:
@@ -62,6 +82,11 @@ def structure_input(data: Mapping[str, Any]) -> Any:
 
 def to_json(value: Any) -> str:
     return json.dumps(value, separators=(",", ":"), sort_keys=True)
+
+
+def to_state_json(state: Mapping[str, Any]) -> str:
+    """A session's state as the target adapter made it (JSON-shaped already)."""
+    return json.dumps(state, separators=(",", ":"), allow_nan=False)
 
 
 def dump(value: Any) -> str:

@@ -5,10 +5,12 @@ needs a decision (a lease step, a run transition, a session rotation) loads the 
 one ``BEGIN IMMEDIATE`` transaction, calls the pure function from ``agenthost.sansio_core``
 and writes what it returns. Records are JSON written by ``stores.codec``; pickle is never used.
 
-The driver is synchronous. All work happens in one worker thread at a time
-(``anyio.to_thread`` with a limiter of one) on one connection, so the store runs under asyncio
-and trio alike and never shares the connection between threads at once. ``BEGIN IMMEDIATE``
-and the busy timeout keep other processes on the same file (other replicas, the CLI) correct.
+The driver is synchronous. Work goes through :mod:`agenthost.stores.group_commit`: the
+calls that arrive while a batch runs go out together, in one worker-thread hop and one
+``BEGIN IMMEDIATE`` transaction with a savepoint per call, answered after its commit. So the
+store runs under asyncio and trio alike, never shares the connection between threads at
+once, and a busy host pays one hop and one commit for many calls. ``BEGIN IMMEDIATE`` and
+the busy timeout keep other processes on the same file (other replicas, the CLI) correct.
 
 The store opens itself on first use; call :meth:`SQLiteStore.open` at start-up to have schema
 problems raised there, loudly.
@@ -23,9 +25,6 @@ import sqlite3
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
-
-import anyio
-import anyio.to_thread
 
 from agenthost.sansio_core import background, delivery, leases, link_codes, linking, sessions
 from agenthost.sansio_core.background import RunEvent, RunRecord
@@ -54,6 +53,7 @@ from agenthost.stores.base import (
     Store,
     StoreSchemaError,
 )
+from agenthost.stores.group_commit import GroupCommit, WorkItem
 
 T = TypeVar("T")
 
@@ -227,7 +227,7 @@ class SQLiteStore(Store):
 
     def __init__(self, path: str | os.PathLike[str] = DEFAULT_PATH) -> None:
         self.path = Path(path)
-        self._limiter = anyio.CapacityLimiter(1)
+        self._writer: GroupCommit[sqlite3.Connection] = GroupCommit(self._run_batch)
         self._conn: sqlite3.Connection | None = None
 
     # --- lifecycle ------------------------------------------------------------------
@@ -236,20 +236,39 @@ class SQLiteStore(Store):
         await self._run(lambda conn: None)
 
     async def close(self) -> None:
-        await anyio.to_thread.run_sync(self._close_sync, limiter=self._limiter)
+        await self._writer.exclusive(self._close_sync)
 
     async def _run(self, work: Callable[[sqlite3.Connection], T]) -> T:
-        """Run ``work`` on the connection in the store's one worker slot, opening if needed.
+        """Run ``work`` on the connection in the next batch, opening the store if needed."""
+        return await self._writer.submit(work)
 
-        The thread is not abandoned on cancellation: a cancelled caller waits for its
-        transaction to end, so the connection is never in two threads at once.
-        """
-        return await anyio.to_thread.run_sync(self._call, work, limiter=self._limiter)
-
-    def _call(self, work: Callable[[sqlite3.Connection], T]) -> T:
-        if self._conn is None:
-            self._conn = self._open_sync()
-        return work(self._conn)
+    def _run_batch(self, batch: Sequence[WorkItem[sqlite3.Connection]]) -> None:
+        """One transaction for the whole batch, a savepoint per item (see group_commit)."""
+        try:
+            if self._conn is None:
+                self._conn = self._open_sync()
+            conn = self._conn
+            conn.execute("BEGIN IMMEDIATE")
+        except Exception as exc:
+            _fail(batch, exc)
+            return
+        try:
+            for item in batch:
+                conn.execute("SAVEPOINT item")
+                try:
+                    item.result = item.work(conn)
+                except Exception as exc:
+                    conn.execute("ROLLBACK TO item")
+                    item.error = exc
+                conn.execute("RELEASE item")
+            conn.execute("COMMIT")
+        except Exception as exc:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            _fail(batch, exc)
+            return
+        for item in batch:
+            item.finished = True
 
     def _close_sync(self) -> None:
         if self._conn is not None:
@@ -1000,9 +1019,22 @@ class SQLiteStore(Store):
 # --- SQL in one place -------------------------------------------------------------------
 
 
+def _fail(batch: Sequence[WorkItem[sqlite3.Connection]], error: Exception) -> None:
+    """Nothing of the batch committed: every caller hears why."""
+    for item in batch:
+        item.result, item.error, item.finished = None, error, True
+
+
 @contextlib.contextmanager
 def _transaction(conn: sqlite3.Connection) -> Iterator[None]:
-    """A write transaction that takes the write lock first, so read-then-write is atomic."""
+    """A write transaction that takes the write lock first, so read-then-write is atomic.
+
+    Inside a group-commit batch the item already runs in the batch's transaction, under its
+    own savepoint: nothing more to open.
+    """
+    if conn.in_transaction:
+        yield
+        return
     conn.execute("BEGIN IMMEDIATE")
     try:
         yield
@@ -1261,7 +1293,7 @@ def _session_from_row(row: Any) -> SessionRecord:
         generation=generation,
         created_at=created_at,
         updated_at=updated_at,
-        state=codec.load(state, dict[str, Any]) if state is not None else None,
+        state=json.loads(state) if state is not None else None,
         turns=turns,
     )
 
@@ -1287,7 +1319,9 @@ def _write_session(conn: sqlite3.Connection, session_id: str, record: SessionRec
             record.created_at,
             record.updated_at,
             record.turns,
-            codec.dump(dict(record.state)) if record.state is not None else None,
+            # Already JSON-shaped (the target adapter's own serialization): dumped as it is,
+            # without a converter walk over a history that grows every turn.
+            codec.to_state_json(record.state) if record.state is not None else None,
         ),
     )
 

@@ -1,0 +1,134 @@
+"""Group commit: store work from many concurrent callers, one thread hop and one transaction
+per batch.
+
+A store with a synchronous driver must run its work in a worker thread, and a thread hop
+costs far more than a small transaction: a host that sends each store call through its own
+hop spends its time scheduling hops. Here callers queue their work; whoever finds the
+writer idle becomes the *leader*, takes everything queued (up to ``max_batch`` items, in
+arrival order) and runs it in one hop through ``run_batch``, which runs each item inside
+one transaction (a savepoint per item, so one item's failure undoes only its own writes)
+and commits once. Every caller is answered only after that commit, so an answer still
+means "durable". While a batch runs, new work queues up and goes out together in the next
+one: the busier the host, the larger the batches.
+
+Rules:
+
+1. Work runs in arrival order, one batch at a time: the connection is never used by two
+   threads at once.
+2. A caller cancelled before its work was taken withdraws it; once taken, its work runs to
+   the end and the caller waits for the commit (shielded) and gets its answer, seeing the
+   cancellation at its next checkpoint: a transaction is never abandoned half-way, and an
+   answer that was committed (a lease granted, say) is never lost to its caller.
+3. An item's exception is raised to its caller only; a failed commit (or a failure to begin)
+   is raised to every caller of the batch.
+
+It is runtime-neutral (anyio): the same code serves asyncio and trio.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any, Generic, TypeVar
+
+import anyio
+import anyio.to_thread
+
+ConnectionT = TypeVar("ConnectionT")
+T = TypeVar("T")
+
+DEFAULT_MAX_BATCH = 128
+
+
+class WorkItem(Generic[ConnectionT]):
+    """One caller's work in a batch; ``run_batch`` fills in ``result`` or ``error``."""
+
+    __slots__ = ("error", "finished", "result", "taken", "work")
+
+    def __init__(self, work: Callable[[ConnectionT], Any]) -> None:
+        self.work = work
+        self.result: Any = None
+        self.error: BaseException | None = None
+        self.taken = False
+        self.finished = False
+
+
+BatchRunner = Callable[[Sequence[WorkItem[ConnectionT]]], None]
+
+
+class GroupCommit(Generic[ConnectionT]):
+    """The queue and the leader hand-off; ``run_batch`` owns the connection and the SQL."""
+
+    def __init__(
+        self, run_batch: BatchRunner[ConnectionT], *, max_batch: int = DEFAULT_MAX_BATCH
+    ) -> None:
+        self._run_batch = run_batch
+        self._max_batch = max_batch
+        self._pending: list[WorkItem[ConnectionT]] = []
+        self._busy = False
+        # Made on first use, inside the event loop (an anyio Event needs one).
+        self._batch_done: anyio.Event | None = None
+
+    async def submit(self, work: Callable[[ConnectionT], T]) -> T:
+        """Run ``work(connection)`` in the next batch; its result once the batch committed."""
+        item: WorkItem[ConnectionT] = WorkItem(work)
+        self._pending.append(item)
+        try:
+            while not item.finished:
+                if self._busy:
+                    await self._next_batch_done()
+                else:
+                    await self._lead()
+        except anyio.get_cancelled_exc_class():
+            if not item.taken:
+                self._pending.remove(item)
+                raise
+            # Taken: the work runs to its end; answer with it. The cancellation is still
+            # pending on the caller's scope and reaches it at its next checkpoint.
+            with anyio.CancelScope(shield=True):
+                while not item.finished:
+                    await self._next_batch_done()
+        if item.error is not None:
+            raise item.error
+        result: T = item.result
+        return result
+
+    async def exclusive(self, fn: Callable[[], T]) -> T:
+        """Run ``fn`` in a worker thread while no batch runs (opening or closing the
+        connection)."""
+        with anyio.CancelScope(shield=True):
+            while self._busy:
+                await self._next_batch_done()
+            self._busy = True
+            try:
+                result = await anyio.to_thread.run_sync(fn)
+            finally:
+                self._hand_over()
+        return result
+
+    async def _lead(self) -> None:
+        self._busy = True
+        batch = self._pending[: self._max_batch]
+        del self._pending[: self._max_batch]
+        for item in batch:
+            item.taken = True
+        try:
+            with anyio.CancelScope(shield=True):
+                await anyio.to_thread.run_sync(self._run_batch, batch)
+        except BaseException as exc:  # the runner itself broke: nobody's work is known done
+            for item in batch:
+                if not item.finished:
+                    item.error, item.finished = exc, True
+            raise
+        finally:
+            self._hand_over()
+
+    async def _next_batch_done(self) -> None:
+        if self._batch_done is None:
+            self._batch_done = anyio.Event()
+        await self._batch_done.wait()
+
+    def _hand_over(self) -> None:
+        self._busy = False
+        done, self._batch_done = self._batch_done, None
+        if done is not None:
+            done.set()

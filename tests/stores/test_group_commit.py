@@ -1,0 +1,155 @@
+"""Group commit in the SQLite store: calls that arrive while a batch runs share the next
+transaction, each caller is answered after that commit, one caller's failure or
+cancellation touches only its own work."""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+
+import anyio
+import anyio.lowlevel
+import pytest
+
+from agenthost.stores.base import ChannelRecord, RunNotFound
+from agenthost.stores.sqlite import SQLiteStore
+
+pytestmark = pytest.mark.anyio
+
+WAIT = 5.0  # seconds any step here may take at most
+
+
+def record(key: str) -> ChannelRecord:
+    return ChannelRecord("test", "item", key, {"n": key})
+
+
+@pytest.fixture
+async def store(tmp_path: Path, anyio_backend: str) -> AsyncIterator[SQLiteStore]:
+    made = SQLiteStore(tmp_path / "state.db")
+    await made.open()
+    try:
+        yield made
+    finally:
+        await made.close()
+
+
+def commits_of(store: SQLiteStore) -> list[str]:
+    """Trace the store's connection; the list fills with each COMMIT it runs."""
+    conn = store._conn
+    assert conn is not None
+    seen: list[str] = []
+    conn.set_trace_callback(lambda statement: seen.append(statement))
+    return seen
+
+
+async def holding_the_writer(
+    store: SQLiteStore, tasks: anyio.abc.TaskGroup
+) -> Callable[[], None]:
+    """Start a batch that blocks in the worker thread until the returned function is called,
+    so whatever is submitted meanwhile queues for the next batch."""
+    entered, leave = threading.Event(), threading.Event()
+
+    def block(conn: sqlite3.Connection) -> None:
+        entered.set()
+        leave.wait(WAIT)
+
+    tasks.start_soon(store._run, block)
+    with anyio.fail_after(WAIT):
+        while not entered.is_set():
+            await anyio.sleep(0.005)
+    return leave.set
+
+
+async def queued(count: int) -> None:
+    """Let ``count`` freshly started tasks reach the queue (they never wait on I/O first)."""
+    for _ in range(count + 2):
+        await anyio.lowlevel.checkpoint()
+
+
+async def test_calls_queued_behind_a_batch_share_one_commit(store: SQLiteStore) -> None:
+    statements = commits_of(store)
+    async with anyio.create_task_group() as tasks:
+        release = await holding_the_writer(store, tasks)
+        for n in range(20):
+            tasks.start_soon(store.put_channel_records, [record(f"k{n:02}")])
+        await queued(20)
+        release()
+    commits = [s for s in statements if s == "COMMIT"]
+    assert len(commits) == 2  # the blocking batch, then all twenty together
+    stored = await store.list_channel_records("test", "item")
+    assert [r.key for r in stored] == [f"k{n:02}" for n in range(20)]
+
+
+async def test_a_failing_call_undoes_only_its_own_writes(store: SQLiteStore) -> None:
+    from agenthost.sansio_core.background import Cancel
+
+    outcomes: dict[str, object] = {}
+
+    async def refused() -> None:
+        try:
+            await store.apply_run_event("no-such-run", Cancel(1.0, 60.0))
+        except RunNotFound as exc:
+            outcomes["refused"] = exc
+
+    async def written() -> None:
+        await store.put_channel_records([record("kept")])
+        outcomes["written"] = True
+
+    async with anyio.create_task_group() as tasks:
+        release = await holding_the_writer(store, tasks)
+        tasks.start_soon(refused)
+        tasks.start_soon(written)
+        await queued(2)
+        release()
+    assert isinstance(outcomes["refused"], RunNotFound)
+    assert outcomes["written"] is True
+    assert await store.get_channel_record("test", "item", "kept") is not None
+
+
+async def test_a_call_cancelled_while_queued_never_runs(store: SQLiteStore) -> None:
+    async with anyio.create_task_group() as tasks:
+        release = await holding_the_writer(store, tasks)
+        with anyio.CancelScope() as scope:
+            scope.cancel()
+            await store.put_channel_records([record("withdrawn")])
+        tasks.start_soon(store.put_channel_records, [record("after")])
+        await queued(1)
+        release()
+    assert await store.get_channel_record("test", "item", "withdrawn") is None
+    assert await store.get_channel_record("test", "item", "after") is not None
+
+
+async def test_a_call_cancelled_once_taken_still_commits(store: SQLiteStore) -> None:
+    entered, leave = threading.Event(), threading.Event()
+
+    def slow_write(conn: sqlite3.Connection) -> None:
+        conn.execute(
+            "INSERT INTO channel_records (channel, kind, key, value, created_at)"
+            " VALUES ('test', 'item', 'taken', '{}', 0)"
+        )
+        entered.set()
+        leave.wait(WAIT)
+
+    answered: list[object] = []
+    async with anyio.create_task_group() as tasks:
+
+        async def caller() -> None:
+            with anyio.CancelScope() as scope:
+                tasks.start_soon(cancel_when_running, scope)
+                answered.append(await store._run(slow_write))
+                await anyio.sleep(WAIT)  # the pending cancellation lands here
+                answered.append("not cancelled")
+
+        async def cancel_when_running(scope: anyio.CancelScope) -> None:
+            with anyio.fail_after(WAIT):
+                while not entered.is_set():
+                    await anyio.sleep(0.005)
+            scope.cancel()
+            await anyio.sleep(0.05)
+            leave.set()
+
+        tasks.start_soon(caller)
+    assert answered == [None]  # answered after the commit, then cancelled
+    assert await store.get_channel_record("test", "item", "taken") is not None

@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip --disable-pip-version-check -q
 
-.PHONY: install demo test test-asyncio test-trio lint bench clean
+.PHONY: install demo test test-asyncio test-trio lint bench clean mcp-conformance
 
 $(VENV)/.created:
 	$(PYTHON) -m venv $(VENV)
@@ -51,6 +51,11 @@ lint: install
 
 bench: $(VENV)/.installed-bench
 	$(PY) -m benchmarks
+
+# The MCP conformance suite (Node): its server scenarios then run with the MCP channel's tests.
+# 0.1.13 is the last release that runs on Node 20.
+mcp-conformance:
+	npm install --no-audit --no-fund --prefix .mcp-conformance @modelcontextprotocol/conformance@0.1.13
 
 clean:
 	rm -rf $(VENV) .agenthost build dist *.egg-info

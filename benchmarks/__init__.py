@@ -12,6 +12,7 @@ BENCHMARKS = (
     "sqlite_store",
     "invocations_http",
     "responses_http",
+    "mcp_http",
     "delivery",
     "telegram_webhook",
     "agent_framework_peer",

@@ -1,8 +1,9 @@
 """A server in its own process on a loopback port, and the raw HTTP/1.1 client that drives it.
 
-The HTTP benchmarks (``invocations_http``, ``responses_http``, ``agent_framework_peer``,
-``session_scale``, ``one_connection_latency``, ``server_memory``) share this machinery; each
-keeps its own rows, request bodies, answer checks and apps. This module owns:
+The HTTP benchmarks (``invocations_http``, ``responses_http``, ``mcp_http``,
+``agent_framework_peer``, ``session_scale``, ``one_connection_latency``, ``server_memory``)
+share this machinery; each keeps its own rows, request bodies, answer checks and apps. This
+module owns:
 
 - the server process's lifecycle: :func:`server_process` spawns a process
   (``multiprocessing``, spawn context) that builds the app, binds a loopback socket before
@@ -32,7 +33,7 @@ import multiprocessing
 import time
 from collections.abc import Callable, Hashable, Iterator, Mapping, Sequence
 from contextlib import contextmanager, suppress
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import partial
 from multiprocessing.connection import Connection
 from pathlib import Path
@@ -173,6 +174,7 @@ class Answer:
     body: bytes
     seconds: float  # from sending the request to having read the whole body
     first_event_seconds: float  # ... to the first whole SSE event (chunked bodies only)
+    headers: Mapping[str, str] = field(default_factory=dict)  # lower-case names
 
     @property
     def events(self) -> int:
@@ -230,7 +232,8 @@ class RawConnection:
         seconds = time.perf_counter() - began
         if fields.get(b"connection", b"").strip() == b"close":
             await self.aclose()
-        return Answer(status, body, seconds, first_event or seconds)
+        headers = {k.decode("latin-1"): v.strip().decode("latin-1") for k, v in fields.items()}
+        return Answer(status, body, seconds, first_event or seconds, headers)
 
     async def _receive(self, stream: anyio.abc.SocketStream) -> None:
         self._buffer += await stream.receive(65536)

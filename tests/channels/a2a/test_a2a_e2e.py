@@ -1,0 +1,67 @@
+"""The A2A channel end to end: the real ``a2a-sdk`` client against the served host.
+
+Each test serves ``host.app`` with Hypercorn on 127.0.0.1 in the test's own loop (asyncio
+or trio) and drives it with the SDK's client for protocol v1.0 (JSON-RPC and HTTP+JSON)
+and v0.3 (JSON-RPC), picked from the host's own agent card. Client code runs on an
+asyncio loop in a worker thread (``support.in_client``).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import anyio
+import pytest
+from a2a.types import a2a_pb2 as pb
+
+from tests.channels.a2a.support import (
+    TIMEOUT,
+    artifact_text,
+    collect,
+    echo_target,
+    in_client,
+    make_host,
+    sdk_client,
+    send_request,
+    serving,
+)
+
+pytestmark = pytest.mark.anyio
+
+GENERATIONS = [
+    pytest.param("1.0", "JSONRPC", id="v1.0-jsonrpc"),
+    pytest.param("1.0", "HTTP+JSON", id="v1.0-rest"),
+    pytest.param("0.3", "JSONRPC", id="v0.3-jsonrpc"),
+]
+
+
+@pytest.mark.parametrize(("generation", "binding"), GENERATIONS)
+async def test_send_answers_with_a_completed_task_and_keeps_the_context(
+    tmp_path: Path, generation: str, binding: str
+) -> None:
+    async with serving(make_host(echo_target, tmp_path)) as base_url:
+
+        async def scenario() -> tuple[Any, Any, Any]:
+            async with sdk_client(
+                base_url, generation=generation, binding=binding, streaming=False
+            ) as client:
+                [first] = await collect(client.send_message(send_request("hello")))
+                context = first.task.context_id
+                [second] = await collect(
+                    client.send_message(send_request("again", context_id=context))
+                )
+                [other] = await collect(client.send_message(send_request("elsewhere")))
+                return first.task, second.task, other.task
+
+        with anyio.fail_after(TIMEOUT):
+            first, second, other = await in_client(scenario)
+    assert first.status.state == pb.TASK_STATE_COMPLETED
+    assert artifact_text(first) == "echo hello #1"
+    assert first.context_id
+    assert second.context_id == first.context_id
+    assert artifact_text(second) == "echo again #2"  # the same session: it saw "hello"
+    assert other.context_id != first.context_id
+    assert artifact_text(other) == "echo elsewhere #1"
+    assert [m.role for m in first.history] == [pb.ROLE_USER, pb.ROLE_AGENT]
+    assert first.id != second.id

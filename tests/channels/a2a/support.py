@@ -53,7 +53,9 @@ def make_channel(**options: Any) -> A2AChannel:
     return A2AChannel(**settings)
 
 
-def make_host(target: Any, path: Path, *, channel: A2AChannel | None = None, **options: Any) -> Host:
+def make_host(
+    target: Any, path: Path, *, channel: A2AChannel | None = None, **options: Any
+) -> Host:
     settings: dict[str, Any] = {
         "delivery_lease_seconds": 1.0,  # the outbox looks for new deliveries every ~0.3 s
         "shutdown_grace_seconds": 0.5,
@@ -81,8 +83,13 @@ async def in_client(fn: Callable[[], Awaitable[T]]) -> T:
 
 @asynccontextmanager
 async def sdk_client(
-    base_url: str, *, generation: str = "1.0", binding: str = "JSONRPC", key: str = "key-a",
-    streaming: bool = True, polling: bool = False,
+    base_url: str,
+    *,
+    generation: str = "1.0",
+    binding: str = "JSONRPC",
+    key: str = "key-a",
+    streaming: bool = True,
+    polling: bool = False,
 ) -> AsyncIterator[Any]:
     """The ``a2a-sdk`` client for the card's interface of ``generation`` and ``binding``.
 
@@ -180,7 +187,8 @@ class PushReceiver:
     """A loopback endpoint for push notifications; answers scripted statuses, then 200."""
 
     def __init__(self) -> None:
-        self.received: list[tuple[dict[str, str], Any]] = []
+        self.received: list[tuple[dict[str, str], Any]] = []  # accepted (2xx) only
+        self.refused: list[tuple[dict[str, str], Any]] = []
         self.script: list[int] = []
         self.arrived = anyio.Event()
         self.app = Starlette(
@@ -196,7 +204,7 @@ class PushReceiver:
     async def _push(self, request: Request) -> Response:
         body = json.loads(await request.body())
         status = self.script.pop(0) if self.script else 200
-        self.received.append((dict(request.headers), body))
+        (self.received if status < 300 else self.refused).append((dict(request.headers), body))
         self.arrived.set()
         self.arrived = anyio.Event()
         return JSONResponse({}, status_code=status)

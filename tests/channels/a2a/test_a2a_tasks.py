@@ -220,12 +220,8 @@ async def test_a_retried_message_id_runs_once_and_answers_the_same_task(tmp_path
 
         async def scenario() -> tuple[Any, Any]:
             async with sdk_client(base_url, streaming=False) as client:
-                [first] = await collect(
-                    client.send_message(send_request("once", message_id="m-1"))
-                )
-                [again] = await collect(
-                    client.send_message(send_request("once", message_id="m-1"))
-                )
+                [first] = await collect(client.send_message(send_request("once", message_id="m-1")))
+                [again] = await collect(client.send_message(send_request("once", message_id="m-1")))
                 return first.task, again.task
 
         with anyio.fail_after(TIMEOUT):

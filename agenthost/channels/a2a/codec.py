@@ -309,9 +309,11 @@ def _host_part(part: Any, limits: InputLimits) -> ContentPart:
     if kind == "text":
         _accept(limits, "text/plain")
         return TextPart(part.text)
+    if kind is None:
+        raise errors.InvalidParamsError("A message part has no content.")
     if kind == "data":
         _accept(limits, "application/json")
-        value = json_format.MessageToDict(part.data)
+        value = _integral_numbers(json_format.MessageToDict(part.data))
         return TextPart(json.dumps(value, separators=(",", ":"), sort_keys=True))
     media_type = part.media_type or "application/octet-stream"
     _accept(limits, media_type)
@@ -325,6 +327,18 @@ def _host_part(part: Any, limits: InputLimits) -> ContentPart:
         encoded = base64.b64encode(part.raw).decode("ascii")
         return UriPart(f"data:{media_type};base64,{encoded}", media_type)
     raise errors.InvalidParamsError("A message part has no content.")
+
+
+def _integral_numbers(value: Any) -> Any:
+    """``value`` with whole floats as ints: protobuf's ``Value`` keeps every number as a
+    double, and the agent should read ``3``, as the caller wrote it, not ``3.0``."""
+    if isinstance(value, float) and value.is_integer() and abs(value) < 2**53:
+        return int(value)
+    if isinstance(value, list):
+        return [_integral_numbers(item) for item in value]
+    if isinstance(value, dict):
+        return {key: _integral_numbers(item) for key, item in value.items()}
+    return value
 
 
 def _accept(limits: InputLimits, media_type: str) -> None:

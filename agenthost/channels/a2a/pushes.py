@@ -24,7 +24,7 @@ import ipaddress
 import json
 import logging
 import socket
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import anyio
@@ -162,9 +162,19 @@ class Pushes:
         self._retry = retry
         self._timeout = timeout_seconds
 
-    async def notify(self, task: Any, *, caller: str, owner: str | None, number: int) -> int:
-        """Schedule one notification of ``task`` (as of event ``number``) per config."""
-        configs = await self._records.push_configs(task.id)
+    async def notify(
+        self,
+        task: Any,
+        *,
+        caller: str,
+        owner: str | None,
+        number: int,
+        configs: Sequence[ChannelRecord] | None = None,
+    ) -> int:
+        """Schedule one notification of ``task`` (as of event ``number``) per config
+        (``configs`` as already read, or read here)."""
+        if configs is None:
+            configs = await self._records.push_configs(task.id)
         if not configs:
             return 0
         now = self._host.now()

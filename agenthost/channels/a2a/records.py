@@ -100,9 +100,14 @@ class TaskRecords:
         if records:
             await self._host.store.put_channel_records(records)
 
-    async def insert(self, record: ChannelRecord) -> bool:
-        """Insert ``record`` unless its key exists; ``True`` if this call inserted it."""
-        inserted = await self._host.store.insert_channel_records([record])
+    async def insert(
+        self, record: ChannelRecord, *, companions: Sequence[ChannelRecord] = ()
+    ) -> bool:
+        """Insert ``record`` unless its key exists, and then ``companions`` with it, in one
+        write; ``True`` if this call inserted it."""
+        inserted = await self._host.store.insert_channel_records(
+            [record], companions={record.key: companions} if companions else None
+        )
         return record.key in inserted
 
     async def get(self, kind: str, key: str) -> ChannelRecord | None:

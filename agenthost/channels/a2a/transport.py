@@ -436,7 +436,19 @@ class _Service:
             None,
             expires_at=self.records.expiry(),
         )
-        if not await self.records.insert(mark):
+        task = tasks.new_task(task_id, context_id, message, now)
+        companions = [
+            self.live.task_record(
+                caller, task, {"token": None, "number": 0, "pushes": bool(push_config)}, None,
+                final=False,
+            )
+        ]  # fmt: skip
+        if push_config is not None:
+            push_config.task_id = task_id
+            push_config.id = push_config.id or task_id
+            companions.append(config_record(self.records, push_config, V10, None, expires_at=None))
+        # One write: the message's mark and, when it is new, its task (and push config).
+        if not await self.records.insert(mark, companions=companions):
             earlier = await self.records.get(MESSAGE, mark.key)
             loaded = (
                 await self.live.load(caller, str(earlier.value["task_id"])) if earlier else None
@@ -445,14 +457,6 @@ class _Service:
                 raise errors.InvalidParamsError("This messageId was already used.")
             return loaded[0], int(loaded[1].value.get("number", 0))
 
-        task = tasks.new_task(task_id, context_id, message, now)
-        extra = []
-        if push_config is not None:
-            push_config.task_id = task_id
-            push_config.id = push_config.id or task_id
-            extra.append(config_record(self.records, push_config, V10, None, expires_at=None))
-        base = {"token": None, "number": 0}
-        await self.live.save(caller, task, base=base, owner=None, extra=extra)
         channel_request = ChannelRequest(
             channel=self.channel.name,
             identity=ChannelIdentity(self.channel.name, caller),
@@ -550,11 +554,24 @@ class _Service:
         key = config_key(config.task_id, config.id)
         if len(existing) >= MAX_PUSH_CONFIGS_PER_TASK and all(r.key != key for r in existing):
             raise errors.InvalidParamsError("This task has as many push configs as it may.")
-        loaded = await self.records.task(caller, config.task_id)
-        owner = loaded.owner if loaded is not None else None
-        await self.records.put(
-            [config_record(self.records, config, generation, owner, expires_at=None)]
-        )
+        async with self.live.lock(config.task_id):
+            loaded = await self.live.load(caller, config.task_id)
+            if loaded is None:
+                raise errors.TaskNotFoundError("No task has that id.")
+            task, record = loaded
+            stored = config_record(self.records, config, generation, record.owner, expires_at=None)
+            if record.value.get("pushes"):
+                await self.records.put([stored])
+            else:
+                # The task notes that it has configs, so runs without any never look.
+                await self.live.save(
+                    caller,
+                    task,
+                    base={**record.value, "pushes": True},
+                    owner=record.owner,
+                    final=codec.is_terminal(task),
+                    extra=[stored],
+                )
         return config
 
     async def _get_push(self, params: Any, caller: str) -> Any:
@@ -632,6 +649,7 @@ class _Service:
             task_id=task_id,
             token=record.token,
             owner=record.isolation_key,
+            start_task=self.host.start_task,
         )
         self.live.writers[task_id] = writer
         return writer.on_update

@@ -253,3 +253,20 @@ async def test_a_failing_target_fails_the_task_without_its_exception_text(tmp_pa
     assert (
         task["status"]["message"]["parts"][0]["text"] == "The agent could not complete this task."
     )
+
+
+async def test_finished_tasks_expire_after_the_ttl(tmp_path: Path) -> None:
+    channel = make_channel(task_ttl_seconds=0.5)
+    async with (
+        serving(make_host(echo_target, tmp_path, channel=channel)) as base_url,
+        httpx.AsyncClient(base_url=base_url, headers=AUTH, timeout=TIMEOUT) as http,
+    ):
+        sent = await http.post("/a2a", json=rpc("message/send", {"message": v03_message("hi")}))
+        task_id = sent.json()["result"]["id"]
+        fresh = await http.post("/a2a", json=rpc("tasks/get", {"id": task_id}))
+        await anyio.sleep(0.7)
+        expired = await http.post("/a2a", json=rpc("tasks/get", {"id": task_id}))
+        listed = await http.post("/a2a", json=rpc("ListTasks", {}))
+    assert fresh.json()["result"]["id"] == task_id
+    assert expired.json()["error"]["code"] == -32001
+    assert listed.json()["result"]["tasks"] == []

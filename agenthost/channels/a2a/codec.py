@@ -148,14 +148,14 @@ def parse_jsonrpc(raw: bytes) -> Call:
     method = body["method"]
     params = body.get("params", {})
     if not isinstance(params, dict):
-        raise _with_id(errors.InvalidParamsError("'params' must be an object."), request_id)
+        raise errors.InvalidParamsError("'params' must be an object.")
     if method in METHODS_V10:
         operation = METHODS_V10[method]
-        return Call(operation, V10, _parse_v10(operation, params, request_id), request_id)
+        return Call(operation, V10, _parse_v10(operation, params), request_id)
     if method in METHODS_V03:
         operation = METHODS_V03[method]
         return Call(operation, V03, _parse_v03(operation, body, request_id), request_id)
-    raise _with_id(errors.MethodNotFoundError("This method is not served."), request_id)
+    raise errors.MethodNotFoundError("This method is not served.")
 
 
 def request_id_of(raw: bytes) -> str | int | None:
@@ -172,43 +172,28 @@ def request_id_of(raw: bytes) -> str | int | None:
 
 def parse_rest(operation: str, params: Mapping[str, Any]) -> Call:
     """HTTP+JSON (v1.0 only): the body and path/query parameters of one operation."""
-    return Call(operation, V10, _parse_v10(operation, params, None))
+    return Call(operation, V10, _parse_v10(operation, params))
 
 
-def _with_id(error: errors.A2AError, request_id: str | int | None) -> errors.A2AError:
-    error.data = {"request_id": request_id} if request_id is not None else None
-    return error
-
-
-def error_request_id(error: errors.A2AError) -> str | int | None:
-    data = error.data if isinstance(error.data, dict) else None
-    value = data.get("request_id") if data else None
-    return value if isinstance(value, str | int) else None
-
-
-def _parse_v10(operation: str, params: Mapping[str, Any], request_id: str | int | None) -> Any:
+def _parse_v10(operation: str, params: Mapping[str, Any]) -> Any:
     message = _V10_REQUESTS[operation]()
     try:
         json_format.ParseDict(dict(params), message, ignore_unknown_fields=True)
     except (json_format.ParseError, TypeError, ValueError):
-        raise _with_id(
-            errors.InvalidParamsError("The request's parameters are not valid."), request_id
-        ) from None
+        raise errors.InvalidParamsError("The request's parameters are not valid.") from None
     return message
 
 
 def _parse_v03(operation: str, body: Mapping[str, Any], request_id: str | int | None) -> Any:
     if operation == "list":
-        return _parse_v10(operation, body.get("params", {}), request_id)
+        return _parse_v10(operation, body.get("params", {}))
     if request_id is None:
         # v0.3's models require an id; a notification gets no answer worth sending anyway.
         raise errors.InvalidRequestError("A request id is required.")
     try:
         return _V03_PARSERS[operation](body)
     except (pydantic.ValidationError, json_format.ParseError, TypeError, ValueError):
-        raise _with_id(
-            errors.InvalidParamsError("The request's parameters are not valid."), request_id
-        ) from None
+        raise errors.InvalidParamsError("The request's parameters are not valid.") from None
 
 
 def _v03_push_set(body: Mapping[str, Any]) -> Any:

@@ -264,10 +264,7 @@ class _Service:
             error: errors.A2AError = errors.InvalidRequestError("The request is too large.")
             return JSONResponse(codec.jsonrpc_error(request_id, error), status_code=413)
         except errors.A2AError as failure:
-            rid = codec.error_request_id(failure)
-            return JSONResponse(
-                codec.jsonrpc_error(rid if rid is not None else request_id, failure)
-            )
+            return JSONResponse(codec.jsonrpc_error(request_id, failure))
         except Exception:
             log.exception("a2a request failed")
             return JSONResponse(codec.jsonrpc_error(request_id, codec.internal_error()))

@@ -10,6 +10,7 @@ and the client talks to it over loopback HTTP exactly as another agent would.
 from __future__ import annotations
 
 import functools
+import itertools
 import json
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
@@ -32,6 +33,7 @@ from agenthost.stores.sqlite import SQLiteStore
 from tests.served import served
 
 T = TypeVar("T")
+_MESSAGE_NUMBERS = itertools.count()
 TIMEOUT = 30.0
 KEYS = {"key-a": "agent-a", "key-b": "agent-b"}
 
@@ -121,7 +123,7 @@ async def sdk_client(
 def user_message(text: str, *, context_id: str = "", message_id: str | None = None) -> Any:
     message = pb.Message(
         role=pb.ROLE_USER,
-        message_id=message_id or f"msg-{text[:20]}-{id(text)}",
+        message_id=message_id or f"msg-{next(_MESSAGE_NUMBERS)}",
         context_id=context_id,
     )
     message.parts.add().text = text

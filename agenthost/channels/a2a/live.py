@@ -27,7 +27,7 @@ from agenthost.channels.a2a import codec, tasks
 from agenthost.channels.a2a.pushes import Pushes
 from agenthost.channels.a2a.records import EVENT, TASK, TaskRecords, event_key, task_key
 from agenthost.sansio_core.background import RunRecord
-from agenthost.sansio_core.types import RunStatus
+from agenthost.sansio_core.types import ContinuationToken, RunStatus
 from agenthost.stores.base import ChannelRecord
 
 _READ_BATCH = 500
@@ -49,8 +49,16 @@ class StartTask(Protocol):
 class LiveTasks:
     """Stored tasks and their events, with wake-ups and one lock per task in this process."""
 
-    def __init__(self, records: TaskRecords, pushes: Pushes, *, poll_seconds: float) -> None:
+    def __init__(
+        self,
+        records: TaskRecords,
+        pushes: Pushes,
+        *,
+        runs: Callable[[str], Awaitable[ContinuationToken | None]],
+        poll_seconds: float,
+    ) -> None:
         self.records = records
+        self._runs = runs
         self.pushes = pushes
         self._poll_seconds = poll_seconds
         self._wakeups: dict[str, anyio.Event] = {}
@@ -165,7 +173,7 @@ class LiveTasks:
                     cursor = recent[-1][0]
                     check_store = check_store or any(_is_final(value) for _, value in recent)
                 if check_store:
-                    loaded = await self.load(caller, task_id)
+                    loaded = await self.settled(caller, task_id)
                     if loaded is None:
                         return None
                     if codec.is_terminal(loaded[0]):
@@ -201,7 +209,7 @@ class LiveTasks:
                         continue
                     if draining:
                         return
-                    loaded = await self.load(caller, task_id)
+                    loaded = await self.settled(caller, task_id)
                     if loaded is None or codec.is_terminal(loaded[0]):
                         draining = True  # one more read: events stored just before the end
                         continue
@@ -244,9 +252,42 @@ class LiveTasks:
     async def finish(self, run: RunRecord) -> None:
         """Record the end of a task's background run (completed, failed or cancelled)."""
         task_id = run.request.attributes.get(TASK_ATTRIBUTE)
-        if not isinstance(task_id, str):
-            return
-        caller = run.request.identity.native_id
+        if isinstance(task_id, str):
+            await self.finish_task(
+                run.request.identity.native_id,
+                task_id,
+                run.to_token(),
+            )
+
+    async def settled(self, caller: str, task_id: str) -> tuple[Any, ChannelRecord] | None:
+        """The task, ended first if its run ended without telling this channel.
+
+        A run the host gave up on (recovered after a crash with no attempts left) or
+        whose record expired never reaches ``background_finished``; its task would say
+        ``working`` forever. Reads that find an unfinished task ask the host about its run.
+        """
+        loaded = await self.load(caller, task_id)
+        if loaded is None or codec.is_terminal(loaded[0]):
+            return loaded
+        token = loaded[1].value.get("token")
+        if not isinstance(token, str):
+            return loaded  # its run is being recorded right now
+        run = await self._runs(token)
+        if run is not None and not run.status.is_final:
+            return loaded
+        if run is None:
+            # The run is gone: the task failed, as far as anyone can tell.
+            run = ContinuationToken(
+                token=token,
+                status=RunStatus.FAILED,
+                isolation_key=loaded[1].owner or "",
+                created_at=self.records.now(),
+            )
+        await self.finish_task(caller, task_id, run)
+        return await self.load(caller, task_id)
+
+    async def finish_task(self, caller: str, task_id: str, run: ContinuationToken) -> None:
+        """End ``task_id`` as its run ended (``run``: the run's public face)."""
         state = _FINAL_STATES.get(run.status)
         if state is None:
             return
@@ -259,6 +300,7 @@ class LiveTasks:
                 return
             task, record = loaded
             text = str((run.result or {}).get("text") or "")
+            owner = run.isolation_key or record.owner
             now = self.records.now()
             done = tasks.finished(task, state, reply_text=text, now=now)
             events = []
@@ -286,7 +328,7 @@ class LiveTasks:
                 caller,
                 done,
                 base={**record.value, "token": run.token},
-                owner=run.isolation_key,
+                owner=owner,
                 events=events,
                 first_number=first,
                 final=True,
@@ -296,7 +338,7 @@ class LiveTasks:
                 await self.pushes.notify(
                     done,
                     caller=caller,
-                    owner=run.isolation_key,
+                    owner=owner,
                     number=first + len(events) - 1,
                     configs=configs,
                 )

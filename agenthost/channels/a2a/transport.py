@@ -68,6 +68,7 @@ from agenthost.sansio_core.types import (
     ChannelIdentity,
     ChannelRequest,
     ChannelSession,
+    ContinuationToken,
     MultitaskStrategy,
 )
 
@@ -230,7 +231,12 @@ class _Service:
             retry=channel._push_retry,
             timeout_seconds=channel._push_timeout,
         )
-        self.live = LiveTasks(self.records, self.pushes, poll_seconds=channel.poll_seconds)
+        self.live = LiveTasks(
+            self.records,
+            self.pushes,
+            runs=host.get_continuation,
+            poll_seconds=channel.poll_seconds,
+        )
         self._cards: dict[str, dict[str, Any]] = {}
 
     # --- the card -----------------------------------------------------------------------
@@ -397,7 +403,7 @@ class _Service:
         raise errors.UnsupportedOperationError("This operation is not supported.")
 
     async def _owned_task(self, caller: str, task_id: str) -> Any:
-        loaded = await self.live.load(caller, task_id) if task_id else None
+        loaded = await self.live.settled(caller, task_id) if task_id else None
         if loaded is None:
             raise errors.TaskNotFoundError("No task has that id.")
         return loaded[0]
@@ -463,11 +469,19 @@ class _Service:
             stream=True,
             attributes={TASK_ATTRIBUTE: task_id},
         )
-        answer = await self.host.run_in_background(channel_request, protocol_request=request)
-        if isinstance(answer, TurnRefused):
-            await self.records.delete(TASK, task_key(caller, task_id))
-            await self.records.delete(MESSAGE, mark.key)
-            await self.records.delete(PUSH_CONFIG, f"{task_id}:")
+        try:
+            answer = await self.host.run_in_background(channel_request, protocol_request=request)
+        except Exception:
+            log.exception("an a2a task could not be started")
+            answer = None
+        if not isinstance(answer, ContinuationToken):
+            # Nothing will run: forget the task, so a retry of the message starts afresh.
+            with anyio.CancelScope(shield=True):
+                await self.records.delete(TASK, task_key(caller, task_id))
+                await self.records.delete(MESSAGE, mark.key)
+                await self.records.delete(PUSH_CONFIG, f"{task_id}:")
+            if answer is None:
+                raise codec.internal_error()
             raise errors.InvalidRequestError(_refusal_message(answer))
         async with self.live.lock(task_id):
             loaded = await self.live.load(caller, task_id)
@@ -485,7 +499,7 @@ class _Service:
         return task, int(record.value.get("number", 0))
 
     async def _cancel(self, task_id: str, caller: str) -> Any:
-        loaded = await self.live.load(caller, task_id) if task_id else None
+        loaded = await self.live.settled(caller, task_id) if task_id else None
         if loaded is None:
             raise errors.TaskNotFoundError("No task has that id.")
         task, record = loaded
@@ -601,7 +615,7 @@ class _Service:
         if call.operation == "stream":
             task, number = await self._submit(call.params, caller, request)
         else:
-            loaded = await self.live.load(caller, call.params.id) if call.params.id else None
+            loaded = await self.live.settled(caller, call.params.id) if call.params.id else None
             if loaded is None:
                 raise errors.TaskNotFoundError("No task has that id.")
             task, record = loaded

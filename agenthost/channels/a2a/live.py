@@ -2,11 +2,18 @@
 
 Every task runs as a host background run, so it is recorded before the caller hears of
 it and survives a crash (the host re-runs it). The worker streams the run's updates into
-a :class:`TaskWriter`; each update's events are stored before anyone sees them, then the
-readers in this process are woken (readers of a task run by another replica poll).
-Events are numbered per task from 1; the stored task notes the number of the last event
-it already reflects, so a resubscriber gets the task and then exactly the events after
-it. A run that runs again continues the numbers.
+a :class:`TaskWriter`, which stores them as events (the first at once, later ones in
+batches by a flush task) before anyone sees them, then wakes the readers in this
+process; readers of a task run by another replica poll the store. Events are numbered
+per task from 1; the stored task notes the number of the last event it already
+reflects, so a resubscriber gets the task and then exactly the events after it. A run
+that runs again continues the numbers. One process writes a task's events at a time
+(the one holding its run), with the end written under the same per-task lock.
+
+While a task has readers here, the events this process stores for it are also kept in
+memory, so streaming to a reader costs no store reads. A run that ends without telling
+the channel (the host gave up on it after a crash) is ended by the next read
+(:meth:`LiveTasks.settled`).
 
 The task's state is :mod:`tasks`' to decide; this module moves values between the run,
 the store and the readers, and schedules push notifications on status changes.
@@ -111,7 +118,7 @@ class LiveTasks:
         return self.records.record(
             TASK,
             task_key(caller, task.id),
-            {**base, "task": codec.to_dict(task), "caller": caller},
+            {**base, "task": codec.to_dict(task)},
             owner,
             expires_at=self.records.expiry() if final else None,
         )

@@ -3,7 +3,7 @@
 Kinds and keys (all within the channel's name):
 
 - ``task``, ``{caller}:{task id}``: the task (v1.0 ProtoJSON), the background run's token,
-  the number of the last event the stored task reflects, and the caller's id;
+  the number of the last event the stored task reflects, and whether it has push configs;
 - ``event``, ``{task id}:{number:08d}``: one stream event (a v1.0 ``StreamResponse``);
 - ``push_config``, ``{task id}:{config id}``: a push-notification config and the
   generation it was set in;

@@ -37,7 +37,7 @@ from agenthost.backends.streaming import Emit, ProducerResponse
 from agenthost.backends.targets import UpdateSink
 from agenthost.channels.a2a import codec, tasks
 from agenthost.channels.a2a.card import CardSettings, Skill, bearer_scheme, build_card
-from agenthost.channels.a2a.codec import V03, V10, Call, Generation, InputLimits
+from agenthost.channels.a2a.codec import V03, Call, Generation, InputLimits
 from agenthost.channels.a2a.live import TASK_ATTRIBUTE, LiveTasks, TaskWriter
 from agenthost.channels.a2a.pushes import (
     Pushes,
@@ -369,7 +369,7 @@ class _Service:
     async def _operate(self, call: Call, caller: str, request: Request) -> Any:
         op, params, generation = call.operation, call.params, call.generation
         if op == "send":
-            task, _ = await self._submit(params, caller, request)
+            task, _ = await self._submit(params, caller, request, generation)
             if not params.configuration.return_immediately and not codec.is_terminal(task):
                 task = await self.live.until_final(caller, task.id) or task
             task = tasks.with_history(task, _history_length(params.configuration))
@@ -408,7 +408,9 @@ class _Service:
             raise errors.TaskNotFoundError("No task has that id.")
         return loaded[0]
 
-    async def _submit(self, params: Any, caller: str, request: Request) -> tuple[Any, int]:
+    async def _submit(
+        self, params: Any, caller: str, request: Request, generation: Generation
+    ) -> tuple[Any, int]:
         """The task a message becomes (a new one, or the one an earlier delivery of the
         same ``messageId`` made) and the number of the last event it reflects."""
         if not params.HasField("message"):
@@ -449,7 +451,10 @@ class _Service:
         if push_config is not None:
             push_config.task_id = task_id
             push_config.id = push_config.id or task_id
-            companions.append(config_record(self.records, push_config, V10, None, expires_at=None))
+            # Its notifications take the shape of the generation the caller speaks.
+            companions.append(
+                config_record(self.records, push_config, generation, None, expires_at=None)
+            )
         # One write: the message's mark and, when it is new, its task (and push config).
         if not await self.records.insert(mark, companions=companions):
             earlier = await self.records.get(MESSAGE, mark.key)
@@ -613,7 +618,7 @@ class _Service:
     ) -> Response:
         # Everything that can fail cleanly fails before the stream opens, as a plain error.
         if call.operation == "stream":
-            task, number = await self._submit(call.params, caller, request)
+            task, number = await self._submit(call.params, caller, request, call.generation)
         else:
             loaded = await self.live.settled(caller, call.params.id) if call.params.id else None
             if loaded is None:
@@ -684,15 +689,14 @@ def _history_length(params: Any) -> int | None:
 
 
 def _query(request: Request, integers: Sequence[str], flags: Sequence[str] = ()) -> dict[str, Any]:
+    """Query parameters as the codec parses them (a malformed number is left as it came,
+    for the codec to refuse as invalid parameters)."""
     values: dict[str, Any] = {}
     for name, value in request.query_params.items():
         if name in flags:
             values[name] = value.lower() in ("true", "1")
-        elif name in integers:
-            try:
-                values[name] = int(value)
-            except ValueError:
-                raise errors.InvalidParamsError(f"'{name}' must be an integer.") from None
+        elif name in integers and value.lstrip("-").isdigit():
+            values[name] = int(value)
         else:
             values[name] = value
     return values

@@ -107,7 +107,10 @@ def _final_seen(received: list[tuple[dict[str, str], Any]], generation: str) -> 
     )
 
 
-async def test_a_push_config_in_the_message_notifies_the_end(tmp_path: Path) -> None:
+@pytest.mark.parametrize("generation", ["1.0", "0.3"])
+async def test_a_push_config_in_the_message_notifies_the_end(
+    tmp_path: Path, generation: str
+) -> None:
     receiver = PushReceiver()
     async with (
         served(receiver.app) as receiver_url,
@@ -115,7 +118,7 @@ async def test_a_push_config_in_the_message_notifies_the_end(tmp_path: Path) -> 
     ):
 
         async def send() -> Any:
-            async with sdk_client(base_url, streaming=False) as client:
+            async with sdk_client(base_url, generation=generation, streaming=False) as client:
                 request = send_request("hello")
                 config = request.configuration.task_push_notification_config
                 config.url = f"{receiver_url}/push"
@@ -124,8 +127,12 @@ async def test_a_push_config_in_the_message_notifies_the_end(tmp_path: Path) -> 
 
         with anyio.fail_after(TIMEOUT):
             task = await in_client(send)
-            await receiver.wait_for(lambda got: _final_seen(got, "1.0"))
-    assert receiver.received[-1][1]["task"]["id"] == task.id
+            await receiver.wait_for(lambda got: _final_seen(got, generation))
+    body = receiver.received[-1][1]
+    if generation == "0.3":  # the task itself, in v0.3's shape
+        assert body["kind"] == "task" and body["id"] == task.id
+    else:  # a StreamResponse holding the task
+        assert body["task"]["id"] == task.id
 
 
 async def test_push_urls_to_private_addresses_are_refused_by_default(tmp_path: Path) -> None:

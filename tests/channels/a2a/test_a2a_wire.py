@@ -270,3 +270,24 @@ async def test_finished_tasks_expire_after_the_ttl(tmp_path: Path) -> None:
     assert fresh.json()["result"]["id"] == task_id
     assert expired.json()["error"]["code"] == -32001
     assert listed.json()["result"]["tasks"] == []
+
+
+async def test_rest_query_and_path_errors_keep_the_rest_error_shape(tmp_path: Path) -> None:
+    async with (
+        serving(make_host(echo_target, tmp_path)) as base_url,
+        httpx.AsyncClient(base_url=base_url, headers=AUTH, timeout=TIMEOUT) as http,
+    ):
+        bad_size = await http.get("/a2a/tasks", params={"pageSize": "lots"})
+        too_big = await http.get("/a2a/tasks", params={"pageSize": "1000"})
+        bad_history = await http.get("/a2a/tasks/tsk_x", params={"historyLength": "x"})
+        bad_body = await http.post(
+            "/a2a/message:send", content=b"[1]", headers={"content-type": "application/json"}
+        )
+    for answer, reason in (
+        (bad_size, "INVALID_PARAMS"),
+        (too_big, "INVALID_PARAMS"),
+        (bad_history, "INVALID_PARAMS"),
+        (bad_body, "INVALID_PARAMS"),
+    ):
+        assert answer.status_code == 400, answer.text
+        assert answer.json()["error"]["details"][0]["reason"] == reason

@@ -112,7 +112,7 @@ class TaskRecords:
 
     async def get(self, kind: str, key: str) -> ChannelRecord | None:
         record = await self._host.store.get_channel_record(self.channel, kind, key)
-        if record is None or self._expired(record):
+        if record is None or self.expired(record):
             return None
         return record
 
@@ -121,8 +121,9 @@ class TaskRecords:
         return await self.get(TASK, task_key(caller, task_id))
 
     async def tasks(self, caller: str, *, after: str | None, limit: int) -> list[ChannelRecord]:
-        """The caller's tasks, newest first, strictly past the key ``after``."""
-        page = await self._host.store.list_channel_records(
+        """The caller's tasks, newest first, strictly past the key ``after`` (expired ones
+        included, so a short page means the end: skip them with :meth:`expired`)."""
+        return await self._host.store.list_channel_records(
             self.channel,
             TASK,
             prefix=f"{caller_namespace(caller)}:",
@@ -130,7 +131,6 @@ class TaskRecords:
             limit=limit,
             descending=True,
         )
-        return [record for record in page if not self._expired(record)]
 
     async def events_after(
         self, task_id: str, number: int, limit: int = _PAGE
@@ -151,10 +151,10 @@ class TaskRecords:
         page = await self._host.store.list_channel_records(
             self.channel, PUSH_CONFIG, prefix=f"{task_id}:", limit=_PAGE
         )
-        return [record for record in page if not self._expired(record)]
+        return [record for record in page if not self.expired(record)]
 
     async def delete(self, kind: str, key: str) -> int:
         return await self._host.store.delete_channel_records(self.channel, kind, prefix=key)
 
-    def _expired(self, record: ChannelRecord) -> bool:
+    def expired(self, record: ChannelRecord) -> bool:
         return record.expires_at is not None and record.expires_at <= self._host.now()

@@ -532,6 +532,8 @@ class _Service:
         while scanned < MAX_LISTED_TASKS:
             page = await self.records.tasks(caller, after=after, limit=500)
             for record in page:
+                if self.records.expired(record):
+                    continue
                 task = codec.task_from_dict(record.value["task"])
                 if params.context_id and task.context_id != params.context_id:
                     continue

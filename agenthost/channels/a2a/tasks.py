@@ -6,7 +6,8 @@ Rules:
    the caller's (or minted when absent) and names the session the run continues.
 2. States move only along :data:`TRANSITIONS`: ``submitted -> working -> completed |
    failed | canceled``, and ``submitted -> completed | failed | canceled`` for a run that
-   finished before it streamed anything (a host command, a refusal after acceptance).
+   ended before its first update (a host command's reply, a run cancelled or failed
+   early). The table is drawn in ``docs/channels/a2a.md`` (a test keeps the two equal).
    A terminal state is final: a later update of a finished task is ignored, so a late
    chunk can never reopen a cancelled task.
 3. The reply is one artifact (``response``), streamed as ``artifact-update`` events: the
@@ -27,19 +28,18 @@ from typing import Any
 
 from a2a.types import a2a_pb2 as pb
 
-from agenthost.channels.a2a.codec import TERMINAL_STATES
-
 COMPLETED = pb.TASK_STATE_COMPLETED
 FAILED = pb.TASK_STATE_FAILED
 CANCELED = pb.TASK_STATE_CANCELED
 ARTIFACT_ID = "response"
 ARTIFACT_NAME = "response"
 
+_ENDS = (pb.TASK_STATE_COMPLETED, pb.TASK_STATE_FAILED, pb.TASK_STATE_CANCELED)
 TRANSITIONS: frozenset[tuple[int, int]] = frozenset(
     {
         (pb.TASK_STATE_SUBMITTED, pb.TASK_STATE_WORKING),
-        *((pb.TASK_STATE_SUBMITTED, end) for end in TERMINAL_STATES),
-        *((pb.TASK_STATE_WORKING, end) for end in TERMINAL_STATES),
+        *((pb.TASK_STATE_SUBMITTED, end) for end in _ENDS),
+        *((pb.TASK_STATE_WORKING, end) for end in _ENDS),
     }
 )
 

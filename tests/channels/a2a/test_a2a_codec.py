@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import base64
 import json
+import re
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -179,3 +181,18 @@ def test_v03_renders_final_status_events_and_tasks_with_kinds() -> None:
         codec.render_event(tasks.status_event(done), "1.0")["statusUpdate"]["status"]["state"]
         == "TASK_STATE_COMPLETED"
     )
+
+
+def test_the_documented_task_states_are_the_code_s_table() -> None:
+    page = (Path(__file__).resolve().parents[3] / "docs" / "channels" / "a2a.md").read_text()
+    [block] = re.findall(r"```mermaid\n(.*?)```", page, flags=re.DOTALL)
+    drawn = {
+        tuple(part.strip() for part in line.split("-->"))
+        for line in block.splitlines()
+        if "-->" in line and "[*]" not in line
+    }
+    table = {
+        tuple(pb.TaskState.Name(state).removeprefix("TASK_STATE_").lower() for state in edge)
+        for edge in tasks.TRANSITIONS
+    }
+    assert drawn == table

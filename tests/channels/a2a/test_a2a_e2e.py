@@ -15,6 +15,7 @@ import anyio
 import pytest
 from a2a.types import a2a_pb2 as pb
 
+from agenthost.demo import build_agent
 from tests.channels.a2a.support import (
     TIMEOUT,
     artifact_text,
@@ -135,3 +136,39 @@ async def test_get_with_history_length_and_list_by_context(
         assert [t.id for t in seen["listed"].tasks] == [seen["b"].id, seen["a"].id]
         assert seen["listed"].total_size == 2
         assert all(not t.artifacts for t in seen["listed"].tasks)
+
+
+@pytest.mark.parametrize(("generation", "binding"), GENERATIONS)
+async def test_an_agent_framework_agent_answers_and_remembers_its_context(
+    tmp_path: Path, generation: str, binding: str
+) -> None:
+    async with serving(make_host(build_agent(), tmp_path)) as base_url:
+
+        async def scenario() -> tuple[Any, list[Any], list[Any]]:
+            async with sdk_client(base_url, generation=generation, binding=binding) as client:
+                first = await collect(client.send_message(send_request("hello there")))
+                context = first[0].task.context_id
+                tooled = await collect(
+                    client.send_message(send_request("what is 2 + 3", context_id=context))
+                )
+                done = await client.get_task(pb.GetTaskRequest(id=tooled[0].task.id))
+                again = await collect(
+                    client.send_message(send_request("still here", context_id=context))
+                )
+                return done, first, again
+
+        with anyio.fail_after(TIMEOUT):
+            done, first, again = await in_client(scenario)
+
+    def streamed(events: list[Any]) -> str:
+        return "".join(
+            e.artifact_update.artifact.parts[0].text
+            for e in events
+            if e.HasField("artifact_update")
+        )
+
+    assert streamed(first) == 'You said: "hello there" (message 1 of this conversation)'
+    assert done.status.state == pb.TASK_STATE_COMPLETED
+    assert artifact_text(done) == "The answer is 5."
+    # The agent's session is the context: it has seen the two messages before.
+    assert streamed(again) == 'You said: "still here" (message 3 of this conversation)'

@@ -9,10 +9,10 @@
   [/{config id}]``: the v1.0 HTTP+JSON binding.
 
 This module authenticates the caller (the channel's hook), reads bodies (bounded), hands
-requests to the codec and to the host, and renders answers. Every message becomes a
-task run as a host background run, so tasks are durable: see :mod:`live` and
-:mod:`records`. Errors are A2A's, with bland messages; exception text never reaches a
-caller.
+them to the codec, the parsed calls to :mod:`operations`, and frames the answers
+(JSON-RPC or HTTP+JSON, JSON or Server-Sent Events). Every message becomes a task run as
+a host background run, so tasks are durable: see :mod:`live` and :mod:`records`. Errors
+are A2A's, with bland messages; exception text never reaches a caller.
 """
 
 from __future__ import annotations
@@ -23,7 +23,6 @@ import logging
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any
 
-import anyio
 from a2a.types import a2a_pb2 as pb
 from a2a.utils import errors
 from starlette.requests import Request
@@ -35,62 +34,25 @@ from agenthost.backends.channel import INHERIT, Channel, HostServices, Inherit
 from agenthost.backends.push import PushMessage, PushOutcome
 from agenthost.backends.streaming import Emit, ProducerResponse
 from agenthost.backends.targets import UpdateSink
-from agenthost.channels.a2a import codec, tasks
+from agenthost.channels.a2a import codec
 from agenthost.channels.a2a.card import CardSettings, Skill, bearer_scheme, build_card
-from agenthost.channels.a2a.codec import V03, Call, Generation, InputLimits
+from agenthost.channels.a2a.codec import Call, InputLimits
 from agenthost.channels.a2a.live import TASK_ATTRIBUTE, LiveTasks, TaskWriter
-from agenthost.channels.a2a.pushes import (
-    Pushes,
-    PushTargetRefused,
-    check_push_url,
-    config_from_record,
-    config_key,
-    config_record,
-    refused_config_error,
-)
-from agenthost.channels.a2a.records import (
-    MESSAGE,
-    PUSH_CONFIG,
-    TASK,
-    TaskRecords,
-    message_key,
-    new_context_id,
-    new_task_id,
-    task_key,
-)
+from agenthost.channels.a2a.operations import TaskOperations
+from agenthost.channels.a2a.pushes import Pushes
+from agenthost.channels.a2a.records import TaskRecords
 from agenthost.sansio_core.authorization import Allowlist
 from agenthost.sansio_core.background import RunRecord
 from agenthost.sansio_core.delivery import RetryPolicy
 from agenthost.sansio_core.link_policy import DEFAULT_TIER
 from agenthost.sansio_core.routing import Destination
-from agenthost.sansio_core.turns import RefusalReason, TurnRefused
-from agenthost.sansio_core.types import (
-    ChannelIdentity,
-    ChannelRequest,
-    ChannelSession,
-    ContinuationToken,
-    MultitaskStrategy,
-)
+from agenthost.sansio_core.types import MultitaskStrategy
 
 log = logging.getLogger("agenthost.channels.a2a")
 
 CallerAuthenticator = Callable[[Request], "str | Awaitable[str | None] | None"]
 ANONYMOUS = "anonymous"
 CARD_PATHS = ("/.well-known/agent-card.json", "/.well-known/agent.json")
-DEFAULT_PAGE_SIZE = 50
-MAX_PAGE_SIZE = 100
-MAX_LISTED_TASKS = 5000
-MAX_PUSH_CONFIGS_PER_TASK = 10
-_CANCEL_SETTLE_SECONDS = 5.0
-
-_REFUSALS: Mapping[RefusalReason, str] = {
-    RefusalReason.IDENTITY_REFUSED: "This caller may not use this agent.",
-    RefusalReason.DENIED: "This caller may not use this agent.",
-    RefusalReason.LINK_REQUIRED: "This caller must link an account first.",
-    RefusalReason.SESSION_BUSY: "This context is busy with another task; try again later.",
-    RefusalReason.SESSION_NOT_FOUND: "No conversation matches this context.",
-    RefusalReason.TARGET_NOT_ALLOWED: "This caller may not choose where replies go.",
-}
 
 
 class A2AChannel(Channel):
@@ -237,6 +199,7 @@ class _Service:
             runs=host.get_continuation,
             poll_seconds=channel.poll_seconds,
         )
+        self.operations = TaskOperations(channel, host, self.records, self.live)
         self._cards: dict[str, dict[str, Any]] = {}
 
     # --- the card -----------------------------------------------------------------------
@@ -264,7 +227,7 @@ class _Service:
             call = codec.parse_jsonrpc(raw)
             if call.operation in codec.STREAMING_OPERATIONS:
                 return await self._stream_call(call, caller, request, json_rpc=True)
-            result = await self._answer(call, caller, request)
+            result = await self.operations.answer(call, caller, request)
             return JSONResponse(codec.jsonrpc_result(call.request_id, result))
         except BodyTooLarge:
             error: errors.A2AError = errors.InvalidRequestError("The request is too large.")
@@ -345,7 +308,7 @@ class _Service:
             call = codec.parse_rest(operation, values)
             if operation in codec.STREAMING_OPERATIONS:
                 return await self._stream_call(call, caller, request, json_rpc=False)
-            result = await self._answer(call, caller, request)
+            result = await self.operations.answer(call, caller, request)
             return JSONResponse(result if result is not None else {})
         except BodyTooLarge:
             return _rest_error(errors.InvalidRequestError("The request is too large."), 413)
@@ -355,264 +318,6 @@ class _Service:
             log.exception("a2a request failed", extra={"operation": operation})
             return _rest_error(codec.internal_error())
 
-    # --- operations ---------------------------------------------------------------------
-
-    async def _answer(self, call: Call, caller: str, request: Request) -> Any:
-        try:
-            return await self._operate(call, caller, request)
-        except errors.A2AError:
-            raise
-        except Exception:
-            log.exception("a2a request failed", extra={"operation": call.operation})
-            raise codec.internal_error() from None
-
-    async def _operate(self, call: Call, caller: str, request: Request) -> Any:
-        op, params, generation = call.operation, call.params, call.generation
-        if op == "send":
-            task, _ = await self._submit(params, caller, request, generation)
-            if not params.configuration.return_immediately and not codec.is_terminal(task):
-                task = await self.live.until_final(caller, task.id) or task
-            task = tasks.with_history(task, _history_length(params.configuration))
-            return codec.render_send_result(task, generation)
-        if op == "get":
-            task = await self._owned_task(caller, params.id)
-            return codec.render_task(tasks.with_history(task, _history_length(params)), generation)
-        if op == "list":
-            return await self._list(params, caller)
-        if op == "cancel":
-            return codec.render_task(await self._cancel(params.id, caller), generation)
-        if op == "push_set":
-            return codec.render_push_config(
-                await self._set_push(params, caller, generation), generation
-            )
-        if op == "push_get":
-            return codec.render_push_config(await self._get_push(params, caller), generation)
-        if op == "push_list":
-            await self._owned_task(caller, params.task_id)
-            configs = [
-                config_from_record(r) for r in await self.records.push_configs(params.task_id)
-            ]
-            return codec.render_push_configs(configs, generation)
-        if op == "push_delete":
-            await self._owned_task(caller, params.task_id)
-            self._require_push()
-            await self.records.delete(PUSH_CONFIG, config_key(params.task_id, params.id))
-            return None if generation == V03 else {}
-        if op == "extended_card":
-            raise errors.ExtendedAgentCardNotConfiguredError("This agent has no extended card.")
-        raise errors.UnsupportedOperationError("This operation is not supported.")
-
-    async def _owned_task(self, caller: str, task_id: str) -> Any:
-        loaded = await self.live.settled(caller, task_id) if task_id else None
-        if loaded is None:
-            raise errors.TaskNotFoundError("No task has that id.")
-        return loaded[0]
-
-    async def _submit(
-        self, params: Any, caller: str, request: Request, generation: Generation
-    ) -> tuple[Any, int]:
-        """The task a message becomes (a new one, or the one an earlier delivery of the
-        same ``messageId`` made) and the number of the last event it reflects."""
-        if not params.HasField("message"):
-            raise errors.InvalidParamsError("The request has no message.")
-        message = params.message
-        configuration = params.configuration
-        codec.check_output_modes(list(configuration.accepted_output_modes), self.channel.limits)
-        inputs = codec.host_messages(message, self.channel.limits)
-        if message.task_id:
-            await self._owned_task(caller, message.task_id)
-            # Every task here ends with its run; none waits for more input.
-            raise errors.UnsupportedOperationError("This task does not take further messages.")
-        context_id = message.context_id or new_context_id()
-        codec.check_identifier(context_id, "contextId")
-        push_config = None
-        if configuration.HasField("task_push_notification_config"):
-            self._require_push()
-            push_config = pb.TaskPushNotificationConfig()
-            push_config.CopyFrom(configuration.task_push_notification_config)
-            await self._check_push_url(push_config.url)
-
-        now = self.host.now()
-        task_id = new_task_id(now)
-        mark = self.records.record(
-            MESSAGE,
-            message_key(caller, message.message_id),
-            {"task_id": task_id},
-            None,
-            expires_at=self.records.expiry(),
-        )
-        task = tasks.new_task(task_id, context_id, message, now)
-        companions = [
-            self.live.task_record(
-                caller, task, {"token": None, "number": 0, "pushes": bool(push_config)}, None,
-                final=False,
-            )
-        ]  # fmt: skip
-        if push_config is not None:
-            push_config.task_id = task_id
-            push_config.id = push_config.id or task_id
-            # Its notifications take the shape of the generation the caller speaks.
-            companions.append(
-                config_record(self.records, push_config, generation, None, expires_at=None)
-            )
-        # One write: the message's mark and, when it is new, its task (and push config).
-        if not await self.records.insert(mark, companions=companions):
-            earlier = await self.records.get(MESSAGE, mark.key)
-            loaded = (
-                await self.live.load(caller, str(earlier.value["task_id"])) if earlier else None
-            )
-            if loaded is None:
-                raise errors.InvalidParamsError("This messageId was already used.")
-            return loaded[0], int(loaded[1].value.get("number", 0))
-
-        channel_request = ChannelRequest(
-            channel=self.channel.name,
-            identity=ChannelIdentity(self.channel.name, caller),
-            input=inputs,
-            session=ChannelSession(key=context_id, caller_keyed=True),
-            multitask=self.channel._multitask,
-            stream=True,
-            attributes={TASK_ATTRIBUTE: task_id},
-        )
-        try:
-            answer = await self.host.run_in_background(channel_request, protocol_request=request)
-        except Exception:
-            log.exception("an a2a task could not be started")
-            answer = None
-        if not isinstance(answer, ContinuationToken):
-            # Nothing will run: forget the task, so a retry of the message starts afresh.
-            with anyio.CancelScope(shield=True):
-                await self.records.delete(TASK, task_key(caller, task_id))
-                await self.records.delete(MESSAGE, mark.key)
-                await self.records.delete(PUSH_CONFIG, f"{task_id}:")
-            if answer is None:
-                raise codec.internal_error()
-            raise errors.InvalidRequestError(_refusal_message(answer))
-        async with self.live.lock(task_id):
-            loaded = await self.live.load(caller, task_id)
-            if loaded is None:
-                raise errors.TaskNotFoundError("No task has that id.")
-            task, record = loaded
-            if record.value.get("token") is None:
-                await self.live.save(
-                    caller,
-                    task,
-                    base={**record.value, "token": answer.token},
-                    owner=answer.isolation_key,
-                    final=codec.is_terminal(task),
-                )
-        return task, int(record.value.get("number", 0))
-
-    async def _cancel(self, task_id: str, caller: str) -> Any:
-        loaded = await self.live.settled(caller, task_id) if task_id else None
-        if loaded is None:
-            raise errors.TaskNotFoundError("No task has that id.")
-        task, record = loaded
-        token = record.value.get("token")
-        if codec.is_terminal(task) or not isinstance(token, str):
-            raise errors.TaskNotCancelableError("This task can no longer be canceled.")
-        await self.host.cancel_continuation(token)
-        with anyio.move_on_after(_CANCEL_SETTLE_SECONDS):
-            task = await self.live.until_final(caller, task_id) or task
-        if task.status.state != tasks.CANCELED:
-            raise errors.TaskNotCancelableError("This task can no longer be canceled.")
-        return task
-
-    async def _list(self, params: Any, caller: str) -> dict[str, Any]:
-        page_size = params.page_size or DEFAULT_PAGE_SIZE
-        if page_size < 1 or page_size > MAX_PAGE_SIZE:
-            raise errors.InvalidParamsError(f"'pageSize' must be 1-{MAX_PAGE_SIZE}.")
-        history = params.history_length if params.HasField("history_length") else None
-        if history is not None and history < 0:
-            raise errors.InvalidParamsError("'historyLength' must not be negative.")
-        include_artifacts = params.HasField("include_artifacts") and params.include_artifacts
-        matching: list[Any] = []
-        after: str | None = None
-        scanned = 0
-        while scanned < MAX_LISTED_TASKS:
-            page = await self.records.tasks(caller, after=after, limit=500)
-            for record in page:
-                if self.records.expired(record):
-                    continue
-                task = codec.task_from_dict(record.value["task"])
-                if params.context_id and task.context_id != params.context_id:
-                    continue
-                if params.status and task.status.state != params.status:
-                    continue
-                matching.append(task)
-            scanned += len(page)
-            if len(page) < 500:
-                break
-            after = page[-1].key
-        start = 0
-        if params.page_token:
-            ids = [task.id for task in matching]
-            if params.page_token not in ids:
-                raise errors.InvalidParamsError("'pageToken' is not valid.")
-            start = ids.index(params.page_token) + 1
-        chosen = matching[start : start + page_size]
-        next_token = chosen[-1].id if start + page_size < len(matching) and chosen else ""
-        shaped = [
-            tasks.with_history(
-                task if include_artifacts else tasks.without_artifacts(task), history
-            )
-            for task in chosen
-        ]
-        return codec.render_task_list(
-            shaped, next_page_token=next_token, page_size=page_size, total_size=len(matching)
-        )
-
-    async def _set_push(self, config: Any, caller: str, generation: Generation) -> Any:
-        self._require_push()
-        await self._owned_task(caller, config.task_id)
-        await self._check_push_url(config.url)
-        config.id = config.id or config.task_id
-        codec.check_identifier(config.id, "id")
-        existing = await self.records.push_configs(config.task_id)
-        key = config_key(config.task_id, config.id)
-        if len(existing) >= MAX_PUSH_CONFIGS_PER_TASK and all(r.key != key for r in existing):
-            raise errors.InvalidParamsError("This task has as many push configs as it may.")
-        async with self.live.lock(config.task_id):
-            loaded = await self.live.load(caller, config.task_id)
-            if loaded is None:
-                raise errors.TaskNotFoundError("No task has that id.")
-            task, record = loaded
-            stored = config_record(self.records, config, generation, record.owner, expires_at=None)
-            if record.value.get("pushes"):
-                await self.records.put([stored])
-            else:
-                # The task notes that it has configs, so runs without any never look.
-                await self.live.save(
-                    caller,
-                    task,
-                    base={**record.value, "pushes": True},
-                    owner=record.owner,
-                    final=codec.is_terminal(task),
-                    extra=[stored],
-                )
-        return config
-
-    async def _get_push(self, params: Any, caller: str) -> Any:
-        await self._owned_task(caller, params.task_id)
-        configs = await self.records.push_configs(params.task_id)
-        wanted = config_key(params.task_id, params.id) if params.id else None
-        for record in configs:
-            if wanted is None or record.key == wanted:
-                return config_from_record(record)
-        raise errors.TaskNotFoundError("No push config has that id.")
-
-    def _require_push(self) -> None:
-        if not self.channel.push_notifications:
-            raise errors.PushNotificationNotSupportedError(
-                "This agent does not send push notifications."
-            )
-
-    async def _check_push_url(self, url: str) -> None:
-        try:
-            await check_push_url(url, allow_private=self.channel.allow_private_push_targets)
-        except PushTargetRefused:
-            raise refused_config_error() from None
-
     # --- streams ------------------------------------------------------------------------
 
     async def _stream_call(
@@ -620,15 +325,11 @@ class _Service:
     ) -> Response:
         # Everything that can fail cleanly fails before the stream opens, as a plain error.
         if call.operation == "stream":
-            task, number = await self._submit(call.params, caller, request, call.generation)
+            task, number = await self.operations.submit(
+                call.params, caller, request, call.generation
+            )
         else:
-            loaded = await self.live.settled(caller, call.params.id) if call.params.id else None
-            if loaded is None:
-                raise errors.TaskNotFoundError("No task has that id.")
-            task, record = loaded
-            if codec.is_terminal(task):
-                raise errors.UnsupportedOperationError("This task has already finished.")
-            number = int(record.value.get("number", 0))
+            task, number = await self.operations.subscription(call.params.id, caller)
         generation = call.generation
 
         def frame(event: Any) -> bytes:
@@ -682,14 +383,6 @@ class _Service:
         return user if isinstance(user, str) and user else None
 
 
-def _history_length(params: Any) -> int | None:
-    if not params.HasField("history_length"):
-        return None
-    if params.history_length < 0:
-        raise errors.InvalidParamsError("'historyLength' must not be negative.")
-    return int(params.history_length)
-
-
 def _query(request: Request, integers: Sequence[str], flags: Sequence[str] = ()) -> dict[str, Any]:
     """Query parameters as the codec parses them (a malformed number is left as it came,
     for the codec to refuse as invalid parameters)."""
@@ -702,15 +395,6 @@ def _query(request: Request, integers: Sequence[str], flags: Sequence[str] = ())
         else:
             values[name] = value
     return values
-
-
-def _refusal_message(outcome: TurnRefused) -> str:
-    if (
-        outcome.reason in (RefusalReason.DENIED, RefusalReason.LINK_REQUIRED)
-        and outcome.user_message
-    ):
-        return outcome.user_message  # the host's own, bland by design
-    return _REFUSALS[outcome.reason]
 
 
 def _rest_error(error: errors.A2AError, status: int | None = None) -> Response:

@@ -195,7 +195,7 @@ class TaskOperations:
             identity=ChannelIdentity(self._channel.name, caller),
             input=inputs,
             session=ChannelSession(key=context_id, caller_keyed=True),
-            multitask=self._channel._multitask,
+            multitask=self._channel.multitask,
             stream=True,
             attributes={TASK_ATTRIBUTE: task_id},
         )

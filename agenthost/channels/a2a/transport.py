@@ -138,7 +138,7 @@ class A2AChannel(Channel):
         self.task_ttl_seconds = task_ttl_seconds
         self.max_body_bytes = max_body_bytes
         self.poll_seconds = poll_seconds
-        self._multitask = multitask
+        self.multitask = multitask
         self._service: _Service | None = None
 
     def _bind(self, host: HostServices) -> _Service:

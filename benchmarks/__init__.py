@@ -21,4 +21,5 @@ BENCHMARKS = (
     "server_memory",
     "workflow_turns",
     "discord_interactions",
+    "a2a_http",
 )

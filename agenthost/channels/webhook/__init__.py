@@ -1,5 +1,5 @@
 """A push-only channel that delivers replies to an application's HTTPS endpoint, signed."""
 
-from agenthost.channels.webhook.transport import WebhookChannel, sign, verify
+from agenthost.channels.webhook.transport import WebhookChannel, classify_response, sign, verify
 
-__all__ = ["WebhookChannel", "sign", "verify"]
+__all__ = ["WebhookChannel", "classify_response", "sign", "verify"]

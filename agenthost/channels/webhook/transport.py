@@ -110,19 +110,25 @@ class WebhookChannel(Channel):
             )
         except httpx.HTTPError as error:
             return PushOutcome.transient(f"network: {type(error).__name__}")
-        status = response.status_code
-        if 200 <= status < 300:
-            return PushOutcome.ok()
-        if status in _TRANSIENT_STATUSES or status >= 500:
-            return PushOutcome.transient(
-                f"http {status}", retry_after=_retry_after(response.headers.get("retry-after"))
-            )
-        return PushOutcome.permanent(f"http {status}")
+        return classify_response(response)
 
     def _require_host(self) -> HostServices:
         if self._host is None:
             raise RuntimeError("the webhook channel is not attached to a running host")
         return self._host
+
+
+def classify_response(response: httpx.Response) -> PushOutcome:
+    """A receiver's answer to a push: 2xx delivered; 408, 425, 429 and 5xx transient
+    (``Retry-After`` honoured); any other status permanent."""
+    status = response.status_code
+    if 200 <= status < 300:
+        return PushOutcome.ok()
+    if status in _TRANSIENT_STATUSES or status >= 500:
+        return PushOutcome.transient(
+            f"http {status}", retry_after=_retry_after(response.headers.get("retry-after"))
+        )
+    return PushOutcome.permanent(f"http {status}")
 
 
 def _retry_after(value: str | None) -> float | None:

@@ -1,0 +1,163 @@
+"""The A2A task lifecycle, as the channel keeps it: pure functions over v1.0 protobuf values.
+
+Rules:
+
+1. One message from a user becomes one task; its id is the server's, its ``contextId`` is
+   the caller's (or minted when absent) and names the session the run continues.
+2. States move only along :data:`TRANSITIONS`: ``submitted -> working -> completed |
+   failed | canceled``, and ``submitted -> completed | failed | canceled`` for a run that
+   ended before its first update (a host command's reply, a run cancelled or failed
+   early). The table is drawn in ``docs/channels/a2a.md`` (a test keeps the two equal).
+   A terminal state is final: a later update of a finished task is ignored, so a late
+   chunk can never reopen a cancelled task.
+3. The reply is one artifact (``response``), streamed as ``artifact-update`` events: the
+   first chunk of an attempt replaces the artifact (``append`` false), later chunks
+   append; a re-run after a crash starts the artifact again. The finished task holds the
+   final text, whatever was streamed.
+4. The history is the user's message followed by the agent's reply; ``historyLength``
+   keeps the most recent ``n`` messages (unset: all of them).
+5. A failure or cancellation is described to the caller blandly; the reason stays in the
+   host's logs.
+
+Time comes in as ``now`` (seconds); ids come in as arguments.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from a2a.types import a2a_pb2 as pb
+
+COMPLETED = pb.TASK_STATE_COMPLETED
+FAILED = pb.TASK_STATE_FAILED
+CANCELED = pb.TASK_STATE_CANCELED
+ARTIFACT_ID = "response"
+ARTIFACT_NAME = "response"
+
+_ENDS = (pb.TASK_STATE_COMPLETED, pb.TASK_STATE_FAILED, pb.TASK_STATE_CANCELED)
+TRANSITIONS: frozenset[tuple[int, int]] = frozenset(
+    {
+        (pb.TASK_STATE_SUBMITTED, pb.TASK_STATE_WORKING),
+        *((pb.TASK_STATE_SUBMITTED, end) for end in _ENDS),
+        *((pb.TASK_STATE_WORKING, end) for end in _ENDS),
+    }
+)
+
+FAILED_TEXT = "The agent could not complete this task."
+CANCELED_TEXT = "The task was canceled."
+
+
+def _timestamp(now: float) -> Any:
+    status = pb.TaskStatus()
+    status.timestamp.FromNanoseconds(int(now * 1_000_000_000))
+    return status.timestamp
+
+
+def new_task(task_id: str, context_id: str, message: Any, now: float) -> Any:
+    """A submitted task holding the user's message (with its task and context ids set)."""
+    incoming = pb.Message()
+    incoming.CopyFrom(message)
+    incoming.task_id = task_id
+    incoming.context_id = context_id
+    task = pb.Task(id=task_id, context_id=context_id, history=[incoming])
+    task.status.state = pb.TASK_STATE_SUBMITTED
+    task.status.timestamp.CopyFrom(_timestamp(now))
+    return task
+
+
+def can_move(task: Any, state: int) -> bool:
+    return (task.status.state, state) in TRANSITIONS
+
+
+def status_event(task: Any) -> Any:
+    """The ``status-update`` event announcing ``task``'s current status."""
+    event = pb.StreamResponse()
+    event.status_update.task_id = task.id
+    event.status_update.context_id = task.context_id
+    event.status_update.status.CopyFrom(task.status)
+    return event
+
+
+def working(task: Any, now: float) -> Any:
+    """``task`` moved to ``working`` (unchanged if it cannot move there)."""
+    if not can_move(task, pb.TASK_STATE_WORKING):
+        return task
+    moved = pb.Task()
+    moved.CopyFrom(task)
+    moved.status.Clear()
+    moved.status.state = pb.TASK_STATE_WORKING
+    moved.status.timestamp.CopyFrom(_timestamp(now))
+    return moved
+
+
+def chunk_event(task: Any, text: str, *, append: bool) -> Any:
+    """One streamed piece of the reply."""
+    event = pb.StreamResponse()
+    update = event.artifact_update
+    update.task_id = task.id
+    update.context_id = task.context_id
+    update.append = append
+    update.artifact.artifact_id = ARTIFACT_ID
+    update.artifact.name = ARTIFACT_NAME
+    update.artifact.parts.add().text = text
+    return event
+
+
+def whole_reply_event(task: Any, text: str) -> Any:
+    """The whole reply as one replacing, last chunk (when it was not streamed)."""
+    event = chunk_event(task, text, append=False)
+    event.artifact_update.last_chunk = True
+    return event
+
+
+def finished(task: Any, state: pb.TaskState, *, reply_text: str | None, now: float) -> Any:
+    """``task`` in a terminal ``state``; a completed one carries the reply (artifact and
+    history), a failed or canceled one a bland status message. Unchanged if already final."""
+    if not can_move(task, state):
+        return task
+    done = pb.Task()
+    done.CopyFrom(task)
+    done.status.Clear()
+    done.status.state = state
+    done.status.timestamp.CopyFrom(_timestamp(now))
+    if state == pb.TASK_STATE_COMPLETED:
+        text = reply_text or ""
+        del done.artifacts[:]
+        artifact = done.artifacts.add(artifact_id=ARTIFACT_ID, name=ARTIFACT_NAME)
+        artifact.parts.add().text = text
+        reply = _agent_message(done, text)
+        done.history.append(reply)
+    else:
+        note = FAILED_TEXT if state == pb.TASK_STATE_FAILED else CANCELED_TEXT
+        done.status.message.CopyFrom(_agent_message(done, note))
+    return done
+
+
+def _agent_message(task: Any, text: str) -> Any:
+    message = pb.Message(
+        message_id=f"{task.id}-reply",
+        role=pb.ROLE_AGENT,
+        task_id=task.id,
+        context_id=task.context_id,
+    )
+    message.parts.add().text = text
+    return message
+
+
+def with_history(task: Any, history_length: int | None) -> Any:
+    """``task`` with only its last ``history_length`` messages (``None``: all)."""
+    if history_length is None or history_length >= len(task.history):
+        return task
+    trimmed = pb.Task()
+    trimmed.CopyFrom(task)
+    keep = list(task.history)[len(task.history) - history_length :] if history_length else []
+    del trimmed.history[:]
+    trimmed.history.extend(keep)
+    return trimmed
+
+
+def without_artifacts(task: Any) -> Any:
+    bare = pb.Task()
+    bare.CopyFrom(task)
+    del bare.artifacts[:]
+    return bare

@@ -19,6 +19,7 @@ from typing import Any
 
 import anyio
 import anyio.abc
+import attrs
 import httpx
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
@@ -44,6 +45,7 @@ from agenthost.backends.serving import Backend, serve_forever
 from agenthost.backends.targets import UpdateSink, adapt_target
 from agenthost.backends.worker import BackgroundWorker, WorkerSettings
 from agenthost.sansio_core import authorization, background, commands, delivery, linking, turns
+from agenthost.sansio_core import effects as fx
 from agenthost.sansio_core.authorization import AccessDecision, Allowlist
 from agenthost.sansio_core.delivery import Delivery, DeliveryStatus, RetryPolicy
 from agenthost.sansio_core.identity import candidate_isolation_key
@@ -58,7 +60,7 @@ from agenthost.sansio_core.types import (
     MultitaskStrategy,
     ResponseTarget,
 )
-from agenthost.stores.base import RunNotFound, Store
+from agenthost.stores.base import FinishedTurn, RunNotFound, Store, TurnWrites
 
 log = logging.getLogger("agenthost.host")
 
@@ -377,6 +379,11 @@ class Host:
                 "call host.run_in_background(request) (see turns.runs_in_background)"
             )
         rewritten = [request]
+        # Only a run hook can choose a push target for a foreground turn: then its pushes
+        # are queued by the commit that saves the turn.
+        pushes = None
+        if self._turn_settings.run_hook:
+            pushes = _HookChosenPushes(self, run_id, rewritten)
         outcome = await self._interpreter.drive(
             turns.run_turn(
                 request,
@@ -388,11 +395,16 @@ class Host:
             on_update=on_update,
             protocol_request=protocol_request,
             on_request=rewritten.append,
+            finisher=pushes,
         )
         _log_outcome(run_id, request.channel, outcome)
         chosen = rewritten[-1]
         if isinstance(outcome, turns.TurnCompleted) and not chosen.response_target.is_originating:
-            await self._push_foreground_reply(run_id, chosen, outcome)
+            if pushes is not None and pushes.recorded:
+                if pushes.deliveries:
+                    self._notify_outbox()
+            else:  # a stateless turn saves no session: its pushes go on their own
+                await self._push_foreground_reply(run_id, chosen, outcome)
         return outcome
 
     async def run_or_continue(
@@ -465,18 +477,27 @@ class Host:
     async def _push_foreground_reply(
         self, run_id: str, request: ChannelRequest, outcome: turns.TurnCompleted
     ) -> None:
+        deliveries = await self.plan_foreground_pushes(
+            run_id, request, outcome.result.session.isolation_key, outcome.result.text
+        )
+        if deliveries:
+            await self.store.schedule_deliveries(deliveries)
+            self._notify_outbox()
+
+    async def plan_foreground_pushes(
+        self, run_id: str, request: ChannelRequest, isolation_key: str, text: str
+    ) -> tuple[Delivery, ...]:
+        """The deliveries of a foreground reply that a run hook also sent elsewhere."""
         plan = await self._router.plan_reply(
             key_prefix=run_id,
             request=request,
             target=request.response_target,
-            isolation_key=outcome.result.session.isolation_key,
-            reply_text=outcome.result.text,
+            isolation_key=isolation_key,
+            reply_text=text,
             now=self._clock(),
             answered_on_wire=True,
         )
-        if plan.deliveries:
-            await self.store.schedule_deliveries(plan.deliveries)
-            self._notify_outbox()
+        return plan.deliveries
 
     def _check_wire_target(
         self, request: ChannelRequest, protocol_request: Any, run_id: str
@@ -827,3 +848,29 @@ def _check_positive(**settings: float) -> None:
     for setting, value in settings.items():
         if not value > 0:
             raise ConfigurationError(f"{setting} must be greater than 0, not {value!r}")
+
+
+@attrs.define
+class _HookChosenPushes:
+    """Queues the pushes of a foreground reply whose target a run hook chose in the
+    transaction that saves the turn (``interpreter.TurnFinisher``)."""
+
+    host: Host
+    run_id: str
+    requests: list[ChannelRequest]  # as the run hook rewrote it, last
+    deliveries: tuple[Delivery, ...] = ()
+    recorded: bool = False
+
+    async def writes_for(
+        self, ran: fx.RunTarget, answer: fx.TargetSucceeded | fx.TargetFailed
+    ) -> TurnWrites:
+        chosen = self.requests[-1]
+        if not isinstance(answer, fx.TargetSucceeded) or chosen.response_target.is_originating:
+            return TurnWrites()
+        self.deliveries = await self.host.plan_foreground_pushes(
+            self.run_id, chosen, ran.session_ref.isolation_key, answer.text
+        )
+        return TurnWrites(deliveries=self.deliveries)
+
+    def finished(self, result: FinishedTurn) -> None:
+        self.recorded = True

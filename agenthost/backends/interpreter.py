@@ -12,7 +12,7 @@ from __future__ import annotations
 import inspect
 import logging
 from collections.abc import Awaitable, Callable, Generator, Sequence
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 import anyio
 import attrs
@@ -22,7 +22,7 @@ from agenthost.backends.targets import TargetAdapter, TargetCall, UpdateSink
 from agenthost.sansio_core import effects as fx
 from agenthost.sansio_core import leases, opening
 from agenthost.sansio_core.types import ChannelIdentity, ChannelRequest
-from agenthost.stores.base import Store
+from agenthost.stores.base import FinishedTurn, Store, TurnWrites
 
 log = logging.getLogger("agenthost.turns")
 
@@ -77,6 +77,22 @@ class _LeaseGuard:
     # Taken before each lease call, so a release landing between the store's "wait" answer
     # and the wait itself still wakes this run.
     wakeup: anyio.Event | None = None
+    # The target's run and its answer, for a TurnFinisher's writes.
+    ran: tuple[fx.RunTarget, fx.TargetSucceeded | fx.TargetFailed] | None = None
+
+
+class TurnFinisher(Protocol):
+    """What a turn wrote besides its session, committed with it (``Store.finish_turn``).
+
+    ``writes_for`` is asked once the target has answered, before the session is saved;
+    ``finished`` hears what the commit recorded.
+    """
+
+    async def writes_for(
+        self, ran: fx.RunTarget, answer: fx.TargetSucceeded | fx.TargetFailed
+    ) -> TurnWrites: ...
+
+    def finished(self, result: FinishedTurn) -> None: ...
 
 
 @attrs.frozen
@@ -116,11 +132,13 @@ class TurnInterpreter:
         on_update: UpdateSink | None = None,
         protocol_request: Any = None,
         on_request: Callable[[ChannelRequest], None] | None = None,
+        finisher: TurnFinisher | None = None,
     ) -> OutcomeT:
         """Run a core generator to its outcome, performing each effect it yields.
 
         ``on_request`` sees each request a ``run_hook`` returns (the hook may choose where
-        the reply goes).
+        the reply goes); ``finisher`` adds its writes to the transaction that saves the
+        session (a stateless turn has none: it never finishes a run).
         """
         guard = _LeaseGuard()
         answer: Any = None
@@ -131,7 +149,9 @@ class TurnInterpreter:
                 except StopIteration as stop:
                     outcome: OutcomeT = stop.value
                     return outcome
-                answer = await self._perform(effect, guard, on_update, protocol_request)
+                answer = await self._perform(
+                    effect, guard, on_update, protocol_request, finisher
+                )
                 if on_request is not None and isinstance(effect, fx.CallRunHook):
                     on_request(answer)
         finally:
@@ -146,6 +166,7 @@ class TurnInterpreter:
         guard: _LeaseGuard,
         on_update: UpdateSink | None,
         protocol_request: Any,
+        finisher: TurnFinisher | None,
     ) -> Any:
         store = self._store
         if isinstance(effect, fx.LoadContext):
@@ -193,13 +214,23 @@ class TurnInterpreter:
             )
             return self._track(guard, answer)
         if isinstance(effect, fx.RunTarget):
-            return await self._run_target(effect, guard, on_update)
+            ran = await self._run_target(effect, guard, on_update)
+            guard.ran = (effect, ran)
+            return ran
         if isinstance(effect, fx.AppendAssistantMessage):
             return await self._target.append_assistant_message(effect.state, effect.text)
         if isinstance(effect, fx.FinishRun):
-            saved = await store.finish_run(
-                effect.session_id, effect.run_id, effect.session, self._clock()
-            )
+            if finisher is not None and guard.ran is not None:
+                writes = await finisher.writes_for(*guard.ran)
+                finished = await store.finish_turn(
+                    effect.session_id, effect.run_id, effect.session, self._clock(), writes
+                )
+                finisher.finished(finished)
+                saved = finished.saved
+            else:
+                saved = await store.finish_run(
+                    effect.session_id, effect.run_id, effect.session, self._clock()
+                )
             guard.holding = False
             self._local.notify_released(effect.session_id)
             return saved

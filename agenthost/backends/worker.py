@@ -2,12 +2,13 @@
 
 Runs reach it two ways: a fresh submission from this process (a bounded queue; when it is
 full the run simply waits in the store) and a periodic sweep of the store, which also
-recovers runs abandoned by a dead process and deletes expired ones. A completed run whose
-``response_target`` is not ``originating`` is routed (``destinations.DeliveryRouter``) and
-recorded with its deliveries in one store transaction. Concurrency is capped;
-the cap is taken before a task is spawned, so a sweep that finds ten thousand queued runs
-never spawns ten thousand tasks. On shutdown it drains for a grace period, then cancels
-what is left and suspends it back to ``queued`` for the next process.
+recovers runs abandoned by a dead process and deletes expired ones. A run's completion (its
+result, and the deliveries of a reply routed by ``destinations.DeliveryRouter``) is recorded
+in the transaction that saves its session, so a process killed at any point either applied
+the whole turn or none of it: recovery never re-runs a turn whose session was saved.
+Concurrency is capped; the cap is taken before a task is spawned, so a sweep that finds ten
+thousand queued runs never spawns ten thousand tasks. On shutdown it drains for a grace
+period, then cancels what is left and suspends it back to ``queued`` for the next process.
 """
 
 from __future__ import annotations
@@ -27,8 +28,9 @@ from agenthost.backends.interpreter import TurnInterpreter
 from agenthost.backends.targets import json_safe
 from agenthost.sansio_core import background, turns
 from agenthost.sansio_core.delivery import Delivery
+from agenthost.sansio_core.effects import RunTarget, TargetFailed, TargetSucceeded
 from agenthost.sansio_core.types import ChannelRequest, RunStatus, SessionRef
-from agenthost.stores.base import RunNotFound, Store
+from agenthost.stores.base import FinishedTurn, RunNotFound, Store, TurnWrites
 
 log = logging.getLogger("agenthost.background")
 
@@ -175,6 +177,7 @@ class BackgroundWorker:
             return  # another worker took it, or it was cancelled meanwhile
         log.info("background run started", extra={"token": token, "attempt": record.attempts})
         final_request = [record.request]  # the run hook may rewrite it, target included
+        finisher = _RunFinisher(self, record, final_request)
         try:
             async with anyio.create_task_group() as heartbeats:
                 heartbeats.start_soon(self._heartbeat, token, scope)
@@ -189,65 +192,98 @@ class BackgroundWorker:
                     ),
                     on_update=channel.background_updates(record) if channel else None,
                     on_request=final_request.append,
+                    finisher=finisher,
                 )
                 heartbeats.cancel_scope.cancel()
         except anyio.get_cancelled_exc_class():
             with anyio.CancelScope(shield=True):
                 await self._suspend_if_still_mine(token)
             raise
-        await self._record_outcome(record, final_request[-1], outcome)
+        if finisher.finished_turn is not None:
+            # Completed by the commit that saved the session: nothing left to record.
+            finished = finisher.finished_turn
+            await self._after_recording(
+                token, finished.run, finished.run_refused, finisher.deliveries
+            )
+        else:
+            await self._record_outcome(record, final_request[-1], outcome)
+
+    async def completion(
+        self,
+        record: background.RunRecord,
+        request: ChannelRequest,
+        answer: TargetSucceeded | TargetFailed | turns.TurnRefused,
+    ) -> tuple[background.RunEvent, tuple[Delivery, ...]]:
+        """The run's final event and the deliveries of its reply (routed when the request's
+        target is not ``originating``)."""
+        now, ttl = self._clock(), self._settings.result_ttl_seconds
+        if isinstance(answer, TargetFailed):
+            return background.Fail(self._owner, now, answer.error, ttl), ()
+        if isinstance(answer, turns.TurnRefused):
+            return background.Fail(self._owner, now, answer.detail, ttl), ()
+        result: dict[str, Any] = {"text": answer.text, "output": _storable(answer.result)}
+        deliveries: tuple[Delivery, ...] = ()
+        target = request.response_target
+        if not target.is_originating and self._router is not None:
+            plan = await self._router.plan_reply(
+                key_prefix=record.token,
+                request=request,
+                target=target,
+                isolation_key=record.isolation_key,
+                reply_text=answer.text,
+                now=now,
+            )
+            deliveries = plan.deliveries
+            result["destinations"] = plan.intended  # intent only: the outbox has the rest
+        return background.Complete(self._owner, now, result, ttl), deliveries
 
     async def _record_outcome(
         self, record: background.RunRecord, request: ChannelRequest, outcome: Any
     ) -> None:
+        """Record a run that finished without saving a session (stateless, or refused)."""
         token = record.token
-        now, ttl = self._clock(), self._settings.result_ttl_seconds
-        event: background.RunEvent
-        deliveries: tuple[Delivery, ...] = ()
+        answer: TargetSucceeded | TargetFailed | turns.TurnRefused
         if isinstance(outcome, turns.TurnCompleted):
-            result: dict[str, Any] = {
-                "text": outcome.result.text,
-                "output": _storable(outcome.result.result),
-            }
-            target = request.response_target
-            if not target.is_originating and self._router is not None:
-                plan = await self._router.plan_reply(
-                    key_prefix=token,
-                    request=request,
-                    target=target,
-                    isolation_key=record.isolation_key,
-                    reply_text=outcome.result.text,
-                    now=now,
-                )
-                deliveries = plan.deliveries
-                result["destinations"] = plan.intended  # intent only: the outbox has the rest
-            event = background.Complete(self._owner, now, result, ttl)
+            answer = TargetSucceeded(outcome.result.result, outcome.result.text, None)
         elif isinstance(outcome, turns.TurnFailed):
-            event = background.Fail(self._owner, now, outcome.error, ttl)
+            answer = TargetFailed(outcome.error, outcome.cancelled)
         else:
-            event = background.Fail(self._owner, now, outcome.detail, ttl)
+            answer = outcome
+        event, deliveries = await self.completion(record, request, answer)
         try:
             if deliveries:
-                record = await self._store.complete_run_with_deliveries(token, event, deliveries)
+                recorded = await self._store.complete_run_with_deliveries(token, event, deliveries)
             else:
-                record = await self._store.apply_run_event(token, event)
+                recorded = await self._store.apply_run_event(token, event)
         except background.RunTransitionRefused as refused:
+            await self._after_recording(token, None, refused.reason, deliveries)
+            return
+        await self._after_recording(token, recorded, None, deliveries)
+
+    async def _after_recording(
+        self,
+        token: str,
+        recorded: background.RunRecord | None,
+        refused: str | None,
+        deliveries: tuple[Delivery, ...],
+    ) -> None:
+        if recorded is None:
             log.info(
                 "background run result not recorded",
-                extra={"token": token, "reason": refused.reason},
+                extra={"token": token, "reason": refused or "unknown"},
             )
             return
         log.info(
             "background run finished",
             extra={
                 "token": token,
-                "status": record.status.value,
+                "status": recorded.status.value,
                 "deliveries": len(deliveries),
             },
         )
         if deliveries and self._on_scheduled is not None:
             self._on_scheduled()
-        await self.announce_finished(record)
+        await self.announce_finished(recorded)
 
     async def announce_finished(self, record: background.RunRecord) -> None:
         """Tell the originating channel; its failure is logged, never lost in the worker."""
@@ -280,6 +316,29 @@ class BackgroundWorker:
                 # Cancelled by request, or recovered by another replica: stop working on it.
                 scope.cancel()
                 return
+
+
+@attrs.define
+class _RunFinisher:
+    """Completes the background run in the transaction that saves its session
+    (``interpreter.TurnFinisher``), so a crash cannot save the turn without completing it."""
+
+    worker: BackgroundWorker
+    record: background.RunRecord
+    requests: list[ChannelRequest]  # as the run hook rewrote it, last
+    deliveries: tuple[Delivery, ...] = ()
+    finished_turn: FinishedTurn | None = None
+
+    async def writes_for(
+        self, ran: RunTarget, answer: TargetSucceeded | TargetFailed
+    ) -> TurnWrites:
+        event, self.deliveries = await self.worker.completion(
+            self.record, self.requests[-1], answer
+        )
+        return TurnWrites(run_event=(self.record.token, event), deliveries=self.deliveries)
+
+    def finished(self, result: FinishedTurn) -> None:
+        self.finished_turn = result
 
 
 def _storable(result: Any) -> Any:

@@ -23,7 +23,7 @@ from typing import Any
 import attrs
 
 from agenthost.sansio_core import leases, opening
-from agenthost.sansio_core.background import RunEvent, RunRecord
+from agenthost.sansio_core.background import RunEvent, RunRecord, RunTransitionRefused
 from agenthost.sansio_core.delivery import Delivery, DeliveryEvent, DeliveryStatus
 from agenthost.sansio_core.effects import LeaseAnswer, RequestContext
 from agenthost.sansio_core.link_codes import AttemptCounter, CodeChallenge, CodeLimits
@@ -66,6 +66,33 @@ class ChannelRecord:
     owner: str | None = None
     created_at: float = 0.0
     expires_at: float | None = None
+
+
+@attrs.frozen
+class TurnWrites:
+    """What a finished turn wrote besides its session, committed with the session's save and
+    the lease's release (:meth:`Store.finish_turn`), so a crash keeps all of it or none.
+
+    ``run_event`` completes (or fails) the background run the turn ran as; when the run's
+    transition is refused (it was cancelled or taken over meanwhile) the run and
+    ``deliveries`` are left as they are, as with :meth:`Store.complete_run_with_deliveries`.
+    """
+
+    run_event: tuple[str, RunEvent] | None = None  # (token, event)
+    deliveries: tuple[Delivery, ...] = ()
+    channel_records: tuple[ChannelRecord, ...] = ()
+
+
+@attrs.frozen
+class FinishedTurn:
+    saved: bool  # the session was saved (the run still held the lease, and succeeded)
+    run: RunRecord | None = None  # the background run after ``run_event``
+    run_refused: str | None = None  # why ``run_event`` was refused, when it was
+
+
+def run_refusal_reason(error: RunTransitionRefused | RunNotFound) -> str:
+    """Why a run's transition was not applied, for :attr:`FinishedTurn.run_refused`."""
+    return error.reason if isinstance(error, RunTransitionRefused) else "the run is gone"
 
 
 class Store(abc.ABC):
@@ -243,6 +270,23 @@ class Store(abc.ABC):
         """Save ``session`` (if given) and release the lease, atomically.
 
         Saves only while ``run_id`` still holds the lease; returns whether it saved.
+        """
+
+    @abc.abstractmethod
+    async def finish_turn(
+        self,
+        session_id: str | None,
+        run_id: str,
+        session: SessionRecord | None,
+        now: float,
+        writes: TurnWrites,
+    ) -> FinishedTurn:
+        """:meth:`finish_run` (nothing of it when ``session_id`` is ``None``: a stateless
+        turn) and ``writes``, in one transaction.
+
+        This is what makes a turn's effects exactly-once: a background run whose session
+        was saved is completed by the same commit, so recovery never re-applies a saved
+        turn, and the pushes a turn produced are queued by the commit that saved it.
         """
 
     # --- background runs ------------------------------------------------------------

@@ -35,7 +35,15 @@ from agenthost.sansio_core.linking import (
 from agenthost.sansio_core.routing import LastSeen
 from agenthost.sansio_core.sessions import ScopeKey, SessionAlias, SessionRecord
 from agenthost.sansio_core.types import ChannelIdentity, RunStatus
-from agenthost.stores.base import ChannelRecord, DeliveryNotFound, RunNotFound, Store
+from agenthost.stores.base import (
+    ChannelRecord,
+    DeliveryNotFound,
+    FinishedTurn,
+    RunNotFound,
+    Store,
+    TurnWrites,
+    run_refusal_reason,
+)
 
 Native = tuple[str, str]  # (channel, native_id)
 Claim = tuple[str, str]  # (claim_type, claim_value)
@@ -402,15 +410,46 @@ class MemoryStore(Store):
         self, session_id: str, run_id: str, session: SessionRecord | None, now: float
     ) -> bool:
         with self._lock:
-            state = self._leases.get(session_id) or leases.initial_state(session_id)
-            new_state, decision = leases.apply(state, leases.Release(run_id, now))
-            if not isinstance(decision, leases.Released):
-                return False
-            self._leases[session_id] = new_state
-            if session is None:
-                return False
-            self._sessions[session_id] = session
-            return True
+            return self._finish_run(session_id, run_id, session, now)
+
+    def _finish_run(
+        self, session_id: str, run_id: str, session: SessionRecord | None, now: float
+    ) -> bool:
+        state = self._leases.get(session_id) or leases.initial_state(session_id)
+        new_state, decision = leases.apply(state, leases.Release(run_id, now))
+        if not isinstance(decision, leases.Released):
+            return False
+        self._leases[session_id] = new_state
+        if session is None:
+            return False
+        self._sessions[session_id] = session
+        return True
+
+    async def finish_turn(
+        self,
+        session_id: str | None,
+        run_id: str,
+        session: SessionRecord | None,
+        now: float,
+        writes: TurnWrites,
+    ) -> FinishedTurn:
+        with self._lock:
+            # Checked first, so a refused transition changes nothing of the run's writes.
+            run, refused = None, None
+            if writes.run_event is not None:
+                token, event = writes.run_event
+                try:
+                    run = self._apply_run_event(token, event)
+                except (background.RunTransitionRefused, RunNotFound) as exc:
+                    refused = run_refusal_reason(exc)
+            saved = False
+            if session_id is not None:
+                saved = self._finish_run(session_id, run_id, session, now)
+            if refused is None:
+                self._insert_deliveries(writes.deliveries)
+            for record in writes.channel_records:
+                self._put_record(record)
+            return FinishedTurn(saved, run, refused)
 
     async def create_run(self, record: RunRecord) -> None:
         with self._lock:

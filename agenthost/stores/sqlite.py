@@ -57,9 +57,12 @@ from agenthost.stores.base import (
     SCHEMA_VERSION,
     ChannelRecord,
     DeliveryNotFound,
+    FinishedTurn,
     RunNotFound,
     Store,
     StoreSchemaError,
+    TurnWrites,
+    run_refusal_reason,
 )
 from agenthost.stores.group_commit import GroupCommit, WorkItem
 
@@ -689,15 +692,38 @@ class SQLiteStore(Store):
     ) -> bool:
         def work(conn: sqlite3.Connection) -> bool:
             with _transaction(conn):
-                state = _select_lease(conn, session_id)
-                new_state, decision = leases.apply(state, leases.Release(run_id, now))
-                if not isinstance(decision, leases.Released):
-                    return False
-                _write_lease(conn, session_id, new_state)
-                if session is None:
-                    return False
-                _write_session(conn, session_id, session)
-                return True
+                return _finish_run(conn, session_id, run_id, session, now)
+
+        return await self._run(work)
+
+    async def finish_turn(
+        self,
+        session_id: str | None,
+        run_id: str,
+        session: SessionRecord | None,
+        now: float,
+        writes: TurnWrites,
+    ) -> FinishedTurn:
+        delivery_rows = [_delivery_row(d) for d in writes.deliveries]
+        record_rows = [_channel_record_row(r) for r in writes.channel_records]
+
+        def work(conn: sqlite3.Connection) -> FinishedTurn:
+            with _transaction(conn):
+                # Checked first, so a refused transition changes nothing of the run's writes.
+                run, refused = None, None
+                if writes.run_event is not None:
+                    token, event = writes.run_event
+                    try:
+                        run = _apply_run_event(conn, token, event)
+                    except (background.RunTransitionRefused, RunNotFound) as exc:
+                        refused = run_refusal_reason(exc)
+                saved = False
+                if session_id is not None:
+                    saved = _finish_run(conn, session_id, run_id, session, now)
+                if refused is None:
+                    _insert_deliveries(conn, delivery_rows)
+                _put_channel_records(conn, record_rows)
+                return FinishedTurn(saved, run, refused)
 
         return await self._run(work)
 
@@ -886,26 +912,11 @@ class SQLiteStore(Store):
     # --- channel records ------------------------------------------------------------
 
     async def put_channel_records(self, records: Sequence[ChannelRecord]) -> None:
-        rows = [
-            (
-                r.channel,
-                r.kind,
-                r.key,
-                r.owner,
-                r.created_at,
-                r.expires_at,
-                codec.to_json(dict(r.value)),
-            )
-            for r in records
-        ]
+        rows = [_channel_record_row(r) for r in records]
 
         def work(conn: sqlite3.Connection) -> None:
             with _transaction(conn):
-                conn.executemany(
-                    "INSERT OR REPLACE INTO channel_records (channel, kind, key, owner,"
-                    " created_at, expires_at, value) VALUES (?, ?, ?, ?, ?, ?, ?)",
-                    rows,
-                )
+                _put_channel_records(conn, rows)
 
         if rows:
             await self._run(work)
@@ -1367,6 +1378,25 @@ def _write_session(conn: sqlite3.Connection, session_id: str, record: SessionRec
     )
 
 
+def _finish_run(
+    conn: sqlite3.Connection,
+    session_id: str,
+    run_id: str,
+    session: SessionRecord | None,
+    now: float,
+) -> bool:
+    """Inside a transaction: release the lease; save ``session`` while ``run_id`` held it."""
+    state = _select_lease(conn, session_id)
+    new_state, decision = leases.apply(state, leases.Release(run_id, now))
+    if not isinstance(decision, leases.Released):
+        return False
+    _write_lease(conn, session_id, new_state)
+    if session is None:
+        return False
+    _write_session(conn, session_id, session)
+    return True
+
+
 def _select_lease(conn: sqlite3.Connection, session_id: str) -> leases.LeaseState:
     row = conn.execute(
         "SELECT state FROM session_leases WHERE session_id = ?", (session_id,)
@@ -1420,6 +1450,14 @@ def _channel_record_row(r: ChannelRecord) -> tuple[Any, ...]:
         r.created_at,
         r.expires_at,
         codec.to_json(dict(r.value)),
+    )
+
+
+def _put_channel_records(conn: sqlite3.Connection, rows: Sequence[tuple[Any, ...]]) -> None:
+    conn.executemany(
+        "INSERT OR REPLACE INTO channel_records (channel, kind, key, owner,"
+        " created_at, expires_at, value) VALUES (?, ?, ?, ?, ?, ?, ?)",
+        rows,
     )
 
 

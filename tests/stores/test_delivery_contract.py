@@ -6,12 +6,26 @@ import anyio
 import attrs
 import pytest
 
-from agenthost.sansio_core import background, delivery
+from agenthost.sansio_core import background, delivery, leases
 from agenthost.sansio_core.delivery import Delivery, DeliveryStatus, FailureKind
 from agenthost.sansio_core.link_policy import LinkRules
 from agenthost.sansio_core.routing import LastSeen
-from agenthost.sansio_core.types import ChannelIdentity, ChannelRequest, HostMessage
-from agenthost.stores.base import DeliveryNotFound, RunNotFound, Store
+from agenthost.sansio_core.sessions import SessionAlias, SessionRecord
+from agenthost.sansio_core.types import (
+    ChannelIdentity,
+    ChannelRequest,
+    HostMessage,
+    MultitaskStrategy,
+    RunStatus,
+)
+from agenthost.stores.base import (
+    ChannelRecord,
+    DeliveryNotFound,
+    FinishedTurn,
+    RunNotFound,
+    Store,
+    TurnWrites,
+)
 
 pytestmark = pytest.mark.anyio
 
@@ -195,3 +209,60 @@ async def test_list_and_purge_by_status(store: Store) -> None:
     assert await store.purge_deliveries([DeliveryStatus.DELIVERED], updated_before=21.0) == 1
     assert await store.next_delivery_due() is None
     assert await store.list_deliveries() == []
+
+
+# --- a turn's writes in one commit ---------------------------------------------------------
+
+
+async def held_session(store: Store, run_id: str) -> SessionRecord:
+    await store.create_session(SessionAlias("k", "direct", "s1", 1, 1.0), 1.0)
+    answer = await store.apply_lease_event(
+        "s1", leases.Arrive(run_id, MultitaskStrategy.ENQUEUE, 2.0, 30.0)
+    )
+    assert isinstance(answer.decision, leases.Granted) and answer.session is not None
+    return answer.session
+
+
+async def test_finish_turn_saves_completes_and_queues_in_one_commit(store: Store) -> None:
+    run = make_run("t1")
+    await store.create_run(run)
+    await store.apply_run_event("t1", background.Start("w", 3.0, 30.0))
+    session = await held_session(store, "t1")
+    complete = background.Complete("w", 4.0, {"text": "hi"}, 60.0)
+    record = ChannelRecord("test", "reply", "t1", {"text": "hi"})
+    finished = await store.finish_turn(
+        "s1",
+        "t1",
+        attrs.evolve(session, state={"turns": ["hi"]}, turns=1),
+        4.0,
+        TurnWrites(("t1", complete), (make_delivery("d1"),), (record,)),
+    )
+    assert finished.saved and finished.run is not None and finished.run_refused is None
+    assert finished.run.status is RunStatus.COMPLETED
+    assert (await store.get_run("t1")).status is RunStatus.COMPLETED  # type: ignore[union-attr]
+    stored = await store.load_session("s1")
+    assert stored is not None and stored.state == {"turns": ["hi"]}
+    assert await store.get_delivery("d1") is not None
+    assert await store.get_channel_record("test", "reply", "t1") is not None
+
+
+async def test_finish_turn_refused_run_keeps_its_deliveries_out(store: Store) -> None:
+    await store.create_run(make_run("t1"))
+    await store.apply_run_event("t1", background.Cancel(3.0, 60.0))  # cancelled meanwhile
+    session = await held_session(store, "t1")
+    complete = background.Complete("w", 4.0, {"text": "hi"}, 60.0)
+    finished = await store.finish_turn(
+        "s1", "t1", session, 4.0, TurnWrites(("t1", complete), (make_delivery("d1"),))
+    )
+    assert finished.run is None and finished.run_refused
+    assert finished.saved  # the turn itself still held its lease
+    assert await store.get_delivery("d1") is None
+    assert (await store.get_run("t1")).status is RunStatus.CANCELLED  # type: ignore[union-attr]
+
+
+async def test_finish_turn_of_a_stateless_turn_writes_only_its_writes(store: Store) -> None:
+    finished = await store.finish_turn(
+        None, "r1", None, 4.0, TurnWrites(deliveries=(make_delivery("d1"),))
+    )
+    assert finished == FinishedTurn(saved=False)
+    assert await store.get_delivery("d1") is not None

@@ -66,7 +66,7 @@ log = logging.getLogger("agenthost.host")
 #: non-originating ``response_target`` on the wire?
 WireTargetPolicy = Callable[[Any, ChannelIdentity], bool]
 
-_CHANNEL_NAME = re.compile(r"^[a-z][a-z0-9_-]{0,31}$")
+_CHANNEL_NAME = re.compile(r"[a-z][a-z0-9_-]{0,31}")  # fullmatch: "$" accepts a final "\n"
 
 
 class HostNotRunning(RuntimeError):
@@ -812,7 +812,7 @@ def _check_channels(channels: Sequence[Channel]) -> None:
                 f"{channel!r} is not a Channel; channels come from agenthost.channels.*"
             )
         name = getattr(channel, "name", None)
-        if not isinstance(name, str) or not _CHANNEL_NAME.match(name):
+        if not isinstance(name, str) or not _CHANNEL_NAME.fullmatch(name):
             raise ConfigurationError(
                 f"channel name {name!r} must be 1-32 lowercase letters, digits, '-' or '_'"
             )

@@ -29,7 +29,7 @@ from starlette.routing import BaseRoute, Route
 from agenthost.backends.asyncio_bridge import AsyncioBridge
 from agenthost.backends.channel import Channel
 from agenthost.backends.configuration import ConfigurationError as ConfigurationError
-from agenthost.backends.configuration import identity_configuration
+from agenthost.backends.configuration import check_host_configuration, identity_configuration
 from agenthost.backends.destinations import DeliveryRouter
 from agenthost.backends.interpreter import (
     IdentityResolver,
@@ -214,6 +214,9 @@ class Host:
             target_object=target,
             linkers=self.linkers,
         )
+        # --- construction-time checks of the whole host (backends.configuration) ---
+        check_host_configuration(target, self.channels, identities, lambda c: c.routes(self))
+        # --- end of construction-time checks ---
         for bound in self.linkers:
             bound.bind(self)
         self._bot_names = {channel.name: channel.bot_name for channel in channels}

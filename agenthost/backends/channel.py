@@ -25,6 +25,11 @@ A channel declares its access and linking settings as class or instance attribut
   admitted, so ``Host(...)`` refuses them unless ``allow_unauthenticated_access_control``
   is ``True`` (the application's explicit opt-in).
 
+A channel whose callers can mint new identities at will (fresh bearer keys, anonymous
+callers) records where each request came from in the identity's attributes under
+``SOURCE_ATTRIBUTE`` (:func:`source_attributes`), so that limits on failed link codes
+hold per source and not only per identity (``link_codes`` rule 5).
+
 A request whose ``response_target`` is not ``originating`` (a caller chose where the
 reply goes) must go to ``run_in_background`` (``turns.runs_in_background`` says which):
 the channel answers with the token and the reply is pushed. The host refuses such a
@@ -45,8 +50,10 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 from starlette.middleware import Middleware
+from starlette.requests import HTTPConnection
 from starlette.routing import BaseRoute
 
+from agenthost.backends.linking import SOURCE_ATTRIBUTE
 from agenthost.sansio_core import background, commands
 from agenthost.sansio_core.authorization import Allowlist
 from agenthost.sansio_core.background import RunRecord
@@ -182,6 +189,12 @@ class Channel(abc.ABC):
         """A background run this channel started reached a final status (already stored)."""
 
 
+def source_attributes(connection: HTTPConnection) -> dict[str, str]:
+    """``{SOURCE_ATTRIBUTE: client address}`` for a request's identity (empty if unknown)."""
+    client = connection.client
+    return {SOURCE_ATTRIBUTE: client.host} if client is not None and client.host else {}
+
+
 def host_command_of(host: HostServices, request: ChannelRequest) -> commands.ParsedCommand | None:
     """The host command (``/link`` ...) ``request`` carries on its channel, if any.
 
@@ -214,10 +227,12 @@ async def cancel_owned_continuation(
 
 
 __all__ = [
+    "SOURCE_ATTRIBUTE",
     "Channel",
     "HostServices",
     "ResolvedTurn",
     "cancel_owned_continuation",
     "host_command_of",
     "owned_continuation",
+    "source_attributes",
 ]

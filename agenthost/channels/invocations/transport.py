@@ -27,6 +27,7 @@ from agenthost.backends.channel import (
     cancel_owned_continuation,
     host_command_of,
     owned_continuation,
+    source_attributes,
 )
 from agenthost.backends.streaming import Emit, ProducerResponse
 from agenthost.backends.targets import StreamUpdate
@@ -197,7 +198,12 @@ class _Handlers:
             return _error(422, "invalid_session_id", "'agent_session_id' is malformed.", headers)
         channel_request = ChannelRequest(
             channel=self._channel.name,
-            identity=ChannelIdentity(self._channel.name, caller.user_id),
+            identity=ChannelIdentity(
+                self._channel.name,
+                caller.user_id,
+                # Unauthenticated callers are all one identity: limits hold per source too.
+                attributes={} if channel.authenticates_callers else source_attributes(request),
+            ),
             input=body.input,
             session=ChannelSession(
                 key=session_id,

@@ -58,6 +58,7 @@ from agenthost.backends.channel import (
     Inherit,
     cancel_owned_continuation,
     host_command_of,
+    source_attributes,
 )
 from agenthost.backends.streaming import Emit, ProducerResponse
 from agenthost.backends.targets import StreamUpdate, UpdateSink
@@ -182,6 +183,11 @@ class ResponsesChannel(Channel):
             else None
         )
         self._service: _Service | None = None
+
+    @property
+    def mints_callers(self) -> bool:
+        """Whether any bearer key is a caller of its own (no ``api_keys``/``authenticate``)."""
+        return self._key_digests is None and self._authenticate is None
 
     @property
     def prefix(self) -> str:
@@ -341,7 +347,7 @@ class _Service:
         caller = await self.channel.caller(request)
         body = codec.parse_json(await self._body(request))
         create = codec.parse_create(body)
-        turn = await self._prepare(create, caller)
+        turn = await self._prepare(create, caller, request)
         if create.background and host_command_of(self.host, turn.request) is not None:
             # A command is answered at once, here, so its reply is never stored as a
             # background result (where a link code would outlive the one answer).
@@ -368,7 +374,9 @@ class _Service:
             request, channel.max_body_bytes, within=channel.body_timeout_seconds
         )
 
-    async def _prepare(self, create: CreateRequest, caller: str) -> _Turn:
+    async def _prepare(
+        self, create: CreateRequest, caller: str, connection: HTTPConnection
+    ) -> _Turn:
         response_id = new_id("resp")
         resolved = await self._resolve_references(create.items, caller)
         items = tuple(_with_id(item) for item in resolved)
@@ -404,6 +412,9 @@ class _Service:
             )
             if value is not None
         }
+        if self.channel.mints_callers:
+            # Any new bearer key is a new caller: limits hold per source too.
+            hints.update(source_attributes(connection))
         attributes: dict[str, Any] = {
             "response_id": response_id,
             "store": create.store,
@@ -884,7 +895,7 @@ class _Service:
     ) -> None:
         fields = {key: value for key, value in data.items() if key not in ("type", "stream_id")}
         create = codec.parse_create(fields, websocket=True)
-        turn = await self._prepare(create, caller)
+        turn = await self._prepare(create, caller, websocket)
         stream_id = data.get("stream_id")
         machine = events.ResponseEvents(
             turn.response,

@@ -62,6 +62,12 @@ class BodyTimedOut(BodyRefused):
     def __init__(self, seconds: float) -> None:
         super().__init__(f"The request body did not arrive within {seconds:g} seconds.")
 
+    def response(self, content: Any, headers: Mapping[str, str] | None = None) -> Response:
+        # The rest of the body may still be on its way: this connection cannot be reused.
+        return JSONResponse(
+            content, status_code=self.status, headers={**(headers or {}), "connection": "close"}
+        )
+
 
 class UnsupportedMediaType(BodyRefused):
     status = 415

@@ -136,6 +136,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             "agenthost demo: try\n"
             f"  curl -s {base}/invocations/invoke -H 'content-type: application/json' "
             '-d \'{"input": "what is 2 + 3"}\'\n'
+            "  pip install openai  # the OpenAI client is not part of agenthost; then\n"
             '  python -c "from openai import OpenAI; print(OpenAI('
             f"base_url='{base}/responses/v1', api_key='any')"
             ".responses.create(model='demo', input='what is 2 + 3').output_text)\"",

@@ -8,9 +8,9 @@ would fail later (when it is saved, rendered, or re-read) gets past a codec:
 2. No string (value or key) holds an unpaired surrogate (``"\\ud800"``): such a string
    cannot be encoded as UTF-8, so it could be stored but never rendered.
 3. Numbers are finite (``NaN``, ``Infinity`` and a float literal that overflows, such as
-   ``1e400``, are refused: JSON has no spelling for them) and an integer or float literal
-   is at most ``MAX_NUMBER_CHARS`` characters (Python refuses to convert integers of more
-   than a few thousand digits, with ``ValueError``).
+   ``1e400``, are refused: JSON has no spelling for them) and an integer has at most
+   ``MAX_NUMBER_CHARS`` digits (Python itself refuses to convert or print integers of
+   more than a few thousand digits).
 4. Containers nest at most ``MAX_DEPTH`` levels: deeper values overflow the recursion of
    the parser, the encoder and the store's converter.
 
@@ -23,6 +23,7 @@ from __future__ import annotations
 import json
 import math
 import re
+from itertools import repeat
 from typing import Any
 
 MAX_DEPTH = 64
@@ -39,27 +40,13 @@ class JsonRefused(ValueError):
         self.reason = reason
 
 
-def _integer(literal: str) -> int:
-    if len(literal) > MAX_NUMBER_CHARS:
-        raise JsonRefused(f"A number in the JSON body is longer than {MAX_NUMBER_CHARS} digits.")
-    return int(literal)
-
-
-def _float(literal: str) -> float:
-    if len(literal) > MAX_NUMBER_CHARS:
-        raise JsonRefused(f"A number in the JSON body is longer than {MAX_NUMBER_CHARS} digits.")
-    value = float(literal)
-    if not math.isfinite(value):
-        raise JsonRefused("Numbers in the JSON body must be finite.")
-    return value
-
-
 def _constant(name: str) -> Any:
     raise JsonRefused(f"'{name}' is not a JSON value: numbers must be finite.")
 
 
-# Built once: the hooks run for every number of every request.
-_DECODER = json.JSONDecoder(parse_int=_integer, parse_float=_float, parse_constant=_constant)
+# Built once. Numbers are parsed natively and checked in one walk with everything else.
+_DECODER = json.JSONDecoder(parse_constant=_constant)
+_MAX_INTEGER = 10**MAX_NUMBER_CHARS
 
 
 def loads(raw: bytes | str) -> Any:
@@ -86,26 +73,31 @@ def loads(raw: bytes | str) -> Any:
 
 
 def check_value(value: Any) -> None:
-    """Apply the depth and string rules to an already parsed value (iteratively: a deep
-    value must not overflow this check either)."""
+    """Apply the rules to an already parsed value (iteratively: a deep value must not
+    overflow this check either)."""
     pending: list[tuple[Any, int]] = [(value, 1)]
     while pending:
         node, depth = pending.pop()
-        if isinstance(node, str):
+        kind = type(node)
+        if kind is str:
             _check_string(node)
-        elif isinstance(node, dict):
+        elif kind is dict:
             if depth > MAX_DEPTH:
                 raise JsonRefused(f"The JSON body nests deeper than {MAX_DEPTH} levels.")
-            for key, item in node.items():
+            for key in node:
                 _check_string(key)
-                if isinstance(item, str | dict | list):
-                    pending.append((item, depth + 1))
-        elif isinstance(node, list):
+            pending.extend(zip(node.values(), repeat(depth + 1)))
+        elif kind is list:
             if depth > MAX_DEPTH:
                 raise JsonRefused(f"The JSON body nests deeper than {MAX_DEPTH} levels.")
-            pending.extend(
-                (item, depth + 1) for item in node if isinstance(item, str | dict | list)
-            )
+            pending.extend(zip(node, repeat(depth + 1)))
+        elif kind is int:
+            if not -_MAX_INTEGER < node < _MAX_INTEGER:
+                raise JsonRefused(
+                    f"A number in the JSON body is longer than {MAX_NUMBER_CHARS} digits."
+                )
+        elif kind is float and not math.isfinite(node):
+            raise JsonRefused("Numbers in the JSON body must be finite.")
 
 
 def _check_string(text: str) -> None:

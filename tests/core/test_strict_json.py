@@ -30,7 +30,8 @@ def nested(depth: int) -> str:
         b'{"temperature": -Infinity}',
         b'{"temperature": 1e400}',  # a literal that overflows to inf
         b'{"n": ' + b"9" * 5000 + b"}",  # Python's int() refuses this with ValueError
-        b'{"n": 0.' + b"1" * 100 + b"}",
+        b'{"n": ' + b"9" * 65 + b"}",  # one digit past the bound
+        b'{"n": -' + b"9" * 65 + b"}",
         nested(MAX_DEPTH + 1).encode(),
         nested(400).encode(),  # deep enough to overflow the store's converter
         nested(5000).encode(),  # deep enough to overflow the parser itself

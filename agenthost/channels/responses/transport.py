@@ -569,12 +569,15 @@ class _Service:
     ) -> None:
         """Store a finished foreground response, its input and output items, in one batch.
 
-        A command's reply is stored redacted: it was shown in the one answer, and a link
-        code in it must not be readable later (it is a secret until it is used).
+        A command is stored redacted, its reply and its arguments: the reply was shown in
+        the one answer, and a link code (issued in a reply, or sent as ``/link CODE`` and
+        left usable when the link was refused) must not be readable later.
         """
         caller, rid = turn.caller, turn.response_id
+        items: Sequence[Mapping[str, Any]] = turn.items
         if isinstance(outcome, TurnCompleted) and isinstance(outcome.result.result, CommandReply):
             response = _redacted(response)
+            items = [_redacted_command(item, outcome.result.result.command) for item in items]
         value: dict[str, Any] = {
             "stored": turn.create.store,
             "background": False,
@@ -587,7 +590,7 @@ class _Service:
                 self.records.record(
                     records.INPUT_ITEM, records.input_item_key(rid, index), {"item": item}, caller
                 )
-                for index, item in enumerate(turn.items)
+                for index, item in enumerate(items)
             ]
             batch += self._output_index(response, caller)
         batch.append(self.records.record(records.RESPONSE, rid, value, caller))
@@ -599,7 +602,7 @@ class _Service:
             await self._append_to_conversation(
                 turn.create.conversation_id,
                 caller,
-                [*turn.items, *response["output"]],
+                [*items, *response["output"]],
                 taken=turn.pending_taken,
             )
 
@@ -1073,6 +1076,17 @@ def _redacted(response: Mapping[str, Any]) -> dict[str, Any]:
         for item in response.get("output", [])
     ]
     return {**response, "output": output}
+
+
+def _redacted_command(item: Mapping[str, Any], command: str) -> Mapping[str, Any]:
+    """A command's input item with only the command's name kept (``/link``)."""
+    if item.get("type") != "message":
+        return item
+    parts = [
+        {**part, "text": f"/{command}"} if part.get("type") == "input_text" else part
+        for part in item.get("content", [])
+    ]
+    return {**item, "content": parts}
 
 
 def _with_id(item: Mapping[str, Any]) -> Mapping[str, Any]:

@@ -19,7 +19,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from starlette.testclient import TestClient
 
-from agenthost import Host, HostMessage, NativeIdAllowlist, OneTimeCodeLinker
+from agenthost import DenyAllLinks, Host, HostMessage, NativeIdAllowlist, OneTimeCodeLinker
 from agenthost.channels.responses import ResponsesChannel
 from agenthost.stores.sqlite import SQLiteStore
 from tests.channels.wire_fuzz import (
@@ -275,3 +275,22 @@ def test_a_link_reply_is_shown_once_and_stored_redacted(
         assert code.group() not in again.text
     assert code.group() not in stored_text(tmp_path / "state.db")
     assert recorder.calls == 0
+
+
+def test_a_code_sent_to_link_is_not_kept_in_the_input_items(
+    tmp_path: Path, recorder: Recorder
+) -> None:
+    # The link policy refuses the link, so the code stays usable: it must not be stored.
+    host = host_for(recorder, tmp_path, linker=OneTimeCodeLinker(), link_policy=DenyAllLinks())
+    with client_for(host) as client:
+        issued = client.post(f"{V1}/responses", json={"input": "/link"}, headers=ALICE)
+        code = LINK_CODE.search(output_text(issued.json()))
+        assert code is not None
+        sent = client.post(
+            f"{V1}/responses", json={"input": f"/link {code.group()}"}, headers=MALLORY
+        )
+        assert sent.status_code == 200, sent.text
+        items = client.get(f"{V1}/responses/{sent.json()['id']}/input_items", headers=MALLORY)
+        assert items.status_code == 200
+        assert items.json()["data"][0]["content"][0]["text"] == "/link"
+    assert code.group() not in stored_text(tmp_path / "state.db")

@@ -71,8 +71,13 @@ def _call_factory(factory: Any, reference: str, configuration_error: type[Except
         raise SystemExit(f"agenthost: {reference} is misconfigured: {error}") from None
 
 
-class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
-    """Defaults shown in --help."""
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """``--help`` shows each option's default (when it has one)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        if action.default is None:
+            return action.help
+        return super()._get_help_string(action)
 
 
 def _add_serving_options(parser: argparse.ArgumentParser, default_port: int) -> None:
@@ -94,7 +99,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="agenthost",
         description="agenthost: serve a host, run the demo, manage deliveries.",
-        formatter_class=_HelpFormatter,
+        formatter_class=HelpFormatter,
     )
     commands = parser.add_subparsers(dest="command", required=True)
     serve = commands.add_parser(
@@ -102,7 +107,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="serve a Host given as module:attribute",
         description="Serve a Host given as module:attribute (the module is imported from "
         "the working directory first). SIGINT or SIGTERM stops it gracefully.",
-        formatter_class=_HelpFormatter,
+        formatter_class=HelpFormatter,
     )
     serve.add_argument("target", help="module:attribute naming a Host or a factory of one")
     _add_serving_options(serve, 8000)
@@ -110,7 +115,7 @@ def build_parser() -> argparse.ArgumentParser:
         "demo",
         help="serve the demo agent (no network or key needed)",
         description="Serve the demo agent (no network or key needed) on the SQLite store.",
-        formatter_class=_HelpFormatter,
+        formatter_class=HelpFormatter,
     )
     demo.add_argument("--state-dir", default=".agenthost", help="where the SQLite store lives")
     _add_serving_options(demo, 8000)

@@ -226,9 +226,17 @@ def check_host_configuration(
 
 
 def _check_target(target: object) -> None:
-    plain = inspect.isfunction(target) or inspect.ismethod(target)
-    if not (plain or isinstance(target, functools.partial)) or _is_async(target):
-        return  # an agent, a workflow, or a callable object the adapter checks itself
+    function: object = target
+    if not (
+        inspect.isfunction(target)
+        or inspect.ismethod(target)
+        or isinstance(target, functools.partial)
+    ):
+        if not callable(target) or callable(getattr(target, "run", None)):
+            return  # an agent or a workflow (anything with run()); the adapter checks it
+        function = type(target).__call__  # a callable object: its __call__ decides
+    if _is_async(function):
+        return
     name = getattr(target, "__name__", repr(target))
     raise ConfigurationError(
         f"the target {name} is a synchronous function; the host runs an async function "

@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import signal
 import socket
+import threading
 from collections.abc import Awaitable, Callable, Sequence
 from functools import partial
 from typing import Any, Literal
@@ -76,7 +77,14 @@ STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 
 async def serve_until_signalled(app: Any, config: Config) -> None:
-    """Serve until the first SIGINT or SIGTERM, then shut down gracefully."""
+    """Serve until the first SIGINT or SIGTERM, then shut down gracefully.
+
+    Signals reach only the main thread: served from another thread, the server runs until
+    the process ends.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        await serve_app(app, config, shutdown_trigger=anyio.sleep_forever)
+        return
     with anyio.open_signal_receiver(*STOP_SIGNALS) as received:
 
         async def first_signal() -> None:

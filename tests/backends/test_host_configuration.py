@@ -50,6 +50,11 @@ def sync_reply(messages: list[HostMessage]) -> str:
     return "never awaited"
 
 
+class SyncReplier:
+    def __call__(self, messages: list[HostMessage]) -> str:
+        return "no"
+
+
 class Replier:
     def sync(self, messages: list[HostMessage]) -> str:
         return "no"
@@ -65,8 +70,9 @@ class Replier:
         lambda messages: "a lambda",
         functools.partial(sync_reply),
         Replier().sync,
+        SyncReplier(),
     ],
-    ids=["def", "lambda", "partial", "method"],
+    ids=["def", "lambda", "partial", "method", "callable object"],
 )
 def test_a_synchronous_function_target_is_refused(tmp_path: Path, target: Any) -> None:
     refused(tmp_path, "synchronous function", "async def", target=target)

@@ -2,56 +2,38 @@
 
 ``agenthost serve module:attribute`` imports a ``Host`` (or a function returning one) and
 serves it; ``agenthost demo`` serves the demo agent on the SQLite default. Logs are JSON
-lines on stderr, carrying ids and outcomes, never message content or secrets.
+lines on stderr (``backends.logs``), carrying ids and outcomes, never message content or
+secrets. SIGINT and SIGTERM stop the server gracefully on both backends.
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib
-import json
-import logging
+import inspect
+import os
 import sys
 from collections.abc import Sequence
 from typing import Any
 
-_STANDARD_LOG_FIELDS = frozenset(vars(logging.makeLogRecord({})).keys()) | {"message", "asctime"}
-
-
-class JsonLogFormatter(logging.Formatter):
-    """One JSON object a line: time, level, logger, message and the record's extra fields."""
-
-    def format(self, record: logging.LogRecord) -> str:
-        entry: dict[str, Any] = {
-            "time": round(record.created, 3),
-            "level": record.levelname.lower(),
-            "logger": record.name,
-            "message": record.getMessage(),
-        }
-        for key, value in vars(record).items():
-            if key not in _STANDARD_LOG_FIELDS and not key.startswith("_"):
-                entry[key] = value
-        if record.exc_info:
-            entry["exception"] = self.formatException(record.exc_info)
-        return json.dumps(entry, default=str)
-
-
-def configure_logging(level: str) -> None:
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(JsonLogFormatter())
-    root = logging.getLogger("agenthost")
-    root.handlers[:] = [handler]
-    root.setLevel(level.upper())
-    root.propagate = False
+from agenthost.backends.logs import JsonLogFormatter as JsonLogFormatter
+from agenthost.backends.logs import configure_logging
 
 
 def load_host(reference: str) -> Any:
-    """Import ``module:attribute``; call it first if it is a factory."""
+    """Import ``module:attribute``; call it first if it is a factory (no arguments).
+
+    The working directory is put first on the import path, as other ASGI servers do, so
+    ``agenthost serve mymodule:host`` works from the module's folder.
+    """
+    from agenthost.backends.configuration import ConfigurationError
     from agenthost.backends.host import Host
 
     module_name, _, attribute = reference.partition(":")
     if not module_name or not attribute:
         raise SystemExit(f"agenthost: expected module:attribute, got {reference!r}")
+    if os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
     try:
         module = importlib.import_module(module_name)
     except ImportError as error:
@@ -61,26 +43,80 @@ def load_host(reference: str) -> Any:
     except AttributeError:
         raise SystemExit(f"agenthost: {module_name!r} has no attribute {attribute!r}") from None
     if not isinstance(value, Host) and callable(value):
-        value = value()
+        value = _call_factory(value, reference, ConfigurationError)
     if not isinstance(value, Host):
-        raise SystemExit(f"agenthost: {reference} is {type(value).__name__}, not a Host")
+        raise SystemExit(
+            f"agenthost: {reference} is a {type(value).__name__}, not a Host (or a function "
+            "returning one)"
+        )
     return value
 
 
+def _call_factory(factory: Any, reference: str, configuration_error: type[Exception]) -> Any:
+    not_a_factory = (
+        f"agenthost: {reference} is not a Host nor a factory of one (a function taking no "
+        "arguments and returning a Host)"
+    )
+    if inspect.iscoroutinefunction(factory) or inspect.isasyncgenfunction(factory):
+        raise SystemExit(f"{not_a_factory}; it is an async function (a target?)")
+    try:
+        inspect.signature(factory).bind()
+    except TypeError:
+        raise SystemExit(f"{not_a_factory}; it needs arguments") from None
+    except ValueError:
+        pass  # no signature to inspect (a builtin): just call it
+    try:
+        return factory()
+    except configuration_error as error:
+        raise SystemExit(f"agenthost: {reference} is misconfigured: {error}") from None
+
+
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """``--help`` shows each option's default (when it has one)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        if action.default is None:
+            return action.help
+        return super()._get_help_string(action)
+
+
 def _add_serving_options(parser: argparse.ArgumentParser, default_port: int) -> None:
-    parser.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
+    parser.add_argument("--host", default="127.0.0.1", help="address to bind")
     parser.add_argument("--port", type=int, default=default_port, help="port to bind")
-    parser.add_argument("--backend", choices=("asyncio", "trio"), default="asyncio")
-    parser.add_argument("--log-level", default="info")
+    parser.add_argument(
+        "--backend", choices=("asyncio", "trio"), default="asyncio", help="event loop"
+    )
+    parser.add_argument(
+        "--log-level",
+        default="info",
+        type=str.lower,
+        choices=("debug", "info", "warning", "error"),
+        help="lowest level logged (JSON lines on stderr)",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="agenthost", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="agenthost",
+        description="agenthost: serve a host, run the demo, manage deliveries.",
+        formatter_class=HelpFormatter,
+    )
     commands = parser.add_subparsers(dest="command", required=True)
-    serve = commands.add_parser("serve", help="serve a Host given as module:attribute")
+    serve = commands.add_parser(
+        "serve",
+        help="serve a Host given as module:attribute",
+        description="Serve a Host given as module:attribute (the module is imported from "
+        "the working directory first). SIGINT or SIGTERM stops it gracefully.",
+        formatter_class=HelpFormatter,
+    )
     serve.add_argument("target", help="module:attribute naming a Host or a factory of one")
     _add_serving_options(serve, 8000)
-    demo = commands.add_parser("demo", help="serve the demo agent (no network or key needed)")
+    demo = commands.add_parser(
+        "demo",
+        help="serve the demo agent (no network or key needed)",
+        description="Serve the demo agent (no network or key needed) on the SQLite store.",
+        formatter_class=HelpFormatter,
+    )
     demo.add_argument("--state-dir", default=".agenthost", help="where the SQLite store lives")
     _add_serving_options(demo, 8000)
     from agenthost import cli_deliveries
@@ -105,7 +141,8 @@ def main(argv: Sequence[str] | None = None) -> None:
             "agenthost demo: try\n"
             f"  curl -s {base}/invocations/invoke -H 'content-type: application/json' "
             '-d \'{"input": "what is 2 + 3"}\'\n'
-            "  python -c \"from openai import OpenAI; print(OpenAI("
+            "  pip install openai  # the OpenAI client is not part of agenthost; then\n"
+            '  python -c "from openai import OpenAI; print(OpenAI('
             f"base_url='{base}/responses/v1', api_key='any')"
             ".responses.create(model='demo', input='what is 2 + 3').output_text)\"",
             file=sys.stderr,

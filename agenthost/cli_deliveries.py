@@ -24,21 +24,31 @@ from agenthost.stores.sqlite import SQLiteStore
 
 
 def add_parser(commands: Any) -> None:
-    parser = commands.add_parser("deliveries", help="list, show, replay or purge deliveries")
+    from agenthost.cli import HelpFormatter  # --help shows each default
+
+    parser = commands.add_parser(
+        "deliveries", help="list, show, replay or purge deliveries", formatter_class=HelpFormatter
+    )
     actions = parser.add_subparsers(dest="action", required=True)
-    listing = actions.add_parser("list", help="deliveries, oldest first (no message text)")
+    listing = actions.add_parser(
+        "list", help="deliveries, oldest first (no message text)", formatter_class=HelpFormatter
+    )
     listing.add_argument(
         "--status",
         action="append",
         choices=[s.value for s in DeliveryStatus],
-        help="only these statuses (repeatable; default all)",
+        help="only these statuses (repeatable; all when not given)",
     )
-    listing.add_argument("--limit", type=int, default=100)
-    show = actions.add_parser("show", help="one delivery, with its messages")
+    listing.add_argument("--limit", type=int, default=100, help="at most this many")
+    show = actions.add_parser(
+        "show", help="one delivery, with its messages", formatter_class=HelpFormatter
+    )
     show.add_argument("delivery_id")
-    replay = actions.add_parser("replay", help="send a dead or unknown delivery again")
+    replay = actions.add_parser(
+        "replay", help="send a dead or unknown delivery again", formatter_class=HelpFormatter
+    )
     replay.add_argument("delivery_id")
-    actions.add_parser("purge", help="delete the dead letters")
+    actions.add_parser("purge", help="delete the dead letters", formatter_class=HelpFormatter)
     for sub in (listing, show, replay, actions.choices["purge"]):
         sub.add_argument("--state-dir", default=".agenthost", help="the host's state_dir")
         sub.add_argument("--db", default=None, help="the SQLite file (overrides --state-dir)")

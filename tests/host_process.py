@@ -28,17 +28,35 @@ def free_port() -> int:
         sock.close()
 
 
+def _ignore_sigint() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
 @contextmanager
 def host_process(
-    target: str, port: int, env: Mapping[str, str]
+    target: str,
+    port: int,
+    env: Mapping[str, str],
+    *,
+    ignore_sigint: bool = False,
+    stderr: int | None = subprocess.DEVNULL,
+    cwd: Path = REPO,
 ) -> Iterator[subprocess.Popen[bytes]]:
-    """Serve ``target`` (``module:factory``) on ``port``; yield the process."""
+    """Serve ``target`` (``module:factory``) on ``port``; yield the process.
+
+    ``ignore_sigint``: start it with SIGINT ignored, as a non-interactive shell starts a
+    background job.
+    """
     command = [
         sys.executable, "-m", "agenthost", "serve", target,
         "--port", str(port), "--backend", BACKEND, "--log-level", "warning",
     ]  # fmt: skip
     process = subprocess.Popen(
-        command, cwd=REPO, env={**os.environ, **env}, stderr=subprocess.DEVNULL
+        command,
+        cwd=cwd,
+        env={**os.environ, **env},
+        stderr=stderr,
+        preexec_fn=_ignore_sigint if ignore_sigint else None,
     )
     try:
         yield process

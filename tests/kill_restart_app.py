@@ -31,4 +31,5 @@ def build_host() -> Host:
         state_dir=state_dir,
         lease_seconds=1.0,
         background_max_attempts=int(os.environ["KILL_TEST_MAX_ATTEMPTS"]),
+        shutdown_grace_seconds=float(os.environ.get("KILL_TEST_GRACE_SECONDS", "10")),
     )

@@ -1,9 +1,16 @@
 """Bounded request bodies, shared by the channels.
 
-A body is read only up to a limit. An oversized one is answered 413 at once, and the
-response then reads and drops the rest (bounded in bytes and time): a client that waits for
-the answer sees it early, and one that writes its whole body first is not cut off mid-write
-and still reads the 413 instead of a reset connection.
+A body is read only up to a size limit and within a time limit (the server times out
+slow headers, not slow bodies, so a client trickling its body would otherwise hold a
+request open for ever). An oversized one is answered 413 at once, and the response then
+reads and drops the rest (bounded in bytes and time): a client that waits for the answer
+sees it early, and one that writes its whole body first is not cut off mid-write and still
+reads the 413 instead of a reset connection. A body that is too slow is answered 408; a
+declared content type that is not JSON, where JSON is expected, 415. A client that goes
+away mid-body is :class:`ClientGone`: nobody is left to answer, so it is a debug line.
+
+Each refusal is a :class:`BodyRefused` with its status; the channel renders it in its own
+protocol's error shape.
 """
 
 from __future__ import annotations
@@ -12,30 +19,110 @@ from collections.abc import Mapping
 from typing import Any
 
 import anyio
-from starlette.requests import Request
-from starlette.responses import JSONResponse
+from starlette.requests import ClientDisconnect, Request
+from starlette.responses import JSONResponse, Response
 from starlette.types import Receive, Scope, Send
 
 DRAIN_BYTES = 8 * 1024 * 1024
 DRAIN_SECONDS = 10.0
+BODY_SECONDS = 30.0
 
 
-class BodyTooLarge(Exception):
+class BodyRefused(Exception):
+    """A body the host will not read: answer ``status`` with ``message`` (caller-safe)."""
+
+    status = 400
+    code = "invalid_body"
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+    def response(self, content: Any, headers: Mapping[str, str] | None = None) -> Response:
+        """The answer, with ``content`` in the channel's error shape."""
+        return JSONResponse(content, status_code=self.status, headers=headers)
+
+
+class BodyTooLarge(BodyRefused):
+    status = 413
+    code = "request_too_large"
+
     def __init__(self, limit: int) -> None:
         super().__init__(f"The request body exceeds {limit} bytes.")
         self.limit = limit
 
+    def response(self, content: Any, headers: Mapping[str, str] | None = None) -> Response:
+        return OversizedBodyResponse(content, headers=headers)
 
-async def read_limited(request: Request, limit: int) -> bytes:
-    """The whole body, or :class:`BodyTooLarge` as soon as it passes ``limit`` bytes."""
+
+class BodyTimedOut(BodyRefused):
+    status = 408
+    code = "request_timeout"
+
+    def __init__(self, seconds: float) -> None:
+        super().__init__(f"The request body did not arrive within {seconds:g} seconds.")
+
+    def response(self, content: Any, headers: Mapping[str, str] | None = None) -> Response:
+        # The rest of the body may still be on its way: this connection cannot be reused.
+        return JSONResponse(
+            content, status_code=self.status, headers={**(headers or {}), "connection": "close"}
+        )
+
+
+class UnsupportedMediaType(BodyRefused):
+    status = 415
+    code = "unsupported_media_type"
+
+    def __init__(self) -> None:
+        super().__init__("The request body must be JSON (content-type: application/json).")
+
+
+class ClientGone(Exception):
+    """The client disconnected before its body arrived: there is no one to answer."""
+
+
+def require_json(request: Request) -> None:
+    """Refuse a declared content type that is not JSON (none declared is taken as JSON)."""
+    declared = request.headers.get("content-type")
+    if declared is None:
+        return
+    media_type = declared.split(";", 1)[0].strip().lower()
+    if media_type != "application/json" and not (
+        media_type.startswith("application/") and media_type.endswith("+json")
+    ):
+        raise UnsupportedMediaType()
+
+
+async def read_json_body(request: Request, limit: int, *, within: float = BODY_SECONDS) -> bytes:
+    """A JSON body's bytes (the codec parses them): :func:`require_json`, then
+    :func:`read_limited`."""
+    require_json(request)
+    return await read_limited(request, limit, within=within)
+
+
+async def read_limited(request: Request, limit: int, *, within: float = BODY_SECONDS) -> bytes:
+    """The whole body, or :class:`BodyTooLarge` as soon as it passes ``limit`` bytes,
+    :class:`BodyTimedOut` when it takes longer than ``within`` seconds, :class:`ClientGone`
+    when the client disconnects first."""
     declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > limit:
+    if declared is not None and declared.isascii() and declared.isdigit() and int(declared) > limit:
         raise BodyTooLarge(limit)
     body = bytearray()
-    async for chunk in request.stream():
-        body += chunk
-        if len(body) > limit:
-            raise BodyTooLarge(limit)
+    stream = request.stream()
+    try:
+        with anyio.fail_after(within):
+            async for chunk in stream:
+                body += chunk
+                if len(body) > limit:
+                    raise BodyTooLarge(limit)
+    except TimeoutError:
+        raise BodyTimedOut(within) from None
+    except ClientDisconnect:
+        raise ClientGone() from None
+    finally:
+        # Left open, the generator is finalized by the garbage collector instead (a
+        # ResourceWarning under trio).
+        await stream.aclose()
     return bytes(body)
 
 

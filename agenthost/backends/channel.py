@@ -19,6 +19,16 @@ A channel declares its access and linking settings as class or instance attribut
 - ``provides_verified_claims``: the channel records verified claims through
   ``Host.link_verified_claims`` (an OpenID Connect link channel): it is a claim source
   and a way to link.
+- ``authenticates_callers``: ``False`` when the channel cannot tell its callers apart
+  (every caller is the same identity, e.g. Invocations without ``authenticate=``). Then
+  linking, an allowlist or ``require_link`` on it would admit every caller once one is
+  admitted, so ``Host(...)`` refuses them unless ``allow_unauthenticated_access_control``
+  is ``True`` (the application's explicit opt-in).
+
+A channel whose callers can mint new identities at will (fresh bearer keys, anonymous
+callers) records where each request came from in the identity's attributes under
+``SOURCE_ATTRIBUTE`` (:func:`source_attributes`), so that limits on failed link codes
+hold per source and not only per identity (``link_codes`` rule 5).
 
 A request whose ``response_target`` is not ``originating`` (a caller chose where the
 reply goes) must go to ``run_in_background`` (``turns.runs_in_background`` says which):
@@ -40,8 +50,11 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Literal, Protocol, runtime_checkable
 
 from starlette.middleware import Middleware
+from starlette.requests import HTTPConnection
 from starlette.routing import BaseRoute
 
+from agenthost.backends.linking import SOURCE_ATTRIBUTE
+from agenthost.sansio_core import background, commands
 from agenthost.sansio_core.authorization import Allowlist
 from agenthost.sansio_core.background import RunRecord
 from agenthost.sansio_core.link_policy import DEFAULT_TIER
@@ -110,7 +123,14 @@ class HostServices(Protocol):
         self, request: ChannelRequest, *, protocol_request: Any = None
     ) -> ContinuationToken | TurnRefused: ...
 
-    async def get_continuation(self, token: str) -> ContinuationToken | None: ...
+    async def get_continuation(self, token: str) -> ContinuationToken | None:
+        """The run's token, whoever asks: a poll or cancel route answers a caller through
+        :func:`owned_continuation` / :func:`cancel_owned_continuation` instead."""
+        ...
+
+    async def get_run_record(self, token: str) -> RunRecord | None:
+        """The stored run (its request, so its owner), or ``None`` (missing or expired)."""
+        ...
 
     async def cancel_continuation(self, token: str) -> ContinuationToken | None: ...
 
@@ -155,6 +175,8 @@ class Channel(abc.ABC):
     offers_link_commands: bool = True
     bot_name: str | None = None
     provides_verified_claims: bool = False
+    authenticates_callers: bool = True
+    allow_unauthenticated_access_control: bool = False
 
     @abc.abstractmethod
     def routes(self, host: HostServices) -> Sequence[BaseRoute]:
@@ -183,4 +205,50 @@ class Channel(abc.ABC):
         """A background run this channel started reached a final status (already stored)."""
 
 
-__all__ = ["Channel", "HostServices", "ResolvedTurn", "TargetFeatures"]
+def source_attributes(connection: HTTPConnection) -> dict[str, str]:
+    """``{SOURCE_ATTRIBUTE: client address}`` for a request's identity (empty if unknown)."""
+    client = connection.client
+    return {SOURCE_ATTRIBUTE: client.host} if client is not None and client.host else {}
+
+
+def host_command_of(host: HostServices, request: ChannelRequest) -> commands.ParsedCommand | None:
+    """The host command (``/link`` ...) ``request`` carries on its channel, if any.
+
+    A command is answered at once and never queued, so a channel asked to run one in the
+    background answers it in the foreground instead; its reply (a link code, say) then
+    exists only in that one answer.
+    """
+    names = {command.name for command in host.command_catalog(request.channel)}
+    return commands.command_named(request, names, bot_name=None)
+
+
+async def owned_continuation(
+    host: HostServices, token: str, caller: ChannelIdentity
+) -> ContinuationToken | None:
+    """The run ``token`` names if ``caller`` owns it (``background.is_owned_by``), else
+    ``None``: answer that "not found", exactly as for a token that does not exist."""
+    record = await host.get_run_record(token)
+    if record is None or not background.is_owned_by(record, caller):
+        return None
+    return record.to_token()
+
+
+async def cancel_owned_continuation(
+    host: HostServices, token: str, caller: ChannelIdentity
+) -> ContinuationToken | None:
+    """Cancel the run ``token`` names if ``caller`` owns it; ``None`` (not found) otherwise."""
+    if await owned_continuation(host, token, caller) is None:
+        return None
+    return await host.cancel_continuation(token)
+
+
+__all__ = [
+    "SOURCE_ATTRIBUTE",
+    "Channel",
+    "HostServices",
+    "ResolvedTurn",
+    "cancel_owned_continuation",
+    "host_command_of",
+    "owned_continuation",
+    "source_attributes",
+]

@@ -1,17 +1,24 @@
-"""The host's identity configuration, checked and resolved once, when ``Host`` is built.
+"""The host's configuration, checked and resolved once, when ``Host`` is built.
 
-It turns the host's and the channels' settings (allowlists, ``require_link``, linkers,
-the link policy, confidentiality tiers, command opt-outs) into the values the core
+Identity: the host's and the channels' settings (allowlists, ``require_link``, linkers,
+the link policy, confidentiality tiers, command opt-outs) become the values the core
 decides with: ``authorization.AccessSettings``, ``commands.CommandCatalog`` and
 ``link_policy.LinkRules``. A setting that cannot work raises :class:`ConfigurationError`
 here, at start-up, naming the setting and the remedy, instead of failing a request later.
+
+The host as a whole (``check_host_configuration``, at the end): its target, its channels
+and their routes, and access control on channels that cannot tell their callers apart.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+import functools
+import inspect
+import re
+from collections.abc import Callable, Iterable, Sequence
 
 import attrs
+from starlette.routing import BaseRoute, Mount, Route, WebSocketRoute
 
 from agenthost.backends.channel import INHERIT, Channel
 from agenthost.backends.linking import IdentityLinker
@@ -184,3 +191,127 @@ def _check_access(access: ChannelAccess, where: str, names: frozenset[str]) -> N
 def _listing(names: Iterable[str]) -> str:
     ordered = sorted(names)
     return ", ".join(map(repr, ordered)) if ordered else "none"
+
+
+# --- the host as a whole: target, channels and routes ----------------------------------
+# Checked by ``Host.__init__`` once the identity settings above are resolved.
+
+
+def check_host_configuration(
+    target: object,
+    channels: Sequence[Channel],
+    identities: IdentityConfiguration,
+    routes: Callable[[Channel], Sequence[BaseRoute]],
+) -> None:
+    """Refuse a host that could not serve as configured, naming the fix:
+
+    1. a host without channels (nothing could ever reach the target);
+    2. a synchronous function as the target (it would fail every run);
+    3. two channels answering the same route (the second would be unreachable);
+    4. linking, an allowlist or ``require_link`` on a channel that does not authenticate
+       its callers, unless the channel opts in (every caller there is one identity, so
+       once one is admitted, all are).
+
+    ``routes(channel)`` builds a channel's routes, as the app will.
+    """
+    if not channels:
+        raise ConfigurationError(
+            "a Host needs at least one channel: pass channels=[...] (e.g. "
+            "InvocationsChannel() from agenthost.channels.invocations, or ResponsesChannel())"
+        )
+    _check_target(target)
+    _check_routes(channels, routes)
+    for channel in channels:
+        _check_caller_authentication(channel, identities)
+
+
+def _check_target(target: object) -> None:
+    function: object = target
+    if not (
+        inspect.isfunction(target)
+        or inspect.ismethod(target)
+        or isinstance(target, functools.partial)
+    ):
+        if not callable(target) or callable(getattr(target, "run", None)):
+            return  # an agent or a workflow (anything with run()); the adapter checks it
+        function = type(target).__call__  # a callable object: its __call__ decides
+    if _is_async(function):
+        return
+    name = getattr(target, "__name__", repr(target))
+    raise ConfigurationError(
+        f"the target {name} is a synchronous function; the host runs an async function "
+        "taking the list of messages (async def reply(messages) -> str, or an async "
+        "generator of text chunks), an Agent Framework Agent or a Workflow: make it async def"
+    )
+
+
+def _is_async(function: object) -> bool:
+    return inspect.iscoroutinefunction(function) or inspect.isasyncgenfunction(function)
+
+
+_PARAMETER = re.compile(r"{[^}]*}")
+
+
+def _check_routes(
+    channels: Sequence[Channel], routes: Callable[[Channel], Sequence[BaseRoute]]
+) -> None:
+    taken: dict[tuple[str, str], str] = {("/readiness", "GET"): "the host (/readiness)"}
+    mounts: list[tuple[str, str]] = []
+    for channel in channels:
+        for route in routes(channel):
+            for key in _route_keys(route):
+                owner = taken.get(key)
+                if owner is not None and owner != f"channel {channel.name!r}":
+                    raise ConfigurationError(
+                        f"channel {channel.name!r} and {owner} both answer {key[1]} {key[0]}; "
+                        "the second would never be reached: give one of them another mount= "
+                        "(or prefix)"
+                    )
+                taken[key] = f"channel {channel.name!r}"
+            if isinstance(route, Mount):
+                mounts.append((route.path, channel.name))
+    for prefix, name in mounts:
+        for path, method in taken:
+            owner = taken[(path, method)]
+            inside = path == prefix or path.startswith(prefix + "/")
+            if inside and owner != f"channel {name!r}":
+                raise ConfigurationError(
+                    f"channel {name!r} mounts {prefix} and {owner} answers {method} {path} "
+                    "inside it: give one of them another mount= (or prefix)"
+                )
+
+
+def _route_keys(route: BaseRoute) -> list[tuple[str, str]]:
+    if isinstance(route, Route):
+        path = _PARAMETER.sub("{}", route.path)
+        return [(path, method) for method in sorted(route.methods or {"GET"}) if method != "HEAD"]
+    if isinstance(route, WebSocketRoute):
+        return [(_PARAMETER.sub("{}", route.path), "WEBSOCKET")]
+    if isinstance(route, Mount):
+        return [(_PARAMETER.sub("{}", route.path), "MOUNT")]
+    return []
+
+
+def _check_caller_authentication(channel: Channel, identities: IdentityConfiguration) -> None:
+    if channel.authenticates_callers or channel.allow_unauthenticated_access_control:
+        return
+    access = identities.access.for_channel(channel.name)
+    linking = bool(identities.linkers) and channel.offers_link_commands
+    settings = [
+        name
+        for name, used in (
+            ("linking (/link, from linker=)", linking),
+            ("an allowlist", access.allowlist is not None),
+            ("require_link", access.require_link),
+        )
+        if used
+    ]
+    if settings:
+        raise ConfigurationError(
+            f"channel {channel.name!r} does not authenticate its callers (every caller is the "
+            f"same identity), so {' and '.join(settings)} there would admit every caller once "
+            "one is admitted: authenticate them (e.g. InvocationsChannel(authenticate=...) or "
+            "trust_platform_headers=True), turn it off for this channel (allowlist=None, "
+            "require_link=False, offers_link_commands=False), or pass "
+            "allow_unauthenticated_access_control=True to the channel if that is intended"
+        )

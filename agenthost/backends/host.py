@@ -30,7 +30,7 @@ from starlette.routing import BaseRoute, Route
 from agenthost.backends.asyncio_bridge import AsyncioBridge
 from agenthost.backends.channel import Channel
 from agenthost.backends.configuration import ConfigurationError as ConfigurationError
-from agenthost.backends.configuration import identity_configuration
+from agenthost.backends.configuration import check_host_configuration, identity_configuration
 from agenthost.backends.destinations import DeliveryRouter
 from agenthost.backends.interpreter import (
     IdentityResolver,
@@ -68,7 +68,7 @@ log = logging.getLogger("agenthost.host")
 #: non-originating ``response_target`` on the wire?
 WireTargetPolicy = Callable[[Any, ChannelIdentity], bool]
 
-_CHANNEL_NAME = re.compile(r"^[a-z][a-z0-9_-]{0,31}$")
+_CHANNEL_NAME = re.compile(r"[a-z][a-z0-9_-]{0,31}")  # fullmatch: "$" accepts a final "\n"
 
 
 class HostNotRunning(RuntimeError):
@@ -216,6 +216,9 @@ class Host:
             target_object=target,
             linkers=self.linkers,
         )
+        # --- construction-time checks of the whole host (backends.configuration) ---
+        check_host_configuration(target, self.channels, identities, lambda c: c.routes(self))
+        # --- end of construction-time checks ---
         for bound in self.linkers:
             bound.bind(self)
         self._bot_names = {channel.name: channel.bot_name for channel in channels}
@@ -833,7 +836,7 @@ def _check_channels(channels: Sequence[Channel]) -> None:
                 f"{channel!r} is not a Channel; channels come from agenthost.channels.*"
             )
         name = getattr(channel, "name", None)
-        if not isinstance(name, str) or not _CHANNEL_NAME.match(name):
+        if not isinstance(name, str) or not _CHANNEL_NAME.fullmatch(name):
             raise ConfigurationError(
                 f"channel name {name!r} must be 1-32 lowercase letters, digits, '-' or '_'"
             )

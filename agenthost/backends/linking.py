@@ -20,13 +20,14 @@ from __future__ import annotations
 import abc
 import logging
 import secrets
+from collections import OrderedDict
 from collections.abc import Collection
 from typing import TYPE_CHECKING, Protocol
 
 from agenthost.sansio_core import link_codes
 from agenthost.sansio_core.link_codes import AttemptLimit, CodeLimits
 from agenthost.sansio_core.link_policy import LinkRules
-from agenthost.sansio_core.linking import LinkChallenge, LinkResult
+from agenthost.sansio_core.linking import LinkChallenge, LinkReason, LinkResult
 from agenthost.sansio_core.types import ChannelIdentity
 
 if TYPE_CHECKING:
@@ -35,6 +36,10 @@ if TYPE_CHECKING:
 log = logging.getLogger("agenthost.linking")
 
 _MAX_DRAWS = 8  # fresh codes drawn when a locator is taken (each try is 1 in 2**20 unlucky)
+_MAX_SOURCES = 10_000  # per-source counters kept in memory (the least recent go first)
+#: The identity attribute a channel sets to where a request came from (the client address),
+#: for channels whose callers can mint identities at will (``channel.SOURCE_ATTRIBUTE``).
+SOURCE_ATTRIBUTE = "source"
 
 
 class LinkingServices(Protocol):
@@ -115,9 +120,11 @@ class OneTimeCodeLinker(IdentityLinker):
     """Link by a one-time code: ``/link`` shows a code, ``/link CODE`` elsewhere uses it.
 
     ``ttl_seconds``: how long a code lives. ``max_attempts_per_code``: wrong secrets a code
-    takes before it locks. ``per_identity`` / ``overall``: failed attempts tolerated per
-    completing identity and over the whole host within a window, before a cool-down
-    refuses every attempt (see ``sansio_core/link_codes.py``).
+    takes before it locks. ``per_identity`` / ``per_source`` / ``overall``: failed attempts
+    tolerated per completing identity, per source (the client address a channel records
+    for identities its callers can mint at will, such as fresh bearer keys) and over the
+    whole host within a window, before a cool-down refuses every attempt (see
+    ``sansio_core/link_codes.py``, rule 5). Source counters are kept in this process.
 
     For :meth:`complete` the challenge id is the code's locator and the proof its secret;
     :meth:`complete_code` takes the code as the user typed it.
@@ -132,6 +139,7 @@ class OneTimeCodeLinker(IdentityLinker):
         ttl_seconds: float = 600.0,
         max_attempts_per_code: int = 5,
         per_identity: AttemptLimit | None = None,
+        per_source: AttemptLimit | None = None,
         overall: AttemptLimit | None = None,
     ) -> None:
         defaults = CodeLimits()
@@ -139,8 +147,10 @@ class OneTimeCodeLinker(IdentityLinker):
             ttl_seconds=ttl_seconds,
             max_attempts=max_attempts_per_code,
             per_identity=per_identity or defaults.per_identity,
+            per_source=per_source or defaults.per_source,
             overall=overall or defaults.overall,
         )
+        self._sources: OrderedDict[str, link_codes.AttemptCounter] = OrderedDict()
 
     async def begin(self, identity: ChannelIdentity) -> LinkChallenge:
         host = self.linking_host
@@ -172,6 +182,14 @@ class OneTimeCodeLinker(IdentityLinker):
         if identity is None:
             raise ValueError("a one-time code is completed by the identity that sends it")
         host = self.linking_host
+        source = identity.attributes.get(SOURCE_ATTRIBUTE)
+        scope = link_codes.source_scope(source) if isinstance(source, str) and source else None
+        if scope is not None and self._source_counter(scope).is_locked(host.now()):
+            log.info(
+                "link code attempt",
+                extra={"channel": identity.channel, "reason": LinkReason.RATE_LIMITED.value},
+            )
+            return LinkResult(False, None, LinkReason.RATE_LIMITED)
         result = await host.store.attempt_link_code(
             identity,
             challenge_id,
@@ -180,12 +198,26 @@ class OneTimeCodeLinker(IdentityLinker):
             limits=self.limits,
             rules=host.link_rules,
         )
+        if scope is not None and result.reason is LinkReason.WRONG_CODE:
+            counter = self._source_counter(scope)
+            self._sources[scope] = link_codes.after_failure(
+                counter, self.limits.per_source, host.now()
+            )
         # The reason code only: never the code, its locator or the identity's claims.
         log.info(
             "link code attempt",
             extra={"channel": identity.channel, "reason": result.reason.value},
         )
         return result
+
+    def _source_counter(self, scope: str) -> link_codes.AttemptCounter:
+        counter = self._sources.pop(scope, None)
+        if counter is None or link_codes.counter_is_expired(counter, self.linking_host.now()):
+            counter = link_codes.AttemptCounter(scope)
+        self._sources[scope] = counter  # the most recent last; the oldest are dropped
+        while len(self._sources) > _MAX_SOURCES:
+            self._sources.popitem(last=False)
+        return counter
 
     async def complete_code(self, identity: ChannelIdentity, code: str) -> LinkResult | None:
         """Complete with a code as typed; ``None`` when the text cannot be a code."""

@@ -1,8 +1,18 @@
-"""Serving the host's ASGI app with Hypercorn, under asyncio or trio."""
+"""Serving the host's ASGI app with Hypercorn, under asyncio or trio.
+
+SIGINT and SIGTERM stop the server the same way on both backends: Hypercorn stops taking
+connections and finishes the ones in flight, then the app's lifespan drains the host
+(``Host.running``). Hypercorn installs signal handlers only under asyncio, so the handling
+is ours (anyio's signal receiver), which also takes a SIGINT that a non-interactive parent
+left ignored. Logs are the host's JSON lines (``backends.logs``), Hypercorn's included.
+"""
 
 from __future__ import annotations
 
+import logging
+import signal
 import socket
+import threading
 from collections.abc import Awaitable, Callable, Sequence
 from functools import partial
 from typing import Any, Literal
@@ -11,6 +21,7 @@ import anyio
 from hypercorn.config import Config
 
 from agenthost.backends.asyncio_bridge import running_on_asyncio
+from agenthost.backends.logs import application_configured_logging, configure_logging
 
 Backend = Literal["asyncio", "trio"]
 
@@ -21,8 +32,9 @@ def hypercorn_config(
     config = Config()
     config.bind = list(bind)
     config.graceful_timeout = graceful_timeout
-    config.accesslog = "-" if access_log else None
-    config.errorlog = "-"
+    # Loggers, not "-": Hypercorn would give "-" a plain-text handler of its own.
+    config.accesslog = logging.getLogger("hypercorn.access") if access_log else None
+    config.errorlog = logging.getLogger("hypercorn.error")
     return config
 
 
@@ -44,13 +56,45 @@ async def serve_app(
 
 
 def serve_forever(
-    app: Any, *, host: str, port: int, backend: Backend, graceful_timeout: float
+    app: Any,
+    *,
+    host: str,
+    port: int,
+    backend: Backend,
+    graceful_timeout: float,
+    log_level: str = "info",
 ) -> None:
-    """Block serving ``app`` until SIGINT/SIGTERM (Hypercorn installs the handlers)."""
+    """Block serving ``app`` until SIGINT or SIGTERM, then stop gracefully."""
     if backend not in ("asyncio", "trio"):
         raise ValueError(f"backend must be 'asyncio' or 'trio', not {backend!r}")
+    if not application_configured_logging():
+        configure_logging(log_level)
     config = hypercorn_config(bind=[_bind_address(host, port)], graceful_timeout=graceful_timeout)
-    anyio.run(partial(serve_app, app, config), backend=backend)
+    anyio.run(partial(serve_until_signalled, app, config), backend=backend)
+
+
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+async def serve_until_signalled(app: Any, config: Config) -> None:
+    """Serve until the first SIGINT or SIGTERM, then shut down gracefully.
+
+    Signals reach only the main thread: served from another thread, the server runs until
+    the process ends.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        await serve_app(app, config, shutdown_trigger=anyio.sleep_forever)
+        return
+    with anyio.open_signal_receiver(*STOP_SIGNALS) as received:
+
+        async def first_signal() -> None:
+            async for signum in received:
+                logging.getLogger("agenthost.serving").info(
+                    "stopping", extra={"signal": signal.Signals(signum).name}
+                )
+                return
+
+        await serve_app(app, config, shutdown_trigger=first_signal)
 
 
 def bound_socket(host: str = "127.0.0.1") -> socket.socket:

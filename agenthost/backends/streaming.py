@@ -4,6 +4,11 @@ The producer writes chunks as the target yields updates (nothing is buffered to 
 If the client disconnects, the producer is cancelled, and with it the run: the interpreter
 then releases the session lease without saving. Channels format the chunks; this module
 only moves bytes.
+
+The status line is sent with the first chunk, not before: until then the producer may
+still answer with a plain response of its own (it returns it), so a turn the host refuses
+before anything streamed (a denied caller, a busy or unknown session) gets its real 4xx
+instead of a 200 stream that carries an error.
 """
 
 from __future__ import annotations
@@ -15,7 +20,9 @@ from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
 Emit = Callable[[bytes], Awaitable[None]]
-Producer = Callable[[Emit], Awaitable[None]]
+#: Writes chunks through ``emit``; may return a response to send instead, which is used
+#: only if it emitted nothing.
+Producer = Callable[[Emit], Awaitable[Response | None]]
 
 
 class ProducerResponse(Response):
@@ -42,9 +49,21 @@ class ProducerResponse(Response):
         ]
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        await send(
-            {"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers}
-        )
+        started = False
+        instead: Response | None = None
+
+        async def start() -> None:
+            nonlocal started
+            if not started:
+                started = True
+                await send(
+                    {
+                        "type": "http.response.start",
+                        "status": self.status_code,
+                        "headers": self.raw_headers,
+                    }
+                )
+
         async with anyio.create_task_group() as tasks:
 
             async def watch_disconnect() -> None:
@@ -56,12 +75,19 @@ class ProducerResponse(Response):
 
             async def emit(chunk: bytes) -> None:
                 try:
+                    await start()
                     await send({"type": "http.response.body", "body": chunk, "more_body": True})
                 except OSError:
                     tasks.cancel_scope.cancel()
                     await anyio.lowlevel.checkpoint()
 
             tasks.start_soon(watch_disconnect)
-            await self._produce(emit)
-            await send({"type": "http.response.body", "body": b"", "more_body": False})
+            answer = await self._produce(emit)
+            if answer is not None and not started:
+                instead = answer
+            else:
+                await start()
+                await send({"type": "http.response.body", "body": b"", "more_body": False})
             tasks.cancel_scope.cancel()
+        if instead is not None:
+            await instead(scope, receive, send)

@@ -3,7 +3,9 @@
 An adapter receives the request and the session's stored state, runs the target once, and
 answers the core's ``RunTarget`` effect with the result and the state to save. It streams
 updates to ``on_update`` as the target produces them. Adapters never decide whether to
-save: the core does (only after success).
+save: the core does (only after success). When a target raises, the operator's log gets
+the exception's type and stack (:class:`FailureLogging`), never its message, which may
+quote the user's input.
 
 Function tools a caller declares travel in ``request.options["tools"]`` as dicts in the
 OpenAI function-tool shape (``type: "function"``, ``name``, ``description``,
@@ -20,6 +22,7 @@ import copy
 import inspect
 import json
 import logging
+import traceback
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -46,6 +49,8 @@ log = logging.getLogger("agenthost.targets")
 
 if TYPE_CHECKING:
     from agent_framework import Message
+
+log = logging.getLogger("agenthost.target")
 
 
 @attrs.frozen
@@ -94,6 +99,53 @@ class TargetAdapter(abc.ABC):
         proactive messages in later turns.
         """
         return state
+
+
+class FailureLogging(TargetAdapter):
+    """Wraps an adapter: a failing run is logged with its stack, then fails as before."""
+
+    def __init__(self, inner: TargetAdapter) -> None:
+        self.inner = inner
+
+    async def run(self, call: TargetCall) -> TargetSucceeded:
+        try:
+            return await self.inner.run(call)
+        except Exception as error:
+            log.error(
+                "the target raised",
+                extra={"error_type": _qualified(type(error)), "stack": stack_of(error)},
+            )
+            raise
+
+    async def append_assistant_message(
+        self, state: Mapping[str, Any] | None, text: str
+    ) -> Mapping[str, Any] | None:
+        return await self.inner.append_assistant_message(state, text)
+
+    @property
+    def accepts_function_tools(self) -> bool:  # type: ignore[override]
+        return self.inner.accepts_function_tools
+
+
+def stack_of(error: BaseException) -> str:
+    """The traceback of ``error`` and of the exceptions it was raised from, with the
+    exceptions' types but not their messages (a message may quote request content)."""
+    parts: list[str] = []
+    seen: set[int] = set()
+    current: BaseException | None = error
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        frames = traceback.extract_tb(current.__traceback__)
+        parts.append("".join(traceback.format_list(frames)) + _qualified(type(current)))
+        current = current.__cause__ or (
+            None if current.__suppress_context__ else current.__context__
+        )
+    return "\nwhich was raised while handling or from:\n".join(reversed(parts))
+
+
+def _qualified(kind: type[BaseException]) -> str:
+    module = kind.__module__
+    return kind.__qualname__ if module == "builtins" else f"{module}.{kind.__qualname__}"
 
 
 def json_safe(value: Any) -> Any:
@@ -613,11 +665,15 @@ def _is_agent_update(value: Any) -> bool:
 
 
 def adapt_target(target: Any, bridge: AsyncioBridge, state_dir: Path) -> TargetAdapter:
-    """Choose the adapter for what the application handed the host.
+    """Choose the adapter for what the application handed the host (failures logged).
 
     ``state_dir`` is unused since workflow checkpoints moved into the store; the host
     still passes it.
     """
+    return FailureLogging(_adapter_for(target, bridge, state_dir))
+
+
+def _adapter_for(target: Any, bridge: AsyncioBridge, state_dir: Path) -> TargetAdapter:
     if isinstance(target, TargetAdapter):
         return target
     kind = _adapter_kind(target)

@@ -15,6 +15,10 @@ Rules (everything that decides a background run's status lives in this file):
    finished run changes nothing. The running owner learns it at its next heartbeat.
 6. Finished runs (``completed``, ``failed``, ``cancelled``) keep their result until
    ``expires_at``; then ``expire`` deletes them.
+7. A run belongs to the caller that asked for it: the identity (channel and native id) of
+   its request as it arrived. A poll or cancel route answers a run only to that caller
+   (:func:`is_owned_by`); anyone else gets the same "not found" as for a missing token,
+   so a token is no oracle and no one else's run can be read or cancelled.
 
 The transitions are :data:`RUN_TRANSITIONS`; ``apply`` refuses any step outside it, and
 ``docs/`` draws it.
@@ -27,7 +31,12 @@ from typing import Any
 
 import attrs
 
-from agenthost.sansio_core.types import ChannelRequest, ContinuationToken, RunStatus
+from agenthost.sansio_core.types import (
+    ChannelIdentity,
+    ChannelRequest,
+    ContinuationToken,
+    RunStatus,
+)
 
 
 @attrs.frozen
@@ -195,6 +204,12 @@ def new_run(
         updated_at=now,
         max_attempts=max_attempts,
     )
+
+
+def is_owned_by(record: RunRecord, caller: ChannelIdentity) -> bool:
+    """Rule 7: may ``caller`` read or cancel this run?"""
+    owner = record.request.identity
+    return owner.channel == caller.channel and owner.native_id == caller.native_id
 
 
 def is_expired(record: RunRecord, now: float) -> bool:

@@ -24,7 +24,7 @@ module parses, holds the catalog and words the answers.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Collection, Iterable, Sequence
 
 import attrs
 
@@ -140,6 +140,18 @@ def command_of(
     if parsed is None or all(spec.name != parsed.name for spec in specs):
         return None
     return parsed
+
+
+def command_named(
+    request: ChannelRequest, names: Collection[str], bot_name: str | None
+) -> ParsedCommand | None:
+    """Like :func:`command_of`, against a channel's catalog given by command names (what a
+    channel sees through ``HostServices.command_catalog``)."""
+    text = _single_text(request.input)
+    if not names or text is None:
+        return None
+    parsed = parse(text, bot_name)
+    return parsed if parsed is not None and parsed.name in names else None
 
 
 def _single_text(value: object) -> str | None:

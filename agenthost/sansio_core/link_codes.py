@@ -13,9 +13,13 @@ Rules (everything that decides whether a one-time code links lives in this file)
    ``ttl_seconds`` after it was issued, and locks after ``max_attempts`` wrong secrets.
 4. A code's state is told only to someone who knows its secret: a wrong secret answers
    ``WrongCode`` whatever state the code is in.
-5. Failed attempts are counted per completing identity and over the whole host. Past a
-   limit within a window, every attempt, even one with the right code, is refused until
-   a cool-down has passed. A success clears the completing identity's count.
+5. Failed attempts are counted per completing identity, per source (where the request
+   came from, for channels whose callers can mint new identities at will, such as fresh
+   bearer keys) and over the whole host. Past a limit within a window, every attempt, even
+   one with the right code, is refused until a cool-down has passed. A success clears the
+   completing identity's count (not its source's: a source may be shared). The per-source
+   limit sits far below the host-wide one, so one client cannot trip the host-wide
+   breaker that would stop linking for everybody.
 6. The issuer sending its own code changes nothing (``OwnCode``); a link the policy
    refuses leaves the code issued (``LinkForbidden``), so it may still be used elsewhere.
 
@@ -76,7 +80,8 @@ class CodeLimits:
     ttl_seconds: float = 600.0
     max_attempts: int = 5  # wrong secrets per code
     per_identity: AttemptLimit = AttemptLimit(5, 600.0, 900.0)
-    overall: AttemptLimit = AttemptLimit(100, 60.0, 60.0)
+    per_source: AttemptLimit = AttemptLimit(20, 600.0, 900.0)
+    overall: AttemptLimit = AttemptLimit(1000, 60.0, 60.0)
 
     def __attrs_post_init__(self) -> None:
         if self.ttl_seconds <= 0 or self.max_attempts < 1:
@@ -331,6 +336,10 @@ class AttemptCounter:
 
 def identity_scope(identity: ChannelIdentity) -> str:
     return f"identity:{identity.channel}:{identity.native_id}"
+
+
+def source_scope(source: str) -> str:
+    return f"source:{source}"
 
 
 def after_failure(counter: AttemptCounter, limit: AttemptLimit, now: float) -> AttemptCounter:

@@ -8,6 +8,7 @@ import anyio
 import pytest
 
 from agenthost import ChannelIdentity, ChannelRequest, ChannelSession, Host, HostMessage, RunStatus
+from agenthost.channels.invocations import InvocationsChannel
 from agenthost.stores.sqlite import SQLiteStore
 
 
@@ -35,6 +36,7 @@ async def test_shutdown_suspends_a_run_that_outlives_the_grace_period(tmp_path: 
     db = tmp_path / "state.db"
     first = Host(
         blocks_first_time,
+        channels=[InvocationsChannel()],
         store=SQLiteStore(db),
         state_dir=tmp_path,
         shutdown_grace_seconds=0.2,
@@ -54,7 +56,12 @@ async def test_shutdown_suspends_a_run_that_outlives_the_grace_period(tmp_path: 
     assert record.attempts == 0
     assert record.owner is None
 
-    second = Host(blocks_first_time, store=SQLiteStore(db), state_dir=tmp_path)
+    second = Host(
+        blocks_first_time,
+        channels=[InvocationsChannel()],
+        store=SQLiteStore(db),
+        state_dir=tmp_path,
+    )
     with anyio.fail_after(10):
         async with second.running():
             while True:
@@ -77,7 +84,8 @@ async def test_shutdown_lets_a_short_run_finish_within_the_grace_period(tmp_path
         await release.wait()
         return "finished while draining"
 
-    host = Host(quick, store=SQLiteStore(tmp_path / "state.db"), state_dir=tmp_path,
+    host = Host(quick, channels=[InvocationsChannel()], store=SQLiteStore(tmp_path / "state.db"),
+                state_dir=tmp_path,
                 shutdown_grace_seconds=5.0)  # fmt: skip
     with anyio.fail_after(10):
         async with host.running():

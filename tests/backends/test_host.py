@@ -125,7 +125,7 @@ async def test_running_is_required_and_readiness_follows_the_lifespan(tmp_path: 
 
 @pytest.mark.anyio
 async def test_a_running_host_cannot_be_started_twice(tmp_path: Path) -> None:
-    host = Host(echo, store=MemoryStore(), state_dir=tmp_path)
+    host = Host(echo, channels=[InvocationsChannel()], store=MemoryStore(), state_dir=tmp_path)
     with anyio.fail_after(30):
         async with host.running():
             with pytest.raises(HostNotRunning, match="already running"):
@@ -147,7 +147,7 @@ async def test_reset_session_starts_fresh_and_keeps_the_old_history(tmp_path: Pa
         return f"reply {len(seen)}"
 
     store = SQLiteStore(tmp_path / "state.db")
-    host = Host(recorder, store=store, state_dir=tmp_path)
+    host = Host(recorder, channels=[InvocationsChannel()], store=store, state_dir=tmp_path)
     with anyio.fail_after(30):
         async with host.running():
             first = await host.run(request("first"))

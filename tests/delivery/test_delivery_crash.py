@@ -83,7 +83,7 @@ async def test_sigkill_before_the_pushes_then_restart(tmp_path: Path) -> None:
             await wait_ready(base_url, timeout=30)
             await wait_for(lambda: receiver.accepted("b"))
             await anyio.sleep(1.5)  # time for a wrong second send to show up
-            polled = (await client.get(f"/invocations/{token}")).json()
+            polled = (await client.get(f"/invocations/{token}", headers=HEADERS)).json()
 
     assert polled["status"] == "completed"
     # hook_a acknowledged before the kill: the new process never sends it again

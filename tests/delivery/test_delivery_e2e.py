@@ -76,9 +76,10 @@ class World:
     async def finished(self, response: httpx.Response) -> dict[str, Any]:
         assert response.status_code == 202, response.text
         poll_url = response.json()["poll_url"]
+        owner = {"x-agent-user-id": response.request.headers["x-agent-user-id"]}
         with anyio.fail_after(TIMEOUT):
             while True:
-                body: dict[str, Any] = (await self.client.get(poll_url)).json()
+                body: dict[str, Any] = (await self.client.get(poll_url, headers=owner)).json()
                 if body["status"] in ("completed", "failed", "cancelled"):
                     return body
                 await anyio.sleep(0.02)

@@ -118,7 +118,7 @@ def test_a_complete_configuration_resolves_inherit_and_catalogs(tmp_path: Path) 
     strict = Plain("strict", require_link=True, confidentiality_tier="internal")
     made = host(
         tmp_path,
-        [InvocationsChannel(), signin, quiet, strict],
+        [InvocationsChannel(trust_platform_headers=True), signin, quiet, strict],
         linker=OneTimeCodeLinker(),
         allowlist=AnyOfAllowlists(
             NativeIdAllowlist({"invocations": ["ada"]}), LinkedClaimAllowlist("tid", ["t"])
@@ -150,6 +150,6 @@ def test_a_linker_belongs_to_one_host(tmp_path: Path) -> None:
     linker = OneTimeCodeLinker()
     with pytest.raises(LinkerNotBound):
         _ = linker.linking_host
-    host(tmp_path / "a", linker=linker)
+    host(tmp_path / "a", [Plain("chat")], linker=linker)
     with pytest.raises(ConfigurationError, match="another Host"):
-        host(tmp_path / "b", linker=linker)
+        host(tmp_path / "b", [Plain("chat")], linker=linker)

@@ -3,13 +3,15 @@
 Inbound: a JSON body ``{"input": ..., "session_id"?, "session_mode"?, "stream"?,
 "background"?, "response_target"?}``. ``input`` is a string, a list of messages
 (``{"role", "content"}`` with string content or ``text``/``input_text``/``image_url``/
-``input_image`` parts), one such message, or any other JSON object: a typed input for a
-workflow, which a ``run_hook`` adapts. Outbound: JSON replies, Server-Sent Events and errors
-``{"error": {"code", "message"}}``; a workflow's reply adds its structured outputs
-(``data``) and, when it waits for the user, ``status: "input_required"`` with its
-``input_requests`` (the session's next input answers the first). Foundry platform headers
-of both generations are read here but trusted only when the transport says the deployment
-sets them.
+``input_image`` parts), one such message, or (only where the channel takes typed input)
+any other JSON object: a typed input for a workflow, which a ``run_hook`` adapts. Every
+shape is checked here, before anything runs: a malformed message, an image whose URI no
+target can read, or an object where no typed input is taken is a 4xx. Outbound: JSON
+replies, Server-Sent Events and errors ``{"error": {"code", "message"}}``; a workflow's
+reply adds its structured outputs (``data``) and, when it waits for the user,
+``status: "input_required"`` with its ``input_requests`` (the session's next input answers
+the first). Foundry platform headers of both generations are read here but trusted only
+when the transport says the deployment sets them.
 """
 
 from __future__ import annotations
@@ -22,6 +24,8 @@ from typing import Any
 import attrs
 
 from agenthost.backends.workflow_outputs import WorkflowTurn
+from agenthost.sansio_core import strict_json
+from agenthost.sansio_core.media_uris import media_uri_problem
 from agenthost.sansio_core.types import (
     ChannelIdentity,
     ContentPart,
@@ -34,8 +38,9 @@ from agenthost.sansio_core.types import (
 )
 
 ANONYMOUS = "anonymous"
-_ID_PATTERN = re.compile(r"^[A-Za-z0-9\-_.:]{1,256}$")
+_ID_PATTERN = re.compile(r"[A-Za-z0-9\-_.:]{1,256}")  # always fullmatch: "$" allows a "\n"
 _ROLES = frozenset({"user", "assistant", "system", "developer"})
+_MESSAGE_KEYS = frozenset({"role", "content", "type"})
 MAX_MESSAGES = 256
 
 
@@ -59,18 +64,18 @@ class InvocationBody:
     response_target: ResponseTarget = attrs.field(factory=ResponseTarget)
 
 
-def parse_body(raw: bytes) -> InvocationBody:
+def parse_body(raw: bytes, *, typed_input: bool = False) -> InvocationBody:
     try:
-        data = json.loads(raw)
-    except (UnicodeDecodeError, json.JSONDecodeError):
-        raise InvocationError(400, "invalid_json", "The request body is not valid JSON.") from None
+        data = strict_json.loads(raw)
+    except strict_json.JsonRefused as refused:
+        raise InvocationError(400, "invalid_json", refused.reason) from None
     if not isinstance(data, dict):
         raise InvocationError(400, "invalid_request", "The request body must be a JSON object.")
     if "input" not in data or data["input"] is None:
         raise InvocationError(422, "missing_input", "The request has no 'input'.")
     session_id = data.get("session_id")
     if session_id is not None and (
-        not isinstance(session_id, str) or not _ID_PATTERN.match(session_id)
+        not isinstance(session_id, str) or not _ID_PATTERN.fullmatch(session_id)
     ):
         raise InvocationError(
             422,
@@ -89,7 +94,7 @@ def parse_body(raw: bytes) -> InvocationBody:
             422, "invalid_request", "'stream' needs the originating 'response_target'."
         )
     return InvocationBody(
-        input=parse_input(data["input"]),
+        input=parse_input(data["input"], typed_input=typed_input),
         session_id=session_id,
         session_mode=_session_mode(data.get("session_mode")),
         stream=stream,
@@ -157,8 +162,9 @@ def parse_response_target(value: Any) -> ResponseTarget:
     return ResponseTarget.originating()
 
 
-def parse_input(value: Any) -> Any:
-    """Messages as host messages; any other JSON object passes through as a typed input."""
+def parse_input(value: Any, *, typed_input: bool = False) -> Any:
+    """Messages as host messages; with ``typed_input``, any other JSON object (one with no
+    ``role``, ``content`` or ``type``) passes through as a typed input."""
     if isinstance(value, str):
         if not value.strip():
             raise InvocationError(422, "invalid_input", "'input' must not be empty.")
@@ -172,11 +178,18 @@ def parse_input(value: Any) -> Any:
             )
         return tuple(_message(item, f"input[{i}]") for i, item in enumerate(value))
     if isinstance(value, dict):
-        if "role" in value and "content" in value:
-            return (_message(value, "input"),)
-        return value
+        if _MESSAGE_KEYS & value.keys():
+            return (_message(value, "input"),)  # meant as a message: it must be a valid one
+        if typed_input:
+            return value
+        raise InvocationError(
+            422,
+            "invalid_input",
+            "'input' must be a string, a message or a list of messages; this agent takes "
+            "no typed input.",
+        )
     raise InvocationError(
-        422, "invalid_input", "'input' must be a string, a list of messages or an object."
+        422, "invalid_input", "'input' must be a string, a message or a list of messages."
     )
 
 
@@ -186,7 +199,7 @@ def _message(item: Any, where: str) -> HostMessage:
     if not isinstance(item, dict):
         raise InvocationError(422, "invalid_input", f"{where} must be a string or a message.")
     role = item.get("role", "user")
-    if role not in _ROLES:
+    if not isinstance(role, str) or role not in _ROLES:
         raise InvocationError(
             422, "invalid_input", f"{where}.role must be one of {', '.join(sorted(_ROLES))}."
         )
@@ -214,8 +227,12 @@ def _part(part: Any, where: str) -> ContentPart:
         url = part.get("image_url")
         if isinstance(url, dict):
             url = url.get("url")
-        if isinstance(url, str) and url:
-            return UriPart(url, part.get("media_type"))
+        media_type = part.get("media_type")
+        if isinstance(url, str) and url and (media_type is None or isinstance(media_type, str)):
+            problem = media_uri_problem(url)
+            if problem is not None:
+                raise InvocationError(422, "invalid_input", f"{where}.image_url: {problem}.")
+            return UriPart(url, media_type)
     raise InvocationError(
         422, "invalid_input", f"{where} must be a text or image part with its value."
     )
@@ -261,7 +278,7 @@ def platform_caller(headers: Mapping[str, str]) -> PlatformCaller | None:
 
 def invocation_id(header: str | None) -> str | None:
     """The caller's invocation id if it is well formed (else the host makes one)."""
-    if header and _ID_PATTERN.match(header):
+    if header and _ID_PATTERN.fullmatch(header):
         return header
     return None
 

@@ -13,12 +13,22 @@ import secrets
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Literal
 
+import attrs
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
-from agenthost.backends.bodies import BodyTooLarge, OversizedBodyResponse, read_limited
-from agenthost.backends.channel import INHERIT, Channel, HostServices, Inherit
+from agenthost.backends.bodies import BODY_SECONDS, BodyRefused, ClientGone, read_json_body
+from agenthost.backends.channel import (
+    INHERIT,
+    Channel,
+    HostServices,
+    Inherit,
+    cancel_owned_continuation,
+    host_command_of,
+    owned_continuation,
+    source_attributes,
+)
 from agenthost.backends.streaming import Emit, ProducerResponse
 from agenthost.backends.targets import StreamUpdate
 from agenthost.channels.invocations import codec
@@ -78,7 +88,18 @@ class InvocationsChannel(Channel):
     ``authenticate``: a function of the Starlette request answering the caller's id, or
     ``None`` to refuse with 401 (used instead of platform headers when given).
     Without either, every caller is the same anonymous user and ``session_id`` values
-    are the only thing keeping conversations apart.
+    are the only thing keeping conversations apart; such a channel does not authenticate
+    its callers, so ``Host(...)`` refuses linking, an allowlist or ``require_link`` on it
+    unless ``allow_unauthenticated_access_control=True`` says the application knows that
+    one admitted caller admits them all.
+
+    A run's poll and cancel routes answer only the caller that started it (the same
+    caller id); anyone else gets 404, as for an unknown token.
+
+    ``typed_input``: accept a JSON object that is not a message as ``input`` (a typed
+    input for a workflow, which a ``run_hook`` adapts). Off by default: an agent or a
+    function target cannot take one, so it is refused with 422 before anything runs.
+    ``body_timeout_seconds`` bounds how long a request body may take to arrive (408).
 
     ``session_keys``: ``"caller"`` (the default) keys sessions on the caller's
     ``session_id``, and a request without one starts a new session (its id comes back in
@@ -108,11 +129,16 @@ class InvocationsChannel(Channel):
         allowlist: Allowlist | Inherit | None = INHERIT,
         confidentiality_tier: str = DEFAULT_TIER,
         offers_link_commands: bool = True,
+        allow_unauthenticated_access_control: bool = False,
+        typed_input: bool = False,
+        body_timeout_seconds: float = BODY_SECONDS,
     ) -> None:
         if not mount.startswith("/") or mount.endswith("/"):
             raise ValueError(f"mount must start with '/' and not end with one, not {mount!r}")
         if max_body_bytes < 1:
             raise ValueError("max_body_bytes must be at least 1")
+        if not body_timeout_seconds > 0:
+            raise ValueError("body_timeout_seconds must be greater than 0")
         if session_keys not in ("caller", "host"):
             raise ValueError(f"session_keys must be 'caller' or 'host', not {session_keys!r}")
         self.session_keys = session_keys
@@ -126,6 +152,10 @@ class InvocationsChannel(Channel):
         self._authenticate = authenticate
         self.max_body_bytes = max_body_bytes
         self._multitask = multitask
+        self.authenticates_callers = authenticate is not None or trust_platform_headers
+        self.allow_unauthenticated_access_control = allow_unauthenticated_access_control
+        self.typed_input = typed_input
+        self.body_timeout_seconds = body_timeout_seconds
 
     def routes(self, host: HostServices) -> Sequence[BaseRoute]:
         handlers = _Handlers(self, host)
@@ -147,23 +177,33 @@ class _Handlers:
             secrets.token_hex(16)
         )
         headers = {"x-agent-invocation-id": invocation}
+        channel = self._channel
         try:
             caller = await self._caller(request)
-            raw = await read_limited(request, self._channel.max_body_bytes)
-            body = codec.parse_body(raw)
+            raw = await read_json_body(
+                request, channel.max_body_bytes, within=channel.body_timeout_seconds
+            )
+            body = codec.parse_body(raw, typed_input=channel.typed_input)
         except codec.InvocationError as error:
             return _error(error.status, error.code, error.message, headers)
-        except BodyTooLarge as too_large:
-            return OversizedBodyResponse(
-                codec.error_body("body_too_large", str(too_large)), headers=headers
-            )
+        except BodyRefused as refused:
+            code = "body_too_large" if refused.status == 413 else refused.code
+            return refused.response(codec.error_body(code, refused.message), headers=headers)
+        except ClientGone:
+            log.debug("invocation abandoned: the client left before its body arrived")
+            return Response(status_code=400)
 
         session_id = body.session_id or request.query_params.get("agent_session_id")
         if session_id is not None and codec.invocation_id(session_id) is None:
             return _error(422, "invalid_session_id", "'agent_session_id' is malformed.", headers)
         channel_request = ChannelRequest(
             channel=self._channel.name,
-            identity=ChannelIdentity(self._channel.name, caller.user_id),
+            identity=ChannelIdentity(
+                self._channel.name,
+                caller.user_id,
+                # Unauthenticated callers are all one identity: limits hold per source too.
+                attributes={} if channel.authenticates_callers else source_attributes(request),
+            ),
             input=body.input,
             session=ChannelSession(
                 key=session_id,
@@ -177,6 +217,10 @@ class _Handlers:
             response_target=body.response_target,
             attributes={"invocation_id": invocation},
         )
+        if channel_request.background and host_command_of(self._host, channel_request):
+            # A command is answered at once, here: its reply (a link code) is then shown
+            # in this one answer and never stored as a pollable background result.
+            channel_request = attrs.evolve(channel_request, background=False)
         if runs_in_background(channel_request):
             return await self._start_background(channel_request, request, headers)
         if body.stream:
@@ -189,13 +233,23 @@ class _Handlers:
         return _render_outcome(outcome, invocation, headers)
 
     async def poll(self, request: Request) -> Response:
-        token = await self._host.get_continuation(request.path_params["token"])
-        if token is None:
-            return _error(404, "not_found", "No invocation has that token (or it expired).")
-        return JSONResponse(codec.token_body(token, poll_url=self._poll_url(token.token)))
+        return await self._owned(request, owned_continuation)
 
     async def cancel(self, request: Request) -> Response:
-        token = await self._host.cancel_continuation(request.path_params["token"])
+        return await self._owned(request, cancel_owned_continuation)
+
+    async def _owned(
+        self,
+        request: Request,
+        action: Callable[[HostServices, str, ChannelIdentity], Awaitable[ContinuationToken | None]],
+    ) -> Response:
+        """Poll or cancel a run for the caller that started it; 404 to anyone else."""
+        try:
+            caller = await self._caller(request)
+        except codec.InvocationError as error:
+            return _error(error.status, error.code, error.message)
+        identity = ChannelIdentity(self._channel.name, caller.user_id)
+        token = await action(self._host, request.path_params["token"], identity)
         if token is None:
             return _error(404, "not_found", "No invocation has that token (or it expired).")
         return JSONResponse(codec.token_body(token, poll_url=self._poll_url(token.token)))
@@ -243,7 +297,7 @@ class _Handlers:
         invocation: str,
         headers: dict[str, str],
     ) -> Response:
-        async def produce(emit: Emit) -> None:
+        async def produce(emit: Emit) -> Response | None:
             async def on_update(update: StreamUpdate) -> None:
                 if update.text:
                     await emit(codec.sse_event("delta", {"text": update.text}))
@@ -259,9 +313,13 @@ class _Handlers:
                     result=outcome.result.result,
                 )
                 await emit(codec.sse_event("done", body))
+            elif isinstance(outcome, TurnRefused):
+                # Refused before anything streamed: answered with its status, no stream.
+                return _refusal(outcome, headers)
             else:
                 _, code, message = _failure_parts(outcome)
                 await emit(codec.sse_event("error", codec.error_body(code, message)))
+            return None
 
         return ProducerResponse(produce, headers=headers)
 

@@ -28,7 +28,6 @@ import enum
 import hashlib
 import hmac
 import html
-import json
 import re
 from collections.abc import Collection, Mapping, Sequence
 from typing import Any
@@ -37,6 +36,7 @@ from urllib.parse import parse_qsl, quote, urlsplit
 import attrs
 import jwt
 
+from agenthost.sansio_core import strict_json
 from agenthost.sansio_core.types import ChannelIdentity
 
 RECORD_VERSION = 1
@@ -47,8 +47,8 @@ TENANT_TEMPLATE = "{tenantid}"
 
 # Secrets the ceremony hands out (tickets, ``state``, the browser binding) are
 # ``secrets.token_urlsafe(32)``: 256 bits, 43 characters. Anything else is not ours.
-_SECRET = re.compile(r"^[A-Za-z0-9_-]{43}$")
-_TENANT_ID = re.compile(r"^[A-Za-z0-9-]{1,64}$")
+_SECRET = re.compile(r"[A-Za-z0-9_-]{43}")  # fullmatch only: "$" allows a trailing "\n"
+_TENANT_ID = re.compile(r"[A-Za-z0-9-]{1,64}")
 _KEY_TYPES = {
     "RS256": "RSA",
     "RS384": "RSA",
@@ -135,7 +135,7 @@ def validate_id_token(
     tenant_id = _string_claim(payload, "tid")
     token_issuer = _string_claim(payload, "iss")
     if TENANT_TEMPLATE in issuer:
-        if not _TENANT_ID.match(tenant_id):
+        if not _TENANT_ID.fullmatch(tenant_id):
             raise IdTokenRejected(IdTokenReason.WRONG_ISSUER, "tid cannot fill the issuer")
         issuer = issuer.replace(TENANT_TEMPLATE, tenant_id)
     if token_issuer != issuer:
@@ -188,8 +188,8 @@ def _verified_payload(
     except jwt.PyJWTError as error:
         raise IdTokenRejected(IdTokenReason.MALFORMED, type(error).__name__) from None
     try:
-        payload = json.loads(decoded["payload"])
-    except (UnicodeDecodeError, json.JSONDecodeError):
+        payload = strict_json.loads(decoded["payload"])
+    except strict_json.JsonRefused:
         raise IdTokenRejected(IdTokenReason.MALFORMED, "payload is not JSON") from None
     if not isinstance(payload, dict):
         raise IdTokenRejected(IdTokenReason.MALFORMED, "payload is not an object")
@@ -394,7 +394,7 @@ class RecordUnreadable(ValueError):
 
 
 def is_well_formed_secret(value: str | None) -> bool:
-    return value is not None and bool(_SECRET.match(value))
+    return value is not None and bool(_SECRET.fullmatch(value))
 
 
 def record_key(secret: str) -> str:

@@ -59,6 +59,7 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, RedirectResponse, Response
 from starlette.routing import BaseRoute, Route
 
+from agenthost.backends.bodies import BodyRefused, ClientGone, read_limited
 from agenthost.backends.channel import Channel, HostServices
 from agenthost.backends.configuration import ConfigurationError
 from agenthost.backends.linking import IdentityLinker, LinkingServices
@@ -604,13 +605,12 @@ async def _form(request: Request) -> dict[str, str] | None:
     content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if content_type != "application/x-www-form-urlencoded":
         return None
-    body = bytearray()
-    async for chunk in request.stream():
-        body += chunk
-        if len(body) > codec.MAX_FORM_BYTES:
-            return None
     try:
-        return codec.parse_form(bytes(body))
+        body = await read_limited(request, codec.MAX_FORM_BYTES)
+    except (BodyRefused, ClientGone):
+        return None
+    try:
+        return codec.parse_form(body)
     except codec.FormRejected:
         return None
 

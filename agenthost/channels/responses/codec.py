@@ -16,13 +16,14 @@ This module decides nothing about sessions, callers or storage, and imports no t
 
 from __future__ import annotations
 
-import json
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import attrs
 
+from agenthost.sansio_core import strict_json
+from agenthost.sansio_core.media_uris import media_uri_problem
 from agenthost.sansio_core.types import (
     ContentPart,
     FunctionCall,
@@ -40,7 +41,8 @@ MAX_CONVERSATION_ITEMS = 20  # per Conversations call, as OpenAI limits it
 MAX_LIST_LIMIT = 100
 DEFAULT_LIST_LIMIT = 20
 
-_ID = re.compile(r"^[A-Za-z0-9_\-]{1,128}$")
+_ID = re.compile(r"[A-Za-z0-9_\-]{1,128}")  # always fullmatch: "$" allows a trailing "\n"
+_LIST_LIMIT = re.compile(r"[0-9]{1,3}")
 _ROLES = frozenset({"user", "assistant", "system", "developer"})
 _TOOL_CHOICES = frozenset({"none", "auto", "required"})
 _TOOL_NAME = re.compile(r"^[A-Za-z0-9_\-]{1,64}$")
@@ -195,12 +197,14 @@ class CreateRequest:
         return [item["id"] for item in self.items if item.get("type") == "item_reference"]
 
 
-def parse_json(raw: bytes) -> Any:
+def parse_json(raw: bytes | str) -> Any:
+    """The body as strict JSON (``sansio_core.strict_json``): what is accepted here can be
+    stored and rendered back, so nothing unrenderable reaches a run or the store."""
     try:
-        return json.loads(raw)
-    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError):
+        return strict_json.loads(raw)
+    except strict_json.JsonRefused as refused:
         raise bad_request(
-            "We could not parse the JSON body of your request. The body must be valid JSON."
+            f"We could not parse the JSON body of your request: {refused.reason}"
         ) from None
 
 
@@ -233,9 +237,7 @@ def parse_create(data: Any, *, websocket: bool = False) -> CreateRequest:
         )
 
     options: dict[str, Any] = {}
-    echoed: dict[str, Any] = {
-        key: data.get(key, default) for key, default in _ECHOED_DEFAULTS.items()
-    }
+    echoed = _echoed_settings(data)
     temperature = _number(data, "temperature", 0.0, 2.0)
     top_p = _number(data, "top_p", 0.0, 1.0)
     max_output_tokens = _positive_int(data, "max_output_tokens")
@@ -292,6 +294,27 @@ def parse_create(data: Any, *, websocket: bool = False) -> CreateRequest:
         echoed=echoed,
         extra={key: value for key, value in data.items() if key not in _HANDLED and key != "type"},
     )
+
+
+def _echoed_settings(data: Mapping[str, Any]) -> dict[str, Any]:
+    """The settings a response repeats back, checked so that each renders as OpenAI's."""
+    echoed = {key: data.get(key, default) for key, default in _ECHOED_DEFAULTS.items()}
+    for name in ("text", "reasoning"):
+        if echoed[name] is not None and not isinstance(echoed[name], dict):
+            raise bad_request(f"'{name}' must be an object.", name)
+    if echoed["truncation"] not in ("auto", "disabled"):
+        raise bad_request("'truncation' must be 'auto' or 'disabled'.", "truncation")
+    echoed["max_tool_calls"] = _positive_int(data, "max_tool_calls")
+    top_logprobs = echoed["top_logprobs"]
+    if top_logprobs is not None and (
+        isinstance(top_logprobs, bool)
+        or not isinstance(top_logprobs, int)
+        or not 0 <= top_logprobs <= 20
+    ):
+        raise bad_request("'top_logprobs' must be an integer from 0 to 20.", "top_logprobs")
+    for name in ("service_tier", "prompt_cache_key"):
+        echoed[name] = _bounded_string(data, name, 1024)
+    return echoed
 
 
 def parse_metadata(value: Any, param: str = "metadata") -> dict[str, str]:
@@ -357,7 +380,7 @@ def _optional_id(data: Mapping[str, Any], name: str) -> str | None:
     value = data.get(name)
     if value is None:
         return None
-    if not isinstance(value, str) or not _ID.match(value):
+    if not isinstance(value, str) or not _ID.fullmatch(value):
         raise bad_request(f"'{name}' must be an id of letters, digits, '_' and '-'.", name)
     return value
 
@@ -367,7 +390,7 @@ def _conversation_id(value: Any) -> str | None:
         value = value.get("id")
     if value is None:
         return None
-    if not isinstance(value, str) or not _ID.match(value):
+    if not isinstance(value, str) or not _ID.fullmatch(value):
         raise bad_request(
             "'conversation' must be a conversation id or {\"id\": ...}.", "conversation"
         )
@@ -477,7 +500,7 @@ def parse_item(item: Any, where: str) -> dict[str, Any]:
     if not isinstance(kind, str):
         raise bad_request(f"{where} has no 'type'.", f"{where}.type")
     ident = item.get("id")
-    if ident is not None and (not isinstance(ident, str) or not _ID.match(ident)):
+    if ident is not None and (not isinstance(ident, str) or not _ID.fullmatch(ident)):
         raise bad_request(
             f"{where}.id must be an id of letters, digits, '_' and '-'.", f"{where}.id"
         )
@@ -516,7 +539,7 @@ def parse_item(item: Any, where: str) -> dict[str, Any]:
 
 def _message(item: Mapping[str, Any], where: str) -> dict[str, Any]:
     role = item.get("role")
-    if role not in _ROLES:
+    if not isinstance(role, str) or role not in _ROLES:
         raise bad_request(
             f"{where}.role must be one of {', '.join(sorted(_ROLES))}.", f"{where}.role"
         )
@@ -547,7 +570,10 @@ def _part(part: Any, where: str) -> dict[str, Any]:
     if kind in ("input_text", "output_text", "text"):
         text = _required_string(part, "text", where, empty=True)
         if kind == "output_text":
-            return {"type": kind, "text": text, "annotations": list(part.get("annotations") or [])}
+            annotations = part.get("annotations") or []
+            if not isinstance(annotations, list):
+                raise bad_request(f"{where}.annotations must be a list.", f"{where}.annotations")
+            return {"type": kind, "text": text, "annotations": annotations}
         return {"type": "input_text", "text": text}
     if kind == "refusal":
         return {"type": kind, "refusal": _required_string(part, "refusal", where, empty=True)}
@@ -559,13 +585,24 @@ def _part(part: Any, where: str) -> dict[str, Any]:
                 "supported by this host.",
                 f"{where}.image_url",
             )
-        return {"type": kind, "image_url": url, "detail": part.get("detail") or "auto"}
+        _check_uri(url, f"{where}.image_url")
+        detail = part.get("detail") or "auto"
+        if detail not in ("auto", "low", "high", "original"):
+            raise bad_request(
+                f"{where}.detail must be 'auto', 'low', 'high' or 'original'.", f"{where}.detail"
+            )
+        return {"type": kind, "image_url": url, "detail": detail}
     if kind == "input_file":
         url, data = part.get("file_url"), part.get("file_data")
+        filename = part.get("filename")
+        if filename is not None and not isinstance(filename, str):
+            raise bad_request(f"{where}.filename must be a string.", f"{where}.filename")
         if isinstance(url, str) and url:
-            return {"type": kind, "file_url": url, "filename": part.get("filename")}
+            _check_uri(url, f"{where}.file_url")
+            return {"type": kind, "file_url": url, "filename": filename}
         if isinstance(data, str) and data:
-            return {"type": kind, "file_data": data, "filename": part.get("filename")}
+            _check_uri(_as_data_url(data), f"{where}.file_data")
+            return {"type": kind, "file_data": data, "filename": filename}
         raise bad_request(
             f"{where} needs 'file_url' or 'file_data'; file ids are not supported by this host.",
             f"{where}.file_data",
@@ -574,6 +611,12 @@ def _part(part: Any, where: str) -> dict[str, Any]:
         f"{where}.type must be input_text, input_image, input_file, output_text or refusal.",
         f"{where}.type",
     )
+
+
+def _check_uri(uri: str, param: str) -> None:
+    problem = media_uri_problem(uri)
+    if problem is not None:
+        raise bad_request(f"{param}: {problem}.", param)
 
 
 def _required_string(item: Mapping[str, Any], name: str, where: str, *, empty: bool = False) -> str:
@@ -742,12 +785,13 @@ class ListQuery:
 
 def parse_list_query(query: Mapping[str, str]) -> ListQuery:
     after = query.get("after") or None
-    if after is not None and not _ID.match(after):
+    if after is not None and not _ID.fullmatch(after):
         raise bad_request("'after' must be an item id.", "after")
     raw_limit = query.get("limit")
     limit = DEFAULT_LIST_LIMIT
     if raw_limit is not None:
-        if not raw_limit.isdigit() or not 1 <= int(raw_limit) <= MAX_LIST_LIMIT:
+        # ASCII digits only: str.isdigit() also accepts "²", which int() refuses.
+        if not _LIST_LIMIT.fullmatch(raw_limit) or not 1 <= int(raw_limit) <= MAX_LIST_LIMIT:
             raise bad_request(f"'limit' must be from 1 to {MAX_LIST_LIMIT}.", "limit")
         limit = int(raw_limit)
     order = query.get("order", "desc")

@@ -45,15 +45,32 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route, WebSocketRoute
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
-from agenthost.backends.bodies import BodyTooLarge, OversizedBodyResponse, read_limited
-from agenthost.backends.channel import Channel, HostServices, TargetFeatures
+from agenthost.backends.bodies import (
+    BODY_SECONDS,
+    BodyRefused,
+    ClientGone,
+    read_json_body,
+)
+from agenthost.backends.channel import (
+    INHERIT,
+    Channel,
+    HostServices,
+    Inherit,
+    TargetFeatures,
+    cancel_owned_continuation,
+    host_command_of,
+    source_attributes,
+)
 from agenthost.backends.streaming import Emit, ProducerResponse
 from agenthost.backends.targets import StreamUpdate, UpdateSink
 from agenthost.channels.responses import codec, events, records
 from agenthost.channels.responses.codec import CreateRequest, ResponsesError
 from agenthost.channels.responses.live import BackgroundRun, EventLog
 from agenthost.channels.responses.records import Records
+from agenthost.sansio_core.authorization import Allowlist
 from agenthost.sansio_core.background import RunRecord
+from agenthost.sansio_core.commands import CommandReply
+from agenthost.sansio_core.link_policy import DEFAULT_TIER
 from agenthost.sansio_core.turns import (
     RefusalReason,
     TurnCompleted,
@@ -110,6 +127,12 @@ class ResponsesChannel(Channel):
     Framework agent as declaration-only tools: a call to one ends the response with a
     ``function_call`` item, and the caller's next request (``function_call_output`` with
     ``previous_response_id`` or ``conversation``) continues the run.
+    ``require_link``, ``allowlist``, ``confidentiality_tier`` and ``offers_link_commands``
+    are the channel's access and linking settings (see ``agenthost.backends.channel``);
+    a refused caller gets 401/403 before anything runs or streams. A host command
+    (``/link`` ...) is answered at once, also when ``background`` is asked; its reply is
+    shown in that one answer and stored redacted, so a link code is never kept.
+    ``body_timeout_seconds`` bounds how long a request body may take to arrive (408).
     """
 
     def __init__(
@@ -126,6 +149,11 @@ class ResponsesChannel(Channel):
         event_ttl_seconds: float = 24 * 3600.0,
         poll_seconds: float = 0.25,
         server_tool_calls: events.ServerToolCalls = "omit",
+        require_link: bool | Inherit = INHERIT,
+        allowlist: Allowlist | Inherit | None = INHERIT,
+        confidentiality_tier: str = DEFAULT_TIER,
+        offers_link_commands: bool = True,
+        body_timeout_seconds: float = BODY_SECONDS,
     ) -> None:
         if not mount.startswith("/") or mount.endswith("/"):
             raise ValueError(f"mount must start with '/' and not end with one, not {mount!r}")
@@ -138,8 +166,10 @@ class ResponsesChannel(Channel):
                 "api_keys must map non-empty bearer keys to caller ids; pass None to accept "
                 "any key (each key is then its own caller)"
             )
-        if event_ttl_seconds <= 0 or poll_seconds <= 0:
-            raise ValueError("event_ttl_seconds and poll_seconds must be greater than 0")
+        if event_ttl_seconds <= 0 or poll_seconds <= 0 or body_timeout_seconds <= 0:
+            raise ValueError(
+                "event_ttl_seconds, poll_seconds and body_timeout_seconds must be greater than 0"
+            )
         if server_tool_calls not in events.SERVER_TOOL_CALLS:
             raise ValueError(
                 f"server_tool_calls must be one of {', '.join(events.SERVER_TOOL_CALLS)}, "
@@ -154,6 +184,11 @@ class ResponsesChannel(Channel):
         self.event_ttl_seconds = event_ttl_seconds
         self.poll_seconds = poll_seconds
         self.server_tool_calls: events.ServerToolCalls = server_tool_calls
+        self.require_link = require_link
+        self.allowlist = allowlist
+        self.confidentiality_tier = confidentiality_tier
+        self.offers_link_commands = offers_link_commands
+        self.body_timeout_seconds = body_timeout_seconds
         self._authenticate = authenticate
         # Keys are compared by digest: the mapping lookup then reveals nothing about them.
         self._key_digests = (
@@ -162,6 +197,11 @@ class ResponsesChannel(Channel):
             else None
         )
         self._service: _Service | None = None
+
+    @property
+    def mints_callers(self) -> bool:
+        """Whether any bearer key is a caller of its own (no ``api_keys``/``authenticate``)."""
+        return self._key_digests is None and self._authenticate is None
 
     @property
     def prefix(self) -> str:
@@ -259,12 +299,15 @@ def _answering_errors(handler: Handler) -> Handler:
             return await handler(service, request)
         except ResponsesError as error:
             return _error(error)
-        except BodyTooLarge as too_large:
-            # Answered at once; the response then drains the rest of the body (bounded).
+        except BodyRefused as refused:
+            # Answered at once (a 413 then drains the rest of the body, bounded).
             body = codec.error_body(
-                str(too_large), type="invalid_request_error", code="request_too_large"
+                refused.message, type="invalid_request_error", code=refused.code
             )
-            return OversizedBodyResponse(body, headers=_request_id_header())
+            return refused.response(body, headers=_request_id_header())
+        except ClientGone:
+            log.debug("responses request abandoned: the client left before its body arrived")
+            return Response(status_code=400)
         except Exception:
             log.exception("responses request failed unexpectedly")
             return _error(_internal_error())
@@ -321,10 +364,14 @@ class _Service:
     @_answering_errors
     async def create(self, request: Request) -> Response:
         caller = await self.channel.caller(request)
-        body = codec.parse_json(await read_limited(request, self.channel.max_body_bytes))
+        body = codec.parse_json(await self._body(request))
         create = codec.parse_create(body)
-        turn = await self._prepare(create, caller)
-        if create.background:
+        turn = await self._prepare(create, caller, request)
+        if create.background and host_command_of(self.host, turn.request) is not None:
+            # A command is answered at once, here, so its reply is never stored as a
+            # background result (where a link code would outlive the one answer).
+            turn = attrs.evolve(turn, request=attrs.evolve(turn.request, background=False))
+        elif create.background:
             return await self._start_background(turn, request)
         if create.stream:
             return self._stream(turn, request)
@@ -340,7 +387,15 @@ class _Service:
         await self._save_turn(turn, response, outcome)
         return _json(response)
 
-    async def _prepare(self, create: CreateRequest, caller: str) -> _Turn:
+    async def _body(self, request: Request) -> bytes:
+        channel = self.channel
+        return await read_json_body(
+            request, channel.max_body_bytes, within=channel.body_timeout_seconds
+        )
+
+    async def _prepare(
+        self, create: CreateRequest, caller: str, connection: HTTPConnection
+    ) -> _Turn:
         if self._target_takes_no_tools:
             _refuse_tools(create)
         response_id = new_id("resp")
@@ -378,6 +433,9 @@ class _Service:
             )
             if value is not None
         }
+        if self.channel.mints_callers:
+            # Any new bearer key is a new caller: limits hold per source too.
+            hints.update(source_attributes(connection))
         attributes: dict[str, Any] = {
             "response_id": response_id,
             "store": create.store,
@@ -476,12 +534,17 @@ class _Service:
     def _stream(self, turn: _Turn, request: Request) -> Response:
         machine = self._machine(turn.response)
 
-        async def produce(emit: Emit) -> None:
+        async def produce(emit: Emit) -> Response | None:
             async def send(batch: list[dict[str, Any]]) -> None:
                 if batch:
                     await emit(_sse(batch))
 
-            await self._run_streaming(turn, machine, send, protocol_request=request)
+            try:
+                await self._run_streaming(turn, machine, send, protocol_request=request)
+            except ResponsesError as refused:
+                # Nothing was sent yet: the refusal keeps its own status, no stream starts.
+                return _error(refused)
+            return None
 
         return ProducerResponse(produce, headers=_request_id_header())
 
@@ -493,8 +556,19 @@ class _Service:
         *,
         protocol_request: Any,
     ) -> None:
-        """Run a turn, sending its events as they come (SSE and WebSocket alike)."""
-        await send(machine.created() + machine.in_progress())
+        """Run a turn, sending its events as they come (SSE and WebSocket alike).
+
+        ``response.created`` goes out with the first update (or the end), once the host
+        has accepted the turn: a refused turn raises its ``ResponsesError`` before any
+        event, so no response is announced that will never exist.
+        """
+        opening = machine.created() + machine.in_progress()
+
+        async def send_opened(batch: list[dict[str, Any]]) -> None:
+            nonlocal opening
+            if opening:
+                batch, opening = opening + batch, []
+            await send(batch)
 
         async def on_update(update: StreamUpdate) -> None:
             batch = (
@@ -502,16 +576,14 @@ class _Service:
                 if update.raw is not None
                 else machine.feed_text(update.text)
             )
-            await send(batch)
+            await send_opened(batch)
 
         outcome = await self.host.run(
             turn.request, on_update=on_update, protocol_request=protocol_request
         )
         now = int(self.host.now())
         if isinstance(outcome, TurnRefused):
-            error = _refusal_error(outcome, turn.create)
-            await send(machine.error(message=error.message, code=error.code, param=error.param))
-            return
+            raise _refusal_error(outcome, turn.create)
         if isinstance(outcome, TurnCompleted):
             machine.note_result(outcome.result.result)
             final = machine.complete(completed_at=now)
@@ -520,13 +592,22 @@ class _Service:
             final = machine.fail(code=code, message=message, completed_at=now)
         # Stored before the terminal event, so a client that chains at once finds it.
         await self._save_turn(turn, machine.response, outcome)
-        await send(final)
+        await send_opened(final)
 
     async def _save_turn(
         self, turn: _Turn, response: Mapping[str, Any], outcome: TurnOutcome
     ) -> None:
-        """Store a finished foreground response, its input and output items, in one batch."""
+        """Store a finished foreground response, its input and output items, in one batch.
+
+        A command is stored redacted, its reply and its arguments: the reply was shown in
+        the one answer, and a link code (issued in a reply, or sent as ``/link CODE`` and
+        left usable when the link was refused) must not be readable later.
+        """
         caller, rid = turn.caller, turn.response_id
+        items: Sequence[Mapping[str, Any]] = turn.items
+        if isinstance(outcome, TurnCompleted) and isinstance(outcome.result.result, CommandReply):
+            response = _redacted(response)
+            items = [_redacted_command(item, outcome.result.result.command) for item in items]
         value: dict[str, Any] = {
             "stored": turn.create.store,
             "background": False,
@@ -539,7 +620,7 @@ class _Service:
                 self.records.record(
                     records.INPUT_ITEM, records.input_item_key(rid, index), {"item": item}, caller
                 )
-                for index, item in enumerate(turn.items)
+                for index, item in enumerate(items)
             ]
             batch += self._output_index(response, caller)
         batch.append(self.records.record(records.RESPONSE, rid, value, caller))
@@ -551,7 +632,7 @@ class _Service:
             await self._append_to_conversation(
                 turn.create.conversation_id,
                 caller,
-                [*turn.items, *response["output"]],
+                [*items, *response["output"]],
                 taken=turn.pending_taken,
             )
 
@@ -745,7 +826,8 @@ class _Service:
         record = await self._owned_response(request, caller)
         if not record.value.get("background"):
             raise codec.bad_request("Only background responses can be cancelled.", "response_id")
-        await self.host.cancel_continuation(record.value["token"])
+        owner = ChannelIdentity(self.channel.name, caller)
+        await cancel_owned_continuation(self.host, record.value["token"], owner)
         return _json(await self._current_response(record))
 
     @_answering_errors
@@ -848,7 +930,7 @@ class _Service:
     ) -> None:
         fields = {key: value for key, value in data.items() if key not in ("type", "stream_id")}
         create = codec.parse_create(fields, websocket=True)
-        turn = await self._prepare(create, caller)
+        turn = await self._prepare(create, caller, websocket)
         stream_id = data.get("stream_id")
         machine = self._machine(
             turn.response, stream_id=stream_id if isinstance(stream_id, str) else None
@@ -860,7 +942,7 @@ class _Service:
     @_answering_errors
     async def create_conversation(self, request: Request) -> Response:
         caller = await self.channel.caller(request)
-        raw = await read_limited(request, self.channel.max_body_bytes)
+        raw = await self._body(request)
         parsed = codec.parse_conversation_create(codec.parse_json(raw) if raw.strip() else None)
         cid = new_id("conv")
         created_at = int(self.host.now())
@@ -887,7 +969,7 @@ class _Service:
                     await self.records.delete(kind, f"{cid}:")
                 await self.records.delete(records.CONVERSATION, cid)
             return _json(codec.deleted(cid, "conversation.deleted"))
-        raw = await read_limited(request, self.channel.max_body_bytes)
+        raw = await self._body(request)
         data = codec.parse_json(raw)
         if not isinstance(data, dict):
             raise codec.bad_request("The request body must be a JSON object.")
@@ -907,7 +989,7 @@ class _Service:
         record = await self._owned_conversation(request, caller)
         cid = record.key
         if request.method == "POST":
-            raw = await read_limited(request, self.channel.max_body_bytes)
+            raw = await self._body(request)
             data = codec.parse_json(raw)
             if not isinstance(data, dict):
                 raise codec.bad_request("The request body must be a JSON object.")
@@ -1004,6 +1086,37 @@ class _Service:
 
 
 # --- helpers of this module -------------------------------------------------------------
+
+
+_REDACTED = "(The reply to this command was shown once and is not kept.)"
+
+
+def _redacted(response: Mapping[str, Any]) -> dict[str, Any]:
+    """``response`` with every output text replaced (item ids and shape unchanged)."""
+
+    def part(content: Mapping[str, Any]) -> dict[str, Any]:
+        if content.get("type") == "output_text":
+            return {**content, "text": _REDACTED, "annotations": []}
+        return dict(content)
+
+    output = [
+        {**item, "content": [part(c) for c in item.get("content", [])]}
+        if item.get("type") == "message"
+        else dict(item)
+        for item in response.get("output", [])
+    ]
+    return {**response, "output": output}
+
+
+def _redacted_command(item: Mapping[str, Any], command: str) -> Mapping[str, Any]:
+    """A command's input item with only the command's name kept (``/link``)."""
+    if item.get("type") != "message":
+        return item
+    parts = [
+        {**part, "text": f"/{command}"} if part.get("type") == "input_text" else part
+        for part in item.get("content", [])
+    ]
+    return {**item, "content": parts}
 
 
 def _with_id(item: Mapping[str, Any]) -> Mapping[str, Any]:
@@ -1146,9 +1259,7 @@ def _websocket_error(error: ResponsesError) -> dict[str, Any]:
 
 def _websocket_message(message: Mapping[str, Any]) -> Mapping[str, Any]:
     raw = message.get("text")
-    if raw is None:
-        raw = (message.get("bytes") or b"").decode("utf-8", "replace")
-    data = codec.parse_json(raw.encode())
+    data = codec.parse_json(raw if raw is not None else message.get("bytes") or b"")
     if not isinstance(data, dict) or data.get("type") != "response.create":
         raise codec.bad_request(
             "This connection takes 'response.create' messages only.", "type", "unsupported_event"

@@ -171,16 +171,19 @@ def parse_update(
 ) -> Inbound | Ignored:
     """Decide what an update means for this bot (see the module rules)."""
     update_id = update_id_of(data)
+    # python-telegram-bot builds its objects without checking field types (a list where
+    # ``text`` belongs passes), so a wrongly typed field surfaces while the update is
+    # interpreted: that is a malformed update too, never an error of the host.
     try:
         update = Update.de_json(dict(data), None)
-    except (KeyError, TypeError, ValueError, AttributeError) as error:
+        if update.callback_query is not None:
+            return _callback(update_id, update, bot)
+        if update.message is not None:
+            return _message(update_id, "message", update.message, bot, addressing)
+        if update.edited_message is not None:
+            return _message(update_id, "edited_message", update.edited_message, bot, addressing)
+    except (KeyError, TypeError, ValueError, AttributeError, IndexError) as error:
         raise MalformedUpdate(f"update {update_id} does not parse") from error
-    if update.callback_query is not None:
-        return _callback(update_id, update, bot)
-    if update.message is not None:
-        return _message(update_id, "message", update.message, bot, addressing)
-    if update.edited_message is not None:
-        return _message(update_id, "edited_message", update.edited_message, bot, addressing)
     return Ignored(update_id, IgnoreReason.UNSUPPORTED)
 
 

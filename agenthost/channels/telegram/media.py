@@ -19,7 +19,7 @@ from urllib.parse import quote, urlencode
 
 import attrs
 
-_SIGNATURE = re.compile(r"^[A-Za-z0-9_-]{43}$")
+_SIGNATURE = re.compile(r"[A-Za-z0-9_-]{43}")  # fullmatch only: "$" allows a trailing "\n"
 # Served under the file's own type only when a browser cannot run it; anything else is
 # served as an opaque download (a hostile "image" must not become HTML on the host's origin).
 _SAFE_TYPES = frozenset(
@@ -60,7 +60,7 @@ class SignedFiles:
         """``"ok"``, ``"expired"`` (a genuine URL past its time) or ``"invalid"``."""
         if not expires or not signature or not expires.isdigit() or len(expires) > 12:
             return "invalid"
-        if not _SIGNATURE.match(signature):
+        if not _SIGNATURE.fullmatch(signature):
             return "invalid"
         expected = sign(self.key, file_id, int(expires))
         if not hmac.compare_digest(expected.encode("ascii"), signature.encode("ascii")):

@@ -37,8 +37,9 @@ HTML = "HTML"
 
 _V2_RESERVED = frozenset("_*[]()~`>#+-=|{}.!\\")
 _MD_ESCAPABLE = frozenset("!\"#$%&'()*+,-./:;<=>?@[\\]^_`{|}~")
-_SAFE_URL = re.compile(r"^(?:https?://|tg://|mailto:)[^\s<>\"]{1,2048}$", re.IGNORECASE)
-_LANGUAGE = re.compile(r"^[A-Za-z0-9_+#.-]{1,32}$")
+# Both always fullmatch(): with match(), "$" also accepts a trailing newline.
+_SAFE_URL = re.compile(r"(?:https?://|tg://|mailto:)[^\s<>\"]{1,2048}", re.IGNORECASE)
+_LANGUAGE = re.compile(r"[A-Za-z0-9_+#.-]{1,32}")
 
 
 class Style(enum.Enum):
@@ -120,7 +121,7 @@ def parse_markdown(markdown: str) -> Document:
                 body.append(lines[i])
                 i += 1
             i += 1  # the closing fence (or the end of the text)
-            language = fence.group(2) if _LANGUAGE.match(fence.group(2) or "") else ""
+            language = fence.group(2) if _LANGUAGE.fullmatch(fence.group(2) or "") else ""
             code = "\n".join(body)
             blocks.append([Span(code, pre=language)] if code else [])
             continue
@@ -224,7 +225,7 @@ def _inline(
             if link is not None:
                 label, target, end = link
                 flush()
-                if _SAFE_URL.match(target):
+                if _SAFE_URL.fullmatch(target):
                     spans.extend(_inline(label, styles, target))
                 else:
                     spans.extend(_inline(label, styles))

@@ -14,7 +14,6 @@ addressed text (``/new@ThisBot`` arrives as ``/new``) and renders what comes bac
 from __future__ import annotations
 
 import hmac
-import json
 import logging
 import re
 import secrets
@@ -29,7 +28,7 @@ from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response, StreamingResponse
 from starlette.routing import BaseRoute, Route
 
-from agenthost.backends.bodies import BodyTooLarge, OversizedBodyResponse, read_limited
+from agenthost.backends.bodies import BodyRefused, ClientGone, read_json_body
 from agenthost.backends.channel import INHERIT, Channel, HostServices, Inherit
 from agenthost.backends.host import ConfigurationError
 from agenthost.backends.push import PushMessage, PushOutcome
@@ -46,6 +45,7 @@ from agenthost.channels.telegram.codec import Addressing, BotProfile, Inbound
 from agenthost.channels.telegram.inbox import Inbox
 from agenthost.channels.telegram.rendering import HTML, MARKDOWN_V2
 from agenthost.channels.telegram.replies import Reply
+from agenthost.sansio_core import strict_json
 from agenthost.sansio_core.authorization import Allowlist
 from agenthost.sansio_core.commands import CommandReply
 from agenthost.sansio_core.link_policy import DEFAULT_TIER
@@ -72,10 +72,11 @@ log = logging.getLogger("agenthost.channels.telegram")
 SECRET_HEADER = "x-telegram-bot-api-secret-token"  # noqa: S105 - a header name
 DEFAULT_ALLOWED_UPDATES = ("message", "edited_message", "callback_query")
 
-_TOKEN = re.compile(r"^[0-9]{1,20}:[A-Za-z0-9_-]{1,200}$")
-_SECRET = re.compile(r"^[A-Za-z0-9_-]{1,256}$")
-_COMMAND = re.compile(r"^[a-z0-9_]{1,32}$")
-_USERNAME = re.compile(r"^@?[A-Za-z0-9_]{3,64}$")
+# Always fullmatch(): with match(), "$" also accepts a trailing newline.
+_TOKEN = re.compile(r"[0-9]{1,20}:[A-Za-z0-9_-]{1,200}")
+_SECRET = re.compile(r"[A-Za-z0-9_-]{1,256}")
+_COMMAND = re.compile(r"[a-z0-9_]{1,32}")
+_USERNAME = re.compile(r"@?[A-Za-z0-9_]{3,64}")
 _DIRECT_ONLY_COMMANDS = frozenset({"link", "unlink"})  # challenges never go to groups
 
 _REFUSALS = {
@@ -149,7 +150,7 @@ class TelegramChannel(Channel):
         confidentiality_tier: str = DEFAULT_TIER,
         offers_link_commands: bool = True,
     ) -> None:
-        if not isinstance(bot_token, str) or not _TOKEN.match(bot_token):
+        if not isinstance(bot_token, str) or not _TOKEN.fullmatch(bot_token):
             raise ConfigurationError(
                 "bot_token must be the token @BotFather gave (digits, ':', then letters, "
                 "digits, '_' or '-')"
@@ -172,11 +173,11 @@ class TelegramChannel(Channel):
                 "Telegram posts updates only to https URLs (on port 443, 80, 88 or 8443): "
                 "give webhook_url='https://...' or use mode='polling'"
             )
-        if secret_token is not None and not _SECRET.match(secret_token):
+        if secret_token is not None and not _SECRET.fullmatch(secret_token):
             raise ConfigurationError(
                 "secret_token must be 1-256 characters of A-Z, a-z, 0-9, '_' or '-'"
             )
-        if bot_username is not None and not _USERNAME.match(bot_username):
+        if bot_username is not None and not _USERNAME.fullmatch(bot_username):
             raise ConfigurationError(f"bot_username {bot_username!r} is not a Telegram username")
         if parse_mode not in (MARKDOWN_V2, HTML):
             raise ConfigurationError(f"parse_mode must be {MARKDOWN_V2!r} or {HTML!r}")
@@ -344,12 +345,15 @@ class TelegramChannel(Channel):
         if inbox is None or bot is None:
             return PlainTextResponse("Starting", status_code=503)
         try:
-            raw = await read_limited(request, self.max_body_bytes)
-            update = json.loads(raw)
+            raw = await read_json_body(request, self.max_body_bytes)
+            update = strict_json.loads(raw)
             update_id = codec.update_id_of(update)
-        except BodyTooLarge as too_large:
-            return OversizedBodyResponse({"error": str(too_large)})
-        except (ValueError, codec.MalformedUpdate):
+        except BodyRefused as refused:
+            return refused.response({"error": refused.message})
+        except ClientGone:
+            log.debug("telegram webhook abandoned: the client left before its body arrived")
+            return Response(status_code=400)
+        except (ValueError, codec.MalformedUpdate):  # strict_json.JsonRefused is a ValueError
             return PlainTextResponse("Not a Telegram update", status_code=400)
         parsed = self._wanted(update, bot)
         if parsed is not None:
@@ -510,7 +514,7 @@ class TelegramChannel(Channel):
         merged: dict[str, ChannelCommand] = {}
         for command in (*host.command_catalog(self.name), *self.commands()):
             if command.expose_in_ui and command.name not in merged:
-                if _COMMAND.match(command.name):
+                if _COMMAND.fullmatch(command.name):
                     merged[command.name] = command
                 else:
                     log.warning("command not registered: bad name", extra={"command": command.name})
@@ -576,7 +580,7 @@ async def _capped(upstream: httpx.Response, limit: int) -> AsyncIterator[bytes]:
 
 
 def _check_command(command: ChannelCommand) -> None:
-    if not isinstance(command, ChannelCommand) or not _COMMAND.match(command.name):
+    if not isinstance(command, ChannelCommand) or not _COMMAND.fullmatch(command.name):
         raise ConfigurationError(
             f"command {getattr(command, 'name', command)!r}: names are 1-32 of a-z, 0-9 and '_'"
         )

@@ -218,7 +218,7 @@ async def test_typed_workflow_input_through_a_run_hook(tmp_path: Path) -> None:
 
     host = Host(
         workflow,
-        channels=[InvocationsChannel()],
+        channels=[InvocationsChannel(typed_input=True)],
         store=SQLiteStore(tmp_path / "state.db"),
         state_dir=tmp_path,
         run_hook=to_pair,
@@ -241,7 +241,7 @@ async def test_typed_workflow_input_in_the_background(tmp_path: Path) -> None:
 
     host = Host(
         workflow,
-        channels=[InvocationsChannel()],
+        channels=[InvocationsChannel(typed_input=True)],
         store=SQLiteStore(tmp_path / "state.db"),
         state_dir=tmp_path,
         run_hook=to_pair,

@@ -14,4 +14,5 @@ BENCHMARKS = (
     "responses_http",
     "delivery",
     "telegram_webhook",
+    "activity_webhook",
 )

@@ -9,8 +9,9 @@ Rules:
 2. Signing keys come from the OpenID metadata's ``jwks_uri``, fetched through the host's
    HTTP client and cached. An unknown ``kid`` refreshes the set, but at most once per
    ``refresh_interval`` (a flood of invented kids costs one fetch), and the set is
-   refetched after ``max_age`` (the SDKs refresh daily). One fetch runs at a time; a
-   failed fetch keeps the keys already known. At most ``max_keys`` keys are kept.
+   refetched after ``max_age`` (the SDKs refresh daily). One fetch runs at a time, and
+   requests arriving meanwhile wait for its result; a failed fetch keeps the keys already
+   known. At most ``max_keys`` keys are kept.
 3. RS256 only. ``iss`` is the Bot Framework's issuer, ``aud`` the bot's app id, ``exp``
    is required, and ``exp``/``nbf`` allow five minutes of clock skew.
 4. Channel tokens: the signing key's ``endorsements`` include the activity's
@@ -25,7 +26,9 @@ Rules:
 
 from __future__ import annotations
 
+import base64
 import hmac
+import json
 import logging
 import re
 from collections.abc import Callable, Mapping
@@ -51,6 +54,21 @@ _EMULATOR_ISSUERS = (
     re.compile(r"^https://sts\.windows\.net/[0-9A-Za-z.-]{1,64}/$"),
     re.compile(r"^https://login\.microsoftonline\.com/[0-9A-Za-z.-]{1,64}/v2\.0$"),
 )
+
+
+def _unverified_segment(token: str, index: int) -> Mapping[str, Any]:
+    """One JSON segment of a compact JWS, decoded but not trusted."""
+    segments = token.split(".")
+    if len(segments) != 3:
+        raise InvalidToken("malformed_token")
+    segment = segments[index]
+    try:
+        decoded = json.loads(base64.urlsafe_b64decode(segment + "=" * (-len(segment) % 4)))
+    except (ValueError, TypeError):
+        raise InvalidToken("malformed_token") from None
+    if not isinstance(decoded, Mapping):
+        raise InvalidToken("malformed_token")
+    return decoded
 
 
 class InvalidToken(Exception):
@@ -99,14 +117,16 @@ class SigningKeys:
         self._keys: dict[str, SigningKey] = {}
         self._fetched_at: float | None = None  # last successful fetch
         self._tried_at: float | None = None  # last attempt, successful or not
+        self._attempts = 0
         self._lock = anyio.Lock()
         self.fetches = 0  # how many times the key set was fetched (for tests and metrics)
 
     async def key(self, kid: str) -> SigningKey | None:
-        now = self._clock()
-        stale = self._fetched_at is None or now - self._fetched_at >= self._max_age
-        if (stale or kid not in self._keys) and self._may_refresh(now):
-            await self._refresh()
+        found = self._keys.get(kid)
+        fetched = self._fetched_at
+        if found is not None and fetched is not None and self._clock() - fetched < self._max_age:
+            return found
+        await self._refresh()
         return self._keys.get(kid)
 
     def _may_refresh(self, now: float) -> bool:
@@ -117,10 +137,12 @@ class SigningKeys:
         return now - self._tried_at >= min(interval, self._refresh_interval)
 
     async def _refresh(self) -> None:
-        tried = self._tried_at
+        attempts = self._attempts
         async with self._lock:
-            if self._tried_at != tried:
-                return  # another request fetched while this one waited
+            # A request that waited for another's fetch uses its result.
+            if self._attempts != attempts or not self._may_refresh(self._clock()):
+                return
+            self._attempts += 1
             self._tried_at = self._clock()
             try:
                 keys = await self._fetch()
@@ -199,28 +221,23 @@ class TokenVerifier:
             raise InvalidToken("not_bearer")
         if len(token) > MAX_TOKEN_BYTES:
             raise InvalidToken("token_too_long")
-        try:
-            header = jwt.get_unverified_header(token)
-            unverified = jwt.decode(token, options={"verify_signature": False})
-        except jwt.PyJWTError:
-            raise InvalidToken("malformed_token") from None
+        # The header (and, with the emulator on, the issuer) pick the key: read them with
+        # the standard library once; PyJWT checks the whole token again when it verifies.
+        header = _unverified_segment(token, 0)
         if header.get("alg") != "RS256":
             raise InvalidToken("algorithm_not_allowed")
         kid = header.get("kid")
         if not isinstance(kid, str) or not kid:
             raise InvalidToken("no_key_id")
-        issuer = unverified.get("iss")
-        if isinstance(issuer, str) and hmac.compare_digest(
-            issuer.encode("utf-8"), self._issuer.encode("utf-8")
-        ):
-            return await self._verify_channel(token, kid)
-        if (
-            self._emulator_keys is not None
-            and isinstance(issuer, str)
-            and any(p.match(issuer) for p in _EMULATOR_ISSUERS)
-        ):
-            return await self._verify_emulator(token, kid, issuer)
-        raise InvalidToken("wrong_issuer")
+        if self._emulator_keys is not None:
+            issuer = _unverified_segment(token, 1).get("iss")
+            if (
+                isinstance(issuer, str)
+                and not hmac.compare_digest(issuer.encode("utf-8"), self._issuer.encode("utf-8"))
+                and any(p.match(issuer) for p in _EMULATOR_ISSUERS)
+            ):
+                return await self._verify_emulator(token, kid, issuer)
+        return await self._verify_channel(token, kid)
 
     async def _verify_channel(self, token: str, kid: str) -> VerifiedToken:
         key = await self._channel_keys.key(kid)

@@ -92,12 +92,19 @@ class Received:
 
 
 class FakeChannelService:
-    def __init__(self, *, app_id: str = APP_ID, endorsements: tuple[str, ...] = ("msteams",)):
+    def __init__(
+        self,
+        *,
+        app_id: str = APP_ID,
+        endorsements: tuple[str, ...] = ("msteams",),
+        key: IssuerKey | None = None,
+    ):
         self.app_id = app_id
         self.base_url = ""  # set once served
-        self.keys = [IssuerKey(f"kid-{secrets.token_hex(4)}", rsa_key(), list(endorsements))]
+        self.keys = [key or IssuerKey(f"kid-{secrets.token_hex(4)}", rsa_key(), list(endorsements))]
         self.metadata_fetches = 0
         self.key_fetches = 0
+        self.jwks_delay = 0.0  # seconds the JWKS takes to answer (a slow issuer)
         self.accepted_tokens: set[str] = set()  # filled by FakeEntra
         self.received: list[Received] = []
         self.refused: list[Received] = []
@@ -185,6 +192,7 @@ class FakeChannelService:
 
     async def _jwks(self, request: Request) -> Response:
         self.key_fetches += 1
+        await anyio.sleep(self.jwks_delay)
         return JSONResponse({"keys": [key.jwk() for key in self.keys]})
 
     # --- the connector ------------------------------------------------------------------

@@ -279,3 +279,33 @@ async def test_emulator_tokens_only_when_enabled(
                 await service.wait_until(lambda: bool(service.messages_to(chat["id"])))
                 await bot.idle()
                 assert target.calls == [["from the emulator"]]
+
+
+async def test_activities_arriving_during_the_first_key_fetch_wait_for_it(
+    tmp_path: Path, certificate: LoopbackCertificate
+) -> None:
+    target = Recorder(reply=lambda text: "ok")
+    statuses: list[int] = []
+    with anyio.fail_after(TIMEOUT):
+        async with (
+            bot_framework(certificate) as services,
+            activity_host(target, tmp_path, services) as bot,
+        ):
+            url, service = services.service.service_url, services.service
+            service.jwks_delay = 0.5  # the issuer answers slowly
+
+            async def post_one(index: int) -> None:
+                user, chat = new_user(), personal_conversation()
+                response = await bot.post(message(user, chat, f"m{index}", service_url=url))
+                statuses.append(response.status_code)
+
+            async with anyio.create_task_group() as tasks:
+                tasks.start_soon(post_one, 0)
+                # The first activity's fetch is under way; these arrive while it runs.
+                await service.wait_until(lambda: service.key_fetches == 1)
+                for index in range(1, 12):
+                    tasks.start_soon(post_one, index)
+            assert statuses == [200] * 12
+            assert service.key_fetches == 1
+            await bot.idle()
+            assert len(target.calls) == 12

@@ -333,6 +333,8 @@ def _attachments(activity: Activity) -> tuple[AttachmentRef, ...]:
             media_type = content_type
         if not isinstance(url, str) or not url.startswith(("https://", "http://")):
             continue  # cards, HTML fragments and inline data are not files
+        if "*" in media_type:  # Teams sends inline images as "image/*"
+            media_type = "application/octet-stream"
         if media_type.startswith("text/html") or media_type.startswith("application/vnd."):
             continue
         found.append(AttachmentRef(url, media_type or "application/octet-stream", attachment.name))

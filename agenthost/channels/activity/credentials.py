@@ -94,12 +94,23 @@ class _HostHttp:
         headers: Mapping[str, str] | None = None,
     ) -> _Response:
         async def request() -> httpx.Response:
-            # msal sends form data as a dict, or as an already encoded string.
-            body = {"content": data} if isinstance(data, str | bytes) else {"data": data}
+            # msal sends form data as a dict (whose client assertion is bytes, which requests
+            # encodes as text and httpx would write as "b'...'"), or as an encoded string.
+            body: dict[str, Any]
+            if isinstance(data, Mapping):
+                body = {"data": {k: _form_value(v) for k, v in data.items()}}
+            elif isinstance(data, str | bytes):
+                body = {"content": data}
+            else:
+                body = {}
             return await self._http.request(method, url, params=params, headers=headers, **body)
 
         response = anyio.from_thread.run(request)
         return _Response(response.status_code, response.text, dict(response.headers))
+
+
+def _form_value(value: Any) -> Any:
+    return value.decode("utf-8") if isinstance(value, bytes) else value
 
 
 @attrs.frozen
@@ -195,10 +206,12 @@ class BotTokens:
                     instance_discovery=False,
                 )
             result: Mapping[str, Any] = self._app.acquire_token_for_client(scopes=[self._scope])
-        except (httpx.HTTPError, ValueError) as error:
+        except Exception as error:
+            # msal raises what its HTTP and crypto layers raise (ValueError for a bad
+            # authority, RuntimeError, a key it cannot load ...): all mean "no token".
             log.warning(
                 "bot framework token not acquired", extra={"error_type": type(error).__name__}
             )
             self._app = None
-            raise TokenUnavailable("authority_unreachable") from None
+            raise TokenUnavailable("token_request_failed") from None
         return result

@@ -17,6 +17,7 @@ import anyio
 import attrs
 import httpx
 import pytest
+from cryptography import x509
 
 from agenthost import Host, HostMessage
 from agenthost.channels.activity import ActivityChannel
@@ -50,9 +51,12 @@ class Services:
 
 
 @asynccontextmanager
-async def bot_framework(certificate: LoopbackCertificate) -> AsyncIterator[Services]:
+async def bot_framework(
+    certificate: LoopbackCertificate, *, app_certificate: x509.Certificate | None = None
+) -> AsyncIterator[Services]:
+    """The fakes, served; ``app_certificate``: the app authenticates with it, not a secret."""
     service = FakeChannelService()
-    entra = FakeEntra(service)
+    entra = FakeEntra(service, certificate=app_certificate)
     async with (
         served(service.app) as service_url,
         served_tls(entra.app, certificate) as entra_url,

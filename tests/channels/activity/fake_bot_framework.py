@@ -18,6 +18,7 @@
 
 from __future__ import annotations
 
+import base64
 import secrets
 import time
 from collections.abc import Callable, Mapping
@@ -26,6 +27,8 @@ from typing import Any
 import anyio
 import attrs
 import jwt
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.hazmat.primitives.asymmetric.rsa import RSAPrivateKey
 from jwt.algorithms import RSAAlgorithm
@@ -109,6 +112,7 @@ class FakeChannelService:
         self.received: list[Received] = []
         self.refused: list[Received] = []
         self.gone: set[str] = set()
+        self.stopped_streams: set[str] = set()  # conversations whose user pressed Stop
         self.file_requests: list[str | None] = []  # the authorization header of each
         self._failures: list[tuple[str, int, float | None]] = []
         self._ids = 0
@@ -243,10 +247,14 @@ class FakeChannelService:
             (e for e in activity.get("entities") or [] if e.get("type") == "streaminfo"), None
         )
         if info is not None and info.get("streamType") != "informative":
-            # Teams: chunks and the final message continue a stream the bot opened.
-            opened = {r.id for r in self.received if (r.stream_info or {}).get("streamType")}
-            if info.get("streamId") not in opened:
-                return _connector_error(400, "BadArgument", "Unknown stream.")
+            refused = self._stream_refusal(conversation_id, info, str(activity.get("text") or ""))
+            if refused is not None:
+                self.refused.append(
+                    Received(
+                        conversation_id, reply_to, dict(activity), at, refused.status_code, None
+                    )
+                )
+                return refused
         self._ids += 1
         activity_id = f"{1_700_000_000_000 + self._ids}"
         if info is not None and info.get("streamId"):
@@ -256,6 +264,35 @@ class FakeChannelService:
         )
         return JSONResponse({"id": activity_id}, status_code=200)
 
+    def _stream_refusal(
+        self, conversation_id: str, info: Mapping[str, Any], text: str
+    ) -> Response | None:
+        """Teams' rules for a chunk or a final message (TM-STREAM): it continues a stream
+        the bot opened in this chat, a chunk's sequence grows and its text is cumulative;
+        a stream the user stopped takes nothing more."""
+        stream = [
+            r
+            for r in self.received
+            if r.conversation_id == conversation_id
+            and r.stream_info is not None
+            and info.get("streamId") in (r.id, r.stream_info.get("streamId"))
+        ]
+        if not stream:
+            return _connector_error(400, "BadArgument", "Unknown stream.")
+        if conversation_id in self.stopped_streams:
+            return _connector_error(403, "ContentStreamNotAllowed", "The user stopped the stream.")
+        if info.get("streamType") == "streaming":
+            last = stream[-1]
+            previous = int((last.stream_info or {}).get("streamSequence", 0))
+            if int(info.get("streamSequence", 0)) <= previous:
+                return _connector_error(400, "BadArgument", "The stream sequence must increase.")
+            if (
+                not text.startswith(last.text)
+                and last.stream_info.get("streamType") != "informative"
+            ):
+                return _connector_error(400, "BadArgument", "Streamed text must be cumulative.")
+        return None
+
     async def _file(self, request: Request) -> Response:
         authorization = request.headers.get("authorization")
         self.file_requests.append(authorization)
@@ -263,6 +300,10 @@ class FakeChannelService:
         if scheme != "Bearer" or token not in self.accepted_tokens:
             return Response(status_code=401)
         return Response(FILE_BYTES, media_type="image/png")
+
+
+def _base64url(text: str) -> str:
+    return text.rstrip("=").replace("+", "-").replace("/", "_")
 
 
 async def _ready(request: Request) -> Response:
@@ -278,13 +319,22 @@ def _connector_error(
 
 
 class FakeEntra:
-    """Entra's client-credentials endpoint for one app registration."""
+    """Entra's client-credentials endpoint for one app registration: a client secret, or
+    a certificate (a signed ``client_assertion`` naming it by ``x5t``)."""
 
-    def __init__(self, service: FakeChannelService, *, secret: str = APP_SECRET) -> None:
+    def __init__(
+        self,
+        service: FakeChannelService,
+        *,
+        secret: str = APP_SECRET,
+        certificate: x509.Certificate | None = None,
+    ) -> None:
         self.base_url = ""  # set once served (https)
         self._service = service
         self._secret = secret
+        self._certificate = certificate
         self.token_requests: list[dict[str, str]] = []
+        self.issued = 0
         self.expires_in = 3599
         self.app = Starlette(
             routes=[
@@ -310,9 +360,8 @@ class FakeEntra:
         self.token_requests.append({**form, "tenant": request.path_params["tenant"]})
         if form.get("grant_type") != "client_credentials":
             return JSONResponse({"error": "unsupported_grant_type"}, status_code=400)
-        if (
-            form.get("client_id") != self._service.app_id
-            or form.get("client_secret") != self._secret
+        if form.get("client_id") != self._service.app_id or not self._authenticated(
+            form, request.path_params["tenant"]
         ):
             return JSONResponse(
                 {"error": "invalid_client", "error_description": "AADSTS7000215"}, status_code=401
@@ -321,6 +370,37 @@ class FakeEntra:
             return JSONResponse({"error": "invalid_scope"}, status_code=400)
         token = secrets.token_urlsafe(24)
         self._service.accepted_tokens.add(token)
+        self.issued += 1
         return JSONResponse(
             {"token_type": "Bearer", "expires_in": self.expires_in, "access_token": token}
         )
+
+    def _authenticated(self, form: Mapping[str, str], tenant: str) -> bool:
+        if "client_secret" in form:
+            return self._certificate is None and form["client_secret"] == self._secret
+        assertion = form.get("client_assertion")
+        if self._certificate is None or assertion is None:
+            return False
+        if form.get("client_assertion_type") != (
+            "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
+        ):
+            return False
+        fingerprint = self._certificate.fingerprint(hashes.SHA1())  # Entra's x5t is SHA-1
+        header = jwt.get_unverified_header(assertion)
+        x5t = base64.urlsafe_b64encode(fingerprint).rstrip(b"=").decode()
+        presented = header.get("x5t")
+        # msal writes x5t in base64's own alphabet, padded; Entra accepts that too.
+        if not isinstance(presented, str) or _base64url(presented) != x5t:
+            return False
+        try:
+            claims = jwt.decode(
+                assertion,
+                self._certificate.public_key(),  # type: ignore[arg-type]
+                algorithms=["RS256", "PS256"],
+                audience=f"{self.base_url}/{tenant}/oauth2/v2.0/token",
+                issuer=self._service.app_id,
+                options={"require": ["exp", "aud", "iss", "sub"]},
+            )
+        except jwt.PyJWTError:
+            return False
+        return bool(claims.get("sub") == self._service.app_id)

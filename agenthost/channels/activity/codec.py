@@ -448,14 +448,16 @@ def stream_update(
     }
 
 
-def stream_final(reference: Mapping[str, Any], text: str, *, stream_id: str) -> dict[str, Any]:
+def stream_final(
+    reference: Mapping[str, Any], text: str, *, stream_id: str, markdown: bool = True
+) -> dict[str, Any]:
     """The ``message`` that ends a Teams stream with the whole answer."""
     info = {"streamId": stream_id, "streamType": "final"}
     return {
         **_addressing(reference),
         "type": "message",
         "text": text,
-        "textFormat": "markdown",
+        "textFormat": "markdown" if markdown else "plain",
         "entities": [{"type": "streaminfo", **info}],
         "channelData": dict(info),
     }

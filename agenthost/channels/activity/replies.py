@@ -141,7 +141,7 @@ class Reply:
             for part in parts:
                 if first and self._streaming and self._stream_id is not None:
                     first = False
-                    if await self._close_stream(part):
+                    if await self._close_stream(part, markdown=markdown):
                         continue
                 first = False
                 await self._post(codec.message(self._reference, part, markdown=markdown))
@@ -155,9 +155,11 @@ class Reply:
                 },
             )
 
-    async def _close_stream(self, text: str) -> bool:
+    async def _close_stream(self, text: str, *, markdown: bool) -> bool:
         assert self._stream_id is not None
-        final = codec.stream_final(self._reference, text, stream_id=self._stream_id)
+        final = codec.stream_final(
+            self._reference, text, stream_id=self._stream_id, markdown=markdown
+        )
         try:
             await self._connector.send(self._service_url, self._conversation_id, final)
         except ConnectorError as error:

@@ -208,10 +208,6 @@ class TokenVerifier:
         self._emulator_keys = emulator_keys
         self._issuer = issuer
 
-    @property
-    def channel_key_fetches(self) -> int:
-        return self._channel_keys.fetches
-
     async def verify(self, authorization: str | None) -> VerifiedToken:
         if not authorization:
             raise InvalidToken("no_token")

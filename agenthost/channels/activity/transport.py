@@ -311,12 +311,6 @@ class ActivityChannel(Channel):
         if self._inbox is not None:
             await self._inbox.wait_idle()
 
-    @property
-    def signing_keys_fetches(self) -> int:
-        """How many times the signing keys were fetched (for tests and metrics)."""
-        verifier = self._verifier
-        return verifier.channel_key_fetches if verifier is not None else 0
-
     # --- pushing (ChannelPush) --------------------------------------------------------
 
     async def push(self, destination: Destination, message: PushMessage) -> PushOutcome:
@@ -426,7 +420,8 @@ class ActivityChannel(Channel):
             connector,
             inbound,
             reference,
-            stream=self.stream,
+            # A command's answer is the host's, at once: no stream to open for it.
+            stream=self.stream and not inbound.text.startswith("/"),
             stream_interval=self.stream_interval,
             informative_text=self.informative_text,
         )

@@ -377,3 +377,19 @@ async def test_a_file_reaches_the_target_as_a_host_url(
                 # The connector's file was fetched with the bot token, by the host.
                 [authorization] = services.service.file_requests
                 assert authorization is not None and authorization.startswith("Bearer ")
+
+
+async def test_a_command_in_a_streaming_chat_is_one_plain_message(
+    tmp_path: Path, certificate: LoopbackCertificate
+) -> None:
+    ada, chat = new_user(), personal_conversation()
+    with anyio.fail_after(TIMEOUT):
+        async with (
+            bot_framework(certificate) as services,
+            activity_host(Recorder(), tmp_path, services, stream=True) as bot,
+        ):
+            url = services.service.service_url
+            [help_text] = await bot.exchange(message(ada, chat, "/help", service_url=url))
+            assert [r.type for r in services.service.sent_to(chat["id"])] == ["message"]
+            assert help_text.stream_info is None
+            assert help_text.activity["textFormat"] == "plain"

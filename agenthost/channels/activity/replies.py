@@ -137,13 +137,11 @@ class Reply:
         self._shown.set()
         parts = codec.split_text(text)
         try:
-            first = True
+            # The first part closes an open stream; if Teams refuses that, it goes plainly.
+            streaming = self._stream_id is not None and self._streaming
+            if streaming and await self._close_stream(parts[0], markdown=markdown):
+                parts = parts[1:]
             for part in parts:
-                if first and self._streaming and self._stream_id is not None:
-                    first = False
-                    if await self._close_stream(part, markdown=markdown):
-                        continue
-                first = False
                 await self._post(codec.message(self._reference, part, markdown=markdown))
         except ConnectorError as error:
             log.warning(

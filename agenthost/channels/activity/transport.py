@@ -43,7 +43,7 @@ from agenthost.backends.channel import INHERIT, Channel, HostServices, Inherit
 from agenthost.backends.host import ConfigurationError
 from agenthost.backends.push import PushMessage, PushOutcome
 from agenthost.channels.activity import codec, pushes
-from agenthost.channels.activity.codec import Addressing, Greeting, Inbound
+from agenthost.channels.activity.codec import Addressing, Greeting, Ignored, Inbound
 from agenthost.channels.activity.connector import (
     DEFAULT_SERVICE_URLS,
     Connector,
@@ -374,6 +374,10 @@ class ActivityChannel(Channel):
                 await host.store.put_channel_records(references)
         except InboxFull:
             return _error(503, "ServiceUnavailable", "Too many activities are waiting.")
+        except Exception as error:
+            # Not recorded, so not acknowledged: the connector retries a 503.
+            log.error("activity not recorded", extra={"error_type": type(error).__name__})
+            return _error(503, "ServiceUnavailable", "The bot cannot take this activity now.")
         if is_invoke:
             if isinstance(decided, Inbound):
                 return JSONResponse(codec.card_invoke_response(_CARD_ACCEPTED))
@@ -381,7 +385,10 @@ class ActivityChannel(Channel):
         if not wanted:
             log.debug(
                 "activity not for a turn",
-                extra={"activity_type": activity.type, "reason": getattr(decided, "reason", None)},
+                extra={
+                    "activity_type": activity.type,
+                    "reason": decided.reason.value if isinstance(decided, Ignored) else "greeting",
+                },
             )
         return Response(status_code=200)
 

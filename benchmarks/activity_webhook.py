@@ -22,7 +22,9 @@ Rows:
   the RS256 signature and claims, the Activity model parse and the binding checks;
 - ``invocations: answered``: the baseline, ``POST /invocations/invoke`` run to its answer;
 - ``activity: acknowledged``: activity POSTs answered 200: token verified, body parsed,
-  conversation reference and inbox record written (one store transaction);
+  conversation reference and inbox record written (one store transaction). Acknowledging
+  outruns answering, so the host's inbox bound is raised for this (by default 1,000
+  waiting activities make the endpoint answer 503 until the backlog drains);
 - ``activity: answered``: the same activities end to end, counted until the last reply
   reached the fake connector (the turn, and a connector POST with the bot's token).
 
@@ -416,6 +418,9 @@ def _activity_app(fake_port: int, cafile: str, state_dir: Path, port: int) -> An
         service_urls=[fake],
         stream=False,
         typing_delay=60.0,
+        # The load outruns the answers on purpose (the ack row measures recording), so the
+        # backlog may pass the default 1,000, where a real connector would get 503s.
+        max_pending=100_000,
     )
     return loopback.host_app(echo, channel, "sqlite", state_dir)
 

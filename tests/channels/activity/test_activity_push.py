@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import anyio
+import attrs
 import pytest
 
 from agenthost import ChannelIdentity, Host
@@ -302,3 +303,60 @@ async def test_a_teams_tenant_satisfies_a_linked_claim_allowlist(
             )
             assert linked.linked
             assert linked.isolation_key == await isolation_key_of(bot, ada.aad_object_id)
+
+
+async def test_a_vanished_conversation_is_a_dead_letter(
+    tmp_path: Path, certificate: LoopbackCertificate
+) -> None:
+    ada, chat = new_user(), personal_conversation()
+    with anyio.fail_after(TIMEOUT):
+        async with (
+            bot_framework(certificate) as services,
+            activity_host(
+                Recorder(), tmp_path, services, host_options={"delivery_retry": FAST_RETRY}
+            ) as bot,
+        ):
+            service = services.service
+            await bot.exchange(message(ada, chat, "hello", service_url=service.service_url))
+            service.fail(chat["id"], 404)
+            await bot.host.deliver(
+                isolation_key=await isolation_key_of(bot, ada.aad_object_id),
+                message="anyone?",
+                target=ResponseTarget.channel("activity"),
+            )
+            [dead] = await settled(bot.host, 1)
+            assert dead.status is DeliveryStatus.DEAD and dead.attempts == 1
+            assert dead.last_error is not None and "404" in dead.last_error
+
+
+async def test_a_stored_reference_never_sends_the_token_to_a_host_off_the_allowlist(
+    tmp_path: Path, certificate: LoopbackCertificate
+) -> None:
+    ada, chat = new_user(), personal_conversation()
+    with anyio.fail_after(TIMEOUT):
+        async with (
+            bot_framework(certificate) as services,
+            activity_host(
+                Recorder(), tmp_path, services, host_options={"delivery_retry": FAST_RETRY}
+            ) as bot,
+        ):
+            service = services.service
+            await bot.exchange(message(ada, chat, "hello", service_url=service.service_url))
+            # Someone with write access to the store points the reference elsewhere.
+            store = bot.host.store
+            record = await store.get_channel_record("activity", "ref", chat["id"])
+            assert record is not None
+            tampered = attrs.evolve(
+                record, value={**record.value, "serviceUrl": "http://127.0.0.2:9/amer/"}
+            )
+            await store.put_channel_records([tampered])
+            await bot.host.deliver(
+                isolation_key=await isolation_key_of(bot, ada.aad_object_id),
+                message="secret plans",
+                target=ResponseTarget.channel("activity"),
+            )
+            [dead] = await settled(bot.host, 1)
+            assert dead.status is DeliveryStatus.DEAD
+            # Refused before any connection: permanent at once, not a network error retried.
+            assert dead.attempts == 1
+            assert dead.last_error is not None and "not allowed" in dead.last_error

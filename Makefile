@@ -31,7 +31,13 @@ $(VERCEL)/node_modules/.installed: $(VERCEL)/package-lock.json
 		--loglevel=error; then touch $@; \
 	else echo "npm ci failed or npm is missing: the Vercel AI SDK test will be skipped"; fi
 
-install: $(VENV)/.installed-dev $(VERCEL)/node_modules/.installed
+# The MCP conformance kit, run against the MCP channel by the suite.
+MCP_CONFORMANCE := .mcp-conformance/node_modules/.installed
+$(MCP_CONFORMANCE):
+	npm install --no-audit --no-fund --loglevel=error --prefix .mcp-conformance \
+		@modelcontextprotocol/conformance@0.1.13 && touch $@
+
+install: $(VENV)/.installed-dev $(VERCEL)/node_modules/.installed $(MCP_CONFORMANCE)
 
 demo: $(VENV)/.installed-base
 	$(VENV)/bin/agenthost demo --host 127.0.0.1 --port $${PORT:-8000}
@@ -54,8 +60,7 @@ bench: $(VENV)/.installed-bench
 
 # The MCP conformance suite (Node): its server scenarios then run with the MCP channel's tests.
 # 0.1.13 is the last release that runs on Node 20.
-mcp-conformance:
-	npm install --no-audit --no-fund --prefix .mcp-conformance @modelcontextprotocol/conformance@0.1.13
+mcp-conformance: $(MCP_CONFORMANCE)
 
 clean:
 	rm -rf $(VENV) .agenthost build dist *.egg-info

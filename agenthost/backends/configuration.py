@@ -235,14 +235,23 @@ def _check_target(target: object) -> None:
         if not callable(target) or callable(getattr(target, "run", None)):
             return  # an agent or a workflow (anything with run()); the adapter checks it
         function = type(target).__call__  # a callable object: its __call__ decides
-    if _is_async(function):
-        return
+    if _is_async(function) or _takes_no_arguments(target):
+        return  # a message callable, or a function that builds a workflow per run
     name = getattr(target, "__name__", repr(target))
     raise ConfigurationError(
-        f"the target {name} is a synchronous function; the host runs an async function "
-        "taking the list of messages (async def reply(messages) -> str, or an async "
-        "generator of text chunks), an Agent Framework Agent or a Workflow: make it async def"
+        f"the target {name} is a synchronous function taking arguments; the host runs an "
+        "async function taking the list of messages (async def reply(messages) -> str, or an "
+        "async generator of text chunks), an Agent Framework Agent or a Workflow (or a "
+        "function taking no arguments that builds one): make it async def"
     )
+
+
+def _takes_no_arguments(target: object) -> bool:
+    try:
+        inspect.signature(target).bind()  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return False
+    return True
 
 
 def _is_async(function: object) -> bool:

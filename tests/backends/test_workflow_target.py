@@ -46,7 +46,7 @@ TIMEOUT = 30.0
 def make_host(target: Any, tmp_path: Path, **options: Any) -> Host:
     return Host(
         target,
-        channels=[InvocationsChannel(), ResponsesChannel()],
+        channels=[InvocationsChannel(typed_input=True), ResponsesChannel()],
         store=SQLiteStore(tmp_path / "state.db"),
         state_dir=tmp_path,
         **options,

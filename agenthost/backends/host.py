@@ -42,7 +42,7 @@ from agenthost.backends.interpreter import (
 from agenthost.backends.linking import IdentityLinker
 from agenthost.backends.outbox import DeliveryWorker, OutboxSettings, ResponseHook
 from agenthost.backends.serving import Backend, serve_forever
-from agenthost.backends.targets import UpdateSink, adapt_target
+from agenthost.backends.targets import UpdateSink, accepts_function_tools, adapt_target
 from agenthost.backends.worker import BackgroundWorker, WorkerSettings
 from agenthost.sansio_core import authorization, background, commands, delivery, linking, turns
 from agenthost.sansio_core import effects as fx
@@ -346,6 +346,11 @@ class Host:
                 log.exception("a host task failed", extra={"task": name})
 
         self._tasks.start_soon(guarded, name=name)
+
+    @property
+    def target_accepts_function_tools(self) -> bool:
+        """Whether caller-declared function tools reach the target (``TargetFeatures``)."""
+        return accepts_function_tools(self._adapter)
 
     def now(self) -> float:
         """The host's clock (wall time in seconds), as every record the host writes uses."""

@@ -247,7 +247,8 @@ class World:
         poll_url = response.json()["poll_url"]
         with anyio.fail_after(TIMEOUT):
             while True:
-                body: dict[str, Any] = (await self.client.get(poll_url)).json()
+                polled = await self.client.get(poll_url, headers=self.headers)
+                body: dict[str, Any] = polled.json()
                 if body["status"] in ("completed", "failed", "cancelled"):
                     return body
                 await anyio.sleep(0.02)

@@ -16,14 +16,20 @@ from typing import Any
 
 import anyio
 import httpx
+import openai
 import pytest
 from agent_framework import Agent
 from openai.types.responses import ResponseFunctionToolCall
 
-from agenthost import Host, HostMessage, demo
-from agenthost.backends.targets import accepts_function_tools
+from agenthost import ChannelIdentity, ChannelRequest, Host, HostMessage, demo
+from agenthost.backends.targets import (
+    CallableTarget,
+    FunctionToolsUnsupported,
+    TargetCall,
+)
 from agenthost.channels.responses import ResponsesChannel
 from agenthost.demo import build_agent
+from agenthost.sansio_core.types import SessionRef
 from tests.channels.responses.conftest import TIMEOUT, make_host, sdk_client, serving
 
 pytestmark = pytest.mark.anyio
@@ -293,40 +299,41 @@ async def plain_target(messages: list[HostMessage]) -> str:
 
 
 async def test_a_plain_async_target_never_quietly_ignores_tools(tmp_path: Path) -> None:
-    """Without the host's help the adapter refuses the run: a failed response, not an
-    answer that pretends the tools were seen."""
+    """The host knows its target cannot take tools: the openai client hears a 400, never
+    an answer that pretends the tools were seen."""
     with anyio.fail_after(TIMEOUT):
         async with (
             serving(make_host(plain_target, tmp_path)) as base_url,
             sdk_client(base_url) as client,
         ):
-            refused = await client.responses.create(model="demo", input=ASK, tools=[WEATHER])
-            assert refused.status == "failed" and refused.output == []
-            required = await client.responses.create(
-                model="demo", input="hi", tool_choice="required"
-            )
-            assert required.status == "failed"
+            with pytest.raises(openai.BadRequestError) as refused:
+                await client.responses.create(model="demo", input=ASK, tools=[WEATHER])
+            assert refused.value.code == "tools_not_supported"
+            with pytest.raises(openai.BadRequestError):
+                await client.responses.create(model="demo", input="hi", tool_choice="required")
             fine = await client.responses.create(model="demo", input="hi", tool_choice="auto")
             assert fine.output_text == "echo: hi"
 
 
-class FeatureHost(Host):
-    """A host that says what its target can take (``backends.channel.TargetFeatures``)."""
-
-    def __init__(self, target: Any, **options: Any) -> None:
-        super().__init__(target, **options)
-        self._accepts_tools = accepts_function_tools(target)
-
-    @property
-    def target_accepts_function_tools(self) -> bool:
-        return self._accepts_tools
+async def test_the_adapter_refuses_tools_where_no_host_says_so_first() -> None:
+    """Below the channel, a plain target's adapter refuses a run with tools itself."""
+    request = ChannelRequest(
+        channel="responses",
+        identity=ChannelIdentity("responses", "caller"),
+        input=(HostMessage.user(ASK),),
+        options={"tools": [WEATHER]},
+    )
+    with pytest.raises(FunctionToolsUnsupported):
+        await CallableTarget(plain_target).run(
+            TargetCall(request, SessionRef("k", None, None), None, None)
+        )
 
 
 async def test_a_host_that_knows_its_target_refuses_tools_with_a_400(tmp_path: Path) -> None:
     from agenthost.stores.sqlite import SQLiteStore
 
-    def host(target: Any) -> FeatureHost:
-        return FeatureHost(
+    def host(target: Any) -> Host:
+        return Host(
             target,
             channels=[ResponsesChannel()],
             store=SQLiteStore(tmp_path / f"{id(target)}.db"),

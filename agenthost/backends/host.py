@@ -297,6 +297,7 @@ class Host:
                     response_hook=self._response_hook,
                 )
                 await tasks.start(worker.serve)
+                tasks.start_soon(self._interpreter.renew_leases, name="lease renewals")
                 if self._router.any_can_push:
                     await tasks.start(outbox.serve)
                     self._outbox = outbox
@@ -434,6 +435,10 @@ class Host:
         worker = self._require_running()
         if not request.response_target.is_originating:
             return await self.run_in_background(request, protocol_request=protocol_request)
+        if not self._turn_settings.run_hook:
+            # Without a hook nothing can move the reply elsewhere: a plain foreground turn,
+            # which opens in one store round trip.
+            return await self.run(request, on_update=on_update, protocol_request=protocol_request)
         token = f"run_{self._new_id()}"
         now = self._clock()
         command = commands.command_of(

@@ -2,9 +2,10 @@
 
 Besides answering effects it keeps three promises the core cannot keep without I/O:
 the lease of a run that is cancelled mid-way (a caller hung up, a shutdown) is released
-or withdrawn, shielded from that cancellation; the holder renews its lease while the target
-runs and stops the run when the lease is lost or an interrupt is requested; and a release
-wakes the runs waiting in this process at once, instead of at their next poll.
+or withdrawn, shielded from that cancellation; the leases of running targets are renewed
+(:meth:`TurnInterpreter.renew_leases`, one task for the process, which the host runs) and a
+run is stopped when its lease is lost or an interrupt is requested; and a release wakes the
+runs waiting in this process at once, instead of at their next poll.
 """
 
 from __future__ import annotations
@@ -38,13 +39,22 @@ class LocalRuns:
     def __init__(self) -> None:
         self._scopes: dict[str, anyio.CancelScope] = {}
         self._released: dict[str, anyio.Event] = {}
+        self._holding: dict[str, str] = {}  # run id -> session id, while its target runs
         self.releases = 0  # how many leases this process released, ever
 
-    def register(self, run_id: str, scope: anyio.CancelScope) -> None:
+    def register(self, run_id: str, scope: anyio.CancelScope, session_id: str | None) -> None:
+        """A run's target starts; with ``session_id`` it holds that session's lease."""
         self._scopes[run_id] = scope
+        if session_id is not None:
+            self._holding[run_id] = session_id
 
     def unregister(self, run_id: str) -> None:
         self._scopes.pop(run_id, None)
+        self._holding.pop(run_id, None)
+
+    def holding(self) -> list[tuple[str, str]]:
+        """``(run id, session id)`` of every lease held by a target running here."""
+        return list(self._holding.items())
 
     def cancel(self, run_id: str) -> bool:
         scope = self._scopes.get(run_id)
@@ -286,50 +296,57 @@ class TurnInterpreter:
     ) -> fx.TargetSucceeded | fx.TargetFailed:
         call = TargetCall(effect.request, effect.session_ref, effect.session_state, on_update)
         answer: fx.TargetSucceeded | fx.TargetFailed
+        held = guard.session_id if guard.holding else None
         with anyio.CancelScope() as run_scope:
-            self._local.register(effect.run_id, run_scope)
+            self._local.register(effect.run_id, run_scope, held)  # renew_leases keeps it
             try:
-                async with anyio.create_task_group() as renewals:
-                    if guard.holding and guard.session_id is not None:
-                        renewals.start_soon(
-                            self._renew_lease, guard.session_id, effect.run_id, run_scope
-                        )
-                    try:
-                        answer = attrs.evolve(
-                            await self._target.run(call), finished_at=self._clock()
-                        )
-                    except Exception as exc:
-                        # The error's text may quote the user's input: log its type only.
-                        log.warning(
-                            "target failed",
-                            extra={"run_id": effect.run_id, "error_type": type(exc).__name__},
-                        )
-                        answer = fx.TargetFailed(f"the target raised {type(exc).__name__}")
-                    renewals.cancel_scope.cancel()
+                answer = attrs.evolve(await self._target.run(call), finished_at=self._clock())
+            except Exception as exc:
+                # The error's text may quote the user's input: log its type only.
+                log.warning(
+                    "target failed",
+                    extra={"run_id": effect.run_id, "error_type": type(exc).__name__},
+                )
+                answer = fx.TargetFailed(f"the target raised {type(exc).__name__}")
             finally:
                 self._local.unregister(effect.run_id)
         if run_scope.cancelled_caught:
             return fx.TargetFailed("the run was interrupted", cancelled=True)
         return answer
 
-    async def _renew_lease(
-        self, session_id: str, run_id: str, run_scope: anyio.CancelScope
-    ) -> None:
+    async def renew_leases(self) -> None:
+        """Renew, every third of the lease time, the lease of every target running in this
+        process; stop a run whose lease was lost or whose session asked it to stop.
+
+        One task for the whole process rather than one per run: the renewals of one round
+        go to the store together (and commit together where the store groups commits).
+        """
         while True:
             await anyio.sleep(self._ttl / 3)
+            holding = self._local.holding()
+            if holding:
+                async with anyio.create_task_group() as renewals:
+                    for run_id, session_id in holding:
+                        renewals.start_soon(self._renew, session_id, run_id)
+
+    async def _renew(self, session_id: str, run_id: str) -> None:
+        try:
             answer = await self._store.apply_lease_event(
                 session_id, leases.Renew(run_id, self._clock(), self._ttl)
             )
-            decision = answer.decision
-            if isinstance(decision, leases.LeaseLost) or (
-                isinstance(decision, leases.Renewed) and decision.interrupt_requested
-            ):
-                log.info(
-                    "run stopped by its session lease",
-                    extra={"run_id": run_id, "lease": type(decision).__name__},
-                )
-                run_scope.cancel()
-                return
+        except Exception:
+            # The next round tries again; a run whose lease lapses meanwhile saves nothing.
+            log.warning("lease renewal failed", extra={"run_id": run_id}, exc_info=True)
+            return
+        decision = answer.decision
+        if isinstance(decision, leases.LeaseLost) or (
+            isinstance(decision, leases.Renewed) and decision.interrupt_requested
+        ):
+            log.info(
+                "run stopped by its session lease",
+                extra={"run_id": run_id, "lease": type(decision).__name__},
+            )
+            self._local.cancel(run_id)
 
     async def _abandon_lease(self, guard: _LeaseGuard) -> None:
         assert guard.session_id is not None and guard.run_id is not None

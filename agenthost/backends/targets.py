@@ -31,6 +31,7 @@ import anyio
 import attrs
 
 from agenthost.backends.asyncio_bridge import AsyncioBridge
+from agenthost.backends.histories import ConvertedHistories
 from agenthost.backends.workflow_outputs import (
     InputRequest,
     WorkflowTurn,
@@ -40,7 +41,7 @@ from agenthost.backends.workflow_outputs import (
 )
 from agenthost.sansio_core.effects import TargetSucceeded
 from agenthost.sansio_core.types import ChannelRequest, HostMessage, SessionRef, TextPart, UriPart
-from agenthost.stores.codec import structure_messages, unstructure_messages
+from agenthost.stores.codec import unstructure_messages
 
 if TYPE_CHECKING:
     from agenthost.backends.workflow_checkpoints import StoredWorkflow
@@ -200,11 +201,13 @@ class CallableTarget(TargetAdapter):
 
     def __init__(self, fn: TargetCallable) -> None:
         self._fn = fn
+        self._histories = ConvertedHistories()
 
     async def run(self, call: TargetCall) -> TargetSucceeded:
         refuse_function_tools(call.request)
+        session_id = call.session_ref.session_id
         stored = (call.state or {}).get("messages", [])
-        history = structure_messages(stored)
+        history = self._histories.messages(session_id, stored)
         new_input = list(input_messages(call.request))
         produced = self._fn([*history, *new_input])
         if inspect.isawaitable(produced):
@@ -222,8 +225,9 @@ class CallableTarget(TargetAdapter):
             text = "".join(chunks)
         reply = HostMessage(role="assistant", parts=(TextPart(text),))
         # The stored history is already in stored form: only this turn's messages convert.
-        state = {"messages": [*stored, *unstructure_messages([*new_input, reply])]}
-        return TargetSucceeded(result=text, text=text, new_state=state)
+        saved = [*stored, *unstructure_messages([*new_input, reply])]
+        self._histories.remember(session_id, saved, [*history, *new_input, reply])
+        return TargetSucceeded(result=text, text=text, new_state={"messages": saved})
 
     async def append_assistant_message(
         self, state: Mapping[str, Any] | None, text: str

@@ -18,7 +18,7 @@ import cattrs
 from agenthost.sansio_core import leases
 from agenthost.sansio_core.background import RunRecord
 from agenthost.sansio_core.delivery import Delivery
-from agenthost.sansio_core.types import ContentPart, HostMessage, TextPart, UriPart
+from agenthost.sansio_core.types import ContentPart, FunctionCall, HostMessage, TextPart, UriPart
 
 T = TypeVar("T")
 
@@ -40,11 +40,31 @@ def _structure_part(data: Mapping[str, Any], _: Any) -> ContentPart:
 
 
 def unstructure_message(message: HostMessage) -> dict[str, Any]:
-    return {"role": message.role, "parts": [_unstructure_part(part) for part in message.parts]}
+    data: dict[str, Any] = {
+        "role": message.role,
+        "parts": [_unstructure_part(part) for part in message.parts],
+    }
+    # Written only when set, so a plain message keeps the shape older records have.
+    if message.function_calls:
+        data["function_calls"] = [
+            {"call_id": c.call_id, "name": c.name, "arguments": c.arguments}
+            for c in message.function_calls
+        ]
+    if message.tool_call_id is not None:
+        data["tool_call_id"] = message.tool_call_id
+    return data
 
 
 def structure_message(data: Mapping[str, Any], _: Any = None) -> HostMessage:
-    return HostMessage(data["role"], tuple(_structure_part(part, None) for part in data["parts"]))
+    return HostMessage(
+        data["role"],
+        tuple(_structure_part(part, None) for part in data["parts"]),
+        tuple(
+            FunctionCall(c["call_id"], c["name"], c["arguments"])
+            for c in data.get("function_calls", ())
+        ),
+        data.get("tool_call_id"),
+    )
 
 
 def unstructure_messages(messages: Iterable[HostMessage]) -> list[dict[str, Any]]:

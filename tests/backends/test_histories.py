@@ -1,0 +1,60 @@
+"""The converted-history cache answers exactly what a full conversion would, whatever
+happened to the stored history between turns, and stays bounded."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from agenthost.backends.histories import ConvertedHistories
+from agenthost.sansio_core.types import HostMessage
+from agenthost.stores.codec import structure_messages, unstructure_messages
+
+
+def stored(*texts: str) -> list[dict[str, Any]]:
+    return unstructure_messages([HostMessage.user(text) for text in texts])
+
+
+# Each step: a turn that appends (and is saved), a save that was lost, or a history
+# rewritten elsewhere (another replica, a repair) with the same length.
+STEPS = st.lists(
+    st.tuples(st.sampled_from(["turn", "lost", "rewritten"]), st.text(max_size=3)),
+    max_size=12,
+)
+
+
+@settings(max_examples=200, deadline=None)
+@given(STEPS)
+def test_the_cache_always_answers_the_full_conversion(steps: list[tuple[str, str]]) -> None:
+    cache = ConvertedHistories()
+    history: list[dict[str, Any]] = []
+    for kind, text in steps:
+        got = cache.messages("s1", history)
+        assert got == structure_messages(history)
+        saved = [*history, *stored(text)]
+        cache.remember("s1", saved, [*got, HostMessage.user(text)])
+        if kind == "turn":
+            history = saved
+        elif kind == "rewritten" and saved:
+            history = [*saved[:-1], *stored(text + "!")]
+        # "lost": the store still holds the history before the turn
+    assert cache.messages("s1", history) == structure_messages(history)
+
+
+def test_only_the_newest_sessions_are_kept() -> None:
+    cache = ConvertedHistories(max_sessions=2)
+    for session in ("a", "b", "c"):
+        cache.remember(session, stored("hi"), [HostMessage.user("hi")])
+    assert len(cache._entries) == 2 and "a" not in cache._entries
+    cache.messages("b", stored("hi", "again"))  # touched: now the newest
+    cache.remember("d", stored("hi"), [HostMessage.user("hi")])
+    assert set(cache._entries) == {"b", "d"}
+
+
+def test_a_stateless_turn_is_never_cached() -> None:
+    cache = ConvertedHistories()
+    cache.remember(None, stored("hi"), [HostMessage.user("hi")])
+    assert cache._entries == {}
+    assert cache.messages(None, stored("x")) == [HostMessage.user("x")]

@@ -26,6 +26,8 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
+import attrs
+
 from agenthost.sansio_core import (
     background,
     delivery,
@@ -658,15 +660,24 @@ class SQLiteStore(Store):
                 loaded = opening.Loaded(
                     context.isolation_key, alias, context.facts, lease, session
                 )
+                key = context.isolation_key
+                if plan.fork_scope is not None and key is not None:
+                    fork = _select_alias(conn, key, plan.fork_scope.qualifier)
+                    if fork is not None:
+                        loaded = attrs.evolve(
+                            loaded,
+                            fork_alias=fork,
+                            fork_lease=_select_lease(conn, fork.session_id),
+                            fork_session=_select_session(conn, fork.session_id),
+                        )
                 outcome, writes = opening.decide(plan, loaded)
                 if writes.issue_key is not None:
                     _insert_identity_if_absent(conn, plan.identity, writes.issue_key, plan.now)
                 if writes.last_seen is not None:
                     _upsert_last_seen(conn, *writes.last_seen)
                 if writes.create is not None:
-                    created = writes.create
+                    created, record = writes.create
                     _write_alias(conn, created)
-                    record = sessions.new_session_record(created, plan.now)
                     _write_session(conn, created.session_id, record)
                 if writes.lease is not None:
                     _write_lease(conn, writes.lease.session_id, writes.lease)

@@ -17,10 +17,15 @@ Rules:
    time -> record where it was seen -> resolve the session (create on first use; a
    ``required`` session that does not exist refuses) -> arrive at the lease.
 2. Only requests that need no application callback between those steps open this way:
-   no custom identity resolver, no run hook, no fork, no command (``turns.opens_in_one_trip``).
+   no custom identity resolver, no run hook, no command (``turns.opens_in_one_trip``).
    The others take the step-by-step path.
 3. Writes are named in the decision, never inferred by the store: a key to insert, a
-   last-seen record, an alias (with its empty session) to create, and the lease state.
+   last-seen record, an alias with its new session (empty, or a fork's copy of its
+   source), and the lease state.
+4. A forking request (a caller-keyed turn that continues a source and saves under a new
+   key, such as a Responses ``previous_response_id``) resolves its source in ``scope`` and
+   creates its own session under ``fork_scope``: a copy of the source's, or an empty one
+   when it names no source. Its new session's lease is fresh.
 """
 
 from __future__ import annotations
@@ -54,6 +59,8 @@ class Opening:
     now: float
     last_seen: routing.LastSeen | None  # recorded when the host has a channel that can push
     lease_seconds: float = 0.0  # the interpreter's lease time (the core does not know it)
+    fork_scope: ScopeKey | None = None  # where a forking request saves (rule 4)
+    has_source_key: bool = False  # a forking request names a source to copy
 
     @property
     def new_session_id(self) -> str:
@@ -66,7 +73,7 @@ class Loaded:
 
     ``alias`` is the scope's alias under the owner the scope names or, when it names none,
     under ``isolation_key`` (``None`` for an identity never seen); ``lease`` and ``session``
-    are those of ``alias``'s session.
+    are those of ``alias``'s session (for a fork, its source: the lease is not needed).
     """
 
     isolation_key: str | None
@@ -74,6 +81,11 @@ class Loaded:
     facts: UserFacts | None
     lease: leases.LeaseState | None
     session: SessionRecord | None
+    # A forking request's own alias under ``fork_scope`` when it exists already (a retried
+    # request), with its lease and session: the turn then runs there, as the winner.
+    fork_alias: SessionAlias | None = None
+    fork_lease: leases.LeaseState | None = None
+    fork_session: SessionRecord | None = None
 
 
 @attrs.frozen
@@ -99,7 +111,7 @@ class Writes:
 
     issue_key: str | None = None  # insert the identity with this key
     last_seen: tuple[str, routing.LastSeen] | None = None  # (isolation key, record)
-    create: SessionAlias | None = None  # insert the alias and its empty session
+    create: tuple[SessionAlias, SessionRecord] | None = None  # a new alias and its session
     lease: leases.LeaseState | None = None
 
 
@@ -122,13 +134,23 @@ def decide(opening: Opening, loaded: Loaded) -> tuple[Outcome, Writes]:
     writes = Writes(issue_key=issue_key, last_seen=last_seen)
 
     scope = opening.scope.owned_by(key) if opening.scope is not None else None
-    session_decision = sessions.resolve(
-        opening.session_mode,
-        scope,
-        loaded.alias,
-        new_session_id=opening.new_session_id,
-        now=opening.now,
-    )
+    session_decision: sessions.SessionDecision
+    if opening.fork_scope is not None:
+        session_decision = sessions.resolve_fork(
+            opening.fork_scope.owned_by(key),
+            loaded.alias,
+            has_source_key=opening.has_source_key,
+            new_session_id=opening.new_session_id,
+            now=opening.now,
+        )
+    else:
+        session_decision = sessions.resolve(
+            opening.session_mode,
+            scope,
+            loaded.alias,
+            new_session_id=opening.new_session_id,
+            now=opening.now,
+        )
     if isinstance(session_decision, sessions.SessionNotFound):
         return Refused(None), writes
     if isinstance(session_decision, sessions.Stateless):
@@ -136,13 +158,19 @@ def decide(opening: Opening, loaded: Loaded) -> tuple[Outcome, Writes]:
 
     record: SessionRecord | None
     lease_state: leases.LeaseState
-    if isinstance(session_decision, sessions.CreateSession):
+    if opening.fork_scope is not None and loaded.fork_alias is not None:
+        alias = loaded.fork_alias  # created by an earlier try: it wins, as an insert would
+        record = loaded.fork_session
+        lease_state = loaded.fork_lease or leases.initial_state(alias.session_id)
+    elif isinstance(session_decision, sessions.CreateSession | sessions.ForkSession):
         alias = session_decision.alias
-        writes = attrs.evolve(writes, create=alias)
-        record = sessions.new_session_record(alias, opening.now)
+        if isinstance(session_decision, sessions.ForkSession):
+            record = sessions.forked_record(loaded.session, alias, opening.now)
+        else:
+            record = sessions.new_session_record(alias, opening.now)
+        writes = attrs.evolve(writes, create=(alias, record))
         lease_state = leases.initial_state(alias.session_id)
     else:
-        assert isinstance(session_decision, sessions.UseSession)  # resolve never forks
         alias = session_decision.alias
         record = loaded.session
         lease_state = loaded.lease or leases.initial_state(alias.session_id)

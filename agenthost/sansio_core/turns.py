@@ -32,7 +32,7 @@ Rules:
    for a run in progress, it never interrupts one), appended by the target's adapter and
    saved on release, so a later turn sees it in the history.
 10. A foreground turn that needs no application callback before it runs (no custom
-   resolver, no run hook, no fork) opens in one store round trip (``opening.py``): the
+   resolver, no run hook) opens in one store round trip (``opening.py``): the
    same decisions as :func:`resolve_turn` and the lease arrival, applied by the store in
    one transaction. With the save and release in one more, such a turn costs two trips.
 
@@ -283,11 +283,7 @@ def _run_under_lease(
 
 def opens_in_one_trip(request: ChannelRequest, settings: TurnSettings) -> bool:
     """Whether a foreground turn can open with :class:`effects.OpenTurn` (rule 10)."""
-    return (
-        not settings.custom_resolver
-        and not settings.run_hook
-        and sessions.fork_scope_for(request) is None
-    )
+    return not settings.custom_resolver and not settings.run_hook
 
 
 def open_turn(
@@ -295,6 +291,9 @@ def open_turn(
 ) -> Generator[fx.Effect, Any, TurnOutcome]:
     """A whole foreground turn opened in one round trip (rule 10), then run as usual."""
     scope, session_key = sessions.scope_for(request, fresh_key=f"s_{run_id}")
+    fork_scope = sessions.fork_scope_for(request)
+    if fork_scope is not None:
+        session_key = request.session.fork_key
     seen = None
     if settings.record_last_seen:
         seen = routing.LastSeen(
@@ -311,6 +310,8 @@ def open_turn(
         strategy=request.multitask or settings.default_multitask,
         now=now,
         last_seen=seen,
+        fork_scope=fork_scope,
+        has_source_key=request.session.key is not None,
     )
     opened: opening.Outcome = yield fx.OpenTurn(plan)
     if isinstance(opened, opening.Refused):

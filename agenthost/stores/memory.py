@@ -9,6 +9,8 @@ import bisect
 import threading
 from collections.abc import Iterable, Mapping, Sequence
 
+import attrs
+
 from agenthost.sansio_core import (
     background,
     delivery,
@@ -380,6 +382,15 @@ class MemoryStore(Store):
                 lease = self._leases.get(alias.session_id)
                 session = self._sessions.get(alias.session_id)
             loaded = opening.Loaded(key, alias, facts, lease, session)
+            if plan.fork_scope is not None and key is not None:
+                fork = self._aliases.get((key, plan.fork_scope.qualifier))
+                if fork is not None:
+                    loaded = attrs.evolve(
+                        loaded,
+                        fork_alias=fork,
+                        fork_lease=self._leases.get(fork.session_id),
+                        fork_session=self._sessions.get(fork.session_id),
+                    )
             outcome, writes = opening.decide(plan, loaded)
             if writes.issue_key is not None:
                 self._set_key(_native(plan.identity), writes.issue_key)
@@ -387,11 +398,9 @@ class MemoryStore(Store):
                 seen_key, seen = writes.last_seen
                 self._record_seen(seen_key, seen)
             if writes.create is not None:
-                created = writes.create
+                created, record = writes.create
                 self._aliases[(created.owner, created.qualifier)] = created
-                self._sessions[created.session_id] = sessions.new_session_record(
-                    created, plan.now
-                )
+                self._sessions[created.session_id] = record
             if writes.lease is not None:
                 self._leases[writes.lease.session_id] = writes.lease
             return outcome

@@ -26,6 +26,8 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
+import attrs
+
 from agenthost.sansio_core import (
     background,
     delivery,
@@ -238,7 +240,9 @@ class SQLiteStore(Store):
 
     def __init__(self, path: str | os.PathLike[str] = DEFAULT_PATH) -> None:
         self.path = Path(path)
-        self._writer: GroupCommit[sqlite3.Connection] = GroupCommit(self._run_batch)
+        self._writer: GroupCommit[sqlite3.Connection] = GroupCommit(
+            self._run_batch, run_inline=self._run_batch_inline
+        )
         self._conn: sqlite3.Connection | None = None
 
     # --- lifecycle ------------------------------------------------------------------
@@ -254,32 +258,37 @@ class SQLiteStore(Store):
         return await self._writer.submit(work)
 
     def _run_batch(self, batch: Sequence[WorkItem[sqlite3.Connection]]) -> None:
-        """One transaction for the whole batch, a savepoint per item (see group_commit)."""
+        """In the worker thread: one transaction for the whole batch, waiting for the write
+        lock as long as the busy timeout allows (see group_commit)."""
         try:
             if self._conn is None:
                 self._conn = self._open_sync()
             conn = self._conn
+            conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
             conn.execute("BEGIN IMMEDIATE")
         except Exception as exc:
             _fail(batch, exc)
             return
+        _commit_batch(conn, batch)
+
+    def _run_batch_inline(self, batch: Sequence[WorkItem[sqlite3.Connection]]) -> bool:
+        """On the event loop: the same transaction, when the write lock is free right now.
+
+        A batch of a few small statements takes less time than the hop to a worker thread
+        and back, which on a busy machine waits for the thread to be scheduled. Answers
+        ``False`` (having done nothing) when the store is not open yet or another process
+        holds the lock: the batch then goes to the thread, which may wait for it.
+        """
+        conn = self._conn
+        if conn is None:
+            return False
         try:
-            for item in batch:
-                conn.execute("SAVEPOINT item")
-                try:
-                    item.result = item.work(conn)
-                except Exception as exc:
-                    conn.execute("ROLLBACK TO item")
-                    item.error = exc
-                conn.execute("RELEASE item")
-            conn.execute("COMMIT")
-        except Exception as exc:
-            if conn.in_transaction:
-                conn.execute("ROLLBACK")
-            _fail(batch, exc)
-            return
-        for item in batch:
-            item.finished = True
+            conn.execute("PRAGMA busy_timeout = 0")
+            conn.execute("BEGIN IMMEDIATE")
+        except sqlite3.OperationalError:
+            return False
+        _commit_batch(conn, batch)
+        return True
 
     def _close_sync(self) -> None:
         if self._conn is not None:
@@ -658,15 +667,24 @@ class SQLiteStore(Store):
                 loaded = opening.Loaded(
                     context.isolation_key, alias, context.facts, lease, session
                 )
+                key = context.isolation_key
+                if plan.fork_scope is not None and key is not None:
+                    fork = _select_alias(conn, key, plan.fork_scope.qualifier)
+                    if fork is not None:
+                        loaded = attrs.evolve(
+                            loaded,
+                            fork_alias=fork,
+                            fork_lease=_select_lease(conn, fork.session_id),
+                            fork_session=_select_session(conn, fork.session_id),
+                        )
                 outcome, writes = opening.decide(plan, loaded)
                 if writes.issue_key is not None:
                     _insert_identity_if_absent(conn, plan.identity, writes.issue_key, plan.now)
                 if writes.last_seen is not None:
                     _upsert_last_seen(conn, *writes.last_seen)
                 if writes.create is not None:
-                    created = writes.create
+                    created, record = writes.create
                     _write_alias(conn, created)
-                    record = sessions.new_session_record(created, plan.now)
                     _write_session(conn, created.session_id, record)
                 if writes.lease is not None:
                     _write_lease(conn, writes.lease.session_id, writes.lease)
@@ -1027,6 +1045,27 @@ class SQLiteStore(Store):
 
 
 # --- SQL in one place -------------------------------------------------------------------
+
+
+def _commit_batch(conn: sqlite3.Connection, batch: Sequence[WorkItem[sqlite3.Connection]]) -> None:
+    """Inside the batch's transaction: a savepoint per item, then one commit."""
+    try:
+        for item in batch:
+            conn.execute("SAVEPOINT item")
+            try:
+                item.result = item.work(conn)
+            except Exception as exc:
+                conn.execute("ROLLBACK TO item")
+                item.error = exc
+            conn.execute("RELEASE item")
+        conn.execute("COMMIT")
+    except Exception as exc:
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+        _fail(batch, exc)
+        return
+    for item in batch:
+        item.finished = True
 
 
 def _fail(batch: Sequence[WorkItem[sqlite3.Connection]], error: Exception) -> None:

@@ -316,6 +316,13 @@ class IdentityWorld:
             if winner is alias:
                 self.sessions[alias.session_id] = sessions.new_session_record(alias, effect.now)
             return winner
+        if isinstance(effect, fx.ForkSession):
+            alias = effect.alias
+            winner = self.aliases.setdefault((alias.owner, alias.qualifier), alias)
+            if winner is alias:
+                source = self.sessions.get(effect.source_session_id)
+                self.sessions[alias.session_id] = sessions.forked_record(source, alias, effect.now)
+            return winner
         if isinstance(effect, fx.RotateSession):
             scope = effect.scope
             assert scope.owner is not None
@@ -360,15 +367,26 @@ class IdentityWorld:
         facts = self.facts(plan.identity) if key is not None and plan.access.needs_facts else None
         lease = self.leases.get(alias.session_id) if alias is not None else None
         session = self.sessions.get(alias.session_id) if alias is not None else None
-        outcome, writes = opening.decide(plan, opening.Loaded(key, alias, facts, lease, session))
+        loaded = opening.Loaded(key, alias, facts, lease, session)
+        fork = None
+        if plan.fork_scope is not None and key is not None:
+            fork = self.aliases.get((key, plan.fork_scope.qualifier))
+        if fork is not None:
+            loaded = attrs.evolve(
+                loaded,
+                fork_alias=fork,
+                fork_lease=self.leases.get(fork.session_id),
+                fork_session=self.sessions.get(fork.session_id),
+            )
+        outcome, writes = opening.decide(plan, loaded)
         if writes.issue_key is not None:
             self.identities[native(plan.identity)] = writes.issue_key
         if writes.last_seen is not None:
             self.seen.append(writes.last_seen)
         if writes.create is not None:
-            created = writes.create
+            created, record = writes.create
             self.aliases[(created.owner, created.qualifier)] = created
-            self.sessions[created.session_id] = sessions.new_session_record(created, plan.now)
+            self.sessions[created.session_id] = record
         if writes.lease is not None:
             self.leases[writes.lease.session_id] = writes.lease
         return outcome

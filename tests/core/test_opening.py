@@ -52,11 +52,15 @@ def requests(draw: st.DrawFn) -> ChannelRequest:
     group = draw(st.sampled_from([None, "g1", "g2"]))
     scope = draw(st.sampled_from(list(ConversationScope)))
     keyed = draw(st.sampled_from([None, "k1", "k2"]))
+    # a fork continues ``keyed`` (if any) and saves under a key of its own, as a Responses
+    # create does: k1/k2 are then the keys of earlier forks
+    fork = draw(st.sampled_from([None, "k1", "k2"]))
     session = ChannelSession(
         key=keyed,
         conversation_id=group,
         is_direct=group is None,
-        caller_keyed=keyed is not None,
+        caller_keyed=keyed is not None or fork is not None,
+        fork_key=fork,
     )
     return ChannelRequest(
         channel=who.channel,

@@ -142,7 +142,18 @@ class World:
             alias = self.aliases.get((plan.scope.owner or key or "", plan.scope.qualifier))
         lease = self.leases.get(alias.session_id) if alias is not None else None
         session = self.sessions.get(alias.session_id) if alias is not None else None
-        return opening.Loaded(key, alias, None, lease, session)
+        loaded = opening.Loaded(key, alias, None, lease, session)
+        fork = None
+        if plan.fork_scope is not None and key is not None:
+            fork = self.aliases.get((key, plan.fork_scope.qualifier))
+        if fork is not None:
+            loaded = attrs.evolve(
+                loaded,
+                fork_alias=fork,
+                fork_lease=self.leases.get(fork.session_id),
+                fork_session=self.sessions.get(fork.session_id),
+            )
+        return loaded
 
     def open_turn(self, plan: opening.Opening) -> opening.Outcome:
         """What a store does for ``OpenTurn``: load, ``opening.decide``, write."""
@@ -151,9 +162,9 @@ class World:
         if writes.issue_key is not None:
             self.identities[native] = writes.issue_key
         if writes.create is not None:
-            created = writes.create
+            created, record = writes.create
             self.aliases[(created.owner, created.qualifier)] = created
-            self.sessions[created.session_id] = sessions.new_session_record(created, plan.now)
+            self.sessions[created.session_id] = record
         if writes.lease is not None:
             self.leases[writes.lease.session_id] = writes.lease
         return outcome

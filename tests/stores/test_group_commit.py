@@ -44,22 +44,18 @@ def commits_of(store: SQLiteStore) -> list[str]:
     return seen
 
 
-async def holding_the_writer(
-    store: SQLiteStore, tasks: anyio.abc.TaskGroup
-) -> Callable[[], None]:
-    """Start a batch that blocks in the worker thread until the returned function is called,
-    so whatever is submitted meanwhile queues for the next batch."""
-    entered, leave = threading.Event(), threading.Event()
+def holding_the_write_lock(store: SQLiteStore) -> Callable[[], None]:
+    """Take the file's write lock from another connection (as another process would), so
+    the store's next batch waits for it in the worker thread and whatever is submitted
+    meanwhile queues for the batch after; the returned function lets go."""
+    other = sqlite3.connect(store.path, isolation_level=None)
+    other.execute("BEGIN IMMEDIATE")
 
-    def block(conn: sqlite3.Connection) -> None:
-        entered.set()
-        leave.wait(WAIT)
+    def release() -> None:
+        other.execute("COMMIT")
+        other.close()
 
-    tasks.start_soon(store._run, block)
-    with anyio.fail_after(WAIT):
-        while not entered.is_set():
-            await anyio.sleep(0.005)
-    return leave.set
+    return release
 
 
 async def queued(count: int) -> None:
@@ -70,14 +66,14 @@ async def queued(count: int) -> None:
 
 async def test_calls_queued_behind_a_batch_share_one_commit(store: SQLiteStore) -> None:
     statements = commits_of(store)
+    release = holding_the_write_lock(store)
     async with anyio.create_task_group() as tasks:
-        release = await holding_the_writer(store, tasks)
         for n in range(20):
             tasks.start_soon(store.put_channel_records, [record(f"k{n:02}")])
         await queued(20)
         release()
     commits = [s for s in statements if s == "COMMIT"]
-    assert len(commits) == 2  # the blocking batch, then all twenty together
+    assert len(commits) == 2  # the first, which waited for the lock, then the other 19
     stored = await store.list_channel_records("test", "item")
     assert [r.key for r in stored] == [f"k{n:02}" for n in range(20)]
 
@@ -97,8 +93,10 @@ async def test_a_failing_call_undoes_only_its_own_writes(store: SQLiteStore) -> 
         await store.put_channel_records([record("kept")])
         outcomes["written"] = True
 
+    release = holding_the_write_lock(store)
     async with anyio.create_task_group() as tasks:
-        release = await holding_the_writer(store, tasks)
+        tasks.start_soon(store.put_channel_records, [record("first")])  # waits for the lock
+        await queued(1)
         tasks.start_soon(refused)
         tasks.start_soon(written)
         await queued(2)
@@ -109,8 +107,10 @@ async def test_a_failing_call_undoes_only_its_own_writes(store: SQLiteStore) -> 
 
 
 async def test_a_call_cancelled_while_queued_never_runs(store: SQLiteStore) -> None:
+    release = holding_the_write_lock(store)
     async with anyio.create_task_group() as tasks:
-        release = await holding_the_writer(store, tasks)
+        tasks.start_soon(store.put_channel_records, [record("first")])  # waits for the lock
+        await queued(1)
         with anyio.CancelScope() as scope:
             scope.cancel()
             await store.put_channel_records([record("withdrawn")])
@@ -133,6 +133,7 @@ async def test_a_call_cancelled_once_taken_still_commits(store: SQLiteStore) -> 
         leave.wait(WAIT)
 
     answered: list[object] = []
+    release = holding_the_write_lock(store)  # so the write runs in the worker thread
     async with anyio.create_task_group() as tasks:
 
         async def caller() -> None:
@@ -143,6 +144,8 @@ async def test_a_call_cancelled_once_taken_still_commits(store: SQLiteStore) -> 
                 answered.append("not cancelled")
 
         async def cancel_when_running(scope: anyio.CancelScope) -> None:
+            await queued(1)
+            release()
             with anyio.fail_after(WAIT):
                 while not entered.is_set():
                     await anyio.sleep(0.005)

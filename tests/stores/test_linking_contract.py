@@ -367,7 +367,7 @@ async def test_sqlite_keeps_links_codes_and_counters_across_a_restart(tmp_path: 
 
 
 # What a group-commit batch wraps around each call; not a query of the call's own.
-TRANSACTION_CONTROL = ("BEGIN", "SAVEPOINT", "RELEASE", "COMMIT", "ROLLBACK")
+TRANSACTION_CONTROL = ("BEGIN", "SAVEPOINT", "RELEASE", "COMMIT", "ROLLBACK", "PRAGMA")
 
 
 async def test_sqlite_linking_paths_are_indexed_queries(tmp_path: Path) -> None:

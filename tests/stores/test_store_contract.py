@@ -648,3 +648,46 @@ async def test_concurrent_openings_of_one_user_grant_exactly_one(store: Store) -
     decisions = [a.lease for a in answers if isinstance(a, opening.Opened)]
     assert sum(isinstance(d, leases.Granted) for d in decisions) == 1
     assert sum(isinstance(d, leases.Waiting) for d in decisions) == 7
+
+
+async def test_open_turn_of_a_fork_copies_its_source_into_a_session_of_its_own(
+    store: Store,
+) -> None:
+    source = ScopeKey(None, "responses:key:resp_1")
+    first = await store.open_turn(
+        attrs.evolve(
+            opening_for(ALICE, "r1", scope=None),
+            fork_scope=source,
+            session_key="resp_1",
+        )
+    )
+    assert isinstance(first, opening.Opened) and first.session is not None
+    await store.finish_run(
+        "s_r1", "r1", attrs.evolve(first.session, state={"history": ["one"]}, turns=1), 11.0
+    )
+    fork = attrs.evolve(
+        opening_for(ALICE, "r2", scope=source),
+        fork_scope=ScopeKey(None, "responses:key:resp_2"),
+        has_source_key=True,
+        session_key="resp_2",
+    )
+    forked = await store.open_turn(fork)
+    assert isinstance(forked, opening.Opened) and isinstance(forked.lease, leases.Granted)
+    assert forked.session_ref.session_id == "s_r2"
+    assert forked.session is not None and forked.session.state == {"history": ["one"]}
+    # the source is unchanged, and a retried fork finds the session the first try made
+    source_session = await store.load_session("s_r1")
+    assert source_session is not None and source_session.state == {"history": ["one"]}
+    await store.finish_run("s_r2", "r2", None, 12.0)
+    retried = await store.open_turn(attrs.evolve(fork, run_id="r3"))
+    assert isinstance(retried, opening.Opened) and retried.session_ref.session_id == "s_r2"
+
+
+async def test_open_turn_of_a_fork_whose_source_is_unknown_is_refused(store: Store) -> None:
+    await store.open_turn(opening_for(ALICE, "r0"))  # a known user, without that source
+    fork = attrs.evolve(
+        opening_for(ALICE, "r1", scope=ScopeKey(None, "responses:key:resp_x")),
+        fork_scope=ScopeKey(None, "responses:key:resp_2"),
+        has_source_key=True,
+    )
+    assert await store.open_turn(fork) == opening.Refused(None)

@@ -137,14 +137,16 @@ class Recorder:
     """A callable target answering ``reply(text)`` (default: the user's words so far), and
     recording each call's message texts."""
 
-    def __init__(self, reply: Any = None) -> None:
+    def __init__(self, reply: Any = None, *, thinks: float = 0.0) -> None:
         self.calls: list[list[str]] = []
         self.inputs: list[list[HostMessage]] = []
         self._reply = reply
+        self._thinks = thinks  # seconds each answer takes (so "typing..." shows)
 
     async def __call__(self, messages: list[HostMessage]) -> str:
         self.calls.append([m.text for m in messages])
         self.inputs.append(list(messages))
+        await anyio.sleep(self._thinks)
         if self._reply is not None:
             return str(self._reply(messages[-1].text))
         return " | ".join(m.text for m in messages if m.role == "user")

@@ -153,7 +153,7 @@ async def test_streaming_edits_one_message_in_groups(tmp_path: Path, mode: str) 
 
 async def test_a_forum_topic_is_answered_in_its_topic(tmp_path: Path, mode: str) -> None:
     grace, forum = new_user(), new_group()
-    target = Recorder()
+    target = Recorder(thinks=0.3)  # long enough to show "typing..." in the topic
     with anyio.fail_after(TIMEOUT):
         async with (
             fake_bot_api() as (fake, api_url),

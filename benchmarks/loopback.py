@@ -341,9 +341,15 @@ def serve_in_process(build_app: Callable[[], Any], backend: str, conn: Connectio
     It stops when the parent sends ``"stop"``, when the parent goes away (the pipe closes)
     or after ``SERVER_LIFETIME`` seconds, whichever comes first.
     """
-    from agenthost.backends.serving import bound_socket, hypercorn_config, serve_app
+    from agenthost.backends.serving import (
+        bound_socket,
+        freeze_start_up_objects,
+        hypercorn_config,
+        serve_app,
+    )
 
     app = build_app()
+    freeze_start_up_objects()  # as `agenthost serve` does
     sock = bound_socket(HOST)
     port = sock.getsockname()[1]
     # Hypercorn takes ownership of the descriptor and closes it when it stops.

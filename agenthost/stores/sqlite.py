@@ -67,6 +67,7 @@ from agenthost.stores.base import (
     run_refusal_reason,
 )
 from agenthost.stores.group_commit import GroupCommit, WorkItem
+from agenthost.stores.wal_checkpoints import WalCheckpointer
 
 T = TypeVar("T")
 
@@ -244,6 +245,7 @@ class SQLiteStore(Store):
             self._run_batch, run_inline=self._run_batch_inline
         )
         self._conn: sqlite3.Connection | None = None
+        self._checkpoints = WalCheckpointer(self.path)
 
     # --- lifecycle ------------------------------------------------------------------
 
@@ -269,7 +271,7 @@ class SQLiteStore(Store):
         except Exception as exc:
             _fail(batch, exc)
             return
-        _commit_batch(conn, batch)
+        _commit_batch(conn, batch, self._checkpoints.committed)
 
     def _run_batch_inline(self, batch: Sequence[WorkItem[sqlite3.Connection]]) -> bool:
         """On the event loop: the same transaction, when the write lock is free right now.
@@ -287,10 +289,11 @@ class SQLiteStore(Store):
             conn.execute("BEGIN IMMEDIATE")
         except sqlite3.OperationalError:
             return False
-        _commit_batch(conn, batch)
+        _commit_batch(conn, batch, self._checkpoints.committed)
         return True
 
     def _close_sync(self) -> None:
+        self._checkpoints.close()
         if self._conn is not None:
             self._conn.close()
             self._conn = None
@@ -302,6 +305,7 @@ class SQLiteStore(Store):
             conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
             conn.execute("PRAGMA journal_mode = WAL")
             conn.execute("PRAGMA synchronous = NORMAL")
+            conn.execute("PRAGMA wal_autocheckpoint = 0")  # WalCheckpointer's job
             conn.execute("PRAGMA foreign_keys = ON")
             with _transaction(conn):
                 self._prepare_schema(conn)
@@ -1047,7 +1051,11 @@ class SQLiteStore(Store):
 # --- SQL in one place -------------------------------------------------------------------
 
 
-def _commit_batch(conn: sqlite3.Connection, batch: Sequence[WorkItem[sqlite3.Connection]]) -> None:
+def _commit_batch(
+    conn: sqlite3.Connection,
+    batch: Sequence[WorkItem[sqlite3.Connection]],
+    committed: Callable[[], None],
+) -> None:
     """Inside the batch's transaction: a savepoint per item, then one commit."""
     try:
         for item in batch:
@@ -1064,6 +1072,7 @@ def _commit_batch(conn: sqlite3.Connection, batch: Sequence[WorkItem[sqlite3.Con
             conn.execute("ROLLBACK")
         _fail(batch, exc)
         return
+    committed()
     for item in batch:
         item.finished = True
 

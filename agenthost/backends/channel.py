@@ -71,7 +71,11 @@ if TYPE_CHECKING:
     import httpx
 
     from agenthost.backends.targets import UpdateSink
-    from agenthost.stores.base import Store
+    from agenthost.stores.base import ChannelRecord, Store
+
+# A channel's own records of a foreground turn, from the outcome the turn will have; written
+# in the commit that saves the turn (``Host.run``'s ``records``).
+TurnRecords = Callable[[TurnOutcome], Sequence["ChannelRecord"]]
 
 Inherit = Literal["inherit"]
 INHERIT: Inherit = "inherit"
@@ -106,6 +110,7 @@ class HostServices(Protocol):
         *,
         on_update: UpdateSink | None = None,
         protocol_request: Any = None,
+        records: TurnRecords | None = None,
     ) -> TurnOutcome: ...
 
     async def run_or_continue(
@@ -114,6 +119,7 @@ class HostServices(Protocol):
         *,
         on_update: UpdateSink | None = None,
         protocol_request: Any = None,
+        records: TurnRecords | None = None,
     ) -> TurnOutcome | ContinuationToken:
         """``run``, or a background run's token when the reply is pushed elsewhere (a
         target set by a trusted caller or by the ``run_hook``); see ``Host.run_or_continue``."""

@@ -28,7 +28,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
 from agenthost.backends.asyncio_bridge import AsyncioBridge
-from agenthost.backends.channel import Channel
+from agenthost.backends.channel import Channel, TurnRecords
 from agenthost.backends.configuration import ConfigurationError as ConfigurationError
 from agenthost.backends.configuration import check_host_configuration, identity_configuration
 from agenthost.backends.destinations import DeliveryRouter
@@ -60,7 +60,7 @@ from agenthost.sansio_core.types import (
     MultitaskStrategy,
     ResponseTarget,
 )
-from agenthost.stores.base import FinishedTurn, RunNotFound, Store, TurnWrites
+from agenthost.stores.base import ChannelRecord, FinishedTurn, RunNotFound, Store, TurnWrites
 
 log = logging.getLogger("agenthost.host")
 
@@ -370,12 +370,18 @@ class Host:
         *,
         on_update: UpdateSink | None = None,
         protocol_request: Any = None,
+        records: TurnRecords | None = None,
     ) -> turns.TurnOutcome:
         """Run one turn in the foreground; stream updates to ``on_update`` if given.
 
         A request whose ``response_target`` is not ``originating`` runs in the background:
         call :meth:`run_in_background` for it (``turns.runs_in_background`` says which).
         If the ``run_hook`` chooses such a target, the reply is answered here *and* pushed.
+
+        ``records`` lets a channel store its own records of the turn (a stored response,
+        say) in the commit that saves the turn's session: called once the target answered,
+        with the outcome the turn will have. When it is not called (a stateless turn, one
+        refused before it ran) the turn saved nothing and the channel writes on its own.
         """
         self._require_running()
         run_id = f"run_{self._new_id()}"
@@ -389,10 +395,10 @@ class Host:
             )
         rewritten = [request]
         # Only a run hook can choose a push target for a foreground turn: then its pushes
-        # are queued by the commit that saves the turn.
-        pushes = None
-        if self._turn_settings.run_hook:
-            pushes = _HookChosenPushes(self, run_id, rewritten)
+        # are queued by the commit that saves the turn, as are the channel's records.
+        writes = None
+        if self._turn_settings.run_hook or records is not None:
+            writes = _ForegroundWrites(self, run_id, rewritten, records)
         outcome = await self._interpreter.drive(
             turns.run_turn(
                 request,
@@ -404,13 +410,13 @@ class Host:
             on_update=on_update,
             protocol_request=protocol_request,
             on_request=rewritten.append,
-            finisher=pushes,
+            finisher=writes,
         )
         _log_outcome(run_id, request.channel, outcome)
         chosen = rewritten[-1]
         if isinstance(outcome, turns.TurnCompleted) and not chosen.response_target.is_originating:
-            if pushes is not None and pushes.recorded:
-                if pushes.deliveries:
+            if writes is not None and writes.recorded:
+                if writes.deliveries:
                     self._notify_outbox()
             else:  # a stateless turn saves no session: its pushes go on their own
                 await self._push_foreground_reply(run_id, chosen, outcome)
@@ -422,6 +428,7 @@ class Host:
         *,
         on_update: UpdateSink | None = None,
         protocol_request: Any = None,
+        records: TurnRecords | None = None,
     ) -> turns.TurnOutcome | ContinuationToken:
         """Like :meth:`run`, for a wire that can answer with a continuation token.
 
@@ -438,7 +445,9 @@ class Host:
         if not self._turn_settings.run_hook:
             # Without a hook nothing can move the reply elsewhere: a plain foreground turn,
             # which opens in one store round trip.
-            return await self.run(request, on_update=on_update, protocol_request=protocol_request)
+            return await self.run(
+                request, on_update=on_update, protocol_request=protocol_request, records=records
+            )
         token = f"run_{self._new_id()}"
         now = self._clock()
         command = commands.command_of(
@@ -864,13 +873,15 @@ def _check_positive(**settings: float) -> None:
 
 
 @attrs.define
-class _HookChosenPushes:
-    """Queues the pushes of a foreground reply whose target a run hook chose in the
-    transaction that saves the turn (``interpreter.TurnFinisher``)."""
+class _ForegroundWrites:
+    """What a foreground turn writes besides its session, committed with it
+    (``interpreter.TurnFinisher``): the pushes of a reply a run hook also sent elsewhere,
+    and the channel's own records of the turn (``records``)."""
 
     host: Host
     run_id: str
     requests: list[ChannelRequest]  # as the run hook rewrote it, last
+    records: TurnRecords | None = None
     deliveries: tuple[Delivery, ...] = ()
     recorded: bool = False
 
@@ -878,12 +889,15 @@ class _HookChosenPushes:
         self, ran: fx.RunTarget, answer: fx.TargetSucceeded | fx.TargetFailed
     ) -> TurnWrites:
         chosen = self.requests[-1]
-        if not isinstance(answer, fx.TargetSucceeded) or chosen.response_target.is_originating:
-            return TurnWrites()
-        self.deliveries = await self.host.plan_foreground_pushes(
-            self.run_id, chosen, ran.session_ref.isolation_key, answer.text
-        )
-        return TurnWrites(deliveries=self.deliveries)
+        if isinstance(answer, fx.TargetSucceeded) and not chosen.response_target.is_originating:
+            self.deliveries = await self.host.plan_foreground_pushes(
+                self.run_id, chosen, ran.session_ref.isolation_key, answer.text
+            )
+        channel_records: Sequence[ChannelRecord] = ()
+        if self.records is not None:
+            outcome = turns.outcome_of(answer, ran.session_ref, saved=True)
+            channel_records = self.records(outcome)
+        return TurnWrites(deliveries=self.deliveries, channel_records=tuple(channel_records))
 
     def finished(self, result: FinishedTurn) -> None:
         self.recorded = True

@@ -490,9 +490,16 @@ def _refusal(decision: authorization.AccessDecision) -> TurnRefused | None:
     return None
 
 
+def outcome_of(
+    answer: fx.TargetSucceeded | fx.TargetFailed, ref: SessionRef, *, saved: bool
+) -> TurnCompleted | TurnFailed:
+    """The outcome of a turn whose target answered ``answer`` in session ``ref``."""
+    return _outcome(answer, ref, saved=saved)
+
+
 def _outcome(
     answer: fx.TargetSucceeded | fx.TargetFailed, ref: SessionRef, *, saved: bool
-) -> TurnOutcome:
+) -> TurnCompleted | TurnFailed:
     if isinstance(answer, fx.TargetFailed):
         return TurnFailed(answer.error, ref, cancelled=answer.cancelled)
     return TurnCompleted(HostedRunResult(answer.result, ref, answer.text), saved=saved)

@@ -86,6 +86,7 @@ from agenthost.sansio_core.types import (
     MultitaskStrategy,
     RunStatus,
 )
+from agenthost.stores.base import ChannelRecord
 
 log = logging.getLogger("agenthost.channels.responses")
 
@@ -375,16 +376,29 @@ class _Service:
             return await self._start_background(turn, request)
         if create.stream:
             return self._stream(turn, request)
-        answer = await self.host.run_or_continue(turn.request, protocol_request=request)
+        rendered: list[dict[str, Any]] = []
+
+        def turn_records(outcome: TurnOutcome) -> list[ChannelRecord]:
+            # Rendered once the target answered, so the stored response commits with the
+            # turn's session instead of in a write of its own.
+            rendered.append(self._finished_response(turn, outcome))
+            return self._turn_records(turn, rendered[-1], outcome)
+
+        answer = await self.host.run_or_continue(
+            turn.request, protocol_request=request, records=turn_records
+        )
         if isinstance(answer, ContinuationToken):
             # The run_hook sent the reply elsewhere: this wire answers with a background
             # response the caller can poll, as if it had asked for ``background``.
             response = dict(turn.request.attributes["response_object"])
             await self._record_background(turn, answer, response)
             return _json(response)
-        outcome = answer
-        response = self._finished_response(turn, outcome)
-        await self._save_turn(turn, response, outcome)
+        if rendered:
+            response = rendered[-1]
+            await self._append_turn(turn, response)
+        else:  # nothing was saved with the turn (stateless, a command): stored on its own
+            response = self._finished_response(turn, answer)
+            await self._save_turn(turn, response, answer)
         return _json(response)
 
     async def _body(self, request: Request) -> bytes:
@@ -597,7 +611,15 @@ class _Service:
     async def _save_turn(
         self, turn: _Turn, response: Mapping[str, Any], outcome: TurnOutcome
     ) -> None:
-        """Store a finished foreground response, its input and output items, in one batch.
+        """Store a finished foreground response (:meth:`_turn_records`, in one batch) and
+        append it to its conversation."""
+        await self.records.put(self._turn_records(turn, response, outcome))
+        await self._append_turn(turn, response)
+
+    def _turn_records(
+        self, turn: _Turn, response: Mapping[str, Any], outcome: TurnOutcome
+    ) -> list[ChannelRecord]:
+        """The records of a finished foreground response, its input and output items.
 
         A command is stored redacted, its reply and its arguments: the reply was shown in
         the one answer, and a link code (issued in a reply, or sent as ``/link CODE`` and
@@ -624,15 +646,17 @@ class _Service:
             ]
             batch += self._output_index(response, caller)
         batch.append(self.records.record(records.RESPONSE, rid, value, caller))
-        await self.records.put(batch)
+        return batch
+
+    async def _append_turn(self, turn: _Turn, response: Mapping[str, Any]) -> None:
         if turn.create.conversation_id is not None and response.get("status") in (
             "completed",
             "incomplete",
         ):
             await self._append_to_conversation(
                 turn.create.conversation_id,
-                caller,
-                [*items, *response["output"]],
+                turn.caller,
+                [*turn.items, *response["output"]],
                 taken=turn.pending_taken,
             )
 

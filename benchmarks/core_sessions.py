@@ -11,8 +11,10 @@ from __future__ import annotations
 
 from typing import Any
 
+import attrs
+
 from agenthost.sansio_core import effects as fx
-from agenthost.sansio_core import leases, sessions, turns
+from agenthost.sansio_core import leases, opening, sessions, turns
 from agenthost.sansio_core.types import (
     ChannelIdentity,
     ChannelRequest,
@@ -64,6 +66,8 @@ class DictWorld:
                 owned = effect.scope.owned_by(key)
                 alias = self.aliases.get((owned.owner or key, owned.qualifier))
             return fx.RequestContext(key, alias)
+        if isinstance(effect, fx.OpenTurn):
+            return self._open_turn(attrs.evolve(effect.opening, lease_seconds=LEASE_TTL))
         if isinstance(effect, fx.IssueIsolationKey):
             identity = (effect.identity.channel, effect.identity.native_id)
             return self.identities.setdefault(identity, effect.candidate)
@@ -94,6 +98,26 @@ class DictWorld:
             self.sessions[effect.session_id] = effect.session
             return True
         raise NotImplementedError(f"this benchmark does not answer {type(effect).__name__}")
+
+    def _open_turn(self, plan: opening.Opening) -> opening.Outcome:
+        """What a store does for ``OpenTurn``: load, ``opening.decide``, write."""
+        native = (plan.identity.channel, plan.identity.native_id)
+        key = self.identities.get(native)
+        alias = None
+        if plan.scope is not None and (plan.scope.owner or key) is not None:
+            alias = self.aliases.get((plan.scope.owner or key or "", plan.scope.qualifier))
+        lease = self.leases.get(alias.session_id) if alias is not None else None
+        session = self.sessions.get(alias.session_id) if alias is not None else None
+        outcome, writes = opening.decide(plan, opening.Loaded(key, alias, None, lease, session))
+        if writes.issue_key is not None:
+            self.identities[native] = writes.issue_key
+        if writes.create is not None:
+            created, record = writes.create
+            self.aliases[(created.owner, created.qualifier)] = created
+            self.sessions[created.session_id] = record
+        if writes.lease is not None:
+            self.leases[writes.lease.session_id] = writes.lease
+        return outcome
 
     def _lease_step(self, session_id: str, event: leases.LeaseEvent) -> fx.LeaseAnswer:
         state = self.leases.get(session_id) or leases.initial_state(session_id)

@@ -36,6 +36,7 @@ from agenthost.sansio_core.types import (
     ChannelSession,
     HostMessage,
 )
+from tests.core.opening_world import open_in_dicts
 
 Native = tuple[str, str]
 Claim = tuple[str, str]
@@ -359,37 +360,15 @@ class IdentityWorld:
         raise AssertionError(f"the identity world does not answer {effect!r}")
 
     def open_turn(self, plan: opening.Opening) -> opening.Outcome:
-        """What a store does for ``OpenTurn``: load, ``opening.decide``, write."""
-        key = self.key_of(plan.identity)
-        alias = None
-        if plan.scope is not None and (plan.scope.owner or key) is not None:
-            alias = self.aliases.get((plan.scope.owner or key or "", plan.scope.qualifier))
-        facts = self.facts(plan.identity) if key is not None and plan.access.needs_facts else None
-        lease = self.leases.get(alias.session_id) if alias is not None else None
-        session = self.sessions.get(alias.session_id) if alias is not None else None
-        loaded = opening.Loaded(key, alias, facts, lease, session)
-        fork = None
-        if plan.fork_scope is not None and key is not None:
-            fork = self.aliases.get((key, plan.fork_scope.qualifier))
-        if fork is not None:
-            loaded = attrs.evolve(
-                loaded,
-                fork_alias=fork,
-                fork_lease=self.leases.get(fork.session_id),
-                fork_session=self.sessions.get(fork.session_id),
-            )
-        outcome, writes = opening.decide(plan, loaded)
-        if writes.issue_key is not None:
-            self.identities[native(plan.identity)] = writes.issue_key
-        if writes.last_seen is not None:
-            self.seen.append(writes.last_seen)
-        if writes.create is not None:
-            created, record = writes.create
-            self.aliases[(created.owner, created.qualifier)] = created
-            self.sessions[created.session_id] = record
-        if writes.lease is not None:
-            self.leases[writes.lease.session_id] = writes.lease
-        return outcome
+        return open_in_dicts(
+            plan,
+            identities=self.identities,
+            aliases=self.aliases,
+            sessions=self.sessions,
+            lease_states=self.leases,
+            facts_of=self.facts,
+            seen=self.seen,
+        )
 
     def _lease_step(self, session_id: str, event: leases.LeaseEvent) -> fx.LeaseAnswer:
         state = self.leases.get(session_id, leases.initial_state(session_id))

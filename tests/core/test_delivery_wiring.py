@@ -9,10 +9,10 @@ import attrs
 import pytest
 
 from agenthost.channels.invocations import codec
-from agenthost.sansio_core import delivery, opening, turns
+from agenthost.sansio_core import delivery, turns
 from agenthost.sansio_core import effects as fx
 from agenthost.sansio_core.authorization import AccessSettings, ChannelAccess, NativeIdAllowlist
-from agenthost.sansio_core.routing import Destination, LastSeen
+from agenthost.sansio_core.routing import Destination
 from agenthost.sansio_core.turns import TurnCompleted, TurnRefused, TurnSettings
 from agenthost.sansio_core.types import (
     ChannelIdentity,
@@ -28,13 +28,7 @@ SEEN = TurnSettings(record_last_seen=True)
 
 @attrs.define
 class SeeingWorld(World):
-    seen: list[tuple[str, LastSeen]] = attrs.field(factory=list)
-
-    def open_turn(self, plan: opening.Opening) -> opening.Outcome:
-        _, writes = opening.decide(plan, self.loaded_for(plan))
-        if writes.last_seen is not None:
-            self.seen.append(writes.last_seen)
-        return super().open_turn(plan)
+    """Records the step-by-step path's last-seen writes too (``seen``, as ``OpenTurn``'s)."""
 
     def answer(self, effect: fx.Effect) -> Any:
         if isinstance(effect, fx.RecordLastSeen):

@@ -18,6 +18,7 @@ from hypothesis import strategies as st
 
 from agenthost.sansio_core import effects as fx
 from agenthost.sansio_core import leases, opening, sessions
+from agenthost.sansio_core.routing import LastSeen
 from agenthost.sansio_core.sessions import DIRECT, ScopeKey, SessionAlias, SessionRecord
 from agenthost.sansio_core.turns import (
     MessageRecorded,
@@ -42,6 +43,7 @@ from agenthost.sansio_core.types import (
     SessionMode,
     SessionRef,
 )
+from tests.core.opening_world import open_in_dicts
 
 ALICE = ChannelIdentity("telegram", "123")
 ENQUEUE = MultitaskStrategy.ENQUEUE
@@ -81,6 +83,7 @@ class World:
     run_hook: Callable[[ChannelRequest, str], ChannelRequest] | None = None
     target: Callable[[fx.RunTarget], fx.TargetSucceeded | fx.TargetFailed] = echo_target
     arrivals: list[str] = attrs.field(factory=list)
+    seen: list[tuple[str, LastSeen]] = attrs.field(factory=list)  # last-seen writes
 
     def answer(self, effect: fx.Effect) -> Any:
         if isinstance(effect, fx.LoadContext):
@@ -134,40 +137,15 @@ class World:
             return saved
         raise AssertionError(f"unknown effect {effect!r}")
 
-    def loaded_for(self, plan: opening.Opening) -> opening.Loaded:
-        """What a store loads for ``OpenTurn``."""
-        key = self.identities.get((plan.identity.channel, plan.identity.native_id))
-        alias = None
-        if plan.scope is not None and (plan.scope.owner or key) is not None:
-            alias = self.aliases.get((plan.scope.owner or key or "", plan.scope.qualifier))
-        lease = self.leases.get(alias.session_id) if alias is not None else None
-        session = self.sessions.get(alias.session_id) if alias is not None else None
-        loaded = opening.Loaded(key, alias, None, lease, session)
-        fork = None
-        if plan.fork_scope is not None and key is not None:
-            fork = self.aliases.get((key, plan.fork_scope.qualifier))
-        if fork is not None:
-            loaded = attrs.evolve(
-                loaded,
-                fork_alias=fork,
-                fork_lease=self.leases.get(fork.session_id),
-                fork_session=self.sessions.get(fork.session_id),
-            )
-        return loaded
-
     def open_turn(self, plan: opening.Opening) -> opening.Outcome:
-        """What a store does for ``OpenTurn``: load, ``opening.decide``, write."""
-        native = (plan.identity.channel, plan.identity.native_id)
-        outcome, writes = opening.decide(plan, self.loaded_for(plan))
-        if writes.issue_key is not None:
-            self.identities[native] = writes.issue_key
-        if writes.create is not None:
-            created, record = writes.create
-            self.aliases[(created.owner, created.qualifier)] = created
-            self.sessions[created.session_id] = record
-        if writes.lease is not None:
-            self.leases[writes.lease.session_id] = writes.lease
-        return outcome
+        return open_in_dicts(
+            plan,
+            identities=self.identities,
+            aliases=self.aliases,
+            sessions=self.sessions,
+            lease_states=self.leases,
+            seen=self.seen,
+        )
 
     def _lease_step(self, session_id: str, event: leases.LeaseEvent) -> fx.LeaseAnswer:
         state = self.leases.get(session_id, leases.initial_state(session_id))

@@ -11,8 +11,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import attrs
-
 from agenthost.sansio_core import effects as fx
 from agenthost.sansio_core import leases, opening, sessions, turns
 from agenthost.sansio_core.types import (
@@ -29,7 +27,7 @@ from benchmarks.timing import time_calls
 BUDGET_SECONDS = 0.75  # per row; four rows
 RETURNING_USERS = 1_000
 LEASE_TTL = 30.0
-SETTINGS = turns.TurnSettings()
+SETTINGS = turns.TurnSettings(lease_seconds=LEASE_TTL)
 INPUT = (HostMessage.user("hello"),)
 
 
@@ -67,7 +65,7 @@ class DictWorld:
                 alias = self.aliases.get((owned.owner or key, owned.qualifier))
             return fx.RequestContext(key, alias)
         if isinstance(effect, fx.OpenTurn):
-            return self._open_turn(attrs.evolve(effect.opening, lease_seconds=LEASE_TTL))
+            return self._open_turn(effect.opening)
         if isinstance(effect, fx.IssueIsolationKey):
             identity = (effect.identity.channel, effect.identity.native_id)
             return self.identities.setdefault(identity, effect.candidate)

@@ -195,6 +195,7 @@ class Host:
         )
         self._outbox: DeliveryWorker | None = None
         self._turn_settings = turns.TurnSettings(
+            lease_seconds=lease_seconds,
             record_last_seen=self._router.any_can_push,
             custom_resolver=identity_resolver is not None,
             run_hook=run_hook is not None,

@@ -265,9 +265,7 @@ class TurnInterpreter:
 
     async def _open_turn(self, effect: fx.OpenTurn, guard: _LeaseGuard) -> opening.Outcome:
         releases_before = self._local.releases
-        outcome = await self._store.open_turn(
-            attrs.evolve(effect.opening, lease_seconds=self._ttl)
-        )
+        outcome = await self._store.open_turn(effect.opening)
         if isinstance(outcome, opening.Opened) and outcome.lease is not None:
             session_id = outcome.session_ref.session_id
             assert session_id is not None
@@ -300,7 +298,8 @@ class TurnInterpreter:
         with anyio.CancelScope() as run_scope:
             self._local.register(effect.run_id, run_scope, held)  # renew_leases keeps it
             try:
-                answer = attrs.evolve(await self._target.run(call), finished_at=self._clock())
+                done = await self._target.run(call)
+                answer = fx.TargetSucceeded(done.result, done.text, done.new_state, self._clock())
             except Exception as exc:
                 # The error's text may quote the user's input: log its type only.
                 log.warning(

@@ -48,10 +48,7 @@ class RequestContext:
 @attrs.frozen
 class OpenTurn:
     """One round trip that opens a foreground turn (see ``opening``): the store applies
-    ``opening.decide`` in its transaction. Answer: ``opening.Outcome``.
-
-    The interpreter fills in ``opening.lease_seconds``.
-    """
+    ``opening.decide`` in its transaction. Answer: ``opening.Outcome``."""
 
     opening: Opening
 

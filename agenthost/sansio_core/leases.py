@@ -213,17 +213,9 @@ def _drop_expired_waiters(state: LeaseState, event: LeaseEvent) -> LeaseState:
 
 def _grant(state: LeaseState, run_id: str, now: float, ttl: float) -> tuple[LeaseState, Granted]:
     fence = state.grants + 1
-    return (
-        attrs.evolve(
-            state,
-            holder=run_id,
-            expires_at=now + ttl,
-            interrupt_requested=False,
-            waiters=tuple(w for w in state.waiters if w.run_id != run_id),
-            grants=fence,
-        ),
-        Granted(fence=fence),
-    )
+    # Built directly rather than with attrs.evolve: this runs on every turn.
+    waiters = tuple(w for w in state.waiters if w.run_id != run_id)
+    return LeaseState(state.session_id, run_id, now + ttl, False, waiters, fence), Granted(fence)
 
 
 def _regrant(state: LeaseState, now: float, ttl: float) -> tuple[LeaseState, Granted]:
@@ -294,10 +286,8 @@ def _step(state: LeaseState, event: LeaseEvent) -> tuple[LeaseState, LeaseDecisi
     if isinstance(event, Release):
         if state.holder != event.run_id:
             return state, LeaseLost()
-        return (
-            attrs.evolve(state, holder=None, expires_at=0.0, interrupt_requested=False),
-            Released(),
-        )
+        released = LeaseState(state.session_id, None, 0.0, False, state.waiters, state.grants)
+        return released, Released()
 
     # Withdraw
     if state.holder == event.run_id:

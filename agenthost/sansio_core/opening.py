@@ -58,7 +58,7 @@ class Opening:
     strategy: MultitaskStrategy
     now: float
     last_seen: routing.LastSeen | None  # recorded when the host has a channel that can push
-    lease_seconds: float = 0.0  # the interpreter's lease time (the core does not know it)
+    lease_seconds: float = 30.0  # the host's lease time (``TurnSettings.lease_seconds``)
     fork_scope: ScopeKey | None = None  # where a forking request saves (rule 4)
     has_source_key: bool = False  # a forking request names a source to copy
 
@@ -131,7 +131,6 @@ def decide(opening: Opening, loaded: Loaded) -> tuple[Outcome, Writes]:
     if key is None:
         key = issue_key = identity.candidate_isolation_key(opening.identity, opening.run_id)
     last_seen = (key, opening.last_seen) if opening.last_seen is not None else None
-    writes = Writes(issue_key=issue_key, last_seen=last_seen)
 
     scope = opening.scope.owned_by(key) if opening.scope is not None else None
     session_decision: sessions.SessionDecision
@@ -152,12 +151,14 @@ def decide(opening: Opening, loaded: Loaded) -> tuple[Outcome, Writes]:
             now=opening.now,
         )
     if isinstance(session_decision, sessions.SessionNotFound):
-        return Refused(None), writes
+        return Refused(None), Writes(issue_key, last_seen)
     if isinstance(session_decision, sessions.Stateless):
-        return Opened(SessionRef(key, None, opening.session_key), None, None), writes
+        opened = Opened(SessionRef(key, None, opening.session_key), None, None)
+        return opened, Writes(issue_key, last_seen)
 
     record: SessionRecord | None
     lease_state: leases.LeaseState
+    create = None
     if opening.fork_scope is not None and loaded.fork_alias is not None:
         alias = loaded.fork_alias  # created by an earlier try: it wins, as an insert would
         record = loaded.fork_session
@@ -168,7 +169,7 @@ def decide(opening: Opening, loaded: Loaded) -> tuple[Outcome, Writes]:
             record = sessions.forked_record(loaded.session, alias, opening.now)
         else:
             record = sessions.new_session_record(alias, opening.now)
-        writes = attrs.evolve(writes, create=(alias, record))
+        create = (alias, record)
         lease_state = leases.initial_state(alias.session_id)
     else:
         alias = session_decision.alias
@@ -177,7 +178,7 @@ def decide(opening: Opening, loaded: Loaded) -> tuple[Outcome, Writes]:
 
     arrive = leases.Arrive(opening.run_id, opening.strategy, opening.now, opening.lease_seconds)
     new_lease, lease_decision = leases.apply(lease_state, arrive)
-    writes = attrs.evolve(writes, lease=new_lease)
     granted = isinstance(lease_decision, leases.Granted)
     ref = SessionRef(key, alias.session_id, opening.session_key)
-    return Opened(ref, lease_decision, record if granted else None), writes
+    opened = Opened(ref, lease_decision, record if granted else None)
+    return opened, Writes(issue_key, last_seen, create, new_lease)

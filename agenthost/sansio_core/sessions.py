@@ -204,4 +204,13 @@ def after_successful_run(
     record: SessionRecord, state: Mapping[str, Any] | None, now: float
 ) -> SessionRecord:
     """The session to save after a run that succeeded (a failed run saves nothing)."""
-    return attrs.evolve(record, state=state, updated_at=now, turns=record.turns + 1)
+    return SessionRecord(
+        record.session_id,
+        record.owner,
+        record.qualifier,
+        record.generation,
+        record.created_at,
+        now,
+        state,
+        record.turns + 1,
+    )

@@ -143,6 +143,7 @@ class TurnSettings:
     access: AccessSettings = attrs.field(factory=AccessSettings)
     commands: CommandCatalog = attrs.field(factory=CommandCatalog)
     record_last_seen: bool = False
+    lease_seconds: float = 30.0  # how long a session lease lasts unless renewed
 
 
 def runs_in_background(request: ChannelRequest) -> bool:
@@ -310,6 +311,7 @@ def open_turn(
         strategy=request.multitask or settings.default_multitask,
         now=now,
         last_seen=seen,
+        lease_seconds=settings.lease_seconds,
         fork_scope=fork_scope,
         has_source_key=request.session.key is not None,
     )

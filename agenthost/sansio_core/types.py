@@ -108,7 +108,7 @@ class HostMessage:
         return "".join(part.text for part in self.parts if isinstance(part, TextPart))
 
 
-@attrs.frozen
+@attrs.frozen(cache_hash=True)  # a key of sets and dicts on every routing decision
 class ChannelIdentity:
     """The *user* as one channel sees them (never the chat).
 

@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip --disable-pip-version-check -q
 
-.PHONY: install demo test test-asyncio test-trio lint bench clean mcp-conformance
+.PHONY: install chromium demo test test-asyncio test-trio lint bench clean mcp-conformance
 
 $(VENV)/.created:
 	$(PYTHON) -m venv $(VENV)
@@ -31,7 +31,16 @@ $(VERCEL)/node_modules/.installed: $(VERCEL)/package-lock.json
 		--loglevel=error; then touch $@; \
 	else echo "npm ci failed or npm is missing: the Vercel AI SDK test will be skipped"; fi
 
-install: $(VENV)/.installed-dev $(VERCEL)/node_modules/.installed
+# Headless Chromium for the console's browser tests (Debian's package). Where it cannot be
+# installed the browser tests skip on a developer's machine and fail under CI (CI=true).
+chromium:
+	@if command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium \
+		|| echo "apt-get could not install chromium: the console's browser tests need it"; \
+	else echo "chromium is missing: install Debian's chromium package for the browser tests"; fi
+
+install: $(VENV)/.installed-dev $(VERCEL)/node_modules/.installed chromium
 
 demo: $(VENV)/.installed-base
 	$(VENV)/bin/agenthost demo --host 127.0.0.1 --port $${PORT:-8000}

@@ -1,7 +1,9 @@
-"""The ``agenthost`` command: serve a host, run the demo.
+"""The ``agenthost`` command: serve a host, run the demo, operate a host's store.
 
 ``agenthost serve module:attribute`` imports a ``Host`` (or a function returning one) and
-serves it; ``agenthost demo`` serves the demo agent on the SQLite default. Logs are JSON
+serves it; ``agenthost demo`` serves the demo agent on the SQLite default;
+``agenthost doctor module:attribute`` checks one without serving; ``agenthost deliveries``
+and ``agenthost links`` work on a host's store. Logs are JSON
 lines on stderr, carrying ids and outcomes, never message content or secrets.
 """
 
@@ -83,9 +85,11 @@ def build_parser() -> argparse.ArgumentParser:
     demo = commands.add_parser("demo", help="serve the demo agent (no network or key needed)")
     demo.add_argument("--state-dir", default=".agenthost", help="where the SQLite store lives")
     _add_serving_options(demo, 8000)
-    from agenthost import cli_deliveries
+    from agenthost import cli_deliveries, cli_doctor, cli_links
 
     cli_deliveries.add_parser(commands)
+    cli_links.add_parser(commands)
+    cli_doctor.add_parser(commands)
     return parser
 
 
@@ -95,6 +99,14 @@ def main(argv: Sequence[str] | None = None) -> None:
         from agenthost import cli_deliveries
 
         raise SystemExit(cli_deliveries.run(args))
+    if args.command == "links":
+        from agenthost import cli_links
+
+        raise SystemExit(cli_links.run(args))
+    if args.command == "doctor":
+        from agenthost import cli_doctor
+
+        raise SystemExit(cli_doctor.run(args))
     configure_logging(args.log_level)
     if args.command == "demo":
         from agenthost.demo import build_host

@@ -55,7 +55,7 @@ test-trio: install
 	AGENTHOST_TEST_BACKEND=trio $(PY) -m pytest -q
 
 lint: install
-	$(VENV)/bin/ruff check agenthost tests benchmarks docs
+	$(VENV)/bin/ruff check agenthost tests benchmarks docs samples
 	$(VENV)/bin/mypy
 
 bench: $(VENV)/.installed-bench

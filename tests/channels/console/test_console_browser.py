@@ -191,6 +191,17 @@ async def test_linking_two_identities_shows_them_joined_and_unlink_parts_them(
         assert [i.native_id for i in alice] == ["alice"]
         await tab.screenshot("console-user-unlinked")
 
+        # The other way round: the console shows a code, another channel enters it.
+        await tab.goto(w.url("/link"))
+        await tab.submit("form.inline button[type=submit]")
+        shown = await tab.wait_for("document.querySelector('#link-reply')?.textContent")
+        code = CODE.search(shown)
+        assert code is not None, shown
+        entered = await w.invoke(f"/link {code[1]}", user="bob")
+        assert entered.json()["output"].startswith("Linked"), entered.text
+        operator = await w.host.linked_identities(ChannelIdentity("console", "operator"))
+        assert {i.native_id for i in operator} == {"operator", "bob"}
+
 
 async def test_a_dead_letter_shows_its_reason_and_is_delivered_after_replay(
     tmp_path: Path,

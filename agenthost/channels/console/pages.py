@@ -112,9 +112,19 @@ def login_page(mount: str, *, failed: bool) -> str:
     return page.layout("Log in", body, nav=False)
 
 
-def chat_page(page: Page, *, identity: ChannelIdentity, answer: str | None = None,
-              asked: str | None = None) -> str:  # fmt: skip
-    transcript = ""
+def chat_page(
+    page: Page,
+    *,
+    identity: ChannelIdentity,
+    answer: str | None = None,
+    asked: str | None = None,
+    history: Sequence[tuple[str, str]] = (),
+) -> str:
+    transcript = "".join(
+        f'<div class="turn {"user" if role == "user" else "agent"}">'
+        f'<span>{"You" if role == "user" else "Agent"}</span><p>{e(text)}</p></div>'
+        for role, text in history
+    )
     if asked is not None:
         transcript += f'<div class="turn user"><span>You</span><p>{e(asked)}</p></div>'
     if answer is not None:

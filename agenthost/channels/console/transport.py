@@ -25,17 +25,19 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, PlainTextResponse, RedirectResponse, Response
 from starlette.routing import BaseRoute, Route
 
+from agenthost.backends import tracing
 from agenthost.backends.bodies import BodyTooLarge, read_limited
 from agenthost.backends.channel import Channel, HostServices
 from agenthost.backends.configuration import ConfigurationError
 from agenthost.backends.host_events import HostEvents, TooManySubscribers, attach, detach
 from agenthost.backends.metrics import HostMetrics
 from agenthost.backends.streaming import Emit, ProducerResponse
-from agenthost.backends.targets import StreamUpdate
+from agenthost.backends.targets import StreamUpdate, UpdateSink
 from agenthost.backends.tracing import TraceMiddleware, channel_prefixes
 from agenthost.channels.console import access, pages
 from agenthost.sansio_core.delivery import Delivery, DeliveryStatus, DeliveryTransitionRefused
 from agenthost.sansio_core.linking import LinkResult
+from agenthost.sansio_core.sessions import DIRECT, ScopeKey
 from agenthost.sansio_core.turns import TurnCompleted, TurnFailed, TurnOutcome, TurnRefused
 from agenthost.sansio_core.types import (
     ChannelIdentity,
@@ -334,7 +336,22 @@ class _Handlers:
     # --- chat ---------------------------------------------------------------------
 
     async def chat_page(self, request: Request, session: BrowserSession, csrf: str) -> Response:
-        return HTMLResponse(pages.chat_page(self._page(csrf), identity=self._channel.identity))
+        return HTMLResponse(
+            pages.chat_page(
+                self._page(csrf),
+                identity=self._channel.identity,
+                history=await self._own_history(),
+            )
+        )
+
+    async def _own_history(self) -> list[tuple[str, str]]:
+        """The console identity's current direct conversation (what a reload shows)."""
+        store = self._host.store
+        context = await store.load_context(self._channel.identity, ScopeKey(None, DIRECT))
+        if context.alias is None:
+            return []
+        found = await store.load_session(context.alias.session_id)
+        return pages.history_of(found.state) if found is not None else []
 
     def _request(self, text: str, *, stream: bool) -> ChannelRequest:
         return ChannelRequest(
@@ -351,7 +368,7 @@ class _Handlers:
         if not text:
             return PlainTextResponse("Write a message first.", status_code=422)
         if "text/event-stream" not in request.headers.get("accept", ""):
-            outcome = await self._host.run(self._request(text, stream=False))
+            outcome = await self._run(self._request(text, stream=False))
             return HTMLResponse(
                 pages.chat_page(
                     self._page(csrf),
@@ -367,13 +384,21 @@ class _Handlers:
                 if update.text:
                     await emit(pages.sse("delta", {"text": update.text}))
 
-            outcome = await self._host.run(channel_request, on_update=on_update)
+            outcome = await self._run(channel_request, on_update=on_update)
             if isinstance(outcome, TurnCompleted):
                 await emit(pages.sse("done", {"text": outcome.result.text}))
             else:
                 await emit(pages.sse("error", {"message": _answer_text(outcome)}))
 
         return ProducerResponse(produce)
+
+    async def _run(
+        self, request: ChannelRequest, *, on_update: UpdateSink | None = None
+    ) -> TurnOutcome:
+        with tracing.span("agenthost.turn", channel=self._channel.name) as opened:
+            outcome = await self._host.run(request, on_update=on_update)
+            opened.set_attribute("agenthost.outcome", _outcome_name(outcome))
+        return outcome
 
     # --- identities and sessions ---------------------------------------------------
 
@@ -544,7 +569,7 @@ class _Handlers:
                 status_code=422,
             )
         command = f"/link {code}" if code else "/link"
-        outcome = await self._host.run(self._request(command, stream=False))
+        outcome = await self._run(self._request(command, stream=False))
         return HTMLResponse(pages.link_page(self._page(csrf), reply=_answer_text(outcome)))
 
     # --- static files and metrics -----------------------------------------------------
@@ -581,6 +606,14 @@ class _Handlers:
             return access.token_matches(token, presented.strip())
         found = self._sessions.get(request.cookies.get(access.SESSION_COOKIE, ""))
         return found is not None and found.logged_in and found.expires_at > time.time()
+
+
+def _outcome_name(outcome: TurnOutcome) -> str:
+    if isinstance(outcome, TurnCompleted):
+        return "completed"
+    if isinstance(outcome, TurnRefused):
+        return f"refused:{outcome.reason.value}"
+    return "cancelled" if outcome.cancelled else "failed"
 
 
 def _answer_text(outcome: TurnOutcome | Any) -> str:

@@ -134,6 +134,12 @@ async def test_a_chat_answer_streams_into_the_page(tmp_path: Path) -> None:
         assert recalled == 'You first said: "what is 2 + 3"'
         await tab.screenshot("console-chat")
         assert tab.console_errors == []
+        # A reload shows the conversation so far, from the stored session.
+        await tab.goto(w.url(""))
+        shown = await tab.evaluate(
+            "[...document.querySelectorAll('#transcript .turn p')].map(p => p.textContent)"
+        )
+        assert shown == ["what is 2 + 3", answer, "what did I say first?", recalled], shown
 
         # The session and its history, as the operator browses to them.
         await tab.goto(w.url("/users?channel=console&native_id=operator"))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Iterator
 from typing import Any
 
@@ -125,6 +126,13 @@ async def test_a_request_span_continues_the_callers_trace(spans: InMemorySpanExp
             )
             assert answered.status_code == 200
             metrics = await client.get("/metrics")
+            page = await client.get("/console")
+            csrf = re.search(r'name="csrf" value="([0-9a-f]+)"', page.text)
+            assert csrf is not None
+            chat = await client.post(
+                "/console/chat", data={"message": "console words", "csrf": csrf[1]}
+            )
+            assert chat.status_code == 200
     [received] = [s for s in spans.get_finished_spans() if s.attributes and
                   s.attributes.get("agenthost.channel") == "invocations"]  # fmt: skip
     assert received.name == "agenthost.receive"
@@ -133,6 +141,13 @@ async def test_a_request_span_continues_the_callers_trace(spans: InMemorySpanExp
     assert received.attributes is not None
     assert received.attributes["http.response.status_code"] == 200
     assert "secret words" not in repr(dict(received.attributes))
+    [turn] = [s for s in spans.get_finished_spans() if s.name == "agenthost.turn"]
+    [console_request] = [s for s in spans.get_finished_spans() if s.attributes and
+                         s.attributes.get("agenthost.channel") == "console" and
+                         s.attributes.get("http.request.method") == "POST"]  # fmt: skip
+    assert turn.parent is not None and turn.parent.span_id == console_request.context.span_id
+    assert turn.attributes is not None and turn.attributes["agenthost.outcome"] == "completed"
+    assert "console words" not in repr(dict(turn.attributes))
     assert 'agenthost_request_duration_seconds_count{channel="invocations"} 1' in metrics.text
     assert 'agenthost_turns_total{channel="invocations",outcome="completed"} 1' in metrics.text
 

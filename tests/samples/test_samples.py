@@ -160,6 +160,42 @@ async def test_a2a_mcp_sample(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -
                 assert "7" in str(result.content)
 
 
+async def test_discord_bot_sample(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from tests.channels.discord.conftest import fake_discord
+    from tests.channels.discord.interactions import APPLICATION_ID, ask, new_user
+    from tests.channels.discord.interactions import BOT_TOKEN as DISCORD_TOKEN
+
+    with anyio.fail_after(TIMEOUT):
+        async with fake_discord() as (fake, api_url):
+            for key, value in {
+                "DISCORD_APPLICATION_ID": APPLICATION_ID,
+                "DISCORD_PUBLIC_KEY": fake.signer.public_key_hex,
+                "DISCORD_BOT_TOKEN": DISCORD_TOKEN,
+                "DISCORD_API_BASE_URL": api_url,
+                "AGENTHOST_STATE_DIR": str(tmp_path),
+            }.items():
+                monkeypatch.setenv(key, value)
+            async with served(sample_host("discord_bot").app) as base:
+                fake.endpoint = f"{base}/discord/interactions"
+                payload = ask("what is 2 + 3", user=new_user())
+                assert (await fake.deliver(payload)).status_code == 200
+                await fake_answer(fake, str(payload["id"]), "5")
+                async with httpx.AsyncClient() as http:
+                    unsigned = await http.post(fake.endpoint, json=payload)
+                assert unsigned.status_code == 401
+
+
+async def fake_answer(fake: Any, interaction: str, expected: str) -> None:
+    """Until the interaction's reply (original and follow-ups) contains ``expected``."""
+    while True:
+        delivered = fake.delivered.get(interaction)
+        if delivered is not None and delivered.original is not None:
+            shown = delivered.original.content + "".join(m.content for m in delivered.followups)
+            if expected in shown:
+                return
+        await anyio.sleep(0.05)
+
+
 def _a2a(text: str) -> dict[str, Any]:
     return {
         "jsonrpc": "2.0",

@@ -13,10 +13,12 @@ under test stays free, under asyncio and trio alike.
 from __future__ import annotations
 
 import base64
+import contextlib
 import itertools
 import json
 import os
 import shutil
+import signal
 import subprocess
 import tempfile
 import time
@@ -207,11 +209,16 @@ class Browser:
 async def chromium() -> AsyncIterator[Browser]:
     """Start headless Chromium with a fresh profile; stop it (and only it) on exit."""
     executable = find_chromium()
-    with tempfile.TemporaryDirectory(prefix="agenthost-chromium-") as profile:
+    # Chromium's helpers may still be writing to the profile as the main process exits.
+    with tempfile.TemporaryDirectory(
+        prefix="agenthost-chromium-", ignore_cleanup_errors=True
+    ) as profile:
+        # Its own process group, so that its helper processes end with it (and only they).
         process = await anyio.open_process(
             [executable, *LAUNCH_FLAGS, f"--user-data-dir={profile}", "about:blank"],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
+            start_new_session=True,
         )
         try:
             port_file = Path(profile) / "DevToolsActivePort"
@@ -230,3 +237,5 @@ async def chromium() -> AsyncIterator[Browser]:
                 if slow.cancelled_caught:
                     process.kill()
                     await process.wait()
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.killpg(process.pid, signal.SIGKILL)  # helpers left in its group

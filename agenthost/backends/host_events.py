@@ -7,7 +7,9 @@ falls behind loses events (counted in ``dropped``) rather than slowing the host.
 Until the host publishes events itself (see the call sites listed in ``tracing``), the
 :class:`LogBridge` derives them from the host's structured log records, which by design
 already carry only ids and outcomes. It needs the ``agenthost`` logger at INFO; when that
-logger is quieter, :func:`attach` lowers it to INFO (``agenthost serve`` logs INFO anyway).
+logger is quieter, :func:`attach` lowers it to INFO until :func:`detach` (``agenthost
+serve`` logs INFO anyway). Log records are process-wide: several hosts in one process
+share what their bridges see.
 """
 
 from __future__ import annotations
@@ -113,6 +115,7 @@ class LogBridge(logging.Handler):
     def __init__(self, events: HostEvents) -> None:
         super().__init__(level=logging.INFO)
         self._events = events
+        self.lowered_from: int | None = None  # the logger's own level before attach
 
     def emit(self, record: logging.LogRecord) -> None:
         meaning = _RECORD_EVENTS.get(record.msg if isinstance(record.msg, str) else "")
@@ -156,6 +159,7 @@ def attach(events: HostEvents) -> LogBridge:
     bridge = LogBridge(events)
     logger = logging.getLogger("agenthost")
     if logger.getEffectiveLevel() > logging.INFO:
+        bridge.lowered_from = logger.level
         logger.setLevel(logging.INFO)
     logger.addHandler(bridge)
     _attached[id(events)] = bridge
@@ -165,4 +169,7 @@ def attach(events: HostEvents) -> LogBridge:
 def detach(events: HostEvents) -> None:
     bridge = _attached.pop(id(events), None)
     if bridge is not None:
-        logging.getLogger("agenthost").removeHandler(bridge)
+        logger = logging.getLogger("agenthost")
+        logger.removeHandler(bridge)
+        if bridge.lowered_from is not None:
+            logger.setLevel(bridge.lowered_from)

@@ -238,6 +238,9 @@ async def test_a_dead_letter_shows_its_reason_and_is_delivered_after_replay(
         )
         assert "blocked" in reason, reason
         await tab.screenshot("console-dead-letters")
+        scraped = (await w.client.get("/metrics")).text
+        assert 'agenthost_deliveries{state="dead"} 1' in scraped
+        assert 'agenthost_dead_letters_total{channel="telegram"} 1' in scraped
 
         w.fake.blocked.discard(TELEGRAM_USER)
         sent_before = len(w.fake.sent_to(TELEGRAM_USER))

@@ -20,6 +20,7 @@ from urllib.parse import parse_qs, quote
 
 import anyio
 import attrs
+from anyio.streams.memory import MemoryObjectReceiveStream
 from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, PlainTextResponse, RedirectResponse, Response
@@ -29,7 +30,13 @@ from agenthost.backends import tracing
 from agenthost.backends.bodies import BodyTooLarge, read_limited
 from agenthost.backends.channel import Channel, HostServices
 from agenthost.backends.configuration import ConfigurationError
-from agenthost.backends.host_events import HostEvents, TooManySubscribers, attach, detach
+from agenthost.backends.host_events import (
+    HostEvent,
+    HostEvents,
+    TooManySubscribers,
+    attach,
+    detach,
+)
 from agenthost.backends.metrics import HostMetrics
 from agenthost.backends.streaming import Emit, ProducerResponse
 from agenthost.backends.targets import StreamUpdate, UpdateSink
@@ -75,7 +82,8 @@ class OperatorHost(Protocol):
 
 @attrs.define
 class BrowserSession:
-    logged_in: bool
+    """A browser allowed in (logged in, or on loopback without a login)."""
+
     expires_at: float
 
 
@@ -199,16 +207,22 @@ class _Handlers:
         peer = request.client.host if request.client else None
         return access.may_reach(self._channel.settings, peer, request.headers.get("host"))
 
-    def _browser_session(self, request: Request) -> tuple[str, BrowserSession, bool]:
-        """The request's browser session, or a new one (third item: whether new)."""
+    def _browser_session(self, request: Request) -> tuple[str, BrowserSession, bool] | None:
+        """The request's browser session, or a new one (third item: whether new).
+
+        ``None`` when a login is needed and the request has no logged-in session: nothing
+        is stored for such a visitor, so a flood of them cannot push real sessions out.
+        """
         now = time.time()
         session_id = request.cookies.get(access.SESSION_COOKIE, "")
         found = self._sessions.get(session_id)
         if found is not None and found.expires_at > now:
             return session_id, found, False
-        return self._new_session(logged_in=not self._channel.settings.login_required)
+        if self._channel.settings.login_required:
+            return None
+        return self._new_session()
 
-    def _new_session(self, *, logged_in: bool) -> tuple[str, BrowserSession, bool]:
+    def _new_session(self) -> tuple[str, BrowserSession, bool]:
         now = time.time()
         if len(self._sessions) >= MAX_BROWSER_SESSIONS:
             for stale in [k for k, s in self._sessions.items() if s.expires_at <= now]:
@@ -216,7 +230,7 @@ class _Handlers:
             while len(self._sessions) >= MAX_BROWSER_SESSIONS:
                 del self._sessions[next(iter(self._sessions))]
         session_id = secrets.token_urlsafe(32)
-        session = BrowserSession(logged_in, now + self._channel.session_seconds)
+        session = BrowserSession(now + self._channel.session_seconds)
         self._sessions[session_id] = session
         return session_id, session, True
 
@@ -235,15 +249,16 @@ class _Handlers:
         async def guarded(request: Request) -> Response:
             if not self._reachable(request):
                 return _secured(PlainTextResponse("Not Found", status_code=404))
-            session_id, session, new = self._browser_session(request)
-            if not session.logged_in:
+            found = self._browser_session(request)
+            if found is None:
                 if request.method == "GET":
-                    response: Response = RedirectResponse(
-                        f"{self._channel.mount}/login", status_code=303
+                    return _secured(
+                        RedirectResponse(f"{self._channel.mount}/login", status_code=303)
                     )
-                else:
-                    response = PlainTextResponse("Log in first.", status_code=403)
-            elif request.method == "POST" and not await self._post_allowed(request, session_id):
+                return _secured(PlainTextResponse("Log in first.", status_code=403))
+            session_id, session, new = found
+            response: Response
+            if request.method == "POST" and not await self._post_allowed(request, session_id):
                 response = PlainTextResponse(
                     "This action did not come from the console's page.", status_code=403
                 )
@@ -320,7 +335,7 @@ class _Handlers:
         old = request.cookies.get(access.SESSION_COOKIE)
         if old:
             self._sessions.pop(old, None)
-        session_id, _, _ = self._new_session(logged_in=True)
+        session_id, _, _ = self._new_session()
         response = RedirectResponse(self._channel.mount, status_code=303)
         self._set_cookie(response, request, session_id)
         log.info("console login")
@@ -524,34 +539,11 @@ class _Handlers:
 
         async def produce(emit: Emit) -> None:
             try:
-                subscription = events.subscribe()
-                stream = subscription.__enter__()
+                with events.subscribe() as stream:
+                    await emit(b": connected\n\n")
+                    await _relay(stream, emit)
             except TooManySubscribers:
                 await emit(b": busy\n\n")
-                return
-            try:
-                await emit(b": connected\n\n")
-                with anyio.move_on_after(LIVE_MAX_SECONDS):
-                    while True:
-                        with anyio.move_on_after(LIVE_HEARTBEAT_SECONDS) as quiet:
-                            event = await stream.receive()
-                        if quiet.cancelled_caught:
-                            await emit(b": heartbeat\n\n")
-                            continue
-                        await emit(
-                            pages.sse(
-                                "host",
-                                {
-                                    "time": time.strftime("%H:%M:%S", time.gmtime()),
-                                    "kind": event.kind,
-                                    "outcome": event.outcome,
-                                    "channel": event.channel,
-                                    "ids": dict(event.ids),
-                                },
-                            )
-                        )
-            finally:
-                subscription.__exit__(None, None, None)
 
         return ProducerResponse(produce)
 
@@ -605,7 +597,30 @@ class _Handlers:
         if token is not None and scheme.lower() == "bearer":
             return access.token_matches(token, presented.strip())
         found = self._sessions.get(request.cookies.get(access.SESSION_COOKIE, ""))
-        return found is not None and found.logged_in and found.expires_at > time.time()
+        return found is not None and found.expires_at > time.time()
+
+
+async def _relay(stream: MemoryObjectReceiveStream[HostEvent], emit: Emit) -> None:
+    """Host events as SSE ``host`` events, a heartbeat when quiet, for a bounded time."""
+    with anyio.move_on_after(LIVE_MAX_SECONDS):
+        while True:
+            with anyio.move_on_after(LIVE_HEARTBEAT_SECONDS) as quiet:
+                event = await stream.receive()
+            if quiet.cancelled_caught:
+                await emit(b": heartbeat\n\n")
+                continue
+            await emit(
+                pages.sse(
+                    "host",
+                    {
+                        "time": time.strftime("%H:%M:%S", time.gmtime()),
+                        "kind": event.kind,
+                        "outcome": event.outcome,
+                        "channel": event.channel,
+                        "ids": dict(event.ids),
+                    },
+                )
+            )
 
 
 def _outcome_name(outcome: TurnOutcome) -> str:

@@ -128,15 +128,26 @@ async def test_what_the_console_shows_is_escaped() -> None:
 async def test_remote_access_needs_the_token_and_a_login_makes_a_fresh_session(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    async with console(peer="192.0.2.10", allow_remote=True, token=TOKEN) as (_, client):
+    async with console(peer="192.0.2.10", allow_remote=True, token=TOKEN) as (host, client):
         assert (await client.get("/console")).headers["location"] == "/console/login"
-        planted = client.cookies.get("agenthost_console")
+        planted = "a-session-id-an-attacker-chose"
+        client.cookies.set("agenthost_console", planted)
+        assert (await client.get("/console")).headers["location"] == "/console/login"
         assert (await client.post("/console/chat", data={"message": "x"})).status_code == 403
         refused = await client.post("/console/login", data={"token": "wrong"}, headers=ORIGIN)
         assert refused.status_code == 401
         accepted = await client.post("/console/login", data={"token": TOKEN}, headers=ORIGIN)
         assert accepted.status_code == 303
-        assert client.cookies.get("agenthost_console") not in (None, planted)
+        fresh = accepted.cookies.get("agenthost_console")
+        assert fresh not in (None, planted)
+        client.cookies.clear()
+        client.cookies.set("agenthost_console", fresh)
+        assert (await client.get("/console/runs")).status_code == 200
+        # Visitors who never log in leave nothing behind that could push this session out.
+        transport = httpx.ASGITransport(app=host.app, client=("198.51.100.7", 50002))
+        async with httpx.AsyncClient(transport=transport, base_url=LOCAL) as flood:
+            for _ in range(1100):
+                assert (await flood.get("/console")).status_code == 303
         assert (await client.get("/console/runs")).status_code == 200
     assert TOKEN not in capsys.readouterr().err  # a configured token is never printed
 

@@ -13,30 +13,33 @@ What this module owns:
   the channel the path belongs to and the status it answered; it also reports each
   request's duration to ``host_events`` for ``/metrics``.
 - :func:`span`, the one way the host opens its other spans. The turn path's spans belong
-  at these call sites (``backends/host.py`` and ``backends/interpreter.py``, being
-  rewritten separately, so they are listed here rather than added there):
+  at these call sites (``backends/host.py``, ``interpreter.py``, ``worker.py`` and
+  ``outbox.py``, being rewritten separately, so they are listed here rather than added):
 
-  1. ``agenthost.authorize``: around the interpreter's handling of the access decision
-     (``Interpreter.drive`` where ``opening.decide``'s outcome is known) with
-     ``agenthost.channel``, ``agenthost.run_id`` and ``agenthost.outcome`` = allowed,
-     denied or link_required (the denial's ``reason_code``, never its details);
-  2. ``agenthost.resolve_session``: around ``store.open_turn`` in
-     ``TurnInterpreter._open_turn`` with ``agenthost.session_id`` and
-     ``agenthost.outcome`` = granted, waited, busy (publish ``HostEvent("lease",
-     "waited", channel)`` there too for the lease-wait counter);
-  3. ``agenthost.run``: around ``self._target.run(call)`` in the interpreter's RunTarget
-     branch with ``agenthost.outcome`` = succeeded, failed or cancelled (the error's type
-     only);
-  4. ``agenthost.save``: around ``store.finish_run`` with ``agenthost.saved``;
-  5. ``agenthost.deliver``: around ``pusher.push`` in ``DeliveryWorker._push`` with
-     ``agenthost.delivery_id``, ``agenthost.channel`` and the outcome's state;
-  6. ``agenthost.turn``: around the whole of ``Host.run`` / ``run_or_continue`` /
-     ``run_in_background``, next to ``_log_outcome``, which could publish the
-     ``HostEvent`` directly instead of the ``host_events.LogBridge`` deriving it.
-
-  A background run started by the worker has no inbound request: its span links to the
-  trace of the request that queued it when the run record carries that request's
-  ``traceparent`` (:func:`current_traceparent` gives it).
+  1. ``agenthost.turn`` around each ``self._interpreter.drive(...)`` in ``Host.run``,
+     ``Host.run_or_continue`` and ``Host.run_in_background``, with ``channel`` and
+     ``run_id``; set ``agenthost.outcome`` where ``_log_outcome`` runs, which can also
+     publish the ``HostEvent("turn", outcome, channel)`` itself instead of the
+     ``host_events.LogBridge`` deriving it from the log line;
+  2. ``agenthost.resolve_session`` around ``self._store.open_turn(...)`` in
+     ``TurnInterpreter._open_turn``: that one round trip authorizes and resolves, so the
+     span carries both ``agenthost.access`` (``allowed``, or the ``Denied.reason_code`` /
+     ``link_required`` of the refused ``opening.Outcome``; never its ``log_details``) and
+     ``agenthost.session_id`` and whether the lease was granted or is waited for;
+  3. a lease wait: in the ``fx.WaitForLease`` branch of ``TurnInterpreter._perform``, a
+     span event ``agenthost.lease_wait`` on the current span, and (once per run) a
+     ``HostEvent("lease", "waited", channel)`` for ``agenthost_lease_waits_total``;
+  4. ``agenthost.run`` around ``self._target.run(call)`` in
+     ``TurnInterpreter._run_target``, with ``agenthost.outcome`` = succeeded, failed or
+     cancelled (the error's type only);
+  5. ``agenthost.save`` around ``store.finish_run(...)`` in the ``fx.FinishRun`` branch,
+     with ``agenthost.saved``;
+  6. ``agenthost.deliver`` around ``pusher.push(destination, message)`` in
+     ``DeliveryWorker._push``, with ``delivery_id``, ``channel``, ``phase`` (echo or
+     reply) and the outcome's state;
+  7. ``agenthost.background_run`` where ``BackgroundWorker`` logs "background run
+     started", linked (``trace.Link``) to the trace of the request that queued it when
+     the run record keeps that request's :func:`current_traceparent`.
 """
 
 from __future__ import annotations

@@ -69,6 +69,7 @@ MAX_BROWSER_SESSIONS = 1000
 MAX_FORM_BYTES = 64 * 1024
 LIVE_HEARTBEAT_SECONDS = 15.0
 LIVE_MAX_SECONDS = 3600.0  # the browser's EventSource reconnects after this
+LIVE_KINDS = frozenset({"turn", "run", "delivery", "lease"})
 
 
 @runtime_checkable
@@ -609,6 +610,8 @@ async def _relay(stream: MemoryObjectReceiveStream[HostEvent], emit: Emit) -> No
             if quiet.cancelled_caught:
                 await emit(b": heartbeat\n\n")
                 continue
+            if event.kind not in LIVE_KINDS:
+                continue  # requests are for /metrics; the feed shows what the host did
             await emit(
                 pages.sse(
                     "host",

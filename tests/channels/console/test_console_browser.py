@@ -288,10 +288,11 @@ async def test_the_live_view_shows_turns_from_other_channels(tmp_path: Path) -> 
         answered = await w.invoke("hello from the api", user="bob")
         assert answered.status_code == 200
         line = await tab.wait_for(
-            "document.querySelector('#live li.live-event.turn')?.textContent"
+            "document.querySelector('#live li.live-event.kind-turn')?.textContent"
         )
         assert "invocations" in line and "completed" in line, line
         assert "hello from the api" not in await tab.evaluate("document.body.textContent")
+        assert await tab.evaluate("document.querySelectorAll('#live li.kind-request').length") == 0
         await tab.screenshot("console-live")
 
         metrics = await w.client.get("/metrics")

@@ -89,7 +89,7 @@ function setUpLive(list) {
   source.addEventListener("host", (event) => {
     const data = JSON.parse(event.data);
     const item = document.createElement("li");
-    item.className = "live-event " + data.kind;
+    item.className = "live-event kind-" + data.kind;
     const ids = Object.entries(data.ids).map(([k, v]) => k + "=" + v).join(" ");
     item.textContent = [data.time, data.kind, data.channel || "", data.outcome, ids]
       .filter(Boolean).join(" · ");

@@ -244,7 +244,17 @@ async def test_a_dead_letter_shows_its_reason_and_is_delivered_after_replay(
 
         w.fake.blocked.discard(TELEGRAM_USER)
         sent_before = len(w.fake.sent_to(TELEGRAM_USER))
-        await tab.submit("tr.delivery.dead button")
+        async with w.browser.tab() as live:
+            await live.goto(w.url("/live"))
+            await live.wait_for(
+                "document.querySelector('#live-status').textContent === 'connected'"
+            )
+            await tab.submit("tr.delivery.dead button")
+            shown = await live.wait_for(
+                "[...document.querySelectorAll('#live li.kind-delivery')]"
+                ".map(li => li.textContent).find(t => t.includes('delivered'))"
+            )
+            assert "telegram" in shown and scheduled.delivery_id in shown, shown
         await tab.wait_for("location.pathname.endsWith('/deliveries')")
         state = ""
         for _ in range(200):

@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip --disable-pip-version-check -q
 
-.PHONY: install demo test test-asyncio test-trio lint bench clean mcp-conformance
+.PHONY: install chromium demo test test-asyncio test-trio lint bench clean mcp-conformance
 
 $(VENV)/.created:
 	$(PYTHON) -m venv $(VENV)
@@ -37,7 +37,16 @@ $(MCP_CONFORMANCE):
 	npm install --no-audit --no-fund --loglevel=error --prefix .mcp-conformance \
 		@modelcontextprotocol/conformance@0.1.13 && touch $@
 
-install: $(VENV)/.installed-dev $(VERCEL)/node_modules/.installed $(MCP_CONFORMANCE)
+# Headless Chromium for the console's browser tests (Debian's package). Where it cannot be
+# installed the browser tests skip on a developer's machine and fail under CI (CI=true).
+chromium:
+	@if command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium \
+		|| echo "apt-get could not install chromium: the console's browser tests need it"; \
+	else echo "chromium is missing: install Debian's chromium package for the browser tests"; fi
+
+install: $(VENV)/.installed-dev $(VERCEL)/node_modules/.installed $(MCP_CONFORMANCE) chromium
 
 demo: $(VENV)/.installed-base
 	$(VENV)/bin/agenthost demo --host 127.0.0.1 --port $${PORT:-8000}
@@ -52,7 +61,7 @@ test-trio: install
 	AGENTHOST_TEST_BACKEND=trio $(PY) -m pytest -q
 
 lint: install
-	$(VENV)/bin/ruff check agenthost tests benchmarks docs
+	$(VENV)/bin/ruff check agenthost tests benchmarks docs samples
 	$(VENV)/bin/mypy
 
 bench: $(VENV)/.installed-bench

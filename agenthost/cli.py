@@ -1,9 +1,11 @@
-"""The ``agenthost`` command: serve a host, run the demo.
+"""The ``agenthost`` command: serve a host, run the demo, operate a host's store.
 
 ``agenthost serve module:attribute`` imports a ``Host`` (or a function returning one) and
-serves it; ``agenthost demo`` serves the demo agent on the SQLite default. Logs are JSON
-lines on stderr (``backends.logs``), carrying ids and outcomes, never message content or
-secrets. SIGINT and SIGTERM stop the server gracefully on both backends.
+serves it; ``agenthost demo`` serves the demo agent on the SQLite default;
+``agenthost doctor module:attribute`` checks one without serving; ``agenthost deliveries``
+and ``agenthost links`` work on a host's store. Logs are JSON lines on stderr
+(``backends.logs``), carrying ids and outcomes, never message content or secrets. SIGINT
+and SIGTERM stop the server gracefully on both backends.
 """
 
 from __future__ import annotations
@@ -119,9 +121,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     demo.add_argument("--state-dir", default=".agenthost", help="where the SQLite store lives")
     _add_serving_options(demo, 8000)
-    from agenthost import cli_deliveries
+    from agenthost import cli_deliveries, cli_doctor, cli_links
 
     cli_deliveries.add_parser(commands)
+    cli_links.add_parser(commands)
+    cli_doctor.add_parser(commands)
     return parser
 
 
@@ -131,6 +135,14 @@ def main(argv: Sequence[str] | None = None) -> None:
         from agenthost import cli_deliveries
 
         raise SystemExit(cli_deliveries.run(args))
+    if args.command == "links":
+        from agenthost import cli_links
+
+        raise SystemExit(cli_links.run(args))
+    if args.command == "doctor":
+        from agenthost import cli_doctor
+
+        raise SystemExit(cli_doctor.run(args))
     configure_logging(args.log_level)
     if args.command == "demo":
         from agenthost.demo import build_host

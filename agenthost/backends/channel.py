@@ -200,6 +200,12 @@ class Channel(abc.ABC):
     async def shutdown(self) -> None:  # noqa: B027 - optional hook
         """Stop what ``startup`` started."""
 
+    async def check_credentials(self, http: httpx.AsyncClient) -> str | None:
+        """For ``agenthost doctor``: ask the platform whether the channel's credentials work,
+        without serving. Answer what was verified (no secret in it), ``None`` when there is
+        nothing to verify; raise ``ConfigurationError`` when the platform refuses them."""
+        return None
+
     def background_updates(self, record: RunRecord) -> UpdateSink | None:
         """Where a background run this channel started streams its updates (if anywhere).
 

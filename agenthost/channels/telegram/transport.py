@@ -17,6 +17,7 @@ import hmac
 import logging
 import re
 import secrets
+import time
 from collections.abc import AsyncIterator, Mapping, Sequence
 from typing import Any, Literal
 from urllib.parse import urlsplit
@@ -271,6 +272,17 @@ class TelegramChannel(Channel):
 
     def commands(self) -> Sequence[ChannelCommand]:
         return self._own_commands
+
+    async def check_credentials(self, http: httpx.AsyncClient) -> str | None:
+        api = BotApi(http, self._token, base_url=self.api_base_url, clock=time.time, max_attempts=1)
+        try:
+            me = await api.get_me()
+        except TelegramError as error:
+            raise ConfigurationError(
+                f"Telegram refused the bot token (getMe answered {error.code}); check "
+                "bot_token against @BotFather"
+            ) from None
+        return f"bot @{me.get('username')} (id {me.get('id')})"
 
     async def startup(self, host: HostServices) -> None:
         api = BotApi(

@@ -63,7 +63,7 @@ def to_order(request: ChannelRequest, *, target: Any, protocol_request: Any) -> 
 def build_host() -> Host:
     return Host(
         WorkflowBuilder(start_executor=quote, name="quotes").build(),
-        channels=[InvocationsChannel(), ResponsesChannel()],
+        channels=[InvocationsChannel(typed_input=True), ResponsesChannel()],
         run_hook=to_order,
         state_dir=os.environ.get("AGENTHOST_STATE_DIR", ".agenthost"),
     )

@@ -50,7 +50,7 @@ def database() -> Iterator[tuple[str, str, str]]:
     """A fresh schema migrated by ``agenthost migrate``: (dsn, schema, store URL)."""
     with postgres_schema() as (dsn, schema):
         url = f"{dsn}?schema={schema}"
-        done = subprocess.run(  # noqa: S603 - our own CLI, fixed arguments
+        done = subprocess.run(
             [sys.executable, "-m", "agenthost", "migrate", "--store", url],
             cwd=REPO,
             capture_output=True,

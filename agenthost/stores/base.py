@@ -387,3 +387,29 @@ class Store(abc.ABC):
     @abc.abstractmethod
     async def delete_expired_channel_records(self, now: float) -> int:
         """Delete records whose ``expires_at`` has passed; return how many."""
+
+    # --- singletons (one holder among replicas) ---------------------------------------
+
+    # The default keeps the leases in this object: right for a store only one process uses
+    # (memory, SQLite beside no other server). A store shared by replicas overrides both.
+    _singletons: dict[str, tuple[str, float]] | None = None
+
+    async def acquire_singleton(self, name: str, holder: str, *, now: float, ttl: float) -> bool:
+        """Take or renew the lease ``name`` for ``holder`` until ``now + ttl``, atomically.
+
+        Answers whether ``holder`` holds it now: it does when nobody held it, it held it
+        already, or the previous holder's lease had expired (a holder that died). Replicas
+        sharing the store elect one of them this way (one Telegram poller per bot).
+        """
+        if self._singletons is None:
+            self._singletons = {}
+        current = self._singletons.get(name)
+        if current is not None and current[0] != holder and current[1] > now:
+            return False
+        self._singletons[name] = (holder, now + ttl)
+        return True
+
+    async def release_singleton(self, name: str, holder: str) -> None:
+        """Give up the lease ``name`` if ``holder`` holds it (a clean shutdown)."""
+        if self._singletons is not None and self._singletons.get(name, ("",))[0] == holder:
+            del self._singletons[name]

@@ -694,6 +694,31 @@ class PostgresStore(Store):
 
         return await self._run(work)
 
+    # --- singletons -----------------------------------------------------------------
+
+    async def acquire_singleton(self, name: str, holder: str, *, now: float, ttl: float) -> bool:
+        # One statement: the row is taken, renewed by its holder, or taken over once
+        # expired; a concurrent contender waits on the row and then finds it held.
+        def work(conn: Conn) -> bool:
+            row = conn.execute(
+                "INSERT INTO singletons (name, holder, expires_at) VALUES (%s, %s, %s)"
+                " ON CONFLICT (name) DO UPDATE SET holder = excluded.holder,"
+                " expires_at = excluded.expires_at"
+                " WHERE singletons.holder = excluded.holder OR singletons.expires_at <= %s"
+                " RETURNING 1",
+                (name, holder, now + ttl, now),
+            ).fetchone()
+            return row is not None
+
+        return await self._run(work)
+
+    async def release_singleton(self, name: str, holder: str) -> None:
+        await self._run(
+            lambda conn: conn.execute(
+                "DELETE FROM singletons WHERE name = %s AND holder = %s", (name, holder)
+            )
+        )
+
 
 def _alias_key(scope: ScopeKey) -> tuple[str, str]:
     if scope.owner is None:

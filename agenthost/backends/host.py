@@ -295,6 +295,8 @@ class Host:
                 await tasks.start(worker.serve)
                 if self._router.any_can_push:
                     await tasks.start(outbox.serve)
+                    # Deliveries other replicas schedule wake this one's worker too.
+                    tasks.start_soon(self.store.watch_deliveries, outbox.notify)
                     self._outbox = outbox
                 self._tasks = tasks
                 self._worker = worker

@@ -17,9 +17,10 @@ they work under asyncio and trio alike.
 from __future__ import annotations
 
 import abc
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
+import anyio
 import attrs
 
 from agenthost.sansio_core import leases, opening
@@ -408,6 +409,15 @@ class Store(abc.ABC):
             return False
         self._singletons[name] = (holder, now + ttl)
         return True
+
+    async def watch_deliveries(self, wake: Callable[[], None]) -> None:
+        """Call ``wake()`` whenever another process scheduled deliveries; run until cancelled.
+
+        The host runs it beside its delivery worker, so an idle worker on one replica
+        starts at once on what another replica scheduled. The default has no other process
+        to hear from and waits forever; PostgreSQL listens (``LISTEN``/``NOTIFY``).
+        """
+        await anyio.sleep_forever()
 
     async def release_singleton(self, name: str, holder: str) -> None:
         """Give up the lease ``name`` if ``holder`` holds it (a clean shutdown)."""

@@ -18,9 +18,15 @@ one); a schema written by a newer agenthost is always refused.
 
 from __future__ import annotations
 
+import logging
 import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, TypeVar
+
+import anyio
+import anyio.to_thread
+import psycopg
+from psycopg import sql
 
 from agenthost.sansio_core import (
     background,
@@ -58,6 +64,11 @@ from agenthost.stores.postgres_writer import DEFAULT_POOL_SIZE, Conn, Lanes, con
 
 T = TypeVar("T")
 
+log = logging.getLogger(__name__)
+
+NOTIFY_WAIT = 0.5
+RELISTEN_SECONDS = 2.0
+
 _SCHEMA_NAME = re.compile(r"[a-z_][a-z0-9_]{0,62}")
 
 
@@ -82,6 +93,9 @@ class PostgresStore(Store):
         self.auto_migrate = auto_migrate
         self._lanes = Lanes(lambda: connect(dsn, schema), pool_size)
         self._checked = False
+        # LISTEN/NOTIFY channel of this schema's outbox (named at open: the schema may come
+        # from the connection's search_path).
+        self._deliveries_channel = _notify_channel(schema or "public")
 
     # --- lifecycle ------------------------------------------------------------------
 
@@ -111,6 +125,9 @@ class PostgresStore(Store):
             self._migrate_sync(conn)
         else:
             postgres_schema.check_version(conn, migrated=False)
+        row = conn.execute("SELECT current_schema()").fetchone()
+        if row is not None and row[0]:
+            self._deliveries_channel = _notify_channel(str(row[0]))
 
     async def _run(self, work: Callable[[Conn], T]) -> T:
         if not self._checked:
@@ -511,17 +528,20 @@ class PostgresStore(Store):
     ) -> RunRecord:
         rows = [q.delivery_row(d) for d in deliveries]
 
+        channel = self._deliveries_channel
+
         def work(conn: Conn) -> RunRecord:
             new = q.apply_run_event(conn, token, event)
-            q.insert_deliveries(conn, rows)
+            q.insert_deliveries(conn, rows, notify=channel)
             return new
 
         return await self._run(work)
 
     async def schedule_deliveries(self, deliveries: Sequence[Delivery]) -> None:
         rows = [q.delivery_row(d) for d in deliveries]
+        channel = self._deliveries_channel
         if rows:
-            await self._run(lambda conn: q.insert_deliveries(conn, rows))
+            await self._run(lambda conn: q.insert_deliveries(conn, rows, notify=channel))
 
     async def claim_due_deliveries(
         self, owner: str, now: float, lease_seconds: float, limit: int
@@ -694,6 +714,34 @@ class PostgresStore(Store):
 
         return await self._run(work)
 
+    async def watch_deliveries(self, wake: Callable[[], None]) -> None:
+        # One more connection, LISTENing. The wait runs in a worker thread in slices of
+        # NOTIFY_WAIT seconds, so cancellation (the host stopping) lands within one slice.
+        # A broken connection is reopened after a pause; meanwhile the workers' own
+        # sweeps still find every due delivery, only later.
+        if not self._checked:
+            await self.open()
+        channel = self._deliveries_channel
+        while True:
+            try:
+                listener = await anyio.to_thread.run_sync(lambda: connect(self.dsn, self.schema))
+            except psycopg.Error:
+                log.warning("cannot listen for deliveries; retrying", exc_info=False)
+                await anyio.sleep(RELISTEN_SECONDS)
+                continue
+            try:
+                await anyio.to_thread.run_sync(_listen, listener, channel)
+                while True:
+                    heard = await anyio.to_thread.run_sync(_wait_for_notifies, listener)
+                    if heard:
+                        wake()
+            except psycopg.Error:
+                log.warning("lost the deliveries listener; reconnecting", exc_info=False)
+                await anyio.sleep(RELISTEN_SECONDS)
+            finally:
+                with anyio.CancelScope(shield=True):
+                    await anyio.to_thread.run_sync(listener.close)
+
     # --- singletons -----------------------------------------------------------------
 
     async def acquire_singleton(self, name: str, holder: str, *, now: float, ttl: float) -> bool:
@@ -718,6 +766,21 @@ class PostgresStore(Store):
                 "DELETE FROM singletons WHERE name = %s AND holder = %s", (name, holder)
             )
         )
+
+
+def _notify_channel(schema: str) -> str:
+    # Schemas on one database are separate deployments: each outbox has its own channel
+    # (an identifier: at most 63 bytes).
+    return f"agenthost_deliveries.{schema}"[:63]
+
+
+def _listen(listener: Conn, channel: str) -> None:
+    listener.execute(sql.SQL("LISTEN {}").format(sql.Identifier(channel)))
+
+
+def _wait_for_notifies(listener: Conn) -> int:
+    """Notifications heard within one slice (at most a batch: they all mean "look")."""
+    return sum(1 for _ in listener.notifies(timeout=NOTIFY_WAIT, stop_after=64))
 
 
 def _alias_key(scope: ScopeKey) -> tuple[str, str]:

@@ -508,9 +508,12 @@ def delivery_row(d: Delivery) -> tuple[Any, ...]:
     )
 
 
-def insert_deliveries(conn: Conn, rows: Sequence[tuple[Any, ...]]) -> None:
+def insert_deliveries(conn: Conn, rows: Sequence[tuple[Any, ...]], *, notify: str) -> None:
+    """Insert-if-absent by id, and wake the replicas' idle delivery workers (``NOTIFY`` is
+    sent at commit, once per transaction and channel however many calls asked)."""
     if not rows:
         return
+    conn.execute("SELECT pg_notify(%s, '')", (notify,))
     with conn.cursor() as cursor:
         cursor.executemany(
             "INSERT INTO deliveries (delivery_id, status, next_attempt_at, created_at,"

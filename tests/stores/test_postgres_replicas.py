@@ -157,3 +157,25 @@ async def test_replicas_claiming_the_outbox_never_claim_one_delivery_twice(
     assert sorted(claimed) == [f"d{n:03d}" for n in range(60)]
     sending = await replicas[1].list_deliveries([DeliveryStatus.SENDING], limit=100)
     assert len({d.owner for d in sending}) > 1
+
+
+async def test_deliveries_scheduled_on_one_replica_wake_the_others(
+    replicas: list[PostgresStore],
+) -> None:
+    a, b, c = replicas
+    woken = {"b": anyio.Event(), "c": anyio.Event()}
+    async with anyio.create_task_group() as tasks:
+        tasks.start_soon(b.watch_deliveries, woken["b"].set)
+        tasks.start_soon(c.watch_deliveries, woken["c"].set)
+        await anyio.sleep(0.5)
+        assert not woken["b"].is_set() and not woken["c"].is_set()  # nothing happened yet
+        # Scheduled again until both heard (a listener still connecting misses a notice).
+        with anyio.fail_after(10):
+            for n in range(1000):
+                await a.schedule_deliveries([make_delivery(f"d{n}")])
+                with anyio.move_on_after(0.3):
+                    await woken["b"].wait()
+                    await woken["c"].wait()
+                if woken["b"].is_set() and woken["c"].is_set():
+                    break
+        tasks.cancel_scope.cancel()

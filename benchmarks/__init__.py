@@ -22,4 +22,5 @@ BENCHMARKS = (
     "workflow_turns",
     "discord_interactions",
     "a2a_http",
+    "postgres_store",
 )

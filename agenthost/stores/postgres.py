@@ -408,22 +408,23 @@ class PostgresStore(Store):
             lease = session = None
             if alias is not None:
                 q.lock_lease(conn, alias.session_id)
-                lease = q.select_lease(conn, alias.session_id)
-                session = q.select_session(conn, alias.session_id)
+                lease, session = q.select_lease_and_session(conn, alias.session_id)
             loaded = opening.Loaded(context.isolation_key, alias, context.facts, lease, session)
             outcome, writes = opening.decide(plan, loaded)
-            if writes.issue_key is not None:
-                q.insert_identity_if_absent(conn, plan.identity, writes.issue_key, plan.now)
-            if writes.last_seen is not None:
-                q.upsert_last_seen(conn, *writes.last_seen)
-            if writes.create is not None:
-                created = writes.create
-                q.write_alias(conn, created)
-                q.write_session(
-                    conn, created.session_id, sessions.new_session_record(created, plan.now)
-                )
-            if writes.lease is not None:
-                q.write_lease(conn, writes.lease.session_id, writes.lease)
+            # The writes depend on nothing they answer: sent together, one round trip.
+            with conn.pipeline():
+                if writes.issue_key is not None:
+                    q.insert_identity_if_absent(conn, plan.identity, writes.issue_key, plan.now)
+                if writes.last_seen is not None:
+                    q.upsert_last_seen(conn, *writes.last_seen)
+                if writes.create is not None:
+                    created = writes.create
+                    q.write_alias(conn, created)
+                    q.write_session(
+                        conn, created.session_id, sessions.new_session_record(created, plan.now)
+                    )
+                if writes.lease is not None:
+                    q.write_lease(conn, writes.lease.session_id, writes.lease)
             return outcome
 
         return await self._run(work)
@@ -453,11 +454,11 @@ class PostgresStore(Store):
             new_state, decision = leases.apply(state, leases.Release(run_id, now))
             if not isinstance(decision, leases.Released):
                 return False
-            q.write_lease(conn, session_id, new_state)
-            if session is None:
-                return False
-            q.write_session(conn, session_id, session)
-            return True
+            with conn.pipeline():
+                q.write_lease(conn, session_id, new_state)
+                if session is not None:
+                    q.write_session(conn, session_id, session)
+            return session is not None
 
         return await self._run(work)
 

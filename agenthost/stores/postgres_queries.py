@@ -401,6 +401,26 @@ def write_session(conn: Conn, session_id: str, record: SessionRecord) -> None:
     )
 
 
+_SELECT_LEASE_AND_SESSION = """
+SELECT (SELECT state FROM session_leases WHERE session_id = %(id)s),
+       s.session_id, s.owner, s.qualifier, s.generation, s.created_at, s.updated_at, s.turns,
+       s.state
+FROM (SELECT 1) AS one
+LEFT JOIN sessions AS s ON s.session_id = %(id)s
+"""
+
+
+def select_lease_and_session(
+    conn: Conn, session_id: str
+) -> tuple[leases.LeaseState, SessionRecord | None]:
+    """The session's lease (its initial state when none is stored) and record, in one
+    round trip."""
+    row = conn.execute(_SELECT_LEASE_AND_SESSION, {"id": session_id}).fetchone()
+    assert row is not None  # one row, always
+    lease = codec.load_lease(row[0]) if row[0] is not None else leases.initial_state(session_id)
+    return lease, session_from_row(row[1:]) if row[1] is not None else None
+
+
 def select_lease(conn: Conn, session_id: str) -> leases.LeaseState:
     row = conn.execute(
         "SELECT state FROM session_leases WHERE session_id = %s", (session_id,)

@@ -87,8 +87,11 @@ class Lane:
             _fail(batch, exc)
             return
         try:
-            for item in batch:
-                _run_item(conn, item)
+            if len(batch) == 1:
+                _run_alone(conn, batch[0])  # no other call to shield: no savepoint
+            else:
+                for item in batch:
+                    _run_item(conn, item)
             conn.execute("COMMIT")
         except Exception as exc:
             if not conn.broken and not conn.closed:
@@ -120,6 +123,29 @@ def _run_item(conn: Conn, item: WorkItem[Conn]) -> None:
             item.error = exc
         conn.execute("RELEASE SAVEPOINT item")
         return
+
+
+def _run_alone(conn: Conn, item: WorkItem[Conn]) -> None:
+    """The one call of a batch: its failure rolls the transaction back, a deadlock or
+    serialization failure runs it again in a new one."""
+    for attempt in range(RETRIES + 1):
+        try:
+            item.result = item.work(conn)
+            return
+        except _RETRYABLE as exc:
+            conn.execute("ROLLBACK")
+            if attempt == RETRIES:
+                item.error = exc
+                conn.execute("BEGIN")
+                return
+            conn.execute("BEGIN")
+        except Exception as exc:
+            if conn.broken or conn.closed:
+                raise
+            conn.execute("ROLLBACK")
+            conn.execute("BEGIN")  # the batch commits an empty transaction
+            item.error = exc
+            return
 
 
 def _fail(batch: Sequence[WorkItem[Conn]], error: Exception) -> None:

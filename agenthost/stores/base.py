@@ -389,6 +389,34 @@ class Store(abc.ABC):
     async def delete_expired_channel_records(self, now: float) -> int:
         """Delete records whose ``expires_at`` has passed; return how many."""
 
+    # The default serializes changes with one lock in this object: right for a store only
+    # one process uses. A store shared by replicas overrides ``change_channel_record``.
+    _change_lock: anyio.Lock | None = None
+
+    async def change_channel_record(
+        self,
+        channel: str,
+        kind: str,
+        key: str,
+        change: Callable[[ChannelRecord | None], Sequence[ChannelRecord]],
+    ) -> list[ChannelRecord]:
+        """Read one record and put what ``change`` makes of it, atomically; return what
+        was put.
+
+        ``change`` gets the record (``None`` when absent; expired ones included) and returns
+        the records to put: the record's new version and any others, or nothing. It must
+        be pure and quick: a store may call it in a worker thread, inside its transaction,
+        with the record locked. Two changes of one record never interleave, on any replica
+        sharing the store, and a ``delete_channel_records`` covering it happens wholly
+        before or after a change (a conversation's item counter, say).
+        """
+        if self._change_lock is None:
+            self._change_lock = anyio.Lock()
+        async with self._change_lock:
+            made = list(change(await self.get_channel_record(channel, kind, key)))
+            await self.put_channel_records(made)
+        return made
+
     # --- singletons (one holder among replicas) ---------------------------------------
 
     # The default keeps the leases in this object: right for a store only one process uses

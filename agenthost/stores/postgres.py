@@ -650,6 +650,29 @@ class PostgresStore(Store):
             return set()
         return await self._run(work)
 
+    async def change_channel_record(
+        self,
+        channel: str,
+        kind: str,
+        key: str,
+        change: Callable[[ChannelRecord | None], Sequence[ChannelRecord]],
+    ) -> list[ChannelRecord]:
+        def work(conn: Conn) -> list[ChannelRecord]:
+            # The advisory lock serializes changes of a record that may not exist yet; the
+            # row lock makes a concurrent delete wait for this change's commit (or this
+            # change, started after it, find nothing).
+            q.lock(conn, "channel-record", channel, kind, key)
+            row = conn.execute(
+                f"SELECT {q.CHANNEL_RECORD_COLUMNS} FROM channel_records"  # noqa: S608 - a constant column list
+                " WHERE channel = %s AND kind = %s AND key = %s FOR UPDATE",
+                (channel, kind, key),
+            ).fetchone()
+            made = list(change(q.channel_record_from_row(row) if row is not None else None))
+            q.put_channel_records(conn, [q.channel_record_row(r) for r in made])
+            return made
+
+        return await self._run(work)
+
     async def get_channel_record(self, channel: str, kind: str, key: str) -> ChannelRecord | None:
         def work(conn: Conn) -> ChannelRecord | None:
             row = conn.execute(

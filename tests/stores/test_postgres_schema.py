@@ -138,3 +138,24 @@ def test_a_host_built_without_a_store_takes_agenthost_store(
     assert kept.store is own and selection.made_from(own) is None
     monkeypatch.delenv(selection.ENVIRONMENT)
     assert isinstance(Host(echo, state_dir=tmp_path).store, SQLiteStore)
+
+
+async def test_deliveries_cli_reads_the_outbox_of_a_store_url(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from agenthost.stores.postgres import PostgresStore
+    from tests.stores.test_delivery_contract import make_delivery
+
+    with postgres_schema() as (dsn, schema):
+        store = PostgresStore(dsn, schema=schema)
+        await store.schedule_deliveries([make_delivery("d1"), make_delivery("d2")])
+        await store.close()
+
+        def listing() -> None:
+            with pytest.raises(SystemExit) as done:
+                cli.main(["deliveries", "list", "--store", f"{dsn}?schema={schema}"])
+            assert done.value.code == 0
+
+        await anyio.to_thread.run_sync(listing)
+    listed = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [entry["delivery_id"] for entry in listed] == ["d1", "d2"]

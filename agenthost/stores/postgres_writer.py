@@ -15,8 +15,9 @@ statement, the lane rolls back to that call's savepoint (releasing the locks the
 and runs the call again, up to :data:`RETRIES` times, so a deadlock costs a delay, not an
 error.
 
-A lane whose connection broke (a restarted server, a dropped network) fails the batch in
-flight (its callers see the error; nothing of it was committed) and reconnects for the next.
+A lane whose connection broke (a restarted server, a dropped network) reconnects: found
+at the start of a batch, transparently; in the middle of one, the batch fails (its callers
+see the error; nothing of it was committed) and the next one reconnects.
 """
 
 from __future__ import annotations
@@ -40,6 +41,9 @@ RETRIES = 5
 # others by at most this much, and its caller gets an error instead of hanging.
 LOCK_TIMEOUT_MS = 30_000
 
+# How the store's connections show in ``pg_stat_activity``.
+APPLICATION = "agenthost"
+
 _RETRYABLE = (psycopg.errors.DeadlockDetected, psycopg.errors.SerializationFailure)
 
 
@@ -49,7 +53,7 @@ def connect(dsn: str, schema: str | None) -> Conn:
     options = f"-c lock_timeout={LOCK_TIMEOUT_MS}"
     if schema is not None:
         options += f" -c search_path={schema}"
-    conn = psycopg.connect(dsn, autocommit=True, options=options)
+    conn = psycopg.connect(dsn, autocommit=True, options=options, application_name=APPLICATION)
     conn.adapters.register_loader("jsonb", TextLoader)
     return conn
 
@@ -70,6 +74,20 @@ class Lane:
             self._conn = self._open_connection()
         return self._conn
 
+    def _begin(self) -> Conn:
+        """Open the batch's transaction. A connection found dead here (the server restarted,
+        an idle timeout closed it) ran nothing of the batch: reconnect once and go on."""
+        conn = self._connection()
+        try:
+            conn.execute("BEGIN")
+        except psycopg.OperationalError:
+            if not (conn.broken or conn.closed):
+                raise
+            self._conn = None
+            conn = self._connection()
+            conn.execute("BEGIN")
+        return conn
+
     def run_alone(self, fn: Callable[[Conn], T]) -> T:
         """Run ``fn`` on this lane's connection (called through ``exclusive``)."""
         return fn(self._connection())
@@ -81,8 +99,7 @@ class Lane:
 
     def _run_batch(self, batch: Sequence[WorkItem[Conn]]) -> None:
         try:
-            conn = self._connection()
-            conn.execute("BEGIN")
+            conn = self._begin()
         except Exception as exc:
             _fail(batch, exc)
             return

@@ -17,6 +17,7 @@ from agenthost.sansio_core import leases, link_codes, opening
 from agenthost.sansio_core.delivery import DeliveryStatus
 from agenthost.sansio_core.linking import LinkReason, LinkResult
 from agenthost.sansio_core.types import ChannelIdentity
+from agenthost.stores.base import ChannelRecord
 from agenthost.stores.postgres import PostgresStore
 from tests.postgres_fixture import postgres_schema
 from tests.stores.test_delivery_contract import make_delivery
@@ -179,3 +180,30 @@ async def test_deliveries_scheduled_on_one_replica_wake_the_others(
                 if woken["b"].is_set() and woken["c"].is_set():
                     break
         tasks.cancel_scope.cancel()
+
+
+async def test_the_store_reconnects_after_the_server_dropped_its_connections(
+    replicas: list[PostgresStore],
+) -> None:
+    import psycopg
+
+    from agenthost.stores.postgres_writer import APPLICATION
+
+    store = replicas[0]
+    await store.put_channel_records([make_channel_record("before")])
+    with psycopg.connect(replicas[0].dsn, autocommit=True) as admin:
+        dropped = admin.execute(
+            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity"
+            " WHERE application_name = %s AND pid <> pg_backend_pid()",
+            (APPLICATION,),
+        ).fetchone()
+    assert dropped is not None and dropped[0] >= 1
+    # Every lane finds its connection dead at its next batch and opens another.
+    for n in range(8):
+        await store.put_channel_records([make_channel_record(f"after-{n}")])
+    keys = [r.key for r in await store.list_channel_records("test", "marks")]
+    assert keys == [f"after-{n}" for n in range(8)] + ["before"]
+
+
+def make_channel_record(key: str) -> ChannelRecord:
+    return ChannelRecord("test", "marks", key, {"k": key})

@@ -28,6 +28,7 @@ from typing import Any, TypeVar
 import anyio
 import psycopg
 import psycopg.errors
+from psycopg.conninfo import conninfo_to_dict
 from psycopg.types.string import TextLoader
 
 from agenthost.stores.group_commit import GroupCommit, WorkItem
@@ -50,7 +51,9 @@ _RETRYABLE = (psycopg.errors.DeadlockDetected, psycopg.errors.SerializationFailu
 def connect(dsn: str, schema: str | None) -> Conn:
     """One autocommit connection (transactions are opened explicitly) reading ``jsonb`` as
     its JSON text, which ``stores.codec`` decodes."""
-    options = f"-c lock_timeout={LOCK_TIMEOUT_MS}"
+    # Added to the URL's own ``options`` (say ``-c synchronous_commit=off``), not replacing them.
+    given = conninfo_to_dict(dsn).get("options")
+    options = f"{given or ''} -c lock_timeout={LOCK_TIMEOUT_MS}".strip()
     if schema is not None:
         options += f" -c search_path={schema}"
     conn = psycopg.connect(dsn, autocommit=True, options=options, application_name=APPLICATION)

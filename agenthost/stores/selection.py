@@ -15,7 +15,7 @@ from __future__ import annotations
 import os
 import weakref
 from pathlib import Path
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+from urllib.parse import parse_qsl, quote, urlencode, urlsplit, urlunsplit
 
 from agenthost.stores.base import Store, StoreError
 
@@ -72,7 +72,8 @@ def split_schema(url: str) -> tuple[str, str | None]:
     parts = urlsplit(url)
     query = parse_qsl(parts.query, keep_blank_values=True)
     schema = next((value for key, value in query if key == "schema"), None)
-    rest = urlencode([(key, value) for key, value in query if key != "schema"])
+    # %20 for a space, never "+": libpq does not read "+" as one (``options=-c%20a%3Db``).
+    rest = urlencode([(key, value) for key, value in query if key != "schema"], quote_via=quote)
     return urlunsplit(parts._replace(query=rest)), schema or None
 
 

@@ -119,6 +119,9 @@ def test_store_urls_name_each_store(tmp_path: Path) -> None:
         with pytest.raises(StoreError):
             selection.store_from_url(bad)
     assert selection.describe("postgresql://u:secret@db/app") == "postgresql://u:***@db/app"
+    tuned = selection.store_from_url("postgresql://db/app?schema=s&options=-c%20a%3Db")
+    assert isinstance(tuned, PostgresStore)
+    assert tuned.dsn == "postgresql://db/app?options=-c%20a%3Db"
 
 
 def test_a_host_built_without_a_store_takes_agenthost_store(
@@ -159,3 +162,20 @@ async def test_deliveries_cli_reads_the_outbox_of_a_store_url(
         await anyio.to_thread.run_sync(listing)
     listed = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert [entry["delivery_id"] for entry in listed] == ["d1", "d2"]
+
+
+def test_options_in_the_url_are_kept_beside_the_stores_own() -> None:
+    from agenthost.stores.postgres_writer import connect
+    from tests.postgres_fixture import postgres_dsn
+
+    dsn = postgres_dsn()
+    separator = "&" if "?" in dsn else "?"
+    conn = connect(f"{dsn}{separator}options=-c%20synchronous_commit%3Doff", "some_schema")
+    try:
+        shown = [
+            conn.execute(f"SHOW {name}").fetchone()  # type: ignore[call-overload]
+            for name in ("synchronous_commit", "lock_timeout", "search_path")
+        ]
+    finally:
+        conn.close()
+    assert shown == [("off",), ("30s",), ("some_schema",)]

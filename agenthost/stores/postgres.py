@@ -115,9 +115,13 @@ class PostgresStore(Store):
 
     def _migrate_sync(self, conn: Conn) -> tuple[int, int]:
         if self.schema is not None:
-            with conn.transaction():
-                q.lock(conn, "create-schema", self.schema)
-                conn.execute(f'CREATE SCHEMA IF NOT EXISTS "{self.schema}"')
+            exists = conn.execute(
+                "SELECT 1 FROM pg_namespace WHERE nspname = %s", (self.schema,)
+            ).fetchone()
+            if exists is None:  # creating needs a privilege using an existing one does not
+                with conn.transaction():
+                    q.lock(conn, "create-schema", self.schema)
+                    conn.execute(f'CREATE SCHEMA IF NOT EXISTS "{self.schema}"')
         return postgres_schema.migrate(conn)
 
     def _prepare_sync(self, conn: Conn) -> None:
@@ -252,6 +256,8 @@ class PostgresStore(Store):
         issuer = challenge.issuer
 
         def work(conn: Conn) -> bool:
+            # In the order attempts take them (linking first): no wait cycle with one.
+            q.lock(conn, q.LINKING_LOCK)
             q.lock(conn, "challenge", challenge.locator)
             q.lock_identity(conn, issuer)
             taken = q.challenge_issuer(conn, challenge.locator)

@@ -1,5 +1,6 @@
-"""The host the Telegram failover test runs as several replicas: one bot in polling mode
-against the test's fake Bot API, on the PostgreSQL store ``AGENTHOST_STORE`` names.
+"""The host the Telegram replica tests run as several replicas: one bot against the test's
+fake Bot API, on the PostgreSQL store ``AGENTHOST_STORE`` names; polling, or webhooks with a
+shared secret when ``REPLICA_TEST_WEBHOOK_SECRET`` is set.
 
 The target answers ``"<replica>: <text>"`` and appends each call to a shared log, so the
 test sees which replica handled an update and that none was handled twice.
@@ -34,11 +35,16 @@ def build_host() -> Host:
             log.write(f"{name} {text}\n")
         return f"{name}: {text}"
 
+    public = f"http://127.0.0.1:{os.environ['REPLICA_PORT']}"
+    webhook = os.environ.get("REPLICA_TEST_WEBHOOK_SECRET")
     channel = TelegramChannel(
         BOT_TOKEN,
-        mode="polling",
+        mode="webhook" if webhook else "polling",
         api_base_url=os.environ["REPLICA_TEST_BOT_API"],
-        public_url=f"http://127.0.0.1:{os.environ['REPLICA_PORT']}",
+        public_url=public,
+        # Webhook mode: every replica shares the secret (Telegram sends one to all).
+        webhook_url=f"{public}/telegram/webhook" if webhook else None,
+        secret_token=webhook,
         poll_timeout=1,
         pacing=FAST,
         register_commands=False,

@@ -6,7 +6,9 @@
 - the outbox: replicas claim side by side and a delivery acknowledged once is never sent
   again by another replica;
 - Telegram long polling: one replica polls the bot; when it is killed another takes over
-  within seconds, and every update is answered exactly once.
+  within seconds, and every update is answered exactly once;
+- Telegram webhooks on every replica with one shared secret: an update Telegram delivers
+  again, to another replica, is answered once.
 
 They need ``AGENTHOST_TEST_POSTGRES`` (skipped when unset, failing when unreachable); the
 database schema is this test's own, migrated with ``agenthost migrate`` first.
@@ -279,3 +281,50 @@ async def test_one_replica_polls_telegram_and_another_takes_over_when_it_dies(
     assert sorted(handled) == sorted(
         [f"{leader} one", f"{leader} two", f"{successor} three", f"{successor} four"]
     )
+
+
+async def test_telegram_webhooks_on_every_replica_answer_each_update_once(
+    tmp_path: Path,
+) -> None:
+    fake = FakeBotApi(BOT_TOKEN, username=BOT_USERNAME)
+    secret = "shared-replica-secret"
+    chat = 5151
+    with database() as (_, _, url):
+        async with (
+            served(fake.app) as api_url,
+            replicas(
+                2,
+                url,
+                tmp_path,
+                "",
+                app="tests.replicas.telegram_app:build_host",
+                env={"REPLICA_TEST_BOT_API": api_url, "REPLICA_TEST_WEBHOOK_SECRET": secret},
+            ) as running,
+            httpx.AsyncClient(timeout=10) as client,
+        ):
+
+            async def deliver(base: str, update: dict[str, Any], token: str = secret) -> int:
+                answer = await client.post(
+                    f"{base}/telegram/webhook",
+                    json=update,
+                    headers={"x-telegram-bot-api-secret-token": token},
+                )
+                return answer.status_code
+
+            updates = [
+                message(100 + n, user_id=chat, chat=private_chat(chat), text=f"hook {n}")
+                for n in range(6)
+            ]
+            for n, update in enumerate(updates):
+                # Telegram retries a delivery it thinks failed: here, to both replicas.
+                assert await deliver(running[n % 2][1], update) == 200
+                assert await deliver(running[(n + 1) % 2][1], update) == 200
+            assert await deliver(running[0][1], updates[0], token="wrong") == 401
+            await fake.wait_until(lambda: len(fake.sent_to(chat)) >= len(updates), timeout=30)
+            await anyio.sleep(1.0)  # a duplicate would be answered by now
+    assert sorted(m.text.split(": ", 1)[1] for m in fake.sent_to(chat)) == sorted(
+        f"hook {n}" for n in range(6)
+    )
+    handled = (tmp_path / "handled.log").read_text().splitlines()
+    assert sorted(line.split(" ", 1)[1] for line in handled) == [f"hook {n}" for n in range(6)]
+    assert {line.split(" ", 1)[0] for line in handled} == {"r0", "r1"}

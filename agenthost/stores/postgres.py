@@ -90,6 +90,7 @@ class PostgresStore(Store):
             )
         self.dsn = dsn
         self.schema = schema
+        self.pool_size = pool_size
         self.auto_migrate = auto_migrate
         self._lanes = Lanes(lambda: connect(dsn, schema), pool_size)
         self._checked = False

@@ -3,9 +3,9 @@
 A ``Host`` built without a store takes the one ``AGENTHOST_STORE`` names, else SQLite under
 its state directory. The URL forms:
 
-- ``postgresql://user@host:5432/db`` (or ``postgres://``): :class:`PostgresStore`; an extra
-  ``schema=NAME`` query parameter keeps the tables in that schema (created if missing); the
-  other parameters are libpq's own;
+- ``postgresql://user@host:5432/db`` (or ``postgres://``): :class:`PostgresStore`; extra
+  query parameters ``schema=NAME`` (keep the tables in that schema, created if missing) and
+  ``pool_size=N`` (connections per process, 4 by default); the others are libpq's own;
 - ``sqlite:///relative/path.db``, ``sqlite:////absolute/path.db``: :class:`SQLiteStore`;
 - ``memory:``: :class:`MemoryStore` (one process, nothing kept: tests and demos).
 """
@@ -20,6 +20,7 @@ from urllib.parse import parse_qsl, quote, urlencode, urlsplit, urlunsplit
 from agenthost.stores.base import Store, StoreError
 
 ENVIRONMENT = "AGENTHOST_STORE"
+MAX_POOL_SIZE = 64
 
 # Which URL each store made here came from (so the CLI can tell a host that kept its own).
 _ORIGINS: weakref.WeakKeyDictionary[Store, str] = weakref.WeakKeyDictionary()
@@ -43,8 +44,16 @@ def store_from_url(url: str) -> Store:
     if scheme in ("postgresql", "postgres"):
         from agenthost.stores.postgres import PostgresStore
 
-        dsn, schema = split_schema(url)
-        return PostgresStore(dsn, schema=schema)
+        dsn, extra = split_parameters(url, ("schema", "pool_size"))
+        schema = extra.get("schema") or None
+        if "pool_size" not in extra:
+            return PostgresStore(dsn, schema=schema)
+        size = extra["pool_size"]
+        if not size.isdigit() or not 1 <= int(size) <= MAX_POOL_SIZE:
+            raise StoreError(
+                f"pool_size must be a whole number from 1 to {MAX_POOL_SIZE}, not {size!r}"
+            )
+        return PostgresStore(dsn, schema=schema, pool_size=int(size))
     if scheme == "sqlite":
         path = urlsplit(url).path
         if not path.startswith("/") or path == "/":
@@ -67,14 +76,15 @@ def made_from(store: Store) -> str | None:
     return _ORIGINS.get(store)
 
 
-def split_schema(url: str) -> tuple[str, str | None]:
-    """The libpq URL without agenthost's ``schema`` parameter, and that parameter."""
+def split_parameters(url: str, names: tuple[str, ...]) -> tuple[str, dict[str, str]]:
+    """The URL without agenthost's own query parameters ``names`` (libpq would refuse
+    them), and their values."""
     parts = urlsplit(url)
     query = parse_qsl(parts.query, keep_blank_values=True)
-    schema = next((value for key, value in query if key == "schema"), None)
+    ours = {key: value for key, value in query if key in names}
     # %20 for a space, never "+": libpq does not read "+" as one (``options=-c%20a%3Db``).
-    rest = urlencode([(key, value) for key, value in query if key != "schema"], quote_via=quote)
-    return urlunsplit(parts._replace(query=rest)), schema or None
+    rest = urlencode([(k, v) for k, v in query if k not in names], quote_via=quote)
+    return urlunsplit(parts._replace(query=rest)), ours
 
 
 def describe(url: str) -> str:

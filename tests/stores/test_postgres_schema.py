@@ -122,6 +122,12 @@ def test_store_urls_name_each_store(tmp_path: Path) -> None:
     tuned = selection.store_from_url("postgresql://db/app?schema=s&options=-c%20a%3Db")
     assert isinstance(tuned, PostgresStore)
     assert tuned.dsn == "postgresql://db/app?options=-c%20a%3Db"
+    sized = selection.store_from_url("postgresql://db/app?pool_size=2&sslmode=require")
+    assert isinstance(sized, PostgresStore)
+    assert (sized.dsn, sized.pool_size) == ("postgresql://db/app?sslmode=require", 2)
+    for bad_size in ("0", "x", "65"):
+        with pytest.raises(StoreError, match="pool_size"):
+            selection.store_from_url(f"postgresql://db/app?pool_size={bad_size}")
 
 
 def test_a_host_built_without_a_store_takes_agenthost_store(

@@ -123,13 +123,18 @@ class PostgresStore(Store):
                 with conn.transaction():
                     q.lock(conn, "create-schema", self.schema)
                     conn.execute(f'CREATE SCHEMA IF NOT EXISTS "{self.schema}"')
-        return postgres_schema.migrate(conn)
+        versions = postgres_schema.migrate(conn)
+        self._name_channel(conn)
+        return versions
 
     def _prepare_sync(self, conn: Conn) -> None:
         if self.auto_migrate:
             self._migrate_sync(conn)
         else:
             postgres_schema.check_version(conn, migrated=False)
+            self._name_channel(conn)
+
+    def _name_channel(self, conn: Conn) -> None:
         row = conn.execute("SELECT current_schema()").fetchone()
         if row is not None and row[0]:
             self._deliveries_channel = _notify_channel(str(row[0]))

@@ -406,20 +406,23 @@ class PostgresStore(Store):
         def work(conn: Conn) -> opening.Outcome:
             # Locks in the one order (identity, alias, lease), each before the reads that
             # depend on it, so what ``decide`` sees is still true when its writes land.
+            # Four round trips before the decision: the identity's lock; the alias's; the
+            # context, taking the lease's lock; the lease and the session.
             q.lock_identity(conn, plan.identity)
             scope = plan.scope
             if scope is not None:
-                owner = scope.owner or q.select_key(conn, plan.identity)
-                if owner:
-                    q.lock_alias(conn, owner, scope.qualifier)
-            context = q.load_context(conn, plan.identity, scope, plan.access.needs_facts)
+                q.lock_scope_alias(conn, plan.identity, scope)
+            context = q.load_context(
+                conn, plan.identity, scope, plan.access.needs_facts, lock_lease=True
+            )
             alias = context.alias
             if context.isolation_key is None and scope is not None and scope.owner:
                 # A shared scope names its owner: its alias exists without this key.
                 alias = q.select_alias(conn, scope.owner, scope.qualifier)
+                if alias is not None:
+                    q.lock_lease(conn, alias.session_id)
             lease = session = None
             if alias is not None:
-                q.lock_lease(conn, alias.session_id)
                 lease, session = q.select_lease_and_session(conn, alias.session_id)
             loaded = opening.Loaded(context.isolation_key, alias, context.facts, lease, session)
             outcome, writes = opening.decide(plan, loaded)

@@ -78,7 +78,10 @@ SELECT i.isolation_key, a.owner, a.qualifier, a.session_id, a.generation, a.crea
            FROM identities AS j
            JOIN identity_claims AS c ON c.channel = j.channel AND c.native_id = j.native_id
            WHERE j.isolation_key = i.isolation_key
-       ) END
+       ) END,
+       CASE WHEN %(lock_lease)s AND a.session_id IS NOT NULL THEN
+           pg_advisory_xact_lock(hashtextextended('lease' || chr(31) || a.session_id, 0))
+       END
 FROM identities AS i
 LEFT JOIN session_aliases AS a
   ON a.owner = coalesce(%(owner)s, i.isolation_key) AND a.qualifier = %(qualifier)s
@@ -87,9 +90,18 @@ WHERE i.channel = %(channel)s AND i.native_id = %(native_id)s
 
 
 def load_context(
-    conn: Conn, identity: ChannelIdentity, scope: ScopeKey | None, facts: bool
+    conn: Conn,
+    identity: ChannelIdentity,
+    scope: ScopeKey | None,
+    facts: bool,
+    *,
+    lock_lease: bool = False,
 ) -> RequestContext:
-    """The key, the scope's alias and (with ``facts``) the user's facts, in one query."""
+    """The key, the scope's alias and (with ``facts``) the user's facts, in one query.
+
+    With ``lock_lease`` the same query takes the lock of the alias's session lease (as
+    :func:`lock_lease` names it): the lease read in a later statement is then current.
+    """
     row = conn.execute(
         _LOAD_CONTEXT,
         {
@@ -98,6 +110,7 @@ def load_context(
             "owner": scope.owner if scope is not None else None,
             "qualifier": scope.qualifier if scope is not None else None,
             "facts": facts,
+            "lock_lease": lock_lease,
         },
     ).fetchone()
     if row is None:
@@ -105,6 +118,36 @@ def load_context(
     alias = alias_from_row(row[1:6]) if row[1] is not None else None
     loaded = _facts_from_json(row[6], row[7]) if facts else None
     return RequestContext(row[0], alias, loaded)
+
+
+_LOCK_SCOPE_ALIAS = """
+SELECT pg_advisory_xact_lock(
+    hashtextextended('alias' || chr(31) || o.owner || chr(31) || %(qualifier)s, 0)
+)
+FROM (
+    SELECT coalesce(%(owner)s::text, (
+        SELECT isolation_key FROM identities
+        WHERE channel = %(channel)s AND native_id = %(native_id)s
+    )) AS owner
+) AS o
+WHERE o.owner IS NOT NULL
+"""
+
+
+def lock_scope_alias(conn: Conn, identity: ChannelIdentity, scope: ScopeKey) -> None:
+    """Lock the alias ``load_context`` reads for ``scope`` (as :func:`lock_alias` names it):
+    the scope's owner or, when that is open, the identity's key. The key is read in the
+    same statement, which is sound only while the caller holds the identity's lock (a
+    link, which moves keys, takes it too)."""
+    conn.execute(
+        _LOCK_SCOPE_ALIAS,
+        {
+            "channel": identity.channel,
+            "native_id": identity.native_id,
+            "owner": scope.owner,
+            "qualifier": scope.qualifier,
+        },
+    )
 
 
 def select_key(conn: Conn, identity: ChannelIdentity) -> str | None:

@@ -82,3 +82,49 @@ def test_a_deadlock_victim_runs_again_and_only_its_last_attempt_counts(
     assert batch[0].error is None and batch[0].result == "won"
     assert len(attempts) == 2
     assert marks(lane) == ["attempt-2", *(f"other-{n}" for n in range(size - 1))]
+
+
+def test_locks_taken_inside_queries_are_the_ones_their_writers_take() -> None:
+    # open_turn takes the alias's and the lease's locks inside its reads; rotate_session
+    # and finish_run take them by name. Both spellings must be one lock, or they would
+    # not exclude each other.
+    from agenthost.sansio_core.sessions import ScopeKey
+    from agenthost.sansio_core.types import ChannelIdentity
+    from agenthost.stores import postgres_queries as q
+    from agenthost.stores.postgres_schema import migrate
+
+    alice = ChannelIdentity("chat", "alice")
+    with postgres_schema() as (dsn, schema):
+        with connect(dsn, schema) as setup:
+            setup.execute(f'CREATE SCHEMA "{schema}"')
+            migrate(setup)
+            setup.execute(
+                "INSERT INTO identities VALUES ('chat', 'alice', 'k1', 1.0);"
+                " INSERT INTO session_aliases VALUES ('k1', 'direct', 's1', 1, 1.0)"
+            )
+        holder, contender = connect(dsn, schema), connect(dsn, schema)
+        try:
+            contender.execute("SET lock_timeout = '200ms'")
+            cases: list[tuple[Any, Any]] = [
+                (
+                    lambda c: q.lock_alias(c, "k1", "direct"),
+                    lambda c: q.lock_scope_alias(c, alice, ScopeKey(None, "direct")),
+                ),
+                (
+                    lambda c: q.lock_lease(c, "s1"),
+                    lambda c: q.load_context(
+                        c, alice, ScopeKey(None, "direct"), False, lock_lease=True
+                    ),
+                ),
+            ]
+            for by_name, inside_a_query in cases:
+                with holder.transaction():
+                    by_name(holder)
+                    with (
+                        pytest.raises(psycopg.errors.LockNotAvailable),
+                        contender.transaction(),
+                    ):
+                        inside_a_query(contender)
+        finally:
+            holder.close()
+            contender.close()

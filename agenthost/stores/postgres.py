@@ -406,15 +406,18 @@ class PostgresStore(Store):
         def work(conn: Conn) -> opening.Outcome:
             # Locks in the one order (identity, alias, lease), each before the reads that
             # depend on it, so what ``decide`` sees is still true when its writes land.
-            # Four round trips before the decision: the identity's lock; the alias's; the
-            # context, taking the lease's lock; the lease and the session.
-            q.lock_identity(conn, plan.identity)
+            # Two round trips before the decision. The first sends, pipelined, the
+            # identity's lock, the alias's, and the context query taking the lease's lock
+            # (each its own statement, so each read sees what the lock holder committed);
+            # the second reads the lease and the session.
             scope = plan.scope
-            if scope is not None:
-                q.lock_scope_alias(conn, plan.identity, scope)
-            context = q.load_context(
-                conn, plan.identity, scope, plan.access.needs_facts, lock_lease=True
-            )
+            with conn.pipeline():
+                q.lock_identity(conn, plan.identity)
+                if scope is not None:
+                    q.lock_scope_alias(conn, plan.identity, scope)
+                context = q.load_context(
+                    conn, plan.identity, scope, plan.access.needs_facts, lock_lease=True
+                )
             alias = context.alias
             if context.isolation_key is None and scope is not None and scope.owner:
                 # A shared scope names its owner: its alias exists without this key.
@@ -446,8 +449,9 @@ class PostgresStore(Store):
 
     async def apply_lease_event(self, session_id: str, event: leases.LeaseEvent) -> LeaseAnswer:
         def work(conn: Conn) -> LeaseAnswer:
-            q.lock_lease(conn, session_id)
-            state = q.select_lease(conn, session_id)
+            with conn.pipeline():  # the lock and the read in one round trip
+                q.lock_lease(conn, session_id)
+                state = q.select_lease(conn, session_id)
             new_state, decision = leases.apply(state, event)
             q.write_lease(conn, session_id, new_state)
             session = None
@@ -464,8 +468,9 @@ class PostgresStore(Store):
             # Fencing: the session is written only while ``run_id`` still holds the lease,
             # checked under the lease's lock; a replica whose lease expired and was granted
             # elsewhere saves nothing.
-            q.lock_lease(conn, session_id)
-            state = q.select_lease(conn, session_id)
+            with conn.pipeline():  # the lock and the read in one round trip
+                q.lock_lease(conn, session_id)
+                state = q.select_lease(conn, session_id)
             new_state, decision = leases.apply(state, leases.Release(run_id, now))
             if not isinstance(decision, leases.Released):
                 return False

@@ -128,3 +128,20 @@ def test_locks_taken_inside_queries_are_the_ones_their_writers_take() -> None:
         finally:
             holder.close()
             contender.close()
+
+
+def test_a_call_failing_inside_a_pipeline_undoes_only_its_own_writes(lane: Lane) -> None:
+    def fails_pipelined(conn: Conn) -> None:
+        with conn.pipeline():
+            conn.execute("INSERT INTO marks VALUES ('doomed')")
+            conn.execute("SELECT 1 / 0").fetchone()
+
+    batch: list[WorkItem[Conn]] = [
+        WorkItem(mark("a")),
+        WorkItem(fails_pipelined),
+        WorkItem(mark("b")),
+    ]
+    lane._run_batch(batch)
+    assert isinstance(batch[1].error, psycopg.errors.DivisionByZero)
+    assert batch[0].error is None and batch[2].error is None
+    assert marks(lane) == ["a", "b"]

@@ -51,7 +51,13 @@ install: $(VENV)/.installed-dev $(VERCEL)/node_modules/.installed $(MCP_CONFORMA
 demo: $(VENV)/.installed-base
 	$(VENV)/bin/agenthost demo --host 127.0.0.1 --port $${PORT:-8000}
 
-# The whole suite, once under asyncio and once under trio.
+# The whole suite, once under asyncio and once under trio. The PostgreSQL cases (the store
+# contract, migrations, several replicas) and `make bench`'s postgres_store rows use this
+# server; each run makes and drops its own schemas. Point it elsewhere with
+# `make test AGENTHOST_TEST_POSTGRES=...`.
+AGENTHOST_TEST_POSTGRES ?= postgresql://postgres@127.0.0.1:5432/test
+export AGENTHOST_TEST_POSTGRES
+
 test: install lint test-asyncio test-trio
 
 test-asyncio: install

@@ -1,8 +1,9 @@
 """``agenthost deliveries list|show|replay|purge``: the outbox, for operators.
 
-It opens the SQLite store a host uses (``--state-dir``, default ``.agenthost``; or
-``--db`` for the file itself) and works through the store contract, so it is safe beside a
-running host on the same file: a replayed delivery is picked up at the host's next sweep.
+It opens the store a host uses (``--store URL`` or ``AGENTHOST_STORE``, say the
+PostgreSQL database of several replicas; else the SQLite file under ``--state-dir``,
+default ``.agenthost``, or ``--db``) and works through the store contract, so it is safe
+beside running hosts: a replayed delivery is picked up at a host's next sweep.
 Output is one JSON object a line; message text is shown only by ``show``.
 """
 
@@ -10,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -19,7 +21,8 @@ import anyio
 
 from agenthost.sansio_core import delivery
 from agenthost.sansio_core.delivery import Delivery, DeliveryStatus
-from agenthost.stores.base import DeliveryNotFound
+from agenthost.stores import selection
+from agenthost.stores.base import DeliveryNotFound, Store, StoreError
 from agenthost.stores.sqlite import SQLiteStore
 
 
@@ -52,19 +55,34 @@ def add_parser(commands: Any) -> None:
     for sub in (listing, show, replay, actions.choices["purge"]):
         sub.add_argument("--state-dir", default=".agenthost", help="the host's state_dir")
         sub.add_argument("--db", default=None, help="the SQLite file (overrides --state-dir)")
+        sub.add_argument(
+            "--store",
+            default=None,
+            metavar="URL",
+            help="the store by URL, e.g. postgresql://... (default: $AGENTHOST_STORE, else "
+            "the SQLite file)",
+        )
 
 
 def run(args: argparse.Namespace) -> int:
-    path = Path(args.db) if args.db else Path(args.state_dir) / "state.db"
-    if not path.exists():
-        print(f"agenthost: no store at {path}", file=sys.stderr)
-        return 2
-    code: int = anyio.run(_run, args, path)
+    url = args.store or (None if args.db else os.environ.get(selection.ENVIRONMENT))
+    if url:
+        try:
+            store = selection.store_from_url(url)
+        except StoreError as error:
+            print(f"agenthost: {error}", file=sys.stderr)
+            return 2
+    else:
+        path = Path(args.db) if args.db else Path(args.state_dir) / "state.db"
+        if not path.exists():
+            print(f"agenthost: no store at {path}", file=sys.stderr)
+            return 2
+        store = SQLiteStore(path)
+    code: int = anyio.run(_run, args, store)
     return code
 
 
-async def _run(args: argparse.Namespace, path: Path) -> int:
-    store = SQLiteStore(path)
+async def _run(args: argparse.Namespace, store: Store) -> int:
     try:
         if args.action == "list":
             statuses = [DeliveryStatus(s) for s in args.status] if args.status else None

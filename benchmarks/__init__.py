@@ -23,4 +23,5 @@ BENCHMARKS = (
     "discord_interactions",
     "a2a_http",
     "activity_webhook",
+    "postgres_store",
 )

@@ -84,7 +84,8 @@ class Host:
 
     ``target`` is an Agent Framework ``Agent`` (anything with ``run(messages, session=,
     stream=)``), an Agent Framework ``Workflow``, or ``async def (messages) -> str`` (or an
-    async generator of text chunks). ``store`` defaults to SQLite under ``state_dir``.
+    async generator of text chunks). ``store`` defaults to the one ``AGENTHOST_STORE``
+    names (a URL, see ``stores.selection``), else SQLite under ``state_dir``.
 
     Identity and access (``agenthost.sansio_core.authorization``, ``linking``):
     ``identity_resolver`` replaces the default resolver (one stable isolation key per
@@ -167,9 +168,9 @@ class Host:
         self._commands = identities.commands
         self.state_dir = Path(state_dir)
         if store is None:
-            from agenthost.stores.sqlite import SQLiteStore
+            from agenthost.stores.selection import default_store
 
-            store = SQLiteStore(self.state_dir / "state.db")
+            store = default_store(self.state_dir)
         self.store = store
         self.channels = tuple(channels)
         self._middleware = tuple(middleware)
@@ -301,6 +302,8 @@ class Host:
                 tasks.start_soon(self._interpreter.renew_leases, name="lease renewals")
                 if self._router.any_can_push:
                     await tasks.start(outbox.serve)
+                    # Deliveries other replicas schedule wake this one's worker too.
+                    tasks.start_soon(self.store.watch_deliveries, outbox.notify)
                     self._outbox = outbox
                 self._tasks = tasks
                 self._worker = worker

@@ -17,9 +17,10 @@ they work under asyncio and trio alike.
 from __future__ import annotations
 
 import abc
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
+import anyio
 import attrs
 
 from agenthost.sansio_core import leases, opening
@@ -431,3 +432,66 @@ class Store(abc.ABC):
     @abc.abstractmethod
     async def delete_expired_channel_records(self, now: float) -> int:
         """Delete records whose ``expires_at`` has passed; return how many."""
+
+    # The default serializes changes with one lock in this object: right for a store only
+    # one process uses. A store shared by replicas overrides ``change_channel_record``.
+    _change_lock: anyio.Lock | None = None
+
+    async def change_channel_record(
+        self,
+        channel: str,
+        kind: str,
+        key: str,
+        change: Callable[[ChannelRecord | None], Sequence[ChannelRecord]],
+    ) -> list[ChannelRecord]:
+        """Read one record and put what ``change`` makes of it, atomically; return what
+        was put.
+
+        ``change`` gets the record (``None`` when absent; expired ones included) and returns
+        the records to put: the record's new version and any others, or nothing. It must
+        be pure and quick: a store may call it in a worker thread, inside its transaction,
+        with the record locked. Two changes of one record never interleave, on any replica
+        sharing the store, and a ``delete_channel_records`` covering it happens wholly
+        before or after a change (a conversation's item counter, say).
+        """
+        if self._change_lock is None:
+            self._change_lock = anyio.Lock()
+        async with self._change_lock:
+            made = list(change(await self.get_channel_record(channel, kind, key)))
+            await self.put_channel_records(made)
+        return made
+
+    # --- singletons (one holder among replicas) ---------------------------------------
+
+    # The default keeps the leases in this object: right for a store only one process uses
+    # (memory, SQLite beside no other server). A store shared by replicas overrides both.
+    _singletons: dict[str, tuple[str, float]] | None = None
+
+    async def acquire_singleton(self, name: str, holder: str, *, now: float, ttl: float) -> bool:
+        """Take or renew the lease ``name`` for ``holder`` until ``now + ttl``, atomically.
+
+        Answers whether ``holder`` holds it now: it does when nobody held it, it held it
+        already, or the previous holder's lease had expired (a holder that died). Replicas
+        sharing the store elect one of them this way (one Telegram poller per bot).
+        """
+        if self._singletons is None:
+            self._singletons = {}
+        current = self._singletons.get(name)
+        if current is not None and current[0] != holder and current[1] > now:
+            return False
+        self._singletons[name] = (holder, now + ttl)
+        return True
+
+    async def watch_deliveries(self, wake: Callable[[], None]) -> None:
+        """Call ``wake()`` whenever another process scheduled deliveries; run until cancelled.
+
+        The host runs it beside its delivery worker, so an idle worker on one replica
+        starts at once on what another replica scheduled. The default has no other process
+        to hear from and waits forever; PostgreSQL listens (``LISTEN``/``NOTIFY``).
+        """
+        await anyio.sleep_forever()
+
+    async def release_singleton(self, name: str, holder: str) -> None:
+        """Give up the lease ``name`` if ``holder`` holds it (a clean shutdown)."""
+        if self._singletons is not None and self._singletons.get(name, ("",))[0] == holder:
+            del self._singletons[name]

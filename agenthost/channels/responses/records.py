@@ -24,7 +24,7 @@ id's records.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from agenthost.backends.channel import HostServices
@@ -105,6 +105,23 @@ class Records:
         if record is None or record.owner != caller or self._expired(record):
             return None
         return record
+
+    async def change(
+        self,
+        kind: str,
+        key: str,
+        caller: str,
+        make: Callable[[ChannelRecord], Sequence[ChannelRecord]],
+    ) -> list[ChannelRecord]:
+        """Put what ``make`` makes of the caller's live record, atomically on every replica
+        (``Store.change_channel_record``); return what was put (nothing without one)."""
+
+        def change(record: ChannelRecord | None) -> Sequence[ChannelRecord]:
+            if record is None or record.owner != caller or self._expired(record):
+                return []
+            return make(record)
+
+        return await self._host.store.change_channel_record(self._channel, kind, key, change)
 
     async def get(self, kind: str, key: str) -> ChannelRecord | None:
         """A record whatever its owner: for the channel's own bookkeeping only."""

@@ -94,7 +94,6 @@ CallerAuthenticator = Callable[[HTTPConnection], "str | Awaitable[str | None] | 
 
 _FAILED_MESSAGE = "The agent could not complete this response."
 _SETTLE_SECONDS = 5.0  # a final run whose result record never appears is settled after this
-_CONVERSATION_LOCKS = 64
 
 
 def new_id(prefix: str) -> str:
@@ -357,8 +356,6 @@ class _Service:
             isinstance(host, TargetFeatures) and not host.target_accepts_function_tools
         )
         self._live: dict[str, BackgroundRun] = {}
-        # Striped locks serialize read-modify-writes of one conversation in this process.
-        self._conversation_locks = [anyio.Lock() for _ in range(_CONVERSATION_LOCKS)]
 
     # --- POST /responses --------------------------------------------------------------
 
@@ -988,24 +985,27 @@ class _Service:
         if request.method == "GET":
             return _json(record.value["conversation"])
         if request.method == "DELETE":
-            async with self._conversation_lock(cid):
-                for kind in (records.CONVERSATION_ITEM, records.CONVERSATION_ITEM_REF):
-                    await self.records.delete(kind, f"{cid}:")
-                await self.records.delete(records.CONVERSATION, cid)
+            # The conversation first: an append (a store-level change of it) then either
+            # ended before, and its items go below, or finds it gone and adds none.
+            await self.records.delete(records.CONVERSATION, cid)
+            for kind in (records.CONVERSATION_ITEM, records.CONVERSATION_ITEM_REF):
+                await self.records.delete(kind, f"{cid}:")
             return _json(codec.deleted(cid, "conversation.deleted"))
         raw = await self._body(request)
         data = codec.parse_json(raw)
         if not isinstance(data, dict):
             raise codec.bad_request("The request body must be a JSON object.")
         metadata = codec.parse_metadata(data.get("metadata"))
-        async with self._conversation_lock(cid):
-            record = await self._owned_conversation(request, caller)
+
+        def with_metadata(record: ChannelRecord) -> list[ChannelRecord]:
             conversation = {**record.value["conversation"], "metadata": metadata}
             value = {**record.value, "conversation": conversation}
-            await self.records.put(
-                [self.records.record(records.CONVERSATION, cid, value, caller, expires=False)]
-            )
-        return _json(conversation)
+            return [self.records.record(records.CONVERSATION, cid, value, caller, expires=False)]
+
+        changed = await self.records.change(records.CONVERSATION, cid, caller, with_metadata)
+        if not changed:
+            raise codec.not_found("Conversation", cid, "conversation_id")  # deleted meanwhile
+        return _json(changed[0].value["conversation"])
 
     @_answering_errors
     async def conversation_items(self, request: Request) -> Response:
@@ -1060,9 +1060,6 @@ class _Service:
             raise codec.not_found("Conversation", cid, "conversation_id")
         return record
 
-    def _conversation_lock(self, cid: str) -> anyio.Lock:
-        return self._conversation_locks[hash(cid) % _CONVERSATION_LOCKS]
-
     async def _append_to_conversation(
         self,
         cid: str,
@@ -1072,11 +1069,14 @@ class _Service:
         taken: Sequence[str] = (),
         pending: bool = False,
     ) -> None:
-        """Append items (a turn's, or ones added by the API: ``pending`` for the target)."""
-        async with self._conversation_lock(cid):
-            record = await self.records.owned(records.CONVERSATION, cid, caller)
-            if record is None:
-                return  # deleted meanwhile
+        """Append items (a turn's, or ones added by the API: ``pending`` for the target).
+
+        One store-level change of the conversation (its item counter read and moved in the
+        transaction that writes the items): appends through any replica never interleave.
+        A conversation deleted meanwhile gets nothing.
+        """
+
+        def appended(record: ChannelRecord) -> list[ChannelRecord]:
             first = int(record.value["next"])
             waiting = [item for item in record.value.get("pending", []) if item["id"] not in taken]
             if pending:
@@ -1084,7 +1084,9 @@ class _Service:
             value = {**record.value, "next": first + len(items), "pending": waiting}
             batch = [self.records.record(records.CONVERSATION, cid, value, caller, expires=False)]
             batch += self._conversation_item_records(cid, caller, items, first=first)
-            await self.records.put(batch)
+            return batch
+
+        await self.records.change(records.CONVERSATION, cid, caller, appended)
 
     def _conversation_item_records(
         self, cid: str, caller: str, items: Sequence[Mapping[str, Any]], *, first: int

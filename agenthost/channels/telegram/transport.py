@@ -19,6 +19,7 @@ import re
 import secrets
 import time
 from collections.abc import AsyncIterator, Mapping, Sequence
+from functools import partial
 from typing import Any, Literal
 from urllib.parse import urlsplit
 
@@ -31,6 +32,7 @@ from starlette.routing import BaseRoute, Route
 
 from agenthost.backends.bodies import BodyRefused, ClientGone, read_json_body
 from agenthost.backends.channel import INHERIT, Channel, HostServices, Inherit
+from agenthost.backends.election import run_while_elected
 from agenthost.backends.host import ConfigurationError
 from agenthost.backends.push import PushMessage, PushOutcome
 from agenthost.channels.telegram import codec, media, pushes
@@ -319,7 +321,15 @@ class TelegramChannel(Channel):
             )
         else:
             await api.delete_webhook(drop_pending_updates=self.drop_pending_updates)
-            host.start_task(self._poll, name=f"{self.name} poller")
+            # One poller per bot among the replicas sharing the store (design §10).
+            elected = partial(
+                run_while_elected,
+                host.store,
+                f"telegram:{self._bot.id}",
+                self._poll,
+                clock=host.now,
+            )
+            host.start_task(elected, name=f"{self.name} poller")
         log.info(
             "telegram channel started",
             extra={"channel": self.name, "mode": self.mode, "bot_id": self._bot.id},
@@ -393,6 +403,7 @@ class TelegramChannel(Channel):
     async def _poll(self) -> None:
         inbox, api, bot = self._inbox, self._api, self._bot
         assert inbox is not None and api is not None and bot is not None
+        await inbox.recover()  # what a previous poller (another replica) left unhandled
         offset = await inbox.load_offset()
         delay = 1.0
         while True:

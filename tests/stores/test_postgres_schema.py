@@ -134,19 +134,21 @@ def test_a_host_built_without_a_store_takes_agenthost_store(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
     from agenthost.backends.host import Host
+    from agenthost.channels.invocations import InvocationsChannel
 
     async def echo(messages: object) -> str:
         return "ok"
 
     monkeypatch.setenv(selection.ENVIRONMENT, "memory:")
-    chosen = Host(echo, state_dir=tmp_path)
+    chosen = Host(echo, channels=[InvocationsChannel()], state_dir=tmp_path)
     assert isinstance(chosen.store, MemoryStore)
     assert selection.made_from(chosen.store) == "memory:"
     own = SQLiteStore(tmp_path / "own.db")
-    kept = Host(echo, store=own, state_dir=tmp_path)
+    kept = Host(echo, channels=[InvocationsChannel()], store=own, state_dir=tmp_path)
     assert kept.store is own and selection.made_from(own) is None
     monkeypatch.delenv(selection.ENVIRONMENT)
-    assert isinstance(Host(echo, state_dir=tmp_path).store, SQLiteStore)
+    default = Host(echo, channels=[InvocationsChannel()], state_dir=tmp_path)
+    assert isinstance(default.store, SQLiteStore)
 
 
 async def test_deliveries_cli_reads_the_outbox_of_a_store_url(

@@ -14,9 +14,10 @@ from a2a.types import a2a_pb2 as pb
 from a2a.utils import errors
 from google.protobuf import json_format
 
-from tests.backends.workflow_fixtures import greeter_factory
+from tests.backends.workflow_fixtures import greeter_factory, two_questions_factory
 from tests.channels.a2a.support import (
     TIMEOUT,
+    PushReceiver,
     artifact_text,
     collect,
     in_client,
@@ -25,6 +26,7 @@ from tests.channels.a2a.support import (
     send_request,
     serving,
 )
+from tests.served import served
 
 pytestmark = pytest.mark.anyio
 
@@ -227,3 +229,53 @@ async def test_a_task_waiting_for_input_can_be_canceled(tmp_path: Path) -> None:
     assert asked.status.state == pb.TASK_STATE_INPUT_REQUIRED
     assert canceled.status.state == pb.TASK_STATE_CANCELED
     assert isinstance(refused, errors.UnsupportedOperationError)
+
+
+@pytest.mark.parametrize("generation", ["1.0", "0.3"])
+async def test_two_questions_keep_the_task_waiting_until_both_are_answered_and_push_each_stop(
+    tmp_path: Path, generation: str
+) -> None:
+    receiver = PushReceiver()
+    async with (
+        served(receiver.app) as receiver_url,
+        serving(make_host(two_questions_factory, tmp_path)) as base_url,
+    ):
+
+        async def scenario() -> tuple[Any, Any, Any]:
+            async with sdk_client(base_url, generation=generation, streaming=False) as client:
+                request = send_request("the gala")
+                request.configuration.task_push_notification_config.url = f"{receiver_url}/push"
+                [asked] = await collect(client.send_message(request))
+                [still] = await collect(client.send_message(answer_request(asked.task, "41")))
+                [done] = await collect(
+                    client.send_message(answer_request(still.task, "the ballroom"))
+                )
+                return asked.task, still.task, done.task
+
+        with anyio.fail_after(TIMEOUT):
+            asked, still, done = await in_client(scenario)
+            await receiver.wait_for(
+                lambda got: sum(_pushed_state(body) == "completed" for _, body in got) == 1
+            )
+    assert asked.status.state == pb.TASK_STATE_INPUT_REQUIRED
+    assert [r["text"] for r in question_of(asked)[1]] == [
+        "How many guests for the gala?",
+        "Which room for the gala?",
+    ]
+    # The first answer went to the first question; the task asks the second one next.
+    assert still.id == asked.id
+    assert still.status.state == pb.TASK_STATE_INPUT_REQUIRED
+    assert [r["text"] for r in question_of(still)[1]] == ["Which room for the gala?"]
+    assert done.status.state == pb.TASK_STATE_COMPLETED
+    assert artifact_text(done) == "42 seats in the ballroom"
+    assert [m.role for m in done.history] == [pb.ROLE_USER, pb.ROLE_AGENT] * 3
+    pushed = [_pushed_state(body) for _, body in receiver.received]
+    assert pushed.count("input_required") == 2
+    assert pushed.count("working") >= 2  # the first turn's start and each answer's
+
+
+def _pushed_state(body: dict[str, Any]) -> str:
+    """A notification's task state, either generation's shape, as ``input_required`` etc."""
+    task = body.get("task", body)
+    state = str(task["status"]["state"])
+    return state.removeprefix("TASK_STATE_").lower().replace("-", "_")

@@ -32,7 +32,15 @@ from a2a.types import a2a_pb2 as pb
 from agenthost.backends.targets import StreamUpdate
 from agenthost.channels.a2a import codec, tasks
 from agenthost.channels.a2a.pushes import Pushes
-from agenthost.channels.a2a.records import EVENT, TASK, TaskRecords, event_key, task_key
+from agenthost.channels.a2a.records import (
+    EVENT,
+    TASK,
+    WAITING,
+    TaskRecords,
+    event_key,
+    task_key,
+    waiting_key,
+)
 from agenthost.sansio_core.background import RunRecord
 from agenthost.sansio_core.types import ContinuationToken, RunStatus
 from agenthost.stores.base import ChannelRecord
@@ -371,6 +379,14 @@ class LiveTasks:
             configs = await self.records.push_configs(task_id) if has_pushes else []
             expires = self.records.expiry()
             kept = [attrs.evolve(c, expires_at=expires) for c in configs]
+            if done.status.state in codec.INTERRUPTED_STATES:
+                # The context's session now waits for this task's answer.
+                kept.append(
+                    self.records.record(
+                        WAITING, waiting_key(caller, done.context_id), {"task_id": task_id},
+                        owner, expires_at=expires,
+                    )
+                )  # fmt: skip
             await self.save(
                 caller,
                 done,

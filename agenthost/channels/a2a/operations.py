@@ -41,12 +41,14 @@ from agenthost.channels.a2a.records import (
     MESSAGE,
     PUSH_CONFIG,
     TASK,
+    WAITING,
     TaskRecords,
     event_key,
     message_key,
     new_context_id,
     new_task_id,
     task_key,
+    waiting_key,
 )
 from agenthost.sansio_core.turns import RefusalReason, TurnRefused
 from agenthost.sansio_core.types import (
@@ -152,16 +154,20 @@ class TaskOperations:
         configuration = params.configuration
         codec.check_output_modes(list(configuration.accepted_output_modes), self._channel.limits)
         inputs = codec.host_messages(message, self._channel.limits)
-        if message.task_id:
-            return await self._answer_question(message, inputs, caller, request)
-        context_id = message.context_id or new_context_id()
-        codec.check_identifier(context_id, "contextId")
         push_config = None
         if configuration.HasField("task_push_notification_config"):
             self._require_push()
             push_config = pb.TaskPushNotificationConfig()
             push_config.CopyFrom(configuration.task_push_notification_config)
             await self._check_push_url(push_config.url)
+        if message.task_id:
+            return await self._answer_question(
+                message, inputs, caller, request, push_config, generation
+            )
+        context_id = message.context_id or new_context_id()
+        codec.check_identifier(context_id, "contextId")
+        if message.context_id:
+            await self._refuse_if_waiting(caller, context_id, message.message_id)
 
         now = self._host.now()
         task_id = new_task_id(now)
@@ -232,11 +238,33 @@ class TaskOperations:
             return None
         return answer if isinstance(answer, ContinuationToken | TurnRefused) else None
 
+    async def _refuse_if_waiting(self, caller: str, context_id: str, message_id: str) -> None:
+        """Refuse a new task on a context whose session waits for another task's answer:
+        the workflow would take the message for that answer, under the wrong task."""
+        waiting = await self.records.get(WAITING, waiting_key(caller, context_id))
+        if waiting is None:
+            return
+        loaded = await self.live.load(caller, str(waiting.value.get("task_id", "")))
+        if loaded is None or loaded[0].status.state not in codec.INTERRUPTED_STATES:
+            return
+        if await self.records.get(MESSAGE, message_key(caller, message_id)) is not None:
+            return  # a retry of a message already taken: it finds its task as usual
+        raise errors.InvalidParamsError(
+            "This context waits for an answer on another task: send it with that taskId."
+        )
+
     async def _answer_question(
-        self, message: Any, inputs: tuple[HostMessage, ...], caller: str, request: Request
+        self,
+        message: Any,
+        inputs: tuple[HostMessage, ...],
+        caller: str,
+        request: Request,
+        push_config: Any,
+        generation: Generation,
     ) -> tuple[Any, int]:
         """A message on an existing task: the answer to the question it waits on, run as
-        the next turn of the task's session (a workflow resumes from its checkpoint)."""
+        the next turn of the task's session (a workflow resumes from its checkpoint). A
+        push config sent with it is added to the task's."""
         task_id = message.task_id
         loaded = await self.live.settled(caller, task_id)
         if loaded is None:
@@ -270,6 +298,18 @@ class TaskOperations:
             # Push configs outlive a waiting task's expiry again while it runs.
             kept = [attrs.evolve(config, expires_at=None) for config in configs]
             base = {**record.value, "token": None, "answered": record.value.get("token")}
+            if push_config is not None:
+                push_config.task_id = task_id
+                push_config.id = push_config.id or task_id
+                codec.check_identifier(push_config.id, "id")
+                added = config_record(
+                    self.records, push_config, generation, record.owner, expires_at=None
+                )
+                kept = [c for c in kept if c.key != added.key]
+                if len(kept) >= MAX_PUSH_CONFIGS_PER_TASK:
+                    raise errors.InvalidParamsError("This task has as many push configs as it may.")
+                kept.append(added)
+                base["pushes"] = True
             if not await self.live.resume(
                 caller,
                 moved,
@@ -289,6 +329,10 @@ class TaskOperations:
             # Nothing will run: the task waits for its answer again, as it did.
             with anyio.CancelScope(shield=True):
                 await self.records.put([record, *configs])
+                if push_config is not None and all(
+                    c.key != config_key(task_id, push_config.id) for c in configs
+                ):
+                    await self.records.delete(PUSH_CONFIG, config_key(task_id, push_config.id))
                 await self.records.delete(EVENT, event_key(task_id, number))
                 await self.records.delete(MESSAGE, mark.key)
                 self.live.wake(task_id)

@@ -183,6 +183,12 @@ async def test_finished_tasks_refuse_messages_and_other_callers_cannot_answer(
                     await collect(owner.send_message(elsewhere))
                 except errors.InvalidParamsError as refused:
                     seen["elsewhere"] = refused
+                # A new task on the waiting context would be taken for the answer: refused.
+                sideways = send_request("Zed", context_id=task.context_id)
+                try:
+                    await collect(owner.send_message(sideways))
+                except errors.InvalidParamsError as refused:
+                    seen["sideways"] = refused
                 answer = answer_request(task, "Ann")
                 [done] = await collect(owner.send_message(answer))
                 seen["done"] = done.task
@@ -202,6 +208,7 @@ async def test_finished_tasks_refuse_messages_and_other_callers_cannot_answer(
     # The stranger's message changed nothing: the owner's answer is the one that counts.
     assert seen["still"].status.state == pb.TASK_STATE_INPUT_REQUIRED
     assert isinstance(seen.get("elsewhere"), errors.InvalidParamsError)
+    assert isinstance(seen.get("sideways"), errors.InvalidParamsError)
     assert artifact_text(seen["done"]) == "Hello Ann (re: the party), greeting #1"
     assert seen["retried"].id == seen["done"].id
     assert artifact_text(seen["retried"]) == "Hello Ann (re: the party), greeting #1"
@@ -279,3 +286,35 @@ def _pushed_state(body: dict[str, Any]) -> str:
     task = body.get("task", body)
     state = str(task["status"]["state"])
     return state.removeprefix("TASK_STATE_").lower().replace("-", "_")
+
+
+async def test_a_push_config_sent_with_the_answer_notifies_the_rest_of_the_task(
+    tmp_path: Path,
+) -> None:
+    receiver = PushReceiver()
+    async with (
+        served(receiver.app) as receiver_url,
+        serving(make_host(greeter_factory, tmp_path)) as base_url,
+    ):
+
+        async def scenario() -> tuple[Any, list[Any]]:
+            async with sdk_client(base_url, streaming=False) as client:
+                [asked] = await collect(client.send_message(send_request("the party")))
+                answer = answer_request(asked.task, "Ann")
+                answer.configuration.task_push_notification_config.url = f"{receiver_url}/push"
+                [done] = await collect(client.send_message(answer))
+                listed = await client.list_task_push_notification_configs(
+                    pb.ListTaskPushNotificationConfigsRequest(task_id=asked.task.id)
+                )
+                return done.task, list(listed.configs)
+
+        with anyio.fail_after(TIMEOUT):
+            done, configs = await in_client(scenario)
+            await receiver.wait_for(
+                lambda got: any(_pushed_state(body) == "completed" for _, body in got)
+            )
+    assert artifact_text(done) == "Hello Ann (re: the party), greeting #1"
+    assert [config.url for config in configs] == [f"{receiver_url}/push"]
+    pushed = [_pushed_state(body) for _, body in receiver.received]
+    assert "input_required" not in pushed  # the config came after the question
+    assert "completed" in pushed and "working" in pushed

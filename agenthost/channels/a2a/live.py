@@ -354,7 +354,13 @@ class LiveTasks:
             owner = run.isolation_key or record.owner
             now = self.records.now()
             questions = _open_questions(run.result)
-            if state == tasks.COMPLETED and questions:
+            again = None
+            if state == tasks.FAILED and record.value.get("answered"):
+                # The answer's turn failed and saved nothing: the question is still open.
+                again = tasks.asked_again(task, now)
+            if again is not None:
+                done = again
+            elif state == tasks.COMPLETED and questions:
                 done = tasks.asking(task, text, questions, now=now)
             else:
                 done = tasks.finished(task, state, reply_text=text, now=now)

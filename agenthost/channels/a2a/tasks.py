@@ -21,6 +21,8 @@ Rules:
    keeps the most recent ``n`` messages (unset: all of them). A question is the
    ``input-required`` status's message (its text, and a data part listing the open
    requests); when the caller answers, the question joins the history, then the answer.
+   An answer whose run fails leaves the task asking the same question again (the
+   workflow still waits for it), so a wrong answer can be corrected.
 5. A failure or cancellation is described to the caller blandly; the reason stays in the
    host's logs.
 
@@ -157,6 +159,25 @@ def asking(task: Any, question: str, requests: list[dict[str, Any]], *, now: flo
     message = _agent_message(waiting, question)
     if requests:
         json_format.ParseDict({"inputRequests": requests}, message.parts.add().data)
+    waiting.status.message.CopyFrom(message)
+    return waiting
+
+
+def asked_again(task: Any, now: float) -> Any | None:
+    """``task``, whose answer's run failed, waiting for input again with the question it
+    asked last (the workflow's question is still open: a failed turn saves nothing);
+    ``None`` when it has no question to ask again."""
+    questions = [m for m in task.history if m.role == pb.ROLE_AGENT]
+    if not questions or not can_move(task, pb.TASK_STATE_INPUT_REQUIRED):
+        return None
+    waiting = pb.Task()
+    waiting.CopyFrom(task)
+    waiting.status.Clear()
+    waiting.status.state = pb.TASK_STATE_INPUT_REQUIRED
+    waiting.status.timestamp.CopyFrom(_timestamp(now))
+    message = _agent_message(waiting, "")
+    del message.parts[:]
+    message.parts.extend(questions[-1].parts)
     waiting.status.message.CopyFrom(message)
     return waiting
 

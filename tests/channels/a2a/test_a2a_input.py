@@ -318,3 +318,35 @@ async def test_a_push_config_sent_with_the_answer_notifies_the_rest_of_the_task(
     pushed = [_pushed_state(body) for _, body in receiver.received]
     assert "input_required" not in pushed  # the config came after the question
     assert "completed" in pushed and "working" in pushed
+
+
+@pytest.mark.parametrize(("generation", "binding"), GENERATIONS)
+async def test_an_answer_the_workflow_cannot_take_leaves_the_question_open(
+    tmp_path: Path, generation: str, binding: str
+) -> None:
+    async with serving(make_host(two_questions_factory, tmp_path)) as base_url:
+
+        async def scenario() -> tuple[Any, Any, Any]:
+            async with sdk_client(
+                base_url, generation=generation, binding=binding, streaming=False
+            ) as client:
+                [asked] = await collect(client.send_message(send_request("the gala")))
+                # "lots" is no int: the turn fails, and the workflow still waits.
+                [wrong] = await collect(client.send_message(answer_request(asked.task, "lots")))
+                [still] = await collect(client.send_message(answer_request(wrong.task, "41")))
+                [done] = await collect(
+                    client.send_message(answer_request(still.task, "the ballroom"))
+                )
+                return wrong.task, still.task, done.task
+
+        with anyio.fail_after(TIMEOUT):
+            wrong, still, done = await in_client(scenario)
+    assert wrong.status.state == pb.TASK_STATE_INPUT_REQUIRED
+    assert [r["text"] for r in question_of(wrong)[1]] == [
+        "How many guests for the gala?",
+        "Which room for the gala?",
+    ]
+    assert "lots" not in str(wrong.status.message)
+    assert [r["text"] for r in question_of(still)[1]] == ["Which room for the gala?"]
+    assert artifact_text(done) == "42 seats in the ballroom"
+    assert len({m.message_id for m in done.history}) == len(done.history) == 8

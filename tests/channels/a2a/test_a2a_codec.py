@@ -234,3 +234,18 @@ def test_a_question_waits_for_input_and_an_answer_resumes_the_task() -> None:
     working_event = codec.render_event(tasks.status_event(resumed), "0.3")
     assert working_event["final"] is False
     assert codec.render_task(waiting, "0.3")["status"]["state"] == "input-required"
+
+
+def test_a_failed_answer_asks_the_last_question_again() -> None:
+    message = parse(V10_SEND).params.message
+    task = tasks.new_task("tsk_1", "ctx_1", message, now=1.0)
+    assert tasks.asked_again(tasks.working(task, now=2.0), now=3.0) is None  # nothing asked
+    waiting = tasks.asking(
+        task, "Which city?", [{"requestId": "r1", "text": "Which city?"}], now=2.0
+    )
+    answer = pb.Message(role=pb.ROLE_USER, message_id="m2")
+    answer.parts.add().text = "nowhere"
+    again = tasks.asked_again(tasks.resumed(waiting, answer, now=3.0), now=4.0)
+    assert again is not None and again.status.state == pb.TASK_STATE_INPUT_REQUIRED
+    assert list(again.status.message.parts) == list(waiting.status.message.parts)
+    assert again.status.message.message_id != waiting.status.message.message_id

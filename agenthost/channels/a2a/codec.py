@@ -91,6 +91,9 @@ TERMINAL_STATES = frozenset(
         pb.TASK_STATE_REJECTED,
     }
 )
+# A task in one of these has no run going on and waits for its caller: a stream or a
+# blocking send ends there, as at a terminal state, but the task takes further messages.
+INTERRUPTED_STATES = frozenset({pb.TASK_STATE_INPUT_REQUIRED, pb.TASK_STATE_AUTH_REQUIRED})
 SUPPORTED_VERSIONS = ("1.0", "0.3")
 MAX_ID_LENGTH = 256
 
@@ -393,6 +396,11 @@ def render_event(event: Any, generation: Generation) -> dict[str, Any]:
     """One stream event (a v1.0 ``StreamResponse``) in the caller's generation."""
     if generation == V03:
         rendered: dict[str, Any] = _v03_json(conversions.to_compat_stream_response(event).result)
+        if rendered.get("kind") == "status-update" and event.status_update.status.state in (
+            INTERRUPTED_STATES
+        ):
+            # v0.3 ends a stream at an interrupted state too (the SDK's conversion does not).
+            rendered["final"] = True
         return rendered
     return to_dict(event)
 
@@ -426,6 +434,11 @@ def render_task_list(
 
 def is_terminal(task: Any) -> bool:
     return task.status.state in TERMINAL_STATES
+
+
+def is_settled(task: Any) -> bool:
+    """No run is going on for ``task``: it ended, or it waits for its caller."""
+    return task.status.state in TERMINAL_STATES or task.status.state in INTERRUPTED_STATES
 
 
 __all__ = [

@@ -32,7 +32,15 @@ from a2a.types import a2a_pb2 as pb
 from agenthost.backends.targets import StreamUpdate
 from agenthost.channels.a2a import codec, tasks
 from agenthost.channels.a2a.pushes import Pushes
-from agenthost.channels.a2a.records import EVENT, TASK, TaskRecords, event_key, task_key
+from agenthost.channels.a2a.records import (
+    EVENT,
+    TASK,
+    WAITING,
+    TaskRecords,
+    event_key,
+    task_key,
+    waiting_key,
+)
 from agenthost.sansio_core.background import RunRecord
 from agenthost.sansio_core.types import ContinuationToken, RunStatus
 from agenthost.stores.base import ChannelRecord
@@ -114,7 +122,8 @@ class LiveTasks:
         self, caller: str, task: Any, base: Mapping[str, Any], owner: str | None, *, final: bool
     ) -> ChannelRecord:
         """The stored form of ``task``; ``base`` carries its bookkeeping (``token``,
-        ``number``, ``pushes``: whether it has push configs). A finished task expires."""
+        ``number``, ``pushes``: whether it has push configs; ``answered``: the token of the run
+        whose question the current turn answers). A finished or waiting task expires."""
         return self.records.record(
             TASK,
             task_key(caller, task.id),
@@ -151,6 +160,32 @@ class LiveTasks:
         self.wake(task_id)
         return first_number + len(events)
 
+    async def resume(
+        self,
+        caller: str,
+        task: Any,
+        *,
+        base: Mapping[str, Any],
+        owner: str | None,
+        number: int,
+        mark: ChannelRecord,
+        extra: Sequence[ChannelRecord] = (),
+    ) -> bool:
+        """Store ``task``, moved back to ``working`` by the caller's answer, and its status
+        event (number ``number``) in one write with ``mark``, the answer's de-duplication
+        record, unless that exists already; ``True`` if this call stored them."""
+        value = codec.to_dict(tasks.status_event(task))
+        event = self.records.record(
+            EVENT, event_key(task.id, number), {"event": value}, owner,
+            expires_at=self.records.expiry(),
+        )  # fmt: skip
+        record = self.task_record(caller, task, {**base, "number": number}, owner, final=False)
+        if not await self.records.insert(mark, companions=[record, event, *extra]):
+            return False
+        self._remember(task.id, number, [value])
+        self.wake(task.id)
+        return True
+
     def wake(self, task_id: str) -> None:
         event = self._wakeups.pop(task_id, None)
         if event is not None:
@@ -183,7 +218,7 @@ class LiveTasks:
                     loaded = await self.settled(caller, task_id)
                     if loaded is None:
                         return None
-                    if codec.is_terminal(loaded[0]):
+                    if codec.is_settled(loaded[0]):
                         return loaded[0]
                 check_store = not await _woken(wakeup, self._poll_seconds)
 
@@ -217,7 +252,7 @@ class LiveTasks:
                     if draining:
                         return
                     loaded = await self.settled(caller, task_id)
-                    if loaded is None or codec.is_terminal(loaded[0]):
+                    if loaded is None or codec.is_settled(loaded[0]):
                         draining = True  # one more read: events stored just before the end
                         continue
                 check_store = not await _woken(wakeup, self._poll_seconds)
@@ -274,8 +309,8 @@ class LiveTasks:
         ``working`` forever. Reads that find an unfinished task ask the host about its run.
         """
         loaded = await self.load(caller, task_id)
-        if loaded is None or codec.is_terminal(loaded[0]):
-            return loaded
+        if loaded is None or codec.is_settled(loaded[0]):
+            return loaded  # ended, or its run ended with a question: nothing runs for it
         token = loaded[1].value.get("token")
         if not isinstance(token, str):
             return loaded  # its run is being recorded right now
@@ -294,22 +329,41 @@ class LiveTasks:
         return await self.load(caller, task_id)
 
     async def finish_task(self, caller: str, task_id: str, run: ContinuationToken) -> None:
-        """End ``task_id`` as its run ended (``run``: the run's public face)."""
+        """End ``task_id``'s turn as its run ended (``run``: the run's public face): the
+        task ends, or waits for input when a workflow's run ended with open questions."""
         state = _FINAL_STATES.get(run.status)
         if state is None:
             return
         async with self.lock(task_id):
-            writer = self.writers.pop(task_id, None)
-            if writer is not None:
-                writer.closed = True
             loaded = await self.load(caller, task_id)
             if loaded is None or codec.is_terminal(loaded[0]):
                 return
             task, record = loaded
+            if run.token == record.value.get("answered") or record.value.get("token") not in (
+                None,
+                run.token,
+            ):
+                return  # a late word from an earlier turn's run: the task has moved on
+            waiting = task.status.state in codec.INTERRUPTED_STATES
+            if waiting and state != tasks.CANCELED:
+                return  # that turn was recorded already
+            writer = self.writers.pop(task_id, None)
+            if writer is not None:
+                writer.closed = True
             text = str((run.result or {}).get("text") or "")
             owner = run.isolation_key or record.owner
             now = self.records.now()
-            done = tasks.finished(task, state, reply_text=text, now=now)
+            questions = _open_questions(run.result)
+            again = None
+            if state == tasks.FAILED and record.value.get("answered"):
+                # The answer's turn failed and saved nothing: the question is still open.
+                again = tasks.asked_again(task, now)
+            if again is not None:
+                done = again
+            elif state == tasks.COMPLETED and questions:
+                done = tasks.asking(task, text, questions, now=now)
+            else:
+                done = tasks.finished(task, state, reply_text=text, now=now)
             events = []
             if writer is not None and writer.next_number is not None:
                 # Chunks the flush task has not stored yet go first, in order.
@@ -318,7 +372,7 @@ class LiveTasks:
                     for piece in writer.take_pending()
                 ]
             streamed = "".join(writer.streamed) if writer is not None else None
-            if state == tasks.COMPLETED and streamed != text:
+            if done.status.state == tasks.COMPLETED and streamed != text:
                 # Not streamed (or only in part, by an attempt that died): the whole reply.
                 events.append(tasks.whole_reply_event(done, text))
             events.append(tasks.status_event(done))
@@ -331,6 +385,14 @@ class LiveTasks:
             configs = await self.records.push_configs(task_id) if has_pushes else []
             expires = self.records.expiry()
             kept = [attrs.evolve(c, expires_at=expires) for c in configs]
+            if done.status.state in codec.INTERRUPTED_STATES:
+                # The context's session now waits for this task's answer.
+                kept.append(
+                    self.records.record(
+                        WAITING, waiting_key(caller, done.context_id), {"task_id": task_id},
+                        owner, expires_at=expires,
+                    )
+                )  # fmt: skip
             await self.save(
                 caller,
                 done,
@@ -479,12 +541,32 @@ class TaskWriter:
 
 
 def _is_final(value: Mapping[str, Any]) -> bool:
-    """A stored event (ProtoJSON) is a status update to a terminal state."""
+    """A stored event (ProtoJSON) is a status update to a terminal or interrupted state
+    (the last event of a turn)."""
     state = value.get("statusUpdate", {}).get("status", {}).get("state")
-    return state in _TERMINAL_STATE_NAMES
+    return state in _SETTLED_STATE_NAMES
 
 
-_TERMINAL_STATE_NAMES = frozenset(pb.TaskState.Name(state) for state in codec.TERMINAL_STATES)
+_SETTLED_STATE_NAMES = frozenset(
+    pb.TaskState.Name(state) for state in codec.TERMINAL_STATES | codec.INTERRUPTED_STATES
+)
+
+
+def _open_questions(result: Mapping[str, Any] | None) -> list[dict[str, Any]]:
+    """The open input requests of a workflow turn's stored result (``WorkflowTurn``'s JSON
+    form), as the data part of the question; empty for any other result."""
+    output = (result or {}).get("output")
+    requests = output.get("input_requests") if isinstance(output, Mapping) else None
+    if not isinstance(requests, list):
+        return []
+    found = []
+    for request in requests:
+        if isinstance(request, Mapping) and isinstance(request.get("request_id"), str):
+            entry = {"requestId": request["request_id"], "text": str(request.get("text") or "")}
+            if request.get("data") is not None:
+                entry["data"] = request["data"]
+            found.append(entry)
+    return found
 
 
 async def _woken(wakeup: anyio.Event, seconds: float) -> bool:

@@ -4,7 +4,10 @@
 generation or binding it came in) with a value ready to render, or raises an
 :mod:`a2a.utils.errors` error with a bland message. Sending a message records its task
 (with the message's de-duplication mark, in one write) and starts it as a host
-background run; reading, listing and cancelling go through the caller's own records only.
+background run. A message naming a task that waits for input (a workflow asked a
+question) answers it: the task moves back to ``working`` (with the mark, in one write)
+and the answer runs as the next turn of the task's session, so the workflow resumes from
+its checkpoint. Reading, listing and cancelling go through the caller's own records only.
 HTTP (routes, bodies, authentication, JSON-RPC and REST framing, streams) is the
 transport's.
 """
@@ -13,9 +16,10 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import anyio
+import attrs
 from a2a.types import a2a_pb2 as pb
 from a2a.utils import errors
 from starlette.requests import Request
@@ -33,14 +37,18 @@ from agenthost.channels.a2a.pushes import (
     refused_config_error,
 )
 from agenthost.channels.a2a.records import (
+    EVENT,
     MESSAGE,
     PUSH_CONFIG,
     TASK,
+    WAITING,
     TaskRecords,
+    event_key,
     message_key,
     new_context_id,
     new_task_id,
     task_key,
+    waiting_key,
 )
 from agenthost.sansio_core.turns import RefusalReason, TurnRefused
 from agenthost.sansio_core.types import (
@@ -48,6 +56,8 @@ from agenthost.sansio_core.types import (
     ChannelRequest,
     ChannelSession,
     ContinuationToken,
+    HostMessage,
+    RunStatus,
 )
 
 if TYPE_CHECKING:
@@ -95,7 +105,7 @@ class TaskOperations:
         op, params, generation = call.operation, call.params, call.generation
         if op == "send":
             task, _ = await self.submit(params, caller, request, generation)
-            if not params.configuration.return_immediately and not codec.is_terminal(task):
+            if not params.configuration.return_immediately and not codec.is_settled(task):
                 task = await self.live.until_final(caller, task.id) or task
             task = tasks.with_history(task, _history_length(params.configuration))
             return codec.render_send_result(task, generation)
@@ -144,18 +154,20 @@ class TaskOperations:
         configuration = params.configuration
         codec.check_output_modes(list(configuration.accepted_output_modes), self._channel.limits)
         inputs = codec.host_messages(message, self._channel.limits)
-        if message.task_id:
-            await self.owned_task(caller, message.task_id)
-            # Every task here ends with its run; none waits for more input.
-            raise errors.UnsupportedOperationError("This task does not take further messages.")
-        context_id = message.context_id or new_context_id()
-        codec.check_identifier(context_id, "contextId")
         push_config = None
         if configuration.HasField("task_push_notification_config"):
             self._require_push()
             push_config = pb.TaskPushNotificationConfig()
             push_config.CopyFrom(configuration.task_push_notification_config)
             await self._check_push_url(push_config.url)
+        if message.task_id:
+            return await self._answer_question(
+                message, inputs, caller, request, push_config, generation
+            )
+        context_id = message.context_id or new_context_id()
+        codec.check_identifier(context_id, "contextId")
+        if message.context_id:
+            await self._refuse_if_waiting(caller, context_id, message.message_id)
 
         now = self._host.now()
         task_id = new_task_id(now)
@@ -190,6 +202,26 @@ class TaskOperations:
                 raise errors.InvalidParamsError("This messageId was already used.")
             return loaded[0], int(loaded[1].value.get("number", 0))
 
+        answer = await self._start_run(caller, context_id, task_id, inputs, request)
+        if not isinstance(answer, ContinuationToken):
+            # Nothing will run: forget the task, so a retry of the message starts afresh.
+            with anyio.CancelScope(shield=True):
+                await self.records.delete(TASK, task_key(caller, task_id))
+                await self.records.delete(MESSAGE, mark.key)
+                await self.records.delete(PUSH_CONFIG, f"{task_id}:")
+            _refuse(answer)
+        return await self._note_run(caller, task_id, answer)
+
+    async def _start_run(
+        self,
+        caller: str,
+        context_id: str,
+        task_id: str,
+        inputs: tuple[HostMessage, ...],
+        request: Request,
+    ) -> ContinuationToken | TurnRefused | None:
+        """Start a turn of ``task_id`` in the session ``context_id`` as a background run
+        (``None``: it could not be started)."""
         channel_request = ChannelRequest(
             channel=self._channel.name,
             identity=ChannelIdentity(self._channel.name, caller),
@@ -203,16 +235,115 @@ class TaskOperations:
             answer = await self._host.run_in_background(channel_request, protocol_request=request)
         except Exception:
             log.exception("an a2a task could not be started")
-            answer = None
+            return None
+        return answer if isinstance(answer, ContinuationToken | TurnRefused) else None
+
+    async def _refuse_if_waiting(self, caller: str, context_id: str, message_id: str) -> None:
+        """Refuse a new task on a context whose session waits for another task's answer:
+        the workflow would take the message for that answer, under the wrong task."""
+        waiting = await self.records.get(WAITING, waiting_key(caller, context_id))
+        if waiting is None:
+            return
+        loaded = await self.live.load(caller, str(waiting.value.get("task_id", "")))
+        if loaded is None or loaded[0].status.state not in codec.INTERRUPTED_STATES:
+            return
+        if await self.records.get(MESSAGE, message_key(caller, message_id)) is not None:
+            return  # a retry of a message already taken: it finds its task as usual
+        raise errors.InvalidParamsError(
+            "This context waits for an answer on another task: send it with that taskId."
+        )
+
+    async def _answer_question(
+        self,
+        message: Any,
+        inputs: tuple[HostMessage, ...],
+        caller: str,
+        request: Request,
+        push_config: Any,
+        generation: Generation,
+    ) -> tuple[Any, int]:
+        """A message on an existing task: the answer to the question it waits on, run as
+        the next turn of the task's session (a workflow resumes from its checkpoint). A
+        push config sent with it is added to the task's."""
+        task_id = message.task_id
+        loaded = await self.live.settled(caller, task_id)
+        if loaded is None:
+            raise errors.TaskNotFoundError("No task has that id.")
+        mark = self.records.record(
+            MESSAGE,
+            message_key(caller, message.message_id),
+            {"task_id": task_id},
+            None,
+            expires_at=self.records.expiry(),
+        )
+        async with self.live.lock(task_id):
+            loaded = await self.live.load(caller, task_id)
+            if loaded is None:
+                raise errors.TaskNotFoundError("No task has that id.")
+            task, record = loaded
+            earlier = await self.records.get(MESSAGE, mark.key)
+            if earlier is not None:
+                if earlier.value.get("task_id") != task_id:
+                    raise errors.InvalidParamsError("This messageId was already used.")
+                return task, int(record.value.get("number", 0))  # a retry of the answer
+            if codec.is_terminal(task):
+                raise errors.UnsupportedOperationError("This task has already finished.")
+            if message.context_id and message.context_id != task.context_id:
+                raise errors.InvalidParamsError("'contextId' is not this task's context.")
+            if task.status.state != tasks.INPUT_REQUIRED:
+                raise errors.UnsupportedOperationError("This task is not waiting for input.")
+            number = 1 + await self.records.last_event_number(task_id)
+            moved = tasks.resumed(task, message, self._host.now())
+            configs = await self.records.push_configs(task_id) if record.value.get("pushes") else []
+            # Push configs outlive a waiting task's expiry again while it runs.
+            kept = [attrs.evolve(config, expires_at=None) for config in configs]
+            base = {**record.value, "token": None, "answered": record.value.get("token")}
+            if push_config is not None:
+                push_config.task_id = task_id
+                push_config.id = push_config.id or task_id
+                codec.check_identifier(push_config.id, "id")
+                added = config_record(
+                    self.records, push_config, generation, record.owner, expires_at=None
+                )
+                kept = [c for c in kept if c.key != added.key]
+                if len(kept) >= MAX_PUSH_CONFIGS_PER_TASK:
+                    raise errors.InvalidParamsError("This task has as many push configs as it may.")
+                kept.append(added)
+                base["pushes"] = True
+            if not await self.live.resume(
+                caller,
+                moved,
+                base=base,
+                owner=record.owner,
+                number=number,
+                mark=mark,
+                extra=kept,
+            ):
+                raise errors.InvalidParamsError("This messageId was already used.")
+        if kept:
+            await self.live.pushes.notify(
+                moved, caller=caller, owner=record.owner, number=number, configs=kept
+            )
+        answer = await self._start_run(caller, task.context_id, task_id, inputs, request)
         if not isinstance(answer, ContinuationToken):
-            # Nothing will run: forget the task, so a retry of the message starts afresh.
+            # Nothing will run: the task waits for its answer again, as it did.
             with anyio.CancelScope(shield=True):
-                await self.records.delete(TASK, task_key(caller, task_id))
+                await self.records.put([record, *configs])
+                if push_config is not None and all(
+                    c.key != config_key(task_id, push_config.id) for c in configs
+                ):
+                    await self.records.delete(PUSH_CONFIG, config_key(task_id, push_config.id))
+                await self.records.delete(EVENT, event_key(task_id, number))
                 await self.records.delete(MESSAGE, mark.key)
-                await self.records.delete(PUSH_CONFIG, f"{task_id}:")
-            if answer is None:
-                raise codec.internal_error()
-            raise errors.InvalidRequestError(_refusal_message(answer))
+                self.live.wake(task_id)
+            _refuse(answer)
+        return await self._note_run(caller, task_id, answer)
+
+    async def _note_run(
+        self, caller: str, task_id: str, answer: ContinuationToken
+    ) -> tuple[Any, int]:
+        """Note the run's token on its task (unless the run already did) and answer the
+        task as it stands and the number of the last event it reflects."""
         async with self.live.lock(task_id):
             loaded = await self.live.load(caller, task_id)
             if loaded is None:
@@ -236,6 +367,19 @@ class TaskOperations:
         token = record.value.get("token")
         if codec.is_terminal(task) or not isinstance(token, str):
             raise errors.TaskNotCancelableError("This task can no longer be canceled.")
+        if task.status.state == tasks.INPUT_REQUIRED:
+            # No run is going on: the task stops waiting for its answer.
+            ended = ContinuationToken(
+                token=token,
+                status=RunStatus.CANCELLED,
+                isolation_key=record.owner or "",
+                created_at=self._host.now(),
+            )
+            await self.live.finish_task(caller, task_id, ended)
+            loaded = await self.live.load(caller, task_id)
+            if loaded is None or loaded[0].status.state != tasks.CANCELED:
+                raise errors.TaskNotCancelableError("This task can no longer be canceled.")
+            return loaded[0]
         await self._host.cancel_continuation(token)
         with anyio.move_on_after(_CANCEL_SETTLE_SECONDS):
             task = await self.live.until_final(caller, task_id) or task
@@ -355,6 +499,12 @@ def _history_length(params: Any) -> int | None:
     if params.history_length < 0:
         raise errors.InvalidParamsError("'historyLength' must not be negative.")
     return int(params.history_length)
+
+
+def _refuse(answer: TurnRefused | None) -> NoReturn:
+    if answer is None:
+        raise codec.internal_error()
+    raise errors.InvalidRequestError(_refusal_message(answer))
 
 
 def _refusal_message(outcome: TurnRefused) -> str:

@@ -9,7 +9,9 @@ Kinds and keys (all within the channel's name):
   generation it was set in;
 - ``message``, ``{caller}:{digest of messageId}``: which task a message became, so a
   client's retry of the same ``messageId`` finds its task instead of running twice;
-- ``push``, by delivery id: the URL, headers and body of one push, for the outbox.
+- ``push``, by delivery id: the URL, headers and body of one push, for the outbox;
+- ``waiting``, ``{caller}:{digest of contextId}``: the task of that context that last
+  stopped to wait for input, so a new message on the context is not taken for its answer.
 
 ``{caller}`` is a fixed-length digest of the authenticated caller's id: a task is found
 only under its caller's prefix, so another caller's task id reads as missing (the
@@ -34,6 +36,7 @@ EVENT = "event"
 PUSH_CONFIG = "push_config"
 MESSAGE = "message"
 PUSH = "push"
+WAITING = "waiting"
 
 _PAGE = 500
 
@@ -56,6 +59,11 @@ def task_key(caller: str, task_id: str) -> str:
 
 def event_key(task_id: str, number: int) -> str:
     return f"{task_id}:{number:08d}"
+
+
+def waiting_key(caller: str, context_id: str) -> str:
+    digest = hashlib.sha256(context_id.encode()).hexdigest()[:32]
+    return f"{caller_namespace(caller)}:{digest}"
 
 
 def message_key(caller: str, message_id: str) -> str:

@@ -7,15 +7,22 @@ Rules:
 2. States move only along :data:`TRANSITIONS`: ``submitted -> working -> completed |
    failed | canceled``, and ``submitted -> completed | failed | canceled`` for a run that
    ended before its first update (a host command's reply, a run cancelled or failed
-   early). The table is drawn in ``docs/channels/a2a.md`` (a test keeps the two equal).
-   A terminal state is final: a later update of a finished task is ignored, so a late
-   chunk can never reopen a cancelled task.
+   early). A run that ends with a workflow's open question leaves the task
+   ``input-required`` (from ``submitted`` or ``working``); the caller's next message on
+   the task moves it back to ``working`` as the next turn of the same session, and a
+   task waiting for input may be canceled. The table is drawn in ``docs/channels/a2a.md``
+   (a test keeps the two equal). A terminal state is final: a later update of a finished
+   task is ignored, so a late chunk can never reopen a cancelled task.
 3. The reply is one artifact (``response``), streamed as ``artifact-update`` events: the
    first chunk of an attempt replaces the artifact (``append`` false), later chunks
    append; a re-run after a crash starts the artifact again. The finished task holds the
    final text, whatever was streamed.
 4. The history is the user's message followed by the agent's reply; ``historyLength``
-   keeps the most recent ``n`` messages (unset: all of them).
+   keeps the most recent ``n`` messages (unset: all of them). A question is the
+   ``input-required`` status's message (its text, and a data part listing the open
+   requests); when the caller answers, the question joins the history, then the answer.
+   An answer whose run fails leaves the task asking the same question again (the
+   workflow still waits for it), so a wrong answer can be corrected.
 5. A failure or cancellation is described to the caller blandly; the reason stays in the
    host's logs.
 
@@ -27,10 +34,12 @@ from __future__ import annotations
 from typing import Any
 
 from a2a.types import a2a_pb2 as pb
+from google.protobuf import json_format
 
 COMPLETED = pb.TASK_STATE_COMPLETED
 FAILED = pb.TASK_STATE_FAILED
 CANCELED = pb.TASK_STATE_CANCELED
+INPUT_REQUIRED = pb.TASK_STATE_INPUT_REQUIRED
 ARTIFACT_ID = "response"
 ARTIFACT_NAME = "response"
 
@@ -40,6 +49,10 @@ TRANSITIONS: frozenset[tuple[int, int]] = frozenset(
         (pb.TASK_STATE_SUBMITTED, pb.TASK_STATE_WORKING),
         *((pb.TASK_STATE_SUBMITTED, end) for end in _ENDS),
         *((pb.TASK_STATE_WORKING, end) for end in _ENDS),
+        (pb.TASK_STATE_SUBMITTED, pb.TASK_STATE_INPUT_REQUIRED),
+        (pb.TASK_STATE_WORKING, pb.TASK_STATE_INPUT_REQUIRED),
+        (pb.TASK_STATE_INPUT_REQUIRED, pb.TASK_STATE_WORKING),
+        (pb.TASK_STATE_INPUT_REQUIRED, pb.TASK_STATE_CANCELED),
     }
 )
 
@@ -133,9 +146,67 @@ def finished(task: Any, state: pb.TaskState, *, reply_text: str | None, now: flo
     return done
 
 
+def asking(task: Any, question: str, requests: list[dict[str, Any]], *, now: float) -> Any:
+    """``task`` waiting for input: its status message is the question (text, and the open
+    requests as a data part). Unchanged if it cannot move there."""
+    if not can_move(task, pb.TASK_STATE_INPUT_REQUIRED):
+        return task
+    waiting = pb.Task()
+    waiting.CopyFrom(task)
+    waiting.status.Clear()
+    waiting.status.state = pb.TASK_STATE_INPUT_REQUIRED
+    waiting.status.timestamp.CopyFrom(_timestamp(now))
+    message = _agent_message(waiting, question)
+    if requests:
+        json_format.ParseDict({"inputRequests": requests}, message.parts.add().data)
+    waiting.status.message.CopyFrom(message)
+    return waiting
+
+
+def asked_again(task: Any, now: float) -> Any | None:
+    """``task``, whose answer's run failed, waiting for input again with the question it
+    asked last (the workflow's question is still open: a failed turn saves nothing);
+    ``None`` when it has no question to ask again."""
+    questions = [m for m in task.history if m.role == pb.ROLE_AGENT]
+    if not questions or not can_move(task, pb.TASK_STATE_INPUT_REQUIRED):
+        return None
+    waiting = pb.Task()
+    waiting.CopyFrom(task)
+    waiting.status.Clear()
+    waiting.status.state = pb.TASK_STATE_INPUT_REQUIRED
+    waiting.status.timestamp.CopyFrom(_timestamp(now))
+    message = _agent_message(waiting, "")
+    del message.parts[:]
+    message.parts.extend(questions[-1].parts)
+    waiting.status.message.CopyFrom(message)
+    return waiting
+
+
+def resumed(task: Any, message: Any, now: float) -> Any:
+    """``task``, waiting for input, moved to ``working`` by the caller's answer ``message``:
+    the question and the answer join the history. Unchanged if it was not waiting."""
+    if task.status.state != pb.TASK_STATE_INPUT_REQUIRED:
+        return task
+    moved = pb.Task()
+    moved.CopyFrom(task)
+    if task.status.HasField("message"):
+        moved.history.append(task.status.message)
+    answer = pb.Message()
+    answer.CopyFrom(message)
+    answer.task_id = task.id
+    answer.context_id = task.context_id
+    moved.history.append(answer)
+    moved.status.Clear()
+    moved.status.state = pb.TASK_STATE_WORKING
+    moved.status.timestamp.CopyFrom(_timestamp(now))
+    return moved
+
+
 def _agent_message(task: Any, text: str) -> Any:
+    # A task that asked before has several agent messages: each gets an id of its own.
+    asked = sum(1 for message in task.history if message.role == pb.ROLE_AGENT)
     message = pb.Message(
-        message_id=f"{task.id}-reply",
+        message_id=f"{task.id}-reply" + (f"-{asked + 1}" if asked else ""),
         role=pb.ROLE_AGENT,
         task_id=task.id,
         context_id=task.context_id,

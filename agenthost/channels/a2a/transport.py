@@ -339,7 +339,7 @@ class _Service:
 
         async def produce(emit: Emit) -> None:
             await emit(frame(pb.StreamResponse(task=task)))
-            if codec.is_terminal(task):
+            if codec.is_settled(task):
                 return
 
             async def send(event: Any) -> None:

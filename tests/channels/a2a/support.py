@@ -120,11 +120,14 @@ async def sdk_client(
         await http.aclose()
 
 
-def user_message(text: str, *, context_id: str = "", message_id: str | None = None) -> Any:
+def user_message(
+    text: str, *, context_id: str = "", message_id: str | None = None, task_id: str = ""
+) -> Any:
     message = pb.Message(
         role=pb.ROLE_USER,
         message_id=message_id or f"msg-{next(_MESSAGE_NUMBERS)}",
         context_id=context_id,
+        task_id=task_id,
     )
     message.parts.add().text = text
     return message

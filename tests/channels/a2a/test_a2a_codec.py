@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 from a2a.types import a2a_pb2 as pb
 from a2a.utils import errors
+from google.protobuf import json_format
 
 from agenthost.channels.a2a import codec, tasks
 from agenthost.sansio_core.types import TextPart, UriPart
@@ -196,3 +197,55 @@ def test_the_documented_task_states_are_the_code_s_table() -> None:
         for edge in tasks.TRANSITIONS
     }
     assert drawn == table
+
+
+def test_a_question_waits_for_input_and_an_answer_resumes_the_task() -> None:
+    message = parse(V10_SEND).params.message
+    running = tasks.working(tasks.new_task("tsk_1", "ctx_1", message, now=1.0), now=2.0)
+    requests = [{"requestId": "r1", "text": "Which city?", "data": {"prompt": "Which city?"}}]
+    waiting = tasks.asking(running, "Which city?", requests, now=3.0)
+    assert waiting.status.state == pb.TASK_STATE_INPUT_REQUIRED
+    text, data = waiting.status.message.parts
+    assert text.text == "Which city?"
+    assert json_format.MessageToDict(data.data) == {"inputRequests": requests}
+    assert [m.role for m in waiting.history] == [pb.ROLE_USER]  # the question is the status
+    assert not codec.is_terminal(waiting) and codec.is_settled(waiting)
+
+    answer = pb.Message(role=pb.ROLE_USER, message_id="m2")
+    answer.parts.add().text = "Oslo"
+    resumed = tasks.resumed(waiting, answer, now=4.0)
+    assert resumed.status.state == pb.TASK_STATE_WORKING
+    assert not resumed.status.HasField("message")
+    assert [(m.role, m.parts[0].text) for m in resumed.history][1:] == [
+        (pb.ROLE_AGENT, "Which city?"),
+        (pb.ROLE_USER, "Oslo"),
+    ]
+    assert resumed.history[2].task_id == "tsk_1" and resumed.history[2].context_id == "ctx_1"
+    assert tasks.resumed(resumed, answer, now=5.0) is resumed  # only a waiting task resumes
+    done = tasks.finished(resumed, tasks.COMPLETED, reply_text="Oslo it is", now=6.0)
+    assert len({m.message_id for m in done.history}) == len(done.history) == 4
+    # A finished task asks nothing more; a waiting one may be canceled.
+    assert tasks.asking(done, "again?", [], now=7.0) is done
+    canceled = tasks.finished(waiting, tasks.CANCELED, reply_text=None, now=8.0)
+    assert canceled.status.state == pb.TASK_STATE_CANCELED
+
+    legacy = codec.render_event(tasks.status_event(waiting), "0.3")
+    assert legacy["status"]["state"] == "input-required" and legacy["final"] is True
+    working_event = codec.render_event(tasks.status_event(resumed), "0.3")
+    assert working_event["final"] is False
+    assert codec.render_task(waiting, "0.3")["status"]["state"] == "input-required"
+
+
+def test_a_failed_answer_asks_the_last_question_again() -> None:
+    message = parse(V10_SEND).params.message
+    task = tasks.new_task("tsk_1", "ctx_1", message, now=1.0)
+    assert tasks.asked_again(tasks.working(task, now=2.0), now=3.0) is None  # nothing asked
+    waiting = tasks.asking(
+        task, "Which city?", [{"requestId": "r1", "text": "Which city?"}], now=2.0
+    )
+    answer = pb.Message(role=pb.ROLE_USER, message_id="m2")
+    answer.parts.add().text = "nowhere"
+    again = tasks.asked_again(tasks.resumed(waiting, answer, now=3.0), now=4.0)
+    assert again is not None and again.status.state == pb.TASK_STATE_INPUT_REQUIRED
+    assert list(again.status.message.parts) == list(waiting.status.message.parts)
+    assert again.status.message.message_id != waiting.status.message.message_id

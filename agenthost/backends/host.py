@@ -27,6 +27,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
+from agenthost.backends import tracing
 from agenthost.backends.asyncio_bridge import AsyncioBridge
 from agenthost.backends.channel import Channel, TurnRecords
 from agenthost.backends.configuration import ConfigurationError as ConfigurationError
@@ -403,19 +404,21 @@ class Host:
         writes = None
         if self._turn_settings.run_hook or records is not None:
             writes = _ForegroundWrites(self, run_id, rewritten, records)
-        outcome = await self._interpreter.drive(
-            turns.run_turn(
-                request,
-                run_id=run_id,
-                now=self._clock(),
-                settings=self._turn_settings,
-                bot_name=self._bot_names.get(request.channel),
-            ),
-            on_update=on_update,
-            protocol_request=protocol_request,
-            on_request=rewritten.append,
-            finisher=writes,
-        )
+        with tracing.span("agenthost.turn", channel=request.channel, run_id=run_id) as spanned:
+            outcome = await self._interpreter.drive(
+                turns.run_turn(
+                    request,
+                    run_id=run_id,
+                    now=self._clock(),
+                    settings=self._turn_settings,
+                    bot_name=self._bot_names.get(request.channel),
+                ),
+                on_update=on_update,
+                protocol_request=protocol_request,
+                on_request=rewritten.append,
+                finisher=writes,
+            )
+            spanned.set_attribute("agenthost.outcome", _outcome_name(outcome))
         _log_outcome(run_id, request.channel, outcome)
         chosen = rewritten[-1]
         if isinstance(outcome, turns.TurnCompleted) and not chosen.response_target.is_originating:
@@ -812,6 +815,16 @@ class Host:
                 "host.serve(), or use `async with host.running():`"
             )
         return self._worker
+
+
+def _outcome_name(outcome: turns.TurnOutcome) -> str:
+    """The outcome as spans and metrics name it: completed, failed, cancelled or the
+    refusal's reason."""
+    if isinstance(outcome, turns.TurnCompleted):
+        return "completed"
+    if isinstance(outcome, turns.TurnFailed):
+        return "cancelled" if outcome.cancelled else "failed"
+    return outcome.reason.value
 
 
 def _log_outcome(run_id: str, channel: str, outcome: turns.TurnOutcome | turns.TurnRefused) -> None:

@@ -18,6 +18,7 @@ from typing import Any, Protocol, TypeVar
 import anyio
 import attrs
 
+from agenthost.backends import tracing
 from agenthost.backends.linking import IdentityLinker
 from agenthost.backends.targets import TargetAdapter, TargetCall, UpdateSink
 from agenthost.sansio_core import effects as fx
@@ -230,17 +231,19 @@ class TurnInterpreter:
         if isinstance(effect, fx.AppendAssistantMessage):
             return await self._target.append_assistant_message(effect.state, effect.text)
         if isinstance(effect, fx.FinishRun):
-            if finisher is not None and guard.ran is not None:
-                writes = await finisher.writes_for(*guard.ran)
-                finished = await store.finish_turn(
-                    effect.session_id, effect.run_id, effect.session, self._clock(), writes
-                )
-                finisher.finished(finished)
-                saved = finished.saved
-            else:
-                saved = await store.finish_run(
-                    effect.session_id, effect.run_id, effect.session, self._clock()
-                )
+            with tracing.span("agenthost.save") as spanned:
+                if finisher is not None and guard.ran is not None:
+                    writes = await finisher.writes_for(*guard.ran)
+                    finished = await store.finish_turn(
+                        effect.session_id, effect.run_id, effect.session, self._clock(), writes
+                    )
+                    finisher.finished(finished)
+                    saved = finished.saved
+                else:
+                    saved = await store.finish_run(
+                        effect.session_id, effect.run_id, effect.session, self._clock()
+                    )
+                spanned.set_attribute("agenthost.saved", saved)
             guard.holding = False
             self._local.notify_released(effect.session_id)
             return saved
@@ -265,7 +268,20 @@ class TurnInterpreter:
 
     async def _open_turn(self, effect: fx.OpenTurn, guard: _LeaseGuard) -> opening.Outcome:
         releases_before = self._local.releases
-        outcome = await self._store.open_turn(effect.opening)
+        plan = effect.opening
+        with tracing.span("agenthost.resolve_session", channel=plan.identity.channel) as spanned:
+            outcome = await self._store.open_turn(plan)
+            if isinstance(outcome, opening.Refused):
+                access = outcome.access
+                spanned.set_attribute(
+                    "agenthost.access",
+                    "session_not_found"
+                    if access is None
+                    else getattr(access, "reason_code", "link_required"),
+                )
+            else:
+                spanned.set_attribute("agenthost.access", "allowed")
+                spanned.set_attribute("agenthost.session_id", outcome.session_ref.session_id or "")
         if isinstance(outcome, opening.Opened) and outcome.lease is not None:
             session_id = outcome.session_ref.session_id
             assert session_id is not None
@@ -295,7 +311,7 @@ class TurnInterpreter:
         call = TargetCall(effect.request, effect.session_ref, effect.session_state, on_update)
         answer: fx.TargetSucceeded | fx.TargetFailed
         held = guard.session_id if guard.holding else None
-        with anyio.CancelScope() as run_scope:
+        with anyio.CancelScope() as run_scope, tracing.span("agenthost.run") as spanned:
             self._local.register(effect.run_id, run_scope, held)  # renew_leases keeps it
             try:
                 done = await self._target.run(call)
@@ -309,6 +325,10 @@ class TurnInterpreter:
                 answer = fx.TargetFailed(f"the target raised {type(exc).__name__}")
             finally:
                 self._local.unregister(effect.run_id)
+            spanned.set_attribute(
+                "agenthost.outcome",
+                "succeeded" if isinstance(answer, fx.TargetSucceeded) else "failed",
+            )
         if run_scope.cancelled_caught:
             return fx.TargetFailed("the run was interrupted", cancelled=True)
         return answer

@@ -12,9 +12,8 @@ What this module owns:
   (W3C ``traceparent``/``tracestate``, or whatever propagator the application set), with
   the channel the path belongs to and the status it answered; it also reports each
   request's duration to ``host_events`` for ``/metrics``.
-- :func:`span`, the one way the host opens its other spans. The turn path's spans belong
-  at these call sites (``backends/host.py``, ``interpreter.py``, ``worker.py`` and
-  ``outbox.py``, being rewritten separately, so they are listed here rather than added):
+- :func:`span`, the one way the host opens its other spans. The turn path's spans are
+  at these call sites (1, 2, 4 and 5 are in place; 3, 6 and 7 are still to add):
 
   1. ``agenthost.turn`` around each ``self._interpreter.drive(...)`` in ``Host.run``,
      ``Host.run_or_continue`` and ``Host.run_in_background``, with ``channel`` and
@@ -46,7 +45,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from typing import Any
 
 from opentelemetry import context as otel_context
@@ -64,15 +63,44 @@ def tracer() -> trace.Tracer:
     return trace.get_tracer(TRACER_NAME)
 
 
-@contextmanager
+class _NotRecording:
+    """What :func:`span` answers when no tracer provider records spans: entering it costs a
+    method call, where even the API's no-op span switches the current context."""
+
+    def __enter__(self) -> trace.Span:
+        return trace.INVALID_SPAN
+
+    def __exit__(self, *exc_info: object) -> None:
+        return None
+
+
+_NOT_RECORDING = _NotRecording()
+
+
 def span(
     name: str,
     *,
     kind: trace.SpanKind = trace.SpanKind.INTERNAL,
     context: otel_context.Context | None = None,
     **attributes: AttributeValue | None,
+) -> AbstractContextManager[trace.Span]:
+    """Open ``name`` as the current span; an exception marks it as an error by type only.
+
+    Without a tracer provider installed (no SDK configured) nothing is opened at all: every
+    turn passes several of these, and spans nobody records should cost nothing.
+    """
+    if not tracing_enabled():
+        return _NOT_RECORDING
+    return _recording(name, kind, context, attributes)
+
+
+@contextmanager
+def _recording(
+    name: str,
+    kind: trace.SpanKind,
+    context: otel_context.Context | None,
+    attributes: Mapping[str, AttributeValue | None],
 ) -> Iterator[trace.Span]:
-    """Open ``name`` as the current span; an exception marks it as an error by type only."""
     clean = {f"agenthost.{k}": v for k, v in attributes.items() if v is not None}
     with tracer().start_as_current_span(
         name,
@@ -88,6 +116,11 @@ def span(
             opened.set_status(trace.Status(trace.StatusCode.ERROR, type(error).__name__))
             opened.set_attribute("error.type", type(error).__name__)
             raise
+
+
+def tracing_enabled() -> bool:
+    """Whether the application installed a tracer provider (an SDK) to record spans."""
+    return not isinstance(trace.get_tracer_provider(), trace.ProxyTracerProvider)
 
 
 def current_traceparent() -> Mapping[str, str]:

@@ -26,7 +26,6 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, PlainTextResponse, RedirectResponse, Response
 from starlette.routing import BaseRoute, Route
 
-from agenthost.backends import tracing
 from agenthost.backends.bodies import BodyTooLarge, read_limited
 from agenthost.backends.channel import Channel, HostServices
 from agenthost.backends.configuration import ConfigurationError
@@ -411,10 +410,7 @@ class _Handlers:
     async def _run(
         self, request: ChannelRequest, *, on_update: UpdateSink | None = None
     ) -> TurnOutcome:
-        with tracing.span("agenthost.turn", channel=self._channel.name) as opened:
-            outcome = await self._host.run(request, on_update=on_update)
-            opened.set_attribute("agenthost.outcome", _outcome_name(outcome))
-        return outcome
+        return await self._host.run(request, on_update=on_update)  # which opens agenthost.turn
 
     # --- identities and sessions ---------------------------------------------------
 

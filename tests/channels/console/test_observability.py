@@ -133,19 +133,32 @@ async def test_a_request_span_continues_the_callers_trace(spans: InMemorySpanExp
                 "/console/chat", data={"message": "console words", "csrf": csrf[1]}
             )
             assert chat.status_code == 200
-    [received] = [s for s in spans.get_finished_spans() if s.attributes and
-                  s.attributes.get("agenthost.channel") == "invocations"]  # fmt: skip
+    [received] = [s for s in spans.get_finished_spans() if s.name == "agenthost.receive"
+                  and s.attributes and s.attributes.get("agenthost.channel") == "invocations"]  # fmt: skip
     assert received.name == "agenthost.receive"
     assert format(received.context.trace_id, "032x") == TRACE_ID
     assert received.parent is not None and format(received.parent.span_id, "016x") == PARENT
     assert received.attributes is not None
     assert received.attributes["http.response.status_code"] == 200
     assert "secret words" not in repr(dict(received.attributes))
-    [turn] = [s for s in spans.get_finished_spans() if s.name == "agenthost.turn"]
-    [console_request] = [s for s in spans.get_finished_spans() if s.attributes and
+    finished = spans.get_finished_spans()
+    [console_request] = [s for s in finished if s.attributes and
                          s.attributes.get("agenthost.channel") == "console" and
                          s.attributes.get("http.request.method") == "POST"]  # fmt: skip
+    turns = {s.attributes["agenthost.channel"]: s for s in finished  # type: ignore[index]
+             if s.name == "agenthost.turn"}  # fmt: skip
+    turn = turns["console"]
     assert turn.parent is not None and turn.parent.span_id == console_request.context.span_id
+    # The invocations turn: under its request, and the turn's steps under it.
+    invoked = turns["invocations"]
+    assert invoked.parent is not None and invoked.parent.span_id == received.context.span_id
+    steps = {s.name: s for s in finished if s.parent is not None
+             and s.parent.span_id == invoked.context.span_id}  # fmt: skip
+    assert set(steps) >= {"agenthost.resolve_session", "agenthost.run", "agenthost.save"}
+    assert steps["agenthost.resolve_session"].attributes["agenthost.access"] == "allowed"  # type: ignore[index]
+    assert steps["agenthost.save"].attributes["agenthost.saved"] is True  # type: ignore[index]
+    for step in steps.values():
+        assert "secret words" not in repr(dict(step.attributes or {}))
     assert turn.attributes is not None and turn.attributes["agenthost.outcome"] == "completed"
     assert "console words" not in repr(dict(turn.attributes))
     assert 'agenthost_request_duration_seconds_count{channel="invocations"} 1' in metrics.text

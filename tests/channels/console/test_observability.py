@@ -133,8 +133,13 @@ async def test_a_request_span_continues_the_callers_trace(spans: InMemorySpanExp
                 "/console/chat", data={"message": "console words", "csrf": csrf[1]}
             )
             assert chat.status_code == 200
-    [received] = [s for s in spans.get_finished_spans() if s.name == "agenthost.receive"
-                  and s.attributes and s.attributes.get("agenthost.channel") == "invocations"]  # fmt: skip
+    [received] = [
+        s
+        for s in spans.get_finished_spans()
+        if s.name == "agenthost.receive"
+        and s.attributes
+        and s.attributes.get("agenthost.channel") == "invocations"
+    ]
     assert received.name == "agenthost.receive"
     assert format(received.context.trace_id, "032x") == TRACE_ID
     assert received.parent is not None and format(received.parent.span_id, "016x") == PARENT

@@ -622,14 +622,6 @@ async def _relay(stream: MemoryObjectReceiveStream[HostEvent], emit: Emit) -> No
             )
 
 
-def _outcome_name(outcome: TurnOutcome) -> str:
-    if isinstance(outcome, TurnCompleted):
-        return "completed"
-    if isinstance(outcome, TurnRefused):
-        return f"refused:{outcome.reason.value}"
-    return "cancelled" if outcome.cancelled else "failed"
-
-
 def _answer_text(outcome: TurnOutcome | Any) -> str:
     if isinstance(outcome, TurnCompleted):
         return outcome.result.text

@@ -139,9 +139,13 @@ def fail_until_dead(
     for n in range(10_000):
         d = delivery.apply(d, Claim("w1", now, LEASE))
         event = SendFailed(
-            "w1", now + 1.0, FailureKind.TRANSIENT, "connect error",
-            jitters[n % len(jitters)], retry_afters[n % len(retry_afters)],
-        )  # fmt: skip
+            "w1",
+            now + 1.0,
+            FailureKind.TRANSIENT,
+            "connect error",
+            jitters[n % len(jitters)],
+            retry_afters[n % len(retry_afters)],
+        )
         first = now + 1.0 if first is None else first
         d = delivery.apply(d, event)
         if d.status is DeliveryStatus.DEAD:
@@ -178,8 +182,9 @@ def test_the_default_budget_rides_out_about_an_hour(
 def test_any_policy_terminates_within_its_budget(
     budget: float, base: float, cap: float, jitters: list[float]
 ) -> None:
-    policy = RetryPolicy(max_attempts=1000, base_seconds=base, cap_seconds=cap,
-                         budget_seconds=budget)  # fmt: skip
+    policy = RetryPolicy(
+        max_attempts=1000, base_seconds=base, cap_seconds=cap, budget_seconds=budget
+    )
     d, first, end = fail_until_dead(new(retry=policy), jitters, [None])
     assert end - first <= budget + 1.0  # the last send takes a second
     assert d.attempts <= policy.max_attempts
@@ -191,9 +196,7 @@ def test_a_replay_starts_a_new_budget() -> None:
     again = delivery.apply(d, Replay(end + 1000.0))
     assert again.failing_since is None
     again = delivery.apply(again, Claim("w1", end + 1000.0, LEASE))
-    again = delivery.apply(
-        again, SendFailed("w1", end + 1001.0, FailureKind.TRANSIENT, "502", 0.0)
-    )
+    again = delivery.apply(again, SendFailed("w1", end + 1001.0, FailureKind.TRANSIENT, "502", 0.0))
     assert again.status is DeliveryStatus.FAILED
 
 

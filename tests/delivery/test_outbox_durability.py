@@ -95,17 +95,28 @@ async def test_a_slow_send_keeps_its_lease_against_another_host(tmp_path: Path) 
 def test_a_lease_a_push_request_could_outlast_is_refused(tmp_path: Path) -> None:
     slow = SlowPartsChat("chat", 1.0, [])  # one request may take 1.2 s
     with pytest.raises(ConfigurationError, match="delivery_lease_seconds"):
-        Host(answer, channels=[slow], store=MemoryStore(), state_dir=tmp_path,
-             delivery_lease_seconds=1.0)  # fmt: skip
-    Host(answer, channels=[slow], store=MemoryStore(), state_dir=tmp_path,
-         delivery_lease_seconds=2.0)  # fmt: skip
+        Host(
+            answer,
+            channels=[slow],
+            store=MemoryStore(),
+            state_dir=tmp_path,
+            delivery_lease_seconds=1.0,
+        )
+    Host(
+        answer, channels=[slow], store=MemoryStore(), state_dir=tmp_path, delivery_lease_seconds=2.0
+    )
 
 
 async def test_the_retry_policy_is_per_channel(tmp_path: Path) -> None:
     patient = RetryPolicy(budget_seconds=7200.0)
     chat, other = PushChat("chat"), PushChat("other")
-    host = Host(answer, channels=[chat, other], store=MemoryStore(), state_dir=tmp_path,
-                delivery_retry={"other": patient})  # fmt: skip
+    host = Host(
+        answer,
+        channels=[chat, other],
+        store=MemoryStore(),
+        state_dir=tmp_path,
+        delivery_retry={"other": patient},
+    )
     alice_2 = ChannelIdentity("other", "alice-2")
     async with host.running():
         await host.run(said("hi"))
@@ -119,8 +130,13 @@ async def test_the_retry_policy_is_per_channel(tmp_path: Path) -> None:
     policies = {d.channel: d.retry for d in planned}
     assert policies == {"chat": RetryPolicy(), "other": patient}
     with pytest.raises(ConfigurationError, match="nowhere"):
-        Host(answer, channels=[chat], store=MemoryStore(), state_dir=tmp_path,
-             delivery_retry={"nowhere": patient})  # fmt: skip
+        Host(
+            answer,
+            channels=[chat],
+            store=MemoryStore(),
+            state_dir=tmp_path,
+            delivery_retry={"nowhere": patient},
+        )
 
 
 class Api(Channel):

@@ -96,6 +96,7 @@ def summary(d: Delivery) -> dict[str, Any]:
         "native_id": d.identity.native_id,
         "attempts": d.attempts,
         "echo_sent": d.echo_sent if d.echo is not None else None,
+        "parts_sent": d.parts_sent,
         "next_attempt_at": d.next_attempt_at,
         "created_at": d.created_at,
         "delivered_at": d.delivered_at,

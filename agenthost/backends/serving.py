@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 import socket
 from collections.abc import Awaitable, Callable, Sequence
 from functools import partial
@@ -50,7 +51,15 @@ def serve_forever(
     if backend not in ("asyncio", "trio"):
         raise ValueError(f"backend must be 'asyncio' or 'trio', not {backend!r}")
     config = hypercorn_config(bind=[_bind_address(host, port)], graceful_timeout=graceful_timeout)
-    anyio.run(partial(serve_app, app, config), backend=backend)
+    anyio.run(partial(serve_app, app, config, shutdown_trigger=_until_signalled), backend=backend)
+
+
+async def _until_signalled() -> None:
+    # Hypercorn's trio worker installs no signal handlers: without this, SIGTERM would end
+    # a trio host at once, with no drain. anyio's receiver works under both backends.
+    with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        async for _ in signals:
+            return
 
 
 def bound_socket(host: str = "127.0.0.1") -> socket.socket:

@@ -105,6 +105,7 @@ class FakeBotApi:
         self._failing_sends: tuple[int, int] | None = None  # (sends to let through, to fail)
         self._stalling_after: int | None = None
         self.stalled = anyio.Event()  # a stalled send arrived
+        self.unstall = anyio.Event()  # set it to let a stalled send answer (late)
         # getUpdates
         self._queue: list[dict[str, Any]] = []
         self._queued = anyio.Event()
@@ -339,7 +340,8 @@ class FakeBotApi:
         self.messages.append(message)
         if stall:
             self.stalled.set()
-            await anyio.sleep(3600)  # the sender is stopped long before an answer comes
+            with anyio.move_on_after(60):  # the sender is stopped long before this
+                await self.unstall.wait()
         return self._message_json(message)
 
     async def _do_editMessageText(self, params: dict[str, Any]) -> dict[str, Any]:

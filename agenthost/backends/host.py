@@ -8,6 +8,7 @@ nothing outlives it. Decisions are the core's; this module only performs them.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import re
 import secrets
@@ -615,22 +616,29 @@ class Host:
         isolation_key: str,
         message: str,
         target: ResponseTarget | None = None,
+        idempotency_key: str | None = None,
     ) -> list[Delivery]:
         """Push ``message`` to a user from application code (default target ``active``).
 
-        The message is first recorded in the user's direct session as an assistant turn
+        The deliveries are routed like a reply (the user's own identities only; ``active``
+        is the most recent channel that can reach them) and go through the durable outbox.
+        When no destination is found nothing is recorded and ``[]`` is returned. Otherwise
+        the message is recorded in the user's direct session as an assistant turn
         (``turns.record_proactive_message``: it waits for a run in progress there), so later
-        turns see it in the history. The deliveries are then routed like a reply (the user's
-        own identities only, channels that can push) and go through the durable outbox; the
-        scheduled ones are returned. A target that finds no destination delivers nothing.
+        turns see it in the history, and the deliveries are scheduled; they are returned.
+
+        ``idempotency_key`` (any string the caller keeps for this message, e.g. a scheduler
+        job's id) makes a retried call deliver once: a call whose deliveries exist already
+        records nothing and returns them as they stand.
         """
         target = target or ResponseTarget.active()
         if target.is_originating:
             raise ValueError("a proactive message has no originating wire: choose a target")
-        key = f"msg_{self._new_id()}"
-        await self._interpreter.drive(
-            turns.record_proactive_message(isolation_key, message, run_id=key, now=self._clock())
-        )
+        if idempotency_key is not None:
+            digest = hashlib.sha256(f"{isolation_key}\0{idempotency_key}".encode()).hexdigest()
+            key = f"msg_{digest[:32]}"
+        else:
+            key = f"msg_{self._new_id()}"
         plan = await self._router.plan_message(
             key_prefix=key,
             isolation_key=isolation_key,
@@ -638,9 +646,21 @@ class Host:
             text=message,
             now=self._clock(),
         )
-        if plan.deliveries:
-            await self.store.schedule_deliveries(plan.deliveries)
-            self._notify_outbox()
+        if not plan.deliveries:
+            log.info("proactive message has no destination", extra={"key": key})
+            return []
+        if idempotency_key is not None:
+            existing = [await self.store.get_delivery(d.delivery_id) for d in plan.deliveries]
+            if any(found is not None for found in existing):
+                log.info("proactive message already scheduled", extra={"key": key})
+                return [found for found in existing if found is not None]
+        # TODO(lead): the history save and the scheduling are two transactions until the
+        # turn's finish can carry deliveries (``FinishRun``); then pass plan.deliveries in.
+        await self._interpreter.drive(
+            turns.record_proactive_message(isolation_key, message, run_id=key, now=self._clock())
+        )
+        await self.store.schedule_deliveries(plan.deliveries)
+        self._notify_outbox()
         log.info(
             "proactive message scheduled", extra={"key": key, "deliveries": len(plan.deliveries)}
         )

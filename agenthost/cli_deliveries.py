@@ -3,7 +3,8 @@
 It opens the SQLite store a host uses (``--state-dir``, default ``.agenthost``; or
 ``--db`` for the file itself) and works through the store contract, so it is safe beside a
 running host on the same file: a replayed delivery is picked up at the host's next sweep.
-Output is one JSON object a line; message text is shown only by ``show``.
+Output is one JSON object a line; message text is shown only by ``show``. ``list`` shows
+the newest first (the dead letter an operator is looking for is usually recent).
 """
 
 from __future__ import annotations
@@ -26,14 +27,17 @@ from agenthost.stores.sqlite import SQLiteStore
 def add_parser(commands: Any) -> None:
     parser = commands.add_parser("deliveries", help="list, show, replay or purge deliveries")
     actions = parser.add_subparsers(dest="action", required=True)
-    listing = actions.add_parser("list", help="deliveries, oldest first (no message text)")
+    listing = actions.add_parser("list", help="deliveries, newest first (no message text)")
     listing.add_argument(
         "--status",
         action="append",
         choices=[s.value for s in DeliveryStatus],
         help="only these statuses (repeatable; default all)",
     )
-    listing.add_argument("--limit", type=int, default=100)
+    listing.add_argument("--limit", type=int, default=100, help="at most this many (newest)")
+    listing.add_argument(
+        "--oldest-first", action="store_true", help="the oldest ones instead, oldest first"
+    )
     show = actions.add_parser("show", help="one delivery, with its messages")
     show.add_argument("delivery_id")
     replay = actions.add_parser("replay", help="send a dead or unknown delivery again")
@@ -58,7 +62,10 @@ async def _run(args: argparse.Namespace, path: Path) -> int:
     try:
         if args.action == "list":
             statuses = [DeliveryStatus(s) for s in args.status] if args.status else None
-            for found in await store.list_deliveries(statuses, limit=args.limit):
+            found_ones = await store.list_deliveries(
+                statuses, limit=args.limit, newest_first=not args.oldest_first
+            )
+            for found in found_ones:
                 _print(summary(found))
             return 0
         if args.action == "show":

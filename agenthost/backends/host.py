@@ -697,9 +697,13 @@ class Host:
         return True
 
     async def list_deliveries(
-        self, statuses: Sequence[DeliveryStatus] | None = None, *, limit: int = 100
+        self,
+        statuses: Sequence[DeliveryStatus] | None = None,
+        *,
+        limit: int = 100,
+        newest_first: bool = False,
     ) -> list[Delivery]:
-        return await self.store.list_deliveries(statuses, limit=limit)
+        return await self.store.list_deliveries(statuses, limit=limit, newest_first=newest_first)
 
     async def replay_delivery(self, delivery_id: str) -> Delivery:
         """Send a dead (or ``unknown``) delivery again, attempts reset.

@@ -195,3 +195,13 @@ async def test_list_and_purge_by_status(store: Store) -> None:
     assert await store.purge_deliveries([DeliveryStatus.DELIVERED], updated_before=21.0) == 1
     assert await store.next_delivery_due() is None
     assert await store.list_deliveries() == []
+
+
+async def test_list_newest_first_gives_the_newest(store: Store) -> None:
+    await store.schedule_deliveries(
+        [make_delivery(f"d{n}", created_at=float(n)) for n in (3, 1, 4, 2)]
+    )
+    newest = await store.list_deliveries(limit=2, newest_first=True)
+    assert [d.delivery_id for d in newest] == ["d4", "d3"]
+    oldest = await store.list_deliveries(limit=2)
+    assert [d.delivery_id for d in oldest] == ["d1", "d2"]

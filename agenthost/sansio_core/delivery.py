@@ -44,6 +44,7 @@ from __future__ import annotations
 import email.utils
 import enum
 import math
+import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -96,6 +97,9 @@ class RetryPolicy:
         return ceiling * (0.5 + 0.5 * min(max(jitter, 0.0), 1.0))
 
 
+_DELAY_SECONDS = re.compile(r"[0-9]{1,9}(?:\.[0-9]{1,6})?")
+
+
 def parse_retry_after(value: str | None, now: float) -> float | None:
     """A ``Retry-After`` header in seconds from ``now``: delta-seconds or an HTTP-date.
 
@@ -105,7 +109,7 @@ def parse_retry_after(value: str | None, now: float) -> float | None:
     if value is None:
         return None
     text = value.strip()
-    if text.isdigit():
+    if _DELAY_SECONDS.fullmatch(text):  # digits (a fraction tolerated), never inf or nan
         return float(text)
     try:
         when = email.utils.parsedate_to_datetime(text)

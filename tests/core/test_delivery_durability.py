@@ -249,7 +249,10 @@ NOW = 1_445_412_480.0  # Wed, 21 Oct 2015 07:28:00 GMT
         ("Tue, 20 Oct 2015 07:28:00 GMT", 0.0),  # in the past: now
         ("soon", None),
         ("-5", None),
-        ("1.5", None),
+        ("1.5", 1.5),  # not the RFC's form, but some servers send it
+        ("1e3", None),
+        ("inf", None),
+        ("nan", None),
         ("", None),
         (None, None),
     ],

@@ -245,6 +245,22 @@ class Store(abc.ABC):
         Saves only while ``run_id`` still holds the lease; returns whether it saved.
         """
 
+    @abc.abstractmethod
+    async def finish_run_with_deliveries(
+        self,
+        session_id: str,
+        run_id: str,
+        session: SessionRecord,
+        deliveries: Sequence[Delivery],
+        now: float,
+    ) -> bool:
+        """``finish_run`` that also records ``deliveries`` (insert-if-absent by id), all in
+        one transaction: a message saved to a session and its pushes are never apart.
+
+        Only while ``run_id`` holds the lease: otherwise nothing is saved, nothing is
+        recorded and the answer is ``False``.
+        """
+
     # --- background runs ------------------------------------------------------------
 
     @abc.abstractmethod

@@ -412,6 +412,25 @@ class MemoryStore(Store):
             self._sessions[session_id] = session
             return True
 
+    async def finish_run_with_deliveries(
+        self,
+        session_id: str,
+        run_id: str,
+        session: SessionRecord,
+        deliveries: Sequence[Delivery],
+        now: float,
+    ) -> bool:
+        with self._lock:
+            state = self._leases.get(session_id) or leases.initial_state(session_id)
+            new_state, decision = leases.apply(state, leases.Release(run_id, now))
+            if not isinstance(decision, leases.Released):
+                return False
+            self._leases[session_id] = new_state
+            self._sessions[session_id] = session
+            for d in deliveries:
+                self._deliveries.setdefault(d.delivery_id, d)
+            return True
+
     async def create_run(self, record: RunRecord) -> None:
         with self._lock:
             if record.token in self._runs:

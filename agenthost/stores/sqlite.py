@@ -701,6 +701,29 @@ class SQLiteStore(Store):
 
         return await self._run(work)
 
+    async def finish_run_with_deliveries(
+        self,
+        session_id: str,
+        run_id: str,
+        session: SessionRecord,
+        deliveries: Sequence[Delivery],
+        now: float,
+    ) -> bool:
+        rows = [_delivery_row(d) for d in deliveries]
+
+        def work(conn: sqlite3.Connection) -> bool:
+            with _transaction(conn):
+                state = _select_lease(conn, session_id)
+                new_state, decision = leases.apply(state, leases.Release(run_id, now))
+                if not isinstance(decision, leases.Released):
+                    return False
+                _write_lease(conn, session_id, new_state)
+                _write_session(conn, session_id, session)
+                _insert_deliveries(conn, rows)
+                return True
+
+        return await self._run(work)
+
     # --- background runs ------------------------------------------------------------
 
     async def create_run(self, record: RunRecord) -> None:

@@ -6,11 +6,17 @@ import anyio
 import attrs
 import pytest
 
-from agenthost.sansio_core import background, delivery
+from agenthost.sansio_core import background, delivery, leases
 from agenthost.sansio_core.delivery import Delivery, DeliveryStatus, FailureKind
 from agenthost.sansio_core.link_policy import LinkRules
 from agenthost.sansio_core.routing import LastSeen
-from agenthost.sansio_core.types import ChannelIdentity, ChannelRequest, HostMessage
+from agenthost.sansio_core.sessions import SessionRecord
+from agenthost.sansio_core.types import (
+    ChannelIdentity,
+    ChannelRequest,
+    HostMessage,
+    MultitaskStrategy,
+)
 from agenthost.stores.base import DeliveryNotFound, RunNotFound, Store
 
 pytestmark = pytest.mark.anyio
@@ -205,3 +211,24 @@ async def test_list_newest_first_gives_the_newest(store: Store) -> None:
     assert [d.delivery_id for d in newest] == ["d4", "d3"]
     oldest = await store.list_deliveries(limit=2)
     assert [d.delivery_id for d in oldest] == ["d1", "d2"]
+
+
+async def test_finish_run_with_deliveries_saves_and_records_together(store: Store) -> None:
+    arrived = await store.apply_lease_event(
+        "s9", leases.Arrive("msg_1", MultitaskStrategy.ENQUEUE, 1.0, 30.0)
+    )
+    assert isinstance(arrived.decision, leases.Granted)
+    saved = SessionRecord("s9", "ik", "direct", 1, 1.0, 2.0, {"messages": ["reminder"]}, 1)
+    pushes = [make_delivery("msg_1:chat:alice"), make_delivery("msg_1:chat:bob")]
+    assert await store.finish_run_with_deliveries("s9", "msg_1", saved, pushes, 2.0)
+    assert await store.load_session("s9") == saved
+    assert {d.delivery_id for d in await store.list_deliveries()} == {
+        "msg_1:chat:alice",
+        "msg_1:chat:bob",
+    }
+    # The lease is released: a second finish by the same run saves and records nothing.
+    again = attrs.evolve(saved, state={"messages": ["reminder", "twice"]})
+    late = [make_delivery("msg_1:chat:carol")]
+    assert not await store.finish_run_with_deliveries("s9", "msg_1", again, late, 3.0)
+    assert await store.load_session("s9") == saved
+    assert await store.get_delivery("msg_1:chat:carol") is None

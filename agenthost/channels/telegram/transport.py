@@ -270,6 +270,7 @@ class TelegramChannel(Channel):
         self._api: BotApi | None = None
         self._inbox: Inbox | None = None
         self._moved_from: dict[int, int] = {}  # supergroup id -> the group's original id
+        self._migrations_stored: set[int] = set()  # supergroup ids whose mapping is stored
 
     def __repr__(self) -> str:  # the token and the secret stay out of reprs and logs
         return f"TelegramChannel(name={self.name!r}, mode={self.mode!r})"
@@ -514,6 +515,7 @@ class TelegramChannel(Channel):
                 new = record.value.get("to")
                 if isinstance(new, int):
                     self._remember_migration(int(record.key), new, api)
+                    self._migrations_stored.add(new)
             if len(found) < 500:
                 return
             after = found[-1].key
@@ -524,11 +526,21 @@ class TelegramChannel(Channel):
 
     async def _chat_migrated(self, old: int, new: int) -> None:
         host, api = self._host, self._api
-        if host is None or api is None or self._moved_from.get(new) is not None:
+        if host is None or api is None or new in self._migrations_stored:
             return
         self._remember_migration(old, new, api)
         record = ChannelRecord(self.name, MIGRATIONS, str(old), {"to": new}, created_at=host.now())
-        await host.store.put_channel_records([record])
+        try:
+            await host.store.put_channel_records([record])
+        except Exception as error:
+            # The send goes on to the new chat; the service message in the supergroup (or
+            # the next refused send) tries to store it again.
+            log.error(
+                "telegram group migration not stored",
+                extra={"chat_id": old, "new_chat_id": new, "error_type": type(error).__name__},
+            )
+            return
+        self._migrations_stored.add(new)
         log.info("telegram group migration stored", extra={"chat_id": old, "new_chat_id": new})
 
     async def _follow_migration(self, update: Mapping[str, Any]) -> None:

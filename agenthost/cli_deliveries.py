@@ -4,7 +4,8 @@ It opens the store a host uses (``--store URL`` or ``AGENTHOST_STORE``, say the
 PostgreSQL database of several replicas; else the SQLite file under ``--state-dir``,
 default ``.agenthost``, or ``--db``) and works through the store contract, so it is safe
 beside running hosts: a replayed delivery is picked up at a host's next sweep.
-Output is one JSON object a line; message text is shown only by ``show``.
+Output is one JSON object a line; message text is shown only by ``show``. ``list`` shows
+the newest first (the dead letter an operator is looking for is usually recent).
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ def add_parser(commands: Any) -> None:
     )
     actions = parser.add_subparsers(dest="action", required=True)
     listing = actions.add_parser(
-        "list", help="deliveries, oldest first (no message text)", formatter_class=HelpFormatter
+        "list", help="deliveries, newest first (no message text)", formatter_class=HelpFormatter
     )
     listing.add_argument(
         "--status",
@@ -45,6 +46,9 @@ def add_parser(commands: Any) -> None:
     listing.add_argument("--limit", type=int, default=100, help="at most this many")
     show = actions.add_parser(
         "show", help="one delivery, with its messages", formatter_class=HelpFormatter
+    )
+    listing.add_argument(
+        "--oldest-first", action="store_true", help="the oldest ones instead, oldest first"
     )
     show.add_argument("delivery_id")
     replay = actions.add_parser(
@@ -86,7 +90,10 @@ async def _run(args: argparse.Namespace, store: Store) -> int:
     try:
         if args.action == "list":
             statuses = [DeliveryStatus(s) for s in args.status] if args.status else None
-            for found in await store.list_deliveries(statuses, limit=args.limit):
+            found_ones = await store.list_deliveries(
+                statuses, limit=args.limit, newest_first=not args.oldest_first
+            )
+            for found in found_ones:
                 _print(summary(found))
             return 0
         if args.action == "show":
@@ -124,6 +131,7 @@ def summary(d: Delivery) -> dict[str, Any]:
         "native_id": d.identity.native_id,
         "attempts": d.attempts,
         "echo_sent": d.echo_sent if d.echo is not None else None,
+        "parts_sent": d.parts_sent,
         "next_attempt_at": d.next_attempt_at,
         "created_at": d.created_at,
         "delivered_at": d.delivered_at,

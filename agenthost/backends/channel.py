@@ -59,6 +59,7 @@ from agenthost.sansio_core.authorization import Allowlist
 from agenthost.sansio_core.background import RunRecord
 from agenthost.sansio_core.link_policy import DEFAULT_TIER
 from agenthost.sansio_core.linking import LinkResult
+from agenthost.sansio_core.routing import Destination
 from agenthost.sansio_core.turns import ResolvedTurn, TurnOutcome, TurnRefused
 from agenthost.sansio_core.types import (
     ChannelCommand,
@@ -99,8 +100,27 @@ class HostServices(Protocol):
     def start_task(self, fn: Callable[[], Awaitable[None]], *, name: str) -> None:
         """Run ``fn`` in the host's lifespan task group (a poller, an inbox drain...).
 
-        It is cancelled when the host stops; an exception from it is logged and does not
-        stop the host. Only callable while the host runs (from ``startup`` on).
+        It is cancelled when the host stops. An exception from it is logged and ``fn`` is
+        started again after a backoff (1 s, doubling to a minute); until it has run a
+        while without failing, ``/readiness`` reports it down (503). ``fn`` returning
+        ends it. Only callable while the host runs (from ``startup`` on).
+        """
+        ...
+
+    async def push_later(
+        self,
+        destination: Destination,
+        text: str,
+        *,
+        key: str,
+        isolation_key: str,
+        parts_sent: int = 0,
+    ) -> bool:
+        """Hand a reply the channel could not finish on its wire to the durable outbox.
+
+        ``key`` names the reply (stable: handing the same one over twice schedules it
+        once); ``parts_sent`` parts of it already went out and are skipped. Answers
+        whether a delivery is scheduled (``False`` when the channel cannot push).
         """
         ...
 

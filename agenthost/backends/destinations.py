@@ -16,6 +16,7 @@ from typing import Any
 import attrs
 
 from agenthost.backends.channel import Channel
+from agenthost.backends.configuration import ConfigurationError
 from agenthost.backends.push import ChannelPush
 from agenthost.sansio_core import delivery, routing
 from agenthost.sansio_core.delivery import Delivery, RetryPolicy
@@ -25,6 +26,22 @@ from agenthost.sansio_core.types import ChannelIdentity, ChannelRequest, HostMes
 from agenthost.stores.base import Store
 
 log = logging.getLogger("agenthost.delivery")
+
+
+def retry_by_channel(
+    retry: RetryPolicy | Mapping[str, RetryPolicy], channels: Mapping[str, Channel]
+) -> dict[str, RetryPolicy]:
+    """One policy per channel: ``retry`` itself, or a mapping by channel name whose
+    ``"*"`` entry (default ``RetryPolicy()``) covers the channels it does not name."""
+    if isinstance(retry, RetryPolicy):
+        return {name: retry for name in channels}
+    unknown = sorted(set(retry) - set(channels) - {"*"})
+    if unknown:
+        raise ConfigurationError(
+            f"delivery_retry names channels the host does not have: {', '.join(unknown)}"
+        )
+    default = retry.get("*", RetryPolicy())
+    return {name: retry.get(name, default) for name in channels}
 
 
 def can_push(channel: Channel) -> bool:
@@ -66,17 +83,32 @@ class DeliveryRouter:
         store: Store,
         channels: Sequence[Channel],
         link_rules: LinkRules,
-        retry: RetryPolicy,
+        retry: RetryPolicy | Mapping[str, RetryPolicy],
     ) -> None:
         self._store = store
         self._channels = {channel.name: channel for channel in channels}
         self._can_push = {channel.name: can_push(channel) for channel in channels}
         self._link_rules = link_rules
-        self._retry = retry
+        self._retry = retry_by_channel(retry, self._channels)
+
+    def check_lease(self, lease_seconds: float) -> None:
+        """Refuse a delivery lease a single push request could outlast: another worker
+        would take the send for a dead one and send it again."""
+        for name, channel in self._channels.items():
+            timeout = getattr(channel, "push_timeout_seconds", None)
+            if can_push(channel) and isinstance(timeout, int | float) and timeout >= lease_seconds:
+                raise ConfigurationError(
+                    f"delivery_lease_seconds={lease_seconds:g} is not longer than channel "
+                    f"{name!r}'s push timeout ({timeout:g}s): raise delivery_lease_seconds "
+                    f"or lower the channel's timeout"
+                )
 
     @property
     def any_can_push(self) -> bool:
         return any(self._can_push.values())
+
+    def retry_for(self, channel: str) -> RetryPolicy:
+        return self._retry.get(channel) or RetryPolicy()
 
     def pusher(self, name: str) -> ChannelPush | None:
         channel = self._channels.get(name)

@@ -8,6 +8,7 @@ nothing outlives it. Decisions are the core's; this module only performs them.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import re
 import secrets
@@ -52,6 +53,7 @@ from agenthost.sansio_core.delivery import Delivery, DeliveryStatus, RetryPolicy
 from agenthost.sansio_core.identity import candidate_isolation_key
 from agenthost.sansio_core.link_policy import LinkPolicy
 from agenthost.sansio_core.linking import LinkResult
+from agenthost.sansio_core.routing import Destination
 from agenthost.sansio_core.sessions import DIRECT, ScopeKey
 from agenthost.sansio_core.types import (
     ChannelCommand,
@@ -108,8 +110,10 @@ class Host:
     ``TARGET_NOT_ALLOWED`` and nothing runs). A ``run_hook`` and ``deliver`` may always
     choose one. ``response_hook(message, *, context)`` shapes each pushed message (a clone
     per destination; ``context.is_echo``, ``context.originating``) and may return a new
-    ``PushMessage``. ``delivery_retry`` bounds and paces retries;
-    ``max_concurrent_deliveries`` bounds the fan-out.
+    ``PushMessage``. ``delivery_retry`` bounds and paces retries: one ``RetryPolicy``
+    (default: about an hour of capped, jittered backoff) or one per channel name, ``"*"``
+    for the rest; ``max_concurrent_deliveries`` bounds the fan-out.
+    ``delivery_lease_seconds`` must be longer than any channel's ``push_timeout_seconds``.
     """
 
     def __init__(
@@ -127,7 +131,7 @@ class Host:
         run_hook: RunHook | None = None,
         trust_wire_targets: WireTargetPolicy | None = None,
         response_hook: ResponseHook | None = None,
-        delivery_retry: RetryPolicy | None = None,
+        delivery_retry: RetryPolicy | Mapping[str, RetryPolicy] | None = None,
         max_concurrent_deliveries: int = 16,
         delivery_lease_seconds: float = 60.0,
         state_dir: str | Path = ".agenthost",
@@ -189,6 +193,7 @@ class Host:
             link_rules=self.link_rules,
             retry=delivery_retry or RetryPolicy(),
         )
+        self._router.check_lease(delivery_lease_seconds)
         self._outbox_settings = OutboxSettings(
             max_concurrent_sends=max_concurrent_deliveries,
             lease_seconds=delivery_lease_seconds,
@@ -233,6 +238,7 @@ class Host:
         )
         self._worker: BackgroundWorker | None = None
         self._tasks: anyio.abc.TaskGroup | None = None
+        self._task_health: list[TaskHealth] = []
         self._http: httpx.AsyncClient | None = None
         self._app: Starlette | None = None
 
@@ -326,6 +332,7 @@ class Host:
                     self._outbox = None
                     self._worker = None
                     self._tasks = None
+                    self._task_health = []
                     tasks.cancel_scope.cancel()
         finally:
             self._http = None
@@ -336,22 +343,23 @@ class Host:
     async def _readiness(self, request: Request) -> Response:
         if self._worker is None:
             return JSONResponse({"status": "starting"}, status_code=503)
+        now = anyio.current_time()
+        down = [health.name for health in self._task_health if health.is_down(now)]
+        if down:
+            # Names only: which long-lived task (a poller, an inbox) is not working.
+            return JSONResponse({"status": "degraded", "tasks_down": down}, status_code=503)
         return JSONResponse({"status": "healthy"})
 
     # --- what channels and applications call --------------------------------------
 
     def start_task(self, fn: Callable[[], Awaitable[None]], *, name: str) -> None:
-        """Run ``fn`` in the lifespan's task group until it ends or the host stops."""
+        """Run ``fn`` in the lifespan's task group until it ends or the host stops; restart
+        it with backoff when it fails (see ``HostServices.start_task``)."""
         if self._tasks is None:
             raise HostNotRunning("tasks can be started only while the host runs")
-
-        async def guarded() -> None:
-            try:
-                await fn()
-            except Exception:
-                log.exception("a host task failed", extra={"task": name})
-
-        self._tasks.start_soon(guarded, name=name)
+        health = TaskHealth(name)
+        self._task_health.append(health)
+        self._tasks.start_soon(_supervised, fn, health, name=name)
 
     @property
     def target_accepts_function_tools(self) -> bool:
@@ -657,22 +665,29 @@ class Host:
         isolation_key: str,
         message: str,
         target: ResponseTarget | None = None,
+        idempotency_key: str | None = None,
     ) -> list[Delivery]:
         """Push ``message`` to a user from application code (default target ``active``).
 
-        The message is first recorded in the user's direct session as an assistant turn
+        The deliveries are routed like a reply (the user's own identities only; ``active``
+        is the most recent channel that can reach them) and go through the durable outbox.
+        When no destination is found nothing is recorded and ``[]`` is returned. Otherwise
+        the message is recorded in the user's direct session as an assistant turn
         (``turns.record_proactive_message``: it waits for a run in progress there), so later
-        turns see it in the history. The deliveries are then routed like a reply (the user's
-        own identities only, channels that can push) and go through the durable outbox; the
-        scheduled ones are returned. A target that finds no destination delivers nothing.
+        turns see it in the history, and the deliveries are scheduled; they are returned.
+
+        ``idempotency_key`` (any string the caller keeps for this message, e.g. a scheduler
+        job's id) makes a retried call deliver once: a call whose deliveries exist already
+        records nothing and returns them as they stand.
         """
         target = target or ResponseTarget.active()
         if target.is_originating:
             raise ValueError("a proactive message has no originating wire: choose a target")
-        key = f"msg_{self._new_id()}"
-        await self._interpreter.drive(
-            turns.record_proactive_message(isolation_key, message, run_id=key, now=self._clock())
-        )
+        if idempotency_key is not None:
+            digest = hashlib.sha256(f"{isolation_key}\0{idempotency_key}".encode()).hexdigest()
+            key = f"msg_{digest[:32]}"
+        else:
+            key = f"msg_{self._new_id()}"
         plan = await self._router.plan_message(
             key_prefix=key,
             isolation_key=isolation_key,
@@ -680,18 +695,64 @@ class Host:
             text=message,
             now=self._clock(),
         )
-        if plan.deliveries:
-            await self.store.schedule_deliveries(plan.deliveries)
-            self._notify_outbox()
+        if not plan.deliveries:
+            log.info("proactive message has no destination", extra={"key": key})
+            return []
+        if idempotency_key is not None:
+            existing = [await self.store.get_delivery(d.delivery_id) for d in plan.deliveries]
+            if any(found is not None for found in existing):
+                log.info("proactive message already scheduled", extra={"key": key})
+                return [found for found in existing if found is not None]
+        # TODO(lead): the history save and the scheduling are two transactions until the
+        # turn's finish can carry deliveries (``FinishRun``); then pass plan.deliveries in.
+        await self._interpreter.drive(
+            turns.record_proactive_message(isolation_key, message, run_id=key, now=self._clock())
+        )
+        await self.store.schedule_deliveries(plan.deliveries)
+        self._notify_outbox()
         log.info(
             "proactive message scheduled", extra={"key": key, "deliveries": len(plan.deliveries)}
         )
         return list(plan.deliveries)
 
+    async def push_later(
+        self,
+        destination: Destination,
+        text: str,
+        *,
+        key: str,
+        isolation_key: str,
+        parts_sent: int = 0,
+    ) -> bool:
+        """Schedule what a channel could not finish on its wire (see ``HostServices``)."""
+        if self._router.pusher(destination.channel) is None:
+            return False
+        (scheduled,) = delivery.plan(
+            [destination],
+            key_prefix=key,
+            isolation_key=isolation_key,
+            reply={"text": text},
+            echo=None,
+            now=self._clock(),
+            retry=self._router.retry_for(destination.channel),
+            parts_sent=parts_sent,
+        )
+        await self.store.schedule_deliveries([scheduled])
+        self._notify_outbox()
+        log.info(
+            "reply handed to the outbox",
+            extra={"delivery_id": scheduled.delivery_id, "parts_sent": parts_sent},
+        )
+        return True
+
     async def list_deliveries(
-        self, statuses: Sequence[DeliveryStatus] | None = None, *, limit: int = 100
+        self,
+        statuses: Sequence[DeliveryStatus] | None = None,
+        *,
+        limit: int = 100,
+        newest_first: bool = False,
     ) -> list[Delivery]:
-        return await self.store.list_deliveries(statuses, limit=limit)
+        return await self.store.list_deliveries(statuses, limit=limit, newest_first=newest_first)
 
     async def replay_delivery(self, delivery_id: str) -> Delivery:
         """Send a dead (or ``unknown``) delivery again, attempts reset.
@@ -825,6 +886,54 @@ def _outcome_name(outcome: turns.TurnOutcome) -> str:
     if isinstance(outcome, turns.TurnFailed):
         return "cancelled" if outcome.cancelled else "failed"
     return outcome.reason.value
+
+
+#: A restarted task counts as up again once it has run this long without failing.
+TASK_HEALTHY_AFTER_SECONDS = 5.0
+TASK_RESTART_FIRST_SECONDS = 1.0
+TASK_RESTART_MAX_SECONDS = 60.0
+
+
+@attrs.define
+class TaskHealth:
+    """How one long-lived task is doing (times are ``anyio.current_time()``)."""
+
+    name: str
+    failures: int = 0  # in a row
+    failed_at: float | None = None
+    started_at: float = 0.0
+
+    def is_down(self, now: float) -> bool:
+        """Failed, and not restarted yet or not yet running long enough to count as up."""
+        if self.failed_at is None:
+            return False
+        return self.started_at < self.failed_at or now - self.started_at < (
+            TASK_HEALTHY_AFTER_SECONDS
+        )
+
+
+async def _supervised(fn: Callable[[], Awaitable[None]], health: TaskHealth) -> None:
+    """Run ``fn``; on any exception log it, wait (doubling from a second to a minute;
+    back to a second after a run that lasted), and run it again."""
+    delay = TASK_RESTART_FIRST_SECONDS
+    while True:
+        health.started_at = anyio.current_time()
+        try:
+            await fn()
+            return
+        except Exception:
+            now = anyio.current_time()
+            if now - health.started_at >= TASK_HEALTHY_AFTER_SECONDS:
+                delay = TASK_RESTART_FIRST_SECONDS
+                health.failures = 0
+            health.failures += 1
+            health.failed_at = now
+            log.exception(
+                "a host task failed; restarting it",
+                extra={"task": health.name, "failures": health.failures, "retry_in": delay},
+            )
+        await anyio.sleep(delay)
+        delay = min(delay * 2, TASK_RESTART_MAX_SECONDS)
 
 
 def _log_outcome(run_id: str, channel: str, outcome: turns.TurnOutcome | turns.TurnRefused) -> None:

@@ -4,11 +4,15 @@ It claims due deliveries in batches (``store.claim_due_deliveries``, a lease eac
 runs every claimed delivery's send in its own task under the host's fan-out limit, so one
 slow or failing destination never holds up another. A delivery with an echo sends the
 echo first (silently where the platform allows) and records ``EchoSent`` before the
-reply, so a retry never echoes twice. Each push's outcome becomes ``Sent`` or
+reply, so a retry never echoes twice; a reply sent in parts records ``PartSent`` after
+each. While a send runs its lease is renewed every third of the lease, so a slow send is
+never taken over by another worker. Each push's outcome becomes ``Sent`` or
 ``SendFailed`` (with jitter from the system's CSPRNG); a cancel or shutdown records
-``Interrupted`` (shielded), which gives the attempt back. A periodic sweep applies
-``Recover`` to sends whose lease expired (their process died), and the worker sleeps until
-the next delivery is due, a sweep, or a wake-up from a freshly scheduled delivery.
+``Interrupted`` (shielded) saying whether a request was in flight, which the core turns
+into ``scheduled`` (nothing went out, or the push is idempotent) or ``unknown``. A
+periodic sweep applies ``Recover`` to sends whose lease expired (their process died), and
+the worker sleeps until the next delivery is due, a sweep, or a wake-up from a freshly
+scheduled delivery.
 
 Every decision is ``sansio_core.delivery``'s; this module only performs it.
 """
@@ -203,13 +207,23 @@ class DeliveryWorker:
     # --- one delivery ---------------------------------------------------------------
 
     async def _deliver(self, d: Delivery, scope: anyio.CancelScope) -> None:
+        progress = _Progress()
         try:
             with scope:
                 try:
-                    await self._send(d)
+                    async with anyio.create_task_group() as sending:
+                        sending.start_soon(self._keep_leased, d.delivery_id, sending.cancel_scope)
+                        await self._send(d, progress)
+                        sending.cancel_scope.cancel()
                 except anyio.get_cancelled_exc_class():
+                    pusher = self._router.pusher(d.channel)
                     with anyio.CancelScope(shield=True):
-                        interrupted = delivery.Interrupted(self._owner, self._clock())
+                        interrupted = delivery.Interrupted(
+                            self._owner,
+                            self._clock(),
+                            in_flight=progress.in_flight,
+                            idempotent_push=bool(pusher and pusher.push_is_idempotent),
+                        )
                         await self._record(d.delivery_id, interrupted)
                     raise
         finally:
@@ -219,7 +233,18 @@ class DeliveryWorker:
             if not self._inflight and self._idle is not None:
                 self._idle.set()
 
-    async def _send(self, d: Delivery) -> None:
+    async def _keep_leased(self, delivery_id: str, send: anyio.CancelScope) -> None:
+        """Renew the lease while the send runs; if the delivery is no longer ours (a sweep
+        took it for dead), stop sending: its next step could only be refused."""
+        lease = self._settings.lease_seconds
+        while True:
+            await anyio.sleep(lease / 3)
+            renew = delivery.Renew(self._owner, self._clock(), lease)
+            if await self._record(delivery_id, renew) is None:
+                send.cancel()
+                return
+
+    async def _send(self, d: Delivery, progress: _Progress) -> None:
         pusher = self._router.pusher(d.channel)
         if pusher is None:
             await self._failed(d, PushOutcome.permanent(f"no channel {d.channel!r} can push"))
@@ -234,7 +259,7 @@ class DeliveryWorker:
                 silent=True,
                 isolation_key=d.isolation_key,
             )
-            outcome = await self._push(pusher, destination, d, echo)
+            outcome = await self._push(pusher, destination, d, echo, progress)
             if not outcome.delivered:
                 await self._failed(d, outcome)
                 return
@@ -246,7 +271,7 @@ class DeliveryWorker:
             text=str(d.reply.get("text", "")),
             isolation_key=d.isolation_key,
         )
-        outcome = await self._push(pusher, destination, d, reply)
+        outcome = await self._push(pusher, destination, d, reply, progress)
         if not outcome.delivered:
             await self._failed(d, outcome)
             return
@@ -258,8 +283,16 @@ class DeliveryWorker:
             )
 
     async def _push(
-        self, pusher: ChannelPush, destination: Destination, d: Delivery, message: PushMessage
+        self,
+        pusher: ChannelPush,
+        destination: Destination,
+        d: Delivery,
+        message: PushMessage,
+        progress: _Progress,
     ) -> PushOutcome:
+        async def part_sent(count: int) -> None:
+            await self._record(d.delivery_id, delivery.PartSent(self._owner, self._clock(), count))
+
         try:
             if self._response_hook is not None:
                 context = DeliveryContext(
@@ -273,6 +306,12 @@ class DeliveryWorker:
                 shaped = await _maybe_await(self._response_hook(message, context=context))
                 if isinstance(shaped, PushMessage):
                     message = shaped
+            if not message.is_echo:
+                # the cursor is the worker's, whatever the hook built
+                message = attrs.evolve(message, parts_sent=d.parts_sent, on_part_sent=part_sent)
+            # From the first request on, an interrupt cannot know what the platform got (a
+            # reply may be out before its ``Sent`` is recorded), so it stays true.
+            progress.in_flight = True
             return await pusher.push(destination, message)
         except anyio.get_cancelled_exc_class():
             raise
@@ -304,7 +343,10 @@ class DeliveryWorker:
 
     async def _record(self, delivery_id: str, event: delivery.DeliveryEvent) -> Delivery | None:
         try:
-            return await self._store.apply_delivery_event(delivery_id, event)
+            # Shielded: an outcome the platform gave must not be lost to a shutdown's cancel.
+            with anyio.CancelScope(shield=True):
+                recorded = await self._store.apply_delivery_event(delivery_id, event)
+            return recorded
         except (delivery.DeliveryTransitionRefused, DeliveryNotFound) as refused:
             # Recovered by another worker meanwhile, or purged: it is not ours any more.
             log.info(
@@ -313,6 +355,13 @@ class DeliveryWorker:
                        "reason": str(refused)},
             )  # fmt: skip
             return None
+
+
+@attrs.define
+class _Progress:
+    """Whether a push is under way (a shutdown then cannot know what the platform got)."""
+
+    in_flight: bool = False
 
 
 async def _maybe_await(value: Any) -> Any:

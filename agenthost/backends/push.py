@@ -4,11 +4,17 @@ A channel that can push implements :class:`ChannelPush`. It sends one message an
 with a :class:`PushOutcome` that classifies failures for the delivery lifecycle: transient
 ones are retried (honouring ``retry_after``), permanent ones go to the dead letters. It
 raises only for cancellation; any other exception counts as transient.
+
+A channel that sends a reply in several parts skips the first ``message.parts_sent`` of
+them and awaits ``message.on_part_sent(n)`` after each part goes out, so the worker records
+the cursor and a retry, a recovery or a replay never repeats a part. A channel may declare
+``push_timeout_seconds`` (the longest one request of a push may take); the host refuses a
+delivery lease that is not longer.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, Protocol, runtime_checkable
 
 import attrs
@@ -27,6 +33,9 @@ class PushMessage:
     silent: bool = False  # send without a notification where the platform allows
     isolation_key: str | None = None
     metadata: Mapping[str, Any] = attrs.field(factory=dict)
+    parts_sent: int = 0  # the first parts of this reply already went out: skip them
+    #: awaited with the number of parts out so far, after each part is sent
+    on_part_sent: Callable[[int], Awaitable[None]] | None = attrs.field(default=None, eq=False)
 
 
 @attrs.frozen

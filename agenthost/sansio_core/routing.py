@@ -7,7 +7,10 @@ Rules:
 3. The other targets name destinations among the user's own identities only: the ones
    linked to the isolation key and the ones seen with it. An identity the user does not
    own is dropped, so no target can push into somebody else's chat.
-4. ``active`` is the channel the user was seen on last; ``channel``/``channels`` take the
+4. ``active`` is the channel the user was seen on last among those that can reach them
+   (that can push and that the link policy allows): a user last seen on a channel that
+   cannot push (Invocations, Responses) is reached on the one seen before it, and the
+   newer ones are listed as dropped with their reason; ``channel``/``channels`` take the
    user's most recent conversation on each named channel, in the order named;
    ``identities`` takes each named identity's most recent conversation; ``all_linked``
    takes one destination per channel the user has an identity on, most recent first.
@@ -107,6 +110,8 @@ def resolve_destinations(
         if pair not in seen_pairs:
             seen_pairs.add(pair)
             kept.append(candidate)
+        if target.kind is TargetKind.ACTIVE:
+            break  # the most recent channel that can reach the user
     if not kept:
         return Routing((originating,), tuple(dropped), originating_only=True, fell_back=True)
     return Routing(tuple(kept), tuple(dropped))
@@ -121,8 +126,9 @@ def _candidates(
 ) -> tuple[list[Destination], list[Dropped]]:
     dropped: list[Dropped] = []
     if target.kind is TargetKind.ACTIVE:
-        # Never seen anywhere: nothing to choose, so the routing falls back to originating.
-        return ([_destination(newest_first[0])] if newest_first else []), dropped
+        # Newest first; the caller keeps the first that can reach the user. Never seen
+        # anywhere: nothing to choose, so the routing falls back to originating.
+        return [_destination(s) for s in newest_first], dropped
 
     if target.kind is TargetKind.CHANNELS:
         found = []

@@ -367,9 +367,14 @@ class Store(abc.ABC):
 
     @abc.abstractmethod
     async def list_deliveries(
-        self, statuses: Iterable[DeliveryStatus] | None = None, *, limit: int = 100
+        self,
+        statuses: Iterable[DeliveryStatus] | None = None,
+        *,
+        limit: int = 100,
+        newest_first: bool = False,
     ) -> list[Delivery]:
-        """Deliveries in any of ``statuses`` (all when ``None``), oldest first."""
+        """Deliveries in any of ``statuses`` (all when ``None``), oldest first (by
+        ``created_at``, then id), or newest first: the ``limit`` newest, for operators."""
 
     @abc.abstractmethod
     async def next_delivery_due(self) -> float | None:

@@ -561,12 +561,17 @@ class MemoryStore(Store):
             return self._deliveries.get(delivery_id)
 
     async def list_deliveries(
-        self, statuses: Iterable[DeliveryStatus] | None = None, *, limit: int = 100
+        self,
+        statuses: Iterable[DeliveryStatus] | None = None,
+        *,
+        limit: int = 100,
+        newest_first: bool = False,
     ) -> list[Delivery]:
         wanted = set(statuses) if statuses is not None else set(DeliveryStatus)
         with self._lock:
             found = [d for d in self._deliveries.values() if d.status in wanted]
-        return sorted(found, key=lambda d: (d.created_at, d.delivery_id))[:limit]
+        order = sorted(found, key=lambda d: (d.created_at, d.delivery_id), reverse=newest_first)
+        return order[:limit]
 
     async def next_delivery_due(self) -> float | None:
         waiting = (DeliveryStatus.SCHEDULED, DeliveryStatus.FAILED)

@@ -749,8 +749,6 @@ class SQLiteStore(Store):
 
         return await self._run(work)
 
-    # --- background runs ------------------------------------------------------------
-
     async def create_run(self, record: RunRecord) -> None:
         def work(conn: sqlite3.Connection) -> None:
             try:
@@ -885,17 +883,23 @@ class SQLiteStore(Store):
         return await self._run(lambda conn: _select_delivery(conn, delivery_id))
 
     async def list_deliveries(
-        self, statuses: Iterable[DeliveryStatus] | None = None, *, limit: int = 100
+        self,
+        statuses: Iterable[DeliveryStatus] | None = None,
+        *,
+        limit: int = 100,
+        newest_first: bool = False,
     ) -> list[Delivery]:
         wanted = sorted({s.value for s in (statuses if statuses is not None else DeliveryStatus)})
         if not wanted:
             return []
 
+        order = "DESC" if newest_first else "ASC"
+
         def work(conn: sqlite3.Connection) -> list[Delivery]:
             marks = ", ".join("?" * len(wanted))
             rows = conn.execute(
-                f"SELECT record FROM deliveries WHERE status IN ({marks})"  # noqa: S608 - only placeholders are interpolated
-                " ORDER BY created_at, delivery_id LIMIT ?",
+                f"SELECT record FROM deliveries WHERE status IN ({marks})"  # noqa: S608 - only placeholders and a fixed order are interpolated
+                f" ORDER BY created_at {order}, delivery_id {order} LIMIT ?",
                 (*wanted, limit),
             ).fetchall()
             return [codec.load_delivery(row[0]) for row in rows]

@@ -111,9 +111,26 @@ def test_active_is_the_channel_seen_last() -> None:
     assert not routing.originating_only
 
 
-def test_active_on_a_channel_that_cannot_push_falls_back() -> None:
+def test_active_skips_a_newer_channel_that_cannot_push() -> None:
+    # Last seen on the Responses API: the reply goes to the newest channel that can push.
     latest_api = LastSeen("responses", API, None, 100.0)
     routing = route(ResponseTarget.active(), last_seen=(*LAST_SEEN, latest_api))
+    assert routing.destinations == (to(TEAMS_CHAT),)
+    assert routing.dropped == (Dropped("responses", API, DropReason.CANNOT_PUSH),)
+    assert not routing.fell_back
+
+
+def test_active_skips_a_newer_channel_the_link_policy_forbids() -> None:
+    def no_teams(origin: str, destination: str) -> bool:
+        return destination != "teams"
+
+    routing = route(ResponseTarget.active(), link_allowed=no_teams)
+    assert routing.destinations == (to(TG_GROUP),)
+    assert routing.dropped == (Dropped("teams", TEAMS, DropReason.LINK_POLICY),)
+
+
+def test_active_seen_only_where_nothing_can_push_falls_back() -> None:
+    routing = route(ResponseTarget.active(), last_seen=(API_SEEN,))
     assert routing.dropped == (Dropped("responses", API, DropReason.CANNOT_PUSH),)
     assert fell_back(routing)
 
@@ -474,9 +491,12 @@ def test_each_kind_takes_what_it_names(world: World) -> None:
 
     if kind is TargetKind.ACTIVE:
         assert len(routing.destinations) == 1
+        reachable = [s.seen_at for s in world.last_seen if world.permitted(s.channel)]
         if world.last_seen:
             (d,) = routing.destinations
-            assert seen_at[(d.channel, d.identity, d.conversation_id)] == max(newest.values())
+            # the most recent sighting on a channel that can reach the user, not merely the
+            # most recent sighting
+            assert seen_at[(d.channel, d.identity, d.conversation_id)] == max(reachable)
     elif kind is TargetKind.CHANNELS:
         order = list(dict.fromkeys(world.target.channels))
         channels = [d.channel for d in routing.destinations]

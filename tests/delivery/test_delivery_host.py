@@ -200,8 +200,20 @@ class Stuck(PushChat):
         raise AssertionError("unreachable")
 
 
-async def test_a_shutdown_interrupts_a_send_without_spending_an_attempt(tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    ("idempotent", "status", "attempts"),
+    [
+        # the platform drops a repeated key: sending it again is harmless
+        (True, DeliveryStatus.SCHEDULED, 0),
+        # nobody knows whether the platform got it: never resent blindly
+        (False, DeliveryStatus.UNKNOWN, 1),
+    ],
+)
+async def test_a_shutdown_interrupting_a_send_in_flight(
+    tmp_path: Path, idempotent: bool, status: DeliveryStatus, attempts: int
+) -> None:
     stuck = Stuck("chat")
+    stuck.push_is_idempotent = idempotent
     store = MemoryStore()
     host = Host(
         answer, channels=[stuck], store=store, state_dir=tmp_path, shutdown_grace_seconds=0.1
@@ -218,7 +230,7 @@ async def test_a_shutdown_interrupts_a_send_without_spending_an_attempt(tmp_path
         assert sending is not None and sending.status is DeliveryStatus.SENDING
     after = await store.get_delivery(scheduled.delivery_id)
     assert after is not None
-    assert after.status is DeliveryStatus.SCHEDULED and after.attempts == 0
+    assert after.status is status and after.attempts == attempts
 
 
 async def test_dropped_destinations_are_logged_without_content(

@@ -75,9 +75,7 @@ async def test_a_callable_target_sees_a_delivered_message_in_its_history(
     ]
 
 
-async def test_a_message_to_a_user_without_a_session_starts_their_direct_session(
-    tmp_path: Path,
-) -> None:
+async def test_a_message_that_cannot_be_delivered_is_not_recorded(tmp_path: Path) -> None:
     seen: list[list[tuple[str, str]]] = []
 
     async def remembering(messages: list[HostMessage]) -> str:
@@ -89,8 +87,44 @@ async def test_a_message_to_a_user_without_a_session_starts_their_direct_session
     async with host.running():
         key = await store.issue_isolation_key(ALICE, "ik_alice", 0.0)  # known, never seen
         assert await host.deliver(isolation_key=key, message=REMINDER) == []  # nowhere to push
+        assert await store.load_alias(ScopeKey(key, DIRECT)) is None  # no session was made
         await host.run(said("hello"))
-    assert seen == [[("assistant", REMINDER), ("user", "hello")]]
+    # the user never got it, so the target must not think they did
+    assert seen == [[("user", "hello")]]
+
+
+async def test_a_retried_call_with_the_same_key_delivers_once(tmp_path: Path) -> None:
+    seen: list[list[tuple[str, str]]] = []
+
+    async def remembering(messages: list[HostMessage]) -> str:
+        seen.append([(m.role, m.text) for m in messages])
+        return f"answer to {messages[-1].text}"
+
+    chat = PushChat("chat")
+    host = Host(remembering, channels=[chat], store=MemoryStore(), state_dir=tmp_path)
+    async with host.running():
+        await host.run(said("hi"))
+        key = await key_of(host.store)
+        first = await host.deliver(isolation_key=key, message=REMINDER, idempotency_key="job-7")
+        await delivered(host, 1)
+        again = await host.deliver(isolation_key=key, message=REMINDER, idempotency_key="job-7")
+        other = await host.deliver(isolation_key=key, message="Lunch", idempotency_key="job-8")
+        await delivered(host, 2)
+        await anyio.sleep(0.1)
+        await host.run(said("anything new?"))
+    [scheduled] = first
+    [stored] = again
+    assert stored.delivery_id == scheduled.delivery_id
+    assert stored.status is DeliveryStatus.DELIVERED  # what there is now, not a new plan
+    assert [d.delivery_id for d in other] != [scheduled.delivery_id]
+    assert chat.texts() == [REMINDER, "Lunch"]
+    assert seen[-1] == [
+        ("user", "hi"),
+        ("assistant", "answer to hi"),
+        ("assistant", REMINDER),
+        ("assistant", "Lunch"),
+        ("user", "anything new?"),
+    ]
 
 
 class RecordingModel(demo_module.LocalChatClient):

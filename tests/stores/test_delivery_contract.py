@@ -266,3 +266,13 @@ async def test_finish_turn_of_a_stateless_turn_writes_only_its_writes(store: Sto
     )
     assert finished == FinishedTurn(saved=False)
     assert await store.get_delivery("d1") is not None
+
+
+async def test_list_newest_first_gives_the_newest(store: Store) -> None:
+    await store.schedule_deliveries(
+        [make_delivery(f"d{n}", created_at=float(n)) for n in (3, 1, 4, 2)]
+    )
+    newest = await store.list_deliveries(limit=2, newest_first=True)
+    assert [d.delivery_id for d in newest] == ["d4", "d3"]
+    oldest = await store.list_deliveries(limit=2)
+    assert [d.delivery_id for d in oldest] == ["d1", "d2"]

@@ -27,7 +27,7 @@ What this module owns:
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any
 
 import anyio
@@ -309,6 +309,8 @@ class BotApi:
         self._max_retry_after = max_retry_after
         self._timeout = timeout
         self._migrated: dict[int, int] = {}
+        #: awaited with ``(old, new)`` when a send finds a chat migrated (to persist it)
+        self.on_migrated: Callable[[int, int], Awaitable[None]] | None = None
         redact_in_http_logs(token)
 
     @property
@@ -318,6 +320,10 @@ class BotApi:
     def chat_id(self, chat_id: int) -> int:
         """The chat's current id (a group upgraded to a supergroup has a new one)."""
         return self._migrated.get(chat_id, chat_id)
+
+    def remember_migration(self, old: int, new: int) -> None:
+        """Send what is addressed to ``old`` to ``new`` from now on."""
+        self._migrated[old] = new
 
     async def call(
         self,
@@ -365,6 +371,8 @@ class BotApi:
                     extra={"chat_id": chat, "new_chat_id": moved.new_chat_id},
                 )
                 self._migrated[chat] = moved.new_chat_id
+                if self.on_migrated is not None:
+                    await self.on_migrated(chat, moved.new_chat_id)
                 chat = body["chat_id"] = moved.new_chat_id
             except Unavailable as unavailable:
                 # Only a request that never reached Telegram is safe to repeat blindly.
@@ -499,6 +507,7 @@ class BotApi:
         *,
         parse_mode: str | None = None,
         thread_id: int | None = None,
+        wait_out_rate_limits: bool = True,
     ) -> None:
         await self.call(
             "sendMessageDraft",
@@ -509,6 +518,7 @@ class BotApi:
                 "parse_mode": parse_mode,
                 "message_thread_id": thread_id,
             },
+            wait_out_rate_limits=wait_out_rate_limits,
         )
 
     async def send_chat_action(

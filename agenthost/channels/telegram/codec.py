@@ -8,7 +8,8 @@ Rules:
 2. Messages, edited messages (with their captions) and callback queries are understood;
    every other update (channel posts, reactions, member changes ...) is ignored, and so is
    anything a bot sent (that includes a group's anonymous administrators, who write as
-   ``GroupAnonymousBot``).
+   ``GroupAnonymousBot``). An edited message was answered already as it first was: it is
+   ignored unless the channel asks for edits to be answered (``answer_edits``).
 3. A command is a ``bot_command`` entity at the start of the text. ``/name@OtherBot`` is
    another bot's command and is ignored entirely, in every chat; ``/name@ThisBot`` loses
    its ``@ThisBot`` before the text goes on, so the host sees ``/name args``.
@@ -19,6 +20,9 @@ Rules:
    ``all``. A callback query is always addressed: the button was the bot's.
 5. A leading mention of the bot is removed from the text; the target reads what the user
    said to it, not the bot's name.
+
+A group upgraded to a supergroup gets a new chat id; :func:`migration_of` reads the
+service message that says so, so the channel can keep the conversation on the old id.
 
 Entity offsets are UTF-16 code units (Telegram's unit), so they are converted before any
 slicing. Parsing goes through python-telegram-bot's ``Update.de_json(data, None)``, which
@@ -64,6 +68,7 @@ class IgnoreReason(enum.Enum):
     NO_CONTENT = "no_content"
     NOT_ADDRESSED = "not_addressed"
     OTHER_BOT = "command_for_another_bot"
+    EDITED = "edited_message"
 
 
 class MalformedUpdate(ValueError):
@@ -166,8 +171,30 @@ def _chat_id(message: Mapping[str, Any]) -> int | None:
     return chat_id if isinstance(chat_id, int) else None
 
 
+def migration_of(data: Mapping[str, Any]) -> tuple[int, int] | None:
+    """``(old_chat_id, new_chat_id)`` when the update announces a group's upgrade to a
+    supergroup (``migrate_to_chat_id`` in the old chat, ``migrate_from_chat_id`` in the
+    new one), else ``None``."""
+    message = data.get("message")
+    if not isinstance(message, Mapping):
+        return None
+    chat = _chat_id(message)
+    moved_to, moved_from = message.get("migrate_to_chat_id"), message.get("migrate_from_chat_id")
+    if chat is None:
+        return None
+    if isinstance(moved_to, int) and not isinstance(moved_to, bool) and moved_to != chat:
+        return chat, moved_to
+    if isinstance(moved_from, int) and not isinstance(moved_from, bool) and moved_from != chat:
+        return moved_from, chat
+    return None
+
+
 def parse_update(
-    data: Any, *, bot: BotProfile, addressing: Addressing = Addressing.MENTION_ONLY
+    data: Any,
+    *,
+    bot: BotProfile,
+    addressing: Addressing = Addressing.MENTION_ONLY,
+    answer_edits: bool = False,
 ) -> Inbound | Ignored:
     """Decide what an update means for this bot (see the module rules)."""
     update_id = update_id_of(data)
@@ -181,6 +208,8 @@ def parse_update(
         if update.message is not None:
             return _message(update_id, "message", update.message, bot, addressing)
         if update.edited_message is not None:
+            if not answer_edits:
+                return Ignored(update_id, IgnoreReason.EDITED)
             return _message(update_id, "edited_message", update.edited_message, bot, addressing)
     except (KeyError, TypeError, ValueError, AttributeError, IndexError) as error:
         raise MalformedUpdate(f"update {update_id} does not parse") from error

@@ -221,5 +221,24 @@ class Inbox:
                 extra={"update_id": int(key), "error_type": type(error).__name__},
             )
         with anyio.CancelScope(shield=True):
-            await self._host.store.delete_channel_records(self._channel, INBOX, prefix=key)
-        self._known.discard(key)
+            cleared = await self._clear(key)
+        if cleared:
+            self._known.discard(key)
+        # Not cleared (the store is stalled): the key stays known, so this process never
+        # handles the update again; a restart would (at least once, like after a crash).
+
+    async def _clear(self, key: str) -> bool:
+        """Delete the handled update's record, riding out a short store stall."""
+        for wait in (0.5, 1.0, 2.0, None):
+            try:
+                await self._host.store.delete_channel_records(self._channel, INBOX, prefix=key)
+                return True
+            except Exception as error:
+                if wait is None:
+                    log.error(
+                        "telegram inbox record not cleared",
+                        extra={"update_id": int(key), "error_type": type(error).__name__},
+                    )
+                    return False
+                await anyio.sleep(wait)
+        return False  # pragma: no cover - the loop returns

@@ -14,8 +14,10 @@ Rules:
    failures are transient; a blocked bot (403), a missing chat or any other 400 and a
    refused token are permanent. A chat upgraded to a supergroup is followed
    (``migrate_to_chat_id``) by the API client, which remembers the new id.
-4. Telegram does not drop repeated sends, so the channel is not idempotent: a retry
-   after a part went out sends that part again.
+4. Telegram does not drop repeated sends, so the channel is not idempotent. Each part of
+   a reply is reported as it goes out (``message.on_part_sent``) and the parts already
+   out (``message.parts_sent``) are skipped, so a retry, a recovery or a replay resumes
+   after the last part Telegram took instead of sending it again.
 """
 
 from __future__ import annotations
@@ -72,10 +74,14 @@ async def push(
                 await send(rendering.to_plain(part), None)
         else:
             plain = False
-            for part in rendering.split_document(rendering.parse_markdown(message.text)):
+            parts = rendering.split_document(rendering.parse_markdown(message.text))
+            for index, part in enumerate(parts):
+                if index < message.parts_sent:
+                    continue  # Telegram has it already
                 if not plain:
                     try:
                         await send(rendering.render(part, parse_mode), parse_mode)
+                        await _part_sent(message, index + 1)
                         continue
                     except FormattingRejected:
                         plain = True
@@ -85,6 +91,7 @@ async def push(
                         )
                 for piece in rendering.split_document(rendering.plain_document(part)):
                     await send(rendering.to_plain(piece), None)
+                await _part_sent(message, index + 1)
     except RateLimited as limited:
         return PushOutcome.transient(str(limited), retry_after=limited.retry_after)
     except TelegramError as error:
@@ -92,3 +99,8 @@ async def push(
             return PushOutcome.permanent(str(error))
         return PushOutcome.transient(str(error))
     return PushOutcome.ok()
+
+
+async def _part_sent(message: PushMessage, count: int) -> None:
+    if message.on_part_sent is not None:
+        await message.on_part_sent(count)

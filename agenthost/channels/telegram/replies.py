@@ -7,20 +7,26 @@
   ephemeral preview, so the answer is still sent as a message at the end); elsewhere the
   first piece is sent as a message and then edited. Either is throttled (one update per
   ``stream_interval``, and an edit only when the chat's send budget allows it without
-  waiting), and stops once the text no longer fits one message.
+  waiting), and stops once the text no longer fits one message. A preview is best
+  effort: a 429 on it is never waited out; previews are skipped until its
+  ``retry_after`` has passed, and the run goes on.
 - The reply is the agent's Markdown rendered for Telegram, split into parts of at most
   4096 characters. When Telegram rejects the formatting, that part and the rest of the
   reply are sent as plain text instead. In a group the first part answers the user's
   message (``reply_parameters``); in a forum topic every part goes to that topic.
 - Host answers (a command's reply, a refusal's message) are plain text.
 - A failure to deliver is logged with its class (a blocked bot is permanent) and ends the
-  reply; it never fails the turn, which has already run and been saved.
+  reply; it never fails the turn, which has already run and been saved. When the
+  failure is transient (a 429 longer than the client waits out, a network error, a 5xx)
+  the reply is handed to the durable outbox (``hand_over``) with the number of parts
+  already sent, so the rest still arrives, once.
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
+from collections.abc import Awaitable, Callable
 
 import anyio
 from telegram.constants import ChatAction
@@ -31,6 +37,7 @@ from agenthost.channels.telegram.api import (
     BotApi,
     FormattingRejected,
     NotModified,
+    RateLimited,
     TelegramError,
 )
 from agenthost.channels.telegram.codec import Inbound
@@ -39,6 +46,9 @@ from agenthost.channels.telegram.rendering import Document
 log = logging.getLogger("agenthost.channels.telegram")
 
 TYPING_EVERY = 4.0  # seconds; Telegram shows the action for about five
+
+#: ``hand_over(markdown, parts_sent)``: schedule what is left of a reply on the outbox
+HandOver = Callable[[str, int], Awaitable[None]]
 
 
 class Reply:
@@ -49,8 +59,11 @@ class Reply:
         *,
         parse_mode: str,
         stream_interval: float,
+        hand_over: HandOver | None = None,
     ) -> None:
         self._api = api
+        self.hand_over = hand_over  # set once the run is done (it needs the user's key)
+        self._previews_paused_until = -float("inf")  # a 429 on a preview: skip until then
         self._inbound = inbound
         self._parse_mode = parse_mode
         self._stream_interval = stream_interval
@@ -100,7 +113,7 @@ class Reply:
         if not self._streaming:
             return
         now = anyio.current_time()
-        if now - self._last_push < self._stream_interval:
+        if now - self._last_push < self._stream_interval or now < self._previews_paused_until:
             return
         parts = rendering.split_document(rendering.parse_markdown(self._streamed))
         if len(parts) != 1:
@@ -109,6 +122,9 @@ class Reply:
         self._last_push = now
         try:
             await self._preview(parts[0])
+        except RateLimited as limited:  # best effort: skipped, never waited out
+            self._previews_paused_until = now + limited.retry_after
+            log.info("streaming paused by a rate limit", extra={"retry_after": limited.retry_after})
         except Exception as error:  # a preview is a courtesy: it never fails the run
             self._streaming = False
             log.info("streaming stopped", extra={"error_type": type(error).__name__})
@@ -118,7 +134,12 @@ class Reply:
         inbound = self._inbound
         if inbound.is_direct:
             await self._api.send_message_draft(
-                self._chat, self._draft_id, text, parse_mode=mode, thread_id=inbound.thread_id
+                self._chat,
+                self._draft_id,
+                text,
+                parse_mode=mode,
+                thread_id=inbound.thread_id,
+                wait_out_rate_limits=False,
             )
         elif self._preview_id is None:
             sent = await self._api.send_message(
@@ -127,6 +148,7 @@ class Reply:
                 parse_mode=mode,
                 thread_id=inbound.thread_id,
                 reply_to=self._reply_to,
+                wait_out_rate_limits=False,
             )
             self._replied = True
             message_id = sent.get("message_id")
@@ -157,14 +179,18 @@ class Reply:
     async def send_markdown(self, markdown: str) -> None:
         self._shown.set()
         parts = rendering.split_document(rendering.parse_markdown(markdown))
+        done = 0
         try:
             for index, part in enumerate(parts):
                 if index == 0 and self._preview_id is not None:
                     await self._edit_preview(part)
                 else:
                     await self._send_part(part)
+                done = index + 1
         except TelegramError as error:
             self._undelivered(error)
+            if not error.permanent and self.hand_over is not None:
+                await self.hand_over(markdown, done)
 
     async def send_plain(self, text: str) -> None:
         self._shown.set()

@@ -24,6 +24,7 @@ from typing import Any, Literal
 from urllib.parse import urlsplit
 
 import anyio
+import attrs
 import httpx
 from starlette.background import BackgroundTask
 from starlette.requests import Request
@@ -47,7 +48,7 @@ from agenthost.channels.telegram.api import (
 from agenthost.channels.telegram.codec import Addressing, BotProfile, Inbound
 from agenthost.channels.telegram.inbox import Inbox
 from agenthost.channels.telegram.rendering import HTML, MARKDOWN_V2
-from agenthost.channels.telegram.replies import Reply
+from agenthost.channels.telegram.replies import HandOver, Reply
 from agenthost.sansio_core import strict_json
 from agenthost.sansio_core.authorization import Allowlist
 from agenthost.sansio_core.commands import CommandReply
@@ -69,11 +70,13 @@ from agenthost.sansio_core.types import (
     TextPart,
     UriPart,
 )
+from agenthost.stores.base import ChannelRecord
 
 log = logging.getLogger("agenthost.channels.telegram")
 
 SECRET_HEADER = "x-telegram-bot-api-secret-token"  # noqa: S105 - a header name
 DEFAULT_ALLOWED_UPDATES = ("message", "edited_message", "callback_query")
+MIGRATIONS = "chat-migration"  # channel records: key the group's old id, value {"to": new}
 
 # Always fullmatch(): with match(), "$" also accepts a trailing newline.
 _TOKEN = re.compile(r"[0-9]{1,20}:[A-Za-z0-9_-]{1,200}")
@@ -112,6 +115,12 @@ class TelegramChannel(Channel):
     Several replicas of one bot must share ``secret_token`` and ``file_url_key`` (each
     start registers the webhook with its secret, and any replica may serve a file URL);
     leaving them out generates fresh ones per process, which suits a single process only.
+
+    Durability: ``request_timeout`` bounds one Bot API request (it is the channel's
+    ``push_timeout_seconds``, which the host's delivery lease must exceed). A reply that
+    fails on the wire for a passing reason is handed to the outbox and still arrives. A
+    group upgraded to a supergroup keeps its conversation (the mapping is stored). An
+    edited message is not answered again unless ``answer_edits=True``.
     """
 
     def __init__(
@@ -152,6 +161,8 @@ class TelegramChannel(Channel):
         allowlist: Allowlist | Inherit | None = INHERIT,
         confidentiality_tier: str = DEFAULT_TIER,
         offers_link_commands: bool = True,
+        answer_edits: bool = False,
+        request_timeout: float = 30.0,
     ) -> None:
         if not isinstance(bot_token, str) or not _TOKEN.fullmatch(bot_token):
             raise ConfigurationError(
@@ -191,8 +202,10 @@ class TelegramChannel(Channel):
             raise ConfigurationError(
                 "poll_timeout, max_concurrent_chats and max_body_bytes must be at least 1"
             )
-        if dedupe_seconds <= 0 or file_url_ttl_seconds <= 0:
-            raise ConfigurationError("dedupe_seconds and file_url_ttl_seconds must be positive")
+        if dedupe_seconds <= 0 or file_url_ttl_seconds <= 0 or request_timeout <= 0:
+            raise ConfigurationError(
+                "dedupe_seconds, file_url_ttl_seconds and request_timeout must be positive"
+            )
         if stream_interval < 0 or typing_delay < 0:
             raise ConfigurationError("stream_interval and typing_delay must not be negative")
         for command in commands:
@@ -238,6 +251,8 @@ class TelegramChannel(Channel):
         self.allowlist = allowlist
         self.confidentiality_tier = confidentiality_tier
         self.offers_link_commands = offers_link_commands
+        self.answer_edits = answer_edits
+        self.push_timeout_seconds = request_timeout
         self.bot_name = bot_username.lstrip("@") if bot_username else None
         self._token = bot_token
         self._secret = secret_token or secrets.token_urlsafe(32)
@@ -258,6 +273,8 @@ class TelegramChannel(Channel):
         self._host: HostServices | None = None
         self._api: BotApi | None = None
         self._inbox: Inbox | None = None
+        self._moved_from: dict[int, int] = {}  # supergroup id -> the group's original id
+        self._migrations_stored: set[int] = set()  # supergroup ids whose mapping is stored
 
     def __repr__(self) -> str:  # the token and the secret stay out of reprs and logs
         return f"TelegramChannel(name={self.name!r}, mode={self.mode!r})"
@@ -288,9 +305,16 @@ class TelegramChannel(Channel):
 
     async def startup(self, host: HostServices) -> None:
         api = BotApi(
-            host.http, self._token, base_url=self.api_base_url, clock=host.now, pacing=self.pacing
+            host.http,
+            self._token,
+            base_url=self.api_base_url,
+            clock=host.now,
+            pacing=self.pacing,
+            timeout=self.push_timeout_seconds,
         )
         self._host, self._api = host, api
+        await self._load_migrations(host, api)
+        api.on_migrated = self._chat_migrated
         if self._bot is None:
             me = await api.get_me()
             username = me.get("username")
@@ -377,6 +401,7 @@ class TelegramChannel(Channel):
             return Response(status_code=400)
         except (ValueError, codec.MalformedUpdate):  # strict_json.JsonRefused is a ValueError
             return PlainTextResponse("Not a Telegram update", status_code=400)
+        await self._follow_migration(update)
         parsed = self._wanted(update, bot)
         if parsed is not None:
             await inbox.accept([(update_id, update, parsed)])
@@ -386,7 +411,9 @@ class TelegramChannel(Channel):
         """The update parsed, if it needs handling (an ignored one is acknowledged, not
         stored)."""
         try:
-            parsed = codec.parse_update(update, bot=bot, addressing=self.addressing)
+            parsed = codec.parse_update(
+                update, bot=bot, addressing=self.addressing, answer_edits=self.answer_edits
+            )
         except codec.MalformedUpdate:
             log.warning(
                 "telegram update does not parse", extra={"update_id": update.get("update_id")}
@@ -421,6 +448,7 @@ class TelegramChannel(Channel):
                     except codec.MalformedUpdate:
                         continue
                     highest = max(highest, update_id)
+                    await self._follow_migration(update)
                     parsed = self._wanted(update, bot)
                     if parsed is not None:
                         batch.append((update_id, update, parsed))
@@ -450,9 +478,16 @@ class TelegramChannel(Channel):
     async def _handle(self, update: Mapping[str, Any], received: Inbound | None) -> None:
         host, api, bot = self._host, self._api, self._bot
         assert host is not None and api is not None and bot is not None
-        parsed = received or codec.parse_update(update, bot=bot, addressing=self.addressing)
+        parsed = received or codec.parse_update(
+            update, bot=bot, addressing=self.addressing, answer_edits=self.answer_edits
+        )
         if isinstance(parsed, codec.Ignored):
             return
+        original = self._moved_from.get(parsed.chat_id)
+        if original is not None:
+            # An upgraded group: the conversation (and its session) stays on the first id;
+            # the API client sends to the new one.
+            parsed = attrs.evolve(parsed, chat_id=original)
         if parsed.callback_query_id is not None:
             try:
                 await api.answer_callback_query(parsed.callback_query_id)
@@ -475,7 +510,70 @@ class TelegramChannel(Channel):
                 request, on_update=reply.on_update if self.stream else None
             )
             tasks.cancel_scope.cancel()
+        if isinstance(outcome, TurnCompleted):
+            reply.hand_over = self._hand_over_to_outbox(
+                host, parsed, outcome.result.session.isolation_key
+            )
         await _answer(reply, outcome)
+
+    def _hand_over_to_outbox(
+        self, host: HostServices, inbound: Inbound, isolation_key: str
+    ) -> HandOver:
+        destination = Destination(self.name, inbound.identity(self.name), inbound.conversation_id)
+
+        async def hand_over(markdown: str, parts_sent: int) -> None:
+            key = f"tg_{self.name}_{inbound.update_id}"  # one update, one reply
+            await host.push_later(
+                destination, markdown, key=key, isolation_key=isolation_key,
+                parts_sent=parts_sent,
+            )  # fmt: skip
+
+        return hand_over
+
+    # --- supergroup migrations -------------------------------------------------------------
+
+    async def _load_migrations(self, host: HostServices, api: BotApi) -> None:
+        after: str | None = None
+        while True:
+            found = await host.store.list_channel_records(
+                self.name, MIGRATIONS, after=after, limit=500
+            )
+            for record in found:
+                new = record.value.get("to")
+                if isinstance(new, int):
+                    self._remember_migration(int(record.key), new, api)
+                    self._migrations_stored.add(new)
+            if len(found) < 500:
+                return
+            after = found[-1].key
+
+    def _remember_migration(self, old: int, new: int, api: BotApi) -> None:
+        api.remember_migration(old, new)
+        self._moved_from[new] = self._moved_from.get(old, old)
+
+    async def _chat_migrated(self, old: int, new: int) -> None:
+        host, api = self._host, self._api
+        if host is None or api is None or new in self._migrations_stored:
+            return
+        self._remember_migration(old, new, api)
+        record = ChannelRecord(self.name, MIGRATIONS, str(old), {"to": new}, created_at=host.now())
+        try:
+            await host.store.put_channel_records([record])
+        except Exception as error:
+            # The send goes on to the new chat; the service message in the supergroup (or
+            # the next refused send) tries to store it again.
+            log.error(
+                "telegram group migration not stored",
+                extra={"chat_id": old, "new_chat_id": new, "error_type": type(error).__name__},
+            )
+            return
+        self._migrations_stored.add(new)
+        log.info("telegram group migration stored", extra={"chat_id": old, "new_chat_id": new})
+
+    async def _follow_migration(self, update: Mapping[str, Any]) -> None:
+        moved = codec.migration_of(update)
+        if moved is not None:
+            await self._chat_migrated(*moved)
 
     def _file_parts(self, inbound: Inbound, host: HostServices) -> list[ContentPart]:
         parts: list[ContentPart] = []

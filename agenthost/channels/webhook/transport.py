@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+import time
 from collections.abc import Sequence
 
 import httpx
@@ -22,6 +23,7 @@ from starlette.routing import BaseRoute
 
 from agenthost.backends.channel import Channel, HostServices
 from agenthost.backends.push import PushMessage, PushOutcome
+from agenthost.sansio_core import delivery
 from agenthost.sansio_core.routing import Destination
 
 SIGNATURE_HEADER = "x-agenthost-signature"
@@ -126,16 +128,15 @@ def classify_response(response: httpx.Response) -> PushOutcome:
         return PushOutcome.ok()
     if status in _TRANSIENT_STATUSES or status >= 500:
         return PushOutcome.transient(
-            f"http {status}", retry_after=_retry_after(response.headers.get("retry-after"))
+            f"http {status}", retry_after=_retry_after(response)
         )
     return PushOutcome.permanent(f"http {status}")
 
 
-def _retry_after(value: str | None) -> float | None:
-    if value is None:
-        return None
-    try:
-        seconds = float(value)
-    except ValueError:
-        return None  # an HTTP date: the backoff decides
-    return seconds if seconds >= 0 else None
+def _retry_after(response: httpx.Response) -> float | None:
+    """``Retry-After`` in seconds (delta-seconds or an HTTP-date). A date is measured from
+    the receiver's own ``Date`` header when it sent one, so clock skew does not count."""
+    date = response.headers.get("date")
+    sent_at = delivery.parse_retry_after(date, 0.0) if date else None
+    now = sent_at if sent_at is not None else time.time()
+    return delivery.parse_retry_after(response.headers.get("retry-after"), now)

@@ -16,7 +16,10 @@ It implements the methods the channel uses with the answers the Bot API document
   :attr:`migrations` (400 with ``parameters.migrate_to_chat_id``),
   :attr:`reject_formatting` (the next formatted messages, not drafts, are refused as
   unparseable), :attr:`missing_chats` (400 "chat not found") and :attr:`server_errors`
-  (the next calls are answered 502);
+  (the next calls are answered 502); :meth:`fail_sends` (after some more sends succeed,
+  the next ``sendMessage`` calls are answered 502) and :meth:`stall_sends` (after some
+  more sends, the next ``sendMessage`` is taken, as Telegram would, but never answered:
+  a request in flight when its sender stops);
 - updates reach the bot by webhook (:meth:`deliver`, with the registered secret, another
   one, or none) or through ``getUpdates`` (:meth:`enqueue`).
 """
@@ -99,6 +102,10 @@ class FakeBotApi:
         self.missing_chats: set[int] = set()
         self.server_errors = 0
         self._rate_limits: list[RateLimit] = []
+        self._failing_sends: tuple[int, int] | None = None  # (sends to let through, to fail)
+        self._stalling_after: int | None = None
+        self.stalled = anyio.Event()  # a stalled send arrived
+        self.unstall = anyio.Event()  # set it to let a stalled send answer (late)
         # getUpdates
         self._queue: list[dict[str, Any]] = []
         self._queued = anyio.Event()
@@ -125,6 +132,14 @@ class FakeBotApi:
     ) -> None:
         """Answer the next ``times`` calls of ``method`` (to ``chat_id``) with 429."""
         self._rate_limits.append(RateLimit(method, chat_id, times, retry_after))
+
+    def fail_sends(self, *, after: int, times: int) -> None:
+        """Let ``after`` more ``sendMessage`` calls through, then answer ``times`` with 502."""
+        self._failing_sends = (after, times)
+
+    def stall_sends(self, *, after: int) -> None:
+        """Let ``after`` more ``sendMessage`` calls through; take the next and never answer."""
+        self._stalling_after = after
 
     def add_file(self, file_id: str, file_path: str, content: bytes) -> None:
         self.files[file_id] = (file_path, content)
@@ -299,6 +314,16 @@ class FakeBotApi:
         return [u for u in self._queue if any(kind in u for kind in allowed)]
 
     async def _do_sendMessage(self, params: dict[str, Any]) -> dict[str, Any]:
+        if self._failing_sends is not None:
+            through, failing = self._failing_sends
+            if through > 0:
+                self._failing_sends = (through - 1, failing)
+            elif failing > 0:
+                self._failing_sends = (0, failing - 1)
+                raise ApiError(502, "Bad Gateway")
+        stall = self._stalling_after == 0
+        if self._stalling_after is not None:
+            self._stalling_after -= 1
         chat_id = self._chat(params)
         text, entities = self._parse_text(params, allow_empty=False)
         reply = params.get("reply_parameters") or {}
@@ -313,6 +338,10 @@ class FakeBotApi:
             reply_to=reply.get("message_id") if isinstance(reply, dict) else None,
         )
         self.messages.append(message)
+        if stall:
+            self.stalled.set()
+            with anyio.move_on_after(60):  # the sender is stopped long before this
+                await self.unstall.wait()
         return self._message_json(message)
 
     async def _do_editMessageText(self, params: dict[str, Any]) -> dict[str, Any]:

@@ -184,12 +184,30 @@ async def test_a_forum_topic_is_answered_in_its_topic(tmp_path: Path, mode: str)
             assert target.calls == [["in the topic"], ["elsewhere"]]
 
 
-async def test_callback_queries_and_edited_messages(tmp_path: Path, mode: str) -> None:
+async def test_an_edited_message_is_not_answered_again(tmp_path: Path, mode: str) -> None:
     target = Recorder()
     with anyio.fail_after(TIMEOUT):
         async with (
             fake_bot_api() as (fake, api_url),
             telegram_host(target, tmp_path, mode, fake, api_url) as bot,
+        ):
+            edited = fixture("edited_message")
+            edited["update_id"] = fake.next_update_id()
+            ada = edited["edited_message"]["chat"]["id"]
+            await bot.send(edited)
+            await bot.idle()
+            await fake.settle()
+            assert fake.sent_to(ada) == []
+            assert target.calls == []
+
+
+async def test_callback_queries_and_edited_messages(tmp_path: Path, mode: str) -> None:
+    # with answer_edits=True an edit is a new message for the target
+    target = Recorder()
+    with anyio.fail_after(TIMEOUT):
+        async with (
+            fake_bot_api() as (fake, api_url),
+            telegram_host(target, tmp_path, mode, fake, api_url, answer_edits=True) as bot,
         ):
             pressed = fixture("callback_query")
             pressed["update_id"] = fake.next_update_id()

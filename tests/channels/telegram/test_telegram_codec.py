@@ -21,6 +21,7 @@ from agenthost.channels.telegram.codec import (
     MalformedUpdate,
     channel_request,
     chat_of,
+    migration_of,
     parse_update,
 )
 from agenthost.sansio_core.sessions import scope_for
@@ -42,7 +43,7 @@ ALL_FIXTURES = [
 
 
 def parsed(name: str, addressing: Addressing = Addressing.MENTION_ONLY) -> Inbound:
-    result = parse_update(fixture(name), bot=BOT, addressing=addressing)
+    result = parse_update(fixture(name), bot=BOT, addressing=addressing, answer_edits=True)
     assert isinstance(result, Inbound), result
     return result
 
@@ -219,6 +220,27 @@ def test_bot_names_compare_without_case() -> None:
     data["message"]["text"] = "/new@AgentHost_Test_Bot"
     inbound = parse_update(data, bot=BOT)
     assert isinstance(inbound, Inbound) and inbound.text == "/new"
+
+
+def test_an_edited_message_is_not_answered_again_by_default() -> None:
+    data = fixture("edited_message")
+    assert parse_update(data, bot=BOT) == Ignored(data["update_id"], IgnoreReason.EDITED)
+    assert isinstance(parse_update(data, bot=BOT, answer_edits=True), Inbound)
+
+
+def test_migration_service_messages() -> None:
+    old, new = -4001, -1004001
+    base = {"message_id": 9, "date": 1700000000, "from": {"id": 5, "is_bot": False,
+                                                          "first_name": "Ada"}}  # fmt: skip
+    in_old = {"update_id": 1, "message": {**base, "chat": {"id": old, "type": "group",
+              "title": "g"}, "migrate_to_chat_id": new}}  # fmt: skip
+    in_new = {"update_id": 2, "message": {**base, "chat": {"id": new, "type": "supergroup",
+              "title": "g"}, "migrate_from_chat_id": old}}  # fmt: skip
+    assert migration_of(in_old) == (old, new)
+    assert migration_of(in_new) == (old, new)
+    assert migration_of(fixture("group_mention")) is None
+    assert migration_of({"update_id": 3, "message": {**base, "chat": {"id": old},
+                         "migrate_to_chat_id": True}}) is None  # fmt: skip
 
 
 def test_edited_message() -> None:

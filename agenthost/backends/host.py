@@ -703,12 +703,14 @@ class Host:
             if any(found is not None for found in existing):
                 log.info("proactive message already scheduled", extra={"key": key})
                 return [found for found in existing if found is not None]
-        # TODO(lead): the history save and the scheduling are two transactions until the
-        # turn's finish can carry deliveries (``FinishRun``); then pass plan.deliveries in.
+        # The deliveries commit with the message's save in the session: one transaction.
+        pushes = _ProactivePushes(tuple(plan.deliveries))
         await self._interpreter.drive(
-            turns.record_proactive_message(isolation_key, message, run_id=key, now=self._clock())
+            turns.record_proactive_message(isolation_key, message, run_id=key, now=self._clock()),
+            finisher=pushes,
         )
-        await self.store.schedule_deliveries(plan.deliveries)
+        if not pushes.recorded:  # pragma: no cover - a proactive message always finishes
+            await self.store.schedule_deliveries(plan.deliveries)
         self._notify_outbox()
         log.info(
             "proactive message scheduled", extra={"key": key, "deliveries": len(plan.deliveries)}
@@ -1012,8 +1014,10 @@ class _ForegroundWrites:
     recorded: bool = False
 
     async def writes_for(
-        self, ran: fx.RunTarget, answer: fx.TargetSucceeded | fx.TargetFailed
+        self, ran: fx.RunTarget | None, answer: fx.TargetSucceeded | fx.TargetFailed | None
     ) -> TurnWrites:
+        if ran is None or answer is None:  # pragma: no cover - a foreground turn runs
+            return TurnWrites()
         chosen = self.requests[-1]
         if isinstance(answer, fx.TargetSucceeded) and not chosen.response_target.is_originating:
             self.deliveries = await self.host.plan_foreground_pushes(
@@ -1024,6 +1028,23 @@ class _ForegroundWrites:
             outcome = turns.outcome_of(answer, ran.session_ref, saved=True)
             channel_records = self.records(outcome)
         return TurnWrites(deliveries=self.deliveries, channel_records=tuple(channel_records))
+
+    def finished(self, result: FinishedTurn) -> None:
+        self.recorded = True
+
+
+@attrs.define
+class _ProactivePushes:
+    """Queues a proactive message's deliveries in the commit that saves it in the user's
+    session (``interpreter.TurnFinisher``)."""
+
+    deliveries: tuple[Delivery, ...]
+    recorded: bool = False
+
+    async def writes_for(
+        self, ran: fx.RunTarget | None, answer: fx.TargetSucceeded | fx.TargetFailed | None
+    ) -> TurnWrites:
+        return TurnWrites(deliveries=self.deliveries)
 
     def finished(self, result: FinishedTurn) -> None:
         self.recorded = True

@@ -100,8 +100,11 @@ class TurnFinisher(Protocol):
     """
 
     async def writes_for(
-        self, ran: fx.RunTarget, answer: fx.TargetSucceeded | fx.TargetFailed
-    ) -> TurnWrites: ...
+        self, ran: fx.RunTarget | None, answer: fx.TargetSucceeded | fx.TargetFailed | None
+    ) -> TurnWrites:
+        """``ran`` and ``answer`` are ``None`` for a turn that ran no target (a proactive
+        message appended to the history)."""
+        ...
 
     def finished(self, result: FinishedTurn) -> None: ...
 
@@ -232,8 +235,11 @@ class TurnInterpreter:
             return await self._target.append_assistant_message(effect.state, effect.text)
         if isinstance(effect, fx.FinishRun):
             with tracing.span("agenthost.save") as spanned:
-                if finisher is not None and guard.ran is not None:
-                    writes = await finisher.writes_for(*guard.ran)
+                if finisher is not None:
+                    if guard.ran is not None:
+                        writes = await finisher.writes_for(*guard.ran)
+                    else:
+                        writes = await finisher.writes_for(None, None)
                     finished = await store.finish_turn(
                         effect.session_id, effect.run_id, effect.session, self._clock(), writes
                     )

@@ -330,8 +330,10 @@ class _RunFinisher:
     finished_turn: FinishedTurn | None = None
 
     async def writes_for(
-        self, ran: RunTarget, answer: TargetSucceeded | TargetFailed
+        self, ran: RunTarget | None, answer: TargetSucceeded | TargetFailed | None
     ) -> TurnWrites:
+        if answer is None:  # pragma: no cover - a background turn always runs its target
+            return TurnWrites()
         event, self.deliveries = await self.worker.completion(
             self.record, self.requests[-1], answer
         )

@@ -649,16 +649,21 @@ class PostgresStore(Store):
         return await self._run(lambda conn: q.select_delivery(conn, delivery_id))
 
     async def list_deliveries(
-        self, statuses: Iterable[DeliveryStatus] | None = None, *, limit: int = 100
+        self,
+        statuses: Iterable[DeliveryStatus] | None = None,
+        *,
+        limit: int = 100,
+        newest_first: bool = False,
     ) -> list[Delivery]:
         wanted = sorted({s.value for s in (statuses if statuses is not None else DeliveryStatus)})
         if not wanted:
             return []
+        order = "DESC" if newest_first else "ASC"  # one of two literals, never input
 
         def work(conn: Conn) -> list[Delivery]:
             rows = conn.execute(
-                "SELECT record FROM deliveries WHERE status = ANY(%s)"
-                " ORDER BY created_at, delivery_id LIMIT %s",
+                "SELECT record FROM deliveries WHERE status = ANY(%s)"  # noqa: S608
+                f" ORDER BY created_at {order}, delivery_id {order} LIMIT %s",
                 (wanted, limit),
             ).fetchall()
             return [codec.load_delivery(row[0]) for row in rows]

@@ -168,3 +168,37 @@ async def test_the_demo_agent_sees_a_delivered_message_in_its_history(tmp_path: 
         ("assistant", REMINDER),
         ("user", "and now?"),
     ]
+
+
+async def test_the_message_and_its_pushes_commit_together(tmp_path: Path) -> None:
+    """The history save and the deliveries are one transaction: a crash between them could
+    otherwise keep the message without its pushes, or the pushes without the message."""
+    from agenthost.stores.sqlite import SQLiteStore
+
+    async def echo(messages: list[HostMessage]) -> str:
+        return messages[-1].text
+
+    chat = PushChat("chat")
+    host = Host(echo, channels=[chat], store=SQLiteStore(tmp_path / "s.db"), state_dir=tmp_path)
+    async with host.running():
+        await host.run(said("hi"))
+        store = host.store
+        assert isinstance(store, SQLiteStore) and store._conn is not None
+        statements: list[str] = []
+        store._conn.set_trace_callback(statements.append)
+        try:
+            await host.deliver(
+                isolation_key=await key_of(store),
+                message=REMINDER,
+                target=ResponseTarget.channel("chat"),
+            )
+        finally:
+            store._conn.set_trace_callback(None)
+        await delivered(host, 1)
+    transactions: list[list[str]] = [[]]
+    for statement in statements:
+        transactions[-1].append(statement)
+        if statement == "COMMIT":
+            transactions.append([])
+    [together] = [t for t in transactions if any("INTO deliveries" in s for s in t)]
+    assert any("INTO sessions" in s for s in together)

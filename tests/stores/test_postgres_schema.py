@@ -159,7 +159,9 @@ async def test_deliveries_cli_reads_the_outbox_of_a_store_url(
 
     with postgres_schema() as (dsn, schema):
         store = PostgresStore(dsn, schema=schema)
-        await store.schedule_deliveries([make_delivery("d1"), make_delivery("d2")])
+        await store.schedule_deliveries(
+            [make_delivery("d1", created_at=1.0), make_delivery("d2", created_at=2.0)]
+        )
         await store.close()
 
         def listing() -> None:
@@ -169,7 +171,7 @@ async def test_deliveries_cli_reads_the_outbox_of_a_store_url(
 
         await anyio.to_thread.run_sync(listing)
     listed = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
-    assert [entry["delivery_id"] for entry in listed] == ["d1", "d2"]
+    assert [entry["delivery_id"] for entry in listed] == ["d2", "d1"]  # newest first
 
 
 def test_options_in_the_url_are_kept_beside_the_stores_own() -> None:

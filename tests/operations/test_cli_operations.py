@@ -17,6 +17,7 @@ import anyio
 import pytest
 
 from agenthost import Host
+from agenthost.channels.invocations import InvocationsChannel
 from agenthost.cli import main
 from agenthost.sansio_core.types import ChannelIdentity
 from agenthost.stores.sqlite import SQLiteStore
@@ -35,7 +36,12 @@ async def _answer(messages: object) -> str:
 
 def _linked_store(tmp_path: Path) -> None:
     async def link() -> None:
-        host = Host(_answer, store=SQLiteStore(tmp_path / "state.db"), state_dir=tmp_path)
+        host = Host(
+            _answer,
+            channels=[InvocationsChannel()],
+            store=SQLiteStore(tmp_path / "state.db"),
+            state_dir=tmp_path,
+        )
         async with host.running():
             await host.store.issue_isolation_key(ALICE, "ik_alice", host.now())
             result = await host.link_identities(ALICE, ALICE_API)

@@ -287,7 +287,9 @@ async def test_a_background_run_is_cancelled_from_the_runs_page(tmp_path: Path) 
             "document.querySelector('tr.run')?.cells[2].textContent"
         )
         assert status == "cancelled"
-        poll = await w.client.get(accepted.json()["poll_url"])
+        poll = await w.client.get(  # as the run's owner: poll routes answer only them
+            accepted.json()["poll_url"], headers={"x-test-user": "alice"}
+        )
         assert poll.json()["status"] == "cancelled", poll.text
 
 

@@ -17,6 +17,7 @@ from typing import Any, Protocol, TypeVar
 
 import anyio
 import attrs
+from opentelemetry import trace
 
 from agenthost.backends import tracing
 from agenthost.backends.linking import IdentityLinker
@@ -217,6 +218,9 @@ class TurnInterpreter:
             )
             return self._track(guard, answer)
         if isinstance(effect, fx.WaitForLease):
+            # The session is busy: a lease wait, on the turn's span and in the logs.
+            trace.get_current_span().add_event("agenthost.lease_wait")
+            log.debug("waiting for the session lease", extra={"run_id": effect.run_id})
             if effect.interrupting is not None:
                 self._local.cancel(effect.interrupting)
             assert guard.wakeup is not None

@@ -29,6 +29,7 @@ import anyio
 import anyio.abc
 import attrs
 
+from agenthost.backends import tracing
 from agenthost.backends.destinations import DeliveryRouter
 from agenthost.backends.push import ChannelPush, PushMessage, PushOutcome
 from agenthost.sansio_core import delivery
@@ -312,7 +313,15 @@ class DeliveryWorker:
             # From the first request on, an interrupt cannot know what the platform got (a
             # reply may be out before its ``Sent`` is recorded), so it stays true.
             progress.in_flight = True
-            return await pusher.push(destination, message)
+            with tracing.span(
+                "agenthost.deliver",
+                delivery_id=d.delivery_id,
+                channel=d.channel,
+                phase="echo" if message.is_echo else "reply",
+            ) as spanned:
+                outcome = await pusher.push(destination, message)
+                spanned.set_attribute("agenthost.delivered", outcome.delivered)
+            return outcome
         except anyio.get_cancelled_exc_class():
             raise
         except Exception as exc:

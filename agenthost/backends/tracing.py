@@ -13,7 +13,7 @@ What this module owns:
   the channel the path belongs to and the status it answered; it also reports each
   request's duration to ``host_events`` for ``/metrics``.
 - :func:`span`, the one way the host opens its other spans. The turn path's spans are
-  at these call sites (1, 2, 4 and 5 are in place; 3, 6 and 7 are still to add):
+  at these call sites:
 
   1. ``agenthost.turn`` around each ``self._interpreter.drive(...)`` in ``Host.run``,
      ``Host.run_or_continue`` and ``Host.run_in_background``, with ``channel`` and

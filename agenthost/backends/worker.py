@@ -22,9 +22,11 @@ import anyio
 import anyio.abc
 import attrs
 
+from agenthost.backends import tracing
 from agenthost.backends.channel import Channel
 from agenthost.backends.destinations import DeliveryRouter
 from agenthost.backends.interpreter import TurnInterpreter
+from agenthost.backends.logs import token_reference
 from agenthost.backends.targets import json_safe
 from agenthost.sansio_core import background, turns
 from agenthost.sansio_core.delivery import Delivery
@@ -182,18 +184,27 @@ class BackgroundWorker:
             async with anyio.create_task_group() as heartbeats:
                 heartbeats.start_soon(self._heartbeat, token, scope)
                 channel = self._channels.get(record.request.channel)
-                outcome = await self._interpreter.drive(
-                    turns.start_background_turn(
-                        record.request,
-                        SessionRef(record.isolation_key, record.session_id, record.session_key),
-                        run_id=token,
-                        now=self._clock(),
-                        settings=self._turn_settings,
-                    ),
-                    on_update=channel.background_updates(record) if channel else None,
-                    on_request=final_request.append,
-                    finisher=finisher,
+                spanned = tracing.span(
+                    "agenthost.background_run",
+                    channel=record.request.channel,
+                    token_ref=token_reference(token),
+                    attempt=record.attempts,
                 )
+                with spanned:
+                    outcome = await self._interpreter.drive(
+                        turns.start_background_turn(
+                            record.request,
+                            SessionRef(
+                                record.isolation_key, record.session_id, record.session_key
+                            ),
+                            run_id=token,
+                            now=self._clock(),
+                            settings=self._turn_settings,
+                        ),
+                        on_update=channel.background_updates(record) if channel else None,
+                        on_request=final_request.append,
+                        finisher=finisher,
+                    )
                 heartbeats.cancel_scope.cancel()
         except anyio.get_cancelled_exc_class():
             with anyio.CancelScope(shield=True):

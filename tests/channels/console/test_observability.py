@@ -7,6 +7,7 @@ import re
 from collections.abc import Iterator
 from typing import Any
 
+import anyio
 import httpx
 import pytest
 from opentelemetry import trace
@@ -126,6 +127,14 @@ async def test_a_request_span_continues_the_callers_trace(spans: InMemorySpanExp
             )
             assert answered.status_code == 200
             metrics = await client.get("/metrics")
+            queued = await client.post(
+                "/invocations/invoke", json={"input": "later words", "background": True}
+            )
+            assert queued.status_code == 202
+            poll_url = queued.json()["poll_url"]
+            with anyio.fail_after(10):
+                while (await client.get(poll_url)).json()["status"] != "completed":
+                    await anyio.sleep(0.02)
             page = await client.get("/console")
             csrf = re.search(r'name="csrf" value="([0-9a-f]+)"', page.text)
             assert csrf is not None
@@ -139,6 +148,7 @@ async def test_a_request_span_continues_the_callers_trace(spans: InMemorySpanExp
         if s.name == "agenthost.receive"
         and s.attributes
         and s.attributes.get("agenthost.channel") == "invocations"
+        and format(s.context.trace_id, "032x") == TRACE_ID
     ]
     assert received.name == "agenthost.receive"
     assert format(received.context.trace_id, "032x") == TRACE_ID
@@ -151,7 +161,10 @@ async def test_a_request_span_continues_the_callers_trace(spans: InMemorySpanExp
                          s.attributes.get("agenthost.channel") == "console" and
                          s.attributes.get("http.request.method") == "POST"]  # fmt: skip
     turns = {s.attributes["agenthost.channel"]: s for s in finished  # type: ignore[index]
-             if s.name == "agenthost.turn"}  # fmt: skip
+             if s.name == "agenthost.turn"
+             and (s.parent is None or s.parent.span_id != 0)}  # fmt: skip
+    turns["invocations"] = next(s for s in finished if s.name == "agenthost.turn"
+                                and format(s.context.trace_id, "032x") == TRACE_ID)  # fmt: skip
     turn = turns["console"]
     assert turn.parent is not None and turn.parent.span_id == console_request.context.span_id
     # The invocations turn: under its request, and the turn's steps under it.
@@ -164,6 +177,14 @@ async def test_a_request_span_continues_the_callers_trace(spans: InMemorySpanExp
     assert steps["agenthost.save"].attributes["agenthost.saved"] is True  # type: ignore[index]
     for step in steps.values():
         assert "secret words" not in repr(dict(step.attributes or {}))
+    # A background run has a span of its own, with the turn's steps under it.
+    [background] = [s for s in finished if s.name == "agenthost.background_run"]
+    assert background.attributes is not None
+    assert background.attributes["agenthost.channel"] == "invocations"
+    assert queued.json()["token"] not in repr(dict(background.attributes))  # a reference only
+    below = {s.name for s in finished if s.parent is not None
+             and s.parent.span_id == background.context.span_id}  # fmt: skip
+    assert {"agenthost.run", "agenthost.save"} <= below
     assert turn.attributes is not None and turn.attributes["agenthost.outcome"] == "completed"
     assert "console words" not in repr(dict(turn.attributes))
     assert 'agenthost_request_duration_seconds_count{channel="invocations"} 1' in metrics.text

@@ -1,5 +1,7 @@
 """Every sample, served as its README serves it (``build_host()`` from its ``app.py``),
-driven by the clients its README names; platform-bound ones against the fake Bot API.
+driven by the clients its README names; platform-bound ones against the test suite's fakes
+of the platform. The replicas sample runs as real ``agenthost serve`` processes on
+PostgreSQL (``AGENTHOST_TEST_POSTGRES``: skipped when unset, failing when unreachable).
 """
 
 from __future__ import annotations
@@ -7,7 +9,7 @@ from __future__ import annotations
 import importlib
 import re
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import ExitStack, asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -210,3 +212,105 @@ def _a2a(text: str) -> dict[str, Any]:
             }
         },
     }
+
+
+async def test_teams_bot_sample(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from tests.channels.activity.conftest import bot_framework
+    from tests.channels.activity.fake_bot_framework import APP_ID, APP_SECRET
+    from tests.channels.activity.teams_activities import message, new_user, personal_conversation
+    from tests.channels.activity.tls import loopback_certificate
+
+    certificate = loopback_certificate(tmp_path)  # the fake Entra is https, as Entra is
+    monkeypatch.setenv("SSL_CERT_FILE", str(certificate.certfile))
+    monkeypatch.delenv("SSL_CERT_DIR", raising=False)
+    ada, chat = new_user(), personal_conversation()
+    with anyio.fail_after(TIMEOUT * 2):
+        async with bot_framework(certificate) as services:
+            service = services.service
+            for key, value in {
+                "MICROSOFT_APP_ID": APP_ID,
+                "MICROSOFT_APP_PASSWORD": APP_SECRET,
+                "ACTIVITY_OPENID_METADATA_URL": service.metadata_url,
+                "ACTIVITY_AUTHORITY_HOST": services.entra.base_url,
+                "ACTIVITY_SERVICE_URLS": service.base_url,
+                "AGENTHOST_STATE_DIR": str(tmp_path),
+            }.items():
+                monkeypatch.setenv(key, value)
+            monkeypatch.delenv("MICROSOFT_APP_TENANT_ID", raising=False)
+            async with (
+                served(sample_host("teams_bot").app) as base,
+                httpx.AsyncClient(base_url=base, timeout=TIMEOUT) as http,
+            ):
+                endpoint, url = "/activity/api/messages", service.service_url
+                asked = message(ada, chat, "what is 2 + 3", service_url=url)
+                signed = {"authorization": f"Bearer {service.token()}"}
+                accepted = await http.post(endpoint, json=asked, headers=signed)
+                assert accepted.status_code == 200, accepted.text
+                await service.wait_until(
+                    lambda: any("5" in m.text for m in service.messages_to(chat["id"])),
+                    timeout=TIMEOUT,
+                )
+                assert [grant["grant_type"] for grant in services.entra.token_requests] == [
+                    "client_credentials"
+                ]
+                forged = message(ada, chat, "what is 4 + 4", service_url=url)
+                unsigned = await http.post(endpoint, json=forged)
+                assert unsigned.status_code == 401
+                answered = len(service.messages_to(chat["id"]))
+                again = await http.post(
+                    endpoint,
+                    json=message(ada, chat, "what did I say first?", service_url=url),
+                    headers={"authorization": f"Bearer {service.token()}"},
+                )
+                assert again.status_code == 200, again.text
+                await service.wait_until(
+                    lambda: any(
+                        "You first said" in m.text
+                        for m in service.messages_to(chat["id"])[answered:]
+                    ),
+                    timeout=TIMEOUT,
+                )
+                recalled = [m.text for m in service.messages_to(chat["id"])[answered:]]
+                assert any('"what is 2 + 3"' in text for text in recalled), recalled
+
+
+@pytest.mark.slow
+async def test_replicas_postgres_sample(tmp_path: Path) -> None:
+    from tests.host_process import free_port, host_process
+    from tests.replicas.test_replicas import database
+    from tests.served import wait_ready
+
+    app = "samples.replicas_postgres.app:build_host"
+    with database() as (_, _, url), ExitStack() as stack:
+        bases = []
+        for name in ("a", "b"):
+            port = free_port()
+            settings = {
+                "AGENTHOST_STORE": url,
+                "AGENTHOST_STATE_DIR": str(tmp_path / name),
+                "RESPONSES_API_KEYS": "k-ada=ada,k-bob=bob",
+            }
+            stack.enter_context(host_process(app, port, settings))
+            bases.append(f"http://127.0.0.1:{port}")
+        with anyio.fail_after(TIMEOUT * 2):
+            for base in bases:
+                await wait_ready(base, timeout=TIMEOUT)
+            first, second = (
+                openai.AsyncOpenAI(api_key="k-ada", base_url=f"{b}/responses/v1", max_retries=0)
+                for b in bases
+            )
+            began = await first.responses.create(model="agenthost", input="what is 2 + 3")
+            assert "5" in began.output_text
+            went_on = await second.responses.create(
+                model="agenthost", input="what did I say first?", previous_response_id=began.id
+            )
+            assert went_on.output_text == 'You first said: "what is 2 + 3"'
+            stranger = openai.AsyncOpenAI(
+                api_key="k-bob", base_url=f"{bases[1]}/responses/v1", max_retries=0
+            )
+            with pytest.raises(openai.NotFoundError):  # another caller's response is not found
+                await stranger.responses.create(
+                    model="agenthost", input="hi", previous_response_id=began.id
+                )
+            for client in (first, second, stranger):
+                await client.close()

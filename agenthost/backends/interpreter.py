@@ -89,6 +89,7 @@ class _LeaseGuard:
     # Taken before each lease call, so a release landing between the store's "wait" answer
     # and the wait itself still wakes this run.
     wakeup: anyio.Event | None = None
+    waited: bool = False  # the run waited for the lease at least once
     # The target's run and its answer, for a TurnFinisher's writes.
     ran: tuple[fx.RunTarget, fx.TargetSucceeded | fx.TargetFailed] | None = None
 
@@ -219,8 +220,10 @@ class TurnInterpreter:
             return self._track(guard, answer)
         if isinstance(effect, fx.WaitForLease):
             # The session is busy: a lease wait, on the turn's span and in the logs.
-            trace.get_current_span().add_event("agenthost.lease_wait")
-            log.debug("waiting for the session lease", extra={"run_id": effect.run_id})
+            if not guard.waited:  # once a run: /metrics counts runs that waited
+                guard.waited = True
+                trace.get_current_span().add_event("agenthost.lease_wait")
+                log.info("session lease wait", extra={"run_id": effect.run_id})
             if effect.interrupting is not None:
                 self._local.cancel(effect.interrupting)
             assert guard.wakeup is not None

@@ -193,3 +193,37 @@ async def test_a_request_span_continues_the_callers_trace(spans: InMemorySpanExp
 
 async def _answer(messages: Any) -> str:
     return "fine"
+
+
+@pytest.mark.anyio
+async def test_a_turn_that_waits_for_its_session_counts_as_a_lease_wait() -> None:
+    started, release = anyio.Event(), anyio.Event()
+
+    async def slow_first(messages: Any) -> str:
+        if not started.is_set():
+            started.set()
+            await release.wait()
+        return "done"
+
+    host = Host(
+        slow_first,
+        channels=[ConsoleChannel(metrics=True), InvocationsChannel()],
+        store=MemoryStore(),
+    )
+    async with host.running():
+        transport = httpx.ASGITransport(app=host.app, client=("127.0.0.1", 5000))
+        async with (
+            httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1") as client,
+            anyio.create_task_group() as tasks,
+        ):
+            async def invoke() -> None:
+                await client.post("/invocations/invoke", json={"input": "hi", "session_id": "s"})
+
+            tasks.start_soon(invoke)
+            with anyio.fail_after(10):
+                await started.wait()
+            tasks.start_soon(invoke)  # the same session: it waits its turn
+            with anyio.fail_after(10):
+                while "agenthost_lease_waits_total{" not in (await client.get("/metrics")).text:
+                    await anyio.sleep(0.02)
+            release.set()

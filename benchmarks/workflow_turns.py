@@ -77,14 +77,16 @@ async def _rows(directory: Path) -> list[Row]:
 
 async def _measure(name: str, target: Any, state_dir: Path, sessions: int) -> Row:
     from agenthost import ChannelIdentity, ChannelRequest, Host, HostMessage
+    from agenthost.channels.invocations import InvocationsChannel
     from agenthost.sansio_core.turns import TurnCompleted
 
-    host = Host(target, state_dir=state_dir)
+    # A host needs a channel; the turns are driven through host.run directly.
+    host = Host(target, channels=[InvocationsChannel()], state_dir=state_dir)
 
     def request(worker: int) -> ChannelRequest:
         return ChannelRequest(
-            channel="bench",
-            identity=ChannelIdentity("bench", f"user-{worker}"),
+            channel="invocations",
+            identity=ChannelIdentity("invocations", f"user-{worker}"),
             input=(HostMessage.user("hello"),),
         )
 

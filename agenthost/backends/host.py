@@ -184,7 +184,7 @@ class Host:
         self._owner = f"host_{new_id()}"
         self._bridge = AsyncioBridge()
         self._target = target
-        self._adapter = adapt_target(target, self._bridge, self.state_dir)
+        self._adapter = adapt_target(target, self._bridge)
         self._trust_wire_targets = trust_wire_targets
         self._response_hook = response_hook
         self._router = DeliveryRouter(

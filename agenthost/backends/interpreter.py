@@ -24,6 +24,7 @@ from agenthost.backends.linking import IdentityLinker
 from agenthost.backends.targets import TargetAdapter, TargetCall, UpdateSink
 from agenthost.sansio_core import effects as fx
 from agenthost.sansio_core import leases, opening
+from agenthost.sansio_core.authorization import Denied
 from agenthost.sansio_core.types import ChannelIdentity, ChannelRequest
 from agenthost.stores.base import FinishedTurn, Store, TurnWrites
 
@@ -286,12 +287,13 @@ class TurnInterpreter:
             outcome = await self._store.open_turn(plan)
             if isinstance(outcome, opening.Refused):
                 access = outcome.access
-                spanned.set_attribute(
-                    "agenthost.access",
-                    "session_not_found"
-                    if access is None
-                    else getattr(access, "reason_code", "link_required"),
-                )
+                if access is None:
+                    refusal = "session_not_found"
+                elif isinstance(access, Denied):
+                    refusal = access.reason_code
+                else:
+                    refusal = "link_required"
+                spanned.set_attribute("agenthost.access", refusal)
             else:
                 spanned.set_attribute("agenthost.access", "allowed")
                 spanned.set_attribute("agenthost.session_id", outcome.session_ref.session_id or "")

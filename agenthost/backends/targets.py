@@ -24,7 +24,6 @@ import json
 import logging
 import traceback
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import anyio
@@ -668,16 +667,12 @@ def _is_agent_update(value: Any) -> bool:
     return isinstance(value, AgentResponseUpdate)
 
 
-def adapt_target(target: Any, bridge: AsyncioBridge, state_dir: Path) -> TargetAdapter:
-    """Choose the adapter for what the application handed the host (failures logged).
-
-    ``state_dir`` is unused since workflow checkpoints moved into the store; the host
-    still passes it.
-    """
-    return FailureLogging(_adapter_for(target, bridge, state_dir))
+def adapt_target(target: Any, bridge: AsyncioBridge) -> TargetAdapter:
+    """Choose the adapter for what the application handed the host (failures logged)."""
+    return FailureLogging(_adapter_for(target, bridge))
 
 
-def _adapter_for(target: Any, bridge: AsyncioBridge, state_dir: Path) -> TargetAdapter:
+def _adapter_for(target: Any, bridge: AsyncioBridge) -> TargetAdapter:
     if isinstance(target, TargetAdapter):
         return target
     kind = _adapter_kind(target)

@@ -1,0 +1,261 @@
+"""The durable inbox the push-style channels share: record first, acknowledge, then handle.
+
+Telegram updates, Discord interactions and Bot Framework activities arrive the same way:
+the platform delivers at least once and waits for an acknowledgement, and the turn that
+answers may take far longer than the platform waits. Each channel's own ``inbox`` module
+decides what an arrival's keys and stored form are; this one keeps the rules they share.
+
+Rules (design §8):
+
+1. An arrival is recorded before it is acknowledged. One ``insert_channel_records`` call
+   inserts each arrival's de-duplication mark (kind ``seen``) only where it is absent and,
+   only then, the arrival's record (kind ``inbox``) as the mark's companion, and writes the
+   caller's ``put`` records with them. So of two deliveries of one arrival (a redelivery,
+   or two replicas sharing the store) exactly one is recorded and handled, and a crash
+   after the acknowledgement loses nothing: the next start queues what the inbox holds.
+   An arrival without a mark (nothing to de-duplicate on) is recorded unconditionally.
+2. Marks expire after the channel's de-duplication window.
+3. Arrivals are handled in arrival order within a lane (a chat, a conversation), one at a
+   time; lanes run concurrently up to a bound. At most ``max_pending`` arrivals wait in
+   this process (the channel then refuses, so the platform retries): nothing queues
+   without bound.
+4. A handled arrival's record is deleted, and so is one whose handling raised (logged by
+   type: an error's text may quote the user), so one poisonous arrival cannot block its
+   lane or come back at every start. One interrupted by shutdown stays for the next start.
+5. Within this process an arrival being recorded, queued or handled is never accepted
+   twice, even when the platform delivers it again concurrently.
+
+Inbox keys sort in arrival order (the channels zero-pad ids or arrival times), so
+recovery pages through them in the order they came.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import deque
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from typing import Any
+
+import anyio
+import anyio.abc
+import attrs
+
+from agenthost.backends.channel import HostServices
+from agenthost.stores.base import ChannelRecord
+
+INBOX = "inbox"
+SEEN = "seen"
+
+# Waits between attempts to delete a handled arrival's record while the store stalls.
+_CLEAR_WAITS = (0.5, 1.0, 2.0)
+
+
+@attrs.frozen
+class Arrival:
+    """One arrival as the inbox records and queues it."""
+
+    key: str  # the inbox record's key; keys sort in arrival order
+    value: Mapping[str, Any]  # what is stored under it (enough to handle it after a crash)
+    lane: str  # arrivals of one lane are handled one at a time, in order
+    item: Any  # what the handler gets (parsed once, or rebuilt from ``value`` on recovery)
+    mark: str | None = None  # the de-duplication mark's key; None: not de-duplicated
+
+
+Handler = Callable[[Any], Awaitable[None]]
+Restore = Callable[[ChannelRecord], "Arrival | None"]
+
+
+class DurableInbox:
+    """Records arrivals, queues them by lane and runs the handler on each (rules above).
+
+    ``label`` names the channel's arrivals in logs ("telegram update"); nothing else of an
+    arrival but its inbox key is logged.
+    """
+
+    def __init__(
+        self,
+        host: HostServices,
+        *,
+        channel: str,
+        label: str,
+        handle: Handler,
+        dedupe_seconds: float,
+        max_concurrent_lanes: int,
+        max_pending: int | None = None,
+    ) -> None:
+        self._host = host
+        self._channel = channel
+        self._label = label
+        self._handle = handle
+        self._dedupe_seconds = dedupe_seconds
+        self._max_pending = max_pending
+        self._log = logging.getLogger(f"agenthost.channels.{channel}")
+        self._limiter = anyio.CapacityLimiter(max_concurrent_lanes)
+        self._queues: dict[str, deque[Arrival]] = {}
+        self._active: set[str] = set()
+        self._known: set[str] = set()  # keys being recorded, queued or handled here
+        self._tasks: anyio.abc.TaskGroup | None = None
+        self._idle = anyio.Event()
+        self._idle.set()
+
+    @property
+    def full(self) -> bool:
+        """Whether ``max_pending`` arrivals already wait in this process (rule 3)."""
+        return self._max_pending is not None and len(self._known) >= self._max_pending
+
+    def knows(self, key: str) -> bool:
+        """Whether this process is recording, queueing or handling ``key`` (rule 5)."""
+        return key in self._known
+
+    # --- recording ---------------------------------------------------------------------
+
+    async def record(
+        self, arrivals: Sequence[Arrival], *, put: Sequence[ChannelRecord] = ()
+    ) -> list[Arrival]:
+        """Record the arrivals not seen before (and write ``put``), then queue them.
+
+        Returns the new ones, in order. Raises what the store raises: the caller must then
+        not acknowledge the arrivals.
+        """
+        fresh: list[Arrival] = []
+        keys: set[str] = set()
+        for arrival in arrivals:
+            if arrival.key not in self._known and arrival.key not in keys:
+                keys.add(arrival.key)
+                fresh.append(arrival)
+        self._known.update(keys)
+        try:
+            recorded = await self._insert(fresh, put)
+        except BaseException:
+            self._known.difference_update(keys)
+            raise
+        self._known.difference_update(keys - {a.key for a in recorded})
+        for arrival in recorded:
+            self._enqueue(arrival)
+        return recorded
+
+    async def _insert(self, fresh: list[Arrival], put: Sequence[ChannelRecord]) -> list[Arrival]:
+        now = self._host.now()
+        marks: list[ChannelRecord] = []
+        companions: dict[str, list[ChannelRecord]] = {}
+        always: list[ChannelRecord] = []
+        for arrival in fresh:
+            record = ChannelRecord(self._channel, INBOX, arrival.key, arrival.value, created_at=now)
+            if arrival.mark is None:
+                always.append(record)
+                continue
+            expires = now + self._dedupe_seconds
+            marks.append(
+                ChannelRecord(
+                    self._channel, SEEN, arrival.mark, {}, created_at=now, expires_at=expires
+                )
+            )
+            companions[arrival.mark] = [record]
+        always.extend(put)
+        if not marks and not always:
+            return []
+        inserted = await self._host.store.insert_channel_records(
+            marks, companions=companions, put=always
+        )
+        return [a for a in fresh if a.mark is None or a.mark in inserted]
+
+    async def recover(self, restore: Restore, page: int = 500) -> int:
+        """Queue what the inbox still holds (a crash or a stop left it); returns how many.
+
+        ``restore`` rebuilds an arrival from its stored record (``None`` skips a record it
+        cannot read, which then stays in the store for an operator to look at)."""
+        after: str | None = None
+        recovered = 0
+        while True:
+            records = await self._host.store.list_channel_records(
+                self._channel, INBOX, after=after, limit=page
+            )
+            for record in records:
+                if record.key in self._known:
+                    continue
+                arrival = restore(record)
+                if arrival is None:
+                    continue
+                self._known.add(record.key)
+                self._enqueue(arrival)
+                recovered += 1
+            if len(records) < page:
+                break
+            after = records[-1].key
+        if recovered:
+            self._log.info("%s inbox recovered", self._label, extra={"recovered": recovered})
+        return recovered
+
+    # --- handling ----------------------------------------------------------------------
+
+    async def run(self) -> None:
+        """Handle queued arrivals until cancelled (the host's lifespan task)."""
+        async with anyio.create_task_group() as tasks:
+            self._tasks = tasks
+            for lane in list(self._queues):
+                self._start(lane)
+            try:
+                await anyio.sleep_forever()
+            finally:
+                self._tasks = None
+
+    async def wait_idle(self) -> None:
+        """Until nothing is queued or being handled (for tests and benchmarks)."""
+        await self._idle.wait()
+
+    def _enqueue(self, arrival: Arrival) -> None:
+        self._queues.setdefault(arrival.lane, deque()).append(arrival)
+        if self._idle.is_set():
+            self._idle = anyio.Event()
+        self._start(arrival.lane)
+
+    def _start(self, lane: str) -> None:
+        if self._tasks is not None and lane not in self._active:
+            self._active.add(lane)
+            self._tasks.start_soon(self._drain, lane, name=f"{self._label} lane")
+
+    async def _drain(self, lane: str) -> None:
+        try:
+            while queue := self._queues.get(lane):
+                async with self._limiter:
+                    await self._handle_one(queue[0])
+                queue.popleft()
+        finally:
+            self._active.discard(lane)
+            if not self._queues.get(lane):
+                self._queues.pop(lane, None)
+            if not self._queues:
+                self._idle.set()
+
+    async def _handle_one(self, arrival: Arrival) -> None:
+        try:
+            await self._handle(arrival.item)
+        except Exception as error:
+            self._log.error(
+                "%s failed; dropped",
+                self._label,
+                extra={"inbox_key": arrival.key, "error_type": type(error).__name__},
+            )
+        with anyio.CancelScope(shield=True):
+            cleared = await self._clear(arrival.key)
+        if cleared:
+            self._known.discard(arrival.key)
+        # Not cleared (the store is stalled): the key stays known, so this process never
+        # handles the arrival again; a restart would (at least once, as after a crash).
+
+    async def _clear(self, key: str) -> bool:
+        """Delete a handled arrival's record, riding out a short store stall."""
+        for wait in (*_CLEAR_WAITS, None):
+            try:
+                await self._host.store.delete_channel_records(self._channel, INBOX, prefix=key)
+                return True
+            except Exception as error:
+                if wait is None:
+                    self._log.error(
+                        "%s inbox record not cleared",
+                        self._label,
+                        extra={"inbox_key": key, "error_type": type(error).__name__},
+                    )
+                    return False
+                await anyio.sleep(wait)
+        return False  # pragma: no cover - the loop returns

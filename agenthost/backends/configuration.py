@@ -12,10 +12,12 @@ and their routes, and access control on channels that cannot tell their callers 
 
 from __future__ import annotations
 
+import enum
 import functools
 import inspect
 import re
 from collections.abc import Callable, Iterable, Sequence
+from typing import TypeVar
 
 import attrs
 from starlette.routing import BaseRoute, Mount, Route, WebSocketRoute
@@ -27,9 +29,21 @@ from agenthost.sansio_core.authorization import AccessSettings, Allowlist, Chann
 from agenthost.sansio_core.commands import CommandCatalog, host_commands
 from agenthost.sansio_core.link_policy import AllowAllLinks, LinkPolicy, LinkRules
 
+_Choice = TypeVar("_Choice", bound=enum.Enum)
+
 
 class ConfigurationError(ValueError):
     """The host was configured wrongly; the message names the setting and the remedy."""
+
+
+def choice(kind: type[_Choice], value: object, setting: str) -> _Choice:
+    """``value`` as a member of the enum ``kind``, or an error naming ``setting`` and the
+    values it takes."""
+    try:
+        return kind(value)
+    except ValueError:
+        choices = ", ".join(repr(member.value) for member in kind)
+        raise ConfigurationError(f"{setting} must be one of {choices}, not {value!r}") from None
 
 
 @attrs.frozen

@@ -40,6 +40,7 @@ from starlette.routing import BaseRoute, Route
 
 from agenthost.backends.bodies import BodyTooLarge, OversizedBodyResponse, read_limited
 from agenthost.backends.channel import INHERIT, Channel, HostServices, Inherit
+from agenthost.backends.configuration import choice
 from agenthost.backends.host import ConfigurationError
 from agenthost.backends.push import PushMessage, PushOutcome
 from agenthost.channels.activity import codec, pushes
@@ -198,20 +199,10 @@ class ActivityChannel(Channel):
             raise ConfigurationError(
                 "stream_interval must be at least 0.5 (Teams' pace) and typing_delay not negative"
             )
-        try:
-            self.addressing = Addressing(addressing)
-        except ValueError:
-            choices = ", ".join(repr(a.value) for a in Addressing)
-            raise ConfigurationError(
-                f"addressing must be one of {choices}, not {addressing!r}"
-            ) from None
-        try:
-            self.conversation_scope = ConversationScope(conversation_scope)
-        except ValueError:
-            choices = ", ".join(repr(s.value) for s in ConversationScope)
-            raise ConfigurationError(
-                f"conversation_scope must be one of {choices}, not {conversation_scope!r}"
-            ) from None
+        self.addressing = choice(Addressing, addressing, "addressing")
+        self.conversation_scope = choice(
+            ConversationScope, conversation_scope, "conversation_scope"
+        )
 
         self.name = name
         self.app_id = app_id

@@ -34,7 +34,7 @@ from starlette.routing import BaseRoute, Route
 
 from agenthost.backends.bodies import BodyTooLarge, OversizedBodyResponse, read_limited
 from agenthost.backends.channel import INHERIT, Channel, HostServices, Inherit
-from agenthost.backends.configuration import ConfigurationError
+from agenthost.backends.configuration import ConfigurationError, choice
 from agenthost.backends.push import PushMessage, PushOutcome
 from agenthost.channels.discord import codec, rendering, verifier
 from agenthost.channels.discord.api import DEFAULT_API_BASE_URL, DiscordApi, DiscordError
@@ -204,13 +204,9 @@ class DiscordChannel(Channel):
             raise ConfigurationError(
                 "max_body_bytes, max_concurrent_channels and max_pending must be at least 1"
             )
-        try:
-            self.conversation_scope = ConversationScope(conversation_scope)
-        except ValueError:
-            choices = ", ".join(repr(s.value) for s in ConversationScope)
-            raise ConfigurationError(
-                f"conversation_scope must be one of {choices}, not {conversation_scope!r}"
-            ) from None
+        self.conversation_scope = choice(
+            ConversationScope, conversation_scope, "conversation_scope"
+        )
 
         self.name = name
         self.path = path

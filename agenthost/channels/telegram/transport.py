@@ -33,6 +33,7 @@ from starlette.routing import BaseRoute, Route
 
 from agenthost.backends.bodies import BodyRefused, ClientGone, read_json_body
 from agenthost.backends.channel import INHERIT, Channel, HostServices, Inherit
+from agenthost.backends.configuration import choice
 from agenthost.backends.election import run_while_elected
 from agenthost.backends.host import ConfigurationError
 from agenthost.backends.push import PushMessage, PushOutcome
@@ -210,20 +211,10 @@ class TelegramChannel(Channel):
             raise ConfigurationError("stream_interval and typing_delay must not be negative")
         for command in commands:
             _check_command(command)
-        try:
-            self.addressing = Addressing(addressing)
-        except ValueError:
-            choices = ", ".join(repr(a.value) for a in Addressing)
-            raise ConfigurationError(
-                f"addressing must be one of {choices}, not {addressing!r}"
-            ) from None
-        try:
-            self.conversation_scope = ConversationScope(conversation_scope)
-        except ValueError:
-            choices = ", ".join(repr(s.value) for s in ConversationScope)
-            raise ConfigurationError(
-                f"conversation_scope must be one of {choices}, not {conversation_scope!r}"
-            ) from None
+        self.addressing = choice(Addressing, addressing, "addressing")
+        self.conversation_scope = choice(
+            ConversationScope, conversation_scope, "conversation_scope"
+        )
 
         self.name = name
         self.mode = mode

@@ -260,6 +260,7 @@ async def test_permanent_errors_are_not_retried() -> None:
         ({"mode": "polling", "secret_token": "has spaces"}, "secret_token"),
         ({"mode": "polling", "parse_mode": "Markdown"}, "parse_mode"),
         ({"mode": "polling", "addressing": "everyone"}, "everyone"),
+        ({"mode": "polling", "conversation_scope": "galaxy"}, "conversation_scope must be one of"),
         ({"mode": "polling", "poll_timeout": 0}, "poll_timeout"),
         (
             {"mode": "polling", "commands": [ChannelCommand("Bad-Name", "x")]},

@@ -34,7 +34,7 @@ from agenthost.sansio_core.routing import LastSeen
 from agenthost.sansio_core.sessions import ScopeKey, SessionAlias, SessionRecord
 from agenthost.sansio_core.types import ChannelIdentity, RunStatus
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 
 class StoreError(Exception):
@@ -469,7 +469,7 @@ class Store(abc.ABC):
     # --- singletons (one holder among replicas) ---------------------------------------
 
     # The default keeps the leases in this object: right for a store only one process uses
-    # (memory, SQLite beside no other server). A store shared by replicas overrides both.
+    # (memory). A store other processes share (SQLite, PostgreSQL) overrides both.
     _singletons: dict[str, tuple[str, float]] | None = None
 
     async def acquire_singleton(self, name: str, holder: str, *, now: float, ttl: float) -> bool:

@@ -24,6 +24,10 @@ Migration = Callable[[psycopg.Connection], None]
 # one: add the next.
 MIGRATIONS: dict[int, Migration] = {}
 
+# Version 2 gave the SQLite store the ``singletons`` table PostgreSQL had from version 1:
+# nothing to change here but the number.
+MIGRATIONS[1] = lambda conn: None
+
 # The advisory lock every migration holds (a constant: one migrator per database schema).
 _MIGRATION_LOCK = "agenthost:migrate"
 

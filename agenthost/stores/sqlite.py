@@ -81,6 +81,23 @@ Migration = Callable[[sqlite3.Connection], None]
 # add the next. A new database is created at version 1 and migrated like any other.
 MIGRATIONS: dict[int, Migration] = {}
 
+
+def _add_singletons(conn: sqlite3.Connection) -> None:
+    """Version 2: named leases in the file, so processes sharing it elect one holder (one
+    Telegram poller per bot) as PostgreSQL replicas do."""
+    conn.execute(
+        """
+        CREATE TABLE singletons (
+            name TEXT PRIMARY KEY,
+            holder TEXT NOT NULL,
+            expires_at REAL NOT NULL
+        )
+        """
+    )
+
+
+MIGRATIONS[1] = _add_singletons
+
 _SCHEMA_V1 = (
     """
     CREATE TABLE meta (
@@ -1050,6 +1067,35 @@ class SQLiteStore(Store):
                 return cursor.rowcount
 
         return await self._run(work)
+
+    # --- singletons -----------------------------------------------------------------
+
+    async def acquire_singleton(self, name: str, holder: str, *, now: float, ttl: float) -> bool:
+        # In the file, not in this object: other processes on the same file contend too.
+        # One statement under the write lock: taken, renewed by its holder, or taken over
+        # once expired.
+        def work(conn: sqlite3.Connection) -> bool:
+            with _transaction(conn):
+                row = conn.execute(
+                    "INSERT INTO singletons (name, holder, expires_at) VALUES (?, ?, ?)"
+                    " ON CONFLICT (name) DO UPDATE SET holder = excluded.holder,"
+                    " expires_at = excluded.expires_at"
+                    " WHERE singletons.holder = excluded.holder OR singletons.expires_at <= ?"
+                    " RETURNING 1",
+                    (name, holder, now + ttl, now),
+                ).fetchone()
+                return row is not None
+
+        return await self._run(work)
+
+    async def release_singleton(self, name: str, holder: str) -> None:
+        def work(conn: sqlite3.Connection) -> None:
+            with _transaction(conn):
+                conn.execute(
+                    "DELETE FROM singletons WHERE name = ? AND holder = ?", (name, holder)
+                )
+
+        await self._run(work)
 
 
 # --- SQL in one place -------------------------------------------------------------------

@@ -1,6 +1,6 @@
 """The host the Telegram replica tests run as several replicas: one bot against the test's
-fake Bot API, on the PostgreSQL store ``AGENTHOST_STORE`` names; polling, or webhooks with a
-shared secret when ``REPLICA_TEST_WEBHOOK_SECRET`` is set.
+fake Bot API, on the store ``AGENTHOST_STORE`` names (PostgreSQL, or one SQLite file);
+polling, or webhooks with a shared secret when ``REPLICA_TEST_WEBHOOK_SECRET`` is set.
 
 The target answers ``"<replica>: <text>"`` and appends each call to a shared log, so the
 test sees which replica handled an update and that none was handled twice.

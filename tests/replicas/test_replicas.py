@@ -6,12 +6,14 @@
 - the outbox: replicas claim side by side and a delivery acknowledged once is never sent
   again by another replica;
 - Telegram long polling: one replica polls the bot; when it is killed another takes over
-  within seconds, and every update is answered exactly once;
+  within seconds, and every update is answered exactly once (also with processes sharing
+  one SQLite file, which elect their poller in the file);
 - Telegram webhooks on every replica with one shared secret: an update Telegram delivers
   again, to another replica, is answered once.
 
-They need ``AGENTHOST_TEST_POSTGRES`` (skipped when unset, failing when unreachable); the
-database schema is this test's own, migrated with ``agenthost migrate`` first.
+The PostgreSQL cases need ``AGENTHOST_TEST_POSTGRES`` (skipped when unset, failing when
+unreachable); the database schema is this test's own, migrated with ``agenthost migrate``
+first.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from __future__ import annotations
 import signal
 import subprocess
 import sys
-from collections.abc import AsyncIterator, Iterator, Mapping
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from contextlib import ExitStack, asynccontextmanager, contextmanager
 from pathlib import Path
 from typing import Any
@@ -31,7 +33,9 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from agenthost.sansio_core.delivery import DeliveryStatus
+from agenthost.stores.base import Store
 from agenthost.stores.postgres import PostgresStore
+from agenthost.stores.sqlite import SQLiteStore
 from tests.channels.telegram.fake_bot_api import ApiError, FakeBotApi
 from tests.channels.telegram.telegram_updates import BOT_TOKEN, BOT_USERNAME, message, private_chat
 from tests.delivery.receiver import Receiver
@@ -229,8 +233,20 @@ class WatchedBotApi(FakeBotApi):
             raise
 
 
+@contextmanager
+def shared_store(kind: str, directory: Path) -> Iterator[tuple[str, Callable[[], Store]]]:
+    """A store several processes share: (its URL, a factory of a client of it here)."""
+    if kind == "sqlite":
+        path = directory / "state.db"
+        yield f"sqlite:///{path}", lambda: SQLiteStore(path)
+        return
+    with database() as (dsn, schema, url):
+        yield url, lambda: PostgresStore(dsn, schema=schema)
+
+
+@pytest.mark.parametrize("kind", ["postgres", "sqlite"])
 async def test_one_replica_polls_telegram_and_another_takes_over_when_it_dies(
-    tmp_path: Path,
+    tmp_path: Path, kind: str
 ) -> None:
     fake = WatchedBotApi(BOT_TOKEN, username=BOT_USERNAME)
     chat = 4242
@@ -241,7 +257,7 @@ async def test_one_replica_polls_telegram_and_another_takes_over_when_it_dies(
         await fake.wait_until(lambda: len(fake.sent_to(chat)) > before, timeout=30)
         return fake.sent_to(chat)[before].text
 
-    with database() as (dsn, schema, url):
+    with shared_store(kind, tmp_path) as (url, client):
         async with (
             served(fake.app) as api_url,
             replicas(
@@ -260,7 +276,7 @@ async def test_one_replica_polls_telegram_and_another_takes_over_when_it_dies(
             assert await say(2, "two") == f"{leader}: two"
             # The inbox keeps an update until its handling ended (then the reply is out): a
             # kill inside that window has it handled again, at least once. Kill outside it.
-            store = PostgresStore(dsn, schema=schema)
+            store = client()
             try:
                 with anyio.fail_after(10):
                     while await store.list_channel_records("telegram", "inbox"):

@@ -20,7 +20,7 @@ from agenthost.sansio_core.types import (
     RunStatus,
 )
 from agenthost.stores import sqlite as sqlite_store
-from agenthost.stores.base import StoreSchemaError
+from agenthost.stores.base import SCHEMA_VERSION, StoreSchemaError
 from agenthost.stores.sqlite import SQLiteStore
 
 pytestmark = pytest.mark.anyio
@@ -55,10 +55,38 @@ def make_run(token: str) -> background.RunRecord:
 
 
 async def create_v1_store(path: Path) -> None:
+    """A file as the first release wrote it: schema version 1, one record."""
+    current = sqlite_store.SCHEMA_VERSION
+    sqlite_store.SCHEMA_VERSION = 1
+    try:
+        store = SQLiteStore(path)
+        await store.open()
+        await store.issue_isolation_key(ALICE, "key-alice", now=1.0)
+        await store.close()
+    finally:
+        sqlite_store.SCHEMA_VERSION = current
+
+
+async def test_a_version_1_file_gains_the_singletons_table_and_keeps_its_records(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "state.db"
+    await create_v1_store(path)
     store = SQLiteStore(path)
     await store.open()
-    await store.issue_isolation_key(ALICE, "key-alice", now=1.0)
-    await store.close()
+    try:
+        assert read_meta_version(path) == str(SCHEMA_VERSION) == "2"
+        assert (await store.load_context(ALICE, None)).isolation_key == "key-alice"
+        assert await store.acquire_singleton("poller", "a", now=1.0, ttl=5.0)
+    finally:
+        await store.close()
+    # The lease is in the file: another process's store on it sees the holder.
+    other = SQLiteStore(path)
+    try:
+        assert not await other.acquire_singleton("poller", "b", now=2.0, ttl=5.0)
+        assert await other.acquire_singleton("poller", "b", now=6.0, ttl=5.0)
+    finally:
+        await other.close()
 
 
 async def test_reopening_the_file_keeps_every_record(tmp_path: Path) -> None:
@@ -119,7 +147,7 @@ async def test_the_parent_directory_is_created_and_wal_is_on(tmp_path: Path) -> 
     await store.open()
     try:
         assert path.exists()
-        assert read_meta_version(path) == "1"
+        assert read_meta_version(path) == str(SCHEMA_VERSION)
         with contextlib.closing(sqlite3.connect(path)) as other:
             assert other.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
         conn = store._conn

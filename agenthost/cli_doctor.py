@@ -6,9 +6,9 @@ its store (which creates or migrates the schema exactly as serving would, and re
 schema this version does not know), and asks each channel that can to verify its platform
 credentials (``Channel.check_credentials``): Telegram's ``getMe``, Discord's ``GET
 /applications/@me`` (whose id and public key must be the configured ones), the Activity
-bot's token from Entra. One line a check; the exit status is 0 when every check passed, 1
-otherwise. Nothing secret is printed. ``--backend`` runs the checks on the event loop the
-host serves on.
+bot's token from Entra, the OpenID link channel's discovery document. One line a check;
+the exit status is 0 when every check passed, 1 otherwise. Nothing secret is printed.
+``--backend`` runs the checks on the event loop the host serves on.
 """
 
 from __future__ import annotations

@@ -1,11 +1,13 @@
-"""``agenthost doctor`` asks Discord and Entra whether a host's platform credentials work.
+"""``agenthost doctor`` asks Discord, Entra and an OpenID provider whether a host's platform
+credentials work.
 
 Each test writes host modules whose channels point at the platform fakes (real HTTP
 servers on loopback, answering as the platforms document, 401s included) and runs
 ``python -m agenthost doctor module:host --backend <the test's backend>`` as a separate
 process, as an operator would. Good credentials pass; a wrong bot token, an application id
 or public key of another application, a wrong client secret or an unknown app id each
-fail, naming the setting, and never print the secret.
+fail, naming the setting, and never print the secret. The OpenID link channel's check
+finds the authority's discovery document and keys (its secret only a sign-in can prove).
 """
 
 from __future__ import annotations
@@ -25,6 +27,9 @@ from tests.channels.activity.tls import LoopbackCertificate
 from tests.channels.discord.conftest import fake_discord
 from tests.channels.discord.interactions import APPLICATION_ID, BOT_TOKEN
 from tests.channels.discord.signer import Signer
+from tests.channels.oidc.fake_provider import Clock, FakeProvider
+from tests.channels.oidc.harness import ALICE_ENTRA, CLIENT_ID, CLIENT_SECRET, TENANT
+from tests.channels.oidc.loopback import base_url, bound_socket, make_tls, serve_on
 from tests.conftest import BACKEND
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -49,8 +54,10 @@ def _closed_port_url() -> str:
     return f"https://127.0.0.1:{port}"
 
 
-async def _doctor(tmp_path: Path, reference: str) -> tuple[int, str]:
-    env = {**os.environ, "PYTHONPATH": f"{tmp_path}{os.pathsep}{ROOT}"}
+async def _doctor(
+    tmp_path: Path, reference: str, extra_env: dict[str, str] | None = None
+) -> tuple[int, str]:
+    env = {**os.environ, "PYTHONPATH": f"{tmp_path}{os.pathsep}{ROOT}", **(extra_env or {})}
     with anyio.fail_after(TIMEOUT):
         done = await anyio.run_process(
             [sys.executable, "-m", "agenthost", "doctor", reference, "--backend", BACKEND],
@@ -181,3 +188,47 @@ async def test_doctor_obtains_the_activity_bots_token_from_entra(
         code, out = await _doctor(tmp_path, "down:host")
         assert code == 1, out
         assert "FAIL  credentials activity: could not ask the platform (ConnectionError)" in out
+
+
+@pytest.mark.anyio
+async def test_doctor_finds_the_oidc_link_channels_provider(tmp_path: Path) -> None:
+    tls = make_tls(tmp_path)
+    provider_sock = bound_socket()
+    redirect_uri = "http://127.0.0.1:8000/link/oidc/callback"
+    provider = FakeProvider(
+        base_url=base_url(provider_sock, tls=True),
+        tenant=TENANT,
+        client_id=CLIENT_ID,
+        client_secret=CLIENT_SECRET,
+        redirect_uri=redirect_uri,
+        clock=Clock(0.0),
+        user=ALICE_ENTRA,
+    )
+    preamble = f"""
+        from agenthost import Host
+        from agenthost.channels.oidc import OidcLinkChannel
+
+        def oidc(authority={provider.authority!r}):
+            return OidcLinkChannel(authority=authority, client_id={CLIENT_ID!r},
+                                   client_credential={CLIENT_SECRET!r},
+                                   redirect_uri={redirect_uri!r}, validate_authority=False)
+    """  # fmt: skip
+    other_tenant = provider.authority.replace(TENANT, "contoso.example")
+    _host_module(tmp_path, "good", preamble, "oidc()")
+    _host_module(tmp_path, "other_tenant", preamble, f"oidc(authority={other_tenant!r})")
+    trust_the_test_ca = {"SSL_CERT_FILE": str(tls.ca)}
+    async with serve_on(provider.app, provider_sock, tls=tls):
+        code, out = await _doctor(tmp_path, "good:host", trust_the_test_ca)
+        assert code == 0, out
+        assert (
+            f"ok    credentials oidc: provider {provider.issuer}: discovery and 1 signing key; "
+            "client_credential is checked by the first sign-in"
+        ) in out
+        assert CLIENT_SECRET not in out
+
+        code, out = await _doctor(tmp_path, "other_tenant:host", trust_the_test_ca)
+        assert code == 1, out
+        assert (
+            f"FAIL  credentials oidc: authority {other_tenant} has no OpenID discovery "
+            "document (HTTP 404); check the tenant id or domain in authority"
+        ) in out

@@ -4,8 +4,11 @@ It imports the host (construction already refuses settings that cannot work, nam
 setting), builds its app (each channel's routes, which check their own settings), opens
 its store (which creates or migrates the schema exactly as serving would, and refuses a
 schema this version does not know), and asks each channel that can to verify its platform
-credentials (``Channel.check_credentials``: Telegram's ``getMe``...). One line a check;
+credentials (``Channel.check_credentials``): Telegram's ``getMe``, Discord's ``GET
+/applications/@me`` (whose id and public key must be the configured ones), the Activity
+bot's token from Entra, the OpenID link channel's discovery document. One line a check;
 the exit status is 0 when every check passed, 1 otherwise. Nothing secret is printed.
+``--backend`` runs the checks on the event loop the host serves on.
 """
 
 from __future__ import annotations
@@ -25,6 +28,12 @@ CREDENTIALS_TIMEOUT = 15.0
 def add_parser(commands: Any) -> None:
     parser = commands.add_parser("doctor", help="check a host's configuration without serving")
     parser.add_argument("target", help="module:attribute naming a Host or a factory of one")
+    parser.add_argument(
+        "--backend",
+        choices=("asyncio", "trio"),
+        default="asyncio",
+        help="event loop for the store and credential checks (the one the host serves on)",
+    )
 
 
 class Report:
@@ -64,7 +73,7 @@ def run(args: argparse.Namespace) -> int:
                 f"channel {channel.name}",
                 "remote access without a token: one is drawn and printed at start-up",
             )
-    anyio.run(_check_store_and_credentials, host, report)
+    anyio.run(_check_store_and_credentials, host, report, backend=args.backend)
     return 1 if report.failed else 0
 
 
@@ -96,4 +105,3 @@ async def _check_store_and_credentials(host: Any, report: Report) -> None:
                     report.ok(what, "nothing to verify")
                 else:
                     report.ok(what, verified)
-

@@ -13,7 +13,9 @@ Rules:
 3. The token is kept until five minutes before it expires; concurrent callers share one
    acquisition. msal's own cache sits behind it.
 4. A refusal (wrong secret, unknown app) is :class:`TokenUnavailable` carrying Entra's
-   error code, never its description or the secret.
+   error code, never its description or the secret. When no answer came, the code is
+   ``entra_unreachable`` (the network) or ``token_request_failed`` (msal itself failed:
+   an authority it refuses, a certificate it cannot load).
 """
 
 from __future__ import annotations
@@ -213,5 +215,8 @@ class BotTokens:
                 "bot framework token not acquired", extra={"error_type": type(error).__name__}
             )
             self._app = None
-            raise TokenUnavailable("token_request_failed") from None
+            unreachable = isinstance(error, httpx.HTTPError)
+            raise TokenUnavailable(
+                "entra_unreachable" if unreachable else "token_request_failed"
+            ) from None
         return result

@@ -55,6 +55,7 @@ from agenthost.channels.activity.credentials import (
     DEFAULT_AUTHORITY_HOST,
     BotTokens,
     Certificate,
+    TokenUnavailable,
 )
 from agenthost.channels.activity.inbox import Inbox, InboxFull
 from agenthost.channels.activity.replies import Reply
@@ -105,6 +106,29 @@ _REFUSALS = {
 _FAILED = "Sorry, something went wrong while answering. Please try again."
 _ACKNOWLEDGED = "Got it. The answer will be delivered where you asked for it."
 _CARD_ACCEPTED = "Working on it…"
+# What an Entra refusal of the bot's token means, naming the setting to fix (for doctor).
+_ENTRA_REFUSED = (
+    "Entra refused a token for app_id {app_id} ({code}); check app_id, {credential} and "
+    "tenant_id against the app registration"
+)
+_ENTRA_REFUSALS = {
+    "invalid_client": (
+        "Entra refused the bot's {credential} for app_id {app_id} (invalid_client); create a "
+        "new one under Certificates & secrets of the app registration (secrets expire)"
+    ),
+    "unauthorized_client": (
+        "Entra does not know app_id {app_id} in tenant {tenant} (unauthorized_client); copy "
+        "app_id from the bot's app registration, and set tenant_id for a single-tenant bot"
+    ),
+    "invalid_request": (
+        "Entra refused the token request for app_id {app_id} in tenant {tenant} "
+        "(invalid_request); check tenant_id and app_id"
+    ),
+    "token_request_failed": (
+        "no token could be requested from {authority_host} for tenant {tenant}: check "
+        "authority_host and tenant_id, and that the {credential} can be loaded"
+    ),
+}
 
 
 class ActivityChannel(Channel):
@@ -256,6 +280,34 @@ class ActivityChannel(Channel):
 
     def commands(self) -> Sequence[ChannelCommand]:
         return ()
+
+    async def check_credentials(self, http: httpx.AsyncClient) -> str | None:
+        """Ask Entra for the bot's Bot Framework token (client credentials), exactly as a
+        reply would: a refusal here means no reply or push could ever be sent."""
+        tokens = BotTokens(
+            http,
+            app_id=self.app_id,
+            secret=self._secret,
+            certificate=self._certificate,
+            tenant_id=self._tenant_id,
+            authority_host=self.authority_host,
+        )
+        credential = "app_secret" if self._secret is not None else "certificate"
+        tenant = self._tenant_id or "botframework.com (multi-tenant)"
+        try:
+            await tokens.token()
+        except TokenUnavailable as error:
+            if error.code == "entra_unreachable":
+                raise ConnectionError("Entra could not be reached") from None
+            explained = _ENTRA_REFUSALS.get(error.code, _ENTRA_REFUSED).format(
+                code=error.code,
+                credential=credential,
+                app_id=self.app_id,
+                tenant=tenant,
+                authority_host=self.authority_host,
+            )
+            raise ConfigurationError(explained) from None
+        return f"app {self.app_id}: Entra issued a Bot Framework token (tenant {tenant})"
 
     async def startup(self, host: HostServices) -> None:
         channel_keys = SigningKeys(

@@ -3,8 +3,8 @@
 What this module owns:
 
 - **Calls**: the bot's own (``Authorization: Bot <token>``: the command menu, DM channels,
-  channel messages) and the interaction webhook's (the interaction token in the path, no
-  bot token: ``@original`` edits and follow-ups).
+  channel messages, the application itself) and the interaction webhook's (the
+  interaction token in the path, no bot token: ``@original`` edits and follow-ups).
 - **Errors, classified** (:func:`classify`), by whether the same call could ever succeed:
   429 is :class:`RateLimited` with ``retry_after`` (from the body, else ``Retry-After``)
   and whether the limit is global; an interaction token that expired or was never
@@ -347,6 +347,15 @@ class DiscordApi:
             "PUT", path, route=route, route_key=path, body=list(commands), idempotent=True
         )
         return result if isinstance(result, list) else []
+
+    async def current_application(self) -> Mapping[str, Any]:
+        """The application the bot token belongs to (``GET /applications/@me``: its
+        ``id``, ``name``, ``verify_key`` and ``bot`` user). Read-only."""
+        route = "GET /applications/@me"
+        result = await self.call(
+            "GET", "/applications/@me", route=route, route_key=route, idempotent=True
+        )
+        return result if isinstance(result, Mapping) else {}
 
     async def open_dm(self, user_id: str, *, wait: bool = True) -> str:
         """The id of the bot's DM channel with ``user_id`` (Discord answers the existing one)."""

@@ -24,10 +24,12 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any, Literal
 
 import anyio
+import httpx
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
@@ -37,7 +39,12 @@ from agenthost.backends.channel import INHERIT, Channel, HostServices, Inherit
 from agenthost.backends.configuration import ConfigurationError, choice
 from agenthost.backends.push import PushMessage, PushOutcome
 from agenthost.channels.discord import codec, rendering, verifier
-from agenthost.channels.discord.api import DEFAULT_API_BASE_URL, DiscordApi, DiscordError
+from agenthost.channels.discord.api import (
+    DEFAULT_API_BASE_URL,
+    DiscordApi,
+    DiscordError,
+    Unauthorized,
+)
 from agenthost.channels.discord.codec import (
     AutocompleteQuery,
     CallbackType,
@@ -229,6 +236,7 @@ class DiscordChannel(Channel):
         self.confidentiality_tier = confidentiality_tier
         self.offers_link_commands = offers_link_commands
         self._verifier = SignatureVerifier(key, window=replay_window_seconds)
+        self._public_key_hex = public_key.strip().lower()
         self._token = bot_token
         self._own_commands = tuple(commands)
         self._autocomplete = autocomplete
@@ -248,6 +256,48 @@ class DiscordChannel(Channel):
 
     def commands(self) -> Sequence[ChannelCommand]:
         return self._own_commands
+
+    async def check_credentials(self, http: httpx.AsyncClient) -> str | None:
+        """Ask Discord which application the bot token belongs to (``GET
+        /applications/@me``), and compare its id and public key with the settings: a
+        wrong public key would refuse every interaction, a wrong id every command menu."""
+        api = DiscordApi(
+            http,
+            self._token,
+            application_id=self.application_id,
+            base_url=self.api_base_url,
+            clock=time.monotonic,
+            max_attempts=1,
+        )
+        try:
+            application = await api.current_application()
+        except Unauthorized:
+            raise ConfigurationError(
+                "Discord refused the bot token (GET /applications/@me answered 401); copy "
+                "bot_token from the Bot page of the developer portal (Reset Token there if "
+                "it is lost)"
+            ) from None
+        actual_id = application.get("id")
+        if actual_id != self.application_id:
+            raise ConfigurationError(
+                f"application_id {self.application_id} is not the application the bot token "
+                f"belongs to ({actual_id}); copy both from the same application in the "
+                "developer portal"
+            )
+        verify_key = application.get("verify_key")
+        if not isinstance(verify_key, str) or verify_key.lower() != self._public_key_hex:
+            raise ConfigurationError(
+                "public_key is not the application's public key, so every interaction would "
+                "be refused 401; copy it from the General Information page of the developer "
+                "portal"
+            )
+        bot = application.get("bot")
+        if isinstance(bot, Mapping) and bot.get("username"):
+            return (
+                f"bot {bot.get('username')} (id {bot.get('id')}) of application "
+                f"{application.get('name')} ({actual_id}); public key matches"
+            )
+        return f"application {application.get('name')} ({actual_id}); public key matches"
 
     async def startup(self, host: HostServices) -> None:
         api = DiscordApi(

@@ -206,6 +206,34 @@ class OidcLinkChannel(Channel, IdentityLinker):
             Route(f"{self.mount}/done", handlers.done, methods=["GET"]),
         ]
 
+    async def check_credentials(self, http: httpx.AsyncClient) -> str | None:
+        """For ``agenthost doctor``: the authority's discovery document and signing keys.
+
+        The client credential is not checked: the provider takes it only with a user's
+        authorization code, so the first sign-in is what proves it.
+        """
+        client = self._http_client if self._http_client is not None else http
+        where = codec.entra_discovery_url(self.authority)
+        response = await client.get(where, headers={"accept": "application/json"})
+        if response.status_code != 200:
+            raise ConfigurationError(
+                f"authority {self.authority} has no OpenID discovery document (HTTP "
+                f"{response.status_code}); check the tenant id or domain in authority"
+            )
+        try:
+            metadata = codec.parse_discovery(response.json())
+            keys = await client.get(metadata.jwks_uri, headers={"accept": "application/json"})
+            jwks = codec.parse_jwks(keys.json() if keys.status_code == 200 else None)
+        except (ValueError, codec.ProviderDocumentError) as error:
+            raise ConfigurationError(
+                f"authority {self.authority} does not answer as an OpenID provider ({error})"
+            ) from None
+        count = len(jwks["keys"])
+        return (
+            f"provider {metadata.issuer}: discovery and {count} signing "
+            f"key{'' if count == 1 else 's'}; client_credential is checked by the first sign-in"
+        )
+
     async def startup(self, host: HostServices) -> None:
         if not callable(getattr(host, "link_verified_claims", None)):
             raise ConfigurationError(

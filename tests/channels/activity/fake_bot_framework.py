@@ -11,9 +11,10 @@
   ``BotNotInConversationRoster``: the app was uninstalled). It also serves a file that
   needs the bot token (``/amer/files/{name}``).
 - :class:`FakeEntra` is Entra's token endpoint for the bot (client credentials): tenant
-  discovery metadata and ``/{tenant}/oauth2/v2.0/token``, which checks the app id, the
-  secret and the Bot Framework scope. msal insists on https, so it is served with TLS
-  (``tls.py``).
+  discovery metadata and ``/{tenant}/oauth2/v2.0/token``, which checks the app id (an
+  unknown one is 400 ``unauthorized_client``), the secret or certificate (a wrong one is
+  401 ``invalid_client``) and the Bot Framework scope. msal insists on https, so it is
+  served with TLS (``tls.py``).
 """
 
 from __future__ import annotations
@@ -360,9 +361,13 @@ class FakeEntra:
         self.token_requests.append({**form, "tenant": request.path_params["tenant"]})
         if form.get("grant_type") != "client_credentials":
             return JSONResponse({"error": "unsupported_grant_type"}, status_code=400)
-        if form.get("client_id") != self._service.app_id or not self._authenticated(
-            form, request.path_params["tenant"]
-        ):
+        if form.get("client_id") != self._service.app_id:
+            # Entra: no such application in the tenant (AADSTS700016), a 400.
+            return JSONResponse(
+                {"error": "unauthorized_client", "error_description": "AADSTS700016"},
+                status_code=400,
+            )
+        if not self._authenticated(form, request.path_params["tenant"]):
             return JSONResponse(
                 {"error": "invalid_client", "error_description": "AADSTS7000215"}, status_code=401
             )

@@ -12,9 +12,12 @@ wire behaviour (discord.com/developers/docs: interactions, rate limits, messages
   most 25 options), ``POST /users/@me/channels`` (the DM channel), ``POST
   /channels/{id}/messages``, and the interaction webhook: ``PATCH
   /webhooks/{app}/{token}/messages/@original`` and ``POST /webhooks/{app}/{token}``
-  (follow-ups; at most five for an app only the user installed). Bot calls need
-  ``Authorization: Bot <token>``. Messages are validated (1-2,000 characters of content,
-  flags a message may carry) and recorded.
+  (follow-ups; at most five for an app only the user installed), and ``GET
+  /applications/@me`` (the application the bot token belongs to: its id, name,
+  ``verify_key`` (the signer's public key) and bot user). Bot calls need
+  ``Authorization: Bot <token>``; any other is 401 ``{"message": "401: Unauthorized"}``.
+  Messages are validated (1-2,000 characters of content, flags a message may carry) and
+  recorded.
 - **Failures Discord documents**: an expired interaction token (401, code 50027), an
   unknown one (404, 10015), DMs closed (403, 50007), no access to a channel (403, 50001),
   an unknown channel (404, 10003), and rate limits: every answer carries
@@ -139,6 +142,7 @@ class FakeDiscordApi:
         self.app = Starlette(
             routes=[
                 Route("/readiness", self._readiness, methods=["GET"]),
+                Route(f"{API}/applications/@me", self._current_application, methods=["GET"]),
                 Route(f"{prefix}/commands", self._put_commands, methods=["PUT"]),
                 Route(f"{prefix}/guilds/{{guild}}/commands", self._put_commands, methods=["PUT"]),
                 Route(f"{API}/users/@me/channels", self._open_dm, methods=["POST"]),
@@ -352,6 +356,29 @@ class FakeDiscordApi:
         self._changed = anyio.Event()
 
     # --- the bot's routes ----------------------------------------------------------------
+
+    async def _current_application(self, request: Request) -> Response:
+        def handle(body: Any) -> Any:
+            return {
+                "id": self.application_id,
+                "name": "agenthost-test",
+                "icon": None,
+                "description": "",
+                "bot_public": True,
+                "bot_require_code_grant": False,
+                "verify_key": self.signer.public_key_hex,
+                "flags": 0,
+                "bot": {
+                    "id": self.application_id,  # the bot user shares the application's id
+                    "username": "agenthost-test",
+                    "discriminator": "0",
+                    "avatar": None,
+                    "bot": True,
+                    "public_flags": 0,
+                },
+            }
+
+        return await self._serve(request, "GET /applications/@me", "@me", handle)
 
     async def _put_commands(self, request: Request) -> Response:
         app = request.path_params["app"]

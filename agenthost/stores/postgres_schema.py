@@ -20,9 +20,26 @@ from agenthost.stores.base import SCHEMA_VERSION, StoreSchemaError
 
 Migration = Callable[[psycopg.Connection], None]
 
+
+def _add_idle_state_expiry(conn: psycopg.Connection) -> None:
+    """1 -> 2: which sessions' states expire when idle (``Store.expire_idle_states``).
+
+    Sessions saved before the upgrade are not marked: their next saved turn marks them.
+    With a constant default the column is added without rewriting the table.
+    """
+    conn.execute(
+        "ALTER TABLE sessions ADD COLUMN state_expires_when_idle BOOLEAN NOT NULL DEFAULT false"
+    )
+    # Only the marked sessions are indexed, by the time they were saved: the sweep's range.
+    conn.execute(
+        "CREATE INDEX sessions_expiring_when_idle ON sessions (updated_at)"
+        " WHERE state_expires_when_idle"
+    )
+
+
 # Version N -> the function that upgrades a version-N database to N+1. Never edit a released
 # one: add the next.
-MIGRATIONS: dict[int, Migration] = {}
+MIGRATIONS: dict[int, Migration] = {1: _add_idle_state_expiry}
 
 # The advisory lock every migration holds (a constant: one migrator per database schema).
 _MIGRATION_LOCK = "agenthost:migrate"

@@ -20,7 +20,7 @@ from agenthost.sansio_core.types import (
     RunStatus,
 )
 from agenthost.stores import sqlite as sqlite_store
-from agenthost.stores.base import StoreSchemaError
+from agenthost.stores.base import SCHEMA_VERSION, StoreSchemaError
 from agenthost.stores.sqlite import SQLiteStore
 
 pytestmark = pytest.mark.anyio
@@ -55,10 +55,14 @@ def make_run(token: str) -> background.RunRecord:
 
 
 async def create_v1_store(path: Path) -> None:
-    store = SQLiteStore(path)
-    await store.open()
-    await store.issue_isolation_key(ALICE, "key-alice", now=1.0)
-    await store.close()
+    """A store file at schema version 1, as agenthost wrote it before any migration."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(sqlite_store, "SCHEMA_VERSION", 1)
+        patch.setattr(sqlite_store, "MIGRATIONS", {})
+        store = SQLiteStore(path)
+        await store.open()
+        await store.issue_isolation_key(ALICE, "key-alice", now=1.0)
+        await store.close()
 
 
 async def test_reopening_the_file_keeps_every_record(tmp_path: Path) -> None:
@@ -119,7 +123,7 @@ async def test_the_parent_directory_is_created_and_wal_is_on(tmp_path: Path) -> 
     await store.open()
     try:
         assert path.exists()
-        assert read_meta_version(path) == "1"
+        assert read_meta_version(path) == str(SCHEMA_VERSION)
         with contextlib.closing(sqlite3.connect(path)) as other:
             assert other.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
         conn = store._conn
@@ -261,6 +265,32 @@ async def test_a_failing_migration_rolls_the_whole_upgrade_back(
     assert read_meta_version(path) == "3"
 
 
+async def test_a_version_one_file_learns_which_states_expire_and_keeps_its_sessions(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "state.db"
+    await create_v1_store(path)
+    execute(
+        path,
+        "INSERT INTO sessions (session_id, owner, qualifier, generation, created_at, updated_at,"
+        " turns, state) VALUES ('s1', 'key-alice', 'direct', 1, 1.0, 2.0, 1, '{\"workflow\": {}}')",
+    )
+    store = SQLiteStore(path)
+    await store.open()
+    try:
+        assert read_meta_version(path) == str(SCHEMA_VERSION)
+        record = await store.load_session("s1")
+        assert record == SessionRecord(
+            "s1", "key-alice", "direct", 1, 1.0, 2.0, {"workflow": {}}, 1
+        )
+        assert not record.state_expires_when_idle
+        # Saved before the upgrade, so not marked: kept until a turn saves it again.
+        assert await store.expire_idle_states(1e9, 1.0, 10) == 0
+        assert (await store.load_session("s1")) == record
+    finally:
+        await store.close()
+
+
 async def test_hot_paths_are_single_indexed_queries(tmp_path: Path) -> None:
     store = SQLiteStore(tmp_path / "state.db")
     await store.open()
@@ -279,11 +309,12 @@ async def test_hot_paths_are_single_indexed_queries(tmp_path: Path) -> None:
         await store.get_run("t1")
         await store.list_runs([RunStatus.QUEUED, RunStatus.RUNNING])
         await store.delete_expired_runs(now=1.0)
+        await store.expire_idle_states(now=1.0, ttl=1.0, limit=10)
         await store.apply_lease_event("s1", leases.Arrive("run-1", ENQUEUE, 0.0, 30.0))
     finally:
         conn.set_trace_callback(None)
     queries = [s for s in statements if s.lstrip().upper().startswith(("SELECT", "DELETE"))]
-    assert len(queries) >= 9
+    assert len(queries) >= 10
     for query in queries:
         plan = [row[3] for row in conn.execute(f"EXPLAIN QUERY PLAN {query}")]
         scans = [step for step in plan if step.startswith("SCAN")]

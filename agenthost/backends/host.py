@@ -44,6 +44,7 @@ from agenthost.backends.interpreter import (
 from agenthost.backends.linking import IdentityLinker
 from agenthost.backends.outbox import DeliveryWorker, OutboxSettings, ResponseHook
 from agenthost.backends.serving import Backend, serve_forever
+from agenthost.backends.state_expiry import IdleStateExpiry, StateExpirySettings
 from agenthost.backends.targets import UpdateSink, accepts_function_tools, adapt_target
 from agenthost.backends.worker import BackgroundWorker, WorkerSettings
 from agenthost.sansio_core import authorization, background, commands, delivery, linking, turns
@@ -114,6 +115,12 @@ class Host:
     (default: about an hour of capped, jittered backoff) or one per channel name, ``"*"``
     for the rest; ``max_concurrent_deliveries`` bounds the fan-out.
     ``delivery_lease_seconds`` must be longer than any channel's ``push_timeout_seconds``.
+
+    Expiry: a workflow's checkpoint is kept in its session's state. Once the workflow has
+    no open question, the checkpoint only carries executor state into the session's next
+    run, so it is dropped when the session has been idle ``workflow_checkpoint_ttl_seconds``
+    (default 7 days; ``None`` keeps every checkpoint) and its next message starts the
+    workflow afresh. A checkpoint waiting for an answer never expires.
     """
 
     def __init__(
@@ -139,6 +146,7 @@ class Host:
         lease_seconds: float = 30.0,
         background_max_attempts: int = 3,
         background_ttl_seconds: float = 24 * 3600.0,
+        workflow_checkpoint_ttl_seconds: float | None = 7 * 24 * 3600.0,
         max_concurrent_background_runs: int = 16,
         shutdown_grace_seconds: float = 10.0,
         clock: Callable[[], float] = time.time,
@@ -151,6 +159,8 @@ class Host:
             shutdown_grace_seconds=shutdown_grace_seconds,
         )
         _check_positive(delivery_lease_seconds=delivery_lease_seconds)
+        if workflow_checkpoint_ttl_seconds is not None:
+            _check_positive(workflow_checkpoint_ttl_seconds=workflow_checkpoint_ttl_seconds)
         if (
             background_max_attempts < 1
             or max_concurrent_background_runs < 1
@@ -236,6 +246,15 @@ class Host:
             sweep_seconds=max(lease_seconds / 3, 0.2),
             result_ttl_seconds=background_ttl_seconds,
         )
+        self._state_expiry = (
+            IdleStateExpiry(
+                store=store,
+                clock=clock,
+                settings=StateExpirySettings.for_ttl(workflow_checkpoint_ttl_seconds),
+            )
+            if workflow_checkpoint_ttl_seconds is not None
+            else None
+        )
         self._worker: BackgroundWorker | None = None
         self._tasks: anyio.abc.TaskGroup | None = None
         self._task_health: list[TaskHealth] = []
@@ -307,6 +326,8 @@ class Host:
                 )
                 await tasks.start(worker.serve)
                 tasks.start_soon(self._interpreter.renew_leases, name="lease renewals")
+                if self._state_expiry is not None:
+                    await tasks.start(self._state_expiry.serve, name="idle state expiry")
                 if self._router.any_can_push:
                     await tasks.start(outbox.serve)
                     # Deliveries other replicas schedule wake this one's worker too.

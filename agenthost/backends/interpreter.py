@@ -330,7 +330,13 @@ class TurnInterpreter:
             self._local.register(effect.run_id, run_scope, held)  # renew_leases keeps it
             try:
                 done = await self._target.run(call)
-                answer = fx.TargetSucceeded(done.result, done.text, done.new_state, self._clock())
+                answer = fx.TargetSucceeded(
+                    done.result,
+                    done.text,
+                    done.new_state,
+                    self._clock(),
+                    done.state_expires_when_idle,
+                )
             except Exception as exc:
                 # The error's text may quote the user's input: log its type only.
                 log.warning(

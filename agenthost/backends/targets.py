@@ -420,7 +420,9 @@ class WorkflowTarget(TargetAdapter):
     the question (``WorkflowTurn.input_requests``); the session's next message is the
     answer, and the workflow resumes from its checkpoint. The newest checkpoint is the
     session's state, so it is saved with the session, only when the run succeeded
-    (``workflow_checkpoints``). Cancelling the run cancels the running executors.
+    (``workflow_checkpoints``); once the workflow has no open question it is marked as
+    expiring when the session idles (``Host(workflow_checkpoint_ttl_seconds=)``).
+    Cancelling the run cancels the running executors.
     """
 
     def __init__(self, source: Any, bridge: AsyncioBridge) -> None:
@@ -490,19 +492,26 @@ class WorkflowTarget(TargetAdapter):
                         if update is not None:
                             await sink(update)
         turn = fold.turn()
-        new_state: Mapping[str, Any] | None = None
+        saving: StoredWorkflow | None = None
         newest = sealed[0] if sealed else None
         if stateful and newest is not None:
-            new_state = StoredWorkflow(
+            saving = StoredWorkflow(
                 name=str(newest[1].get("workflow_name", "")),
                 graph=self._graph,
                 checkpoint_id=newest[0],
                 checkpoint=newest[1],
                 pending=tuple(r.request_id for r in turn.input_requests),
-            ).to_state()
-        elif stateful and stored is not None:
-            new_state = stored.to_state()
-        return TargetSucceeded(result=turn, text=turn.text, new_state=new_state)
+            )
+        elif stateful:
+            saving = stored
+        return TargetSucceeded(
+            result=turn,
+            text=turn.text,
+            new_state=saving.to_state() if saving is not None else None,
+            # A finished workflow's checkpoint only carries executor state into the next
+            # run, which can start afresh: it may expire. One waiting for an answer may not.
+            state_expires_when_idle=saving is not None and not saving.pending,
+        )
 
     def _plan(self, request: ChannelRequest, stored: StoredWorkflow | None) -> _RunPlan:
         value = request.input

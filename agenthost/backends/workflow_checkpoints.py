@@ -3,7 +3,9 @@
 A workflow run saves a checkpoint at every superstep. The host keeps the newest one in the
 session's state, next to what it asked the user, so it is written by ``FinishRun`` in the
 turn's own transaction: saved only when the run succeeded, seen by a restarted process or
-another replica, gone with the session. Nothing is written under the state directory.
+another replica, gone with the session. Nothing is written under the state directory. A
+finished workflow's checkpoint (no open question) also goes when the session idles
+(``WorkflowTarget`` marks it, ``backends.state_expiry`` drops it).
 
 ``SessionCheckpointStorage`` is the framework's ``CheckpointStorage`` for one run: it is
 seeded with the session's stored checkpoint (so the run can resume from it) and keeps what

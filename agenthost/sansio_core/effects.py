@@ -154,6 +154,9 @@ class TargetSucceeded:
     text: str
     new_state: Mapping[str, Any] | None
     finished_at: float | None = None  # stamped by the interpreter; the saved session's time
+    # ``new_state`` is one the target can start afresh without (a finished workflow's
+    # checkpoint): the host may drop it once the session idles (``sessions`` rule 7).
+    state_expires_when_idle: bool = False
 
 
 @attrs.frozen

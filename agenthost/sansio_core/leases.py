@@ -57,6 +57,10 @@ class LeaseState:
     def holder_alive(self, now: float) -> bool:
         return self.holder is not None and now < self.expires_at
 
+    def in_use(self, now: float) -> bool:
+        """A run holds the lease or waits for it (and has not been given up for dead)."""
+        return self.holder_alive(now) or any(w.expires_at > now for w in self.waiters)
+
     def state_of(self, run_id: str, now: float) -> RunLeaseState:
         if self.holder == run_id:
             return RunLeaseState.HOLDING

@@ -15,6 +15,11 @@ Rules:
 6. A *fork* saves a turn as a new session under ``fork_key``, a copy of the session named by
    ``key`` (which must exist) or a fresh one without a ``key``. The source is never changed,
    so continuing from an older snapshot branches the conversation instead of rewriting it.
+7. A state its target marked as *expiring when idle* (a finished workflow's checkpoint:
+   the target starts afresh without it) is dropped once the session was last saved ``ttl``
+   or more ago and nobody holds or waits for its lease (:func:`idle_state_expired`). Only
+   the state goes: the session, its alias and its bookkeeping stay. Any other state (an
+   agent's history, a workflow waiting for an answer) never expires this way.
 
 Fresh ids and time come in as arguments.
 """
@@ -26,6 +31,7 @@ from typing import Any
 
 import attrs
 
+from agenthost.sansio_core.leases import LeaseState
 from agenthost.sansio_core.types import ChannelRequest, ConversationScope, SessionMode
 
 DIRECT = "direct"
@@ -66,6 +72,8 @@ class SessionRecord:
     updated_at: float
     state: Mapping[str, Any] | None = None
     turns: int = 0
+    # The target may do without ``state`` once the session idles (rule 7).
+    state_expires_when_idle: bool = False
 
 
 def fork_scope_for(request: ChannelRequest) -> ScopeKey | None:
@@ -197,11 +205,20 @@ def forked_record(source: SessionRecord | None, alias: SessionAlias, now: float)
     record = new_session_record(alias, now)
     if source is None:
         return record
-    return attrs.evolve(record, state=source.state, turns=source.turns)
+    return attrs.evolve(
+        record,
+        state=source.state,
+        turns=source.turns,
+        state_expires_when_idle=source.state_expires_when_idle,
+    )
 
 
 def after_successful_run(
-    record: SessionRecord, state: Mapping[str, Any] | None, now: float
+    record: SessionRecord,
+    state: Mapping[str, Any] | None,
+    now: float,
+    *,
+    expires_when_idle: bool = False,
 ) -> SessionRecord:
     """The session to save after a run that succeeded (a failed run saves nothing)."""
     return SessionRecord(
@@ -213,4 +230,20 @@ def after_successful_run(
         now,
         state,
         record.turns + 1,
+        expires_when_idle and state is not None,
     )
+
+
+def idle_state_expired(
+    *, expires_when_idle: bool, saved_at: float, lease: LeaseState | None, now: float, ttl: float
+) -> bool:
+    """Whether a session's state is dropped now (rule 7).
+
+    ``saved_at`` is when the session was last saved (``SessionRecord.updated_at``) and
+    ``lease`` its lease as stored (``None``: never taken). A session whose lease has a live
+    holder or waiter is in use: its turn may be reading the state, so it is left alone
+    and looked at again once the turn has saved (which restarts its idle time).
+    """
+    if not expires_when_idle or saved_at > now - ttl:
+        return False
+    return lease is None or not lease.in_use(now)

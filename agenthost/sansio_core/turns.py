@@ -277,7 +277,12 @@ def _run_under_lease(
     to_save = None
     if isinstance(answer, fx.TargetSucceeded) and record is not None:
         finished_at = answer.finished_at if answer.finished_at is not None else now
-        to_save = sessions.after_successful_run(record, answer.new_state, finished_at)
+        to_save = sessions.after_successful_run(
+            record,
+            answer.new_state,
+            finished_at,
+            expires_when_idle=answer.state_expires_when_idle,
+        )
     saved: bool = yield fx.FinishRun(ref.session_id, run_id, to_save)
     return _outcome(answer, ref, saved=saved)
 
@@ -365,7 +370,10 @@ def record_proactive_message(
     to_save = None
     if record is not None:
         state = yield fx.AppendAssistantMessage(ref, record.state, text)
-        to_save = sessions.after_successful_run(record, state, now)
+        # The message does not change what the state is: it expires when idle as before.
+        to_save = sessions.after_successful_run(
+            record, state, now, expires_when_idle=record.state_expires_when_idle
+        )
     saved: bool = yield fx.FinishRun(alias.session_id, run_id, to_save)
     return MessageRecorded(ref, saved)
 

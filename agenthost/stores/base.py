@@ -34,7 +34,9 @@ from agenthost.sansio_core.routing import LastSeen
 from agenthost.sansio_core.sessions import ScopeKey, SessionAlias, SessionRecord
 from agenthost.sansio_core.types import ChannelIdentity, RunStatus
 
-SCHEMA_VERSION = 2
+# 2: the singletons table in SQLite (PostgreSQL had it).
+# 3: sessions.state_expires_when_idle (and its index), for ``expire_idle_states``.
+SCHEMA_VERSION = 3
 
 
 class StoreError(Exception):
@@ -246,6 +248,19 @@ class Store(abc.ABC):
     @abc.abstractmethod
     async def list_sessions(self, owner: str) -> list[SessionRecord]:
         """Every session an owner has had, oldest first (history survives resets)."""
+
+    @abc.abstractmethod
+    async def expire_idle_states(self, now: float, ttl: float, limit: int) -> int:
+        """Drop the expired state of up to ``limit`` sessions; return how many were dropped.
+
+        Candidates are sessions whose state expires when idle, saved at or before
+        ``now - ttl``, least recently saved first; each one's stored lease is read with it
+        and ``sessions.idle_state_expired`` decides. A dropped state becomes ``None`` and
+        stops expiring; the session's times, turns and alias are not changed. The decision
+        and the drop are atomic with the session's lease: a turn that takes the lease, or
+        saves, meanwhile is never overwritten. A session that another replica is changing
+        at that moment may be skipped (a later pass finds it).
+        """
 
     # --- session leases -------------------------------------------------------------
 

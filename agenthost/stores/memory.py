@@ -366,6 +366,31 @@ class MemoryStore(Store):
             found = [s for s in self._sessions.values() if s.owner == owner]
         return sorted(found, key=lambda s: (s.created_at, s.generation, s.session_id))
 
+    async def expire_idle_states(self, now: float, ttl: float, limit: int) -> int:
+        with self._lock:
+            candidates = sorted(
+                (
+                    record
+                    for record in self._sessions.values()
+                    if record.state_expires_when_idle and record.updated_at <= now - ttl
+                ),
+                key=lambda record: record.updated_at,
+            )[:limit]
+            dropped = 0
+            for record in candidates:
+                if sessions.idle_state_expired(
+                    expires_when_idle=record.state_expires_when_idle,
+                    saved_at=record.updated_at,
+                    lease=self._leases.get(record.session_id),
+                    now=now,
+                    ttl=ttl,
+                ):
+                    self._sessions[record.session_id] = attrs.evolve(
+                        record, state=None, state_expires_when_idle=False
+                    )
+                    dropped += 1
+            return dropped
+
     async def open_turn(self, plan: opening.Opening) -> opening.Outcome:
         with self._lock:
             key = self._identities.get(_native(plan.identity))

@@ -405,6 +405,9 @@ class PostgresStore(Store):
     async def list_sessions(self, owner: str) -> list[SessionRecord]:
         return await self._run(lambda conn: q.list_sessions(conn, owner))
 
+    async def expire_idle_states(self, now: float, ttl: float, limit: int) -> int:
+        return await self._run(lambda conn: q.expire_idle_states(conn, now, ttl, limit))
+
     # --- session leases -------------------------------------------------------------
 
     async def open_turn(self, plan: opening.Opening) -> opening.Outcome:

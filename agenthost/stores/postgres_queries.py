@@ -21,7 +21,7 @@ from typing import Any
 
 import psycopg
 
-from agenthost.sansio_core import background, leases
+from agenthost.sansio_core import background, leases, sessions
 from agenthost.sansio_core.background import RunEvent, RunRecord
 from agenthost.sansio_core.delivery import Delivery
 from agenthost.sansio_core.effects import RequestContext
@@ -389,11 +389,14 @@ def write_alias(conn: Conn, alias: SessionAlias) -> None:
     )
 
 
-_SESSION_COLUMNS = "session_id, owner, qualifier, generation, created_at, updated_at, turns, state"
+_SESSION_COLUMNS = (
+    "session_id, owner, qualifier, generation, created_at, updated_at, turns, state,"
+    " state_expires_when_idle"
+)
 
 
 def session_from_row(row: Any) -> SessionRecord:
-    session_id, owner, qualifier, generation, created_at, updated_at, turns, state = row
+    session_id, owner, qualifier, generation, created_at, updated_at, turns, state, expiring = row
     return SessionRecord(
         session_id=session_id,
         owner=owner,
@@ -403,6 +406,7 @@ def session_from_row(row: Any) -> SessionRecord:
         updated_at=updated_at,
         state=json.loads(state) if state is not None else None,
         turns=turns,
+        state_expires_when_idle=expiring,
     )
 
 
@@ -426,11 +430,13 @@ def list_sessions(conn: Conn, owner: str) -> list[SessionRecord]:
 def write_session(conn: Conn, session_id: str, record: SessionRecord) -> None:
     conn.execute(
         "INSERT INTO sessions (session_id, owner, qualifier, generation, created_at,"
-        " updated_at, turns, state) VALUES (%s, %s, %s, %s, %s, %s, %s, %s::jsonb)"
+        " updated_at, turns, state, state_expires_when_idle)"
+        " VALUES (%s, %s, %s, %s, %s, %s, %s, %s::jsonb, %s)"
         " ON CONFLICT (session_id) DO UPDATE SET owner = excluded.owner,"
         " qualifier = excluded.qualifier, generation = excluded.generation,"
         " created_at = excluded.created_at, updated_at = excluded.updated_at,"
-        " turns = excluded.turns, state = excluded.state",
+        " turns = excluded.turns, state = excluded.state,"
+        " state_expires_when_idle = excluded.state_expires_when_idle",
         (
             session_id,
             record.owner,
@@ -440,14 +446,71 @@ def write_session(conn: Conn, session_id: str, record: SessionRecord) -> None:
             record.updated_at,
             record.turns,
             codec.to_state_json(record.state) if record.state is not None else None,
+            record.state_expires_when_idle,
         ),
     )
+
+
+# The sweep's candidates, least recently saved first, each kept only when its lease's lock
+# (``lock_lease``'s) is free right now: tried, never waited for. A session whose turn is
+# opening or finishing on another connection is left to a later pass, and replicas sweeping
+# at once split the candidates instead of queueing behind each other. MATERIALIZED keeps the
+# LIMIT ahead of the locks: only the candidates are tried.
+_LOCK_EXPIRING_SESSIONS = """
+WITH candidates AS MATERIALIZED (
+    SELECT session_id, updated_at FROM sessions
+    WHERE state_expires_when_idle AND updated_at <= %(saved_before)s
+    ORDER BY updated_at LIMIT %(limit)s
+)
+SELECT session_id FROM candidates
+WHERE pg_try_advisory_xact_lock(hashtextextended('lease' || chr(31) || session_id, 0))
+"""
+
+# Read after the locks are held (a statement of its own, so it sees what their previous
+# holders committed).
+_SELECT_EXPIRING_SESSIONS = """
+SELECT s.session_id, s.state_expires_when_idle, s.updated_at, l.state
+FROM sessions AS s LEFT JOIN session_leases AS l ON l.session_id = s.session_id
+WHERE s.session_id = ANY(%s)
+"""
+
+
+def expire_idle_states(conn: Conn, now: float, ttl: float, limit: int) -> int:
+    """``Store.expire_idle_states``: lock the candidates' leases, read, decide, drop."""
+    locked = [
+        row[0]
+        for row in conn.execute(
+            _LOCK_EXPIRING_SESSIONS, {"saved_before": now - ttl, "limit": limit}
+        ).fetchall()
+    ]
+    if not locked:
+        return 0
+    doomed = [
+        session_id
+        for session_id, expiring, saved_at, lease in conn.execute(
+            _SELECT_EXPIRING_SESSIONS, (locked,)
+        ).fetchall()
+        if sessions.idle_state_expired(
+            expires_when_idle=expiring,
+            saved_at=saved_at,
+            lease=codec.load_lease(lease) if lease is not None else None,
+            now=now,
+            ttl=ttl,
+        )
+    ]
+    if doomed:
+        conn.execute(
+            "UPDATE sessions SET state = NULL, state_expires_when_idle = false"
+            " WHERE session_id = ANY(%s)",
+            (doomed,),
+        )
+    return len(doomed)
 
 
 _SELECT_LEASE_AND_SESSION = """
 SELECT (SELECT state FROM session_leases WHERE session_id = %(id)s),
        s.session_id, s.owner, s.qualifier, s.generation, s.created_at, s.updated_at, s.turns,
-       s.state
+       s.state, s.state_expires_when_idle
 FROM (SELECT 1) AS one
 LEFT JOIN sessions AS s ON s.session_id = %(id)s
 """

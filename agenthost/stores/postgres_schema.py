@@ -20,6 +20,23 @@ from agenthost.stores.base import SCHEMA_VERSION, StoreSchemaError
 
 Migration = Callable[[psycopg.Connection], None]
 
+
+def _add_idle_state_expiry(conn: psycopg.Connection) -> None:
+    """2 -> 3: which sessions' states expire when idle (``Store.expire_idle_states``).
+
+    Sessions saved before the upgrade are not marked: their next saved turn marks them.
+    With a constant default the column is added without rewriting the table.
+    """
+    conn.execute(
+        "ALTER TABLE sessions ADD COLUMN state_expires_when_idle BOOLEAN NOT NULL DEFAULT false"
+    )
+    # Only the marked sessions are indexed, by the time they were saved: the sweep's range.
+    conn.execute(
+        "CREATE INDEX sessions_expiring_when_idle ON sessions (updated_at)"
+        " WHERE state_expires_when_idle"
+    )
+
+
 # Version N -> the function that upgrades a version-N database to N+1. Never edit a released
 # one: add the next.
 MIGRATIONS: dict[int, Migration] = {}
@@ -27,6 +44,7 @@ MIGRATIONS: dict[int, Migration] = {}
 # Version 2 gave the SQLite store the ``singletons`` table PostgreSQL had from version 1:
 # nothing to change here but the number.
 MIGRATIONS[1] = lambda conn: None
+MIGRATIONS[2] = _add_idle_state_expiry
 
 # The advisory lock every migration holds (a constant: one migrator per database schema).
 _MIGRATION_LOCK = "agenthost:migrate"

@@ -76,6 +76,22 @@ BUSY_TIMEOUT_MS = 5_000
 
 Migration = Callable[[sqlite3.Connection], None]
 
+
+def _add_idle_state_expiry(conn: sqlite3.Connection) -> None:
+    """2 -> 3: which sessions' states expire when idle (``Store.expire_idle_states``).
+
+    Sessions saved before the upgrade are not marked: their next saved turn marks them.
+    """
+    conn.execute(
+        "ALTER TABLE sessions ADD COLUMN state_expires_when_idle INTEGER NOT NULL DEFAULT 0"
+    )
+    # Only the marked sessions are indexed, by the time they were saved: the sweep's range.
+    conn.execute(
+        "CREATE INDEX sessions_expiring_when_idle ON sessions (updated_at)"
+        " WHERE state_expires_when_idle = 1"
+    )
+
+
 # Version N -> the function that upgrades a version-N database to N+1. ``open`` applies them
 # in order, in the same transaction that records the new version. Never edit a released one:
 # add the next. A new database is created at version 1 and migrated like any other.
@@ -83,7 +99,7 @@ MIGRATIONS: dict[int, Migration] = {}
 
 
 def _add_singletons(conn: sqlite3.Connection) -> None:
-    """Version 2: named leases in the file, so processes sharing it elect one holder (one
+    """1 -> 2: named leases in the file, so processes sharing it elect one holder (one
     Telegram poller per bot) as PostgreSQL replicas do."""
     conn.execute(
         """
@@ -97,6 +113,7 @@ def _add_singletons(conn: sqlite3.Connection) -> None:
 
 
 MIGRATIONS[1] = _add_singletons
+MIGRATIONS[2] = _add_idle_state_expiry
 
 _SCHEMA_V1 = (
     """
@@ -662,11 +679,44 @@ class SQLiteStore(Store):
     async def list_sessions(self, owner: str) -> list[SessionRecord]:
         def work(conn: sqlite3.Connection) -> list[SessionRecord]:
             rows = conn.execute(
-                "SELECT session_id, owner, qualifier, generation, created_at, updated_at, turns,"
-                " state FROM sessions WHERE owner = ? ORDER BY created_at, generation, session_id",
+                f"SELECT {_SESSION_COLUMNS} FROM sessions WHERE owner = ?"  # noqa: S608 - a constant column list
+                " ORDER BY created_at, generation, session_id",
                 (owner,),
             ).fetchall()
             return [_session_from_row(row) for row in rows]
+
+        return await self._run(work)
+
+    async def expire_idle_states(self, now: float, ttl: float, limit: int) -> int:
+        def work(conn: sqlite3.Connection) -> int:
+            with _transaction(conn):
+                # The index narrows the candidates (without reading their states); the core
+                # decides, with each one's lease, read in the same write transaction.
+                rows = conn.execute(
+                    "SELECT s.session_id, s.state_expires_when_idle, s.updated_at, l.state"
+                    " FROM sessions AS s"
+                    " LEFT JOIN session_leases AS l ON l.session_id = s.session_id"
+                    " WHERE s.state_expires_when_idle = 1 AND s.updated_at <= ?"
+                    " ORDER BY s.updated_at LIMIT ?",
+                    (now - ttl, limit),
+                ).fetchall()
+                doomed = [
+                    (session_id,)
+                    for session_id, expiring, saved_at, lease in rows
+                    if sessions.idle_state_expired(
+                        expires_when_idle=bool(expiring),
+                        saved_at=saved_at,
+                        lease=codec.load_lease(lease) if lease is not None else None,
+                        now=now,
+                        ttl=ttl,
+                    )
+                ]
+                conn.executemany(
+                    "UPDATE sessions SET state = NULL, state_expires_when_idle = 0"
+                    " WHERE session_id = ?",
+                    doomed,
+                )
+                return len(doomed)
 
         return await self._run(work)
 
@@ -1434,8 +1484,14 @@ def _write_alias(conn: sqlite3.Connection, alias: SessionAlias) -> None:
     )
 
 
+_SESSION_COLUMNS = (
+    "session_id, owner, qualifier, generation, created_at, updated_at, turns, state,"
+    " state_expires_when_idle"
+)
+
+
 def _session_from_row(row: Any) -> SessionRecord:
-    session_id, owner, qualifier, generation, created_at, updated_at, turns, state = row
+    session_id, owner, qualifier, generation, created_at, updated_at, turns, state, expiring = row
     return SessionRecord(
         session_id=session_id,
         owner=owner,
@@ -1445,13 +1501,13 @@ def _session_from_row(row: Any) -> SessionRecord:
         updated_at=updated_at,
         state=json.loads(state) if state is not None else None,
         turns=turns,
+        state_expires_when_idle=bool(expiring),
     )
 
 
 def _select_session(conn: sqlite3.Connection, session_id: str) -> SessionRecord | None:
     row = conn.execute(
-        "SELECT session_id, owner, qualifier, generation, created_at, updated_at, turns, state"
-        " FROM sessions WHERE session_id = ?",
+        f"SELECT {_SESSION_COLUMNS} FROM sessions WHERE session_id = ?",  # noqa: S608 - a constant column list
         (session_id,),
     ).fetchone()
     return _session_from_row(row) if row is not None else None
@@ -1460,7 +1516,7 @@ def _select_session(conn: sqlite3.Connection, session_id: str) -> SessionRecord 
 def _write_session(conn: sqlite3.Connection, session_id: str, record: SessionRecord) -> None:
     conn.execute(
         "INSERT OR REPLACE INTO sessions (session_id, owner, qualifier, generation, created_at,"
-        " updated_at, turns, state) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+        " updated_at, turns, state, state_expires_when_idle) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
         (
             session_id,
             record.owner,
@@ -1472,6 +1528,7 @@ def _write_session(conn: sqlite3.Connection, session_id: str, record: SessionRec
             # Already JSON-shaped (the target adapter's own serialization): dumped as it is,
             # without a converter walk over a history that grows every turn.
             codec.to_state_json(record.state) if record.state is not None else None,
+            int(record.state_expires_when_idle),
         ),
     )
 

@@ -50,6 +50,7 @@ def request(text: str) -> ChannelRequest:
         ({"lease_seconds": 0}, ["lease_seconds"]),
         ({"lease_seconds": -1.0}, ["lease_seconds"]),
         ({"background_ttl_seconds": 0}, ["background_ttl_seconds"]),
+        ({"workflow_checkpoint_ttl_seconds": 0}, ["workflow_checkpoint_ttl_seconds"]),
         ({"shutdown_grace_seconds": -5}, ["shutdown_grace_seconds"]),
         ({"background_max_attempts": 0}, ["background_max_attempts"]),
         ({"max_concurrent_background_runs": 0}, ["max_concurrent_background_runs"]),

@@ -215,3 +215,44 @@ class Approver(Executor):
 
 def approver_factory() -> Workflow:
     return WorkflowBuilder(start_executor=Approver(), name="approver").build()
+
+
+class Gate:
+    """Holds a ``Tally`` run that got ``wait`` until the test opens it."""
+
+    def __init__(self) -> None:
+        self.entered = threading.Event()
+        self.opened = threading.Event()
+
+
+class Tally(Executor):
+    """Answers ``<text> #<n>``, counting its session's messages in its checkpointed state;
+    a ``wait`` message holds its run at the gate."""
+
+    def __init__(self, gate: Gate) -> None:
+        super().__init__(id="tally")
+        self._gate = gate
+        self.seen = 0
+
+    @handler
+    async def count(self, text: str, ctx: WorkflowContext[Never, str]) -> None:
+        if text == "wait":
+            self._gate.entered.set()
+            with anyio.fail_after(10):
+                while not self._gate.opened.is_set():
+                    await anyio.sleep(0.01)
+        self.seen += 1
+        await ctx.yield_output(f"{text} #{self.seen}")
+
+    async def on_checkpoint_save(self) -> dict[str, Any]:
+        return {"seen": self.seen}
+
+    async def on_checkpoint_restore(self, state: dict[str, Any]) -> None:
+        self.seen = int(state.get("seen", 0))
+
+
+def tally_factory(gate: Gate) -> Any:
+    def build() -> Workflow:
+        return WorkflowBuilder(start_executor=Tally(gate), name="tally").build()
+
+    return build

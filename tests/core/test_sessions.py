@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from agenthost.sansio_core import sessions
+from agenthost.sansio_core import leases, sessions
 from agenthost.sansio_core.sessions import (
     DIRECT,
     CreateSession,
@@ -279,3 +281,83 @@ def test_new_record_and_successful_run() -> None:
     assert after.updated_at == 8.0
     assert after.created_at == 7.0
     assert record.state is None  # frozen: the old record is untouched
+
+
+# --- idle states expire (rule 7) -----------------------------------------------------------
+
+TTL = 100.0
+SAVED = 1000.0
+
+
+def test_a_run_marks_its_state_as_expiring_only_when_it_saves_one() -> None:
+    record = sessions.new_session_record(ALIAS, now=7.0)
+    marked = sessions.after_successful_run(
+        record, {"workflow": {}}, now=8.0, expires_when_idle=True
+    )
+    assert marked.state_expires_when_idle
+    # Nothing to drop: a run that saved no state is not marked.
+    assert not sessions.after_successful_run(
+        record, None, 8.0, expires_when_idle=True
+    ).state_expires_when_idle
+    assert not sessions.after_successful_run(marked, {"workflow": {}}, 9.0).state_expires_when_idle
+    assert not sessions.new_session_record(ALIAS, now=7.0).state_expires_when_idle
+
+
+def test_a_fork_keeps_the_mark_of_its_source() -> None:
+    source = sessions.after_successful_run(
+        sessions.new_session_record(ALIAS, now=7.0), {"workflow": {}}, 8.0, expires_when_idle=True
+    )
+    fork = sessions.forked_record(source, SessionAlias("ik_1", "k", "s_fork", 1, 9.0), now=9.0)
+    assert fork.state == source.state
+    assert fork.state_expires_when_idle
+    assert fork.updated_at == 9.0  # a fork is a save: its idle time starts now
+
+
+def lease(holder: str | None = None, until: float = 0.0, waiter_until: float | None = None) -> Any:
+    waiters = () if waiter_until is None else (leases.Waiter("w", waiter_until),)
+    return leases.LeaseState("s", holder=holder, expires_at=until, waiters=waiters)
+
+
+@pytest.mark.parametrize(
+    ("marked", "now", "stored_lease", "expired"),
+    [
+        (True, SAVED + TTL, None, True),  # idle exactly the TTL, never leased
+        (True, SAVED + TTL - 0.5, None, False),  # not idle long enough
+        (False, SAVED + 10 * TTL, None, False),  # not marked: never expires
+        (True, SAVED + TTL, lease(), True),  # released
+        (True, SAVED + TTL, lease("run-1", until=SAVED + TTL + 5), False),  # a turn runs
+        (True, SAVED + TTL, lease("run-1", until=SAVED + TTL - 5), True),  # its holder died
+        (True, SAVED + TTL, lease(waiter_until=SAVED + TTL + 5), False),  # a turn waits
+        (True, SAVED + TTL, lease(waiter_until=SAVED + TTL - 5), True),  # a dead waiter
+    ],
+)
+def test_a_marked_state_expires_when_idle_for_the_ttl_and_the_lease_is_free(
+    marked: bool, now: float, stored_lease: Any, expired: bool
+) -> None:
+    decided = sessions.idle_state_expired(
+        expires_when_idle=marked, saved_at=SAVED, lease=stored_lease, now=now, ttl=TTL
+    )
+    assert decided is expired
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    # Whole seconds, so that the arithmetic of the test itself is exact.
+    idle=st.integers(min_value=0, max_value=10**6),
+    holder_left=st.integers(min_value=-1000, max_value=1000),
+    waiter_left=st.none() | st.integers(min_value=-1000, max_value=1000),
+)
+def test_a_state_is_never_dropped_under_a_turn_and_always_once_idle_and_free(
+    idle: int, holder_left: int, waiter_left: int | None
+) -> None:
+    now = SAVED + idle
+    stored = lease(
+        "run-1",
+        until=now + holder_left,
+        waiter_until=None if waiter_left is None else now + waiter_left,
+    )
+    decided = sessions.idle_state_expired(
+        expires_when_idle=True, saved_at=SAVED, lease=stored, now=now, ttl=TTL
+    )
+    in_use = holder_left > 0 or (waiter_left is not None and waiter_left > 0)
+    assert decided is (not in_use and idle >= TTL)

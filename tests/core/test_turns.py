@@ -852,3 +852,38 @@ def test_a_proactive_message_whose_lease_was_taken_over_saves_nothing() -> None:
         gen.send(world.answer(effect))
     assert stop.value.value == MessageRecorded(SessionRef(key, "s_r1", None), saved=False)
     assert inputs_of(world.sessions["s_r1"].state) == ["hello", "fast"]
+
+
+# --- states that expire when idle (sessions rule 7) -------------------------------------
+
+
+def checkpointing_target(effect: fx.RunTarget) -> fx.TargetSucceeded:
+    """Like a workflow: its state is a checkpoint it can do without, unless it asked."""
+    text = text_of(effect.request)
+    return fx.TargetSucceeded(
+        result=text,
+        text=text,
+        new_state={"inputs": [*inputs_of(effect.session_state), text]},
+        state_expires_when_idle=not text.endswith("?"),
+    )
+
+
+def test_a_turn_saves_whether_its_state_expires_when_idle() -> None:
+    world = World(target=checkpointing_target)
+    turn(world, message("done"), "r1")
+    assert world.sessions["s_r1"].state_expires_when_idle
+    turn(world, message("asking?"), "r2")
+    assert not world.sessions["s_r1"].state_expires_when_idle
+    turn(world, message("done again"), "r3")
+    assert world.sessions["s_r1"].state_expires_when_idle
+
+
+def test_a_proactive_message_keeps_whether_the_state_expires() -> None:
+    world = World(target=checkpointing_target)
+    turn(world, message("done"), "r1")
+    key = world.identities[("telegram", "123")]
+    record(world, key, "ping", "msg_1")
+    assert world.sessions["s_r1"].state_expires_when_idle
+    turn(world, message("asking?"), "r2")
+    record(world, key, "ping", "msg_2")
+    assert not world.sessions["s_r1"].state_expires_when_idle

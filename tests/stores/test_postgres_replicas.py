@@ -11,16 +11,19 @@ from collections.abc import AsyncIterator
 
 import anyio
 import attrs
+import psycopg
 import pytest
 
 from agenthost.sansio_core import leases, link_codes, opening
 from agenthost.sansio_core.delivery import DeliveryStatus
 from agenthost.sansio_core.linking import LinkReason, LinkResult
 from agenthost.sansio_core.types import ChannelIdentity
+from agenthost.stores import postgres_queries as q
 from agenthost.stores.base import ChannelRecord
 from agenthost.stores.postgres import PostgresStore
 from tests.postgres_fixture import postgres_schema
 from tests.stores.test_delivery_contract import make_delivery
+from tests.stores.test_idle_state_contract import CHECKPOINT, IDLE_TTL, save, state_of
 from tests.stores.test_linking_contract import ALICE, BOB, LIMITS, OPEN, attempt, issue, known
 from tests.stores.test_store_contract import REJECT, opening_for
 
@@ -207,3 +210,21 @@ async def test_the_store_reconnects_after_the_server_dropped_its_connections(
 
 def make_channel_record(key: str) -> ChannelRecord:
     return ChannelRecord("test", "marks", key, {"k": key})
+
+
+async def test_an_idle_state_sweep_skips_a_session_another_replica_is_changing(
+    replicas: list[PostgresStore],
+) -> None:
+    a, b, _ = replicas
+    for session_id in ("s1", "s2"):
+        await save(a, session_id, at=10.0)
+    # Another replica is inside a turn's transaction on s1 (opening or finishing it): it
+    # holds s1's lease lock, taken the way the store takes it.
+    options = f"-c search_path={a.schema}"
+    with psycopg.connect(a.dsn, autocommit=True, options=options) as other, other.transaction():
+        q.lock_lease(other, "s1")
+        assert await b.expire_idle_states(10.0 + IDLE_TTL, IDLE_TTL, 10) == 1  # s2 only
+        assert await state_of(b, "s1") == CHECKPOINT
+        assert await state_of(b, "s2") is None
+    assert await b.expire_idle_states(10.0 + IDLE_TTL, IDLE_TTL, 10) == 1  # s1, now free
+    assert await state_of(a, "s1") is None

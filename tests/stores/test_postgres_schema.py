@@ -11,6 +11,7 @@ import psycopg
 import pytest
 
 from agenthost import cli
+from agenthost.sansio_core.sessions import SessionRecord
 from agenthost.stores import selection
 from agenthost.stores.base import SCHEMA_VERSION, StoreError, StoreSchemaError
 from agenthost.stores.memory import MemoryStore
@@ -104,6 +105,39 @@ async def test_replicas_starting_together_migrate_the_database_once() -> None:
         assert _version(dsn, schema) == str(SCHEMA_VERSION)
         for replica in replicas:
             await replica.close()
+
+
+async def test_a_version_one_schema_learns_which_states_expire_and_keeps_its_sessions(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from agenthost.stores import postgres_schema as schema_module
+    from agenthost.stores.postgres import PostgresStore
+
+    with postgres_schema() as (dsn, schema):
+        with monkeypatch.context() as patch:  # as agenthost made it before any migration
+            patch.setattr(schema_module, "SCHEMA_VERSION", 1)
+            patch.setattr(schema_module, "MIGRATIONS", {})
+            first = PostgresStore(dsn, schema=schema)
+            await first.migrate()
+            await first.close()
+        assert _version(dsn, schema) == "1"
+        _execute(
+            dsn,
+            f'INSERT INTO "{schema}".sessions (session_id, owner, qualifier, generation,'
+            " created_at, updated_at, turns, state) VALUES"
+            " ('s1', 'ik', 'direct', 1, 1.0, 2.0, 1, '{\"workflow\": {}}')",
+        )
+        store = PostgresStore(dsn, schema=schema)
+        try:
+            await store.open()
+            assert _version(dsn, schema) == str(SCHEMA_VERSION)
+            record = await store.load_session("s1")
+            assert record == SessionRecord("s1", "ik", "direct", 1, 1.0, 2.0, {"workflow": {}}, 1)
+            assert not record.state_expires_when_idle
+            # Saved before the upgrade, so not marked: kept until a turn saves it again.
+            assert await store.expire_idle_states(1e9, 1.0, 10) == 0
+        finally:
+            await store.close()
 
 
 def test_store_urls_name_each_store(tmp_path: Path) -> None:

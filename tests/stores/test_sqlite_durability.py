@@ -55,16 +55,14 @@ def make_run(token: str) -> background.RunRecord:
 
 
 async def create_v1_store(path: Path) -> None:
-    """A file as the first release wrote it: schema version 1, one record."""
-    current = sqlite_store.SCHEMA_VERSION
-    sqlite_store.SCHEMA_VERSION = 1
-    try:
+    """A store file at schema version 1, as agenthost wrote it before any migration."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(sqlite_store, "SCHEMA_VERSION", 1)
+        patch.setattr(sqlite_store, "MIGRATIONS", {})
         store = SQLiteStore(path)
         await store.open()
         await store.issue_isolation_key(ALICE, "key-alice", now=1.0)
         await store.close()
-    finally:
-        sqlite_store.SCHEMA_VERSION = current
 
 
 async def test_a_version_1_file_gains_the_singletons_table_and_keeps_its_records(
@@ -75,7 +73,7 @@ async def test_a_version_1_file_gains_the_singletons_table_and_keeps_its_records
     store = SQLiteStore(path)
     await store.open()
     try:
-        assert read_meta_version(path) == str(SCHEMA_VERSION) == "2"
+        assert read_meta_version(path) == str(SCHEMA_VERSION)
         assert (await store.load_context(ALICE, None)).isolation_key == "key-alice"
         assert await store.acquire_singleton("poller", "a", now=1.0, ttl=5.0)
     finally:
@@ -289,6 +287,32 @@ async def test_a_failing_migration_rolls_the_whole_upgrade_back(
     assert read_meta_version(path) == "3"
 
 
+async def test_a_version_one_file_learns_which_states_expire_and_keeps_its_sessions(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "state.db"
+    await create_v1_store(path)
+    execute(
+        path,
+        "INSERT INTO sessions (session_id, owner, qualifier, generation, created_at, updated_at,"
+        " turns, state) VALUES ('s1', 'key-alice', 'direct', 1, 1.0, 2.0, 1, '{\"workflow\": {}}')",
+    )
+    store = SQLiteStore(path)
+    await store.open()
+    try:
+        assert read_meta_version(path) == str(SCHEMA_VERSION)
+        record = await store.load_session("s1")
+        assert record == SessionRecord(
+            "s1", "key-alice", "direct", 1, 1.0, 2.0, {"workflow": {}}, 1
+        )
+        assert not record.state_expires_when_idle
+        # Saved before the upgrade, so not marked: kept until a turn saves it again.
+        assert await store.expire_idle_states(1e9, 1.0, 10) == 0
+        assert (await store.load_session("s1")) == record
+    finally:
+        await store.close()
+
+
 async def test_hot_paths_are_single_indexed_queries(tmp_path: Path) -> None:
     store = SQLiteStore(tmp_path / "state.db")
     await store.open()
@@ -307,11 +331,12 @@ async def test_hot_paths_are_single_indexed_queries(tmp_path: Path) -> None:
         await store.get_run("t1")
         await store.list_runs([RunStatus.QUEUED, RunStatus.RUNNING])
         await store.delete_expired_runs(now=1.0)
+        await store.expire_idle_states(now=1.0, ttl=1.0, limit=10)
         await store.apply_lease_event("s1", leases.Arrive("run-1", ENQUEUE, 0.0, 30.0))
     finally:
         conn.set_trace_callback(None)
     queries = [s for s in statements if s.lstrip().upper().startswith(("SELECT", "DELETE"))]
-    assert len(queries) >= 9
+    assert len(queries) >= 10
     for query in queries:
         plan = [row[3] for row in conn.execute(f"EXPLAIN QUERY PLAN {query}")]
         scans = [step for step in plan if step.startswith("SCAN")]

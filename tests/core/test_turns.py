@@ -610,11 +610,20 @@ class Scheduler:
         self.pending[run_id] = None
 
     def run(self, max_steps: int = 2000) -> None:
-        for _ in range(max_steps):
+        # Random, but fair: every fourth step goes to the turn left waiting longest, so a
+        # random source that keeps picking one waiting turn cannot starve the lease holder
+        # (a real event loop runs every ready task eventually).
+        last_stepped: dict[str, int] = {}
+        for step in range(max_steps):
             if not self.gens:
                 return
             self.world.now += 1.0
-            self.step(self.rng.choice(sorted(self.gens)))
+            if step % 4 == 3:
+                run_id = min(sorted(self.gens), key=lambda r: last_stepped.get(r, -1))
+            else:
+                run_id = self.rng.choice(sorted(self.gens))
+            last_stepped[run_id] = step
+            self.step(run_id)
         raise AssertionError("the turns did not all finish")
 
     def step(self, run_id: str) -> None:

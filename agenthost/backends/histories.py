@@ -1,23 +1,31 @@
-"""The host-message form of recent sessions' histories, kept between turns.
+"""Recent sessions' histories in the form their target works with, kept between turns.
 
-A plain async target gets its whole conversation on every turn, but a session's stored
-history only grows: converting all of it from its stored form each turn costs time in
-proportion to the conversation's length. This cache keeps, for the most recent sessions of
-this process, the converted messages and what they were converted from, so a turn converts
-only what was appended since. It is checked, never trusted: a stored history that does not
-extend the cached one (another replica rewrote it, a save was lost) is converted in full.
+A session's stored history only grows, and restoring all of it from its stored form on
+every turn costs time in proportion to the conversation's length. Two caches keep, for the
+most recent sessions of this process, what the last turn ended with:
+
+- :class:`ConvertedHistories`, for a plain async target: the host messages and what they
+  were converted from, so a turn converts only what was appended since;
+- :class:`LiveSessions`, for an Agent Framework agent: the ``AgentSession`` a turn ended
+  with and the state it was saved as, so the next turn continues it without restoring it.
+
+Both are checked, never trusted: a stored state that is not the one cached (another replica
+saved a turn since, a save was lost, the session was forked from an earlier turn) is
+restored from the store, as after a restart, when the caches are empty.
 """
 
 from __future__ import annotations
 
 from collections import OrderedDict
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 from agenthost.sansio_core.types import HostMessage
 from agenthost.stores.codec import structure_messages
 
 DEFAULT_SESSIONS = 256
+
+LiveT = TypeVar("LiveT")
 
 
 class ConvertedHistories:
@@ -51,5 +59,40 @@ class ConvertedHistories:
             return
         self._entries[session_id] = (len(stored), stored[-1] if stored else None, tuple(messages))
         self._entries.move_to_end(session_id)
+        while len(self._entries) > self._max_sessions:
+            self._entries.popitem(last=False)
+
+
+class LiveSessions(Generic[LiveT]):
+    """A bounded, least-recently-used map from a session's own id to the live object a turn
+    ended with and the state that turn saved.
+
+    An object is handed out once (:meth:`take` removes it): a turn that fails or is
+    cancelled half-way leaves nothing behind, and two turns never share one object. The
+    key is the id the target's state carries (the framework's own session id), which a
+    forked session keeps; the state comparison tells the fork from the turn that continues.
+    """
+
+    def __init__(self, max_sessions: int = DEFAULT_SESSIONS) -> None:
+        self._max_sessions = max_sessions
+        self._entries: OrderedDict[str, tuple[Mapping[str, Any], LiveT]] = OrderedDict()
+
+    def take(self, key: str | None, stored: Mapping[str, Any]) -> LiveT | None:
+        """The object saved as ``stored`` under ``key``, or ``None`` (restore it then)."""
+        entry = self._entries.pop(key, None) if key is not None else None
+        if entry is None:
+            return None
+        saved, live = entry
+        # The same object when the store kept the mapping it was given (memory); else a
+        # comparison of two decoded JSON values, far cheaper than restoring the history.
+        return live if saved is stored or saved == stored else None
+
+    def keep(self, key: str | None, saved: Mapping[str, Any], live: LiveT) -> None:
+        """``live`` ended a turn whose state to save is ``saved``; nothing else may change
+        either afterwards."""
+        if key is None:
+            return
+        self._entries[key] = (saved, live)
+        self._entries.move_to_end(key)
         while len(self._entries) > self._max_sessions:
             self._entries.popitem(last=False)

@@ -30,7 +30,7 @@ import anyio
 import attrs
 
 from agenthost.backends.asyncio_bridge import AsyncioBridge
-from agenthost.backends.histories import ConvertedHistories
+from agenthost.backends.histories import ConvertedHistories, LiveSessions
 from agenthost.backends.workflow_outputs import (
     InputRequest,
     WorkflowTurn,
@@ -296,22 +296,30 @@ def declared_function_tools(tools: Sequence[Any], agent: Any) -> list[Any]:
 class AgentTarget(TargetAdapter):
     """An Agent Framework agent: anything with ``run(messages, session=, stream=)``.
 
-    Its ``AgentSession`` is restored from and saved to the store with the framework's own
-    ``to_dict``/``from_dict``. The agent runs on asyncio (through the bridge under trio).
-    Caller-declared function tools join the agent's own as declaration-only tools.
+    Its ``AgentSession`` is saved to the store with the framework's own ``to_dict`` and
+    restored with ``from_dict``; the session a turn ended with is kept (:class:`LiveSessions`)
+    and continued by the next turn when the stored state is still the one it saved, so a
+    conversation served by one process is not restored on every turn. The agent runs on
+    asyncio (through the bridge under trio). Caller-declared function tools join the
+    agent's own as declaration-only tools.
     """
 
     accepts_function_tools = True
 
     def __init__(self, agent: Any, bridge: AsyncioBridge) -> None:
+        from agent_framework import AgentSession
+
         self._agent = agent
         self._bridge = bridge
+        self._from_dict = AgentSession.from_dict
+        create = getattr(agent, "create_session", None)
+        self._new_session: Callable[[], Any] = create if callable(create) else AgentSession
+        self._live: LiveSessions[Any] = LiveSessions()
 
     async def run(self, call: TargetCall) -> TargetSucceeded:
         messages = to_framework_messages(input_messages(call.request))
-        state = call.state
         stateful = call.session_ref.session_id is not None
-        session = self._restore(state) if stateful else None
+        session = self._continue(call.state) if stateful else None
         options = dict(call.request.options)
         if options.get("tools"):
             options["tools"] = declared_function_tools(options["tools"], self._agent)
@@ -328,7 +336,10 @@ class AgentTarget(TargetAdapter):
                 async for update in updates:
                     await sink(StreamUpdate(update.text or "", update))
             response = final[0]
-        new_state = session.to_dict() if session is not None else None
+        new_state = None
+        if session is not None:
+            new_state = session.to_dict()
+            self._live.keep(_own_id(new_state), new_state, session)
         return TargetSucceeded(result=response, text=response.text or "", new_state=new_state)
 
     async def append_assistant_message(
@@ -340,11 +351,15 @@ class AgentTarget(TargetAdapter):
         ``InMemoryHistoryProvider`` when the agent has none). A session whose history the
         service keeps (``service_session_id``) is left unchanged.
         """
-        session = self._restore(state)
+        session = self._continue(state)
         if getattr(session, "service_session_id", None):
+            if state:
+                self._live.keep(_own_id(state), state, session)  # unchanged: still current
             return state
         await self._bridge.call(self._save_assistant_message, session, text)
-        return dict(session.to_dict())
+        new_state = dict(session.to_dict())
+        self._live.keep(_own_id(new_state), new_state, session)
+        return new_state
 
     async def _save_assistant_message(self, session: Any, text: str) -> None:
         from agent_framework import Content, HistoryProvider, InMemoryHistoryProvider, Message
@@ -361,13 +376,13 @@ class AgentTarget(TargetAdapter):
             session.session_id, [message], state=session.state.setdefault(provider.source_id, {})
         )
 
-    def _restore(self, state: Mapping[str, Any] | None) -> Any:
-        from agent_framework import AgentSession
-
-        if state:
-            return AgentSession.from_dict(dict(state))
-        create = getattr(self._agent, "create_session", None)
-        return create() if callable(create) else AgentSession()
+    def _continue(self, state: Mapping[str, Any] | None) -> Any:
+        """The session to run in: the one the last turn here ended with when ``state`` is
+        still what it saved, else restored from ``state``, else a new one."""
+        if not state:
+            return self._new_session()
+        live = self._live.take(_own_id(state), state)
+        return live if live is not None else self._from_dict(dict(state))
 
     async def _run_once(self, messages: list[Any], session: Any, options: dict[str, Any]) -> Any:
         return await self._agent.run(messages, session=session, **_agent_kwargs(options))
@@ -379,6 +394,12 @@ class AgentTarget(TargetAdapter):
         async for update in stream:
             yield update
         final.append(await stream.get_final_response())
+
+
+def _own_id(state: Mapping[str, Any]) -> str | None:
+    """The framework's own id of a saved session (a fork keeps it), if the state has one."""
+    value = state.get("session_id")
+    return value if isinstance(value, str) else None
 
 
 def _agent_kwargs(options: Mapping[str, Any]) -> dict[str, Any]:

@@ -1,5 +1,6 @@
 """The converted-history cache answers exactly what a full conversion would, whatever
-happened to the stored history between turns, and stays bounded."""
+happened to the stored history between turns, and stays bounded; the live-session cache
+hands an object back once, and only for the state it saved."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ from typing import Any
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from agenthost.backends.histories import ConvertedHistories
+from agenthost.backends.histories import ConvertedHistories, LiveSessions
 from agenthost.sansio_core.types import HostMessage
 from agenthost.stores.codec import structure_messages, unstructure_messages
 
@@ -58,3 +59,22 @@ def test_a_stateless_turn_is_never_cached() -> None:
     cache.remember(None, stored("hi"), [HostMessage.user("hi")])
     assert cache._entries == {}
     assert cache.messages(None, stored("x")) == [HostMessage.user("x")]
+
+
+def test_a_live_session_is_handed_back_once_and_only_for_its_state() -> None:
+    cache: LiveSessions[object] = LiveSessions()
+    live = object()
+    cache.keep("s1", {"turns": [1]}, live)
+    assert cache.take("s1", {"turns": [1, 2]}) is None  # saved since: restore
+    cache.keep("s1", {"turns": [1]}, live)
+    assert cache.take("s1", {"turns": [1]}) is live  # an equal copy, as a store reads it
+    assert cache.take("s1", {"turns": [1]}) is None  # taken: a second turn restores
+    cache.keep(None, {}, live)
+    assert cache.take(None, {}) is None
+
+
+def test_only_the_newest_live_sessions_are_kept() -> None:
+    cache: LiveSessions[str] = LiveSessions(max_sessions=2)
+    for session in ("a", "b", "c"):
+        cache.keep(session, {}, session)
+    assert list(cache._entries) == ["b", "c"]

@@ -156,3 +156,41 @@ async def test_a_call_cancelled_once_taken_still_commits(store: SQLiteStore) -> 
         tasks.start_soon(caller)
     assert answered == [None]  # answered after the commit, then cancelled
     assert await store.get_channel_record("test", "item", "taken") is not None
+
+
+async def test_a_call_on_an_idle_store_is_its_own_transaction(store: SQLiteStore) -> None:
+    # A batch of one needs no savepoint, and the lock wait is set only when it changes: an
+    # idle host pays for its own statements, the BEGIN and the COMMIT, nothing else.
+    await store.put_channel_records([record("warm")])  # the inline path's setting is made
+    statements = commits_of(store)
+    await store.put_channel_records([record("one")])
+    assert [s.split()[0] for s in statements] == ["BEGIN", "INSERT", "COMMIT"]
+
+
+async def test_a_failing_call_alone_in_its_batch_leaves_nothing(store: SQLiteStore) -> None:
+    def fails_after_writing(conn: sqlite3.Connection) -> None:
+        conn.execute(
+            "INSERT INTO channel_records (channel, kind, key, value, created_at)"
+            " VALUES ('test', 'item', 'undone', '{}', 0)"
+        )
+        raise LookupError("refused after a write")
+
+    with pytest.raises(LookupError):
+        await store._run(fails_after_writing)
+    assert await store.get_channel_record("test", "item", "undone") is None
+    await store.put_channel_records([record("next")])  # the connection is usable again
+    assert await store.get_channel_record("test", "item", "next") is not None
+
+
+async def test_the_thread_still_waits_for_a_lock_the_inline_path_never_waits_for(
+    store: SQLiteStore,
+) -> None:
+    # The inline path sets no wait; the batch that goes to the thread sets it back, so a
+    # lock held briefly by another process is waited for rather than failing the call.
+    await store.put_channel_records([record("inline")])
+    release = holding_the_write_lock(store)
+    async with anyio.create_task_group() as tasks:
+        tasks.start_soon(store.put_channel_records, [record("waited")])
+        await anyio.sleep(0.2)  # the batch is in the thread, waiting on the lock
+        release()
+    assert await store.get_channel_record("test", "item", "waited") is not None

@@ -366,3 +366,26 @@ async def test_two_stores_on_one_file_grant_one_lease(tmp_path: Path) -> None:
     assert sum(isinstance(d, leases.Granted) for d in decisions) == 1
     positions = sorted(d.position for d in decisions if isinstance(d, leases.Waiting))
     assert positions == list(range(19))
+
+
+async def test_a_saved_session_and_its_lease_are_updated_in_place(tmp_path: Path) -> None:
+    # Saved on every turn: an update in place keeps the row (and its index entries) where a
+    # delete-and-insert would rewrite them, dirtying more pages for each commit to write.
+    store = SQLiteStore(tmp_path / "state.db")
+    alias = SessionAlias("key-alice", "direct", "s1", 0, 1.0)
+    await store.create_session(alias, now=1.0)
+    granted = await store.apply_lease_event("s1", leases.Arrive("run-1", ENQUEUE, 2.0, 30.0))
+    assert isinstance(granted.decision, leases.Granted) and granted.session is not None
+
+    def rowids() -> tuple[int, int]:
+        with contextlib.closing(sqlite3.connect(store.path)) as conn:
+            session = conn.execute("SELECT rowid FROM sessions WHERE session_id = 's1'")
+            lease = conn.execute("SELECT rowid FROM session_leases WHERE session_id = 's1'")
+            return session.fetchone()[0], lease.fetchone()[0]
+
+    before = rowids()
+    saved = SessionRecord("s1", "key-alice", "direct", 0, 1.0, 3.0, {"turn": 1}, turns=1)
+    assert await store.finish_run("s1", "run-1", saved, now=3.0)
+    assert rowids() == before
+    assert await store.load_session("s1") == saved
+    await store.close()

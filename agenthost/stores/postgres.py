@@ -55,6 +55,7 @@ from agenthost.sansio_core.sessions import ScopeKey, SessionAlias, SessionRecord
 from agenthost.sansio_core.types import ChannelIdentity, RunStatus
 from agenthost.stores import codec, postgres_schema
 from agenthost.stores import postgres_queries as q
+from agenthost.stores import rows as table_rows
 from agenthost.stores.base import (
     ChannelRecord,
     DeliveryNotFound,
@@ -507,8 +508,8 @@ class PostgresStore(Store):
         now: float,
         writes: TurnWrites,
     ) -> FinishedTurn:
-        delivery_rows = [q.delivery_row(d) for d in writes.deliveries]
-        record_rows = [q.channel_record_row(r) for r in writes.channel_records]
+        delivery_rows = [table_rows.delivery_row(d) for d in writes.deliveries]
+        record_rows = [table_rows.channel_record_row(r) for r in writes.channel_records]
         channel = self._deliveries_channel
 
         def work(conn: Conn) -> FinishedTurn:
@@ -604,7 +605,7 @@ class PostgresStore(Store):
     async def complete_run_with_deliveries(
         self, token: str, event: RunEvent, deliveries: Sequence[Delivery]
     ) -> RunRecord:
-        rows = [q.delivery_row(d) for d in deliveries]
+        rows = [table_rows.delivery_row(d) for d in deliveries]
 
         channel = self._deliveries_channel
 
@@ -616,7 +617,7 @@ class PostgresStore(Store):
         return await self._run(work)
 
     async def schedule_deliveries(self, deliveries: Sequence[Delivery]) -> None:
-        rows = [q.delivery_row(d) for d in deliveries]
+        rows = [table_rows.delivery_row(d) for d in deliveries]
         channel = self._deliveries_channel
         if rows:
             await self._run(lambda conn: q.insert_deliveries(conn, rows, notify=channel))
@@ -703,7 +704,7 @@ class PostgresStore(Store):
     # --- channel records ------------------------------------------------------------
 
     async def put_channel_records(self, records: Sequence[ChannelRecord]) -> None:
-        rows = [q.channel_record_row(r) for r in records]
+        rows = [table_rows.channel_record_row(r) for r in records]
         if rows:
             await self._run(lambda conn: q.put_channel_records(conn, rows))
 
@@ -714,12 +715,12 @@ class PostgresStore(Store):
         companions: Mapping[str, Sequence[ChannelRecord]] | None = None,
         put: Sequence[ChannelRecord] = (),
     ) -> set[str]:
-        rows = [q.channel_record_row(r) for r in records]
+        rows = [table_rows.channel_record_row(r) for r in records]
         followers = {
-            key: [q.channel_record_row(r) for r in those]
+            key: [table_rows.channel_record_row(r) for r in those]
             for key, those in (companions or {}).items()
         }
-        always = [q.channel_record_row(r) for r in put]
+        always = [table_rows.channel_record_row(r) for r in put]
 
         def work(conn: Conn) -> set[str]:
             inserted = {row[2] for row in rows if q.insert_channel_record(conn, row)}
@@ -749,8 +750,9 @@ class PostgresStore(Store):
                 " WHERE channel = %s AND kind = %s AND key = %s FOR UPDATE",
                 (channel, kind, key),
             ).fetchone()
-            made = list(change(q.channel_record_from_row(row) if row is not None else None))
-            q.put_channel_records(conn, [q.channel_record_row(r) for r in made])
+            current = table_rows.channel_record_from_row(row) if row is not None else None
+            made = list(change(current))
+            q.put_channel_records(conn, [table_rows.channel_record_row(r) for r in made])
             return made
 
         return await self._run(work)
@@ -762,7 +764,7 @@ class PostgresStore(Store):
                 " WHERE channel = %s AND kind = %s AND key = %s",
                 (channel, kind, key),
             ).fetchone()
-            return q.channel_record_from_row(row) if row is not None else None
+            return table_rows.channel_record_from_row(row) if row is not None else None
 
         return await self._run(work)
 
@@ -795,7 +797,7 @@ class PostgresStore(Store):
         params.append(limit)
 
         def work(conn: Conn) -> list[ChannelRecord]:
-            return [q.channel_record_from_row(row) for row in conn.execute(sql, params)]
+            return [table_rows.channel_record_from_row(row) for row in conn.execute(sql, params)]
 
         return await self._run(work)
 

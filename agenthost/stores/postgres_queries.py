@@ -15,7 +15,6 @@ decoded by ``stores.codec``, the same shapes the SQLite store writes.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from typing import Any
 
@@ -26,12 +25,20 @@ from agenthost.sansio_core.background import RunEvent, RunRecord
 from agenthost.sansio_core.delivery import Delivery
 from agenthost.sansio_core.effects import RequestContext
 from agenthost.sansio_core.link_codes import AttemptCounter, CodeChallenge
-from agenthost.sansio_core.linking import LinkRecord, Merge, UserFacts, UserRecord
+from agenthost.sansio_core.linking import LinkRecord, Merge, UserRecord
 from agenthost.sansio_core.routing import LastSeen
 from agenthost.sansio_core.sessions import ScopeKey, SessionAlias, SessionRecord
 from agenthost.sansio_core.types import ChannelIdentity
 from agenthost.stores import codec
-from agenthost.stores.base import ChannelRecord, RunNotFound
+from agenthost.stores.base import RunNotFound
+from agenthost.stores.rows import (
+    SESSION_COLUMNS,
+    alias_from_row,
+    facts_from_json,
+    link_from_row,
+    run_row,
+    session_from_row,
+)
 
 Conn = psycopg.Connection[Any]
 
@@ -116,7 +123,7 @@ def load_context(
     if row is None:
         return RequestContext(None, None)
     alias = alias_from_row(row[1:6]) if row[1] is not None else None
-    loaded = _facts_from_json(row[6], row[7]) if facts else None
+    loaded = facts_from_json(row[6], row[7]) if facts else None
     return RequestContext(row[0], alias, loaded)
 
 
@@ -156,12 +163,6 @@ def select_key(conn: Conn, identity: ChannelIdentity) -> str | None:
         (identity.channel, identity.native_id),
     ).fetchone()
     return str(row[0]) if row is not None else None
-
-
-def _facts_from_json(identities: str | None, claims: str | None) -> UserFacts:
-    others = sorted(tuple(pair) for pair in json.loads(identities or "[]"))
-    held = {(kind, value) for kind, value in json.loads(claims or "[]")}
-    return UserFacts(tuple(ChannelIdentity(ch, native) for ch, native in others), held)
 
 
 def members(conn: Conn, isolation_key: str) -> tuple[ChannelIdentity, ...]:
@@ -232,19 +233,7 @@ def list_links(conn: Conn, isolation_key: str) -> list[LinkRecord]:
         " ORDER BY created_at, channel, native_id",
         (isolation_key,),
     ).fetchall()
-    return [_link_from_row(row) for row in rows]
-
-
-def _link_from_row(row: Any) -> LinkRecord:
-    channel, native, key, anchor_channel, anchor_native, source, previous, created_at = row
-    return LinkRecord(
-        ChannelIdentity(channel, native),
-        key,
-        ChannelIdentity(anchor_channel, anchor_native),
-        source,
-        previous,
-        created_at,
-    )
+    return [link_from_row(row) for row in rows]
 
 
 def has_claims(conn: Conn, identity: ChannelIdentity) -> bool:
@@ -365,11 +354,6 @@ def write_counter(conn: Conn, counter: AttemptCounter) -> None:
 # --- sessions and leases ------------------------------------------------------------------
 
 
-def alias_from_row(row: Any) -> SessionAlias:
-    owner, qualifier, session_id, generation, created_at = row
-    return SessionAlias(owner, qualifier, session_id, generation, created_at)
-
-
 def select_alias(conn: Conn, owner: str, qualifier: str) -> SessionAlias | None:
     row = conn.execute(
         "SELECT owner, qualifier, session_id, generation, created_at FROM session_aliases"
@@ -389,30 +373,11 @@ def write_alias(conn: Conn, alias: SessionAlias) -> None:
     )
 
 
-_SESSION_COLUMNS = (
-    "session_id, owner, qualifier, generation, created_at, updated_at, turns, state,"
-    " state_expires_when_idle"
-)
-
-
-def session_from_row(row: Any) -> SessionRecord:
-    session_id, owner, qualifier, generation, created_at, updated_at, turns, state, expiring = row
-    return SessionRecord(
-        session_id=session_id,
-        owner=owner,
-        qualifier=qualifier,
-        generation=generation,
-        created_at=created_at,
-        updated_at=updated_at,
-        state=json.loads(state) if state is not None else None,
-        turns=turns,
-        state_expires_when_idle=expiring,
-    )
 
 
 def select_session(conn: Conn, session_id: str) -> SessionRecord | None:
     row = conn.execute(
-        f"SELECT {_SESSION_COLUMNS} FROM sessions WHERE session_id = %s",  # noqa: S608 - a constant column list
+        f"SELECT {SESSION_COLUMNS} FROM sessions WHERE session_id = %s",  # noqa: S608 - a constant column list
         (session_id,),
     ).fetchone()
     return session_from_row(row) if row is not None else None
@@ -420,7 +385,7 @@ def select_session(conn: Conn, session_id: str) -> SessionRecord | None:
 
 def list_sessions(conn: Conn, owner: str) -> list[SessionRecord]:
     rows = conn.execute(
-        f"SELECT {_SESSION_COLUMNS} FROM sessions WHERE owner = %s"  # noqa: S608 - a constant column list
+        f"SELECT {SESSION_COLUMNS} FROM sessions WHERE owner = %s"  # noqa: S608 - a constant column list
         " ORDER BY created_at, generation, session_id",
         (owner,),
     ).fetchall()
@@ -545,17 +510,6 @@ def write_lease(conn: Conn, session_id: str, state: leases.LeaseState) -> None:
 # --- background runs ----------------------------------------------------------------------
 
 
-def run_row(record: RunRecord) -> tuple[Any, ...]:
-    return (
-        record.token,
-        record.status.value,
-        record.created_at,
-        record.expires_at,
-        record.lease_expires_at,
-        codec.dump_run(record),
-    )
-
-
 def insert_run(conn: Conn, record: RunRecord) -> bool:
     row = conn.execute(
         "INSERT INTO runs (token, status, created_at, expires_at, lease_expires_at, record)"
@@ -623,17 +577,6 @@ def upsert_last_seen(conn: Conn, isolation_key: str, seen: LastSeen) -> None:
 # --- the outbox ---------------------------------------------------------------------------
 
 
-def delivery_row(d: Delivery) -> tuple[Any, ...]:
-    return (
-        d.delivery_id,
-        d.status.value,
-        d.next_attempt_at,
-        d.created_at,
-        d.updated_at,
-        codec.dump(d),
-    )
-
-
 def insert_deliveries(conn: Conn, rows: Sequence[tuple[Any, ...]], *, notify: str) -> None:
     """Insert-if-absent by id, and wake the replicas' idle delivery workers (``NOTIFY`` is
     sent at commit, once per transaction and channel however many calls asked)."""
@@ -677,31 +620,6 @@ FOR UPDATE SKIP LOCKED
 # --- channel records ----------------------------------------------------------------------
 
 CHANNEL_RECORD_COLUMNS = "channel, kind, key, owner, created_at, expires_at, value"
-
-
-def channel_record_row(r: ChannelRecord) -> tuple[Any, ...]:
-    return (
-        r.channel,
-        r.kind,
-        r.key,
-        r.owner,
-        r.created_at,
-        r.expires_at,
-        codec.to_json(dict(r.value)),
-    )
-
-
-def channel_record_from_row(row: Any) -> ChannelRecord:
-    channel, kind, key, owner, created_at, expires_at, value = row
-    return ChannelRecord(
-        channel=channel,
-        kind=kind,
-        key=key,
-        value=codec.load(value, dict[str, Any]),
-        owner=owner,
-        created_at=created_at,
-        expires_at=expires_at,
-    )
 
 
 def put_channel_records(conn: Conn, rows: Sequence[tuple[Any, ...]]) -> None:

@@ -19,7 +19,6 @@ problems raised there, loudly.
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import sqlite3
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
@@ -67,6 +66,17 @@ from agenthost.stores.base import (
     run_refusal_reason,
 )
 from agenthost.stores.group_commit import GroupCommit, WorkItem
+from agenthost.stores.rows import (
+    SESSION_COLUMNS,
+    alias_from_row,
+    channel_record_from_row,
+    channel_record_row,
+    delivery_row,
+    facts_from_json,
+    link_from_row,
+    run_row,
+    session_from_row,
+)
 from agenthost.stores.wal_checkpoints import WalCheckpointer
 
 T = TypeVar("T")
@@ -444,7 +454,7 @@ class SQLiteStore(Store):
                 " ORDER BY created_at, channel, native_id",
                 (isolation_key,),
             ).fetchall()
-            return [_link_from_row(row) for row in rows]
+            return [link_from_row(row) for row in rows]
 
         return await self._run(work)
 
@@ -689,11 +699,11 @@ class SQLiteStore(Store):
     async def list_sessions(self, owner: str) -> list[SessionRecord]:
         def work(conn: sqlite3.Connection) -> list[SessionRecord]:
             rows = conn.execute(
-                f"SELECT {_SESSION_COLUMNS} FROM sessions WHERE owner = ?"  # noqa: S608 - a constant column list
+                f"SELECT {SESSION_COLUMNS} FROM sessions WHERE owner = ?"  # noqa: S608 - a constant column list
                 " ORDER BY created_at, generation, session_id",
                 (owner,),
             ).fetchall()
-            return [_session_from_row(row) for row in rows]
+            return [session_from_row(row) for row in rows]
 
         return await self._run(work)
 
@@ -803,8 +813,8 @@ class SQLiteStore(Store):
         now: float,
         writes: TurnWrites,
     ) -> FinishedTurn:
-        delivery_rows = [_delivery_row(d) for d in writes.deliveries]
-        record_rows = [_channel_record_row(r) for r in writes.channel_records]
+        delivery_rows = [delivery_row(d) for d in writes.deliveries]
+        record_rows = [channel_record_row(r) for r in writes.channel_records]
 
         def work(conn: sqlite3.Connection) -> FinishedTurn:
             with _transaction(conn):
@@ -833,7 +843,7 @@ class SQLiteStore(Store):
                 conn.execute(
                     "INSERT INTO runs (token, status, created_at, expires_at, lease_expires_at,"
                     " record) VALUES (?, ?, ?, ?, ?, ?)",
-                    _run_row(record),
+                    run_row(record),
                 )
             except sqlite3.IntegrityError:
                 raise ValueError(f"a run with token {record.token!r} exists") from None
@@ -902,7 +912,7 @@ class SQLiteStore(Store):
     async def complete_run_with_deliveries(
         self, token: str, event: RunEvent, deliveries: Sequence[Delivery]
     ) -> RunRecord:
-        rows = [_delivery_row(d) for d in deliveries]
+        rows = [delivery_row(d) for d in deliveries]
 
         def work(conn: sqlite3.Connection) -> RunRecord:
             with _transaction(conn):
@@ -913,7 +923,7 @@ class SQLiteStore(Store):
         return await self._run(work)
 
     async def schedule_deliveries(self, deliveries: Sequence[Delivery]) -> None:
-        rows = [_delivery_row(d) for d in deliveries]
+        rows = [delivery_row(d) for d in deliveries]
 
         def work(conn: sqlite3.Connection) -> None:
             with _transaction(conn):
@@ -1016,7 +1026,7 @@ class SQLiteStore(Store):
     # --- channel records ------------------------------------------------------------
 
     async def put_channel_records(self, records: Sequence[ChannelRecord]) -> None:
-        rows = [_channel_record_row(r) for r in records]
+        rows = [channel_record_row(r) for r in records]
 
         def work(conn: sqlite3.Connection) -> None:
             with _transaction(conn):
@@ -1032,12 +1042,12 @@ class SQLiteStore(Store):
         companions: Mapping[str, Sequence[ChannelRecord]] | None = None,
         put: Sequence[ChannelRecord] = (),
     ) -> set[str]:
-        rows = [_channel_record_row(r) for r in records]
+        rows = [channel_record_row(r) for r in records]
         followers = {
-            key: [_channel_record_row(r) for r in those]
+            key: [channel_record_row(r) for r in those]
             for key, those in (companions or {}).items()
         }
-        always = [_channel_record_row(r) for r in put]
+        always = [channel_record_row(r) for r in put]
 
         def work(conn: sqlite3.Connection) -> set[str]:
             inserted: set[str] = set()
@@ -1071,7 +1081,7 @@ class SQLiteStore(Store):
                 " FROM channel_records WHERE channel = ? AND kind = ? AND key = ?",
                 (channel, kind, key),
             ).fetchone()
-            return _channel_record_from_row(row) if row is not None else None
+            return channel_record_from_row(row) if row is not None else None
 
         return await self._run(work)
 
@@ -1102,7 +1112,7 @@ class SQLiteStore(Store):
         params.append(limit)
 
         def work(conn: sqlite3.Connection) -> list[ChannelRecord]:
-            return [_channel_record_from_row(row) for row in conn.execute(sql, params)]
+            return [channel_record_from_row(row) for row in conn.execute(sql, params)]
 
         return await self._run(work)
 
@@ -1285,8 +1295,8 @@ def _load_context(
     ).fetchone()
     if row is None:
         return RequestContext(None, None)
-    alias = _alias_from_row(row[1:6]) if row[1] is not None else None
-    loaded = _facts_from_json(row[6], row[7]) if facts else None
+    alias = alias_from_row(row[1:6]) if row[1] is not None else None
+    loaded = facts_from_json(row[6], row[7]) if facts else None
     return RequestContext(row[0], alias, loaded)
 
 
@@ -1325,17 +1335,6 @@ def _upsert_last_seen(conn: sqlite3.Connection, isolation_key: str, seen: LastSe
     )
 
 
-def _delivery_row(d: Delivery) -> tuple[Any, ...]:
-    return (
-        d.delivery_id,
-        d.status.value,
-        d.next_attempt_at,
-        d.created_at,
-        d.updated_at,
-        codec.dump(d),
-    )
-
-
 def _insert_deliveries(conn: sqlite3.Connection, rows: Sequence[tuple[Any, ...]]) -> None:
     conn.executemany(
         "INSERT INTO deliveries (delivery_id, status, next_attempt_at, created_at, updated_at,"
@@ -1357,12 +1356,6 @@ def _select_delivery(conn: sqlite3.Connection, delivery_id: str) -> Delivery | N
         "SELECT record FROM deliveries WHERE delivery_id = ?", (delivery_id,)
     ).fetchone()
     return codec.load_delivery(row[0]) if row is not None else None
-
-
-def _facts_from_json(identities: str | None, claims: str | None) -> UserFacts:
-    others = sorted(tuple(pair) for pair in json.loads(identities or "[]"))
-    held = {(kind, value) for kind, value in json.loads(claims or "[]")}
-    return UserFacts(tuple(ChannelIdentity(ch, native) for ch, native in others), held)
 
 
 def _members(conn: sqlite3.Connection, isolation_key: str) -> tuple[ChannelIdentity, ...]:
@@ -1422,18 +1415,6 @@ def _apply_merge(conn: sqlite3.Connection, merge: Merge, now: float) -> None:
             )
             for r in merge.records
         ],
-    )
-
-
-def _link_from_row(row: Any) -> LinkRecord:
-    channel, native, key, anchor_channel, anchor_native, source, previous, created_at = row
-    return LinkRecord(
-        ChannelIdentity(channel, native),
-        key,
-        ChannelIdentity(anchor_channel, anchor_native),
-        source,
-        previous,
-        created_at,
     )
 
 
@@ -1502,18 +1483,13 @@ def _alias_key(scope: ScopeKey) -> tuple[str, str]:
     return (scope.owner, scope.qualifier)
 
 
-def _alias_from_row(row: Any) -> SessionAlias:
-    owner, qualifier, session_id, generation, created_at = row
-    return SessionAlias(owner, qualifier, session_id, generation, created_at)
-
-
 def _select_alias(conn: sqlite3.Connection, owner: str, qualifier: str) -> SessionAlias | None:
     row = conn.execute(
         "SELECT owner, qualifier, session_id, generation, created_at FROM session_aliases"
         " WHERE owner = ? AND qualifier = ?",
         (owner, qualifier),
     ).fetchone()
-    return _alias_from_row(row) if row is not None else None
+    return alias_from_row(row) if row is not None else None
 
 
 def _write_alias(conn: sqlite3.Connection, alias: SessionAlias) -> None:
@@ -1526,33 +1502,14 @@ def _write_alias(conn: sqlite3.Connection, alias: SessionAlias) -> None:
     )
 
 
-_SESSION_COLUMNS = (
-    "session_id, owner, qualifier, generation, created_at, updated_at, turns, state,"
-    " state_expires_when_idle"
-)
-
-
-def _session_from_row(row: Any) -> SessionRecord:
-    session_id, owner, qualifier, generation, created_at, updated_at, turns, state, expiring = row
-    return SessionRecord(
-        session_id=session_id,
-        owner=owner,
-        qualifier=qualifier,
-        generation=generation,
-        created_at=created_at,
-        updated_at=updated_at,
-        state=json.loads(state) if state is not None else None,
-        turns=turns,
-        state_expires_when_idle=bool(expiring),
-    )
 
 
 def _select_session(conn: sqlite3.Connection, session_id: str) -> SessionRecord | None:
     row = conn.execute(
-        f"SELECT {_SESSION_COLUMNS} FROM sessions WHERE session_id = ?",  # noqa: S608 - a constant column list
+        f"SELECT {SESSION_COLUMNS} FROM sessions WHERE session_id = ?",  # noqa: S608 - a constant column list
         (session_id,),
     ).fetchone()
-    return _session_from_row(row) if row is not None else None
+    return session_from_row(row) if row is not None else None
 
 
 def _write_session(conn: sqlite3.Connection, session_id: str, record: SessionRecord) -> None:
@@ -1619,17 +1576,6 @@ def _write_lease(conn: sqlite3.Connection, session_id: str, state: leases.LeaseS
     )
 
 
-def _run_row(record: RunRecord) -> tuple[Any, ...]:
-    return (
-        record.token,
-        record.status.value,
-        record.created_at,
-        record.expires_at,
-        record.lease_expires_at,
-        codec.dump_run(record),
-    )
-
-
 def _apply_run_event(conn: sqlite3.Connection, token: str, event: RunEvent) -> RunRecord:
     """Inside a transaction: load the run, apply the core's transition, write it back."""
     record = _select_run(conn, token)
@@ -1639,7 +1585,7 @@ def _apply_run_event(conn: sqlite3.Connection, token: str, event: RunEvent) -> R
     conn.execute(
         "UPDATE runs SET status = ?, created_at = ?, expires_at = ?,"
         " lease_expires_at = ?, record = ? WHERE token = ?",
-        (*_run_row(new)[1:], token),
+        (*run_row(new)[1:], token),
     )
     return new
 
@@ -1647,18 +1593,6 @@ def _apply_run_event(conn: sqlite3.Connection, token: str, event: RunEvent) -> R
 def _select_run(conn: sqlite3.Connection, token: str) -> RunRecord | None:
     row = conn.execute("SELECT record FROM runs WHERE token = ?", (token,)).fetchone()
     return codec.load_run(row[0]) if row is not None else None
-
-
-def _channel_record_row(r: ChannelRecord) -> tuple[Any, ...]:
-    return (
-        r.channel,
-        r.kind,
-        r.key,
-        r.owner,
-        r.created_at,
-        r.expires_at,
-        codec.to_json(dict(r.value)),
-    )
 
 
 def _put_channel_records(conn: sqlite3.Connection, rows: Sequence[tuple[Any, ...]]) -> None:
@@ -1669,14 +1603,3 @@ def _put_channel_records(conn: sqlite3.Connection, rows: Sequence[tuple[Any, ...
     )
 
 
-def _channel_record_from_row(row: Any) -> ChannelRecord:
-    channel, kind, key, owner, created_at, expires_at, value = row
-    return ChannelRecord(
-        channel=channel,
-        kind=kind,
-        key=key,
-        value=codec.load(value, dict[str, Any]),
-        owner=owner,
-        created_at=created_at,
-        expires_at=expires_at,
-    )

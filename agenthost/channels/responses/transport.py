@@ -589,21 +589,42 @@ class _Service:
             )
             await send_opened(batch)
 
+        finals: list[list[dict[str, Any]]] = []
+
+        def turn_records(outcome: TurnOutcome) -> list[ChannelRecord]:
+            # Finished once the target answered, so the stored response commits with the
+            # turn's session instead of in a write of its own.
+            assert not isinstance(outcome, TurnRefused)  # it ran: it was not refused
+            finals.append(self._finish_events(machine, outcome))
+            return self._turn_records(turn, machine.response, outcome)
+
         outcome = await self.host.run(
-            turn.request, on_update=on_update, protocol_request=protocol_request
+            turn.request,
+            on_update=on_update,
+            protocol_request=protocol_request,
+            records=turn_records,
         )
-        now = int(self.host.now())
         if isinstance(outcome, TurnRefused):
             raise _refusal_error(outcome, turn.create)
+        # Stored before the terminal event, so a client that chains at once finds it.
+        if finals:
+            final = finals[-1]
+            await self._append_turn(turn, machine.response)
+        else:  # nothing was saved with the turn (stateless, a command): stored on its own
+            final = self._finish_events(machine, outcome)
+            await self._save_turn(turn, machine.response, outcome)
+        await send_opened(final)
+
+    def _finish_events(
+        self, machine: events.ResponseEvents, outcome: TurnCompleted | TurnFailed
+    ) -> list[dict[str, Any]]:
+        """The terminal events of a streamed response (``machine`` is then finished)."""
+        now = int(self.host.now())
         if isinstance(outcome, TurnCompleted):
             machine.note_result(outcome.result.result)
-            final = machine.complete(completed_at=now)
-        else:
-            code, message = _failure(outcome)
-            final = machine.fail(code=code, message=message, completed_at=now)
-        # Stored before the terminal event, so a client that chains at once finds it.
-        await self._save_turn(turn, machine.response, outcome)
-        await send_opened(final)
+            return machine.complete(completed_at=now)
+        code, message = _failure(outcome)
+        return machine.fail(code=code, message=message, completed_at=now)
 
     async def _save_turn(
         self, turn: _Turn, response: Mapping[str, Any], outcome: TurnOutcome

@@ -41,10 +41,11 @@ import anyio
 import anyio.abc
 import attrs
 from starlette.requests import HTTPConnection, Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import Response
 from starlette.routing import BaseRoute, Route, WebSocketRoute
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
+from agenthost.backends.answers import AsgiRoute, JsonAnswer
 from agenthost.backends.bodies import (
     BODY_SECONDS,
     BodyRefused,
@@ -216,7 +217,8 @@ class ResponsesChannel(Channel):
         service = self._bind(host)
         p = self.prefix
         return [
-            Route(f"{p}/responses", service.create, methods=["POST"]),
+            # The hot route is a plain ASGI app: no per-request endpoint wrapping.
+            Route(f"{p}/responses", AsgiRoute(service.create), methods=["POST"]),
             WebSocketRoute(f"{p}/responses", service.websocket),
             Route(f"{p}/responses/{{response_id}}", service.retrieve, methods=["GET"]),
             Route(f"{p}/responses/{{response_id}}", service.delete, methods=["DELETE"]),
@@ -1283,7 +1285,8 @@ def _request_id_header() -> dict[str, str]:
 
 
 def _json(body: Mapping[str, Any], status: int = 200) -> Response:
-    return JSONResponse(body, status_code=status, headers=_request_id_header())
+    request_id = f"req_{secrets.token_hex(12)}".encode()
+    return JsonAnswer(body, status, [(b"x-request-id", request_id)])
 
 
 def _error(error: ResponsesError) -> Response:

@@ -1273,11 +1273,14 @@ _FORBIDDEN: dict[RefusalReason, tuple[str, str]] = {
 }
 
 
+# Built once: json.dumps with any option builds an encoder per call, and a stream
+# encodes one per event.
+_SSE_ENCODER = json.JSONEncoder(separators=(",", ":"))
+
+
 def _sse(batch: Sequence[Mapping[str, Any]]) -> bytes:
-    return b"".join(
-        f"event: {event['type']}\ndata: {json.dumps(event, separators=(',', ':'))}\n\n".encode()
-        for event in batch
-    )
+    encode = _SSE_ENCODER.encode
+    return "".join(f"event: {event['type']}\ndata: {encode(event)}\n\n" for event in batch).encode()
 
 
 def _request_id_header() -> dict[str, str]:

@@ -152,14 +152,18 @@ class TurnInterpreter:
         protocol_request: Any = None,
         on_request: Callable[[ChannelRequest], None] | None = None,
         finisher: TurnFinisher | None = None,
+        traced: bool | None = None,
     ) -> OutcomeT:
         """Run a core generator to its outcome, performing each effect it yields.
 
         ``on_request`` sees each request a ``run_hook`` returns (the hook may choose where
         the reply goes); ``finisher`` adds its writes to the transaction that saves the
-        session (a stateless turn has none: it never finishes a run).
+        session (a stateless turn has none: it never finishes a run). ``traced`` is
+        whether spans are recorded, when the caller has asked already.
         """
-        guard = _LeaseGuard(traced=tracing.tracing_enabled())
+        if traced is None:
+            traced = tracing.tracing_enabled()
+        guard = _LeaseGuard(traced=traced)
         answer: Any = None
         try:
             while True:

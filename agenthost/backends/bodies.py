@@ -19,7 +19,7 @@ from collections.abc import Mapping
 from typing import Any
 
 import anyio
-from starlette.requests import ClientDisconnect, Request
+from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.types import Receive, Scope, Send
 
@@ -103,27 +103,48 @@ async def read_json_body(request: Request, limit: int, *, within: float = BODY_S
 async def read_limited(request: Request, limit: int, *, within: float = BODY_SECONDS) -> bytes:
     """The whole body, or :class:`BodyTooLarge` as soon as it passes ``limit`` bytes,
     :class:`BodyTimedOut` when it takes longer than ``within`` seconds, :class:`ClientGone`
-    when the client disconnects first."""
+    when the client disconnects first.
+
+    The body is read straight from the request's ``receive`` (no stream generator, one
+    deadline) and kept on the request, so a later ``request.body()`` (say, in a run hook
+    that gets the request) answers it instead of waiting for a body already read.
+    """
+    cached: bytes | None = getattr(request, "_body", None)
+    if cached is not None:  # read before (by a middleware or a verifier)
+        if len(cached) > limit:
+            raise BodyTooLarge(limit)
+        return cached
     declared = request.headers.get("content-length")
     if declared is not None and declared.isascii() and declared.isdigit() and int(declared) > limit:
         raise BodyTooLarge(limit)
-    body = bytearray()
-    stream = request.stream()
-    try:
-        with anyio.fail_after(within):
-            async for chunk in stream:
-                body += chunk
-                if len(body) > limit:
-                    raise BodyTooLarge(limit)
-    except TimeoutError:
-        raise BodyTimedOut(within) from None
-    except ClientDisconnect:
-        raise ClientGone() from None
-    finally:
-        # Left open, the generator is finalized by the garbage collector instead (a
-        # ResourceWarning under trio).
-        await stream.aclose()
-    return bytes(body)
+    body = await receive_limited(request.receive, limit, within=within)
+    request._body = body  # what Starlette's own ``body()`` keeps, and answers from
+    return body
+
+
+async def receive_limited(receive: Receive, limit: int, *, within: float) -> bytes:
+    """The body's bytes from ASGI ``receive`` messages, within ``limit`` and ``within``
+    (:func:`read_limited`'s rules, for an app that holds no ``Request``)."""
+    chunks: list[bytes] = []
+    size = 0
+    # One cancel scope with a deadline: a cheaper way to bound the wait than fail_after.
+    with anyio.CancelScope(deadline=anyio.current_time() + within):
+        while True:
+            message = await receive()
+            kind = message["type"]
+            if kind == "http.request":
+                chunk = message.get("body", b"")
+                if chunk:
+                    size += len(chunk)
+                    if size > limit:
+                        raise BodyTooLarge(limit)
+                    chunks.append(chunk)
+                if not message.get("more_body", False):
+                    return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+            elif kind == "http.disconnect":
+                raise ClientGone()
+    # Only the deadline ends the loop here: a cancellation from outside propagates.
+    raise BodyTimedOut(within)
 
 
 class OversizedBodyResponse(JSONResponse):

@@ -433,7 +433,10 @@ class Host:
         writes = None
         if self._turn_settings.run_hook or records is not None:
             writes = _ForegroundWrites(self, run_id, rewritten, records)
-        with tracing.span("agenthost.turn", channel=request.channel, run_id=run_id) as spanned:
+        traced = tracing.tracing_enabled()  # asked once for the turn's spans
+        with tracing.span(
+            "agenthost.turn", enabled=traced, channel=request.channel, run_id=run_id
+        ) as spanned:
             outcome = await self._interpreter.drive(
                 turns.run_turn(
                     request,
@@ -446,6 +449,7 @@ class Host:
                 protocol_request=protocol_request,
                 on_request=rewritten.append,
                 finisher=writes,
+                traced=traced,
             )
             spanned.set_attribute("agenthost.outcome", _outcome_name(outcome))
         _log_outcome(run_id, request.channel, outcome)
@@ -961,6 +965,8 @@ async def _supervised(fn: Callable[[], Awaitable[None]], health: TaskHealth) -> 
 
 def _log_outcome(run_id: str, channel: str, outcome: turns.TurnOutcome | turns.TurnRefused) -> None:
     if isinstance(outcome, turns.TurnCompleted):
+        if not log.isEnabledFor(logging.INFO):
+            return  # the common case when serving quietly: build no extra fields
         reply = outcome.result.result
         if isinstance(reply, commands.CommandReply):
             log.info(

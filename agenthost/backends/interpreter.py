@@ -93,6 +93,8 @@ class _LeaseGuard:
     waited: bool = False  # the run waited for the lease at least once
     # The target's run and its answer, for a TurnFinisher's writes.
     ran: tuple[fx.RunTarget, fx.TargetSucceeded | fx.TargetFailed] | None = None
+    # Whether spans are recorded, asked once per turn rather than once per span.
+    traced: bool = False
 
 
 class TurnFinisher(Protocol):
@@ -150,14 +152,18 @@ class TurnInterpreter:
         protocol_request: Any = None,
         on_request: Callable[[ChannelRequest], None] | None = None,
         finisher: TurnFinisher | None = None,
+        traced: bool | None = None,
     ) -> OutcomeT:
         """Run a core generator to its outcome, performing each effect it yields.
 
         ``on_request`` sees each request a ``run_hook`` returns (the hook may choose where
         the reply goes); ``finisher`` adds its writes to the transaction that saves the
-        session (a stateless turn has none: it never finishes a run).
+        session (a stateless turn has none: it never finishes a run). ``traced`` is
+        whether spans are recorded, when the caller has asked already.
         """
-        guard = _LeaseGuard()
+        if traced is None:
+            traced = tracing.tracing_enabled()
+        guard = _LeaseGuard(traced=traced)
         answer: Any = None
         try:
             while True:
@@ -166,9 +172,7 @@ class TurnInterpreter:
                 except StopIteration as stop:
                     outcome: OutcomeT = stop.value
                     return outcome
-                answer = await self._perform(
-                    effect, guard, on_update, protocol_request, finisher
-                )
+                answer = await self._perform(effect, guard, on_update, protocol_request, finisher)
                 if on_request is not None and isinstance(effect, fx.CallRunHook):
                     on_request(answer)
         finally:
@@ -242,7 +246,7 @@ class TurnInterpreter:
         if isinstance(effect, fx.AppendAssistantMessage):
             return await self._target.append_assistant_message(effect.state, effect.text)
         if isinstance(effect, fx.FinishRun):
-            with tracing.span("agenthost.save") as spanned:
+            with tracing.span("agenthost.save", enabled=guard.traced) as spanned:
                 if finisher is not None:
                     if guard.ran is not None:
                         writes = await finisher.writes_for(*guard.ran)
@@ -283,7 +287,9 @@ class TurnInterpreter:
     async def _open_turn(self, effect: fx.OpenTurn, guard: _LeaseGuard) -> opening.Outcome:
         releases_before = self._local.releases
         plan = effect.opening
-        with tracing.span("agenthost.resolve_session", channel=plan.identity.channel) as spanned:
+        with tracing.span(
+            "agenthost.resolve_session", enabled=guard.traced, channel=plan.identity.channel
+        ) as spanned:
             outcome = await self._store.open_turn(plan)
             if isinstance(outcome, opening.Refused):
                 access = outcome.access
@@ -326,7 +332,10 @@ class TurnInterpreter:
         call = TargetCall(effect.request, effect.session_ref, effect.session_state, on_update)
         answer: fx.TargetSucceeded | fx.TargetFailed
         held = guard.session_id if guard.holding else None
-        with anyio.CancelScope() as run_scope, tracing.span("agenthost.run") as spanned:
+        with (
+            anyio.CancelScope() as run_scope,
+            tracing.span("agenthost.run", enabled=guard.traced) as spanned,
+        ):
             self._local.register(effect.run_id, run_scope, held)  # renew_leases keeps it
             try:
                 done = await self._target.run(call)

@@ -82,14 +82,18 @@ def span(
     *,
     kind: trace.SpanKind = trace.SpanKind.INTERNAL,
     context: otel_context.Context | None = None,
+    enabled: bool | None = None,
     **attributes: AttributeValue | None,
 ) -> AbstractContextManager[trace.Span]:
     """Open ``name`` as the current span; an exception marks it as an error by type only.
 
     Without a tracer provider installed (no SDK configured) nothing is opened at all: every
-    turn passes several of these, and spans nobody records should cost nothing.
+    turn passes several of these, and spans nobody records should cost nothing. Asking
+    the API whether a provider is installed is itself not free (it looks the environment
+    up each time), so a caller opening several spans for one turn asks
+    :func:`tracing_enabled` once and passes the answer as ``enabled``.
     """
-    if not tracing_enabled():
+    if not (tracing_enabled() if enabled is None else enabled):
         return _NOT_RECORDING
     return _recording(name, kind, context, attributes)
 
@@ -206,4 +210,3 @@ class TraceMiddleware:
                             numbers={"seconds": time.perf_counter() - started},
                         )
                     )
-

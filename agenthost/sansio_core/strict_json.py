@@ -44,8 +44,22 @@ def _constant(name: str) -> Any:
     raise JsonRefused(f"'{name}' is not a JSON value: numbers must be finite.")
 
 
-# Built once. Numbers are parsed natively and checked in one walk with everything else.
-_DECODER = json.JSONDecoder(parse_constant=_constant)
+def _integer(literal: str) -> int:
+    if len(literal) - literal.startswith("-") > MAX_NUMBER_CHARS:
+        raise JsonRefused(f"A number in the JSON body is longer than {MAX_NUMBER_CHARS} digits.")
+    return int(literal)
+
+
+def _float(literal: str) -> float:
+    value = float(literal)
+    if not math.isfinite(value):  # a literal that overflows, such as 1e400
+        raise JsonRefused("Numbers in the JSON body must be finite.")
+    return value
+
+
+# Built once. Numbers are checked as they are parsed (bodies hold few), so what is left for
+# a walk over the value is depth and surrogates, and most texts show they need neither.
+_DECODER = json.JSONDecoder(parse_constant=_constant, parse_int=_integer, parse_float=_float)
 _MAX_INTEGER = 10**MAX_NUMBER_CHARS
 
 
@@ -66,10 +80,27 @@ def loads(raw: bytes | str) -> Any:
         raise
     except RecursionError:
         raise JsonRefused(f"The JSON body nests deeper than {MAX_DEPTH} levels.") from None
-    except ValueError:  # JSONDecodeError, and int()'s own digit limit
+    except ValueError:  # JSONDecodeError
         raise JsonRefused("The body is not valid JSON.") from None
-    check_value(value)
+    if _needs_walk(text):
+        check_value(value)
     return value
+
+
+def _needs_walk(text: str) -> bool:
+    """Whether the value parsed from ``text`` may break the depth or surrogate rules.
+
+    A surrogate in a value needs a ``\\u`` escape naming one (or, in a ``str`` given
+    here, the raw code point: UTF-8 bytes cannot carry one past the strict decoding), and
+    nesting needs as many ``[`` or ``{``. Matches inside strings are false alarms only:
+    the value then goes through the full walk.
+    """
+    return (
+        text.count("[") + text.count("{") > MAX_DEPTH
+        or "\\ud" in text
+        or "\\uD" in text
+        or (not text.isascii() and _SURROGATE.search(text) is not None)
+    )
 
 
 def check_value(value: Any) -> None:

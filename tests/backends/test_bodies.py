@@ -1,8 +1,7 @@
-"""Bounded bodies: the request stream is closed on every way out of ``read_limited``."""
+"""Bounded bodies: read straight from ``receive``, refused early, and kept for later readers."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncGenerator
 from typing import Any
 
 import anyio
@@ -21,64 +20,90 @@ from agenthost.backends.bodies import (
 pytestmark = pytest.mark.anyio
 
 
-class TrackedRequest(Request):
-    """Starlette's request, keeping the body streams it hands out (to see them closed)."""
+class CountingReceive:
+    """An ASGI ``receive`` handing out ``messages``, then waiting for ever; counts calls."""
 
-    streams: list[AsyncGenerator[bytes, None]]
+    def __init__(self, messages: list[dict[str, Any]]) -> None:
+        self.pending = list(messages)
+        self.calls = 0
 
-    def stream(self) -> AsyncGenerator[bytes, None]:
-        generator = super().stream()
-        self.streams.append(generator)
-        return generator
-
-
-def request_with(messages: list[dict[str, Any]], headers: dict[str, str]) -> TrackedRequest:
-    pending = list(messages)
-
-    async def receive() -> dict[str, Any]:
-        if pending:
-            return pending.pop(0)
+    async def __call__(self) -> dict[str, Any]:
+        self.calls += 1
+        if self.pending:
+            return self.pending.pop(0)
         await anyio.sleep_forever()
         raise AssertionError("unreachable")
 
+
+def request_with(
+    messages: list[dict[str, Any]], headers: dict[str, str]
+) -> tuple[Request, CountingReceive]:
+    receive = CountingReceive(messages)
     scope = {
         "type": "http",
         "method": "POST",
         "path": "/",
         "headers": [(k.encode(), v.encode()) for k, v in headers.items()],
     }
-    request = TrackedRequest(scope, receive)
-    request.streams = []
-    return request
+    return Request(scope, receive), receive
 
 
 def chunks(count: int, size: int = 10) -> list[dict[str, Any]]:
     return [{"type": "http.request", "body": b"x" * size, "more_body": True}] * count
 
 
-def closed(generator: AsyncGenerator[bytes, None]) -> bool:
-    return generator.ag_frame is None
+def last(body: bytes = b"") -> dict[str, Any]:
+    return {"type": "http.request", "body": body, "more_body": False}
 
 
-async def test_an_oversized_body_leaves_no_open_stream() -> None:
-    request = request_with(chunks(50), {})
+async def test_a_body_in_several_chunks_is_joined() -> None:
+    request, _ = request_with([*chunks(3), last(b"yz")], {})
+    assert await read_limited(request, 100) == b"x" * 30 + b"yz"
+
+
+async def test_an_oversized_body_is_refused_as_soon_as_it_passes_the_limit() -> None:
+    request, receive = request_with(chunks(50), {})
     with pytest.raises(BodyTooLarge):
         await read_limited(request, 100)
-    assert [closed(s) for s in request.streams] == [True]
+    assert receive.calls == 11  # the eleventh chunk passed 100 bytes: nothing more was read
 
 
-async def test_a_slow_body_times_out_and_leaves_no_open_stream() -> None:
-    request = request_with(chunks(2), {})  # then the client sends nothing more
-    with pytest.raises(BodyTimedOut):
-        await read_limited(request, 1000, within=0.2)
-    assert [closed(s) for s in request.streams] == [True]
+async def test_a_declared_oversized_body_is_refused_before_reading() -> None:
+    request, receive = request_with(chunks(50), {"content-length": "500"})
+    with pytest.raises(BodyTooLarge):
+        await read_limited(request, 100)
+    assert receive.calls == 0
+
+
+async def test_a_slow_body_times_out() -> None:
+    request, _ = request_with(chunks(2), {})  # then the client sends nothing more
+    with anyio.fail_after(5):
+        with pytest.raises(BodyTimedOut):
+            await read_limited(request, 1000, within=0.2)
+
+
+async def test_a_cancellation_from_outside_is_not_a_timeout() -> None:
+    request, _ = request_with(chunks(2), {})
+    with anyio.move_on_after(0.1) as outer:
+        await read_limited(request, 1000, within=5.0)
+    assert outer.cancelled_caught
 
 
 async def test_a_client_gone_mid_body_is_client_gone() -> None:
-    request = request_with([*chunks(2), {"type": "http.disconnect"}], {})
+    request, _ = request_with([*chunks(2), {"type": "http.disconnect"}], {})
     with pytest.raises(ClientGone):
         await read_limited(request, 1000)
-    assert [closed(s) for s in request.streams] == [True]
+
+
+async def test_a_body_read_once_can_be_read_again_from_the_request() -> None:
+    # A run hook gets the request after the channel read its body: ``body()`` answers it
+    # at once instead of waiting on ``receive`` for a body that will not come again.
+    request, receive = request_with([last(b'{"a": 1}')], {})
+    assert await read_limited(request, 100) == b'{"a": 1}'
+    with anyio.fail_after(1):
+        assert await request.body() == b'{"a": 1}'
+        assert await read_limited(request, 100) == b'{"a": 1}'
+    assert receive.calls == 1
 
 
 @pytest.mark.parametrize(
@@ -97,7 +122,7 @@ async def test_json_bodies_need_a_json_content_type(
     content_type: str | None, accepted: bool
 ) -> None:
     headers = {"content-type": content_type} if content_type else {}
-    request = request_with([{"type": "http.request", "body": b"{}", "more_body": False}], headers)
+    request, _ = request_with([last(b"{}")], headers)
     if accepted:
         assert await read_json_body(request, 100) == b"{}"
     else:

@@ -22,6 +22,7 @@ def nested(depth: int) -> str:
     [
         b'{"input": "\\ud800"}',  # an escaped lone high surrogate
         b'{"input": "\\udfff tail"}',  # a lone low surrogate
+        b'{"input": "\\uD800"}',  # the escape in upper case, as JSON allows
         b'{"\\ud800": "key"}',  # in a key
         b'{"input": "\xed\xa0\x80"}',  # the surrogate encoded as raw bytes (CESU-style)
         b'{"input": "\xff"}',  # not UTF-8 at all
@@ -97,3 +98,36 @@ def test_arbitrary_bytes_are_accepted_or_refused_never_an_error(raw: bytes) -> N
     except JsonRefused:
         return
     renders(accepted)
+
+
+near_the_bounds = st.recursive(
+    st.integers(min_value=-(10**70), max_value=10**70)  # both sides of the 64-digit bound
+    | st.floats(allow_nan=True, allow_infinity=True)
+    | st.text(alphabet=st.characters(categories=["Cs", "Ll", "Nd"]), max_size=4),
+    lambda children: st.lists(children, max_size=3) | st.dictionaries(st.text(), children),
+    max_leaves=12,
+)
+
+
+@settings(max_examples=500, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(near_the_bounds, st.integers(min_value=0, max_value=MAX_DEPTH + 2))
+def test_loads_refuses_exactly_what_the_rules_refuse(value: Any, depth: int) -> None:
+    # Most texts skip the walk over the parsed value: that shortcut must never let through
+    # a value the walk would refuse, at any depth, size or escape.
+    for _ in range(depth):
+        value = [value]
+    try:
+        text = json.dumps(value)  # NaN, Infinity, 1e400-style floats and \ud800 escapes
+    except (RecursionError, ValueError):
+        return
+    try:
+        strict_json.check_value(json.loads(text))
+        by_the_rules = True
+    except (JsonRefused, RecursionError):
+        by_the_rules = False
+    try:
+        strict_json.loads(text)
+        loaded = True
+    except JsonRefused:
+        loaded = False
+    assert loaded == by_the_rules

@@ -18,6 +18,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
+from agenthost.backends.answers import AsgiRoute, JsonAnswer, raw_headers
 from agenthost.backends.bodies import BODY_SECONDS, BodyRefused, ClientGone, read_json_body
 from agenthost.backends.channel import (
     INHERIT,
@@ -159,9 +160,11 @@ class InvocationsChannel(Channel):
 
     def routes(self, host: HostServices) -> Sequence[BaseRoute]:
         handlers = _Handlers(self, host)
+        # The hot route is a plain ASGI app: no per-request endpoint wrapping.
+        invoke = AsgiRoute(handlers.invoke)
         return [
-            Route(f"{self.mount}/invoke", handlers.invoke, methods=["POST"]),
-            Route(self.mount, handlers.invoke, methods=["POST"]),
+            Route(f"{self.mount}/invoke", invoke, methods=["POST"]),
+            Route(self.mount, invoke, methods=["POST"]),
             Route(f"{self.mount}/{{token}}", handlers.poll, methods=["GET"]),
             Route(f"{self.mount}/{{token}}/cancel", handlers.cancel, methods=["POST"]),
         ]
@@ -332,14 +335,14 @@ def _render_outcome(outcome: TurnOutcome, invocation: str, headers: dict[str, st
         session = outcome.result.session.key
         if session is not None:
             headers = {**headers, "x-agent-session-id": session}
-        return JSONResponse(
+        return JsonAnswer(
             codec.completed_body(
                 text=outcome.result.text,
                 session_id=session,
                 invocation=invocation,
                 result=outcome.result.result,
             ),
-            headers=headers,
+            headers=raw_headers(headers.items()),
         )
     status, code, message = _failure_parts(outcome)
     return _error(status, code, message, headers)
@@ -364,4 +367,6 @@ def _refusal(outcome: TurnRefused, headers: dict[str, str]) -> Response:
 
 
 def _error(status: int, code: str, message: str, headers: dict[str, str] | None = None) -> Response:
-    return JSONResponse(codec.error_body(code, message), status_code=status, headers=headers)
+    return JsonAnswer(
+        codec.error_body(code, message), status, raw_headers(headers.items()) if headers else ()
+    )

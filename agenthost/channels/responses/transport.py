@@ -41,10 +41,11 @@ import anyio
 import anyio.abc
 import attrs
 from starlette.requests import HTTPConnection, Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import Response
 from starlette.routing import BaseRoute, Route, WebSocketRoute
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
+from agenthost.backends.answers import AsgiRoute, JsonAnswer
 from agenthost.backends.bodies import (
     BODY_SECONDS,
     BodyRefused,
@@ -216,7 +217,8 @@ class ResponsesChannel(Channel):
         service = self._bind(host)
         p = self.prefix
         return [
-            Route(f"{p}/responses", service.create, methods=["POST"]),
+            # The hot route is a plain ASGI app: no per-request endpoint wrapping.
+            Route(f"{p}/responses", AsgiRoute(service.create), methods=["POST"]),
             WebSocketRoute(f"{p}/responses", service.websocket),
             Route(f"{p}/responses/{{response_id}}", service.retrieve, methods=["GET"]),
             Route(f"{p}/responses/{{response_id}}", service.delete, methods=["DELETE"]),
@@ -589,21 +591,42 @@ class _Service:
             )
             await send_opened(batch)
 
+        finals: list[list[dict[str, Any]]] = []
+
+        def turn_records(outcome: TurnOutcome) -> list[ChannelRecord]:
+            # Finished once the target answered, so the stored response commits with the
+            # turn's session instead of in a write of its own.
+            assert not isinstance(outcome, TurnRefused)  # it ran: it was not refused
+            finals.append(self._finish_events(machine, outcome))
+            return self._turn_records(turn, machine.response, outcome)
+
         outcome = await self.host.run(
-            turn.request, on_update=on_update, protocol_request=protocol_request
+            turn.request,
+            on_update=on_update,
+            protocol_request=protocol_request,
+            records=turn_records,
         )
-        now = int(self.host.now())
         if isinstance(outcome, TurnRefused):
             raise _refusal_error(outcome, turn.create)
+        # Stored before the terminal event, so a client that chains at once finds it.
+        if finals:
+            final = finals[-1]
+            await self._append_turn(turn, machine.response)
+        else:  # nothing was saved with the turn (stateless, a command): stored on its own
+            final = self._finish_events(machine, outcome)
+            await self._save_turn(turn, machine.response, outcome)
+        await send_opened(final)
+
+    def _finish_events(
+        self, machine: events.ResponseEvents, outcome: TurnCompleted | TurnFailed
+    ) -> list[dict[str, Any]]:
+        """The terminal events of a streamed response (``machine`` is then finished)."""
+        now = int(self.host.now())
         if isinstance(outcome, TurnCompleted):
             machine.note_result(outcome.result.result)
-            final = machine.complete(completed_at=now)
-        else:
-            code, message = _failure(outcome)
-            final = machine.fail(code=code, message=message, completed_at=now)
-        # Stored before the terminal event, so a client that chains at once finds it.
-        await self._save_turn(turn, machine.response, outcome)
-        await send_opened(final)
+            return machine.complete(completed_at=now)
+        code, message = _failure(outcome)
+        return machine.fail(code=code, message=message, completed_at=now)
 
     async def _save_turn(
         self, turn: _Turn, response: Mapping[str, Any], outcome: TurnOutcome
@@ -1250,11 +1273,14 @@ _FORBIDDEN: dict[RefusalReason, tuple[str, str]] = {
 }
 
 
+# Built once: json.dumps with any option builds an encoder per call, and a stream
+# encodes one per event.
+_SSE_ENCODER = json.JSONEncoder(separators=(",", ":"))
+
+
 def _sse(batch: Sequence[Mapping[str, Any]]) -> bytes:
-    return b"".join(
-        f"event: {event['type']}\ndata: {json.dumps(event, separators=(',', ':'))}\n\n".encode()
-        for event in batch
-    )
+    encode = _SSE_ENCODER.encode
+    return "".join(f"event: {event['type']}\ndata: {encode(event)}\n\n" for event in batch).encode()
 
 
 def _request_id_header() -> dict[str, str]:
@@ -1262,7 +1288,8 @@ def _request_id_header() -> dict[str, str]:
 
 
 def _json(body: Mapping[str, Any], status: int = 200) -> Response:
-    return JSONResponse(body, status_code=status, headers=_request_id_header())
+    request_id = f"req_{secrets.token_hex(12)}".encode()
+    return JsonAnswer(body, status, [(b"x-request-id", request_id)])
 
 
 def _error(error: ResponsesError) -> Response:

@@ -13,7 +13,10 @@ records ``Interrupted`` (shielded) saying whether a request was in flight, which
 turns into ``scheduled`` (nothing went out, or the push is idempotent) or ``unknown``. A
 periodic sweep applies ``Recover`` to sends whose lease expired (their process died), and
 the worker sleeps until the next delivery is due, a sweep, or a wake-up from a freshly
-scheduled delivery.
+scheduled delivery. It asks the store for due work only when some may be due: at start,
+after ``notify`` (deliveries scheduled or replayed), when a retry or the next scheduled
+delivery falls due, at each sweep, and while claims keep coming back full; a finished
+send wakes it to use the freed slot only then, not to ask again.
 
 Every step a send records goes through one :class:`StepRecorder`: the steps of sends that
 finish together are written in one transaction (``store.apply_delivery_events``), and each
@@ -27,6 +30,7 @@ from __future__ import annotations
 
 import inspect
 import logging
+import math
 import random
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -103,12 +107,19 @@ class DeliveryWorker:
         self._stopping = False
         self._claiming: anyio.CancelScope | None = None
         self._renewing = anyio.CancelScope()
+        # When the store may next have due work: claims are asked for only then (or after
+        # notify), not each time a send finishes; ``None`` means nothing is scheduled.
+        self._due_at: float | None = -math.inf
+        self._announced = 0  # notify() calls, so a stale read of the next due time is kept out
         self._steps = StepRecorder(store)
 
     # --- called by the host -------------------------------------------------------
 
     def notify(self) -> None:
-        """Deliveries were scheduled (or a send finished): look for due work now."""
+        """Deliveries were scheduled (here, or by a process whose notifications reach this
+        one), or replayed: look for due work now."""
+        self._announced += 1
+        self._due_by(-math.inf)
         self._wake.set()
 
     async def serve(self, *, task_status: anyio.abc.TaskStatus[None]) -> None:
@@ -147,52 +158,63 @@ class DeliveryWorker:
                 except Exception:
                     log.exception("delivery sweep failed; retrying at the next interval")
                 next_sweep = now + self._settings.sweep_seconds
+                # Recovered sends may be due, and so may work nobody announced (scheduled
+                # by a process whose notifications do not reach this one).
+                self._due_by(-math.inf)
             self._wake = anyio.Event()
-            claimed = await self._claim_some(sends)
-            if claimed:
-                continue  # there may be more due right away
+            free = int(self._limiter.available_tokens)
+            if free > 0 and self._due_at is not None and self._due_at <= now:
+                asked = min(free, self._settings.batch_size)
+                if await self._claim_some(sends, asked) == asked:
+                    continue  # there may be more due right away
+                # The store has nothing more due now: ask when it will, once, rather than
+                # claiming again each time a send finishes.
+                await self._learn_next_due()
             wait = next_sweep - self._clock()
-            if self._limiter.available_tokens > 0:
-                try:
-                    due = await self._store.next_delivery_due()
-                except Exception:
-                    log.exception("reading the next delivery time failed")
-                    due = None
-                if due is not None:
-                    wait = min(wait, due - self._clock())
+            if self._due_at is not None and self._limiter.available_tokens > 0:
+                wait = min(wait, self._due_at - self._clock())
             # With every slot busy, a finishing send wakes the loop. The floor keeps a
             # delivery due "now" that another worker just claimed from becoming a spin.
             with anyio.move_on_after(max(wait, _MIN_WAIT_SECONDS)):
                 await self._wake.wait()
 
-    async def _claim_some(self, sends: anyio.abc.TaskGroup) -> bool:
-        free = int(self._limiter.available_tokens)
-        if free <= 0:
-            return False
+    def _due_by(self, moment: float) -> None:
+        """Something may be due at ``moment``: claim then, if not sooner."""
+        if self._due_at is None or moment < self._due_at:
+            self._due_at = moment
+
+    async def _learn_next_due(self) -> None:
+        announced = self._announced
+        try:
+            due = await self._store.next_delivery_due()
+        except Exception:
+            log.exception("reading the next delivery time failed")
+            due = None  # the next sweep looks again
+        if self._announced == announced:  # else the read may predate what was scheduled
+            self._due_at = due
+
+    async def _claim_some(self, sends: anyio.abc.TaskGroup, limit: int) -> int:
         # Shielded: a claim committed by the store must not be lost to a shutdown's cancel
         # (the deliveries would sit ``sending`` until their lease ran out). Claimed while
         # stopping, they are handed straight back without spending an attempt.
         with anyio.CancelScope(shield=True):
             try:
                 claimed = await self._store.claim_due_deliveries(
-                    self._owner,
-                    self._clock(),
-                    self._settings.lease_seconds,
-                    min(free, self._settings.batch_size),
+                    self._owner, self._clock(), self._settings.lease_seconds, limit
                 )
             except Exception:
                 log.exception("claiming deliveries failed")
-                return False
+                return 0
             if self._stopping:
                 interrupted = delivery.Interrupted(self._owner, self._clock())
                 await self._steps.record_all([(d.delivery_id, interrupted) for d in claimed])
-                return False
+                return 0
         for d in claimed:
             sending = _InFlight()
             self._inflight[d.delivery_id] = sending
             await self._limiter.acquire_on_behalf_of(d.delivery_id)
             sends.start_soon(self._deliver, d, sending, name=f"delivery {d.delivery_id}")
-        return bool(claimed)
+        return len(claimed)
 
     async def sweep(self) -> None:
         """Recover sends whose lease expired (their sender died mid-send), and forget
@@ -372,6 +394,8 @@ class DeliveryWorker:
         )
         after = await self._record(d.delivery_id, event)
         if after is not None:
+            if after.status is DeliveryStatus.FAILED:
+                self._due_by(after.next_attempt_at)  # the retry
             log.warning(
                 "delivery failed",
                 extra={

@@ -1,6 +1,7 @@
 """The delivery worker's store traffic (issue 9): the steps of sends that finish together
-commit in one store call, one call renews the lease of every send in flight, and a send
-whose renewal is refused (the delivery is another worker's now) stops quietly."""
+commit in one store call, one call renews the lease of every send in flight, a send whose
+renewal is refused (the delivery is another worker's now) stops quietly, and due work is
+asked for when some may be due, not each time a send finishes."""
 
 from __future__ import annotations
 
@@ -11,10 +12,10 @@ from pathlib import Path
 import anyio
 import pytest
 
-from agenthost import ChannelIdentity, Host, HostMessage
+from agenthost import ChannelIdentity, ChannelRequest, Host, HostMessage
 from agenthost.backends.push import PushMessage, PushOutcome
 from agenthost.sansio_core import delivery
-from agenthost.sansio_core.delivery import Delivery, DeliveryEvent, DeliveryStatus
+from agenthost.sansio_core.delivery import Delivery, DeliveryEvent, DeliveryStatus, RetryPolicy
 from agenthost.sansio_core.routing import Destination
 from agenthost.stores.base import DeliveryStepAnswer
 from agenthost.stores.memory import MemoryStore
@@ -53,6 +54,18 @@ class StepCountingStore(MemoryStore):
     def __init__(self) -> None:
         super().__init__()
         self.step_calls: list[list[str]] = []
+        self.claims = 0
+        self.due_reads = 0
+
+    async def claim_due_deliveries(
+        self, owner: str, now: float, lease_seconds: float, limit: int
+    ) -> list[Delivery]:
+        self.claims += 1
+        return await super().claim_due_deliveries(owner, now, lease_seconds, limit)
+
+    async def next_delivery_due(self) -> float | None:
+        self.due_reads += 1
+        return await super().next_delivery_due()
 
     async def apply_delivery_event(self, delivery_id: str, event: DeliveryEvent) -> Delivery:
         self.step_calls.append([type(event).__name__])
@@ -146,3 +159,46 @@ async def test_a_send_whose_delivery_another_worker_took_stops_quietly(tmp_path:
         after = await store.get_delivery(scheduled.delivery_id)
     assert after == taken  # the stopped send recorded nothing over the new owner's claim
     assert store.calls_with("Interrupted") == [] and store.calls_with("Sent") == []
+
+
+async def test_finished_sends_do_not_each_ask_the_store_for_due_work(tmp_path: Path) -> None:
+    store, chat = StepCountingStore(), GatedChat()
+    await store.schedule_deliveries(due_deliveries(5))
+    host = Host(answer, channels=[chat], store=store, state_dir=tmp_path)
+    async with host.running():
+        await until(lambda: len(chat.pushed) == 5)
+        chat.gate.set()
+        await until(lambda: sum(map(len, store.calls_with("Sent"))) == 5)
+        await anyio.sleep(0.1)  # a claim per finished send would have been asked by now
+        # one claim found all five and fewer than it asked for; one read said none is next
+        assert (store.claims, store.due_reads) == (1, 1)
+        # work scheduled later is announced, and claimed at once
+        alice = ChannelIdentity("chat", "alice")
+        hello = ChannelRequest(channel="chat", identity=alice, input=(HostMessage.user("hi"),))
+        await host.run(hello)
+        key = (await store.load_context(alice, None)).isolation_key
+        assert key is not None
+        [scheduled] = await host.deliver(isolation_key=key, message="again")
+        await until(lambda: len(chat.pushed) == 6)
+    assert store.claims == 2 and chat.pushed[-1][1].delivery_id == scheduled.delivery_id
+
+
+async def test_a_retry_is_claimed_when_it_falls_due_not_at_the_next_sweep(
+    tmp_path: Path,
+) -> None:
+    store, chat = StepCountingStore(), PushChat()
+    chat.outcomes.append(PushOutcome.transient("http 503"))
+    await store.schedule_deliveries(due_deliveries(1))
+    # The default lease sweeps every 5 s; the retry falls due within 0.05 s.
+    host = Host(
+        answer,
+        channels=[chat],
+        store=store,
+        state_dir=tmp_path,
+        delivery_retry=RetryPolicy(base_seconds=0.05),
+    )
+    async with host.running():
+        with anyio.fail_after(2):
+            while not await store.list_deliveries([DeliveryStatus.DELIVERED]):
+                await anyio.sleep(0.01)
+    assert len(chat.pushed) == 2

@@ -34,6 +34,7 @@ from agenthost.backends.channel import Channel, TurnRecords
 from agenthost.backends.configuration import ConfigurationError as ConfigurationError
 from agenthost.backends.configuration import check_host_configuration, identity_configuration
 from agenthost.backends.destinations import DeliveryRouter
+from agenthost.backends.http_client import HostHttpClient
 from agenthost.backends.interpreter import (
     IdentityResolver,
     InterpreterSettings,
@@ -301,7 +302,7 @@ class Host:
         try:
             async with (
                 self._bridge,
-                httpx.AsyncClient(timeout=httpx.Timeout(30.0)) as http,
+                HostHttpClient(timeout=httpx.Timeout(30.0)) as http,
                 anyio.create_task_group() as tasks,
             ):
                 self._http = http

@@ -5,14 +5,23 @@ runs every claimed delivery's send in its own task under the host's fan-out limi
 slow or failing destination never holds up another. A delivery with an echo sends the
 echo first (silently where the platform allows) and records ``EchoSent`` before the
 reply, so a retry never echoes twice; a reply sent in parts records ``PartSent`` after
-each. While a send runs its lease is renewed every third of the lease, so a slow send is
-never taken over by another worker. Each push's outcome becomes ``Sent`` or
-``SendFailed`` (with jitter from the system's CSPRNG); a cancel or shutdown records
-``Interrupted`` (shielded) saying whether a request was in flight, which the core turns
-into ``scheduled`` (nothing went out, or the push is idempotent) or ``unknown``. A
+each. One renewal loop renews the lease of every send in flight every third of the lease,
+in one store call, so a slow send is never taken over by another worker; a send whose
+renewal is refused (the delivery is no longer ours) stops. Each push's outcome becomes
+``Sent`` or ``SendFailed`` (with jitter from the system's CSPRNG); a cancel or shutdown
+records ``Interrupted`` (shielded) saying whether a request was in flight, which the core
+turns into ``scheduled`` (nothing went out, or the push is idempotent) or ``unknown``. A
 periodic sweep applies ``Recover`` to sends whose lease expired (their process died), and
 the worker sleeps until the next delivery is due, a sweep, or a wake-up from a freshly
-scheduled delivery.
+scheduled delivery. It asks the store for due work only when some may be due: at start,
+after ``notify`` (deliveries scheduled or replayed), when a retry or the next scheduled
+delivery falls due, at each sweep, and while claims keep coming back full; a finished
+send wakes it to use the freed slot only then, not to ask again.
+
+Every step a send records goes through one :class:`StepRecorder`: the steps of sends that
+finish together are written in one transaction (``store.apply_delivery_events``), and each
+send goes on only once its own step is committed, so ``delivered`` still means the push
+succeeded and its ``Sent`` is durable.
 
 Every decision is ``sansio_core.delivery``'s; this module only performs it.
 """
@@ -21,12 +30,14 @@ from __future__ import annotations
 
 import inspect
 import logging
+import math
 import random
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 import anyio
 import anyio.abc
+import anyio.lowlevel
 import attrs
 
 from agenthost.backends import tracing
@@ -36,7 +47,7 @@ from agenthost.sansio_core import delivery
 from agenthost.sansio_core.delivery import Delivery, DeliveryStatus, FailureKind
 from agenthost.sansio_core.routing import Destination
 from agenthost.sansio_core.types import ChannelIdentity
-from agenthost.stores.base import DeliveryNotFound, Store
+from agenthost.stores.base import DeliveryStepAnswer, Store
 
 log = logging.getLogger("agenthost.delivery")
 
@@ -91,24 +102,35 @@ class DeliveryWorker:
         self._response_hook = response_hook
         self._limiter = anyio.CapacityLimiter(settings.max_concurrent_sends)
         self._wake = anyio.Event()
-        self._inflight: dict[str, anyio.CancelScope] = {}
+        self._inflight: dict[str, _InFlight] = {}
         self._idle: anyio.Event | None = None
         self._stopping = False
         self._claiming: anyio.CancelScope | None = None
+        self._renewing = anyio.CancelScope()
+        # When the store may next have due work: claims are asked for only then (or after
+        # notify), not each time a send finishes; ``None`` means nothing is scheduled.
+        self._due_at: float | None = -math.inf
+        self._announced = 0  # notify() calls, so a stale read of the next due time is kept out
+        self._steps = StepRecorder(store)
 
     # --- called by the host -------------------------------------------------------
 
     def notify(self) -> None:
-        """Deliveries were scheduled (or a send finished): look for due work now."""
+        """Deliveries were scheduled (here, or by a process whose notifications reach this
+        one), or replayed: look for due work now."""
+        self._announced += 1
+        self._due_by(-math.inf)
         self._wake.set()
 
     async def serve(self, *, task_status: anyio.abc.TaskStatus[None]) -> None:
         async with anyio.create_task_group() as sends:
+            sends.start_soon(self._renew_leases, name="delivery lease renewals")
             with anyio.CancelScope() as claiming:
                 self._claiming = claiming
                 task_status.started()
                 await self._claim_forever(sends)
-            # Shutdown: claiming stopped; sends in flight are left to drain().
+            # Shutdown: claiming stopped; sends in flight are left to drain(), their leases
+            # renewed until the last one ends.
 
     async def drain(self, grace_seconds: float) -> None:
         """Stop claiming, give sends in flight ``grace_seconds``, then interrupt the rest."""
@@ -119,8 +141,10 @@ class DeliveryWorker:
             self._idle = anyio.Event()
             with anyio.move_on_after(grace_seconds):
                 await self._idle.wait()
-        for scope in list(self._inflight.values()):
-            scope.cancel()
+        else:
+            self._renewing.cancel()
+        for sending in list(self._inflight.values()):
+            sending.interrupt.cancel()
 
     # --- the claim loop -------------------------------------------------------------
 
@@ -134,53 +158,63 @@ class DeliveryWorker:
                 except Exception:
                     log.exception("delivery sweep failed; retrying at the next interval")
                 next_sweep = now + self._settings.sweep_seconds
+                # Recovered sends may be due, and so may work nobody announced (scheduled
+                # by a process whose notifications do not reach this one).
+                self._due_by(-math.inf)
             self._wake = anyio.Event()
-            claimed = await self._claim_some(sends)
-            if claimed:
-                continue  # there may be more due right away
+            free = int(self._limiter.available_tokens)
+            if free > 0 and self._due_at is not None and self._due_at <= now:
+                asked = min(free, self._settings.batch_size)
+                if await self._claim_some(sends, asked) == asked:
+                    continue  # there may be more due right away
+                # The store has nothing more due now: ask when it will, once, rather than
+                # claiming again each time a send finishes.
+                await self._learn_next_due()
             wait = next_sweep - self._clock()
-            if self._limiter.available_tokens > 0:
-                try:
-                    due = await self._store.next_delivery_due()
-                except Exception:
-                    log.exception("reading the next delivery time failed")
-                    due = None
-                if due is not None:
-                    wait = min(wait, due - self._clock())
+            if self._due_at is not None and self._limiter.available_tokens > 0:
+                wait = min(wait, self._due_at - self._clock())
             # With every slot busy, a finishing send wakes the loop. The floor keeps a
             # delivery due "now" that another worker just claimed from becoming a spin.
             with anyio.move_on_after(max(wait, _MIN_WAIT_SECONDS)):
                 await self._wake.wait()
 
-    async def _claim_some(self, sends: anyio.abc.TaskGroup) -> bool:
-        free = int(self._limiter.available_tokens)
-        if free <= 0:
-            return False
+    def _due_by(self, moment: float) -> None:
+        """Something may be due at ``moment``: claim then, if not sooner."""
+        if self._due_at is None or moment < self._due_at:
+            self._due_at = moment
+
+    async def _learn_next_due(self) -> None:
+        announced = self._announced
+        try:
+            due = await self._store.next_delivery_due()
+        except Exception:
+            log.exception("reading the next delivery time failed")
+            due = None  # the next sweep looks again
+        if self._announced == announced:  # else the read may predate what was scheduled
+            self._due_at = due
+
+    async def _claim_some(self, sends: anyio.abc.TaskGroup, limit: int) -> int:
         # Shielded: a claim committed by the store must not be lost to a shutdown's cancel
         # (the deliveries would sit ``sending`` until their lease ran out). Claimed while
         # stopping, they are handed straight back without spending an attempt.
         with anyio.CancelScope(shield=True):
             try:
                 claimed = await self._store.claim_due_deliveries(
-                    self._owner,
-                    self._clock(),
-                    self._settings.lease_seconds,
-                    min(free, self._settings.batch_size),
+                    self._owner, self._clock(), self._settings.lease_seconds, limit
                 )
             except Exception:
                 log.exception("claiming deliveries failed")
-                return False
+                return 0
             if self._stopping:
-                for d in claimed:
-                    interrupted = delivery.Interrupted(self._owner, self._clock())
-                    await self._record(d.delivery_id, interrupted)
-                return False
+                interrupted = delivery.Interrupted(self._owner, self._clock())
+                await self._steps.record_all([(d.delivery_id, interrupted) for d in claimed])
+                return 0
         for d in claimed:
-            scope = anyio.CancelScope()
-            self._inflight[d.delivery_id] = scope
+            sending = _InFlight()
+            self._inflight[d.delivery_id] = sending
             await self._limiter.acquire_on_behalf_of(d.delivery_id)
-            sends.start_soon(self._deliver, d, scope, name=f"delivery {d.delivery_id}")
-        return bool(claimed)
+            sends.start_soon(self._deliver, d, sending, name=f"delivery {d.delivery_id}")
+        return len(claimed)
 
     async def sweep(self) -> None:
         """Recover sends whose lease expired (their sender died mid-send), and forget
@@ -189,33 +223,36 @@ class DeliveryWorker:
         await self._store.purge_deliveries(
             [DeliveryStatus.DELIVERED], updated_before=now - self._settings.keep_delivered_seconds
         )
+        recoveries: list[Step] = []
         for d in await self._store.list_deliveries([DeliveryStatus.SENDING], limit=1000):
             if d.delivery_id in self._inflight or not d.is_abandoned(now):
                 continue
             pusher = self._router.pusher(d.channel)
             idempotent = bool(pusher is not None and pusher.push_is_idempotent)
-            try:
-                recovered = await self._store.apply_delivery_event(
-                    d.delivery_id, delivery.Recover(now, idempotent_push=idempotent)
+            recoveries.append((d.delivery_id, delivery.Recover(now, idempotent_push=idempotent)))
+        if not recoveries:
+            return
+        # One transaction for all; a delivery another worker recovered or renewed meanwhile
+        # is answered with a refusal (or left as it is by the core) and skipped.
+        answers = await self._store.apply_delivery_events(recoveries)
+        for (delivery_id, _), recovered in zip(recoveries, answers, strict=True):
+            if isinstance(recovered, Delivery) and recovered.status is not DeliveryStatus.SENDING:
+                log.warning(
+                    "recovered an abandoned delivery",
+                    extra={"delivery_id": delivery_id, "status": recovered.status.value},
                 )
-            except (delivery.DeliveryTransitionRefused, DeliveryNotFound):
-                continue
-            log.warning(
-                "recovered an abandoned delivery",
-                extra={"delivery_id": d.delivery_id, "status": recovered.status.value},
-            )
 
     # --- one delivery ---------------------------------------------------------------
 
-    async def _deliver(self, d: Delivery, scope: anyio.CancelScope) -> None:
+    async def _deliver(self, d: Delivery, sending: _InFlight) -> None:
         progress = _Progress()
         try:
-            with scope:
+            with sending.interrupt:
                 try:
-                    async with anyio.create_task_group() as sending:
-                        sending.start_soon(self._keep_leased, d.delivery_id, sending.cancel_scope)
+                    # Cancelled by the renewal loop when the delivery is no longer ours: the
+                    # send stops quietly, its next step could only be refused.
+                    with sending.lease_lost:
                         await self._send(d, progress)
-                        sending.cancel_scope.cancel()
                 except anyio.get_cancelled_exc_class():
                     pusher = self._router.pusher(d.channel)
                     with anyio.CancelScope(shield=True):
@@ -231,19 +268,37 @@ class DeliveryWorker:
             self._inflight.pop(d.delivery_id, None)
             self._limiter.release_on_behalf_of(d.delivery_id)
             self._wake.set()
-            if not self._inflight and self._idle is not None:
-                self._idle.set()
+            if not self._inflight and self._stopping:
+                self._renewing.cancel()
+                if self._idle is not None:
+                    self._idle.set()
 
-    async def _keep_leased(self, delivery_id: str, send: anyio.CancelScope) -> None:
-        """Renew the lease while the send runs; if the delivery is no longer ours (a sweep
-        took it for dead), stop sending: its next step could only be refused."""
+    async def _renew_leases(self) -> None:
+        """Every third of the lease, renew the lease of every send in flight, in one store
+        call; stop the sends whose delivery is no longer ours (a sweep took it for dead).
+
+        One loop for the worker rather than one task per send: a send costs no task of its
+        own, and a fan-out's renewals share one transaction. A send claimed just after a
+        round is renewed at the next, within a third of the lease, as before.
+        """
         lease = self._settings.lease_seconds
-        while True:
-            await anyio.sleep(lease / 3)
-            renew = delivery.Renew(self._owner, self._clock(), lease)
-            if await self._record(delivery_id, renew) is None:
-                send.cancel()
-                return
+        with self._renewing:
+            while True:
+                await anyio.sleep(lease / 3)
+                held = list(self._inflight.items())
+                if not held:
+                    continue
+                renew = delivery.Renew(self._owner, self._clock(), lease)
+                try:
+                    answers = await self._steps.record_all([(i, renew) for i, _ in held])
+                except Exception:
+                    # The next round tries again, well within the lease.
+                    log.exception("renewing delivery leases failed")
+                    continue
+                for (delivery_id, sending), answer in zip(held, answers, strict=True):
+                    if answer is None:
+                        log.info("delivery lease lost", extra={"delivery_id": delivery_id})
+                        sending.lease_lost.cancel()
 
     async def _send(self, d: Delivery, progress: _Progress) -> None:
         pusher = self._router.pusher(d.channel)
@@ -339,6 +394,8 @@ class DeliveryWorker:
         )
         after = await self._record(d.delivery_id, event)
         if after is not None:
+            if after.status is DeliveryStatus.FAILED:
+                self._due_by(after.next_attempt_at)  # the retry
             log.warning(
                 "delivery failed",
                 extra={
@@ -351,19 +408,8 @@ class DeliveryWorker:
             )
 
     async def _record(self, delivery_id: str, event: delivery.DeliveryEvent) -> Delivery | None:
-        try:
-            # Shielded: an outcome the platform gave must not be lost to a shutdown's cancel.
-            with anyio.CancelScope(shield=True):
-                recorded = await self._store.apply_delivery_event(delivery_id, event)
-            return recorded
-        except (delivery.DeliveryTransitionRefused, DeliveryNotFound) as refused:
-            # Recovered by another worker meanwhile, or purged: it is not ours any more.
-            log.info(
-                "delivery step not recorded",
-                extra={"delivery_id": delivery_id, "step": type(event).__name__,
-                       "reason": str(refused)},
-            )  # fmt: skip
-            return None
+        [recorded] = await self._steps.record_all([(delivery_id, event)])
+        return recorded
 
 
 @attrs.define
@@ -371,6 +417,108 @@ class _Progress:
     """Whether a push is under way (a shutdown then cannot know what the platform got)."""
 
     in_flight: bool = False
+
+
+@attrs.frozen
+class _InFlight:
+    """A send under way: ``interrupt`` is cancelled by a shutdown (``Interrupted`` is
+    recorded), ``lease_lost`` by the renewal loop (the send just stops)."""
+
+    interrupt: anyio.CancelScope = attrs.field(factory=anyio.CancelScope)
+    lease_lost: anyio.CancelScope = attrs.field(factory=anyio.CancelScope)
+
+
+Step = tuple[str, delivery.DeliveryEvent]
+
+
+class StepRecorder:
+    """Delivery steps from many sends, committed together.
+
+    A caller queues its steps; whoever finds no write under way becomes the writer: it lets
+    the event loop turn (the sends whose answers arrived in the same tick queue theirs
+    too), keeps turning while more arrive (at most :attr:`GATHER_TURNS` times), then writes
+    everything queued in one ``store.apply_delivery_events`` call and answers every caller.
+    Steps queued during a write go out in the next one. A caller is answered only after the
+    commit that holds its step.
+
+    The wait is shielded: an outcome the platform gave must not be lost to a shutdown's
+    cancel, and a step taken into a write is answered whatever happens to its caller.
+    """
+
+    GATHER_TURNS = 4
+
+    def __init__(self, store: Store) -> None:
+        self._store = store
+        self._queue: list[_QueuedStep] = []
+        self._writing = False
+        self._written: anyio.Event | None = None
+
+    async def record_all(self, steps: list[Step]) -> list[Delivery | None]:
+        """Each step's delivery as committed, or ``None`` when the step was refused or the
+        delivery is gone (it is not ours any more; logged). A failed write raises."""
+        queued = [_QueuedStep(delivery_id, event) for delivery_id, event in steps]
+        if not queued:
+            return []
+        self._queue.extend(queued)
+        with anyio.CancelScope(shield=True):
+            while not queued[-1].done:
+                if self._writing:
+                    await self._next_write()
+                else:
+                    await self._write()
+        return [step.result() for step in queued]
+
+    async def _write(self) -> None:
+        self._writing = True
+        try:
+            for _ in range(self.GATHER_TURNS):
+                queued = len(self._queue)
+                await anyio.lowlevel.checkpoint()
+                if len(self._queue) == queued:
+                    break
+            batch, self._queue = self._queue, []
+            try:
+                answers = await self._store.apply_delivery_events(
+                    [(step.delivery_id, step.event) for step in batch]
+                )
+            except Exception as failure:
+                for step in batch:
+                    step.failure, step.done = failure, True
+                return
+            for step, answer in zip(batch, answers, strict=True):
+                step.answer, step.done = answer, True
+        finally:
+            self._writing = False
+            written, self._written = self._written, None
+            if written is not None:
+                written.set()
+
+    async def _next_write(self) -> None:
+        if self._written is None:
+            self._written = anyio.Event()
+        await self._written.wait()
+
+
+@attrs.define
+class _QueuedStep:
+    delivery_id: str
+    event: delivery.DeliveryEvent
+    answer: DeliveryStepAnswer | None = None
+    failure: Exception | None = None
+    done: bool = False
+
+    def result(self) -> Delivery | None:
+        if self.failure is not None:
+            raise self.failure
+        if isinstance(self.answer, Delivery):
+            return self.answer
+        # Recovered by another worker meanwhile, or purged: it is not ours any more.
+        log.info(
+            "delivery step not recorded",
+            extra={"delivery_id": self.delivery_id, "step": type(self.event).__name__,
+                   "reason": str(self.answer)},
+        )  # fmt: skip
+        return None
 
 
 async def _maybe_await(value: Any) -> Any:

@@ -23,9 +23,14 @@ from typing import Any
 import anyio
 import attrs
 
-from agenthost.sansio_core import leases, opening
+from agenthost.sansio_core import delivery, leases, opening
 from agenthost.sansio_core.background import RunEvent, RunRecord, RunTransitionRefused
-from agenthost.sansio_core.delivery import Delivery, DeliveryEvent, DeliveryStatus
+from agenthost.sansio_core.delivery import (
+    Delivery,
+    DeliveryEvent,
+    DeliveryStatus,
+    DeliveryTransitionRefused,
+)
 from agenthost.sansio_core.effects import LeaseAnswer, RequestContext
 from agenthost.sansio_core.link_codes import AttemptCounter, CodeChallenge, CodeLimits
 from agenthost.sansio_core.link_policy import LinkRules
@@ -53,6 +58,11 @@ class RunNotFound(KeyError):
 
 class DeliveryNotFound(KeyError):
     """No delivery has that id (or it was purged)."""
+
+
+#: What :meth:`Store.apply_delivery_events` answers for one step: the delivery as stored
+#: after it, or why it was not applied (the same exceptions ``apply_delivery_event`` raises).
+DeliveryStepAnswer = Delivery | DeliveryNotFound | DeliveryTransitionRefused
 
 
 @attrs.frozen
@@ -96,6 +106,34 @@ class FinishedTurn:
 def run_refusal_reason(error: RunTransitionRefused | RunNotFound) -> str:
     """Why a run's transition was not applied, for :attr:`FinishedTurn.run_refused`."""
     return error.reason if isinstance(error, RunTransitionRefused) else "the run is gone"
+
+
+def apply_delivery_steps(
+    current: Mapping[str, Delivery], steps: Sequence[tuple[str, DeliveryEvent]]
+) -> tuple[list[DeliveryStepAnswer], dict[str, Delivery]]:
+    """Inside a store's transaction for :meth:`Store.apply_delivery_events`: the core's
+    ``delivery.apply`` on each step in order, given the deliveries the steps name as loaded.
+
+    Answers one :data:`DeliveryStepAnswer` per step, and the deliveries to write back (each
+    once, as its last step left it).
+    """
+    latest = dict(current)
+    changed: dict[str, Delivery] = {}
+    answers: list[DeliveryStepAnswer] = []
+    for delivery_id, event in steps:
+        found = latest.get(delivery_id)
+        if found is None:
+            answers.append(DeliveryNotFound(delivery_id))
+            continue
+        try:
+            new = delivery.apply(found, event)
+        except DeliveryTransitionRefused as refused:
+            answers.append(refused)
+            continue
+        if new is not found:  # a Recover that finds the sender alive changes nothing
+            latest[delivery_id] = changed[delivery_id] = new
+        answers.append(new)
+    return answers, changed
 
 
 class Store(abc.ABC):
@@ -374,6 +412,19 @@ class Store(abc.ABC):
         """Apply ``delivery.apply`` atomically and store the result.
 
         Raises :class:`DeliveryNotFound` or ``delivery.DeliveryTransitionRefused``.
+        """
+
+    @abc.abstractmethod
+    async def apply_delivery_events(
+        self, steps: Sequence[tuple[str, DeliveryEvent]]
+    ) -> list[DeliveryStepAnswer]:
+        """Apply many ``(delivery_id, event)`` steps in order, all in one transaction: the
+        outcomes of many sends in one round trip.
+
+        Each step is applied as :meth:`apply_delivery_event` would (a later step on the same
+        delivery sees the earlier one's result). A missing delivery or a refused step writes
+        nothing and is answered, in its place, with the exception ``apply_delivery_event``
+        would raise; the other steps are stored all the same.
         """
 
     @abc.abstractmethod

@@ -40,10 +40,12 @@ from agenthost.sansio_core.types import ChannelIdentity, RunStatus
 from agenthost.stores.base import (
     ChannelRecord,
     DeliveryNotFound,
+    DeliveryStepAnswer,
     FinishedTurn,
     RunNotFound,
     Store,
     TurnWrites,
+    apply_delivery_steps,
     run_refusal_reason,
 )
 
@@ -580,6 +582,15 @@ class MemoryStore(Store):
             new = delivery.apply(d, event)
             self._deliveries[delivery_id] = new
             return new
+
+    async def apply_delivery_events(
+        self, steps: Sequence[tuple[str, DeliveryEvent]]
+    ) -> list[DeliveryStepAnswer]:
+        with self._lock:
+            named = {i: self._deliveries[i] for i, _ in steps if i in self._deliveries}
+            answers, changed = apply_delivery_steps(named, steps)
+            self._deliveries.update(changed)
+            return answers
 
     async def get_delivery(self, delivery_id: str) -> Delivery | None:
         with self._lock:

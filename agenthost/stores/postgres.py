@@ -59,11 +59,13 @@ from agenthost.stores import rows as table_rows
 from agenthost.stores.base import (
     ChannelRecord,
     DeliveryNotFound,
+    DeliveryStepAnswer,
     FinishedTurn,
     RunNotFound,
     Store,
     StoreError,
     TurnWrites,
+    apply_delivery_steps,
     run_refusal_reason,
 )
 from agenthost.stores.postgres_writer import DEFAULT_POOL_SIZE, Conn, Lanes, connect
@@ -648,6 +650,19 @@ class PostgresStore(Store):
             return new
 
         return await self._run(work)
+
+    async def apply_delivery_events(
+        self, steps: Sequence[tuple[str, DeliveryEvent]]
+    ) -> list[DeliveryStepAnswer]:
+        steps = list(steps)
+
+        def work(conn: Conn) -> list[DeliveryStepAnswer]:
+            named = q.select_deliveries_for_update(conn, {i for i, _ in steps})
+            answers, changed = apply_delivery_steps(named, steps)
+            q.update_deliveries(conn, list(changed.values()))
+            return answers
+
+        return await self._run(work) if steps else []
 
     async def get_delivery(self, delivery_id: str) -> Delivery | None:
         return await self._run(lambda conn: q.select_delivery(conn, delivery_id))

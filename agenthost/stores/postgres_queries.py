@@ -15,7 +15,7 @@ decoded by ``stores.codec``, the same shapes the SQLite store writes.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 import psycopg
@@ -592,18 +592,43 @@ def insert_deliveries(conn: Conn, rows: Sequence[tuple[Any, ...]], *, notify: st
         )
 
 
+UPDATE_DELIVERY = (
+    "UPDATE deliveries SET status = %s, next_attempt_at = %s, updated_at = %s,"
+    " record = %s::jsonb WHERE delivery_id = %s"
+)
+
+
+def update_row(d: Delivery) -> tuple[Any, ...]:
+    return (d.status.value, d.next_attempt_at, d.updated_at, codec.dump(d), d.delivery_id)
+
+
 def update_delivery(conn: Conn, d: Delivery) -> None:
-    conn.execute(
-        "UPDATE deliveries SET status = %s, next_attempt_at = %s, updated_at = %s,"
-        " record = %s::jsonb WHERE delivery_id = %s",
-        (d.status.value, d.next_attempt_at, d.updated_at, codec.dump(d), d.delivery_id),
-    )
+    conn.execute(UPDATE_DELIVERY, update_row(d))
 
 
 def select_delivery(conn: Conn, delivery_id: str, *, for_update: bool = False) -> Delivery | None:
     sql = "SELECT record FROM deliveries WHERE delivery_id = %s"
     row = conn.execute(sql + (" FOR UPDATE" if for_update else ""), (delivery_id,)).fetchone()
     return codec.load_delivery(row[0]) if row is not None else None
+
+
+def select_deliveries_for_update(conn: Conn, ids: Iterable[str]) -> dict[str, Delivery]:
+    """The deliveries among ``ids`` that exist, by id, locked. Rows are locked in id order,
+    so two batches over overlapping deliveries queue behind each other, not deadlock."""
+    rows = conn.execute(
+        "SELECT record FROM deliveries WHERE delivery_id = ANY(%s)"
+        " ORDER BY delivery_id FOR UPDATE",
+        (sorted(ids),),
+    ).fetchall()
+    found = (codec.load_delivery(row[0]) for row in rows)
+    return {d.delivery_id: d for d in found}
+
+
+def update_deliveries(conn: Conn, changed: Sequence[Delivery]) -> None:
+    if not changed:
+        return
+    with conn.cursor() as cursor:
+        cursor.executemany(UPDATE_DELIVERY, [update_row(d) for d in changed])
 
 
 # Rows another claimer holds locked are skipped, not waited for: replicas claim side by side

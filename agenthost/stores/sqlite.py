@@ -58,11 +58,13 @@ from agenthost.stores.base import (
     SCHEMA_VERSION,
     ChannelRecord,
     DeliveryNotFound,
+    DeliveryStepAnswer,
     FinishedTurn,
     RunNotFound,
     Store,
     StoreSchemaError,
     TurnWrites,
+    apply_delivery_steps,
     run_refusal_reason,
 )
 from agenthost.stores.group_commit import GroupCommit, WorkItem
@@ -967,6 +969,20 @@ class SQLiteStore(Store):
 
         return await self._run(work)
 
+    async def apply_delivery_events(
+        self, steps: Sequence[tuple[str, DeliveryEvent]]
+    ) -> list[DeliveryStepAnswer]:
+        steps = list(steps)
+
+        def work(conn: sqlite3.Connection) -> list[DeliveryStepAnswer]:
+            with _transaction(conn):
+                named = _select_deliveries(conn, {delivery_id for delivery_id, _ in steps})
+                answers, changed = apply_delivery_steps(named, steps)
+                conn.executemany(_UPDATE_DELIVERY, [_update_row(d) for d in changed.values()])
+                return answers
+
+        return await self._run(work) if steps else []
+
     async def get_delivery(self, delivery_id: str) -> Delivery | None:
         return await self._run(lambda conn: _select_delivery(conn, delivery_id))
 
@@ -1343,12 +1359,18 @@ def _insert_deliveries(conn: sqlite3.Connection, rows: Sequence[tuple[Any, ...]]
     )
 
 
+_UPDATE_DELIVERY = (
+    "UPDATE deliveries SET status = ?, next_attempt_at = ?, updated_at = ?, record = ?"
+    " WHERE delivery_id = ?"
+)
+
+
+def _update_row(d: Delivery) -> tuple[Any, ...]:
+    return (d.status.value, d.next_attempt_at, d.updated_at, codec.dump(d), d.delivery_id)
+
+
 def _update_delivery(conn: sqlite3.Connection, d: Delivery) -> None:
-    conn.execute(
-        "UPDATE deliveries SET status = ?, next_attempt_at = ?, updated_at = ?, record = ?"
-        " WHERE delivery_id = ?",
-        (d.status.value, d.next_attempt_at, d.updated_at, codec.dump(d), d.delivery_id),
-    )
+    conn.execute(_UPDATE_DELIVERY, _update_row(d))
 
 
 def _select_delivery(conn: sqlite3.Connection, delivery_id: str) -> Delivery | None:
@@ -1356,6 +1378,27 @@ def _select_delivery(conn: sqlite3.Connection, delivery_id: str) -> Delivery | N
         "SELECT record FROM deliveries WHERE delivery_id = ?", (delivery_id,)
     ).fetchone()
     return codec.load_delivery(row[0]) if row is not None else None
+
+
+def _select_deliveries(conn: sqlite3.Connection, ids: Iterable[str]) -> dict[str, Delivery]:
+    """The deliveries among ``ids`` that exist, by id: one query per few hundred ids (an
+    SQLite build may allow as few as 999 parameters a statement)."""
+    wanted = sorted(ids)
+    found: dict[str, Delivery] = {}
+    for start in range(0, len(wanted), _IDS_PER_QUERY):
+        chunk = wanted[start : start + _IDS_PER_QUERY]
+        marks = ", ".join("?" * len(chunk))
+        rows = conn.execute(
+            f"SELECT record FROM deliveries WHERE delivery_id IN ({marks})",  # noqa: S608 - only placeholders are interpolated
+            chunk,
+        ).fetchall()
+        for row in rows:
+            d = codec.load_delivery(row[0])
+            found[d.delivery_id] = d
+    return found
+
+
+_IDS_PER_QUERY = 500
 
 
 def _members(conn: sqlite3.Connection, isolation_key: str) -> tuple[ChannelIdentity, ...]:

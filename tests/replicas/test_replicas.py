@@ -191,21 +191,33 @@ async def test_replicas_share_the_outbox_and_never_send_an_acknowledged_delivery
             replicas(3, url, tmp_path, receiver_url) as running,
             httpx.AsyncClient(timeout=10) as client,
         ):
-            for index in range(runs):
-                accepted = await client.post(
-                    f"{running[index % 3][1]}/invocations/invoke",
-                    json={"input": f"push {index}", "response_target": target},
-                    headers={"x-agent-user-id": f"user{index}", **TRUSTED},
-                )
-                assert accepted.status_code == 202, accepted.text
             store = PostgresStore(dsn, schema=schema)
             claimers: set[str | None] = set()  # who held the sends in flight, as seen
+
+            async def watch_claimers() -> None:
+                # From the first post on: sends may all be done by the time posting ends.
+                while True:
+                    sending = await store.list_deliveries([DeliveryStatus.SENDING])
+                    claimers.update(d.owner for d in sending)
+                    await anyio.sleep(0.02)
+
             try:
-                with anyio.fail_after(60):
-                    while len(receiver.accepted("a")) < runs or len(receiver.accepted("b")) < runs:
-                        sending = await store.list_deliveries([DeliveryStatus.SENDING])
-                        claimers.update(d.owner for d in sending)
-                        await anyio.sleep(0.02)
+                await store.list_deliveries([DeliveryStatus.SENDING])  # connected before posting
+                async with anyio.create_task_group() as watching:
+                    watching.start_soon(watch_claimers)
+                    for index in range(runs):
+                        accepted = await client.post(
+                            f"{running[index % 3][1]}/invocations/invoke",
+                            json={"input": f"push {index}", "response_target": target},
+                            headers={"x-agent-user-id": f"user{index}", **TRUSTED},
+                        )
+                        assert accepted.status_code == 202, accepted.text
+                    with anyio.fail_after(60):
+                        while (
+                            len(receiver.accepted("a")) < runs or len(receiver.accepted("b")) < runs
+                        ):
+                            await anyio.sleep(0.02)
+                    watching.cancel_scope.cancel()
                 # Longer than a delivery's lease: a claim that wrongly lapsed would resend now.
                 await anyio.sleep(3.0)
                 delivered = await store.list_deliveries([DeliveryStatus.DELIVERED], limit=1000)

@@ -192,6 +192,59 @@ async def test_delivery_events_go_through_the_core(store: Store) -> None:
     assert stored == failed and stored.echo_sent  # the cursor survives the retry
 
 
+async def test_many_delivery_events_in_one_call_answer_each_in_its_place(store: Store) -> None:
+    await store.schedule_deliveries(
+        [make_delivery("ok"), make_delivery("echoed", echo=True), make_delivery("busy")]
+    )
+    await store.claim_due_deliveries("w", 20.0, 5.0, 10)
+    answers = await store.apply_delivery_events(
+        [
+            ("ok", delivery.Sent("w", 21.0)),
+            ("nope", delivery.Sent("w", 21.0)),
+            ("busy", delivery.Sent("someone-else", 21.0)),
+            # two steps on one delivery: the second sees the first
+            ("echoed", delivery.EchoSent("w", 21.0)),
+            ("echoed", delivery.Sent("w", 22.0)),
+            ("busy", delivery.SendFailed("w", 22.0, FailureKind.PERMANENT, "http 403", 0.0)),
+        ]
+    )
+    ok, nope, refused, echoed, echoed_sent, busy = answers
+    assert isinstance(ok, Delivery) and ok.status is DeliveryStatus.DELIVERED
+    assert isinstance(nope, DeliveryNotFound)
+    assert isinstance(refused, delivery.DeliveryTransitionRefused)
+    assert isinstance(echoed, Delivery) and echoed.echo_sent
+    assert echoed.status is DeliveryStatus.SENDING
+    assert isinstance(echoed_sent, Delivery) and echoed_sent.status is DeliveryStatus.DELIVERED
+    assert isinstance(busy, Delivery) and busy.status is DeliveryStatus.DEAD
+    # what is stored is what was answered, the refused step having written nothing
+    assert await store.get_delivery("ok") == ok
+    assert await store.get_delivery("echoed") == echoed_sent
+    assert await store.get_delivery("busy") == busy
+    assert await store.get_delivery("nope") is None
+    assert await store.apply_delivery_events([]) == []
+
+
+async def test_concurrent_batches_over_the_same_deliveries_both_apply(store: Store) -> None:
+    ids = [f"d{i:02}" for i in range(20)]
+    await store.schedule_deliveries([make_delivery(i) for i in ids])
+    await store.claim_due_deliveries("w", 20.0, 5.0, 20)
+    # One batch renews in id order, the other in reverse, at once: a store that locked rows
+    # in step order could deadlock; both must apply, each renewal to every delivery.
+    answers: dict[str, list[object]] = {}
+
+    async def renew(name: str, order: list[str], now: float) -> None:
+        answers[name] = list(
+            await store.apply_delivery_events([(i, delivery.Renew("w", now, 5.0)) for i in order])
+        )
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(renew, "forward", ids, 21.0)
+        tg.start_soon(renew, "backward", ids[::-1], 22.0)
+    assert all(isinstance(a, Delivery) for found in answers.values() for a in found)
+    expiries = {d.lease_expires_at for d in await store.list_deliveries(limit=50)}
+    assert expiries <= {26.0, 27.0} and len(await store.list_deliveries(limit=50)) == 20
+
+
 async def test_list_and_purge_by_status(store: Store) -> None:
     await store.schedule_deliveries([make_delivery("ok"), make_delivery("bad")])
     await store.claim_due_deliveries("w", 20.0, 5.0, 10)

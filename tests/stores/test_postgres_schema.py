@@ -51,8 +51,15 @@ async def test_migrate_creates_the_schema_once_and_then_reports_it_current(
         assert (second["from_version"], second["status"]) == (SCHEMA_VERSION, "up to date")
 
 
-async def test_a_newer_schema_is_refused_by_the_store_and_by_serve() -> None:
+async def test_a_newer_schema_is_refused_by_the_store_and_by_serve(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     from agenthost.stores.postgres import PostgresStore
+
+    # ``serve --store`` hands the URL to Host() through the environment; run in this
+    # process, it must not outlive the test (later tests' hosts and subprocesses read it).
+    # (setenv, not delenv: only a variable monkeypatch set is taken away again at the end.)
+    monkeypatch.setenv(selection.ENVIRONMENT, "memory:")
 
     with postgres_schema() as (dsn, schema):
         store = PostgresStore(dsn, schema=schema)

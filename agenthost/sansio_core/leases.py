@@ -156,6 +156,8 @@ class Withdrawn:
 
 LeaseDecision = Granted | Waiting | Rejected | Renewed | LeaseLost | Released | Withdrawn
 
+_RELEASED = Released()  # every turn ends with one; a value without fields need not be rebuilt
+
 
 # (state before, event, state after) -> the decision kinds that step may answer.
 RUN_LEASE_TRANSITIONS: dict[
@@ -293,7 +295,7 @@ def _step(state: LeaseState, event: LeaseEvent) -> tuple[LeaseState, LeaseDecisi
         if state.holder != event.run_id:
             return state, LeaseLost()
         released = LeaseState(state.session_id, None, 0.0, False, state.waiters, state.grants)
-        return released, Released()
+        return released, _RELEASED
 
     # Withdraw
     if state.holder == event.run_id:

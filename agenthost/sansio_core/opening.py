@@ -33,7 +33,7 @@ from __future__ import annotations
 import attrs
 
 from agenthost.sansio_core import authorization, identity, leases, routing, sessions
-from agenthost.sansio_core.authorization import ChannelAccess, Denied, LinkRequired
+from agenthost.sansio_core.authorization import Allowed, ChannelAccess, Denied, LinkRequired
 from agenthost.sansio_core.linking import UserFacts
 from agenthost.sansio_core.sessions import ScopeKey, SessionAlias, SessionRecord
 from agenthost.sansio_core.types import (
@@ -123,7 +123,7 @@ def decide(opening: Opening, loaded: Loaded) -> tuple[Outcome, Writes]:
     decision = authorization.authorize(
         opening.access, opening.identity, loaded.facts, is_direct=opening.is_direct
     )
-    if isinstance(decision, Denied | LinkRequired):
+    if not isinstance(decision, Allowed):
         return Refused(decision), Writes()
 
     key = loaded.isolation_key

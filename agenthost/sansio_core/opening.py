@@ -132,7 +132,9 @@ def decide(opening: Opening, loaded: Loaded) -> tuple[Outcome, Writes]:
         key = issue_key = identity.candidate_isolation_key(opening.identity, opening.run_id)
     last_seen = (key, opening.last_seen) if opening.last_seen is not None else None
 
-    scope = opening.scope.owned_by(key) if opening.scope is not None else None
+    scope = opening.scope
+    if scope is not None and loaded.alias is None:
+        scope = scope.owned_by(key)  # only a session still to create needs its owner named
     session_decision: sessions.SessionDecision
     if opening.fork_scope is not None:
         session_decision = sessions.resolve_fork(

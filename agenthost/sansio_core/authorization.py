@@ -310,6 +310,9 @@ class Allowed:
     isolation_key: str | None = None
 
 
+_ALLOWED = Allowed()  # the usual answer: one frozen value, not one allocation a message
+
+
 @attrs.frozen
 class LinkRequired:
     """The user must link first. ``user_message`` tells them how (it names ``/link``)."""
@@ -396,7 +399,7 @@ def authorize(
     if access.require_link and not linked:
         return _link_required(is_direct)
     if verdict is Verdict.ALLOW:
-        return Allowed()
+        return _ALLOWED
     if allowlist is not None and access.can_link and _link_could_admit(access, allowlist, facts):
         return _link_required(is_direct)
     phase = Phase.POST_LINK if linked else Phase.PRE_LINK

@@ -36,6 +36,10 @@ class RunLeaseState(enum.Enum):
     WAITING = "waiting"
     HOLDING = "holding"
 
+    # Members are singletons, so identity is equality. ``apply`` looks every step up in
+    # RUN_LEASE_TRANSITIONS; Enum's own hash is a Python call, twice a step.
+    __hash__ = object.__hash__
+
 
 @attrs.frozen
 class Waiter:
@@ -64,7 +68,7 @@ class LeaseState:
     def state_of(self, run_id: str, now: float) -> RunLeaseState:
         if self.holder == run_id:
             return RunLeaseState.HOLDING
-        if any(waiter.run_id == run_id for waiter in self.waiters):
+        if self.waiters and any(waiter.run_id == run_id for waiter in self.waiters):
             return RunLeaseState.WAITING
         return RunLeaseState.ABSENT
 
@@ -156,6 +160,8 @@ class Withdrawn:
 
 LeaseDecision = Granted | Waiting | Rejected | Renewed | LeaseLost | Released | Withdrawn
 
+_RELEASED = Released()  # every turn ends with one; a value without fields need not be rebuilt
+
 
 # (state before, event, state after) -> the decision kinds that step may answer.
 RUN_LEASE_TRANSITIONS: dict[
@@ -209,6 +215,8 @@ def initial_state(session_id: str) -> LeaseState:
 
 
 def _drop_expired_waiters(state: LeaseState, event: LeaseEvent) -> LeaseState:
+    if not state.waiters:
+        return state
     alive = tuple(w for w in state.waiters if w.run_id == event.run_id or w.expires_at > event.now)
     if len(alive) == len(state.waiters):
         return state
@@ -218,7 +226,7 @@ def _drop_expired_waiters(state: LeaseState, event: LeaseEvent) -> LeaseState:
 def _grant(state: LeaseState, run_id: str, now: float, ttl: float) -> tuple[LeaseState, Granted]:
     fence = state.grants + 1
     # Built directly rather than with attrs.evolve: this runs on every turn.
-    waiters = tuple(w for w in state.waiters if w.run_id != run_id)
+    waiters = tuple(w for w in state.waiters if w.run_id != run_id) if state.waiters else ()
     return LeaseState(state.session_id, run_id, now + ttl, False, waiters, fence), Granted(fence)
 
 
@@ -234,7 +242,7 @@ def _step(state: LeaseState, event: LeaseEvent) -> tuple[LeaseState, LeaseDecisi
     if isinstance(event, Arrive):
         if state.holder == event.run_id:
             return _regrant(state, now, event.ttl)
-        if state.state_of(event.run_id, now) is RunLeaseState.WAITING:
+        if state.waiters and state.state_of(event.run_id, now) is RunLeaseState.WAITING:
             return _step(state, Poll(event.run_id, now, event.ttl))
         free = not state.holder_alive(now)
         if free and not state.waiters:
@@ -291,7 +299,7 @@ def _step(state: LeaseState, event: LeaseEvent) -> tuple[LeaseState, LeaseDecisi
         if state.holder != event.run_id:
             return state, LeaseLost()
         released = LeaseState(state.session_id, None, 0.0, False, state.waiters, state.grants)
-        return released, Released()
+        return released, _RELEASED
 
     # Withdraw
     if state.holder == event.run_id:

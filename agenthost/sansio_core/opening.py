@@ -33,7 +33,7 @@ from __future__ import annotations
 import attrs
 
 from agenthost.sansio_core import authorization, identity, leases, routing, sessions
-from agenthost.sansio_core.authorization import ChannelAccess, Denied, LinkRequired
+from agenthost.sansio_core.authorization import Allowed, ChannelAccess, Denied, LinkRequired
 from agenthost.sansio_core.linking import UserFacts
 from agenthost.sansio_core.sessions import ScopeKey, SessionAlias, SessionRecord
 from agenthost.sansio_core.types import (
@@ -123,7 +123,7 @@ def decide(opening: Opening, loaded: Loaded) -> tuple[Outcome, Writes]:
     decision = authorization.authorize(
         opening.access, opening.identity, loaded.facts, is_direct=opening.is_direct
     )
-    if isinstance(decision, Denied | LinkRequired):
+    if not isinstance(decision, Allowed):
         return Refused(decision), Writes()
 
     key = loaded.isolation_key
@@ -132,7 +132,9 @@ def decide(opening: Opening, loaded: Loaded) -> tuple[Outcome, Writes]:
         key = issue_key = identity.candidate_isolation_key(opening.identity, opening.run_id)
     last_seen = (key, opening.last_seen) if opening.last_seen is not None else None
 
-    scope = opening.scope.owned_by(key) if opening.scope is not None else None
+    scope = opening.scope
+    if scope is not None and loaded.alias is None:
+        scope = scope.owned_by(key)  # only a session still to create needs its owner named
     session_decision: sessions.SessionDecision
     if opening.fork_scope is not None:
         session_decision = sessions.resolve_fork(

@@ -28,6 +28,7 @@ policy all come in as arguments.
 from __future__ import annotations
 
 import enum
+import operator
 from collections.abc import Callable, Iterable, Mapping, Sequence
 
 import attrs
@@ -90,102 +91,148 @@ def resolve_destinations(
     link_allowed: LinkAllowed,
 ) -> Routing:
     """Decide where a reply goes (see the module rules)."""
-    if target.kind is TargetKind.ORIGINATING:
+    kind = target.kind
+    if kind is TargetKind.ORIGINATING:
         return Routing((originating,), originating_only=True)
-    if target.kind is TargetKind.NONE:
+    if kind is TargetKind.NONE:
         return Routing(())
 
-    newest_first = sorted(last_seen, key=lambda s: (-s.seen_at, s.channel, s.identity.native_id))
-    owned = {originating.identity, *linked, *(s.identity for s in last_seen)}
-    candidates, dropped = _candidates(target, newest_first, owned, originating, can_push)
+    newest_first = _newest_first(last_seen)
+    dropped: list[Dropped] = []
+    if kind is TargetKind.ACTIVE:
+        # every sighting, newest first: the loop below keeps the first that can reach the
+        # user; never seen anywhere, the routing falls back to originating
+        candidates: Iterable[LastSeen] = newest_first
+    elif kind is TargetKind.ALL_LINKED:
+        candidates = _all_linked(newest_first, originating, linked, dropped)
+    elif kind is TargetKind.CHANNELS:
+        candidates = _named_channels(target.channels, newest_first, can_push, dropped)
+    else:
+        candidates = _named_identities(target, newest_first, originating, linked, dropped)
 
     kept: list[Destination] = []
-    seen_pairs: set[tuple[str, ChannelIdentity]] = set()
-    for candidate in candidates:
-        reason = _drop_reason(candidate, originating, can_push, link_allowed)
-        if reason is not None:
-            dropped.append(Dropped(candidate.channel, candidate.identity, reason))
+    # A channel or identity named twice is pushed once; the other kinds name each
+    # (channel, identity) once already. Pairs are compared by the plain strings
+    # ChannelIdentity's equality is made of.
+    dedupe = kind is TargetKind.CHANNELS or kind is TargetKind.IDENTITIES
+    kept_pairs: set[tuple[str, str, str]] = set()
+    origin = originating.channel
+    for seen in candidates:
+        channel = seen.channel
+        # rule 5, inline: this loop is the routing's hot path
+        pushes = can_push.get(channel)
+        if pushes is None:
+            reason = DropReason.UNKNOWN_CHANNEL
+        elif not pushes:
+            reason = DropReason.CANNOT_PUSH
+        elif channel != origin and not link_allowed(origin, channel):
+            reason = DropReason.LINK_POLICY
+        else:
+            if dedupe:
+                pair = (channel, seen.identity.channel, seen.identity.native_id)
+                if pair in kept_pairs:
+                    continue
+                kept_pairs.add(pair)
+            kept.append(Destination(channel, seen.identity, seen.conversation_id))
+            if kind is TargetKind.ACTIVE:
+                break  # the most recent channel that can reach the user
             continue
-        pair = (candidate.channel, candidate.identity)
-        if pair not in seen_pairs:
-            seen_pairs.add(pair)
-            kept.append(candidate)
-        if target.kind is TargetKind.ACTIVE:
-            break  # the most recent channel that can reach the user
+        dropped.append(Dropped(channel, seen.identity, reason))
     if not kept:
         return Routing((originating,), tuple(dropped), originating_only=True, fell_back=True)
     return Routing(tuple(kept), tuple(dropped))
 
 
-def _candidates(
-    target: ResponseTarget,
+_BY_NAME = operator.attrgetter("channel", "identity.native_id")
+_BY_TIME = operator.attrgetter("seen_at")
+
+
+def _newest_first(last_seen: Sequence[LastSeen]) -> list[LastSeen]:
+    """Most recent first; equal times by channel, then native id, so ties always resolve
+    the same way. Sorted on plain attributes (no Python key function per item), and by
+    name only when two times are equal, which is rare."""
+    newest_first = sorted(last_seen, key=_BY_TIME, reverse=True)
+    if len(set(map(_BY_TIME, newest_first))) < len(newest_first):
+        # stable sorts: by name first, so the time sort keeps that order among equals
+        newest_first = sorted(sorted(last_seen, key=_BY_NAME), key=_BY_TIME, reverse=True)
+    return newest_first
+
+
+def _identity_key(identity: ChannelIdentity) -> tuple[str, str]:
+    # What ChannelIdentity's equality compares; hashing these strings is cheaper than
+    # hashing the identity itself.
+    return (identity.channel, identity.native_id)
+
+
+def _all_linked(
     newest_first: Sequence[LastSeen],
-    owned: set[ChannelIdentity],
     originating: Destination,
-    can_push: Mapping[str, bool],
-) -> tuple[list[Destination], list[Dropped]]:
-    dropped: list[Dropped] = []
-    if target.kind is TargetKind.ACTIVE:
-        # Newest first; the caller keeps the first that can reach the user. Never seen
-        # anywhere: nothing to choose, so the routing falls back to originating.
-        return [_destination(s) for s in newest_first], dropped
-
-    if target.kind is TargetKind.CHANNELS:
-        found = []
-        for name in target.channels:
-            latest = next((s for s in newest_first if s.channel == name), None)
-            if latest is None and name not in can_push:
-                # a name the host has no channel for (a typo): say so, not "never seen"
-                dropped.append(Dropped(name, None, DropReason.UNKNOWN_CHANNEL))
-            elif latest is None:
-                dropped.append(Dropped(name, None, DropReason.NEVER_SEEN))
-            else:
-                found.append(_destination(latest))
-        return found, dropped
-
-    if target.kind is TargetKind.IDENTITIES:
-        found = []
-        for identity in target.identities:
-            if identity not in owned:
-                dropped.append(Dropped(identity.channel, identity, DropReason.NOT_OWNED))
-                continue
-            latest = next((s for s in newest_first if s.identity == identity), None)
-            if latest is None:
-                dropped.append(Dropped(identity.channel, identity, DropReason.NEVER_SEEN))
-            else:
-                found.append(_destination(latest))
-        return found, dropped
-
-    # ALL_LINKED: one destination per channel, the most recent conversation on it.
-    found = []
+    linked: Iterable[ChannelIdentity],
+    dropped: list[Dropped],
+) -> list[LastSeen]:
+    """One sighting per channel, the most recent; a channel the user owns an identity on but
+    was never seen on is dropped. Every seen identity is the user's own (rule 3)."""
+    found: list[LastSeen] = []
     channels_done: set[str] = set()
     for seen in newest_first:
-        if seen.channel not in channels_done and seen.identity in owned:
+        if seen.channel not in channels_done:
             channels_done.add(seen.channel)
-            found.append(_destination(seen))
-    for identity in sorted(owned, key=lambda i: (i.channel, i.native_id)):
+            found.append(seen)
+    # Only identities never seen can be on a channel not done yet; the first of equal ones
+    # stands for them all, as a set of identities would keep it.
+    unseen: dict[tuple[str, str], ChannelIdentity] = {}
+    for identity in (originating.identity, *linked):
+        if identity.channel not in channels_done:
+            unseen.setdefault(_identity_key(identity), identity)
+    for key in sorted(unseen):
+        identity = unseen[key]
         if identity.channel not in channels_done:
             channels_done.add(identity.channel)
             dropped.append(Dropped(identity.channel, identity, DropReason.NEVER_SEEN))
-    return found, dropped
+    return found
 
 
-def _destination(seen: LastSeen) -> Destination:
-    return Destination(seen.channel, seen.identity, seen.conversation_id)
-
-
-def _drop_reason(
-    candidate: Destination,
-    originating: Destination,
+def _named_channels(
+    names: Sequence[str],
+    newest_first: Sequence[LastSeen],
     can_push: Mapping[str, bool],
-    link_allowed: LinkAllowed,
-) -> DropReason | None:
-    if candidate.channel not in can_push:
-        return DropReason.UNKNOWN_CHANNEL
-    if not can_push[candidate.channel]:
-        return DropReason.CANNOT_PUSH
-    if candidate.channel != originating.channel and not link_allowed(
-        originating.channel, candidate.channel
-    ):
-        return DropReason.LINK_POLICY
-    return None
+    dropped: list[Dropped],
+) -> list[LastSeen]:
+    """The most recent sighting on each named channel, in the order named."""
+    # the newest sighting per channel: iterated oldest first, the newest is written last
+    latest = {seen.channel: seen for seen in reversed(newest_first)}
+    found = []
+    for name in names:
+        seen = latest.get(name)
+        if seen is None and name not in can_push:
+            # a name the host has no channel for (a typo): say so, not "never seen"
+            dropped.append(Dropped(name, None, DropReason.UNKNOWN_CHANNEL))
+        elif seen is None:
+            dropped.append(Dropped(name, None, DropReason.NEVER_SEEN))
+        else:
+            found.append(seen)
+    return found
+
+
+def _named_identities(
+    target: ResponseTarget,
+    newest_first: Sequence[LastSeen],
+    originating: Destination,
+    linked: Iterable[ChannelIdentity],
+    dropped: list[Dropped],
+) -> list[LastSeen]:
+    """The most recent sighting of each named identity the user owns, in the order named."""
+    latest = {_identity_key(seen.identity): seen for seen in reversed(newest_first)}
+    owned = {_identity_key(originating.identity), *map(_identity_key, linked), *latest}
+    found = []
+    for identity in target.identities:
+        key = _identity_key(identity)
+        if key not in owned:
+            dropped.append(Dropped(identity.channel, identity, DropReason.NOT_OWNED))
+            continue
+        seen = latest.get(key)
+        if seen is None:
+            dropped.append(Dropped(identity.channel, identity, DropReason.NEVER_SEEN))
+        else:
+            found.append(seen)
+    return found

@@ -51,6 +51,10 @@ class ScopeKey:
         return self if self.owner is not None else ScopeKey(isolation_key, self.qualifier)
 
 
+# Most requests are direct: their scope is one value, not one allocation a request.
+_REQUESTERS_DIRECT = ScopeKey(None, DIRECT)
+
+
 @attrs.frozen
 class SessionAlias:
     owner: str
@@ -98,10 +102,10 @@ def scope_for(request: ChannelRequest, *, fresh_key: str) -> tuple[ScopeKey | No
         return ScopeKey(None, f"{request.channel}:key:{key}"), key
     conversation = session.conversation_id
     if session.is_direct or conversation is None:
-        return ScopeKey(None, DIRECT), None
+        return _REQUESTERS_DIRECT, None
     scope = request.conversation_scope
     if scope is ConversationScope.PER_USER:
-        return ScopeKey(None, DIRECT), None
+        return _REQUESTERS_DIRECT, None
     if scope is ConversationScope.PER_CONVERSATION:
         return ScopeKey(f"conversation:{request.channel}:{conversation}", "shared"), None
     return ScopeKey(None, f"{request.channel}:conversation:{conversation}"), None

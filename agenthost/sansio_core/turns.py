@@ -251,27 +251,34 @@ def execute_turn(
 
     strategy = request.multitask or settings.default_multitask
     lease: fx.LeaseAnswer = yield fx.AcquireLease(ref.session_id, run_id, strategy)
-    return (yield from _run_under_lease(request, ref, lease, run_id=run_id, now=now))
+    return (
+        yield from _run_under_lease(
+            request, ref, lease.decision, lease.session, run_id=run_id, now=now
+        )
+    )
 
 
 def _run_under_lease(
     request: ChannelRequest,
     ref: SessionRef,
-    lease: fx.LeaseAnswer,
+    decision: leases.LeaseDecision,
+    record: sessions.SessionRecord | None,
     *,
     run_id: str,
     now: float,
 ) -> Generator[fx.Effect, Any, TurnOutcome]:
-    """From the lease's first answer: wait for it, run the target, save on success, release."""
+    """From the lease's first answer (``decision``, with the session ``record`` when granted):
+    wait for it, run the target, save on success, release."""
     assert ref.session_id is not None
-    while isinstance(lease.decision, leases.Waiting):
-        lease = yield fx.WaitForLease(ref.session_id, run_id, lease.decision.interrupting)
-    if isinstance(lease.decision, leases.Rejected):
-        return TurnRefused(RefusalReason.SESSION_BUSY, "the session is busy with another run")
-    if not isinstance(lease.decision, leases.Granted):  # pragma: no cover - table forbids it
-        raise AssertionError(f"unexpected lease decision {lease.decision!r}")
+    if not isinstance(decision, leases.Granted):
+        while isinstance(decision, leases.Waiting):
+            lease = yield fx.WaitForLease(ref.session_id, run_id, decision.interrupting)
+            decision, record = lease.decision, lease.session
+        if isinstance(decision, leases.Rejected):
+            return TurnRefused(RefusalReason.SESSION_BUSY, "the session is busy with another run")
+        if not isinstance(decision, leases.Granted):  # pragma: no cover - table forbids it
+            raise AssertionError(f"unexpected lease decision {decision!r}")
 
-    record = lease.session
     state = record.state if record is not None else None
     answer = yield fx.RunTarget(request, ref, state, run_id)
     to_save = None
@@ -331,8 +338,11 @@ def open_turn(
     if opened.lease is None:
         answer = yield fx.RunTarget(request, ref, None, run_id)
         return _outcome(answer, ref, saved=False)
-    first = fx.LeaseAnswer(opened.lease, opened.session)
-    return (yield from _run_under_lease(request, ref, first, run_id=run_id, now=now))
+    return (
+        yield from _run_under_lease(
+            request, ref, opened.lease, opened.session, run_id=run_id, now=now
+        )
+    )
 
 
 def record_proactive_message(

@@ -15,7 +15,7 @@ import attrs
 
 def _frozen_mapping(value: Mapping[str, Any] | None) -> Mapping[str, Any]:
     # A private copy, so a caller mutating its dict later cannot change a frozen value.
-    return dict(value or {})
+    return dict(value) if value else {}
 
 
 class SessionMode(enum.Enum):
@@ -118,7 +118,7 @@ class ChannelIdentity:
     channel: str
     native_id: str
     attributes: Mapping[str, Any] = attrs.field(
-        factory=dict, converter=_frozen_mapping, eq=False, hash=False
+        default=None, converter=_frozen_mapping, eq=False, hash=False
     )
 
 
@@ -139,7 +139,7 @@ class ChannelSession:
     # ``key`` (or empty without one): each Responses response id is such a snapshot.
     fork_key: str | None = None
     attributes: Mapping[str, Any] = attrs.field(
-        factory=dict, converter=_frozen_mapping, eq=False, hash=False
+        default=None, converter=_frozen_mapping, eq=False, hash=False
     )
 
 
@@ -196,6 +196,10 @@ class ResponseTarget:
         return self.kind is TargetKind.ORIGINATING
 
 
+# Every field of a ResponseTarget is immutable, so requests can share the default one.
+_ORIGINATING = ResponseTarget()
+
+
 @attrs.frozen
 class ChannelRequest:
     """One inbound request, as a channel's codec built it from the native payload.
@@ -209,15 +213,15 @@ class ChannelRequest:
     input: Any
     operation: str = "run"
     session: ChannelSession = attrs.field(factory=ChannelSession)
-    options: Mapping[str, Any] = attrs.field(factory=dict, converter=_frozen_mapping, eq=False)
+    options: Mapping[str, Any] = attrs.field(default=None, converter=_frozen_mapping, eq=False)
     session_mode: SessionMode = SessionMode.AUTO
     conversation_scope: ConversationScope = ConversationScope.PER_USER_PER_CONVERSATION
     multitask: MultitaskStrategy | None = None  # None: the host's default
-    response_target: ResponseTarget = attrs.field(factory=ResponseTarget)
+    response_target: ResponseTarget = _ORIGINATING
     background: bool = False
     stream: bool = False
-    metadata: Mapping[str, Any] = attrs.field(factory=dict, converter=_frozen_mapping, eq=False)
-    attributes: Mapping[str, Any] = attrs.field(factory=dict, converter=_frozen_mapping, eq=False)
+    metadata: Mapping[str, Any] = attrs.field(default=None, converter=_frozen_mapping, eq=False)
+    attributes: Mapping[str, Any] = attrs.field(default=None, converter=_frozen_mapping, eq=False)
 
 
 @attrs.frozen
@@ -260,4 +264,4 @@ class ChannelCommand:
     description: str
     handle: Any = attrs.field(default=None, eq=False)
     expose_in_ui: bool = True
-    metadata: Mapping[str, Any] = attrs.field(factory=dict, converter=_frozen_mapping, eq=False)
+    metadata: Mapping[str, Any] = attrs.field(default=None, converter=_frozen_mapping, eq=False)

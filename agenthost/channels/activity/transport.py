@@ -67,16 +67,12 @@ from agenthost.channels.activity.tokens import (
     SigningKeys,
     TokenVerifier,
 )
+from agenthost.sansio_core import chat_replies
 from agenthost.sansio_core.authorization import Allowlist
-from agenthost.sansio_core.commands import CommandReply
 from agenthost.sansio_core.link_policy import DEFAULT_TIER
 from agenthost.sansio_core.routing import Destination
 from agenthost.sansio_core.turns import (
-    RefusalReason,
-    TurnCompleted,
-    TurnFailed,
     TurnOutcome,
-    TurnRefused,
 )
 from agenthost.sansio_core.types import (
     ChannelCommand,
@@ -96,15 +92,6 @@ FILE = "file"
 ENTRA_SOURCE = "entra"
 _REMEMBERED_CLAIMS = 10_000  # identities whose Teams claims this process already recorded
 
-_REFUSALS = {
-    RefusalReason.SESSION_BUSY: (
-        "I'm still answering your previous message. Please try again in a moment."
-    ),
-    RefusalReason.IDENTITY_REFUSED: "Sorry, this bot is not available to you.",
-    RefusalReason.SESSION_NOT_FOUND: "There is no conversation to continue here.",
-}
-_FAILED = "Sorry, something went wrong while answering. Please try again."
-_ACKNOWLEDGED = "Got it. The answer will be delivered where you asked for it."
 _CARD_ACCEPTED = "Working on it…"
 # What an Entra refusal of the bot's token means, naming the setting to fix (for doctor).
 _ENTRA_REFUSED = (
@@ -573,23 +560,13 @@ class ActivityChannel(Channel):
 
 
 async def _answer(reply: Reply, outcome: TurnOutcome | ContinuationToken) -> None:
-    if isinstance(outcome, ContinuationToken):
-        await reply.send_plain(_ACKNOWLEDGED)
+    said = chat_replies.reply_for(outcome)
+    if said is None:
         return
-    if isinstance(outcome, TurnCompleted):
-        result = outcome.result
-        if isinstance(result.result, CommandReply):
-            await reply.send_plain(result.text)
-        elif result.text.strip():
-            await reply.send_markdown(result.text)
-        return
-    if isinstance(outcome, TurnRefused):
-        message = outcome.user_message or _REFUSALS.get(outcome.reason)
-        if message:
-            await reply.send_plain(message)
-        return
-    if isinstance(outcome, TurnFailed) and not outcome.cancelled:
-        await reply.send_plain(_FAILED)
+    if said.markdown:
+        await reply.send_markdown(said.text)
+    else:
+        await reply.send_plain(said.text)
 
 
 def _native_id(activity: Activity) -> str | None:

@@ -62,15 +62,14 @@ from agenthost.channels.discord.verifier import (
     SignatureVerifier,
     Verdict,
 )
+from agenthost.sansio_core import chat_replies
 from agenthost.sansio_core.authorization import Allowlist
 from agenthost.sansio_core.link_policy import DEFAULT_TIER
 from agenthost.sansio_core.routing import Destination
 from agenthost.sansio_core.turns import (
-    RefusalReason,
     TurnCompleted,
     TurnFailed,
     TurnOutcome,
-    TurnRefused,
 )
 from agenthost.sansio_core.types import (
     ChannelCommand,
@@ -86,15 +85,6 @@ Autocomplete = Callable[[AutocompleteQuery], Awaitable[Sequence[tuple[str, str]]
 
 AUTOCOMPLETE_SECONDS = 2.0  # Discord waits three seconds for the choices
 
-_REFUSALS = {
-    RefusalReason.SESSION_BUSY: (
-        "I'm still answering your previous message. Please try again in a moment."
-    ),
-    RefusalReason.IDENTITY_REFUSED: "Sorry, this bot is not available to you.",
-    RefusalReason.SESSION_NOT_FOUND: "There is no conversation to continue here.",
-}
-_FAILED = "Sorry, something went wrong while answering. Please try again."
-_ACKNOWLEDGED = "Got it. The answer will be delivered where you asked for it."
 _STOPPED = "(stopped)"
 _UNSUPPORTED = "Sorry, I can't answer that here."
 _BUSY = "I'm busy right now. Please try again in a moment."
@@ -495,13 +485,13 @@ def _message(text: str) -> JSONResponse:
 
 
 def _answer_text(outcome: TurnOutcome | ContinuationToken) -> str:
-    """What the deferred message becomes (a cancelled run says nothing more useful)."""
-    if isinstance(outcome, ContinuationToken):
-        return _ACKNOWLEDGED
+    """What the deferred message becomes: it must become something, so where other chat
+    channels say nothing, Discord's says the reply as it is, "(stopped)" or that it failed."""
     if isinstance(outcome, TurnCompleted):
         return outcome.result.text  # a reply, or a host command's answer (CommandReply)
-    if isinstance(outcome, TurnRefused):
-        return outcome.user_message or _REFUSALS.get(outcome.reason) or _FAILED
+    said = chat_replies.reply_for(outcome)
+    if said is not None:
+        return said.text
     if isinstance(outcome, TurnFailed) and outcome.cancelled:
         return _STOPPED
-    return _FAILED
+    return chat_replies.FAILED

@@ -50,17 +50,13 @@ from agenthost.channels.telegram.codec import Addressing, BotProfile, Inbound
 from agenthost.channels.telegram.inbox import Inbox
 from agenthost.channels.telegram.rendering import HTML, MARKDOWN_V2
 from agenthost.channels.telegram.replies import HandOver, Reply
-from agenthost.sansio_core import strict_json
+from agenthost.sansio_core import chat_replies, strict_json
 from agenthost.sansio_core.authorization import Allowlist
-from agenthost.sansio_core.commands import CommandReply
 from agenthost.sansio_core.link_policy import DEFAULT_TIER
 from agenthost.sansio_core.routing import Destination
 from agenthost.sansio_core.turns import (
-    RefusalReason,
     TurnCompleted,
-    TurnFailed,
     TurnOutcome,
-    TurnRefused,
 )
 from agenthost.sansio_core.types import (
     ChannelCommand,
@@ -86,15 +82,6 @@ _COMMAND = re.compile(r"[a-z0-9_]{1,32}")
 _USERNAME = re.compile(r"@?[A-Za-z0-9_]{3,64}")
 _DIRECT_ONLY_COMMANDS = frozenset({"link", "unlink"})  # challenges never go to groups
 
-_REFUSALS = {
-    RefusalReason.SESSION_BUSY: (
-        "I'm still answering your previous message. Please try again in a moment."
-    ),
-    RefusalReason.IDENTITY_REFUSED: "Sorry, this bot is not available to you.",
-    RefusalReason.SESSION_NOT_FOUND: "There is no conversation to continue here.",
-}
-_FAILED = "Sorry, something went wrong while answering. Please try again."
-_ACKNOWLEDGED = "Got it. The answer will be delivered where you asked for it."
 
 
 class TelegramChannel(Channel):
@@ -660,23 +647,13 @@ class TelegramChannel(Channel):
 
 
 async def _answer(reply: Reply, outcome: TurnOutcome | ContinuationToken) -> None:
-    if isinstance(outcome, ContinuationToken):
-        await reply.send_plain(_ACKNOWLEDGED)
+    said = chat_replies.reply_for(outcome)
+    if said is None:
         return
-    if isinstance(outcome, TurnCompleted):
-        result = outcome.result
-        if isinstance(result.result, CommandReply):
-            await reply.send_plain(result.text)
-        elif result.text.strip():
-            await reply.send_markdown(result.text)
-        return
-    if isinstance(outcome, TurnRefused):
-        message = outcome.user_message or _REFUSALS.get(outcome.reason)
-        if message:
-            await reply.send_plain(message)
-        return
-    if isinstance(outcome, TurnFailed) and not outcome.cancelled:
-        await reply.send_plain(_FAILED)
+    if said.markdown:
+        await reply.send_markdown(said.text)
+    else:
+        await reply.send_plain(said.text)
 
 
 async def _capped(upstream: httpx.Response, limit: int) -> AsyncIterator[bytes]:

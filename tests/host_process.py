@@ -10,9 +10,11 @@ import os
 import signal
 import subprocess
 import sys
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
+
+import anyio
 
 from agenthost.backends.serving import bound_socket
 from tests.conftest import BACKEND
@@ -68,3 +70,17 @@ def host_process(
             except subprocess.TimeoutExpired:
                 process.kill()
                 process.wait(timeout=5)
+
+
+async def stop_processes(processes: Sequence[subprocess.Popen[bytes]], timeout: float = 15) -> None:
+    """SIGTERM each live process and wait for them without blocking the event loop.
+
+    A fake platform served by this test process must keep answering while the hosts drain:
+    a host finishing its last reply waits for the fake's answer to it.
+    """
+    for process in processes:
+        if process.poll() is None:
+            process.send_signal(signal.SIGTERM)
+    with anyio.move_on_after(timeout):
+        while any(process.poll() is None for process in processes):
+            await anyio.sleep(0.05)

@@ -218,7 +218,10 @@ class Channel(abc.ABC):
         """Start-up work (register a webhook, open a poller); runs in the host's lifespan."""
 
     async def shutdown(self) -> None:  # noqa: B027 - optional hook
-        """Stop what ``startup`` started."""
+        """Stop what ``startup`` started: take nothing new, and let work in hand finish.
+
+        The host calls every channel's shutdown side by side, with its run and delivery
+        drains, and cancels what is still running when its shutdown grace ends."""
 
     async def check_credentials(self, http: httpx.AsyncClient) -> str | None:
         """For ``agenthost doctor``: ask the platform whether the channel's credentials work,

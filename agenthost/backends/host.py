@@ -345,10 +345,13 @@ class Host:
                     yield self
                 finally:
                     with anyio.CancelScope(shield=True):
-                        for channel in reversed(started):
-                            await channel.shutdown()
-                        # Runs and sends drain side by side, within one grace period.
+                        # Channels stop (finishing what their inboxes handle), runs and
+                        # sends drain, side by side within one grace period.
                         async with anyio.create_task_group() as draining:
+                            for channel in reversed(started):
+                                draining.start_soon(
+                                    _stop_channel, channel, self._shutdown_grace
+                                )
                             draining.start_soon(worker.drain, self._shutdown_grace)
                             draining.start_soon(outbox.drain, self._shutdown_grace)
                     self._outbox = None
@@ -938,6 +941,17 @@ class TaskHealth:
         return self.started_at < self.failed_at or now - self.started_at < (
             TASK_HEALTHY_AFTER_SECONDS
         )
+
+
+async def _stop_channel(channel: Channel, grace: float) -> None:
+    """A channel's shutdown, cut short at ``grace``; a failing one does not stop the rest."""
+    with anyio.move_on_after(grace) as scope:
+        try:
+            await channel.shutdown()
+        except Exception:
+            log.exception("a channel failed to shut down", extra={"channel": channel.name})
+    if scope.cancelled_caught:
+        log.warning("a channel's shutdown ran out of grace", extra={"channel": channel.name})
 
 
 async def _supervised(fn: Callable[[], Awaitable[None]], health: TaskHealth) -> None:

@@ -24,6 +24,20 @@ Rules (design §8):
    lane or come back at every start. One interrupted by shutdown stays for the next start.
 5. Within this process an arrival being recorded, queued or handled is never accepted
    twice, even when the platform delivers it again concurrently.
+6. Each record names the process that recorded it (``ChannelRecord.owner``), and each
+   process holds a lease on its name (a store singleton, renewed every third of
+   ``owner_lease_seconds``) while it runs. Recovery takes only the records of owners whose
+   lease has lapsed (a process that died or stopped): it takes that owner's lease for the
+   moment of the take-over and moves each record to itself with a compare-and-set, so of
+   two replicas recovering at once each record goes to one, and a record a live replica is
+   handling is never taken. Every replica recovers at start and then once a lease period,
+   so what a dead replica left is handled by the others without waiting for its restart.
+   Only a process frozen (or cut off from the store) past its lease can see its arrivals
+   handled again elsewhere: at least once, never lost. Records without an owner (written
+   before owners existed) are taken by the first replica that recovers.
+7. A stop (the channel's shutdown) starts nothing new, lets the arrivals being handled
+   finish (the host bounds the wait by its shutdown grace), then gives up the lease, so
+   another replica takes over what stayed queued at its next recovery.
 
 Inbox keys sort in arrival order (the channels zero-pad ids or arrival times), so
 recovery pages through them in the order they came.
@@ -32,8 +46,10 @@ recovery pages through them in the order they came.
 from __future__ import annotations
 
 import logging
+import uuid
 from collections import deque
 from collections.abc import Awaitable, Callable, Mapping, Sequence
+from functools import partial
 from typing import Any
 
 import anyio
@@ -48,6 +64,15 @@ SEEN = "seen"
 
 # Waits between attempts to delete a handled arrival's record while the store stalls.
 _CLEAR_WAITS = (0.5, 1.0, 2.0)
+
+# How long a process's claim on its inbox records lasts unless renewed: a dead replica's
+# arrivals wait at most about this long (plus one recovery period) for another replica.
+DEFAULT_OWNER_LEASE_SECONDS = 15.0
+
+
+def owner_lease_name(channel: str, owner: str) -> str:
+    """The store singleton a live process holds on its inbox records of ``channel``."""
+    return f"inbox:{channel}:{owner}"
 
 
 @attrs.frozen
@@ -69,7 +94,9 @@ class DurableInbox:
     """Records arrivals, queues them by lane and runs the handler on each (rules above).
 
     ``label`` names the channel's arrivals in logs ("telegram update"); nothing else of an
-    arrival but its inbox key is logged.
+    arrival but its inbox key is logged. ``restore`` rebuilds an arrival from its stored
+    record on recovery (``None`` skips a record it cannot read, which then stays in the
+    store for an operator to look at).
     """
 
     def __init__(
@@ -79,14 +106,23 @@ class DurableInbox:
         channel: str,
         label: str,
         handle: Handler,
+        restore: Restore,
         dedupe_seconds: float,
         max_concurrent_lanes: int,
         max_pending: int | None = None,
+        owner_lease_seconds: float = DEFAULT_OWNER_LEASE_SECONDS,
     ) -> None:
         self._host = host
         self._channel = channel
         self._label = label
         self._handle = handle
+        self._restore = restore
+        self._owner = uuid.uuid4().hex
+        self._lease_seconds = owner_lease_seconds
+        self._lease_lock = anyio.Lock()
+        self._leased = False  # the owner lease was taken at least once (rule 6)
+        self._released = False  # given up for good (rule 7)
+        self._stopping = False
         self._dedupe_seconds = dedupe_seconds
         self._max_pending = max_pending
         self._log = logging.getLogger(f"agenthost.channels.{channel}")
@@ -97,6 +133,13 @@ class DurableInbox:
         self._tasks: anyio.abc.TaskGroup | None = None
         self._idle = anyio.Event()
         self._idle.set()
+        self._quiet = anyio.Event()  # no lane is handling an arrival (rule 7)
+        self._quiet.set()
+
+    @property
+    def owner(self) -> str:
+        """The name this process's records carry (rule 6)."""
+        return self._owner
 
     @property
     def full(self) -> bool:
@@ -117,6 +160,8 @@ class DurableInbox:
         Returns the new ones, in order. Raises what the store raises: the caller must then
         not acknowledge the arrivals.
         """
+        if not self._leased:
+            await self._renew_lease()
         fresh: list[Arrival] = []
         keys: set[str] = set()
         for arrival in arrivals:
@@ -140,7 +185,9 @@ class DurableInbox:
         companions: dict[str, list[ChannelRecord]] = {}
         always: list[ChannelRecord] = []
         for arrival in fresh:
-            record = ChannelRecord(self._channel, INBOX, arrival.key, arrival.value, created_at=now)
+            record = ChannelRecord(
+                self._channel, INBOX, arrival.key, arrival.value, owner=self._owner, created_at=now
+            )
             if arrival.mark is None:
                 always.append(record)
                 continue
@@ -159,45 +206,146 @@ class DurableInbox:
         )
         return [a for a in fresh if a.mark is None or a.mark in inserted]
 
-    async def recover(self, restore: Restore, page: int = 500) -> int:
-        """Queue what the inbox still holds (a crash or a stop left it); returns how many.
+    async def recover(self, page: int = 500) -> int:
+        """Queue what the inbox holds and no live process owns (rule 6); returns how many.
 
-        ``restore`` rebuilds an arrival from its stored record (``None`` skips a record it
-        cannot read, which then stays in the store for an operator to look at)."""
+        The channel calls it at start (after a crash or a stop); :meth:`run` calls it again
+        once a lease period, for what other replicas left when they died.
+        """
+        if self._stopping or not await self._renew_lease():
+            return 0
         after: str | None = None
-        recovered = 0
+        candidates: list[ChannelRecord] = []
         while True:
             records = await self._host.store.list_channel_records(
                 self._channel, INBOX, after=after, limit=page
             )
-            for record in records:
-                if record.key in self._known:
-                    continue
-                arrival = restore(record)
-                if arrival is None:
-                    continue
-                self._known.add(record.key)
-                self._enqueue(arrival)
-                recovered += 1
+            candidates += [
+                r for r in records if r.owner != self._owner and r.key not in self._known
+            ]
             if len(records) < page:
                 break
             after = records[-1].key
+        if not candidates:
+            return 0
+        store, now = self._host.store, self._host.now()
+        gone: set[str | None] = set()
+        try:
+            for owner in {record.owner for record in candidates}:
+                # An owner's lease is held here for the take-over only. Taking it fails
+                # while the owner lives (it renews it) or another replica takes over.
+                if owner is None or await store.acquire_singleton(
+                    owner_lease_name(self._channel, owner),
+                    self._owner,
+                    now=now,
+                    ttl=self._lease_seconds,
+                ):
+                    gone.add(owner)
+            recovered = 0
+            for record in candidates:  # in key order, so each lane keeps arrival order
+                if record.owner not in gone or record.key in self._known:
+                    continue
+                moved = await store.change_channel_record(
+                    self._channel, INBOX, record.key, partial(_move, record.owner, self._owner)
+                )
+                arrival = self._restore(moved[0]) if moved else None
+                if arrival is None:
+                    continue  # handled meanwhile, taken by another replica, or unreadable
+                self._known.add(record.key)
+                self._enqueue(arrival)
+                recovered += 1
+        finally:
+            with anyio.CancelScope(shield=True):
+                for owner in gone - {None}:
+                    assert owner is not None
+                    await store.release_singleton(
+                        owner_lease_name(self._channel, owner), self._owner
+                    )
         if recovered:
             self._log.info("%s inbox recovered", self._label, extra={"recovered": recovered})
         return recovered
+
+    async def _renew_lease(self) -> bool:
+        """Take or renew this process's lease on its records; whether it holds it."""
+        async with self._lease_lock:
+            if self._released:
+                return False
+            held = await self._host.store.acquire_singleton(
+                owner_lease_name(self._channel, self._owner),
+                self._owner,
+                now=self._host.now(),
+                ttl=self._lease_seconds,
+            )
+            self._leased = True
+        if not held:
+            # Another replica found the lease lapsed (this process was frozen or cut off
+            # from the store for a whole lease) and is taking its records: what this
+            # process still handles may be handled there too, at least once.
+            self._log.warning("%s inbox lease was lost", self._label)
+        return held
+
+    async def _keep_lease(self) -> None:
+        """Renew the lease every third of its time; recover once a lease period."""
+        period = self._lease_seconds / 3
+        beats = 0
+        while not self._stopping:
+            await anyio.sleep(period)
+            beats += 1
+            try:
+                await self._renew_lease()
+                if beats % 3 == 0:
+                    await self.recover()
+            except Exception as error:  # a store outage: try again at the next beat
+                self._log.warning(
+                    "%s inbox lease not renewed",
+                    self._label,
+                    extra={"error_type": type(error).__name__},
+                )
+
+    async def stop(self) -> None:
+        """Start no more arrivals, wait for those being handled, give up the lease (rule 7).
+
+        What stayed queued keeps its record: another replica's recovery, or this host's
+        next start, takes it. The host bounds the wait by cancelling it."""
+        self._stopping = True
+        try:
+            await self._quiet.wait()
+        finally:
+            with anyio.CancelScope(shield=True):
+                await self._release_lease()
+
+    async def _release_lease(self) -> None:
+        async with self._lease_lock:
+            if self._released or not self._leased:
+                return
+            self._released = True  # never renewed again: this inbox has stopped
+            try:
+                await self._host.store.release_singleton(
+                    owner_lease_name(self._channel, self._owner), self._owner
+                )
+            except Exception as error:  # it lapses on its own
+                self._log.warning(
+                    "%s inbox lease not released",
+                    self._label,
+                    extra={"error_type": type(error).__name__},
+                )
 
     # --- handling ----------------------------------------------------------------------
 
     async def run(self) -> None:
         """Handle queued arrivals until cancelled (the host's lifespan task)."""
-        async with anyio.create_task_group() as tasks:
-            self._tasks = tasks
-            for lane in list(self._queues):
-                self._start(lane)
-            try:
-                await anyio.sleep_forever()
-            finally:
-                self._tasks = None
+        try:
+            async with anyio.create_task_group() as tasks:
+                self._tasks = tasks
+                for lane in list(self._queues):
+                    self._start(lane)
+                try:
+                    await self._keep_lease()
+                finally:
+                    self._tasks = None
+        finally:
+            with anyio.CancelScope(shield=True):
+                await self._release_lease()
 
     async def wait_idle(self) -> None:
         """Until nothing is queued or being handled (for tests and benchmarks)."""
@@ -210,18 +358,24 @@ class DurableInbox:
         self._start(arrival.lane)
 
     def _start(self, lane: str) -> None:
-        if self._tasks is not None and lane not in self._active:
+        if self._tasks is not None and lane not in self._active and not self._stopping:
             self._active.add(lane)
+            if self._quiet.is_set():
+                self._quiet = anyio.Event()
             self._tasks.start_soon(self._drain, lane, name=f"{self._label} lane")
 
     async def _drain(self, lane: str) -> None:
         try:
-            while queue := self._queues.get(lane):
+            while not self._stopping and (queue := self._queues.get(lane)):
                 async with self._limiter:
+                    if self._stopping:
+                        break  # waited for a slot past the stop: leave it queued
                     await self._handle_one(queue[0])
                 queue.popleft()
         finally:
             self._active.discard(lane)
+            if not self._active:
+                self._quiet.set()
             if not self._queues.get(lane):
                 self._queues.pop(lane, None)
             if not self._queues:
@@ -259,3 +413,12 @@ class DurableInbox:
                     return False
                 await anyio.sleep(wait)
         return False  # pragma: no cover - the loop returns
+
+
+def _move(
+    owner: str | None, to: str, record: ChannelRecord | None
+) -> list[ChannelRecord]:
+    """The compare-and-set of a take-over: ``record`` becomes ``to``'s if ``owner`` has it."""
+    if record is None or record.owner != owner:
+        return []
+    return [attrs.evolve(record, owner=to)]

@@ -1090,6 +1090,28 @@ class SQLiteStore(Store):
             return set()
         return await self._run(work)
 
+    async def change_channel_record(
+        self,
+        channel: str,
+        kind: str,
+        key: str,
+        change: Callable[[ChannelRecord | None], Sequence[ChannelRecord]],
+    ) -> list[ChannelRecord]:
+        # In the file's write lock, not in this object: processes sharing the file change
+        # records too (an inbox take-over is a compare-and-set between replicas).
+        def work(conn: sqlite3.Connection) -> list[ChannelRecord]:
+            with _transaction(conn):
+                row = conn.execute(
+                    "SELECT channel, kind, key, owner, created_at, expires_at, value"
+                    " FROM channel_records WHERE channel = ? AND kind = ? AND key = ?",
+                    (channel, kind, key),
+                ).fetchone()
+                made = list(change(channel_record_from_row(row) if row is not None else None))
+                _put_channel_records(conn, [channel_record_row(r) for r in made])
+                return made
+
+        return await self._run(work)
+
     async def get_channel_record(self, channel: str, kind: str, key: str) -> ChannelRecord | None:
         def work(conn: sqlite3.Connection) -> ChannelRecord | None:
             row = conn.execute(

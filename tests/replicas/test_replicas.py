@@ -38,7 +38,7 @@ from agenthost.stores.sqlite import SQLiteStore
 from tests.channels.telegram.fake_bot_api import ApiError, FakeBotApi
 from tests.channels.telegram.telegram_updates import BOT_TOKEN, BOT_USERNAME, message, private_chat
 from tests.delivery.receiver import Receiver
-from tests.host_process import REPO, free_port, host_process
+from tests.host_process import REPO, free_port, host_process, stop_processes
 from tests.postgres_fixture import postgres_schema
 from tests.served import served, wait_ready
 
@@ -96,9 +96,12 @@ async def replicas(
             }
             process = stack.enter_context(host_process(app, port, settings))
             started.append((process, f"http://127.0.0.1:{port}"))
-        for _, base in started:
-            await wait_ready(base, timeout=30)
-        yield started
+        try:
+            for _, base in started:
+                await wait_ready(base, timeout=30)
+            yield started
+        finally:
+            await stop_processes([process for process, _ in started])
 
 
 async def test_concurrent_turns_on_one_session_across_replicas_run_one_at_a_time(
@@ -255,14 +258,6 @@ def shared_store(kind: str, directory: Path) -> Iterator[tuple[str, Callable[[],
         yield url, lambda: PostgresStore(dsn, schema=schema)
 
 
-# A known bug, kept visible: under trio, runs of this test (on PostgreSQL and on one SQLite
-# file) saw update "four" answered by two replicas right after the take-over. Likely cause:
-# a replica that becomes the poller recovers every inbox record, including one a live
-# replica is still handling; inbox records need an owner with a lease. Until then the test
-# runs and reports, but an answer given twice does not fail the suite.
-@pytest.mark.xfail(
-    strict=False, reason="take-over can answer an in-flight update twice (inbox recovery race)"
-)
 @pytest.mark.parametrize("kind", ["postgres", "sqlite"])
 async def test_one_replica_polls_telegram_and_another_takes_over_when_it_dies(
     tmp_path: Path, kind: str

@@ -3,13 +3,18 @@ store, and across replicas on PostgreSQL (the Responses channel's conversation c
 
 from __future__ import annotations
 
+import sys
 import time
 from collections.abc import Sequence
+from functools import partial
+from pathlib import Path
 
 import anyio
 import pytest
 
 from agenthost.stores.base import ChannelRecord, Store
+from agenthost.stores.sqlite import SQLiteStore
+from tests.host_process import REPO
 from tests.postgres_fixture import postgres_schema
 
 pytestmark = pytest.mark.anyio
@@ -112,3 +117,27 @@ async def test_a_delete_on_another_replica_waits_for_a_change_in_flight(
             await a.close()
             await b.close()
     assert left is None and items == []  # deleted after the change: nothing resurrected
+
+
+async def test_changes_from_processes_sharing_a_sqlite_file_count_each_append_once(
+    tmp_path: Path, anyio_backend: str
+) -> None:
+    # Processes, not store objects in this one: here a store may run a whole read-modify-
+    # write on the event loop without a pause, which would hide a lock kept in the object.
+    path = tmp_path / "state.db"
+    store = SQLiteStore(path)
+    await store.open()
+    try:
+        await store.put_channel_records([counter(0)])
+        start = str(time.time() + 3.0)  # all three have imported and opened by then
+        command = [sys.executable, "-m", "tests.stores.sqlite_file_changer", str(path), "40", start]
+        with anyio.fail_after(60):
+            async with anyio.create_task_group() as tasks:
+                for _ in range(3):
+                    tasks.start_soon(partial(anyio.run_process, command, cwd=REPO, check=True))
+        stored = await store.get_channel_record("responses", "conversation", "c1")
+        items = await store.list_channel_records("responses", "item", limit=200)
+    finally:
+        await store.close()
+    assert stored is not None and stored.value == {"next": 120}
+    assert [r.value["n"] for r in items] == list(range(120))

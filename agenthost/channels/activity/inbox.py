@@ -52,6 +52,7 @@ class Inbox:
             channel=channel,
             label="activity",
             handle=self._handle_item,
+            restore=lambda record: _arrival(record.key, record.value),
             dedupe_seconds=dedupe_seconds,
             max_concurrent_lanes=max_concurrent_conversations,
             max_pending=max_pending,
@@ -83,8 +84,13 @@ class Inbox:
         return bool(await self._inbox.record([arrival], put=put))
 
     async def recover(self, page: int = 500) -> int:
-        """Queue what the inbox still holds (a crash or a stop left it); returns how many."""
-        return await self._inbox.recover(lambda record: _arrival(record.key, record.value), page)
+        """Queue what the inbox holds and no live replica handles; returns how many."""
+        return await self._inbox.recover(page)
+
+    async def stop(self) -> None:
+        """Start nothing more; wait for what is being handled; let other replicas take the
+        rest (the shared inbox's rule 7). The host bounds the wait."""
+        await self._inbox.stop()
 
     async def run(self) -> None:
         """Handle queued activities until cancelled (the host's lifespan task)."""

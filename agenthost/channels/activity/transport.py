@@ -334,7 +334,11 @@ class ActivityChannel(Channel):
 
     async def shutdown(self) -> None:
         # Until the next start, activities are answered 503 and the connector retries.
-        self._inbox = None
+        # The ones being handled finish (within the host's grace); recorded ones not yet
+        # started stay in the inbox for another replica or the next start.
+        inbox, self._inbox = self._inbox, None
+        if inbox is not None:
+            await inbox.stop()
 
     async def wait_idle(self) -> None:
         """Until every recorded activity has been handled (tests and benchmarks use it)."""

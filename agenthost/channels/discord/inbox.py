@@ -60,6 +60,7 @@ class Inbox:
             channel=channel,
             label="discord interaction",
             handle=self._handle_item,
+            restore=_restore,
             dedupe_seconds=dedupe_seconds,
             max_concurrent_lanes=max_concurrent_channels,
             max_pending=max_pending,
@@ -81,8 +82,13 @@ class Inbox:
         return Accepted.NEW if recorded else Accepted.REPEATED
 
     async def recover(self, page: int = 500) -> int:
-        """Queue what the inbox still holds (a crash or a stop left it); returns how many."""
-        return await self._inbox.recover(_restore, page)
+        """Queue what the inbox holds and no live replica handles; returns how many."""
+        return await self._inbox.recover(page)
+
+    async def stop(self) -> None:
+        """Start nothing more; wait for what is being handled; let other replicas take the
+        rest (the shared inbox's rule 7). The host bounds the wait."""
+        await self._inbox.stop()
 
     async def run(self) -> None:
         """Handle queued interactions until cancelled (the host's lifespan task)."""

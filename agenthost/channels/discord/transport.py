@@ -326,7 +326,11 @@ class DiscordChannel(Channel):
     async def shutdown(self) -> None:
         # Interactions arriving now are answered 503 (Discord shows the user a failure);
         # recorded ones stay in the inbox for the next start.
-        self._inbox = None
+        # The ones being handled finish (within the host's grace); recorded ones not yet
+        # started stay in the inbox for another replica or the next start.
+        inbox, self._inbox = self._inbox, None
+        if inbox is not None:
+            await inbox.stop()
 
     async def wait_idle(self) -> None:
         """Until every recorded interaction has been handled (tests and benchmarks)."""

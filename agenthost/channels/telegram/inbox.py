@@ -60,6 +60,7 @@ class Inbox:
             channel=channel,
             label="telegram update",
             handle=self._handle_item,
+            restore=lambda record: self._arrival(record.key, record.value, None),
             dedupe_seconds=dedupe_seconds,
             max_concurrent_lanes=max_concurrent_chats,
         )
@@ -89,10 +90,13 @@ class Inbox:
         return offset if isinstance(offset, int) else None
 
     async def recover(self, page: int = 500) -> int:
-        """Queue what the inbox still holds (a crash or a stop left it); returns how many."""
-        return await self._inbox.recover(
-            lambda record: self._arrival(record.key, record.value, None), page
-        )
+        """Queue what the inbox holds and no live replica handles; returns how many."""
+        return await self._inbox.recover(page)
+
+    async def stop(self) -> None:
+        """Start nothing more; wait for what is being handled; let other replicas take the
+        rest (the shared inbox's rule 7). The host bounds the wait."""
+        await self._inbox.stop()
 
     async def run(self) -> None:
         """Handle queued updates until cancelled (the host's lifespan task)."""

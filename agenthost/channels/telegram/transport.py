@@ -251,6 +251,7 @@ class TelegramChannel(Channel):
         self._host: HostServices | None = None
         self._api: BotApi | None = None
         self._inbox: Inbox | None = None
+        self._poller_stop: anyio.Event | None = None
         self._moved_from: dict[int, int] = {}  # supergroup id -> the group's original id
         self._migrations_stored: set[int] = set()  # supergroup ids whose mapping is stored
 
@@ -323,15 +324,11 @@ class TelegramChannel(Channel):
             )
         else:
             await api.delete_webhook(drop_pending_updates=self.drop_pending_updates)
-            # One poller per bot among the replicas sharing the store (design §10).
-            elected = partial(
-                run_while_elected,
-                host.store,
-                f"telegram:{self._bot.id}",
-                self._poll,
-                clock=host.now,
+            self._poller_stop = anyio.Event()
+            host.start_task(
+                partial(self._poll_while_elected, host, self._poller_stop),
+                name=f"{self.name} poller",
             )
-            host.start_task(elected, name=f"{self.name} poller")
         log.info(
             "telegram channel started",
             extra={"channel": self.name, "mode": self.mode, "bot_id": self._bot.id},
@@ -339,8 +336,15 @@ class TelegramChannel(Channel):
 
     async def shutdown(self) -> None:
         # The webhook stays registered: Telegram keeps updates for the next start. Until
-        # then, deliveries are answered 503 and Telegram retries them.
-        self._inbox = None
+        # then, deliveries are answered 503 and Telegram retries them. The poller stops
+        # and gives up its election, so another replica polls at once; the updates being
+        # handled finish (within the host's grace) and what stayed queued is taken over.
+        inbox, self._inbox = self._inbox, None
+        if self._poller_stop is not None:
+            self._poller_stop.set()
+            self._poller_stop = None
+        if inbox is not None:
+            await inbox.stop()
 
     async def wait_idle(self) -> None:
         """Until every recorded update has been handled (tests and benchmarks use it)."""
@@ -404,6 +408,21 @@ class TelegramChannel(Channel):
             )
             return None
         return parsed
+
+    async def _poll_while_elected(self, host: HostServices, stop: anyio.Event) -> None:
+        """Poll while this replica holds the bot's election (design §10), until ``stop``."""
+        assert self._bot is not None
+        async with anyio.create_task_group() as tasks:
+
+            async def stop_polling() -> None:
+                await stop.wait()
+                tasks.cancel_scope.cancel()  # the election's lease is released on the way
+
+            tasks.start_soon(stop_polling)
+            await run_while_elected(
+                host.store, f"telegram:{self._bot.id}", self._poll, clock=host.now
+            )
+            tasks.cancel_scope.cancel()
 
     async def _poll(self) -> None:
         inbox, api, bot = self._inbox, self._api, self._bot

@@ -30,7 +30,7 @@ Rules (design §8):
    lease has lapsed (a process that died or stopped): it takes that owner's lease for the
    moment of the take-over and moves each record to itself with a compare-and-set, so of
    two replicas recovering at once each record goes to one, and a record a live replica is
-   handling is never taken. Every replica recovers at start and then once a lease period,
+   handling is never taken. Every replica recovers at start and then at each renewal,
    so what a dead replica left is handled by the others without waiting for its restart.
    Only a process frozen (or cut off from the store) past its lease can see its arrivals
    handled again elsewhere: at least once, never lost. Records without an owner (written
@@ -210,7 +210,7 @@ class DurableInbox:
         """Queue what the inbox holds and no live process owns (rule 6); returns how many.
 
         The channel calls it at start (after a crash or a stop); :meth:`run` calls it again
-        once a lease period, for what other replicas left when they died.
+        at each renewal of the lease, for what other replicas left when they died.
         """
         if self._stopping or not await self._renew_lease():
             return 0
@@ -285,16 +285,11 @@ class DurableInbox:
         return held
 
     async def _keep_lease(self) -> None:
-        """Renew the lease every third of its time; recover once a lease period."""
-        period = self._lease_seconds / 3
-        beats = 0
+        """Renew the lease every third of its time, and recover (which renews it) then."""
         while not self._stopping:
-            await anyio.sleep(period)
-            beats += 1
+            await anyio.sleep(self._lease_seconds / 3)
             try:
-                await self._renew_lease()
-                if beats % 3 == 0:
-                    await self.recover()
+                await self.recover()
             except Exception as error:  # a store outage: try again at the next beat
                 self._log.warning(
                     "%s inbox lease not renewed",

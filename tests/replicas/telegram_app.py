@@ -3,13 +3,16 @@ fake Bot API, on the store ``AGENTHOST_STORE`` names (PostgreSQL, or one SQLite 
 polling, or webhooks with a shared secret when ``REPLICA_TEST_WEBHOOK_SECRET`` is set.
 
 The target answers ``"<replica>: <text>"`` and appends each call to a shared log, so the
-test sees which replica handled an update and that none was handled twice.
+test sees which replica handled an update and that none was handled twice. The replica
+``REPLICA_TEST_STALLS`` names hangs on the text "stall" (a test kills it meanwhile).
 """
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
+
+import anyio
 
 from agenthost import Host, HostMessage
 from agenthost.channels.telegram import Pacing, TelegramChannel
@@ -29,10 +32,14 @@ def build_host() -> Host:
     shared = Path(os.environ["REPLICA_TEST_DIR"])
     name = os.environ["REPLICA_NAME"]
 
+    stalls = os.environ.get("REPLICA_TEST_STALLS")  # this replica never answers "stall"
+
     async def answer(messages: list[HostMessage]) -> str:
         text = messages[-1].text
         with (shared / "handled.log").open("a") as log:
             log.write(f"{name} {text}\n")
+        if text == "stall" and stalls == name:
+            await anyio.sleep(3600)  # killed while handling
         return f"{name}: {text}"
 
     public = f"http://127.0.0.1:{os.environ['REPLICA_PORT']}"

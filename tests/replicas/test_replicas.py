@@ -358,3 +358,48 @@ async def test_telegram_webhooks_on_every_replica_answer_each_update_once(
     handled = (tmp_path / "handled.log").read_text().splitlines()
     assert sorted(line.split(" ", 1)[1] for line in handled) == [f"hook {n}" for n in range(6)]
     assert {line.split(" ", 1)[0] for line in handled} == {"r0", "r1"}
+
+
+async def test_what_a_killed_webhook_replica_was_handling_is_answered_by_another(
+    tmp_path: Path,
+) -> None:
+    # Webhook replicas elect nobody: no restart of the dead one comes to recover its inbox,
+    # so the live ones must take its records over once its inbox lease lapses.
+    fake = FakeBotApi(BOT_TOKEN, username=BOT_USERNAME)
+    secret = "shared-replica-secret"
+    chat = 6161
+    log = tmp_path / "handled.log"
+    with database() as (_, _, url):
+        async with (
+            served(fake.app) as api_url,
+            replicas(
+                2,
+                url,
+                tmp_path,
+                "",
+                app="tests.replicas.telegram_app:build_host",
+                env={
+                    "REPLICA_TEST_BOT_API": api_url,
+                    "REPLICA_TEST_WEBHOOK_SECRET": secret,
+                    "REPLICA_TEST_STALLS": "r0",
+                },
+            ) as running,
+            httpx.AsyncClient(timeout=10) as client,
+        ):
+            update = message(700, user_id=chat, chat=private_chat(chat), text="stall")
+            answer = await client.post(
+                f"{running[0][1]}/telegram/webhook",
+                json=update,
+                headers={"x-telegram-bot-api-secret-token": secret},
+            )
+            assert answer.status_code == 200
+            with anyio.fail_after(10):
+                while not (log.exists() and "r0 stall" in log.read_text()):
+                    await anyio.sleep(0.05)
+            running[0][0].send_signal(signal.SIGKILL)
+            running[0][0].wait(timeout=10)
+            # The lease lapses 15 s after r0's last renewal; r1 sweeps every 5 s.
+            await fake.wait_until(lambda: len(fake.sent_to(chat)) >= 1, timeout=40)
+            await anyio.sleep(1.0)  # a second answer would be out by now
+    assert [m.text for m in fake.sent_to(chat)] == ["r1: stall"]
+    assert log.read_text().splitlines() == ["r0 stall", "r1 stall"]

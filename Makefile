@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip --disable-pip-version-check -q
 
-.PHONY: install chromium demo test test-asyncio test-trio lint bench clean mcp-conformance
+.PHONY: install chromium demo test test-asyncio test-trio lint bench clean mcp-conformance screenshots
 
 $(VENV)/.created:
 	$(PYTHON) -m venv $(VENV)
@@ -75,6 +75,10 @@ bench: $(VENV)/.installed-bench
 
 # The MCP conformance suite (Node): its server scenarios then run with the MCP channel's tests.
 # 0.1.13 is the last release that runs on Node 20.
+# Refresh the console's screenshots in docs/screenshots (the browser tests, saving there).
+screenshots: install
+	AGENTHOST_UPDATE_SCREENSHOTS=1 AGENTHOST_TEST_BACKEND=asyncio $(PY) -m pytest -q tests/channels/console/test_console_browser.py
+
 mcp-conformance: $(MCP_CONFORMANCE)
 
 clean:

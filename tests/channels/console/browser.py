@@ -47,7 +47,16 @@ LAUNCH_FLAGS = (
     "--window-size=1280,900",
 )
 STEP_TIMEOUT = 20.0
-SCREENSHOTS = Path(__file__).resolve().parents[3] / "docs" / "screenshots"
+DOCS_SCREENSHOTS = Path(__file__).resolve().parents[3] / "docs" / "screenshots"
+
+
+def screenshots_dir() -> Path:
+    """Where screenshots go: the docs' folder under ``make screenshots``
+    (``AGENTHOST_UPDATE_SCREENSHOTS=1``), else a scratch folder, so that a test run leaves
+    the checkout as it found it (Chromium's PNGs differ byte for byte from run to run)."""
+    if os.environ.get("AGENTHOST_UPDATE_SCREENSHOTS") == "1":
+        return DOCS_SCREENSHOTS
+    return Path(tempfile.gettempdir()) / "agenthost-screenshots"
 
 
 def find_chromium() -> str:
@@ -182,8 +191,9 @@ class Tab:
         except TimeoutError:
             await self.call("Page.bringToFront")
             shot = await self.call("Page.captureScreenshot", params)
-        SCREENSHOTS.mkdir(parents=True, exist_ok=True)
-        path = SCREENSHOTS / f"{name}.png"
+        directory = screenshots_dir()
+        directory.mkdir(parents=True, exist_ok=True)
+        path = directory / f"{name}.png"
         path.write_bytes(base64.b64decode(shot["data"]))
         return path
 

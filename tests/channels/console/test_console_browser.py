@@ -5,8 +5,8 @@ One host serves the console, Invocations (its caller named by a test header) and
 The browser types, clicks and reads the pages like an operator: a chat answer streams in,
 two identities are linked through the link page and shown joined (then unlinked), a dead
 letter is replayed and shown delivered, a background run is cancelled, and the live view
-shows a turn made on another channel. Every page visited is saved as a screenshot under
-``docs/screenshots/`` for the docs.
+shows a turn made on another channel. Every page visited is saved as a screenshot (under
+``docs/screenshots/`` for the docs when run by ``make screenshots``).
 """
 
 from __future__ import annotations

@@ -79,6 +79,7 @@ from agenthost.stores.rows import (
     run_row,
     session_from_row,
 )
+from agenthost.stores.session_states import SessionStates
 from agenthost.stores.wal_checkpoints import WalCheckpointer
 
 T = TypeVar("T")
@@ -356,7 +357,9 @@ class SQLiteStore(Store):
 
     def _open_sync(self) -> sqlite3.Connection:
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        conn = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
+        conn = sqlite3.connect(
+            self.path, check_same_thread=False, isolation_level=None, factory=_Connection
+        )
         try:
             conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
             conn.execute("PRAGMA journal_mode = WAL")
@@ -1185,6 +1188,19 @@ class SQLiteStore(Store):
         await self._run(work)
 
 
+class _Connection(sqlite3.Connection):
+    """The store's connection, with what it keeps between calls of the sessions it read
+    and wrote (see :mod:`agenthost.stores.session_states`)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.session_states = SessionStates()
+
+
+def _session_states(conn: sqlite3.Connection) -> SessionStates | None:
+    return conn.session_states if isinstance(conn, _Connection) else None
+
+
 # --- SQL in one place -------------------------------------------------------------------
 
 
@@ -1552,7 +1568,12 @@ def _select_session(conn: sqlite3.Connection, session_id: str) -> SessionRecord 
         f"SELECT {SESSION_COLUMNS} FROM sessions WHERE session_id = ?",  # noqa: S608 - a constant column list
         (session_id,),
     ).fetchone()
-    return session_from_row(row) if row is not None else None
+    if row is None:
+        return None
+    states = _session_states(conn)
+    if states is None or row[7] is None:
+        return session_from_row(row)
+    return session_from_row(row, state=states.decode(session_id, row[7]))
 
 
 def _write_session(conn: sqlite3.Connection, session_id: str, record: SessionRecord) -> None:
@@ -1560,6 +1581,16 @@ def _write_session(conn: sqlite3.Connection, session_id: str, record: SessionRec
     # a new rowid, rewriting every index entry of it, where an update in place leaves the
     # primary-key index alone. Each page a commit dirties is a WAL frame written, and the
     # session is saved on every turn.
+    state = None
+    if record.state is not None:
+        states = _session_states(conn)
+        # Already JSON-shaped (the target adapter's own serialization): dumped as it is,
+        # without a converter walk, and only what a turn appended (see session_states).
+        state = (
+            codec.to_state_json(record.state)
+            if states is None
+            else states.encode(session_id, record.state)
+        )
     conn.execute(
         "INSERT INTO sessions (session_id, owner, qualifier, generation, created_at,"
         " updated_at, turns, state, state_expires_when_idle) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
@@ -1576,9 +1607,7 @@ def _write_session(conn: sqlite3.Connection, session_id: str, record: SessionRec
             record.created_at,
             record.updated_at,
             record.turns,
-            # Already JSON-shaped (the target adapter's own serialization): dumped as it is,
-            # without a converter walk over a history that grows every turn.
-            codec.to_state_json(record.state) if record.state is not None else None,
+            state,
             int(record.state_expires_when_idle),
         ),
     )

@@ -20,6 +20,9 @@ a state another process saved, a write that was rolled back or an evicted entry 
 full decode or encode, never a wrong answer. States are read-only once saved (the store
 contract's ``Mapping``): a kept list whose length changed since is not reused.
 
+:class:`KeptLeases` does the same for session leases, which a turn writes twice and reads
+twice: a read of the text last written answers the (frozen) state written, undecoded.
+
 Not thread-safe: one connection's work runs in one thread at a time.
 """
 
@@ -30,6 +33,9 @@ import operator
 from collections import OrderedDict
 from collections.abc import Mapping
 from typing import Any
+
+from agenthost.sansio_core import leases
+from agenthost.stores import codec
 
 DEFAULT_SESSIONS = 256
 
@@ -118,3 +124,34 @@ def _encode_parts(
         parts[key] = (value, text, size)
         pieces.append(f"{_encode(key)}:{text}")
     return "{" + ",".join(pieces) + "}", parts
+
+
+class KeptLeases:
+    """A bounded, least-recently-used map from session id to the lease last read or
+    written and its text."""
+
+    def __init__(self, max_sessions: int = DEFAULT_SESSIONS) -> None:
+        self._max_sessions = max_sessions
+        self._kept: OrderedDict[str, tuple[str, leases.LeaseState]] = OrderedDict()
+
+    def decode(self, session_id: str, text: str) -> leases.LeaseState:
+        """The lease stored as ``text``."""
+        kept = self._kept.get(session_id)
+        if kept is not None and kept[0] == text:
+            self._kept.move_to_end(session_id)
+            return kept[1]
+        state = codec.load_lease(text)
+        self._keep(session_id, text, state)
+        return state
+
+    def encode(self, session_id: str, state: leases.LeaseState) -> str:
+        """``state`` as the text to store."""
+        text = codec.dump_lease(state)
+        self._keep(session_id, text, state)
+        return text
+
+    def _keep(self, session_id: str, text: str, state: leases.LeaseState) -> None:
+        self._kept[session_id] = (text, state)
+        self._kept.move_to_end(session_id)
+        while len(self._kept) > self._max_sessions:
+            self._kept.popitem(last=False)

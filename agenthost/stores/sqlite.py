@@ -79,7 +79,7 @@ from agenthost.stores.rows import (
     run_row,
     session_from_row,
 )
-from agenthost.stores.session_states import SessionStates
+from agenthost.stores.session_states import KeptLeases, SessionStates
 from agenthost.stores.wal_checkpoints import WalCheckpointer
 
 T = TypeVar("T")
@@ -1195,6 +1195,7 @@ class _Connection(sqlite3.Connection):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.session_states = SessionStates()
+        self.leases = KeptLeases()
 
 
 def _session_states(conn: sqlite3.Connection) -> SessionStates | None:
@@ -1636,7 +1637,11 @@ def _select_lease(conn: sqlite3.Connection, session_id: str) -> leases.LeaseStat
     row = conn.execute(
         "SELECT state FROM session_leases WHERE session_id = ?", (session_id,)
     ).fetchone()
-    return codec.load_lease(row[0]) if row is not None else leases.initial_state(session_id)
+    if row is None:
+        return leases.initial_state(session_id)
+    if isinstance(conn, _Connection):
+        return conn.leases.decode(session_id, row[0])
+    return codec.load_lease(row[0])
 
 
 def _write_lease(conn: sqlite3.Connection, session_id: str, state: leases.LeaseState) -> None:
@@ -1644,7 +1649,12 @@ def _write_lease(conn: sqlite3.Connection, session_id: str, state: leases.LeaseS
     conn.execute(
         "INSERT INTO session_leases (session_id, state) VALUES (?, ?)"
         " ON CONFLICT (session_id) DO UPDATE SET state = excluded.state",
-        (session_id, codec.dump_lease(state)),
+        (
+            session_id,
+            conn.leases.encode(session_id, state)
+            if isinstance(conn, _Connection)
+            else codec.dump_lease(state),
+        ),
     )
 
 

@@ -15,8 +15,8 @@ from agenthost.sansio_core import leases
 from agenthost.sansio_core.sessions import SessionAlias, SessionRecord
 from agenthost.sansio_core.types import MultitaskStrategy
 from agenthost.stores import session_states
-from agenthost.stores.codec import to_state_json
-from agenthost.stores.session_states import SessionStates
+from agenthost.stores.codec import dump_lease, to_state_json
+from agenthost.stores.session_states import KeptLeases, SessionStates
 from agenthost.stores.sqlite import SQLiteStore
 
 
@@ -112,4 +112,31 @@ async def test_a_state_another_connection_saved_is_read_back(tmp_path: Path) -> 
         conn.execute("UPDATE sessions SET state = ? WHERE session_id = 's1'", (json.dumps(theirs),))
     loaded = await store.load_session("s1")
     assert loaded is not None and loaded.state == theirs
+    await store.close()
+
+
+def test_a_lease_read_as_last_written_is_the_state_written() -> None:
+    kept = KeptLeases()
+    granted = leases.LeaseState("s1", holder="run-1", expires_at=30.0, grants=1)
+    text = kept.encode("s1", granted)
+    assert text == dump_lease(granted)
+    assert kept.decode("s1", text) is granted
+    released = leases.LeaseState("s1", grants=1)
+    assert kept.decode("s1", dump_lease(released)) == released
+
+
+@pytest.mark.anyio
+async def test_a_lease_another_connection_changed_is_read_back(tmp_path: Path) -> None:
+    store = SQLiteStore(tmp_path / "state.db")
+    arrive = leases.Arrive("run-1", MultitaskStrategy.ENQUEUE, 2.0, 30.0)
+    assert isinstance((await store.apply_lease_event("s1", arrive)).decision, leases.Granted)
+    # Another process takes the lease over (its holder died): this store must see it.
+    taken = leases.LeaseState("s1", holder="run-9", expires_at=1e9, grants=2)
+    with contextlib.closing(sqlite3.connect(store.path)) as conn, conn:
+        conn.execute(
+            "UPDATE session_leases SET state = ? WHERE session_id = 's1'", (dump_lease(taken),)
+        )
+    release = leases.Release("run-1", 3.0)
+    answer = await store.apply_lease_event("s1", release)
+    assert not isinstance(answer.decision, leases.Released)
     await store.close()

@@ -83,8 +83,15 @@ def channel_record_from_row(row: Any) -> ChannelRecord:
     )
 
 
-def session_from_row(row: Any) -> SessionRecord:
-    session_id, owner, qualifier, generation, created_at, updated_at, turns, state, expiring = row
+_DECODE = object()  # session_from_row's default: decode the row's state column
+
+
+def session_from_row(row: Any, state: Any = _DECODE) -> SessionRecord:
+    """The session in ``row``; ``state`` is its state column decoded, when the caller has
+    done that already."""
+    session_id, owner, qualifier, generation, created_at, updated_at, turns, text, expiring = row
+    if state is _DECODE:
+        state = json.loads(text) if text is not None else None
     return SessionRecord(
         session_id=session_id,
         owner=owner,
@@ -92,7 +99,7 @@ def session_from_row(row: Any) -> SessionRecord:
         generation=generation,
         created_at=created_at,
         updated_at=updated_at,
-        state=json.loads(state) if state is not None else None,
+        state=state,
         turns=turns,
         state_expires_when_idle=bool(expiring),  # SQLite keeps 0/1
     )

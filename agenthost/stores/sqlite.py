@@ -79,6 +79,7 @@ from agenthost.stores.rows import (
     run_row,
     session_from_row,
 )
+from agenthost.stores.session_states import KeptLeases, SessionStates
 from agenthost.stores.wal_checkpoints import WalCheckpointer
 
 T = TypeVar("T")
@@ -356,7 +357,9 @@ class SQLiteStore(Store):
 
     def _open_sync(self) -> sqlite3.Connection:
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        conn = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
+        conn = sqlite3.connect(
+            self.path, check_same_thread=False, isolation_level=None, factory=_Connection
+        )
         try:
             conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
             conn.execute("PRAGMA journal_mode = WAL")
@@ -747,16 +750,17 @@ class SQLiteStore(Store):
     async def open_turn(self, plan: opening.Opening) -> opening.Outcome:
         def work(conn: sqlite3.Connection) -> opening.Outcome:
             with _transaction(conn):
-                context = _load_context(conn, plan.identity, plan.scope, plan.access.needs_facts)
+                context, lease, session = _load_opening(
+                    conn, plan.identity, plan.scope, plan.access.needs_facts
+                )
                 alias = context.alias
                 scope = plan.scope
                 if context.isolation_key is None and scope is not None and scope.owner:
                     # A shared scope names its owner: its alias exists without this key.
                     alias = _select_alias(conn, scope.owner, scope.qualifier)
-                lease = session = None
-                if alias is not None:
-                    lease = _select_lease(conn, alias.session_id)
-                    session = _select_session(conn, alias.session_id)
+                    if alias is not None:
+                        lease = _select_lease(conn, alias.session_id)
+                        session = _select_session(conn, alias.session_id)
                 loaded = opening.Loaded(
                     context.isolation_key, alias, context.facts, lease, session
                 )
@@ -1207,6 +1211,20 @@ class SQLiteStore(Store):
         await self._run(work)
 
 
+class _Connection(sqlite3.Connection):
+    """The store's connection, with what it keeps between calls of the sessions it read
+    and wrote (see :mod:`agenthost.stores.session_states`)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.session_states = SessionStates()
+        self.leases = KeptLeases()
+
+
+def _session_states(conn: sqlite3.Connection) -> SessionStates | None:
+    return conn.session_states if isinstance(conn, _Connection) else None
+
+
 # --- SQL in one place -------------------------------------------------------------------
 
 
@@ -1293,25 +1311,36 @@ def _transaction(conn: sqlite3.Connection) -> Iterator[None]:
         raise
 
 
-_LOAD_CONTEXT = """
-SELECT i.isolation_key, a.owner, a.qualifier, a.session_id, a.generation, a.created_at,
-       CASE WHEN :facts THEN (
-           SELECT json_group_array(json_array(j.channel, j.native_id))
-           FROM identities AS j
-           WHERE j.isolation_key = i.isolation_key
-             AND NOT (j.channel = i.channel AND j.native_id = i.native_id)
-       ) END,
-       CASE WHEN :facts THEN (
-           SELECT json_group_array(json_array(c.claim_type, c.claim_value))
-           FROM identities AS j
-           JOIN identity_claims AS c ON c.channel = j.channel AND c.native_id = j.native_id
-           WHERE j.isolation_key = i.isolation_key
-       ) END
+_CONTEXT_COLUMNS = """
+i.isolation_key, a.owner, a.qualifier, a.session_id, a.generation, a.created_at,
+CASE WHEN :facts THEN (
+    SELECT json_group_array(json_array(j.channel, j.native_id))
+    FROM identities AS j
+    WHERE j.isolation_key = i.isolation_key
+      AND NOT (j.channel = i.channel AND j.native_id = i.native_id)
+) END,
+CASE WHEN :facts THEN (
+    SELECT json_group_array(json_array(c.claim_type, c.claim_value))
+    FROM identities AS j
+    JOIN identity_claims AS c ON c.channel = j.channel AND c.native_id = j.native_id
+    WHERE j.isolation_key = i.isolation_key
+) END"""
+_CONTEXT_JOIN = """
 FROM identities AS i
 LEFT JOIN session_aliases AS a
-  ON a.owner = coalesce(:owner, i.isolation_key) AND a.qualifier = :qualifier
-WHERE i.channel = :channel AND i.native_id = :native_id
-"""
+  ON a.owner = coalesce(:owner, i.isolation_key) AND a.qualifier = :qualifier"""
+_CONTEXT_WHERE = "WHERE i.channel = :channel AND i.native_id = :native_id"
+
+_LOAD_CONTEXT = f"SELECT {_CONTEXT_COLUMNS} {_CONTEXT_JOIN} {_CONTEXT_WHERE}"
+
+# The same, with the alias's lease and session (columns 8 and 9...): what a turn opens on,
+# in one statement rather than three.
+_OPEN_TURN_COLUMNS = ", ".join(f"s.{name.strip()}" for name in SESSION_COLUMNS.split(","))
+_LOAD_OPENING = (
+    f"SELECT {_CONTEXT_COLUMNS}, l.state, {_OPEN_TURN_COLUMNS} {_CONTEXT_JOIN}"
+    " LEFT JOIN session_leases AS l ON l.session_id = a.session_id"
+    f" LEFT JOIN sessions AS s ON s.session_id = a.session_id {_CONTEXT_WHERE}"
+)
 
 
 def _load_context(
@@ -1321,18 +1350,47 @@ def _load_context(
     # just found. A NULL qualifier (no scope) joins nothing. With facts, two correlated
     # subqueries (both on indexes) add the user's other identities and claims as JSON;
     # without, they are not evaluated.
-    row = conn.execute(
-        _LOAD_CONTEXT,
-        {
-            "channel": identity.channel,
-            "native_id": identity.native_id,
-            "owner": scope.owner if scope is not None else None,
-            "qualifier": scope.qualifier if scope is not None else None,
-            "facts": 1 if facts else 0,
-        },
-    ).fetchone()
+    row = conn.execute(_LOAD_CONTEXT, _context_parameters(identity, scope, facts)).fetchone()
     if row is None:
         return RequestContext(None, None)
+    return _context_from_row(row, facts)
+
+
+def _load_opening(
+    conn: sqlite3.Connection, identity: ChannelIdentity, scope: ScopeKey | None, facts: bool
+) -> tuple[RequestContext, leases.LeaseState | None, SessionRecord | None]:
+    """:func:`_load_context`, and the lease and session of the alias it found."""
+    row = conn.execute(_LOAD_OPENING, _context_parameters(identity, scope, facts)).fetchone()
+    if row is None:
+        return RequestContext(None, None), None, None
+    context = _context_from_row(row, facts)
+    alias = context.alias
+    if alias is None:
+        return context, None, None
+    session_id = alias.session_id
+    lease_text, session_row = row[8], row[9:]
+    if lease_text is None:
+        lease = leases.initial_state(session_id)
+    elif isinstance(conn, _Connection):
+        lease = conn.leases.decode(session_id, lease_text)
+    else:
+        lease = codec.load_lease(lease_text)
+    return context, lease, _session_from_row(conn, session_row) if session_row[0] else None
+
+
+def _context_parameters(
+    identity: ChannelIdentity, scope: ScopeKey | None, facts: bool
+) -> dict[str, Any]:
+    return {
+        "channel": identity.channel,
+        "native_id": identity.native_id,
+        "owner": scope.owner if scope is not None else None,
+        "qualifier": scope.qualifier if scope is not None else None,
+        "facts": 1 if facts else 0,
+    }
+
+
+def _context_from_row(row: Any, facts: bool) -> RequestContext:
     alias = alias_from_row(row[1:6]) if row[1] is not None else None
     loaded = facts_from_json(row[6], row[7]) if facts else None
     return RequestContext(row[0], alias, loaded)
@@ -1574,7 +1632,15 @@ def _select_session(conn: sqlite3.Connection, session_id: str) -> SessionRecord 
         f"SELECT {SESSION_COLUMNS} FROM sessions WHERE session_id = ?",  # noqa: S608 - a constant column list
         (session_id,),
     ).fetchone()
-    return session_from_row(row) if row is not None else None
+    return _session_from_row(conn, row) if row is not None else None
+
+
+def _session_from_row(conn: sqlite3.Connection, row: Any) -> SessionRecord:
+    """A session's row as a record; its state decoded unless the connection kept it."""
+    states = _session_states(conn)
+    if states is None or row[7] is None:
+        return session_from_row(row)
+    return session_from_row(row, state=states.decode(row[0], row[7]))
 
 
 def _write_session(conn: sqlite3.Connection, session_id: str, record: SessionRecord) -> None:
@@ -1582,6 +1648,16 @@ def _write_session(conn: sqlite3.Connection, session_id: str, record: SessionRec
     # a new rowid, rewriting every index entry of it, where an update in place leaves the
     # primary-key index alone. Each page a commit dirties is a WAL frame written, and the
     # session is saved on every turn.
+    state = None
+    if record.state is not None:
+        states = _session_states(conn)
+        # Already JSON-shaped (the target adapter's own serialization): dumped as it is,
+        # without a converter walk, and only what a turn appended (see session_states).
+        state = (
+            codec.to_state_json(record.state)
+            if states is None
+            else states.encode(session_id, record.state)
+        )
     conn.execute(
         "INSERT INTO sessions (session_id, owner, qualifier, generation, created_at,"
         " updated_at, turns, state, state_expires_when_idle) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
@@ -1598,9 +1674,7 @@ def _write_session(conn: sqlite3.Connection, session_id: str, record: SessionRec
             record.created_at,
             record.updated_at,
             record.turns,
-            # Already JSON-shaped (the target adapter's own serialization): dumped as it is,
-            # without a converter walk over a history that grows every turn.
-            codec.to_state_json(record.state) if record.state is not None else None,
+            state,
             int(record.state_expires_when_idle),
         ),
     )
@@ -1629,7 +1703,11 @@ def _select_lease(conn: sqlite3.Connection, session_id: str) -> leases.LeaseStat
     row = conn.execute(
         "SELECT state FROM session_leases WHERE session_id = ?", (session_id,)
     ).fetchone()
-    return codec.load_lease(row[0]) if row is not None else leases.initial_state(session_id)
+    if row is None:
+        return leases.initial_state(session_id)
+    if isinstance(conn, _Connection):
+        return conn.leases.decode(session_id, row[0])
+    return codec.load_lease(row[0])
 
 
 def _write_lease(conn: sqlite3.Connection, session_id: str, state: leases.LeaseState) -> None:
@@ -1637,7 +1715,12 @@ def _write_lease(conn: sqlite3.Connection, session_id: str, state: leases.LeaseS
     conn.execute(
         "INSERT INTO session_leases (session_id, state) VALUES (?, ?)"
         " ON CONFLICT (session_id) DO UPDATE SET state = excluded.state",
-        (session_id, codec.dump_lease(state)),
+        (
+            session_id,
+            conn.leases.encode(session_id, state)
+            if isinstance(conn, _Connection)
+            else codec.dump_lease(state),
+        ),
     )
 
 

@@ -68,14 +68,31 @@ async def test_calls_queued_behind_a_batch_share_one_commit(store: SQLiteStore) 
     statements = commits_of(store)
     release = holding_the_write_lock(store)
     async with anyio.create_task_group() as tasks:
-        for n in range(20):
+        tasks.start_soon(store.put_channel_records, [record("k00")])  # waits for the lock
+        await queued(1)
+        for n in range(1, 20):
             tasks.start_soon(store.put_channel_records, [record(f"k{n:02}")])
-        await queued(20)
+        await queued(19)
         release()
     commits = [s for s in statements if s == "COMMIT"]
     assert len(commits) == 2  # the first, which waited for the lock, then the other 19
     stored = await store.list_channel_records("test", "item")
     assert [r.key for r in stored] == [f"k{n:02}" for n in range(20)]
+
+
+async def test_calls_made_together_share_one_commit_on_the_event_loop(
+    store: SQLiteStore,
+) -> None:
+    # Nothing holds the lock, so batches run inline, holding the event loop: the leader
+    # lets the other ready callers queue first, and one transaction serves them all.
+    await store.put_channel_records([record("warm")])
+    statements = commits_of(store)
+    async with anyio.create_task_group() as tasks:
+        for n in range(5):
+            tasks.start_soon(store.put_channel_records, [record(f"k{n}")])
+    assert [s for s in statements if s == "COMMIT"] == ["COMMIT"]
+    stored = await store.list_channel_records("test", "item")
+    assert sorted(r.key for r in stored) == ["k0", "k1", "k2", "k3", "k4", "warm"]
 
 
 async def test_a_failing_call_undoes_only_its_own_writes(store: SQLiteStore) -> None:

@@ -8,9 +8,10 @@ import sqlite3
 from pathlib import Path
 
 import anyio
+import attrs
 import pytest
 
-from agenthost.sansio_core import background, leases
+from agenthost.sansio_core import background, leases, opening
 from agenthost.sansio_core.sessions import ScopeKey, SessionAlias, SessionRecord
 from agenthost.sansio_core.types import (
     ChannelIdentity,
@@ -388,4 +389,30 @@ async def test_a_saved_session_and_its_lease_are_updated_in_place(tmp_path: Path
     assert await store.finish_run("s1", "run-1", saved, now=3.0)
     assert rowids() == before
     assert await store.load_session("s1") == saved
+    await store.close()
+
+
+async def test_a_returning_turn_opens_with_one_indexed_query(tmp_path: Path) -> None:
+    from tests.stores.test_store_contract import opening_for
+
+    store = SQLiteStore(tmp_path / "state.db")
+    first = await store.open_turn(opening_for(ALICE, "r1"))
+    assert isinstance(first, opening.Opened) and first.session is not None
+    saved = attrs.evolve(first.session, state={"history": ["hi"]}, turns=1)
+    assert await store.finish_run("s_r1", "r1", saved, 11.0)
+    conn = store._conn
+    assert conn is not None
+    statements: list[str] = []
+    conn.set_trace_callback(statements.append)
+    try:
+        again = await store.open_turn(opening_for(ALICE, "r2", now=12.0))
+    finally:
+        conn.set_trace_callback(None)
+    assert isinstance(again, opening.Opened) and isinstance(again.lease, leases.Granted)
+    assert again.session is not None and again.session.state == {"history": ["hi"]}
+    # The identity, alias, lease and session in one statement (the rest are writes).
+    queries = [s for s in statements if s.lstrip().upper().startswith("SELECT")]
+    assert len(queries) == 1, queries
+    plan = [row[3] for row in conn.execute(f"EXPLAIN QUERY PLAN {queries[0]}")]
+    assert not [step for step in plan if step.startswith("SCAN")], plan
     await store.close()

@@ -29,7 +29,8 @@ async def test_a_row_another_process_changed_is_read_as_it_now_is(tmp_path: Path
         assert await here.get_delivery("d1") is claimed
 
         # The other process finds the lease expired, recovers the send and claims it again.
-        recovered = await elsewhere.apply_delivery_event("d1", delivery.Recover(100.0, idempotent_push=True))
+        recover = delivery.Recover(100.0, idempotent_push=True)
+        recovered = await elsewhere.apply_delivery_event("d1", recover)
         assert recovered.status is DeliveryStatus.SCHEDULED
         [taken] = await elsewhere.claim_due_deliveries("worker-b", 100.0, 60.0, 10)
 

@@ -268,3 +268,21 @@ async def test_httpx_builds_the_default_transport_through_the_host_client() -> N
         assert isinstance(
             proxied._transport_for_url(httpx.URL("http://a.example/")), GatedTransport
         )
+
+
+async def test_a_cookie_a_server_sets_is_kept_and_sent_back() -> None:
+    async def login(request: Request) -> Response:
+        response = JSONResponse({"ok": True})
+        response.set_cookie("session", "s1")
+        return response
+
+    async def echo(request: Request) -> Response:
+        return JSONResponse({"session": request.cookies.get("session")})
+
+    app = Starlette(routes=[Route("/login", login), Route("/readiness", echo)])
+    async with served(app) as base_url, HostHttpClient(cookies={"given": "g"}) as client:
+        assert client.cookies.get("given") == "g"
+        assert (await client.get(f"{base_url}/readiness")).json() == {"session": None}
+        await client.get(f"{base_url}/login")
+        assert client.cookies.get("session") == "s1"
+        assert (await client.get(f"{base_url}/readiness")).json() == {"session": "s1"}

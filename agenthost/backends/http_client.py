@@ -173,6 +173,11 @@ class KeepAliveTransport(httpx.AsyncBaseTransport):
             extensions=response.extensions,
         )
 
+    @property
+    def idle_connections(self) -> int:
+        """Connections kept for the next request, every origin counted."""
+        return self._idle_count
+
     async def aclose(self) -> None:
         self._closed = True
         self._idle.clear()
@@ -255,6 +260,8 @@ class KeepAliveTransport(httpx.AsyncBaseTransport):
         self._next_sweep = now + _EXPIRY_SWEEP_SECONDS
         for origin, stack in list(self._idle.items()):
             for connection in [c for c in stack if c.has_expired()]:
+                if connection not in stack:
+                    continue  # taken by a request while an earlier one was closing
                 stack.remove(connection)
                 self._idle_count -= 1
                 await self._close(connection)

@@ -286,3 +286,21 @@ async def test_a_cookie_a_server_sets_is_kept_and_sent_back() -> None:
         await client.get(f"{base_url}/login")
         assert client.cookies.get("session") == "s1"
         assert (await client.get(f"{base_url}/readiness")).json() == {"session": "s1"}
+
+
+async def test_idle_connections_past_their_expiry_are_closed_by_a_later_request() -> None:
+    async def ok(request: Request) -> Response:
+        return JSONResponse({"ok": True})
+
+    app = Starlette(routes=[Route("/readiness", ok)])
+    transport = KeepAliveTransport(limits=httpx.Limits(keepalive_expiry=0.05))
+    async with (
+        served(app) as first,
+        served(app) as second,
+        httpx.AsyncClient(transport=transport) as client,
+    ):
+        await client.get(f"{first}/readiness")
+        assert transport.idle_connections == 1
+        await anyio.sleep(1.1)  # past the expiry and the sweep's interval
+        await client.get(f"{second}/readiness")
+        assert transport.idle_connections == 1  # the second origin's; the first's is gone

@@ -88,6 +88,9 @@ class DeliveryRouter:
         self._store = store
         self._channels = {channel.name: channel for channel in channels}
         self._can_push = {channel.name: can_push(channel) for channel in channels}
+        # Looked up for every send: a runtime protocol check walks the protocol's members
+        # each time, so it is done once here.
+        self._pushers = {c.name: c for c in channels if isinstance(c, ChannelPush)}
         self._link_rules = link_rules
         self._retry = retry_by_channel(retry, self._channels)
 
@@ -111,8 +114,7 @@ class DeliveryRouter:
         return self._retry.get(channel) or RetryPolicy()
 
     def pusher(self, name: str) -> ChannelPush | None:
-        channel = self._channels.get(name)
-        return channel if isinstance(channel, ChannelPush) else None
+        return self._pushers.get(name)
 
     async def plan_reply(
         self,

@@ -1,32 +1,52 @@
-"""The host's one outbound HTTP client: ``httpx.AsyncClient``, with requests entering the
-connection pool one at a time per origin.
+"""The host's one outbound HTTP client: ``httpx.AsyncClient`` with a transport that keeps
+HTTP/1.1 connections per origin and hands an idle one to one request at a time.
 
-Why: httpcore's pool (1.0.x) hands an idle keep-alive connection to a request but leaves
-it marked idle until that request's task runs again and starts its exchange. A request
-to the same origin entering the pool in between is handed the same connection, finds it
-busy (``ConnectionNotAvailable``) and goes round again, every round a pass over all
-pooled connections (each idle one polled for a server-side close). Under a fan-out (tens
-of pushes to one API at once) that was most requests, several times each: in the outbox
-benchmark, 6.4 extra rounds a request and about a fifth of the host's CPU.
+Why not httpx's own pool (httpcore 1.0.x): it serves each request by walking every pooled
+connection twice (when the request enters, and when its response closes), polling each
+idle one for a server-side close through several layers of calls; and it hands an idle
+connection to a request but leaves it marked idle until that request's task runs again,
+so a request to the same origin entering in between is handed the same connection, finds
+it busy (``ConnectionNotAvailable``) and goes round again. Under a fan-out (tens of pushes
+to one API at once) the walks were most of a push's cost in the host, and the rounds
+another fifth. It also closes an idle connection whenever the pool holds more than
+``max_keepalive_connections`` connections in all, busy ones counted, so a burst wider than
+that reconnects on every burst.
 
-So a request waits at its origin's gate until the request ahead of it has a connection
-of its own, which httpcore's ``trace`` extension reports: the TCP connect of a new
-connection begins (nobody else can be handed a connection still connecting), or the
-request's first header goes out on a reused one (it is marked busy by then). Past that
-point requests run side by side as before: only the few event-loop turns between
-entering the pool and starting on a connection are taken one at a time, and a slow or
-failing exchange holds up nobody. Whatever happens first, the gate opens when ``send``
-returns or raises. A caller's own ``trace`` callback still sees every event.
+:class:`KeepAliveTransport` instead keeps a stack of idle connections per origin: a
+request takes the most recently used one that is still idle and unexpired (checking that
+one only), or opens a new one, and gives it back when its response is closed. The
+connections themselves are httpcore's (``AsyncHTTPConnection``: TLS, timeouts, the
+``trace`` extension, HTTP/1.1), as are the limits it honours: at most ``max_connections``
+open (an idle connection of another origin is closed to make room; otherwise the request
+waits up to the ``pool`` timeout, then ``httpx.PoolTimeout``), at most
+``max_keepalive_connections`` idle, each for at most ``keepalive_expiry`` seconds.
+:class:`HostHttpClient` keeps every connection a burst opened (``max_keepalive_connections``
+defaults to ``max_connections``; the expiry still closes what stays idle).
+
+Transports the client does not build with this one (a caller's own ``transport``, an
+environment proxy's, HTTP/2) keep httpx's pool behind a gate: requests to one origin
+enter the pool one at a time, until the request ahead has a connection of its own, which
+httpcore's ``trace`` extension reports (the TCP connect of a new connection begins, or
+its first header goes out on a reused one); the gate opens when ``send`` returns or raises
+in any case. A caller's own ``trace`` callback still sees every event.
+
+httpx builds its transports in ``_init_transport`` and ``_init_proxy_transport``; the
+client overrides both (httpx 0.28), and the tests check that a default client's requests
+go through :class:`KeepAliveTransport`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+import math
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import anyio
 import attrs
+import httpcore
 import httpx
+from httpx._transports.default import AsyncResponseStream, map_httpcore_exceptions
 
 #: httpcore trace events after which the request holds its connection alone.
 _HAS_ITS_CONNECTION = frozenset(
@@ -38,7 +58,251 @@ _HAS_ITS_CONNECTION = frozenset(
 )
 
 TraceCallback = Callable[[str, dict[str, Any]], Awaitable[None]]
-Origin = tuple[str, str, int | None]
+Origin = tuple[bytes, bytes, int | None]
+
+#: How often, at most, idle connections of every origin are checked for expiry (a
+#: request checks the one it takes in any case).
+_EXPIRY_SWEEP_SECONDS = 1.0
+
+
+class HostHttpClient(httpx.AsyncClient):
+    """``httpx.AsyncClient`` on :class:`KeepAliveTransport` (see the module docstring);
+    everything else, settings and proxies from the environment included, is httpx's own."""
+
+    def __init__(self, **settings: Any) -> None:
+        if "limits" not in settings:
+            settings["limits"] = httpx.Limits(
+                max_connections=100, max_keepalive_connections=100, keepalive_expiry=5.0
+            )
+        super().__init__(**settings)
+        self.cookies = settings.get("cookies")  # through the setter below
+
+    @property
+    def cookies(self) -> httpx.Cookies:
+        return self._cookies_kept
+
+    @cookies.setter
+    def cookies(self, cookies: Any) -> None:
+        self._cookies_kept = _CookiesFromResponses(cookies)
+
+    def _init_transport(
+        self,
+        verify: Any = True,
+        cert: Any = None,
+        trust_env: bool = True,
+        http1: bool = True,
+        http2: bool = False,
+        limits: httpx.Limits = httpx.Limits(),  # noqa: B008 - httpx's signature
+        transport: httpx.AsyncBaseTransport | None = None,
+    ) -> httpx.AsyncBaseTransport:
+        if transport is None and http1 and not http2:
+            return KeepAliveTransport(verify=verify, cert=cert, trust_env=trust_env, limits=limits)
+        return GatedTransport(
+            super()._init_transport(verify, cert, trust_env, http1, http2, limits, transport)
+        )
+
+    def _init_proxy_transport(
+        self, proxy: httpx.Proxy, *args: Any, **kwargs: Any
+    ) -> httpx.AsyncBaseTransport:
+        return GatedTransport(super()._init_proxy_transport(proxy, *args, **kwargs))
+
+
+class _CookiesFromResponses(httpx.Cookies):
+    """httpx's cookies, reading a response for new ones only when it sets some.
+
+    httpx reads every response for cookies, building urllib request and response
+    stand-ins each time: about a tenth of a push's cost in the client (py-spy, fan-out
+    to 100), for responses that almost never set one. A response without ``Set-Cookie``
+    (or ``Set-Cookie2``) headers would add nothing to the jar.
+    """
+
+    def extract_cookies(self, response: httpx.Response) -> None:
+        headers = response.headers
+        if "set-cookie" in headers or "set-cookie2" in headers:
+            super().extract_cookies(response)
+
+
+class KeepAliveTransport(httpx.AsyncBaseTransport):
+    """HTTP/1.1 connections kept per origin, the most recently used handed out first."""
+
+    def __init__(
+        self,
+        *,
+        verify: Any = True,
+        cert: Any = None,
+        trust_env: bool = True,
+        limits: httpx.Limits | None = None,
+    ) -> None:
+        limits = limits or httpx.Limits()
+        self._ssl_context = httpx.create_ssl_context(verify=verify, cert=cert, trust_env=trust_env)
+        self._max_open = limits.max_connections
+        self._max_idle = limits.max_keepalive_connections
+        self._expiry = limits.keepalive_expiry
+        self._idle: dict[Origin, list[httpcore.AsyncHTTPConnection]] = {}
+        self._idle_count = 0
+        self._open: set[httpcore.AsyncHTTPConnection] = set()  # idle, busy or connecting
+        self._freed: anyio.Event | None = None  # set when a connection closes or goes idle
+        self._next_sweep = 0.0
+        self._closed = False
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        url = request.url
+        target = httpcore.URL(
+            scheme=url.raw_scheme, host=url.raw_host, port=url.port, target=url.raw_path
+        )
+        origin = (url.raw_scheme, url.raw_host, url.port)
+        connection = await self._connection_for(origin, target.origin, request)
+        core_request = httpcore.Request(
+            method=request.method,
+            url=target,
+            headers=request.headers.raw,
+            content=request.stream,
+            extensions=request.extensions,
+        )
+        try:
+            with map_httpcore_exceptions():
+                response = await connection.handle_async_request(core_request)
+        except BaseException:
+            await self._close(connection)
+            raise
+        body = _GivenBackOnClose(response.stream, self, origin, connection)
+        return httpx.Response(
+            status_code=response.status,
+            headers=response.headers,
+            stream=AsyncResponseStream(body),
+            extensions=response.extensions,
+        )
+
+    @property
+    def idle_connections(self) -> int:
+        """Connections kept for the next request, every origin counted."""
+        return self._idle_count
+
+    async def aclose(self) -> None:
+        self._closed = True
+        self._idle.clear()
+        self._idle_count = 0
+        with anyio.CancelScope(shield=True):
+            for connection in list(self._open):
+                await self._close(connection)
+
+    # --- connections ------------------------------------------------------------------
+
+    async def _connection_for(
+        self, origin: Origin, core_origin: httpcore.Origin, request: httpx.Request
+    ) -> httpcore.AsyncHTTPConnection:
+        if self._closed:
+            raise RuntimeError("the HTTP client is closed")
+        await self._sweep_expired()
+        pool_timeout = request.extensions.get("timeout", {}).get("pool")
+        with anyio.move_on_after(math.inf if pool_timeout is None else pool_timeout):
+            while True:
+                reused = await self._take_idle(origin)
+                if reused is not None:
+                    return reused
+                if self._max_open is None or len(self._open) < self._max_open:
+                    break
+                if self._idle_count:
+                    await self._close(self._pop_oldest_idle())  # room for this origin
+                    continue
+                if self._freed is None:
+                    self._freed = anyio.Event()
+                await self._freed.wait()
+            connection = httpcore.AsyncHTTPConnection(
+                core_origin, ssl_context=self._ssl_context, keepalive_expiry=self._expiry
+            )
+            self._open.add(connection)
+            return connection
+        raise httpx.PoolTimeout("no connection became free within the pool timeout")
+
+    async def _take_idle(self, origin: Origin) -> httpcore.AsyncHTTPConnection | None:
+        stack = self._idle.get(origin)
+        while stack:
+            connection = stack.pop()
+            self._idle_count -= 1
+            # Idle and not closed by the server (httpcore polls the socket), nor too old.
+            if connection.is_idle() and not connection.has_expired():
+                return connection
+            await self._close(connection)
+        return None
+
+    def _pop_oldest_idle(self) -> httpcore.AsyncHTTPConnection:
+        for origin, stack in self._idle.items():
+            if stack:
+                self._idle_count -= 1
+                connection = stack.pop(0)
+                if not stack:
+                    del self._idle[origin]
+                return connection
+        raise AssertionError("an idle connection was counted but none is kept")
+
+    async def give_back(self, origin: Origin, connection: httpcore.AsyncHTTPConnection) -> None:
+        """A response was closed: keep its connection for the next request, or close it."""
+        room = self._max_idle is None or self._idle_count < self._max_idle
+        if connection.is_idle() and not connection.is_closed() and room and not self._closed:
+            self._idle.setdefault(origin, []).append(connection)
+            self._idle_count += 1
+            self._announce_freed()
+        else:
+            await self._close(connection)
+
+    async def _close(self, connection: httpcore.AsyncHTTPConnection) -> None:
+        if connection in self._open:
+            self._open.discard(connection)
+            self._announce_freed()
+        with anyio.CancelScope(shield=True):
+            await connection.aclose()
+
+    async def _sweep_expired(self) -> None:
+        now = time.monotonic()
+        if now < self._next_sweep or not self._idle_count:
+            return
+        self._next_sweep = now + _EXPIRY_SWEEP_SECONDS
+        for origin, stack in list(self._idle.items()):
+            for connection in [c for c in stack if c.has_expired()]:
+                if connection not in stack:
+                    continue  # taken by a request while an earlier one was closing
+                stack.remove(connection)
+                self._idle_count -= 1
+                await self._close(connection)
+            if not stack:
+                self._idle.pop(origin, None)
+
+    def _announce_freed(self) -> None:
+        freed, self._freed = self._freed, None
+        if freed is not None:
+            freed.set()
+
+
+class _GivenBackOnClose:
+    """A response body from one connection; closing it hands the connection back once."""
+
+    def __init__(
+        self,
+        stream: Any,
+        transport: KeepAliveTransport,
+        origin: Origin,
+        connection: httpcore.AsyncHTTPConnection,
+    ) -> None:
+        self._stream = stream
+        self._transport = transport
+        self._origin = origin
+        self._connection: httpcore.AsyncHTTPConnection | None = connection
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        async for part in self._stream:
+            yield part
+
+    async def aclose(self) -> None:
+        try:
+            await self._stream.aclose()
+        finally:
+            connection, self._connection = self._connection, None
+            if connection is not None:
+                await self._transport.give_back(self._origin, connection)
+
+
+# --- the gate in front of httpx's own pool ----------------------------------------------
 
 
 @attrs.define
@@ -47,16 +311,24 @@ class _Gate:
     users: int = 0  # requests waiting at or passing the gate; at 0 the gate is dropped
 
 
-class HostHttpClient(httpx.AsyncClient):
-    """``httpx.AsyncClient`` whose requests enter the pool one at a time per origin (see
-    the module docstring); everything else, settings and proxies from the environment
-    included, is httpx's own."""
+class GatedTransport(httpx.AsyncBaseTransport):
+    """Requests to one origin enter ``inner`` one at a time (see the module docstring)."""
 
-    def __init__(self, **settings: Any) -> None:
-        super().__init__(**settings)
-        self._gates: dict[Origin, _Gate] = {}
+    def __init__(self, inner: httpx.AsyncBaseTransport) -> None:
+        self.inner = inner
+        self._gates: dict[tuple[str, str, int | None], _Gate] = {}
 
-    async def send(self, request: httpx.Request, **options: Any) -> httpx.Response:
+    async def __aenter__(self) -> GatedTransport:
+        await self.inner.__aenter__()
+        return self
+
+    async def __aexit__(self, *exc_info: Any) -> None:
+        await self.inner.__aexit__(*exc_info)
+
+    async def aclose(self) -> None:
+        await self.inner.aclose()
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
         origin = (request.url.scheme, request.url.host, request.url.port)
         gate = self._gates.get(origin)
         if gate is None:
@@ -78,7 +350,7 @@ class HostHttpClient(httpx.AsyncClient):
 
             request.extensions["trace"] = trace
             try:
-                return await super().send(request, **options)
+                return await self.inner.handle_async_request(request)
             finally:
                 passing.through()
                 _set_trace(request, callers_trace)

@@ -1,5 +1,7 @@
-"""The host's outbound HTTP client: requests enter the pool one at a time per origin,
-exchanges still run side by side, and no failure leaves an origin's gate shut."""
+"""The host's outbound HTTP client: connections kept per origin and reused (a burst's
+connections serve the next burst; the limits and the pool timeout hold); and in front of
+any other transport, requests enter one at a time per origin, exchanges still run side by
+side, and no failure leaves an origin's gate shut."""
 
 from __future__ import annotations
 
@@ -13,7 +15,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from agenthost.backends.http_client import HostHttpClient
+from agenthost.backends.http_client import GatedTransport, HostHttpClient, KeepAliveTransport
 from tests.served import served
 
 pytestmark = pytest.mark.anyio
@@ -131,10 +133,10 @@ async def test_many_concurrent_posts_to_a_real_server_all_arrive() -> None:
     assert sorted(arrived, key=int) == [str(i).encode() for i in range(40)]
 
 
-async def test_a_request_that_never_got_a_connection_opens_the_gate() -> None:
-    # One connection at most: while a slow exchange holds it, the next request waits in
-    # the pool (holding its origin's gate) and times out there, before any trace event;
-    # a third request waiting at the gate behind it must then get through.
+async def test_a_request_waiting_past_the_pool_timeout_fails_and_the_next_gets_through() -> None:
+    # One connection at most: while a slow exchange holds it, the next request waits for a
+    # connection and times out; a third waiting behind it gets the connection once the
+    # slow exchange gives it back.
     release = anyio.Event()
 
     async def slow(request: Request) -> Response:
@@ -159,15 +161,146 @@ async def test_a_request_that_never_got_a_connection_opens_the_gate() -> None:
                 return
             outcomes.append(f"{query}: {response.status_code}")
 
-        with anyio.fail_after(10):  # a gate left shut would hang the third request here
+        with anyio.fail_after(10):
             async with anyio.create_task_group() as tasks:
                 tasks.start_soon(fetch, "slow")
                 await anyio.sleep(0.2)  # the slow request holds the one connection
                 tasks.start_soon(fetch, "readiness?second")
-                await anyio.sleep(0.05)  # the second holds the gate, waiting in the pool
+                await anyio.sleep(0.05)
                 tasks.start_soon(fetch, "readiness?third")
     assert sorted(outcomes) == [
         "readiness?second: pool timeout",
         "readiness?third: 200",
         "slow: 200",
     ]
+
+
+def _counting_connects() -> tuple[list[str], Any]:
+    connects: list[str] = []
+
+    async def trace(event: str, info: dict[str, Any]) -> None:
+        if event == "connection.connect_tcp.started":
+            connects.append(event)
+
+    return connects, trace
+
+
+async def _burst(client: HostHttpClient, url: str, width: int, trace: Any) -> list[int]:
+    statuses: list[int] = []
+    hold = anyio.Event()
+    started = 0
+
+    async def post() -> None:
+        nonlocal started
+        started += 1
+        if started == width:
+            hold.set()
+        await hold.wait()  # every request of the burst in flight at once
+        response = await client.post(url, content=b"{}", extensions={"trace": trace})
+        statuses.append(response.status_code)
+
+    with anyio.fail_after(20):
+        async with anyio.create_task_group() as tasks:
+            for _ in range(width):
+                tasks.start_soon(post)
+    return statuses
+
+
+async def test_a_burst_wider_than_twenty_keeps_its_connections_for_the_next_burst() -> None:
+    # httpcore's pool closes an idle connection whenever it holds more than
+    # max_keepalive_connections (20 by default) in all, busy ones counted: a fan-out of
+    # 30 then reconnected at every burst.
+    async def hook(request: Request) -> Response:
+        await request.body()
+        await anyio.sleep(0.05)  # the burst's requests overlap on the server
+        return JSONResponse({"ok": True})
+
+    app = Starlette(routes=[Route("/hook", hook, methods=["POST"]), Route("/readiness", hook)])
+    connects, trace = _counting_connects()
+    async with served(app) as base_url, HostHttpClient() as client:
+        first = await _burst(client, f"{base_url}/hook", 30, trace)
+        opened_by_the_first = len(connects)
+        second = await _burst(client, f"{base_url}/hook", 30, trace)
+    assert first == second == [200] * 30
+    assert opened_by_the_first > 20
+    assert len(connects) == opened_by_the_first  # the second burst reused them all
+
+
+async def test_a_connection_the_server_closed_is_not_reused() -> None:
+    async def closing(request: Request) -> Response:
+        return JSONResponse({"ok": True}, headers={"connection": "close"})
+
+    app = Starlette(routes=[Route("/closing", closing), Route("/readiness", closing)])
+    connects, trace = _counting_connects()
+    async with served(app) as base_url, HostHttpClient() as client:
+        for _ in range(3):
+            response = await client.get(f"{base_url}/closing", extensions={"trace": trace})
+            assert response.status_code == 200
+    assert len(connects) == 3
+
+
+async def test_at_the_connection_limit_an_idle_connection_of_another_origin_makes_room() -> None:
+    async def ok(request: Request) -> Response:
+        return JSONResponse({"ok": True})
+
+    app = Starlette(routes=[Route("/readiness", ok)])
+    limits = httpx.Limits(max_connections=1)
+    timeout = httpx.Timeout(10.0, pool=1.0)
+    async with (
+        served(app) as first,
+        served(app) as second,
+        HostHttpClient(limits=limits, timeout=timeout) as client,
+    ):
+        with anyio.fail_after(10):
+            for base_url in (first, second, first):
+                assert (await client.get(f"{base_url}/readiness")).status_code == 200
+
+
+async def test_httpx_builds_the_default_transport_through_the_host_client() -> None:
+    # The client overrides httpx's (0.28) private transport factories: if httpx stopped
+    # calling them, the fan-out would silently be back on the pool this module avoids.
+    async with HostHttpClient() as default, HostHttpClient(transport=PoolLikeTransport()) as own:
+        assert isinstance(
+            default._transport_for_url(httpx.URL("http://a.example/")), KeepAliveTransport
+        )
+        assert isinstance(own._transport_for_url(httpx.URL("http://a.example/")), GatedTransport)
+    async with HostHttpClient(proxy="http://proxy.example:3128") as proxied:
+        assert isinstance(
+            proxied._transport_for_url(httpx.URL("http://a.example/")), GatedTransport
+        )
+
+
+async def test_a_cookie_a_server_sets_is_kept_and_sent_back() -> None:
+    async def login(request: Request) -> Response:
+        response = JSONResponse({"ok": True})
+        response.set_cookie("session", "s1")
+        return response
+
+    async def echo(request: Request) -> Response:
+        return JSONResponse({"session": request.cookies.get("session")})
+
+    app = Starlette(routes=[Route("/login", login), Route("/readiness", echo)])
+    async with served(app) as base_url, HostHttpClient(cookies={"given": "g"}) as client:
+        assert client.cookies.get("given") == "g"
+        assert (await client.get(f"{base_url}/readiness")).json() == {"session": None}
+        await client.get(f"{base_url}/login")
+        assert client.cookies.get("session") == "s1"
+        assert (await client.get(f"{base_url}/readiness")).json() == {"session": "s1"}
+
+
+async def test_idle_connections_past_their_expiry_are_closed_by_a_later_request() -> None:
+    async def ok(request: Request) -> Response:
+        return JSONResponse({"ok": True})
+
+    app = Starlette(routes=[Route("/readiness", ok)])
+    transport = KeepAliveTransport(limits=httpx.Limits(keepalive_expiry=0.05))
+    async with (
+        served(app) as first,
+        served(app) as second,
+        httpx.AsyncClient(transport=transport) as client,
+    ):
+        await client.get(f"{first}/readiness")
+        assert transport.idle_connections == 1
+        await anyio.sleep(1.1)  # past the expiry and the sweep's interval
+        await client.get(f"{second}/readiness")
+        assert transport.idle_connections == 1  # the second origin's; the first's is gone

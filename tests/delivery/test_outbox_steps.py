@@ -10,6 +10,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import anyio
+import anyio.lowlevel
 import pytest
 
 from agenthost import ChannelIdentity, ChannelRequest, Host, HostMessage
@@ -202,3 +203,72 @@ async def test_a_retry_is_claimed_when_it_falls_due_not_at_the_next_sweep(
             while not await store.list_deliveries([DeliveryStatus.DELIVERED]):
                 await anyio.sleep(0.01)
     assert len(chat.pushed) == 2
+
+
+class StaggeredChat(PushChat):
+    """Every push waits at one gate the test opens, then answers a few event-loop turns
+    after the one before it: more apart than the recorder's gathering turns, well within
+    its gathering time."""
+
+    push_is_idempotent = True
+
+    def __init__(self) -> None:
+        super().__init__("chat")
+        self.gate = anyio.Event()
+
+    async def push(self, destination: Destination, message: PushMessage) -> PushOutcome:
+        place = len(self.pushed)
+        self.pushed.append((destination, message))
+        await self.gate.wait()
+        for _ in range(place * 6):
+            await anyio.lowlevel.checkpoint()
+        return PushOutcome.ok()
+
+
+async def test_sends_that_finish_a_moment_apart_still_share_their_commits(
+    tmp_path: Path,
+) -> None:
+    # Without the wait for the sends still in flight, each of these Sent steps was its own
+    # transaction (a store that writes in no event-loop time never has a write under way).
+    store, chat = StepCountingStore(), StaggeredChat()
+    await store.schedule_deliveries(due_deliveries(8))
+    host = Host(answer, channels=[chat], store=store, state_dir=tmp_path)
+    async with host.running():
+        await until(lambda: len(chat.pushed) == 8)
+        chat.gate.set()
+        await until(lambda: sum(map(len, store.calls_with("Sent"))) == 8)
+    assert len(await store.list_deliveries([DeliveryStatus.DELIVERED])) == 8
+    assert len(store.calls_with("Sent")) < 8
+
+
+class SlowSentStore(StepCountingStore):
+    """Holds every ``Sent`` until the test lets it through."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.let_sent_through = anyio.Event()
+
+    async def apply_delivery_events(
+        self, steps: Sequence[tuple[str, DeliveryEvent]]
+    ) -> list[DeliveryStepAnswer]:
+        if any(isinstance(event, delivery.Sent) for _, event in steps):
+            await self.let_sent_through.wait()
+        return await super().apply_delivery_events(steps)
+
+
+async def test_a_send_gives_back_its_place_once_its_push_is_answered(tmp_path: Path) -> None:
+    # One send at a time: the second push begins while the first's Sent is still being
+    # written, not after it (recording an outcome pushes nothing).
+    store, chat = SlowSentStore(), PushChat()
+    await store.schedule_deliveries(due_deliveries(2))
+    host = Host(
+        answer, channels=[chat], store=store, state_dir=tmp_path, max_concurrent_deliveries=1
+    )
+    async with host.running():
+        try:
+            await until(lambda: len(chat.pushed) == 2)
+            assert store.calls_with("Sent") == []  # neither Sent is committed yet
+        finally:
+            store.let_sent_through.set()  # else the shutdown would wait for it forever
+        await until(lambda: sum(map(len, store.calls_with("Sent"))) == 2)
+    assert len(await store.list_deliveries([DeliveryStatus.DELIVERED])) == 2

@@ -148,13 +148,15 @@ class BackgroundWorker:
         expired = await self._store.delete_expired_runs(now)
         expired_records = await self._store.delete_expired_channel_records(now)
         expired_links = await self._store.delete_expired_link_records(now)
-        if expired or expired_records or expired_links:
+        expired_leases = await self._store.delete_expired_singletons(now)
+        if expired or expired_records or expired_links or expired_leases:
             log.info(
                 "deleted expired records",
                 extra={
                     "runs": expired,
                     "channel_records": expired_records,
                     "link_records": expired_links,
+                    "singleton_leases": expired_leases,
                 },
             )
 

@@ -566,3 +566,17 @@ class Store(abc.ABC):
         """Give up the lease ``name`` if ``holder`` holds it (a clean shutdown)."""
         if self._singletons is not None and self._singletons.get(name, ("",))[0] == holder:
             del self._singletons[name]
+
+    async def delete_expired_singletons(self, now: float) -> int:
+        """Delete the leases that lapsed by ``now``; return how many.
+
+        A process that dies leaves its lease behind (each process holds one on its inbox
+        records), so without this sweep they would pile up. A lapsed lease and an absent
+        one answer ``acquire_singleton`` alike: the sweep changes no election.
+        """
+        if not self._singletons:
+            return 0
+        lapsed = [name for name, (_, expires_at) in self._singletons.items() if expires_at <= now]
+        for name in lapsed:
+            del self._singletons[name]
+        return len(lapsed)

@@ -890,6 +890,13 @@ class PostgresStore(Store):
             )
         )
 
+    async def delete_expired_singletons(self, now: float) -> int:
+        return await self._run(
+            lambda conn: (
+                conn.execute("DELETE FROM singletons WHERE expires_at <= %s", (now,)).rowcount
+            )
+        )
+
 
 def _notify_channel(schema: str) -> str:
     # Schemas on one database are separate deployments: each outbox has its own channel

@@ -1219,6 +1219,14 @@ class SQLiteStore(Store):
 
         await self._run(work)
 
+    async def delete_expired_singletons(self, now: float) -> int:
+        def work(conn: sqlite3.Connection) -> int:
+            with _transaction(conn):
+                cursor = conn.execute("DELETE FROM singletons WHERE expires_at <= ?", (now,))
+                return cursor.rowcount
+
+        return await self._run(work)
+
 
 class _Connection(sqlite3.Connection):
     """The store's connection, with what it keeps between calls of the sessions it read

@@ -23,6 +23,7 @@ from agenthost.sansio_core.types import (
     MultitaskStrategy,
     SessionRef,
 )
+from agenthost.sansio_core.values import builds_fast
 
 
 @attrs.frozen
@@ -38,6 +39,7 @@ class LoadContext:
     facts: bool = False
 
 
+@builds_fast
 @attrs.frozen
 class RequestContext:
     isolation_key: str | None
@@ -138,6 +140,7 @@ class LeaseAnswer:
     session: SessionRecord | None  # loaded in the same round trip when granted
 
 
+@builds_fast
 @attrs.frozen
 class RunTarget:
     """Run the target. Answer: :class:`TargetSucceeded` or :class:`TargetFailed`."""
@@ -148,6 +151,7 @@ class RunTarget:
     run_id: str
 
 
+@builds_fast
 @attrs.frozen
 class TargetSucceeded:
     result: Any
@@ -176,6 +180,7 @@ class AppendAssistantMessage:
     text: str
 
 
+@builds_fast
 @attrs.frozen
 class FinishRun:
     """Save the session (when ``session`` is given) and release the lease, atomically.

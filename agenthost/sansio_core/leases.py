@@ -27,6 +27,7 @@ import enum
 import attrs
 
 from agenthost.sansio_core.types import MultitaskStrategy
+from agenthost.sansio_core.values import builds_fast
 
 
 class RunLeaseState(enum.Enum):
@@ -47,6 +48,7 @@ class Waiter:
     expires_at: float
 
 
+@builds_fast
 @attrs.frozen
 class LeaseState:
     """The stored lease of one session."""
@@ -76,6 +78,7 @@ class LeaseState:
 # --- events -------------------------------------------------------------------------
 
 
+@builds_fast
 @attrs.frozen
 class Arrive:
     run_id: str
@@ -84,6 +87,7 @@ class Arrive:
     ttl: float
 
 
+@builds_fast
 @attrs.frozen
 class Poll:
     """A waiting run asks again (and proves it is alive)."""

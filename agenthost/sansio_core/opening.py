@@ -42,8 +42,10 @@ from agenthost.sansio_core.types import (
     SessionMode,
     SessionRef,
 )
+from agenthost.sansio_core.values import builds_fast
 
 
+@builds_fast
 @attrs.frozen
 class Opening:
     """What a request asks of the store to open its turn (the answer: :class:`Opened`)."""
@@ -67,6 +69,7 @@ class Opening:
         return f"s_{self.run_id}"
 
 
+@builds_fast
 @attrs.frozen
 class Loaded:
     """What the store read in its transaction for :func:`decide`.
@@ -96,6 +99,7 @@ class Refused:
     access: Denied | LinkRequired | None
 
 
+@builds_fast
 @attrs.frozen
 class Opened:
     """The turn's session and its place at the lease (``lease`` is ``None`` when stateless)."""
@@ -105,6 +109,7 @@ class Opened:
     session: SessionRecord | None  # the session to run on, when the lease was granted
 
 
+@builds_fast
 @attrs.frozen
 class Writes:
     """The records :func:`decide` asks the store to write, in its transaction."""

@@ -34,8 +34,10 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 import attrs
 
 from agenthost.sansio_core.types import ChannelIdentity, ResponseTarget, TargetKind
+from agenthost.sansio_core.values import builds_fast
 
 
+@builds_fast
 @attrs.frozen
 class Destination:
     channel: str
@@ -43,6 +45,7 @@ class Destination:
     conversation_id: str | None
 
 
+@builds_fast
 @attrs.frozen
 class LastSeen:
     """The most recent time an identity of the user spoke in one conversation."""
@@ -61,6 +64,7 @@ class DropReason(enum.Enum):
     UNKNOWN_CHANNEL = "unknown_channel"
 
 
+@builds_fast
 @attrs.frozen
 class Dropped:
     channel: str
@@ -68,6 +72,7 @@ class Dropped:
     reason: DropReason
 
 
+@builds_fast
 @attrs.frozen
 class Routing:
     """The decision: where to push, what was dropped and why, and whether it fell back."""

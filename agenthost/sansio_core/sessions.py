@@ -33,6 +33,7 @@ import attrs
 
 from agenthost.sansio_core.leases import LeaseState
 from agenthost.sansio_core.types import ChannelRequest, ConversationScope, SessionMode
+from agenthost.sansio_core.values import builds_fast
 
 DIRECT = "direct"
 
@@ -55,6 +56,7 @@ class ScopeKey:
 _REQUESTERS_DIRECT = ScopeKey(None, DIRECT)
 
 
+@builds_fast
 @attrs.frozen
 class SessionAlias:
     owner: str
@@ -64,6 +66,7 @@ class SessionAlias:
     created_at: float
 
 
+@builds_fast
 @attrs.frozen
 class SessionRecord:
     """A stored session: the target's own serialized state (JSON-able) and bookkeeping."""

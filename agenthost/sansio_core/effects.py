@@ -47,6 +47,7 @@ class RequestContext:
     facts: UserFacts | None = None  # loaded when asked for and the identity is known
 
 
+@builds_fast
 @attrs.frozen
 class OpenTurn:
     """One round trip that opens a foreground turn (see ``opening``): the store applies
@@ -134,6 +135,7 @@ class WaitForLease:
     interrupting: str | None
 
 
+@builds_fast
 @attrs.frozen
 class LeaseAnswer:
     decision: leases.LeaseDecision
@@ -163,6 +165,7 @@ class TargetSucceeded:
     state_expires_when_idle: bool = False
 
 
+@builds_fast
 @attrs.frozen
 class TargetFailed:
     error: str

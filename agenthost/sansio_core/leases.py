@@ -42,6 +42,7 @@ class RunLeaseState(enum.Enum):
     __hash__ = object.__hash__
 
 
+@builds_fast
 @attrs.frozen
 class Waiter:
     run_id: str
@@ -97,6 +98,7 @@ class Poll:
     ttl: float
 
 
+@builds_fast
 @attrs.frozen
 class Renew:
     """The holder's heartbeat."""
@@ -106,6 +108,7 @@ class Renew:
     ttl: float
 
 
+@builds_fast
 @attrs.frozen
 class Release:
     run_id: str
@@ -126,11 +129,13 @@ LeaseEvent = Arrive | Poll | Renew | Release | Withdraw
 # --- decisions ----------------------------------------------------------------------
 
 
+@builds_fast
 @attrs.frozen
 class Granted:
     fence: int
 
 
+@builds_fast
 @attrs.frozen
 class Waiting:
     position: int  # 0 = next
@@ -142,6 +147,7 @@ class Rejected:
     """The session is busy and the strategy is ``reject``."""
 
 
+@builds_fast
 @attrs.frozen
 class Renewed:
     interrupt_requested: bool
@@ -202,9 +208,17 @@ class LeaseTransitionError(AssertionError):
 
 def apply(state: LeaseState, event: LeaseEvent) -> tuple[LeaseState, LeaseDecision]:
     """Apply one event to a session's lease; return the new state and the answer."""
-    before = state.state_of(event.run_id, event.now)
+    run_id, now = event.run_id, event.now
+    # ``state_of``, with its common answers inline: every turn applies two events.
+    if state.holder == run_id:
+        before = RunLeaseState.HOLDING
+    else:
+        before = state.state_of(run_id, now) if state.waiters else RunLeaseState.ABSENT
     new_state, decision = _step(_drop_expired_waiters(state, event), event)
-    after = new_state.state_of(event.run_id, event.now)
+    if new_state.holder == run_id:
+        after = RunLeaseState.HOLDING
+    else:
+        after = new_state.state_of(run_id, now) if new_state.waiters else RunLeaseState.ABSENT
     allowed = RUN_LEASE_TRANSITIONS.get((before, type(event), after))
     if allowed is None or not isinstance(decision, allowed):
         raise LeaseTransitionError(
@@ -248,8 +262,8 @@ def _step(state: LeaseState, event: LeaseEvent) -> tuple[LeaseState, LeaseDecisi
             return _regrant(state, now, event.ttl)
         if state.waiters and state.state_of(event.run_id, now) is RunLeaseState.WAITING:
             return _step(state, Poll(event.run_id, now, event.ttl))
-        free = not state.holder_alive(now)
-        if free and not state.waiters:
+        # the lease is free (``not state.holder_alive(now)``, inline) and nobody waits
+        if not state.waiters and (state.holder is None or now >= state.expires_at):
             return _grant(state, event.run_id, now, event.ttl)
         if event.strategy is MultitaskStrategy.REJECT:
             return state, Rejected()

@@ -38,6 +38,7 @@ from agenthost.sansio_core.values import builds_fast
 DIRECT = "direct"
 
 
+@builds_fast
 @attrs.frozen
 class ScopeKey:
     """The alias key of a session: who owns it and which of their sessions it is.
@@ -114,11 +115,13 @@ def scope_for(request: ChannelRequest, *, fresh_key: str) -> tuple[ScopeKey | No
     return ScopeKey(None, f"{request.channel}:conversation:{conversation}"), None
 
 
+@builds_fast
 @attrs.frozen
 class UseSession:
     alias: SessionAlias
 
 
+@builds_fast
 @attrs.frozen
 class CreateSession:
     alias: SessionAlias
@@ -134,6 +137,7 @@ class SessionNotFound:
     pass
 
 
+@builds_fast
 @attrs.frozen
 class ForkSession:
     """Copy ``source`` into a new session under ``alias``."""

@@ -12,7 +12,8 @@ values of about a hundred fields in all, so on the core's hot path the writes al
 fifth of a turn. The replacement writes the fields with plain slot stores while the new
 instance briefly has an *unlocked* subclass (the same slots, no frozen ``__setattr__``) as
 its class, and gives it back its own class before it returns: the instance is never seen
-unlocked outside ``__init__``.
+unlocked outside ``__init__``. A class of one or two slots calls each slot's own setter
+instead, which costs less than the two class changes.
 
 Only the simple shapes are taken (plain defaults, factories without ``takes_self``, plain
 converter functions, ``cache_hash``); a class with validators, ``__attrs_post_init__`` or
@@ -27,6 +28,14 @@ from typing import Any, TypeVar
 import attrs
 
 _Value = TypeVar("_Value", bound=type)
+
+# ``instance.__class__ = ...`` on an instance whose own ``__setattr__`` refuses it; called
+# through the descriptor, it costs less than ``object.__setattr__(instance, "__class__", ...)``.
+_SET_CLASS = object.__dict__["__class__"].__set__
+
+# Up to this many slots, __init__ calls each slot's setter instead of changing the class twice
+# (measured: a class change costs about two setter calls, a plain slot store next to nothing).
+_MOST_SLOT_SETTER_CALLS = 2
 
 # The slot where attrs keeps a ``cache_hash=True`` class's hash; ``None`` until first asked.
 _CACHED_HASH = "_attrs_cached_hash"
@@ -52,14 +61,14 @@ def builds_fast(cls: _Value) -> _Value:
         },
     )
     namespace: dict[str, Any] = {
-        "_unlock": object.__setattr__,
+        "_set_class": _SET_CLASS,
         "_unlocked": unlocked,
         "_cls": cls,
         "NOTHING": attrs.NOTHING,
     }
     params: list[str] = []
     keyword_only: list[str] = []
-    body: list[str] = []
+    writes: list[tuple[str, str]] = []  # (slot, expression)
     for field in attrs.fields(cls):
         arg = field.alias
         default = field.default
@@ -77,19 +86,24 @@ def builds_fast(cls: _Value) -> _Value:
             namespace[f"_convert_{arg}"] = field.converter
             value = f"_convert_{arg}({value})"
         (keyword_only if field.kw_only else params).append(param)
-        body.append(f"    self.{field.name} = {value}")
+        writes.append((field.name, value))
     if _CACHED_HASH in value_class.__slots__:
-        body.append(f"    self.{_CACHED_HASH} = None")  # attrs computes it on first use
+        writes.append((_CACHED_HASH, "None"))  # attrs computes the hash on first use
     if keyword_only:
         params += ["*", *keyword_only]
-    source = "\n".join(
-        [
-            f"def __init__(self, {', '.join(params)}):",
-            "    _unlock(self, '__class__', _unlocked)",
-            *body,
+    if len(writes) <= _MOST_SLOT_SETTER_CALLS:
+        # Few fields: a slot's own setter per field costs less than two class changes.
+        body = []
+        for slot, value in writes:
+            namespace[f"_set_{slot}"] = _slot_descriptor(cls, slot).__set__
+            body.append(f"    _set_{slot}(self, {value})")
+    else:
+        body = [
+            "    _set_class(self, _unlocked)",
+            *(f"    self.{slot} = {value}" for slot, value in writes),
             "    self.__class__ = _cls",
         ]
-    )
+    source = "\n".join([f"def __init__(self, {', '.join(params)}):", *body])
     exec(compile(source, f"<builds_fast {cls.__qualname__}>", "exec"), namespace)  # noqa: S102
     init = namespace["__init__"]
     init.__qualname__ = f"{cls.__qualname__}.__init__"
@@ -106,6 +120,13 @@ def builds_fast(cls: _Value) -> _Value:
 
     value_class.__init_subclass__ = classmethod(__init_subclass__)
     return cls
+
+
+def _slot_descriptor(cls: type, slot: str) -> Any:
+    for klass in cls.__mro__:
+        if slot in klass.__dict__:
+            return klass.__dict__[slot]
+    raise TypeError(f"{cls.__qualname__} has no slot {slot!r}")  # pragma: no cover - attrs made it
 
 
 def _check_supported(cls: Any) -> None:

@@ -27,7 +27,7 @@ import enum
 import attrs
 
 from agenthost.sansio_core.types import MultitaskStrategy
-from agenthost.sansio_core.values import builds_fast
+from agenthost.sansio_core.values import builder, builds_fast
 
 
 class RunLeaseState(enum.Enum):
@@ -172,6 +172,10 @@ LeaseDecision = Granted | Waiting | Rejected | Renewed | LeaseLost | Released | 
 
 _RELEASED = Released()  # every turn ends with one; a value without fields need not be rebuilt
 
+# Every turn grants and releases a lease: built without the trip through ``type.__call__``.
+_lease_state = builder(LeaseState)
+_granted = builder(Granted)
+
 
 # (state before, event, state after) -> the decision kinds that step may answer.
 RUN_LEASE_TRANSITIONS: dict[
@@ -245,7 +249,7 @@ def _grant(state: LeaseState, run_id: str, now: float, ttl: float) -> tuple[Leas
     fence = state.grants + 1
     # Built directly rather than with attrs.evolve: this runs on every turn.
     waiters = tuple(w for w in state.waiters if w.run_id != run_id) if state.waiters else ()
-    return LeaseState(state.session_id, run_id, now + ttl, False, waiters, fence), Granted(fence)
+    return _lease_state(state.session_id, run_id, now + ttl, False, waiters, fence), _granted(fence)
 
 
 def _regrant(state: LeaseState, now: float, ttl: float) -> tuple[LeaseState, Granted]:
@@ -316,7 +320,7 @@ def _step(state: LeaseState, event: LeaseEvent) -> tuple[LeaseState, LeaseDecisi
     if isinstance(event, Release):
         if state.holder != event.run_id:
             return state, LeaseLost()
-        released = LeaseState(state.session_id, None, 0.0, False, state.waiters, state.grants)
+        released = _lease_state(state.session_id, None, 0.0, False, state.waiters, state.grants)
         return released, _RELEASED
 
     # Withdraw

@@ -42,7 +42,7 @@ from agenthost.sansio_core.types import (
     SessionMode,
     SessionRef,
 )
-from agenthost.sansio_core.values import builds_fast
+from agenthost.sansio_core.values import builder, builds_fast
 
 
 @builds_fast
@@ -122,6 +122,12 @@ class Writes:
 
 Outcome = Refused | Opened
 
+# Built on every turn: without the trip through ``type.__call__``.
+_arrive = builder(leases.Arrive)
+_session_ref = builder(SessionRef)
+_opened = builder(Opened)
+_writes = builder(Writes)
+
 
 def decide(opening: Opening, loaded: Loaded) -> tuple[Outcome, Writes]:
     """The turn's opening from what the store loaded; see the module rules."""
@@ -183,9 +189,9 @@ def decide(opening: Opening, loaded: Loaded) -> tuple[Outcome, Writes]:
         record = loaded.session
         lease_state = loaded.lease or leases.initial_state(alias.session_id)
 
-    arrive = leases.Arrive(opening.run_id, opening.strategy, opening.now, opening.lease_seconds)
+    arrive = _arrive(opening.run_id, opening.strategy, opening.now, opening.lease_seconds)
     new_lease, lease_decision = leases.apply(lease_state, arrive)
     granted = isinstance(lease_decision, leases.Granted)
-    ref = SessionRef(key, alias.session_id, opening.session_key)
-    opened = Opened(ref, lease_decision, record if granted else None)
-    return opened, Writes(issue_key, last_seen, create, new_lease)
+    ref = _session_ref(key, alias.session_id, opening.session_key)
+    opened = _opened(ref, lease_decision, record if granted else None)
+    return opened, _writes(issue_key, last_seen, create, new_lease)

@@ -34,7 +34,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 import attrs
 
 from agenthost.sansio_core.types import ChannelIdentity, ResponseTarget, TargetKind
-from agenthost.sansio_core.values import builds_fast
+from agenthost.sansio_core.values import builder, builds_fast
 
 
 @builds_fast
@@ -84,6 +84,11 @@ class Routing:
 
 
 LinkAllowed = Callable[[str, str], bool]  # (originating channel, destination channel)
+
+# Built for every destination of every decision: without the trip through ``type.__call__``.
+_destination = builder(Destination)
+_dropped = builder(Dropped)
+_routing = builder(Routing)
 
 
 def resolve_destinations(
@@ -138,14 +143,14 @@ def resolve_destinations(
                 if pair in kept_pairs:
                     continue
                 kept_pairs.add(pair)
-            kept.append(Destination(channel, seen.identity, seen.conversation_id))
+            kept.append(_destination(channel, seen.identity, seen.conversation_id))
             if kind is TargetKind.ACTIVE:
                 break  # the most recent channel that can reach the user
             continue
-        dropped.append(Dropped(channel, seen.identity, reason))
+        dropped.append(_dropped(channel, seen.identity, reason))
     if not kept:
         return Routing((originating,), tuple(dropped), originating_only=True, fell_back=True)
-    return Routing(tuple(kept), tuple(dropped))
+    return _routing(tuple(kept), tuple(dropped))
 
 
 _BY_NAME = operator.attrgetter("channel", "identity.native_id")

@@ -33,7 +33,7 @@ import attrs
 
 from agenthost.sansio_core.leases import LeaseState
 from agenthost.sansio_core.types import ChannelRequest, ConversationScope, SessionMode
-from agenthost.sansio_core.values import builds_fast
+from agenthost.sansio_core.values import builder, builds_fast
 
 DIRECT = "direct"
 
@@ -148,6 +148,10 @@ class ForkSession:
 
 SessionDecision = UseSession | CreateSession | ForkSession | Stateless | SessionNotFound
 
+# Built on every turn: without the trip through ``type.__call__``.
+_use_session = builder(UseSession)
+_session_record = builder(SessionRecord)
+
 
 def resolve_fork(
     fork_scope: ScopeKey,
@@ -180,7 +184,7 @@ def resolve(
     if mode is SessionMode.DISABLED or scope is None:
         return Stateless()
     if alias is not None:
-        return UseSession(alias)
+        return _use_session(alias)
     if mode is SessionMode.REQUIRED:
         return SessionNotFound()
     if scope.owner is None:
@@ -232,7 +236,7 @@ def after_successful_run(
     expires_when_idle: bool = False,
 ) -> SessionRecord:
     """The session to save after a run that succeeded (a failed run saves nothing)."""
-    return SessionRecord(
+    return _session_record(
         record.session_id,
         record.owner,
         record.qualifier,

@@ -69,7 +69,7 @@ from agenthost.sansio_core.types import (
     SessionMode,
     SessionRef,
 )
-from agenthost.sansio_core.values import builds_fast
+from agenthost.sansio_core.values import builder, builds_fast
 
 TurnGenerator = Generator[fx.Effect, Any, Any]
 
@@ -126,6 +126,14 @@ class TurnRefused:
 
 
 TurnOutcome = TurnCompleted | TurnFailed | TurnRefused
+
+# The values every turn builds, built without the trip through ``type.__call__``.
+_opening = builder(opening.Opening)
+_open_turn_effect = builder(fx.OpenTurn)
+_run_target = builder(fx.RunTarget)
+_finish_run = builder(fx.FinishRun)
+_hosted_run_result = builder(HostedRunResult)
+_turn_completed = builder(TurnCompleted)
 
 
 @attrs.frozen
@@ -284,7 +292,7 @@ def _run_under_lease(
             raise AssertionError(f"unexpected lease decision {decision!r}")
 
     state = record.state if record is not None else None
-    answer = yield fx.RunTarget(request, ref, state, run_id)
+    answer = yield _run_target(request, ref, state, run_id)
     to_save = None
     if isinstance(answer, fx.TargetSucceeded) and record is not None:
         finished_at = answer.finished_at if answer.finished_at is not None else now
@@ -294,7 +302,7 @@ def _run_under_lease(
             finished_at,
             expires_when_idle=answer.state_expires_when_idle,
         )
-    saved: bool = yield fx.FinishRun(ref.session_id, run_id, to_save)
+    saved: bool = yield _finish_run(ref.session_id, run_id, to_save)
     return _outcome(answer, ref, saved=saved)
 
 
@@ -317,7 +325,7 @@ def open_turn(
             request.channel, request.identity, request.session.conversation_id, now
         )
     # Positional: keyword matching for thirteen fields cost more than the value's own init.
-    plan = opening.Opening(
+    plan = _opening(
         request.identity,  # identity
         scope,
         session_key,
@@ -332,7 +340,7 @@ def open_turn(
         fork_scope,
         request.session.key is not None,  # has_source_key
     )
-    opened: opening.Outcome = yield fx.OpenTurn(plan)
+    opened: opening.Outcome = yield _open_turn_effect(plan)
     if isinstance(opened, opening.Refused):
         if opened.access is None:
             return TurnRefused(RefusalReason.SESSION_NOT_FOUND, "no session matches the request")
@@ -536,4 +544,4 @@ def _outcome(
 ) -> TurnCompleted | TurnFailed:
     if isinstance(answer, fx.TargetFailed):
         return TurnFailed(answer.error, ref, cancelled=answer.cancelled)
-    return TurnCompleted(HostedRunResult(answer.result, ref, answer.text), saved)
+    return _turn_completed(_hosted_run_result(answer.result, ref, answer.text), saved)

@@ -23,11 +23,17 @@ silently. A plain (non-attrs) subclass of such a class gets attrs' own ``__init_
 
 from __future__ import annotations
 
-from typing import Any, TypeVar
+from collections.abc import Callable
+from typing import Any, ParamSpec, TypeVar
 
 import attrs
 
 _Value = TypeVar("_Value", bound=type)
+_Params = ParamSpec("_Params")
+_Built = TypeVar("_Built")
+
+# Each builds_fast class's builder (see ``builder``).
+_BUILDERS: dict[type, Callable[..., Any]] = {}
 
 # ``instance.__class__ = ...`` on an instance whose own ``__setattr__`` refuses it; called
 # through the descriptor, it costs less than ``object.__setattr__(instance, "__class__", ...)``.
@@ -93,23 +99,41 @@ def builds_fast(cls: _Value) -> _Value:
         params += ["*", *keyword_only]
     if len(writes) <= _MOST_SLOT_SETTER_CALLS:
         # Few fields: a slot's own setter per field costs less than two class changes.
-        body = []
+        writes_by_setter = []
         for slot, value in writes:
             namespace[f"_set_{slot}"] = _slot_descriptor(cls, slot).__set__
-            body.append(f"    _set_{slot}(self, {value})")
+            writes_by_setter.append(f"    _set_{slot}(self, {value})")
+        init_body = writes_by_setter
+        build_body = ["    self = _new(_cls)", *writes_by_setter, "    return self"]
     else:
-        body = [
-            "    _set_class(self, _unlocked)",
-            *(f"    self.{slot} = {value}" for slot, value in writes),
+        stores = [f"    self.{slot} = {value}" for slot, value in writes]
+        init_body = ["    _set_class(self, _unlocked)", *stores, "    self.__class__ = _cls"]
+        # Built unlocked from the start: one class change, and no trip through type.__call__.
+        build_body = [
+            "    self = _new(_unlocked)",
+            *stores,
             "    self.__class__ = _cls",
+            "    return self",
         ]
-    source = "\n".join([f"def __init__(self, {', '.join(params)}):", *body])
+    signature = ", ".join(params)
+    source = "\n".join(
+        [
+            f"def __init__(self, {signature}):",
+            *init_body,
+            f"def build({signature}):",
+            *build_body,
+        ]
+    )
+    namespace["_new"] = object.__new__
     exec(compile(source, f"<builds_fast {cls.__qualname__}>", "exec"), namespace)  # noqa: S102
     init = namespace["__init__"]
     init.__qualname__ = f"{cls.__qualname__}.__init__"
     init.__doc__ = attrs_init.__doc__
     init.__annotations__ = getattr(attrs_init, "__annotations__", {})
     value_class.__init__ = init
+    build = namespace["build"]
+    build.__qualname__ = build.__name__ = f"build_{cls.__name__}"
+    _BUILDERS[cls] = build
 
     def __init_subclass__(subclass: Any, /, **kwargs: Any) -> None:
         # The fast __init__ would turn a subclass's instance into ``cls``: a subclass that
@@ -120,6 +144,16 @@ def builds_fast(cls: _Value) -> _Value:
 
     value_class.__init_subclass__ = classmethod(__init_subclass__)
     return cls
+
+
+def builder(cls: Callable[_Params, _Built]) -> Callable[_Params, _Built]:
+    """A function that builds a :func:`builds_fast` class's value the way ``cls(...)`` does,
+    for the hottest paths: it skips ``type.__call__`` and one class change, about a third of
+    what building the value costs. The value is the same (``==``, ``type``, frozen)."""
+    try:
+        return _BUILDERS[cls]  # type: ignore[index]
+    except KeyError:
+        raise TypeError(f"builder needs a class decorated with builds_fast, not {cls!r}") from None
 
 
 def _slot_descriptor(cls: type, slot: str) -> Any:

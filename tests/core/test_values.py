@@ -8,7 +8,7 @@ import attrs
 import pytest
 
 from agenthost.sansio_core import effects, leases, opening, routing, sessions, types
-from agenthost.sansio_core.values import builds_fast
+from agenthost.sansio_core.values import builder, builds_fast
 
 
 def _tuple(value: Any) -> tuple[Any, ...]:
@@ -168,3 +168,36 @@ def test_a_post_init_hook_is_refused() -> None:
 
     with pytest.raises(TypeError, match="__attrs_post_init__"):
         builds_fast(Hooked)
+
+
+@builds_fast
+@attrs.frozen
+class Pair:
+    left: str
+    right: int = 0
+
+
+@pytest.mark.parametrize(
+    ("value_class", "args", "kwargs"),
+    [
+        (Sample, ("a", 5, ["x"], {"k": 1}, "q"), {"flag": True}),
+        (Sample, ("a",), {}),
+        (Pair, ("a",), {"right": 2}),
+        (types.ChannelIdentity, ("telegram", "1"), {}),
+    ],
+)
+def test_a_builder_builds_the_value_the_class_builds(
+    value_class: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
+) -> None:
+    built = builder(value_class)(*args, **kwargs)
+    assert type(built) is value_class
+    assert _fields(built) == _fields(value_class(*args, **kwargs))
+    assert built == value_class(*args, **kwargs)
+    first = attrs.fields(value_class)[0].name
+    with pytest.raises(attrs.exceptions.FrozenInstanceError):
+        setattr(built, first, "changed")
+
+
+def test_a_builder_needs_a_class_that_builds_fast() -> None:
+    with pytest.raises(TypeError, match="builds_fast"):
+        builder(Reference)

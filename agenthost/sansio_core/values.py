@@ -97,24 +97,23 @@ def builds_fast(cls: _Value) -> _Value:
         writes.append((_CACHED_HASH, "None"))  # attrs computes the hash on first use
     if keyword_only:
         params += ["*", *keyword_only]
+    stores = [f"    self.{slot} = {value}" for slot, value in writes]
     if len(writes) <= _MOST_SLOT_SETTER_CALLS:
         # Few fields: a slot's own setter per field costs less than two class changes.
-        writes_by_setter = []
+        init_body = []
         for slot, value in writes:
             namespace[f"_set_{slot}"] = _slot_descriptor(cls, slot).__set__
-            writes_by_setter.append(f"    _set_{slot}(self, {value})")
-        init_body = writes_by_setter
-        build_body = ["    self = _new(_cls)", *writes_by_setter, "    return self"]
+            init_body.append(f"    _set_{slot}(self, {value})")
     else:
-        stores = [f"    self.{slot} = {value}" for slot, value in writes]
         init_body = ["    _set_class(self, _unlocked)", *stores, "    self.__class__ = _cls"]
-        # Built unlocked from the start: one class change, and no trip through type.__call__.
-        build_body = [
-            "    self = _new(_unlocked)",
-            *stores,
-            "    self.__class__ = _cls",
-            "    return self",
-        ]
+    # Built unlocked from the start: one class change (cheaper than even one slot setter
+    # call), and no trip through type.__call__.
+    build_body = [
+        "    self = _new(_unlocked)",
+        *stores,
+        "    self.__class__ = _cls",
+        "    return self",
+    ]
     signature = ", ".join(params)
     source = "\n".join(
         [

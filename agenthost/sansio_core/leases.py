@@ -233,7 +233,7 @@ def apply(state: LeaseState, event: LeaseEvent) -> tuple[LeaseState, LeaseDecisi
 
 
 def initial_state(session_id: str) -> LeaseState:
-    return LeaseState(session_id=session_id)
+    return _lease_state(session_id)
 
 
 def _drop_expired_waiters(state: LeaseState, event: LeaseEvent) -> LeaseState:

@@ -176,7 +176,8 @@ def decide(opening: Opening, loaded: Loaded) -> tuple[Outcome, Writes]:
         alias = loaded.fork_alias  # created by an earlier try: it wins, as an insert would
         record = loaded.fork_session
         lease_state = loaded.fork_lease or leases.initial_state(alias.session_id)
-    elif isinstance(session_decision, sessions.CreateSession | sessions.ForkSession):
+    # a tuple of classes, not ``A | B``: that builds a union object on every turn
+    elif isinstance(session_decision, (sessions.CreateSession, sessions.ForkSession)):
         alias = session_decision.alias
         if isinstance(session_decision, sessions.ForkSession):
             record = sessions.forked_record(loaded.session, alias, opening.now)

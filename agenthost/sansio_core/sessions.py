@@ -50,7 +50,7 @@ class ScopeKey:
     qualifier: str
 
     def owned_by(self, isolation_key: str) -> ScopeKey:
-        return self if self.owner is not None else ScopeKey(isolation_key, self.qualifier)
+        return self if self.owner is not None else _scope_key(isolation_key, self.qualifier)
 
 
 # Most requests are direct: their scope is one value, not one allocation a request.
@@ -149,7 +149,10 @@ class ForkSession:
 SessionDecision = UseSession | CreateSession | ForkSession | Stateless | SessionNotFound
 
 # Built on every turn: without the trip through ``type.__call__``.
+_scope_key = builder(ScopeKey)
+_session_alias = builder(SessionAlias)
 _use_session = builder(UseSession)
+_create_session = builder(CreateSession)
 _session_record = builder(SessionRecord)
 
 
@@ -189,9 +192,7 @@ def resolve(
         return SessionNotFound()
     if scope.owner is None:
         raise ValueError("resolve needs a scope whose owner is known")
-    return CreateSession(
-        SessionAlias(scope.owner, scope.qualifier, new_session_id, generation=1, created_at=now)
-    )
+    return _create_session(_session_alias(scope.owner, scope.qualifier, new_session_id, 1, now))
 
 
 def rotate(
@@ -205,13 +206,8 @@ def rotate(
 
 
 def new_session_record(alias: SessionAlias, now: float) -> SessionRecord:
-    return SessionRecord(
-        session_id=alias.session_id,
-        owner=alias.owner,
-        qualifier=alias.qualifier,
-        generation=alias.generation,
-        created_at=now,
-        updated_at=now,
+    return _session_record(
+        alias.session_id, alias.owner, alias.qualifier, alias.generation, now, now
     )
 
 

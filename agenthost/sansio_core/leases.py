@@ -223,7 +223,9 @@ def apply(state: LeaseState, event: LeaseEvent) -> tuple[LeaseState, LeaseDecisi
         before = _HOLDING
     else:
         before = state.state_of(run_id, now) if state.waiters else _ABSENT
-    new_state, decision = _step(_drop_expired_waiters(state, event), event)
+    new_state, decision = _step(
+        _drop_expired_waiters(state, event) if state.waiters else state, event
+    )
     if new_state.holder == run_id:
         after = _HOLDING
     else:

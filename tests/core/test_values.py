@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+import pickle
 from typing import Any
 
 import attrs
@@ -201,3 +203,13 @@ def test_a_builder_builds_the_value_the_class_builds(
 def test_a_builder_needs_a_class_that_builds_fast() -> None:
     with pytest.raises(TypeError, match="builds_fast"):
         builder(Reference)
+
+
+def test_a_value_copies_and_pickles_as_attrs_made_it() -> None:
+    value = types.ChannelRequest("telegram", types.ChannelIdentity("telegram", "1"), ("hi",))
+    for copied in (copy.deepcopy(value), pickle.loads(pickle.dumps(value))):
+        assert type(copied) is types.ChannelRequest
+        assert copied == value
+        assert hash(copied.identity) == hash(value.identity)
+        with pytest.raises(attrs.exceptions.FrozenInstanceError):
+            copied.channel = "other"  # type: ignore[misc]

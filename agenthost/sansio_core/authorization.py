@@ -383,6 +383,8 @@ def authorize(
 ) -> AccessDecision:
     """Decide one message (see the rules above). ``facts=None``: nothing loaded, not linked."""
     allowlist = access.allowlist
+    if allowlist is None and not access.require_link:
+        return _ALLOWED  # an open channel, the usual case: what the steps below conclude
     linked = facts is not None and facts.linked
     pre = allowlist.evaluate(Subject(identity)) if allowlist is not None else Verdict.ALLOW
     if pre is Verdict.DENY:

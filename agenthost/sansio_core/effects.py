@@ -23,6 +23,7 @@ from agenthost.sansio_core.types import (
     MultitaskStrategy,
     SessionRef,
 )
+from agenthost.sansio_core.values import builds_fast
 
 
 @attrs.frozen
@@ -38,6 +39,7 @@ class LoadContext:
     facts: bool = False
 
 
+@builds_fast
 @attrs.frozen
 class RequestContext:
     isolation_key: str | None
@@ -45,6 +47,7 @@ class RequestContext:
     facts: UserFacts | None = None  # loaded when asked for and the identity is known
 
 
+@builds_fast
 @attrs.frozen
 class OpenTurn:
     """One round trip that opens a foreground turn (see ``opening``): the store applies
@@ -132,12 +135,14 @@ class WaitForLease:
     interrupting: str | None
 
 
+@builds_fast
 @attrs.frozen
 class LeaseAnswer:
     decision: leases.LeaseDecision
     session: SessionRecord | None  # loaded in the same round trip when granted
 
 
+@builds_fast
 @attrs.frozen
 class RunTarget:
     """Run the target. Answer: :class:`TargetSucceeded` or :class:`TargetFailed`."""
@@ -148,6 +153,7 @@ class RunTarget:
     run_id: str
 
 
+@builds_fast
 @attrs.frozen
 class TargetSucceeded:
     result: Any
@@ -159,6 +165,7 @@ class TargetSucceeded:
     state_expires_when_idle: bool = False
 
 
+@builds_fast
 @attrs.frozen
 class TargetFailed:
     error: str
@@ -176,6 +183,7 @@ class AppendAssistantMessage:
     text: str
 
 
+@builds_fast
 @attrs.frozen
 class FinishRun:
     """Save the session (when ``session`` is given) and release the lease, atomically.

@@ -42,8 +42,10 @@ from agenthost.sansio_core.types import (
     SessionMode,
     SessionRef,
 )
+from agenthost.sansio_core.values import builder, builds_fast
 
 
+@builds_fast
 @attrs.frozen
 class Opening:
     """What a request asks of the store to open its turn (the answer: :class:`Opened`)."""
@@ -67,6 +69,7 @@ class Opening:
         return f"s_{self.run_id}"
 
 
+@builds_fast
 @attrs.frozen
 class Loaded:
     """What the store read in its transaction for :func:`decide`.
@@ -96,6 +99,7 @@ class Refused:
     access: Denied | LinkRequired | None
 
 
+@builds_fast
 @attrs.frozen
 class Opened:
     """The turn's session and its place at the lease (``lease`` is ``None`` when stateless)."""
@@ -105,6 +109,7 @@ class Opened:
     session: SessionRecord | None  # the session to run on, when the lease was granted
 
 
+@builds_fast
 @attrs.frozen
 class Writes:
     """The records :func:`decide` asks the store to write, in its transaction."""
@@ -116,6 +121,12 @@ class Writes:
 
 
 Outcome = Refused | Opened
+
+# Built on every turn: without the trip through ``type.__call__``.
+_arrive = builder(leases.Arrive)
+_session_ref = builder(SessionRef)
+_opened = builder(Opened)
+_writes = builder(Writes)
 
 
 def decide(opening: Opening, loaded: Loaded) -> tuple[Outcome, Writes]:
@@ -165,7 +176,8 @@ def decide(opening: Opening, loaded: Loaded) -> tuple[Outcome, Writes]:
         alias = loaded.fork_alias  # created by an earlier try: it wins, as an insert would
         record = loaded.fork_session
         lease_state = loaded.fork_lease or leases.initial_state(alias.session_id)
-    elif isinstance(session_decision, sessions.CreateSession | sessions.ForkSession):
+    # a tuple of classes, not ``A | B``: that builds a union object on every turn
+    elif isinstance(session_decision, (sessions.CreateSession, sessions.ForkSession)):
         alias = session_decision.alias
         if isinstance(session_decision, sessions.ForkSession):
             record = sessions.forked_record(loaded.session, alias, opening.now)
@@ -178,9 +190,9 @@ def decide(opening: Opening, loaded: Loaded) -> tuple[Outcome, Writes]:
         record = loaded.session
         lease_state = loaded.lease or leases.initial_state(alias.session_id)
 
-    arrive = leases.Arrive(opening.run_id, opening.strategy, opening.now, opening.lease_seconds)
+    arrive = _arrive(opening.run_id, opening.strategy, opening.now, opening.lease_seconds)
     new_lease, lease_decision = leases.apply(lease_state, arrive)
     granted = isinstance(lease_decision, leases.Granted)
-    ref = SessionRef(key, alias.session_id, opening.session_key)
-    opened = Opened(ref, lease_decision, record if granted else None)
-    return opened, Writes(issue_key, last_seen, create, new_lease)
+    ref = _session_ref(key, alias.session_id, opening.session_key)
+    opened = _opened(ref, lease_decision, record if granted else None)
+    return opened, _writes(issue_key, last_seen, create, new_lease)

@@ -34,8 +34,10 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 import attrs
 
 from agenthost.sansio_core.types import ChannelIdentity, ResponseTarget, TargetKind
+from agenthost.sansio_core.values import builder, builds_fast
 
 
+@builds_fast
 @attrs.frozen
 class Destination:
     channel: str
@@ -43,6 +45,7 @@ class Destination:
     conversation_id: str | None
 
 
+@builds_fast
 @attrs.frozen
 class LastSeen:
     """The most recent time an identity of the user spoke in one conversation."""
@@ -61,6 +64,7 @@ class DropReason(enum.Enum):
     UNKNOWN_CHANNEL = "unknown_channel"
 
 
+@builds_fast
 @attrs.frozen
 class Dropped:
     channel: str
@@ -68,6 +72,7 @@ class Dropped:
     reason: DropReason
 
 
+@builds_fast
 @attrs.frozen
 class Routing:
     """The decision: where to push, what was dropped and why, and whether it fell back."""
@@ -79,6 +84,26 @@ class Routing:
 
 
 LinkAllowed = Callable[[str, str], bool]  # (originating channel, destination channel)
+
+# Enum members as module constants for the decision below: ``TargetKind.ACTIVE`` goes
+# through the enum's metaclass, about ten times the cost of a global (CPython 3.11), and a
+# decision reads a dozen of them.
+_ORIGINATING, _NONE, _ACTIVE = TargetKind.ORIGINATING, TargetKind.NONE, TargetKind.ACTIVE
+_ALL_LINKED, _CHANNELS, _IDENTITIES = (
+    TargetKind.ALL_LINKED,
+    TargetKind.CHANNELS,
+    TargetKind.IDENTITIES,
+)
+_UNKNOWN_CHANNEL, _CANNOT_PUSH, _LINK_POLICY = (
+    DropReason.UNKNOWN_CHANNEL,
+    DropReason.CANNOT_PUSH,
+    DropReason.LINK_POLICY,
+)
+
+# Built for every destination of every decision: without the trip through ``type.__call__``.
+_destination = builder(Destination)
+_dropped = builder(Dropped)
+_routing = builder(Routing)
 
 
 def resolve_destinations(
@@ -92,20 +117,20 @@ def resolve_destinations(
 ) -> Routing:
     """Decide where a reply goes (see the module rules)."""
     kind = target.kind
-    if kind is TargetKind.ORIGINATING:
+    if kind is _ORIGINATING:
         return Routing((originating,), originating_only=True)
-    if kind is TargetKind.NONE:
+    if kind is _NONE:
         return Routing(())
 
     newest_first = _newest_first(last_seen)
     dropped: list[Dropped] = []
-    if kind is TargetKind.ACTIVE:
+    if kind is _ACTIVE:
         # every sighting, newest first: the loop below keeps the first that can reach the
         # user; never seen anywhere, the routing falls back to originating
         candidates: Iterable[LastSeen] = newest_first
-    elif kind is TargetKind.ALL_LINKED:
+    elif kind is _ALL_LINKED:
         candidates = _all_linked(newest_first, originating, linked, dropped)
-    elif kind is TargetKind.CHANNELS:
+    elif kind is _CHANNELS:
         candidates = _named_channels(target.channels, newest_first, can_push, dropped)
     else:
         candidates = _named_identities(target, newest_first, originating, linked, dropped)
@@ -114,7 +139,7 @@ def resolve_destinations(
     # A channel or identity named twice is pushed once; the other kinds name each
     # (channel, identity) once already. Pairs are compared by the plain strings
     # ChannelIdentity's equality is made of.
-    dedupe = kind is TargetKind.CHANNELS or kind is TargetKind.IDENTITIES
+    dedupe = kind is _CHANNELS or kind is _IDENTITIES
     kept_pairs: set[tuple[str, str, str]] = set()
     origin = originating.channel
     for seen in candidates:
@@ -122,25 +147,25 @@ def resolve_destinations(
         # rule 5, inline: this loop is the routing's hot path
         pushes = can_push.get(channel)
         if pushes is None:
-            reason = DropReason.UNKNOWN_CHANNEL
+            reason = _UNKNOWN_CHANNEL
         elif not pushes:
-            reason = DropReason.CANNOT_PUSH
+            reason = _CANNOT_PUSH
         elif channel != origin and not link_allowed(origin, channel):
-            reason = DropReason.LINK_POLICY
+            reason = _LINK_POLICY
         else:
             if dedupe:
                 pair = (channel, seen.identity.channel, seen.identity.native_id)
                 if pair in kept_pairs:
                     continue
                 kept_pairs.add(pair)
-            kept.append(Destination(channel, seen.identity, seen.conversation_id))
-            if kind is TargetKind.ACTIVE:
+            kept.append(_destination(channel, seen.identity, seen.conversation_id))
+            if kind is _ACTIVE:
                 break  # the most recent channel that can reach the user
             continue
-        dropped.append(Dropped(channel, seen.identity, reason))
+        dropped.append(_dropped(channel, seen.identity, reason))
     if not kept:
         return Routing((originating,), tuple(dropped), originating_only=True, fell_back=True)
-    return Routing(tuple(kept), tuple(dropped))
+    return _routing(tuple(kept), tuple(dropped))
 
 
 _BY_NAME = operator.attrgetter("channel", "identity.native_id")

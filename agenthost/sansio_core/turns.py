@@ -69,6 +69,7 @@ from agenthost.sansio_core.types import (
     SessionMode,
     SessionRef,
 )
+from agenthost.sansio_core.values import builder, builds_fast
 
 TurnGenerator = Generator[fx.Effect, Any, Any]
 
@@ -82,6 +83,7 @@ class RefusalReason(enum.Enum):
     TARGET_NOT_ALLOWED = "target_not_allowed"  # the caller may not choose where replies go
 
 
+@builds_fast
 @attrs.frozen
 class ResolvedTurn:
     """A request whose identity and session are settled, ready to run (now or later)."""
@@ -90,12 +92,14 @@ class ResolvedTurn:
     session_ref: SessionRef
 
 
+@builds_fast
 @attrs.frozen
 class TurnCompleted:
     result: HostedRunResult
     saved: bool
 
 
+@builds_fast
 @attrs.frozen
 class TurnFailed:
     error: str
@@ -122,6 +126,14 @@ class TurnRefused:
 
 
 TurnOutcome = TurnCompleted | TurnFailed | TurnRefused
+
+# The values every turn builds, built without the trip through ``type.__call__``.
+_opening = builder(opening.Opening)
+_open_turn_effect = builder(fx.OpenTurn)
+_run_target = builder(fx.RunTarget)
+_finish_run = builder(fx.FinishRun)
+_hosted_run_result = builder(HostedRunResult)
+_turn_completed = builder(TurnCompleted)
 
 
 @attrs.frozen
@@ -280,7 +292,7 @@ def _run_under_lease(
             raise AssertionError(f"unexpected lease decision {decision!r}")
 
     state = record.state if record is not None else None
-    answer = yield fx.RunTarget(request, ref, state, run_id)
+    answer = yield _run_target(request, ref, state, run_id)
     to_save = None
     if isinstance(answer, fx.TargetSucceeded) and record is not None:
         finished_at = answer.finished_at if answer.finished_at is not None else now
@@ -290,7 +302,7 @@ def _run_under_lease(
             finished_at,
             expires_when_idle=answer.state_expires_when_idle,
         )
-    saved: bool = yield fx.FinishRun(ref.session_id, run_id, to_save)
+    saved: bool = yield _finish_run(ref.session_id, run_id, to_save)
     return _outcome(answer, ref, saved=saved)
 
 
@@ -312,22 +324,23 @@ def open_turn(
         seen = routing.LastSeen(
             request.channel, request.identity, request.session.conversation_id, now
         )
-    plan = opening.Opening(
-        identity=request.identity,
-        scope=scope,
-        session_key=session_key,
-        session_mode=request.session_mode,
-        access=settings.access.for_channel(request.channel),
-        is_direct=request.session.is_direct,
-        run_id=run_id,
-        strategy=request.multitask or settings.default_multitask,
-        now=now,
-        last_seen=seen,
-        lease_seconds=settings.lease_seconds,
-        fork_scope=fork_scope,
-        has_source_key=request.session.key is not None,
+    # Positional: keyword matching for thirteen fields cost more than the value's own init.
+    plan = _opening(
+        request.identity,  # identity
+        scope,
+        session_key,
+        request.session_mode,
+        settings.access.for_channel(request.channel),  # access
+        request.session.is_direct,  # is_direct
+        run_id,
+        request.multitask or settings.default_multitask,  # strategy
+        now,
+        seen,  # last_seen
+        settings.lease_seconds,
+        fork_scope,
+        request.session.key is not None,  # has_source_key
     )
-    opened: opening.Outcome = yield fx.OpenTurn(plan)
+    opened: opening.Outcome = yield _open_turn_effect(plan)
     if isinstance(opened, opening.Refused):
         if opened.access is None:
             return TurnRefused(RefusalReason.SESSION_NOT_FOUND, "no session matches the request")
@@ -415,12 +428,21 @@ def run_turn(
 
     A request that carries a host command is answered by :func:`run_command` instead;
     ``bot_name`` is the channel's bot name, for ``/command@bot``.
+
+    It picks the generator that runs the turn and returns it, rather than delegating to it
+    with ``yield from``: every effect of a turn would pass through one more frame.
     """
     command = commands.command_of(request, settings.commands, bot_name)
     if command is not None:
-        return (yield from run_command(request, command, run_id=run_id, now=now, settings=settings))
+        return run_command(request, command, run_id=run_id, now=now, settings=settings)
     if opens_in_one_trip(request, settings):
-        return (yield from open_turn(request, run_id=run_id, now=now, settings=settings))
+        return open_turn(request, run_id=run_id, now=now, settings=settings)
+    return _stepwise_turn(request, run_id=run_id, now=now, settings=settings)
+
+
+def _stepwise_turn(
+    request: ChannelRequest, *, run_id: str, now: float, settings: TurnSettings
+) -> Generator[fx.Effect, Any, TurnOutcome]:
     resolved = yield from resolve_turn(request, run_id=run_id, now=now, settings=settings)
     if isinstance(resolved, TurnRefused):
         return resolved
@@ -522,4 +544,4 @@ def _outcome(
 ) -> TurnCompleted | TurnFailed:
     if isinstance(answer, fx.TargetFailed):
         return TurnFailed(answer.error, ref, cancelled=answer.cancelled)
-    return TurnCompleted(HostedRunResult(answer.result, ref, answer.text), saved=saved)
+    return _turn_completed(_hosted_run_result(answer.result, ref, answer.text), saved)

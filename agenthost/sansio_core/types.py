@@ -12,6 +12,8 @@ from typing import Any
 
 import attrs
 
+from agenthost.sansio_core.values import builds_fast
+
 
 def _frozen_mapping(value: Mapping[str, Any] | None) -> Mapping[str, Any]:
     # A private copy, so a caller mutating its dict later cannot change a frozen value.
@@ -108,6 +110,7 @@ class HostMessage:
         return "".join(part.text for part in self.parts if isinstance(part, TextPart))
 
 
+@builds_fast
 @attrs.frozen(cache_hash=True)  # a key of sets and dicts on every routing decision
 class ChannelIdentity:
     """The *user* as one channel sees them (never the chat).
@@ -122,6 +125,7 @@ class ChannelIdentity:
     )
 
 
+@builds_fast
 @attrs.frozen
 class ChannelSession:
     """What the channel knows of the session.
@@ -200,6 +204,7 @@ class ResponseTarget:
 _ORIGINATING = ResponseTarget()
 
 
+@builds_fast
 @attrs.frozen
 class ChannelRequest:
     """One inbound request, as a channel's codec built it from the native payload.
@@ -224,6 +229,7 @@ class ChannelRequest:
     attributes: Mapping[str, Any] = attrs.field(default=None, converter=_frozen_mapping, eq=False)
 
 
+@builds_fast
 @attrs.frozen
 class SessionRef:
     """The session a turn ran in: enough to continue it, or to show it."""
@@ -233,6 +239,7 @@ class SessionRef:
     key: str | None = None  # the caller-supplied key, echoed back to the caller
 
 
+@builds_fast
 @attrs.frozen
 class HostedRunResult:
     """The target's full-fidelity result, unchanged; channels decide what to render."""

@@ -11,9 +11,11 @@ one for ``LISTEN`` when something subscribes to notifications.
 
 Locks a call takes live until its batch commits. Two batches on different replicas (or
 lanes) can then wait on each other's locks; PostgreSQL's deadlock detector aborts one
-statement, the lane rolls back to that call's savepoint (releasing the locks the call took)
-and runs the call again, up to :data:`RETRIES` times, so a deadlock costs a delay, not an
-error.
+statement. Rolling back to that call's savepoint would not do: the cycle may run through
+locks an earlier call of the same batch took, which the savepoint keeps, so the retry
+would deadlock again. The lane rolls the whole batch back and runs its calls again one
+transaction each, each retried up to :data:`RETRIES` times, so a deadlock costs a delay,
+not an error.
 
 A lane whose connection broke (a restarted server, a dropped network) reconnects: found
 at the start of a batch, transparently; in the middle of one, the batch fails (its callers
@@ -110,8 +112,18 @@ class Lane:
             if len(batch) == 1:
                 _run_alone(conn, batch[0])  # no other call to shield: no savepoint
             else:
-                for item in batch:
-                    _run_item(conn, item)
+                try:
+                    for item in batch:
+                        _run_item(conn, item)
+                except _RETRYABLE:
+                    # Nothing of the batch is kept; each call runs again on its own.
+                    conn.execute("ROLLBACK")
+                    for item in batch:
+                        item.result, item.error = None, None
+                        conn.execute("BEGIN")
+                        _run_alone(conn, item)
+                        conn.execute("COMMIT")
+                    conn.execute("BEGIN")  # closed by the COMMIT below, empty
             conn.execute("COMMIT")
         except Exception as exc:
             if not conn.broken and not conn.closed:
@@ -126,23 +138,19 @@ class Lane:
 
 
 def _run_item(conn: Conn, item: WorkItem[Conn]) -> None:
-    for attempt in range(RETRIES + 1):
-        conn.execute("SAVEPOINT item")
-        try:
-            item.result = item.work(conn)
-        except _RETRYABLE as exc:
-            conn.execute("ROLLBACK TO SAVEPOINT item")
-            conn.execute("RELEASE SAVEPOINT item")
-            if attempt == RETRIES:
-                item.error = exc
-            continue
-        except Exception as exc:
-            if conn.broken or conn.closed:
-                raise
-            conn.execute("ROLLBACK TO SAVEPOINT item")
-            item.error = exc
-        conn.execute("RELEASE SAVEPOINT item")
-        return
+    """One call of a batch under its own savepoint: its failure undoes only its writes. A
+    deadlock or serialization failure propagates: the batch runs again call by call."""
+    conn.execute("SAVEPOINT item")
+    try:
+        item.result = item.work(conn)
+    except _RETRYABLE:
+        raise
+    except Exception as exc:
+        if conn.broken or conn.closed:
+            raise
+        conn.execute("ROLLBACK TO SAVEPOINT item")
+        item.error = exc
+    conn.execute("RELEASE SAVEPOINT item")
 
 
 def _run_alone(conn: Conn, item: WorkItem[Conn]) -> None:

@@ -4,6 +4,7 @@ again (real connections, real errors raised by the server)."""
 
 from __future__ import annotations
 
+import threading
 from typing import Any
 
 import psycopg
@@ -82,6 +83,62 @@ def test_a_deadlock_victim_runs_again_and_only_its_last_attempt_counts(
     assert batch[0].error is None and batch[0].result == "won"
     assert len(attempts) == 2
     assert marks(lane) == ["attempt-2", *(f"other-{n}" for n in range(size - 1))]
+
+
+def test_two_batches_that_deadlock_both_commit_every_call() -> None:
+    # Batch A writes x then y, batch B y then x, each write its own call: the cycle runs
+    # through the first call's lock, which rolling back to the second call's savepoint
+    # keeps (that retried into the same deadlock until the retries ran out).
+    with postgres_schema() as (dsn, schema):
+        setup = psycopg.connect(dsn, autocommit=True)
+        setup.execute(f'CREATE SCHEMA "{schema}"')
+        setup.execute(f'CREATE TABLE "{schema}".marks (name text PRIMARY KEY)')
+        setup.close()
+        both_hold_one = threading.Barrier(2, timeout=10)
+
+        def write(name: str, *, then_wait: bool) -> Any:
+            waited: list[bool] = []
+
+            def work(conn: Conn) -> str:
+                conn.execute("INSERT INTO marks VALUES (%s) ON CONFLICT DO NOTHING", (name,))
+                if then_wait and not waited:  # the first attempt only
+                    waited.append(True)
+                    both_hold_one.wait()
+                return name
+
+            return work
+
+        batches: list[list[WorkItem[Conn]]] = [
+            [WorkItem(write("x", then_wait=True)), WorkItem(write("y", then_wait=False))],
+            [WorkItem(write("y", then_wait=True)), WorkItem(write("x", then_wait=False))],
+        ]
+        lanes = [
+            Lane(lambda: _fast_deadlocks(connect(dsn, schema))) for _ in batches
+        ]
+        try:
+            threads = [
+                threading.Thread(target=lane._run_batch, args=(batch,))
+                for lane, batch in zip(lanes, batches, strict=True)
+            ]
+            for thread in threads:
+                thread.start()
+            for thread in threads:
+                thread.join(timeout=30)
+            assert not any(thread.is_alive() for thread in threads)
+            assert [[item.error for item in batch] for batch in batches] == [[None] * 2] * 2
+            assert [[item.result for item in batch] for batch in batches] == [
+                ["x", "y"],
+                ["y", "x"],
+            ]
+            assert marks(lanes[0]) == ["x", "y"]
+        finally:
+            for lane in lanes:
+                lane.close_sync()
+
+
+def _fast_deadlocks(conn: Conn) -> Conn:
+    conn.execute("SET deadlock_timeout = '100ms'")  # the detector looks sooner (default 1 s)
+    return conn
 
 
 def test_locks_taken_inside_queries_are_the_ones_their_writers_take() -> None:

@@ -135,7 +135,7 @@ async def _fan_out_with_host(
 
 async def _fan_out_row(
     host: Any,
-    store: _WatchedStore,
+    store: SettledSteps,
     names: list[str],
     label: str,
     receiver_cpu: Callable[[], float] | None,
@@ -171,8 +171,8 @@ async def _fan_out_row(
     return Row(f"fan-out to {len(names)} via SQLite outbox{label}", total, sum(samples), extra)
 
 
-class _WatchedStore(SQLiteStore):
-    """The SQLite store, telling the benchmark when a round's last delivery is settled.
+class SettledSteps:
+    """Mixed into a store class: tells the benchmark when a round's last delivery settled.
 
     The host has no completion event to wait on. Polling the store for deliveries still on
     their way cost the rounds CPU of their own (a store call every 2 ms); this counts the
@@ -180,36 +180,39 @@ class _WatchedStore(SQLiteStore):
     ``Sent`` (or of a delivery given up on), at no cost to the host.
     """
 
-    def __init__(self, path: Path) -> None:
-        super().__init__(path)
-        self.settled = 0
-        self.wanted = 0
-        self.round_over = anyio.Event()
+    settled = 0
+    wanted = 0
+    round_over: anyio.Event | None = None
 
-    def expect(self, count: int) -> None:
+    def expect(self, count: int) -> anyio.Event:
         self.settled, self.wanted, self.round_over = 0, count, anyio.Event()
+        return self.round_over
 
     async def apply_delivery_events(
         self, steps: Sequence[tuple[str, DeliveryEvent]]
     ) -> list[DeliveryStepAnswer]:
-        answers = await super().apply_delivery_events(steps)
+        answers: list[DeliveryStepAnswer] = await super().apply_delivery_events(steps)  # type: ignore[misc]
         for answer in answers:
             if isinstance(answer, Delivery) and answer.status in _SETTLED:
                 self.settled += 1
-        if self.settled >= self.wanted:
+        if self.settled >= self.wanted and self.round_over is not None:
             self.round_over.set()
         return answers
+
+
+class _WatchedStore(SettledSteps, SQLiteStore):
+    """The SQLite store, counting settled deliveries (:class:`SettledSteps`)."""
 
 
 _SETTLED = (DeliveryStatus.DELIVERED, DeliveryStatus.DEAD, DeliveryStatus.UNKNOWN)
 
 
-async def _round(host: Any, store: _WatchedStore, target: ResponseTarget) -> None:
-    store.expect(len(target.channels))
+async def _round(host: Any, store: SettledSteps, target: ResponseTarget) -> None:
+    round_over = store.expect(len(target.channels))
     scheduled = await host.deliver(isolation_key="bench-user", message="hello", target=target)
     assert len(scheduled) == len(target.channels), "every webhook is a destination"
     with anyio.fail_after(30):
-        await store.round_over.wait()
+        await round_over.wait()
     stuck = await host.store.list_deliveries([DeliveryStatus.DEAD, DeliveryStatus.UNKNOWN])
     if stuck:
         raise RuntimeError(f"delivery {stuck[0].delivery_id} is {stuck[0].status.value}: "

@@ -291,15 +291,27 @@ def _postgres_cpu_seconds() -> float:
 
 
 async def _fan_out_rows(root: Path, url: str) -> list[Row]:
+    from agenthost.stores.postgres import PostgresStore
     from agenthost.stores.selection import store_from_url
     from agenthost.stores.sqlite import SQLiteStore
+    from benchmarks.delivery import SettledSteps
 
-    sqlite = await _fan_out(root / "fan-out-sqlite", SQLiteStore(root / "fan-out.db"), "SQLite")
-    postgres = await _fan_out(root / "fan-out-pg", store_from_url(url), "PostgreSQL")
+    class WatchedSQLite(SettledSteps, SQLiteStore):
+        pass
+
+    class WatchedPostgres(SettledSteps, PostgresStore):
+        pass
+
+    given = store_from_url(url)
+    assert isinstance(given, PostgresStore)
+    sqlite = await _fan_out(root / "fan-out-sqlite", WatchedSQLite(root / "fan-out.db"), "SQLite")
+    postgres = await _fan_out(
+        root / "fan-out-pg", WatchedPostgres(given.dsn, schema=given.schema), "PostgreSQL"
+    )
     return [sqlite, _ratio(postgres, sqlite)]
 
 
-async def _fan_out(state: Path, store: Store, label: str) -> Row:
+async def _fan_out(state: Path, store: Any, label: str) -> Row:
     from starlette.applications import Starlette
     from starlette.requests import Request
     from starlette.responses import JSONResponse, Response
@@ -336,7 +348,7 @@ async def _fan_out(state: Path, store: Store, label: str) -> Row:
         tasks.start_soon(lambda: serve_app(receiver, config, shutdown_trigger=stop.wait))
         try:
             async with host.running():
-                row = await _fan_out_row(host, names)
+                row = await _fan_out_row(host, store, names, "", None)
         finally:
             stop.set()
     return attrs.evolve(row, name=f"fan-out to {HOOKS} via {label} outbox")

@@ -22,6 +22,7 @@ import subprocess
 import sys
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from contextlib import ExitStack, asynccontextmanager, contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -313,45 +314,68 @@ async def test_one_replica_polls_telegram_and_another_takes_over_when_it_dies(
     )
 
 
-async def test_telegram_webhooks_on_every_replica_answer_each_update_once(
-    tmp_path: Path,
-) -> None:
-    fake = FakeBotApi(BOT_TOKEN, username=BOT_USERNAME)
-    secret = "shared-replica-secret"
-    chat = 5151
+WEBHOOK_SECRET = "shared-replica-secret"
+
+
+@dataclass
+class WebhookReplicas:
+    """Telegram replicas in webhook mode sharing one secret, and a client to reach them."""
+
+    running: list[tuple[subprocess.Popen[bytes], str]]
+    client: httpx.AsyncClient
+
+    async def deliver(self, index: int, update: dict[str, Any], token: str = WEBHOOK_SECRET) -> int:
+        """Post ``update`` to replica ``index``'s webhook; its status code."""
+        answer = await self.client.post(
+            f"{self.running[index][1]}/telegram/webhook",
+            json=update,
+            headers={"x-telegram-bot-api-secret-token": token},
+        )
+        return answer.status_code
+
+
+@asynccontextmanager
+async def telegram_webhook_replicas(
+    fake: FakeBotApi, directory: Path, env: Mapping[str, str] | None = None
+) -> AsyncIterator[WebhookReplicas]:
+    """Two Telegram replicas in webhook mode on one PostgreSQL database."""
     with database() as (_, _, url):
         async with (
             served(fake.app) as api_url,
             replicas(
                 2,
                 url,
-                tmp_path,
+                directory,
                 "",
                 app="tests.replicas.telegram_app:build_host",
-                env={"REPLICA_TEST_BOT_API": api_url, "REPLICA_TEST_WEBHOOK_SECRET": secret},
+                env={
+                    "REPLICA_TEST_BOT_API": api_url,
+                    "REPLICA_TEST_WEBHOOK_SECRET": WEBHOOK_SECRET,
+                    **(env or {}),
+                },
             ) as running,
             httpx.AsyncClient(timeout=10) as client,
         ):
+            yield WebhookReplicas(running, client)
 
-            async def deliver(base: str, update: dict[str, Any], token: str = secret) -> int:
-                answer = await client.post(
-                    f"{base}/telegram/webhook",
-                    json=update,
-                    headers={"x-telegram-bot-api-secret-token": token},
-                )
-                return answer.status_code
 
-            updates = [
-                message(100 + n, user_id=chat, chat=private_chat(chat), text=f"hook {n}")
-                for n in range(6)
-            ]
-            for n, update in enumerate(updates):
-                # Telegram retries a delivery it thinks failed: here, to both replicas.
-                assert await deliver(running[n % 2][1], update) == 200
-                assert await deliver(running[(n + 1) % 2][1], update) == 200
-            assert await deliver(running[0][1], updates[0], token="wrong") == 401
-            await fake.wait_until(lambda: len(fake.sent_to(chat)) >= len(updates), timeout=30)
-            await anyio.sleep(1.0)  # a duplicate would be answered by now
+async def test_telegram_webhooks_on_every_replica_answer_each_update_once(
+    tmp_path: Path,
+) -> None:
+    fake = FakeBotApi(BOT_TOKEN, username=BOT_USERNAME)
+    chat = 5151
+    async with telegram_webhook_replicas(fake, tmp_path) as hooks:
+        updates = [
+            message(100 + n, user_id=chat, chat=private_chat(chat), text=f"hook {n}")
+            for n in range(6)
+        ]
+        for n, update in enumerate(updates):
+            # Telegram retries a delivery it thinks failed: here, to both replicas.
+            assert await hooks.deliver(n % 2, update) == 200
+            assert await hooks.deliver((n + 1) % 2, update) == 200
+        assert await hooks.deliver(0, updates[0], token="wrong") == 401
+        await fake.wait_until(lambda: len(fake.sent_to(chat)) >= len(updates), timeout=30)
+        await anyio.sleep(1.0)  # a duplicate would be answered by now
     assert sorted(m.text.split(": ", 1)[1] for m in fake.sent_to(chat)) == sorted(
         f"hook {n}" for n in range(6)
     )
@@ -366,40 +390,19 @@ async def test_what_a_killed_webhook_replica_was_handling_is_answered_by_another
     # Webhook replicas elect nobody: no restart of the dead one comes to recover its inbox,
     # so the live ones must take its records over once its inbox lease lapses.
     fake = FakeBotApi(BOT_TOKEN, username=BOT_USERNAME)
-    secret = "shared-replica-secret"
     chat = 6161
     log = tmp_path / "handled.log"
-    with database() as (_, _, url):
-        async with (
-            served(fake.app) as api_url,
-            replicas(
-                2,
-                url,
-                tmp_path,
-                "",
-                app="tests.replicas.telegram_app:build_host",
-                env={
-                    "REPLICA_TEST_BOT_API": api_url,
-                    "REPLICA_TEST_WEBHOOK_SECRET": secret,
-                    "REPLICA_TEST_STALLS": "r0",
-                },
-            ) as running,
-            httpx.AsyncClient(timeout=10) as client,
-        ):
-            update = message(700, user_id=chat, chat=private_chat(chat), text="stall")
-            answer = await client.post(
-                f"{running[0][1]}/telegram/webhook",
-                json=update,
-                headers={"x-telegram-bot-api-secret-token": secret},
-            )
-            assert answer.status_code == 200
-            with anyio.fail_after(10):
-                while not (log.exists() and "r0 stall" in log.read_text()):
-                    await anyio.sleep(0.05)
-            running[0][0].send_signal(signal.SIGKILL)
-            running[0][0].wait(timeout=10)
-            # The lease lapses 15 s after r0's last renewal; r1 sweeps every 5 s.
-            await fake.wait_until(lambda: len(fake.sent_to(chat)) >= 1, timeout=40)
-            await anyio.sleep(1.0)  # a second answer would be out by now
+    async with telegram_webhook_replicas(fake, tmp_path, {"REPLICA_TEST_STALLS": "r0"}) as hooks:
+        update = message(700, user_id=chat, chat=private_chat(chat), text="stall")
+        assert await hooks.deliver(0, update) == 200
+        with anyio.fail_after(10):
+            while not (log.exists() and "r0 stall" in log.read_text()):
+                await anyio.sleep(0.05)
+        stalled = hooks.running[0][0]
+        stalled.send_signal(signal.SIGKILL)
+        stalled.wait(timeout=10)
+        # The lease lapses 15 s after r0's last renewal; r1 sweeps every 5 s.
+        await fake.wait_until(lambda: len(fake.sent_to(chat)) >= 1, timeout=40)
+        await anyio.sleep(1.0)  # a second answer would be out by now
     assert [m.text for m in fake.sent_to(chat)] == ["r1: stall"]
     assert log.read_text().splitlines() == ["r0 stall", "r1 stall"]

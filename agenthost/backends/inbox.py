@@ -120,7 +120,7 @@ class DurableInbox:
         self._owner = uuid.uuid4().hex
         self._lease_seconds = owner_lease_seconds
         self._lease_lock = anyio.Lock()
-        self._leased = False  # the owner lease was taken at least once (rule 6)
+        self._leased = False  # the owner lease was asked for at least once (rule 6)
         self._released = False  # given up for good (rule 7)
         self._stopping = False
         self._dedupe_seconds = dedupe_seconds

@@ -1,8 +1,9 @@
 """The delivery worker: sends what the outbox holds, one task per delivery.
 
 It claims due deliveries in batches (``store.claim_due_deliveries``, a lease each), and
-runs every claimed delivery's send in its own task under the host's fan-out limit, so one
-slow or failing destination never holds up another. A delivery with an echo sends the
+runs the claimed sends side by side under the host's fan-out limit, so one slow or
+failing destination never holds up another; only the deliveries to one conversation go
+one at a time, in the order they were scheduled. A delivery with an echo sends the
 echo first (silently where the platform allows) and records ``EchoSent`` before the
 reply, so a retry never echoes twice; a reply sent in parts records ``PartSent`` after
 each. One renewal loop renews the lease of every send in flight every third of the lease,
@@ -103,6 +104,8 @@ class DeliveryWorker:
         self._limiter = anyio.CapacityLimiter(settings.max_concurrent_sends)
         self._wake = anyio.Event()
         self._inflight: dict[str, _InFlight] = {}
+        # Per conversation with a send under way: the claimed sends waiting their turn.
+        self._following: dict[_Conversation, list[tuple[Delivery, _InFlight]]] = {}
         self._idle: anyio.Event | None = None
         self._stopping = False
         self._claiming: anyio.CancelScope | None = None
@@ -210,11 +213,19 @@ class DeliveryWorker:
                 interrupted = delivery.Interrupted(self._owner, self._clock())
                 await self._steps.record_all([(d.delivery_id, interrupted) for d in claimed])
                 return 0
-        for d in claimed:
+        for d in sorted(claimed, key=_scheduling_order):
             sending = _InFlight()
             self._inflight[d.delivery_id] = sending
             await self._limiter.acquire_on_behalf_of(d.delivery_id)
-            sends.start_soon(self._deliver, d, sending, name=f"delivery {d.delivery_id}")
+            conversation = _conversation_of(d)
+            following = self._following.get(conversation)
+            if following is not None:  # a send to this conversation is under way
+                following.append((d, sending))
+                continue
+            self._following[conversation] = []
+            sends.start_soon(
+                self._deliver_in_order, conversation, d, sending, name=f"delivery {d.delivery_id}"
+            )
         return len(claimed)
 
     async def sweep(self) -> None:
@@ -244,6 +255,27 @@ class DeliveryWorker:
                 )
 
     # --- one delivery ---------------------------------------------------------------
+
+    async def _deliver_in_order(
+        self, conversation: _Conversation, d: Delivery, sending: _InFlight
+    ) -> None:
+        """Send ``d``, then the deliveries to the same conversation claimed meanwhile, one
+        at a time: a conversation's messages reach it in the order they were scheduled
+        (an A2A receiver sees a task's end after its start, a chat its replies in turn)."""
+        following = self._following[conversation]
+        try:
+            while True:
+                await self._deliver(d, sending)
+                if not following:
+                    return
+                d, sending = following.pop(0)
+        finally:
+            del self._following[conversation]
+            # Cancelled from outside with sends still waiting their turn: they stay
+            # claimed in the store (their lease lapses and a sweep recovers them).
+            for waiting, waiting_sending in following:
+                self._inflight.pop(waiting.delivery_id, None)
+                self._free_slot(waiting.delivery_id, waiting_sending)
 
     async def _deliver(self, d: Delivery, sending: _InFlight) -> None:
         progress = _Progress()
@@ -427,6 +459,17 @@ class DeliveryWorker:
     async def _record(self, delivery_id: str, event: delivery.DeliveryEvent) -> Delivery | None:
         [recorded] = await self._steps.record_all([(delivery_id, event)])
         return recorded
+
+
+_Conversation = tuple[str, ChannelIdentity, "str | None"]
+
+
+def _conversation_of(d: Delivery) -> _Conversation:
+    return (d.channel, d.identity, d.conversation_id)
+
+
+def _scheduling_order(d: Delivery) -> tuple[float, str]:
+    return (d.created_at, d.delivery_id)
 
 
 @attrs.define

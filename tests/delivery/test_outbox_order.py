@@ -1,0 +1,98 @@
+"""A conversation's deliveries reach it in the order they were scheduled: the worker sends
+the deliveries to one conversation it claimed together one at a time, while other
+conversations' sends go on beside them."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import anyio
+import pytest
+
+from agenthost import ChannelIdentity, Host, HostMessage
+from agenthost.backends.push import PushMessage, PushOutcome
+from agenthost.sansio_core.delivery import Delivery, DeliveryStatus
+from agenthost.sansio_core.routing import Destination
+from agenthost.stores.memory import MemoryStore
+from tests.delivery.receiver import PushChat
+
+pytestmark = pytest.mark.anyio
+
+
+async def answer(messages: list[HostMessage]) -> str:
+    return "unused"
+
+
+class SlowFirstChat(PushChat):
+    """A push takes longer the earlier its message was written (``"n"``: 0 is slowest), so
+    sends made side by side would finish in reverse; notes which pushes overlapped."""
+
+    push_is_idempotent = True
+
+    def __init__(self) -> None:
+        super().__init__("chat")
+        self.finished: list[tuple[str | None, str]] = []
+        self.under_way: dict[str | None, int] = {}
+        self.most_at_once: dict[str | None, int] = {}
+
+    async def push(self, destination: Destination, message: PushMessage) -> PushOutcome:
+        conversation = destination.conversation_id
+        self.under_way[conversation] = self.under_way.get(conversation, 0) + 1
+        self.most_at_once[conversation] = max(
+            self.most_at_once.get(conversation, 0), self.under_way[conversation]
+        )
+        try:
+            await anyio.sleep(0.02 * (5 - int(message.text)))
+        finally:
+            self.under_way[conversation] -= 1
+        self.finished.append((conversation, message.text))
+        return PushOutcome.ok()
+
+
+def to_conversation(conversation: str, count: int, now: float) -> list[Delivery]:
+    return [
+        Delivery(
+            delivery_id=f"{conversation}:{n:02d}",
+            isolation_key="k",
+            channel="chat",
+            identity=ChannelIdentity("chat", "user-1"),
+            conversation_id=conversation,
+            reply={"text": str(n)},
+            echo=None,
+            created_at=now + n * 0.001,
+            next_attempt_at=now,
+        )
+        for n in range(count)
+    ]
+
+
+async def until(condition: Callable[[], bool]) -> None:
+    with anyio.fail_after(10):
+        while not condition():
+            await anyio.sleep(0.01)
+
+
+async def test_one_conversations_deliveries_arrive_in_order_others_go_beside(
+    tmp_path: Path,
+) -> None:
+    store, chat = MemoryStore(), SlowFirstChat()
+    now = time.time()
+    # Scheduled newest first, so neither the store's order nor the claim's can hide a miss.
+    scheduled = to_conversation("a", 5, now)[::-1] + to_conversation("b", 1, now)
+    await store.schedule_deliveries(scheduled)
+    host = Host(answer, channels=[chat], store=store, state_dir=tmp_path)
+    async with host.running():
+        await until(lambda: len(chat.finished) == 6)
+        with anyio.fail_after(10):
+            while len(delivered := await store.list_deliveries([DeliveryStatus.DELIVERED])) < 6:
+                await anyio.sleep(0.01)
+    assert [text for conversation, text in chat.finished if conversation == "a"] == [
+        "0", "1", "2", "3", "4",
+    ]  # fmt: skip
+    assert chat.most_at_once["a"] == 1
+    # Conversation b was not held behind a: its one push (the slowest kind) ended before
+    # a's last.
+    assert chat.finished.index(("b", "0")) < chat.finished.index(("a", "4"))
+    assert len(delivered) == 6

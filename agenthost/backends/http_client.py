@@ -15,13 +15,14 @@ that reconnects on every burst.
 :class:`KeepAliveTransport` instead keeps a stack of idle connections per origin: a
 request takes the most recently used one that is still idle and unexpired (checking that
 one only), or opens a new one, and gives it back when its response is closed. The
-connections themselves are httpcore's (``AsyncHTTPConnection``: TLS, timeouts, the
-``trace`` extension, HTTP/1.1), as are the limits it honours: at most ``max_connections``
-open (an idle connection of another origin is closed to make room; otherwise the request
-waits up to the ``pool`` timeout, then ``httpx.PoolTimeout``), at most
-``max_keepalive_connections`` idle, each for at most ``keepalive_expiry`` seconds.
-:class:`HostHttpClient` keeps every connection a burst opened (``max_keepalive_connections``
-defaults to ``max_connections``; the expiry still closes what stays idle).
+connections are :class:`agenthost.backends.http11.Http11Connection` (HTTP/1.1 with TLS,
+httpx's timeouts and errors, the ``trace`` events a pool needs; why not httpcore's is
+said there). It honours httpx's limits: at most ``max_connections`` open (an idle
+connection of another origin is closed to make room; otherwise the request waits up to
+the ``pool`` timeout, then ``httpx.PoolTimeout``), at most ``max_keepalive_connections``
+idle, each for at most ``keepalive_expiry`` seconds. :class:`HostHttpClient` keeps every
+connection a burst opened (``max_keepalive_connections`` defaults to ``max_connections``;
+the expiry still closes what stays idle).
 
 Transports the client does not build with this one (a caller's own ``transport``, an
 environment proxy's, HTTP/2) keep httpx's pool behind a gate: requests to one origin
@@ -44,9 +45,9 @@ from typing import Any
 
 import anyio
 import attrs
-import httpcore
 import httpx
-from httpx._transports.default import AsyncResponseStream, map_httpcore_exceptions
+
+from agenthost.backends.http11 import Http11Connection
 
 #: httpcore trace events after which the request holds its connection alone.
 _HAS_ITS_CONNECTION = frozenset(
@@ -138,40 +139,24 @@ class KeepAliveTransport(httpx.AsyncBaseTransport):
         self._max_open = limits.max_connections
         self._max_idle = limits.max_keepalive_connections
         self._expiry = limits.keepalive_expiry
-        self._idle: dict[Origin, list[httpcore.AsyncHTTPConnection]] = {}
+        self._idle: dict[Origin, list[Http11Connection]] = {}
         self._idle_count = 0
-        self._open: set[httpcore.AsyncHTTPConnection] = set()  # idle, busy or connecting
+        self._open: set[Http11Connection] = set()  # idle, busy or connecting
         self._freed: anyio.Event | None = None  # set when a connection closes or goes idle
         self._next_sweep = 0.0
         self._closed = False
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
         url = request.url
-        target = httpcore.URL(
-            scheme=url.raw_scheme, host=url.raw_host, port=url.port, target=url.raw_path
-        )
         origin = (url.raw_scheme, url.raw_host, url.port)
-        connection = await self._connection_for(origin, target.origin, request)
-        core_request = httpcore.Request(
-            method=request.method,
-            url=target,
-            headers=request.headers.raw,
-            content=request.stream,
-            extensions=request.extensions,
-        )
+        connection = await self._connection_for(origin, request)
         try:
-            with map_httpcore_exceptions():
-                response = await connection.handle_async_request(core_request)
+            response = await connection.exchange(request)
         except BaseException:
             await self._close(connection)
             raise
-        body = _GivenBackOnClose(response.stream, self, origin, connection)
-        return httpx.Response(
-            status_code=response.status,
-            headers=response.headers,
-            stream=AsyncResponseStream(body),
-            extensions=response.extensions,
-        )
+        response.stream = _GivenBackOnClose(response.stream, self, origin, connection)
+        return response
 
     @property
     def idle_connections(self) -> int:
@@ -188,9 +173,7 @@ class KeepAliveTransport(httpx.AsyncBaseTransport):
 
     # --- connections ------------------------------------------------------------------
 
-    async def _connection_for(
-        self, origin: Origin, core_origin: httpcore.Origin, request: httpx.Request
-    ) -> httpcore.AsyncHTTPConnection:
+    async def _connection_for(self, origin: Origin, request: httpx.Request) -> Http11Connection:
         if self._closed:
             raise RuntimeError("the HTTP client is closed")
         await self._sweep_expired()
@@ -208,25 +191,28 @@ class KeepAliveTransport(httpx.AsyncBaseTransport):
                 if self._freed is None:
                     self._freed = anyio.Event()
                 await self._freed.wait()
-            connection = httpcore.AsyncHTTPConnection(
-                core_origin, ssl_context=self._ssl_context, keepalive_expiry=self._expiry
+            scheme, host, port = origin
+            if scheme not in (b"http", b"https"):
+                raise httpx.UnsupportedProtocol("only http and https URLs can be requested")
+            connection = Http11Connection(
+                scheme, host, port, ssl_context=self._ssl_context, keepalive_expiry=self._expiry
             )
             self._open.add(connection)
             return connection
         raise httpx.PoolTimeout("no connection became free within the pool timeout")
 
-    async def _take_idle(self, origin: Origin) -> httpcore.AsyncHTTPConnection | None:
+    async def _take_idle(self, origin: Origin) -> Http11Connection | None:
         stack = self._idle.get(origin)
         while stack:
             connection = stack.pop()
             self._idle_count -= 1
-            # Idle and not closed by the server (httpcore polls the socket), nor too old.
+            # Idle and not closed by the server (its socket is polled), nor too old.
             if connection.is_idle() and not connection.has_expired():
                 return connection
             await self._close(connection)
         return None
 
-    def _pop_oldest_idle(self) -> httpcore.AsyncHTTPConnection:
+    def _pop_oldest_idle(self) -> Http11Connection:
         for origin, stack in self._idle.items():
             if stack:
                 self._idle_count -= 1
@@ -236,7 +222,7 @@ class KeepAliveTransport(httpx.AsyncBaseTransport):
                 return connection
         raise AssertionError("an idle connection was counted but none is kept")
 
-    async def give_back(self, origin: Origin, connection: httpcore.AsyncHTTPConnection) -> None:
+    async def give_back(self, origin: Origin, connection: Http11Connection) -> None:
         """A response was closed: keep its connection for the next request, or close it."""
         room = self._max_idle is None or self._idle_count < self._max_idle
         if connection.is_idle() and not connection.is_closed() and room and not self._closed:
@@ -246,7 +232,7 @@ class KeepAliveTransport(httpx.AsyncBaseTransport):
         else:
             await self._close(connection)
 
-    async def _close(self, connection: httpcore.AsyncHTTPConnection) -> None:
+    async def _close(self, connection: Http11Connection) -> None:
         if connection in self._open:
             self._open.discard(connection)
             self._announce_freed()
@@ -274,7 +260,7 @@ class KeepAliveTransport(httpx.AsyncBaseTransport):
             freed.set()
 
 
-class _GivenBackOnClose:
+class _GivenBackOnClose(httpx.AsyncByteStream):
     """A response body from one connection; closing it hands the connection back once."""
 
     def __init__(
@@ -282,12 +268,12 @@ class _GivenBackOnClose:
         stream: Any,
         transport: KeepAliveTransport,
         origin: Origin,
-        connection: httpcore.AsyncHTTPConnection,
+        connection: Http11Connection,
     ) -> None:
         self._stream = stream
         self._transport = transport
         self._origin = origin
-        self._connection: httpcore.AsyncHTTPConnection | None = connection
+        self._connection: Http11Connection | None = connection
 
     async def __aiter__(self) -> AsyncIterator[bytes]:
         async for part in self._stream:

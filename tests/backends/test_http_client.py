@@ -96,7 +96,9 @@ async def test_a_callers_own_trace_still_sees_every_event() -> None:
         return JSONResponse({"ok": True})
 
     app = Starlette(routes=[Route("/hook", hook, methods=["POST"]), Route("/readiness", hook)])
-    async with served(app) as base_url, HostHttpClient() as client:
+    # httpx's own transport (httpcore's pool) behind the gate.
+    gated = HostHttpClient(transport=httpx.AsyncHTTPTransport())
+    async with served(app) as base_url, gated as client:
         request = client.build_request(
             "POST", f"{base_url}/hook", content=b"{}", extensions={"trace": trace}
         )
@@ -105,6 +107,28 @@ async def test_a_callers_own_trace_still_sees_every_event() -> None:
     assert "http11.send_request_headers.started" in events
     assert "http11.response_closed.complete" in events  # after the gate had let it through
     assert request.extensions["trace"] is trace
+
+
+async def test_the_default_transport_reports_its_connects_and_requests_to_a_trace() -> None:
+    events: list[str] = []
+
+    async def trace(event: str, info: dict[str, Any]) -> None:
+        events.append(event)
+
+    async def hook(request: Request) -> Response:
+        return JSONResponse({"ok": True})
+
+    app = Starlette(routes=[Route("/readiness", hook)])
+    async with served(app) as base_url, HostHttpClient() as client:
+        for _ in range(2):
+            response = await client.get(f"{base_url}/readiness", extensions={"trace": trace})
+            assert response.status_code == 200
+    assert events == [
+        "connection.connect_tcp.started",
+        "connection.connect_tcp.complete",
+        "http11.send_request_headers.started",
+        "http11.send_request_headers.started",  # the second request reused the connection
+    ]
 
 
 async def test_many_concurrent_posts_to_a_real_server_all_arrive() -> None:

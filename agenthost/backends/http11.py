@@ -20,8 +20,12 @@ What it implements of RFC 9112 (the client side, one exchange at a time):
   ``HEAD``, 204 or 304;
 - keep-alive: the connection is kept for the next request when the exchange ended
   cleanly, neither side said ``Connection: close``, the server speaks HTTP/1.1 and the
-  body was read to its end; an idle connection the server closed (or sent anything on)
-  is not reused, nor one idle past its expiry.
+  body was read to its end (and was not framed both by chunks and by a length); an idle
+  connection the server closed (or sent anything on) is not reused, nor one idle past
+  its expiry;
+- a server that answers before reading the whole request body (a 413, say) and closes:
+  its answer is returned rather than the write's error (under trio; on asyncio anyio's
+  stream has not read it when the write fails, and the transport's close drops it).
 Errors are httpx's (``ConnectError``, ``ConnectTimeout``, ``WriteTimeout``,
 ``ReadTimeout``, ``WriteError``, ``ReadError``, ``RemoteProtocolError``,
 ``LocalProtocolError``), as callers of an ``httpx`` client expect. The ``trace`` request
@@ -130,7 +134,15 @@ class Http11Connection:
             head, body, chunked = _request_head(request)
             if trace is not None:
                 await trace("http11.send_request_headers.started", {"request": request})
-            await self._send(head, body, chunked, request, timeouts.get("write"))
+            try:
+                await self._send(head, body, chunked, request, timeouts.get("write"))
+            except httpx.WriteError as broken:
+                # A server may answer before reading the whole body (413, 401) and close:
+                # its answer, when it sent one, says more than the broken pipe.
+                try:
+                    return await self._read_response(request, timeouts.get("read"), reusable=False)
+                except httpx.HTTPError:
+                    raise broken from None
             return await self._read_response(request, timeouts.get("read"))
         except BaseException:
             await self.aclose()
@@ -191,7 +203,9 @@ class Http11Connection:
         except (OSError, anyio.BrokenResourceError, anyio.ClosedResourceError) as error:
             raise httpx.WriteError(f"writing failed: {type(error).__name__}") from error
 
-    async def _read_response(self, request: httpx.Request, limit: float | None) -> httpx.Response:
+    async def _read_response(
+        self, request: httpx.Request, limit: float | None, *, reusable: bool = True
+    ) -> httpx.Response:
         reader = _Reader(self, limit)
         while True:
             head = await reader.head()
@@ -201,11 +215,11 @@ class Http11Connection:
             if status == 101:
                 raise httpx.RemoteProtocolError("the server switched protocols unasked")
         tokens = _connection_tokens(headers)
-        reusable = version == 1 and b"close" not in tokens
+        reusable = reusable and version == 1 and b"close" not in tokens
         if b"close" in _connection_tokens(request.headers.raw):
             reusable = False
         framing = _body_framing(request.method, status, headers)
-        if framing.until_close:
+        if framing.until_close or not framing.keep:
             reusable = False
         body = _Body(self, reader, framing, reusable)
         return httpx.Response(
@@ -299,12 +313,23 @@ class _Reader:
 
 
 class _Framing:
-    __slots__ = ("chunked", "length", "until_close")
+    """How a response body ends; ``keep`` is false when the connection must not serve
+    another exchange afterwards."""
 
-    def __init__(self, *, chunked: bool = False, length: int = 0, until_close: bool = False):
+    __slots__ = ("chunked", "keep", "length", "until_close")
+
+    def __init__(
+        self,
+        *,
+        chunked: bool = False,
+        length: int = 0,
+        until_close: bool = False,
+        keep: bool = True,
+    ) -> None:
         self.chunked = chunked
         self.length = length
         self.until_close = until_close
+        self.keep = keep
 
 
 class _Body(httpx.AsyncByteStream):
@@ -426,7 +451,12 @@ def _body_framing(method: str, status: int, headers: list[tuple[bytes, bytes]]) 
     codings = [v for n, v in headers if n.lower() == b"transfer-encoding"]
     if codings:
         last = b",".join(codings).split(b",")[-1].strip().lower()
-        return _Framing(chunked=True) if last == b"chunked" else _Framing(until_close=True)
+        if last != b"chunked":
+            return _Framing(until_close=True)
+        # With a Content-Length too, the coding wins; a message framed both ways may be
+        # an attempt to smuggle one, so the connection ends with it (RFC 9112 6.3).
+        keep = not any(n.lower() == b"content-length" for n, _ in headers)
+        return _Framing(chunked=True, keep=keep)
     lengths = {v.strip() for n, v in headers if n.lower() == b"content-length"}
     if not lengths:
         return _Framing(until_close=True)

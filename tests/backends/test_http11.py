@@ -16,6 +16,7 @@ import anyio.abc
 import attrs
 import httpx
 import pytest
+import sniffio
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -295,3 +296,46 @@ async def test_https_with_a_trusted_certificate(tmp_path: Path) -> None:
             with anyio.fail_after(10), pytest.raises(httpx.ConnectError):
                 await untrusting.get(f"{base_url}/")
     assert events.count("connection.connect_tcp.started") == 1
+
+
+async def test_a_response_framed_by_chunks_and_a_length_ends_its_connection() -> None:
+    both = (
+        b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n"
+        b"2\r\nok\r\n0\r\n\r\n"
+    )
+    async with scripted(both, OK) as (url, server), HostHttpClient() as client:
+        with anyio.fail_after(10):
+            assert (await client.get(f"{url}/")).text == "ok"  # the chunks win
+            assert (await client.get(f"{url}/")).text == "ok"
+    assert server.connections == 2
+
+
+async def test_an_answer_sent_before_the_body_was_read_is_returned() -> None:
+    # The server answers 413 after the head and hangs up without reading the body: the
+    # client's write breaks, and the 413 is what the caller should see. On asyncio,
+    # anyio's stream reads nothing between receives and its transport closes the socket
+    # when the write fails, so the answer is lost there: the write's error it is.
+    listener = await anyio.create_tcp_listener(local_host="127.0.0.1")
+    port = listener.extra(anyio.abc.SocketAttribute.local_port)
+
+    async def refuse(stream: anyio.abc.SocketStream) -> None:
+        async with stream:
+            buffer = b""
+            while b"\r\n\r\n" not in buffer:
+                buffer += await stream.receive()
+            await stream.send(b"HTTP/1.1 413 Payload Too Large\r\nContent-Length: 0\r\n\r\n")
+            await anyio.sleep(0.2)
+
+    async with listener, anyio.create_task_group() as tasks:
+        tasks.start_soon(listener.serve, refuse)
+        async with HostHttpClient() as client:
+            with anyio.fail_after(10):
+                try:
+                    response = await client.post(
+                        f"http://127.0.0.1:{port}/", content=b"x" * 20_000_000
+                    )
+                    answered: int | str = response.status_code
+                except httpx.WriteError:
+                    answered = "write error"
+        tasks.cancel_scope.cancel()
+    assert answered == (413 if sniffio.current_async_library() == "trio" else "write error")

@@ -271,15 +271,32 @@ class DeliveryWorker:
                 d, sending = following.pop(0)
         finally:
             del self._following[conversation]
-            # Cancelled from outside with sends still waiting their turn: they stay
-            # claimed in the store (their lease lapses and a sweep recovers them).
-            for waiting, waiting_sending in following:
-                self._inflight.pop(waiting.delivery_id, None)
-                self._free_slot(waiting.delivery_id, waiting_sending)
+            if following:
+                # Cancelled from outside (a shutdown) with sends still waiting their turn:
+                # nothing of them went out, so they are handed back as due, not left to
+                # a sweep that would have to call a non-idempotent one ``unknown``.
+                with anyio.CancelScope(shield=True):
+                    interrupted = delivery.Interrupted(self._owner, self._clock())
+                    try:
+                        await self._steps.record_all(
+                            [(w.delivery_id, interrupted) for w, _ in following]
+                        )
+                    except Exception:
+                        log.exception("handing back deliveries waiting their turn failed")
+                for waiting, waiting_sending in following:
+                    self._settled(waiting.delivery_id, waiting_sending)
 
     async def _deliver(self, d: Delivery, sending: _InFlight) -> None:
         progress = _Progress()
         try:
+            if sending.interrupt.cancel_called:
+                # Interrupted while waiting its turn behind a send to its conversation:
+                # nothing of it went out, whatever the channel (not ``unknown``).
+                with anyio.CancelScope(shield=True):
+                    await self._record(
+                        d.delivery_id, delivery.Interrupted(self._owner, self._clock())
+                    )
+                return
             with sending.interrupt:
                 try:
                     # Cancelled by the renewal loop when the delivery is no longer ours: the
@@ -298,13 +315,18 @@ class DeliveryWorker:
                         await self._record(d.delivery_id, interrupted)
                     raise
         finally:
-            self._inflight.pop(d.delivery_id, None)
-            self._free_slot(d.delivery_id, sending)
-            self._wake.set()
-            if not self._inflight and self._stopping:
-                self._renewing.cancel()
-                if self._idle is not None:
-                    self._idle.set()
+            self._settled(d.delivery_id, sending)
+
+    def _settled(self, delivery_id: str, sending: _InFlight) -> None:
+        """A send ended: no longer in flight, its slot free; the last one of a shutdown
+        lets the drain go on."""
+        self._inflight.pop(delivery_id, None)
+        self._free_slot(delivery_id, sending)
+        self._wake.set()
+        if not self._inflight and self._stopping:
+            self._renewing.cancel()
+            if self._idle is not None:
+                self._idle.set()
 
     def _free_slot(self, delivery_id: str, sending: _InFlight) -> None:
         """Give back the send's place under the fan-out limit, once.

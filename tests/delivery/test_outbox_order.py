@@ -12,8 +12,11 @@ import anyio
 import pytest
 
 from agenthost import ChannelIdentity, Host, HostMessage
+from agenthost.backends.destinations import DeliveryRouter
+from agenthost.backends.outbox import DeliveryWorker, OutboxSettings
 from agenthost.backends.push import PushMessage, PushOutcome
-from agenthost.sansio_core.delivery import Delivery, DeliveryStatus
+from agenthost.sansio_core.delivery import Delivery, DeliveryStatus, RetryPolicy
+from agenthost.sansio_core.link_policy import LinkRules
 from agenthost.sansio_core.routing import Destination
 from agenthost.stores.memory import MemoryStore
 from tests.delivery.receiver import PushChat
@@ -96,3 +99,67 @@ async def test_one_conversations_deliveries_arrive_in_order_others_go_beside(
     # a's last.
     assert chat.finished.index(("b", "0")) < chat.finished.index(("a", "4"))
     assert len(delivered) == 6
+
+
+class HeldChat(PushChat):
+    """Not idempotent; every push waits until cancelled (a shutdown interrupts it)."""
+
+    def __init__(self) -> None:
+        super().__init__("chat")
+        self.started = 0
+
+    async def push(self, destination: Destination, message: PushMessage) -> PushOutcome:
+        self.started += 1
+        await anyio.sleep_forever()
+        raise AssertionError("unreachable")
+
+
+async def test_a_shutdown_leaves_the_sends_still_waiting_their_turn_scheduled(
+    tmp_path: Path,
+) -> None:
+    store, chat = MemoryStore(), HeldChat()
+    await store.schedule_deliveries(to_conversation("a", 3, time.time()))
+    host = Host(
+        answer, channels=[chat], store=store, state_dir=tmp_path, shutdown_grace_seconds=0.2
+    )
+    async with host.running():
+        await until(lambda: chat.started == 1)
+    by_id = {d.delivery_id: d.status for d in await store.list_deliveries()}
+    # The first was being pushed to a channel that is not idempotent: nobody knows whether
+    # it arrived. The two behind it never started: they are simply due again.
+    assert by_id == {
+        "a:00": DeliveryStatus.UNKNOWN,
+        "a:01": DeliveryStatus.SCHEDULED,
+        "a:02": DeliveryStatus.SCHEDULED,
+    }
+    assert chat.started == 1
+
+
+async def test_a_drain_hands_back_the_sends_waiting_their_turn_while_the_worker_runs_on() -> None:
+    # The host cancels the worker after its drain; until then (other channels may still be
+    # stopping) the chain goes on to the sends behind the interrupted one: they must be
+    # handed back without being pushed, so a non-idempotent channel does not call them
+    # ``unknown``.
+    store, chat = MemoryStore(), HeldChat()
+    await store.schedule_deliveries(to_conversation("a", 3, time.time()))
+    router = DeliveryRouter(
+        store=store, channels=[chat], link_rules=LinkRules(), retry=RetryPolicy()
+    )
+    worker = DeliveryWorker(
+        store=store, router=router, clock=time.time, owner="w1", settings=OutboxSettings()
+    )
+    with anyio.fail_after(10):
+        async with anyio.create_task_group() as tasks:
+            await tasks.start(worker.serve)
+            await until(lambda: chat.started == 1)
+            await worker.drain(0.1)  # interrupts the send under way; the worker runs on
+            while await store.list_deliveries([DeliveryStatus.SENDING]):
+                await anyio.sleep(0.01)
+            tasks.cancel_scope.cancel()
+    by_id = {d.delivery_id: d.status for d in await store.list_deliveries()}
+    assert by_id == {
+        "a:00": DeliveryStatus.UNKNOWN,
+        "a:01": DeliveryStatus.SCHEDULED,
+        "a:02": DeliveryStatus.SCHEDULED,
+    }
+    assert chat.started == 1

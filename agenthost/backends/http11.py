@@ -470,8 +470,17 @@ def _body_framing(method: str, status: int, headers: list[tuple[bytes, bytes]]) 
 
 
 def _readable(sock: Any) -> bool:
+    """Whether the socket has something to read (or has been closed): polled, not
+    selected, since ``select`` refuses descriptors past 1023 and a busy host has more."""
     try:
-        readable, _, _ = select.select([sock.fileno()], [], [], 0)
+        fd = sock.fileno()
+        if fd < 0:
+            return True  # closed under us
+        if hasattr(select, "poll"):
+            poller = select.poll()
+            poller.register(fd, select.POLLIN)
+            return bool(poller.poll(0))
+        readable, _, _ = select.select([fd], [], [], 0)
     except (OSError, ValueError):
         return True  # closed under us
     return bool(readable)

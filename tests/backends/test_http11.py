@@ -5,6 +5,8 @@ streamed request bodies, header injection, and TLS."""
 
 from __future__ import annotations
 
+import os
+import resource
 import ssl
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -339,3 +341,23 @@ async def test_an_answer_sent_before_the_body_was_read_is_returned() -> None:
                     answered = "write error"
         tasks.cancel_scope.cancel()
     assert answered == (413 if sniffio.current_async_library() == "trio" else "write error")
+
+
+async def test_connections_are_reused_when_descriptors_run_past_1023() -> None:
+    # A busy host holds many sockets: the idle check must not stop working (select()
+    # refuses descriptors past 1023) and make every request open a new connection.
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    wanted = 1400
+    if soft < wanted:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (min(wanted, hard), hard))
+    filler = [os.dup(0) for _ in range(1100)]
+    try:
+        async with scripted(OK, OK, OK) as (url, server), HostHttpClient() as client:
+            with anyio.fail_after(10):
+                for _ in range(3):
+                    assert (await client.get(f"{url}/")).text == "ok"
+        assert server.connections == 1
+    finally:
+        for fd in filler:
+            os.close(fd)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))

@@ -24,23 +24,18 @@ Rules (design §8):
    lane or come back at every start. One interrupted by shutdown stays for the next start.
 5. Within this process an arrival being recorded, queued or handled is never accepted
    twice, even when the platform delivers it again concurrently.
-6. Each record names the process that recorded it (``ChannelRecord.owner``), and each
-   process holds a lease on its name (a store singleton, renewed every third of
-   ``owner_lease_seconds``) while it runs. Recovery takes only the records of owners whose
-   lease has lapsed (a process that died or stopped): it takes that owner's lease for the
-   moment of the take-over and moves each record to itself with a compare-and-set, so of
-   two replicas recovering at once each record goes to one, and a record a live replica is
-   handling is never taken. Every replica recovers at start and then at each renewal,
-   so what a dead replica left is handled by the others without waiting for its restart.
-   Only a process frozen (or cut off from the store) past its lease can see its arrivals
-   handled again elsewhere: at least once, never lost. Records without an owner (written
-   before owners existed) are taken by the first replica that recovers.
+6. Each record names the process that recorded it (``ChannelRecord.owner``). Recovery, at
+   start and then at each renewal of this process's lease on its name (every third of
+   ``owner_lease_seconds``), takes over the records of processes that died or stopped, by
+   the rules of ``agenthost/sansio_core/inbox_recovery.py``; this module only performs
+   them: it lists the records, takes and gives up the owners' leases and applies the
+   compare-and-set.
 7. A stop (the channel's shutdown) starts nothing new, lets the arrivals being handled
    finish (the host bounds the wait by its shutdown grace), then gives up the lease, so
    another replica takes over what stayed queued at its next recovery.
 
 Inbox keys sort in arrival order (the channels zero-pad ids or arrival times), so
-recovery pages through them in the order they came.
+recovery pages through them, and takes them, in the order they came.
 """
 
 from __future__ import annotations
@@ -57,6 +52,7 @@ import anyio.abc
 import attrs
 
 from agenthost.backends.channel import HostServices
+from agenthost.sansio_core.inbox_recovery import InboxEntry, may_move, plan_recovery, to_take
 from agenthost.stores.base import ChannelRecord
 
 INBOX = "inbox"
@@ -214,50 +210,46 @@ class DurableInbox:
         """
         if self._stopping or not await self._renew_lease():
             return 0
+        entries: list[InboxEntry] = []
         after: str | None = None
-        candidates: list[ChannelRecord] = []
         while True:
             records = await self._host.store.list_channel_records(
                 self._channel, INBOX, after=after, limit=page
             )
-            candidates += [
-                r for r in records if r.owner != self._owner and r.key not in self._known
-            ]
+            entries += [InboxEntry(r.key, r.owner) for r in records]
             if len(records) < page:
                 break
             after = records[-1].key
-        if not candidates:
+        plan = plan_recovery(entries, me=self._owner, known=self._known)
+        if not plan.candidates:
             return 0
         store, now = self._host.store, self._host.now()
-        gone: set[str | None] = set()
+        gone: set[str] = set()
+        recovered = 0
         try:
-            for owner in {record.owner for record in candidates}:
-                # An owner's lease is held here for the take-over only. Taking it fails
-                # while the owner lives (it renews it) or another replica takes over.
-                if owner is None or await store.acquire_singleton(
+            for owner in plan.leases_to_try:
+                # Taking it fails while the owner lives (it renews it) or while another
+                # replica takes over.
+                if await store.acquire_singleton(
                     owner_lease_name(self._channel, owner),
                     self._owner,
                     now=now,
                     ttl=self._lease_seconds,
                 ):
                     gone.add(owner)
-            recovered = 0
-            for record in candidates:  # in key order, so each lane keeps arrival order
-                if record.owner not in gone or record.key in self._known:
-                    continue
+            for entry in to_take(plan.candidates, gone=gone, known=self._known):
                 moved = await store.change_channel_record(
-                    self._channel, INBOX, record.key, partial(_move, record.owner, self._owner)
+                    self._channel, INBOX, entry.key, partial(_move, entry, self._owner)
                 )
                 arrival = self._restore(moved[0]) if moved else None
                 if arrival is None:
                     continue  # handled meanwhile, taken by another replica, or unreadable
-                self._known.add(record.key)
+                self._known.add(entry.key)
                 self._enqueue(arrival)
                 recovered += 1
         finally:
             with anyio.CancelScope(shield=True):
-                for owner in gone - {None}:
-                    assert owner is not None
+                for owner in sorted(gone):
                     await store.release_singleton(
                         owner_lease_name(self._channel, owner), self._owner
                     )
@@ -410,10 +402,10 @@ class DurableInbox:
         return False  # pragma: no cover - the loop returns
 
 
-def _move(
-    owner: str | None, to: str, record: ChannelRecord | None
-) -> list[ChannelRecord]:
-    """The compare-and-set of a take-over: ``record`` becomes ``to``'s if ``owner`` has it."""
-    if record is None or record.owner != owner:
+def _move(listed: InboxEntry, to: str, record: ChannelRecord | None) -> list[ChannelRecord]:
+    """The compare-and-set of a take-over, as ``change_channel_record`` applies it: the core
+    decides (:func:`may_move`), this builds the moved record."""
+    current = None if record is None else InboxEntry(record.key, record.owner)
+    if record is None or not may_move(listed, current):
         return []
     return [attrs.evolve(record, owner=to)]

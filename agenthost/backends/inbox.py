@@ -28,8 +28,8 @@ Rules (design §8):
    start and then at each renewal of this process's lease on its name (every third of
    ``owner_lease_seconds``), takes over the records of processes that died or stopped, by
    the rules of ``agenthost/sansio_core/inbox_recovery.py``; this module only performs
-   them: it lists the records, takes and gives up the owners' leases and applies the
-   compare-and-set.
+   them: it lists the records' keys and owners (no values: every replica sweeps every
+   few seconds), takes and gives up the owners' leases and applies the compare-and-set.
 7. A stop (the channel's shutdown) starts nothing new, lets the arrivals being handled
    finish (the host bounds the wait by its shutdown grace), then gives up the lease, so
    another replica takes over what stayed queued at its next recovery.
@@ -213,13 +213,14 @@ class DurableInbox:
         entries: list[InboxEntry] = []
         after: str | None = None
         while True:
-            records = await self._host.store.list_channel_records(
+            # Keys and owners only: the values of what is taken are read by the take.
+            owners = await self._host.store.list_channel_record_owners(
                 self._channel, INBOX, after=after, limit=page
             )
-            entries += [InboxEntry(r.key, r.owner) for r in records]
-            if len(records) < page:
+            entries += [InboxEntry(key, owner) for key, owner in owners]
+            if len(owners) < page:
                 break
-            after = records[-1].key
+            after = owners[-1][0]
         plan = plan_recovery(entries, me=self._owner, known=self._known)
         if not plan.candidates:
             return 0

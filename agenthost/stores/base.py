@@ -497,6 +497,15 @@ class Store(abc.ABC):
         """Records whose key starts with ``prefix``, in key order, strictly past ``after``."""
 
     @abc.abstractmethod
+    async def list_channel_record_owners(
+        self, channel: str, kind: str, *, after: str | None = None, limit: int = 100
+    ) -> list[tuple[str, str | None]]:
+        """``(key, owner)`` of the records of one kind, in key order, strictly past
+        ``after``: what :meth:`list_channel_records` lists, without reading or decoding
+        values (the durable inbox's recovery sweeps every few seconds on every replica).
+        """
+
+    @abc.abstractmethod
     async def delete_channel_records(self, channel: str, kind: str, *, prefix: str) -> int:
         """Delete the records whose key starts with ``prefix``; return how many."""
 

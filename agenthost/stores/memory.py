@@ -675,20 +675,43 @@ class MemoryStore(Store):
     ) -> list[ChannelRecord]:
         with self._lock:
             group = self._records.get((channel, kind))
-            if group is None or limit <= 0:
+            if group is None:
                 return []
-            keys = self._record_keys[(channel, kind)]
-            low, high = _prefix_range(keys, prefix)
-            if after is not None:
-                if descending:
-                    high = min(high, bisect.bisect_left(keys, after, low, high))
-                else:
-                    low = max(low, bisect.bisect_right(keys, after, low, high))
-            if descending:
-                chosen = keys[max(low, high - limit) : high][::-1]
-            else:
-                chosen = keys[low : min(high, low + limit)]
+            chosen = self._listed_keys(channel, kind, prefix, after, limit, descending)
             return [group[key] for key in chosen]
+
+    async def list_channel_record_owners(
+        self, channel: str, kind: str, *, after: str | None = None, limit: int = 100
+    ) -> list[tuple[str, str | None]]:
+        with self._lock:
+            group = self._records.get((channel, kind))
+            if group is None:
+                return []
+            chosen = self._listed_keys(channel, kind, "", after, limit, False)
+            return [(key, group[key].owner) for key in chosen]
+
+    def _listed_keys(
+        self,
+        channel: str,
+        kind: str,
+        prefix: str,
+        after: str | None,
+        limit: int,
+        descending: bool,
+    ) -> list[str]:
+        """The keys a listing answers, in its order (the caller holds the lock)."""
+        if limit <= 0:
+            return []
+        keys = self._record_keys[(channel, kind)]
+        low, high = _prefix_range(keys, prefix)
+        if after is not None:
+            if descending:
+                high = min(high, bisect.bisect_left(keys, after, low, high))
+            else:
+                low = max(low, bisect.bisect_right(keys, after, low, high))
+        if descending:
+            return keys[max(low, high - limit) : high][::-1]
+        return keys[low : min(high, low + limit)]
 
     async def delete_channel_records(self, channel: str, kind: str, *, prefix: str) -> int:
         with self._lock:

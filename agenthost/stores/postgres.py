@@ -816,6 +816,20 @@ class PostgresStore(Store):
 
         return await self._run(work)
 
+    async def list_channel_record_owners(
+        self, channel: str, kind: str, *, after: str | None = None, limit: int = 100
+    ) -> list[tuple[str, str | None]]:
+        params: tuple[object, ...]
+        if after is None:  # from the first key, even ""
+            sql, params = q.LIST_CHANNEL_RECORD_OWNERS_FROM_START, (channel, kind, limit)
+        else:
+            sql, params = q.LIST_CHANNEL_RECORD_OWNERS_AFTER, (channel, kind, after, limit)
+
+        def work(conn: Conn) -> list[tuple[str, str | None]]:
+            return [(row[0], row[1]) for row in conn.execute(sql, params)]
+
+        return await self._run(work)
+
     async def delete_channel_records(self, channel: str, kind: str, *, prefix: str) -> int:
         def work(conn: Conn) -> int:
             cursor = conn.execute(

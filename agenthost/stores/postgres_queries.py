@@ -646,6 +646,20 @@ FOR UPDATE SKIP LOCKED
 
 CHANNEL_RECORD_COLUMNS = "channel, kind, key, owner, created_at, expires_at, value"
 
+# The primary key (channel, kind, key) orders and bounds the scan; no value is read.
+LIST_CHANNEL_RECORD_OWNERS_FROM_START = """
+SELECT key, owner FROM channel_records
+WHERE channel = %s AND kind = %s
+ORDER BY key
+LIMIT %s
+"""
+LIST_CHANNEL_RECORD_OWNERS_AFTER = """
+SELECT key, owner FROM channel_records
+WHERE channel = %s AND kind = %s AND key > %s
+ORDER BY key
+LIMIT %s
+"""
+
 
 def put_channel_records(conn: Conn, rows: Sequence[tuple[Any, ...]]) -> None:
     if not rows:

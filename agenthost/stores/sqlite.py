@@ -1167,6 +1167,23 @@ class SQLiteStore(Store):
 
         return await self._run(work)
 
+    async def list_channel_record_owners(
+        self, channel: str, kind: str, *, after: str | None = None, limit: int = 100
+    ) -> list[tuple[str, str | None]]:
+        # The primary key (channel, kind, key) orders and bounds the scan; the value's text
+        # is neither read nor decoded.
+        past = "key >= ?" if after is None else "key > ?"  # from the first key, even ""
+        sql = (
+            "SELECT key, owner FROM channel_records"  # noqa: S608 - constant fragments
+            f" WHERE channel = ? AND kind = ? AND {past} ORDER BY key LIMIT ?"
+        )
+        params = (channel, kind, "" if after is None else after, limit)
+
+        def work(conn: sqlite3.Connection) -> list[tuple[str, str | None]]:
+            return [(row[0], row[1]) for row in conn.execute(sql, params)]
+
+        return await self._run(work)
+
     async def delete_channel_records(self, channel: str, kind: str, *, prefix: str) -> int:
         def work(conn: sqlite3.Connection) -> int:
             with _transaction(conn):

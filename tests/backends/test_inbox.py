@@ -119,6 +119,60 @@ async def test_a_full_inbox_says_so_and_recovery_requeues_what_is_stored() -> No
     assert [r.key for r in await store.list_channel_records("test", INBOX)] == ["zz-unreadable"]
 
 
+class ValueCountingStore(MemoryStore):
+    """The memory store, counting the inbox records whose values it hands out."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.values_read = 0
+
+    async def list_channel_records(
+        self,
+        channel: str,
+        kind: str,
+        *,
+        prefix: str = "",
+        after: str | None = None,
+        limit: int = 100,
+        descending: bool = False,
+    ) -> list[ChannelRecord]:
+        records = await super().list_channel_records(
+            channel, kind, prefix=prefix, after=after, limit=limit, descending=descending
+        )
+        if kind == INBOX:
+            self.values_read += len(records)
+        return records
+
+    async def get_channel_record(self, channel: str, kind: str, key: str) -> ChannelRecord | None:
+        record = await super().get_channel_record(channel, kind, key)
+        if kind == INBOX and record is not None:
+            self.values_read += 1
+        return record
+
+
+async def test_recovery_pages_through_owners_and_reads_only_the_values_it_takes() -> None:
+    """Every replica sweeps every few seconds: a sweep that takes nothing reads no values."""
+    store = ValueCountingStore()
+    await store.open()
+    handled: list[int] = []
+
+    async def handle(n: int) -> None:
+        handled.append(n)
+
+    services = Services(store, clock=1000.0)
+    first = make_inbox(services, handle)
+    await first.record([arrival(n, "a") for n in range(1, 6)])
+    second = make_inbox(services, handle)
+    services.clock = 1005.0
+    assert await second.recover(page=2) == 0  # the first lives
+    assert store.values_read == 0
+    services.clock = 1016.0  # the first died at 1000: its lease lapsed at 1015
+    assert await second.recover(page=2) == 5
+    assert store.values_read == 5  # each taken record's, once, by its compare-and-set
+    await handled_by(second, handled)
+    assert handled == [1, 2, 3, 4, 5]
+
+
 # --- owners and take-over (rule 6), stop (rule 7) ---------------------------------------
 
 
@@ -219,9 +273,7 @@ async def test_replicas_recovering_at_once_take_each_arrival_exactly_once(
                 tasks.start_soon(recover, inbox)
     # One replica may take the dead one's lease first and the rest then find it held,
     # or (on later sweeps) none left: either way no arrival is taken twice.
-    taken = [
-        n for inbox, _ in survivors for n in range(12) if inbox.knows(f"{n:020d}")
-    ]
+    taken = [n for inbox, _ in survivors for n in range(12) if inbox.knows(f"{n:020d}")]
     assert sorted(taken) == list(range(12))
     assert sum(counts) == 12
     # A later sweep by anyone finds nothing left to take: every record has a live owner.

@@ -236,5 +236,33 @@ async def test_channel_record_ranges_after_mixed_writes(store: Store) -> None:
     assert await store.list_channel_records("responses", "q", prefix="zz") == []
 
 
+async def test_channel_record_owners_list_keys_and_owners_in_key_order_with_paging(
+    store: Store,
+) -> None:
+    def owned(key: str, owner: str | None, *, kind: str = "inbox") -> ChannelRecord:
+        return ChannelRecord("telegram", kind, key, {"big": "x" * 100}, owner=owner)
+
+    owners = {"": "a", "001": "a", "002": None, "003": "b", "010": "a", "011": None}
+    await store.put_channel_records([owned(k, o) for k, o in reversed(owners.items())])
+    # Other kinds and channels are not listed.
+    await store.put_channel_records(
+        [owned("005", "c", kind="seen"), ChannelRecord("discord", "inbox", "006", {}, owner="c")]
+    )
+
+    everything = sorted(owners.items())
+    assert await store.list_channel_record_owners("telegram", "inbox") == everything
+    listed = await store.list_channel_records("telegram", "inbox")
+    assert [(r.key, r.owner) for r in listed] == everything
+
+    first = await store.list_channel_record_owners("telegram", "inbox", limit=4)
+    assert first == everything[:4]
+    rest = await store.list_channel_record_owners("telegram", "inbox", after=first[-1][0], limit=4)
+    assert rest == everything[4:]
+    past = await store.list_channel_record_owners("telegram", "inbox", after="0035")
+    assert past == [("010", "a"), ("011", None)]
+    assert await store.list_channel_record_owners("telegram", "inbox", after="011") == []
+    assert await store.list_channel_record_owners("telegram", "nothing") == []
+
+
 def _arrive(run_id: str) -> leases.Arrive:
     return leases.Arrive(run_id, MultitaskStrategy.ENQUEUE, 1.0, 30.0)

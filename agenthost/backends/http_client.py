@@ -31,16 +31,20 @@ httpcore's ``trace`` extension reports (the TCP connect of a new connection begi
 its first header goes out on a reused one); the gate opens when ``send`` returns or raises
 in any case. A caller's own ``trace`` callback still sees every event.
 
-httpx builds its transports in ``_init_transport`` and ``_init_proxy_transport``; the
-client overrides both (httpx 0.28), and the tests check that a default client's requests
-go through :class:`KeepAliveTransport`.
+The client builds these transports itself (:func:`host_routes`) and hands them to httpx
+through its public ``transport=`` and ``mounts=`` parameters, using no private httpx name.
+httpx reads proxies from the environment only when it is given no ``transport``, so the
+client reads them itself, with httpx's rules (:func:`proxies_from_environment`; the tests
+check that it routes every case as a plain ``httpx.AsyncClient`` does).
 """
 
 from __future__ import annotations
 
+import ipaddress
 import math
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+import urllib.request
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from typing import Any
 
 import anyio
@@ -67,15 +71,23 @@ _EXPIRY_SWEEP_SECONDS = 1.0
 
 
 class HostHttpClient(httpx.AsyncClient):
-    """``httpx.AsyncClient`` on :class:`KeepAliveTransport` (see the module docstring);
-    everything else, settings and proxies from the environment included, is httpx's own."""
+    """``httpx.AsyncClient`` on :class:`KeepAliveTransport` (see the module docstring),
+    taking httpx's settings; proxies from the environment are honoured as httpx honours
+    them, everything else is httpx's own."""
 
     def __init__(self, **settings: Any) -> None:
         if "limits" not in settings:
             settings["limits"] = httpx.Limits(
                 max_connections=100, max_keepalive_connections=100, keepalive_expiry=5.0
             )
-        super().__init__(**settings)
+        routes = host_routes(**{key: settings[key] for key in _ROUTE_SETTINGS if key in settings})
+        # httpx builds no transport of its own when given one, but still checks the
+        # settings it would have built it from (h2 installed for http2).
+        super().__init__(
+            **{key: value for key, value in settings.items() if key not in _REPLACED_SETTINGS},
+            transport=routes.transport,
+            mounts=routes.mounts,
+        )
         self.cookies = settings.get("cookies")  # through the setter below
 
     @property
@@ -86,26 +98,110 @@ class HostHttpClient(httpx.AsyncClient):
     def cookies(self, cookies: Any) -> None:
         self._cookies_kept = _CookiesFromResponses(cookies)
 
-    def _init_transport(
-        self,
-        verify: Any = True,
-        cert: Any = None,
-        trust_env: bool = True,
-        http1: bool = True,
-        http2: bool = False,
-        limits: httpx.Limits = httpx.Limits(),  # noqa: B008 - httpx's signature
-        transport: httpx.AsyncBaseTransport | None = None,
-    ) -> httpx.AsyncBaseTransport:
-        if transport is None and http1 and not http2:
-            return KeepAliveTransport(verify=verify, cert=cert, trust_env=trust_env, limits=limits)
-        return GatedTransport(
-            super()._init_transport(verify, cert, trust_env, http1, http2, limits, transport)
-        )
 
-    def _init_proxy_transport(
-        self, proxy: httpx.Proxy, *args: Any, **kwargs: Any
-    ) -> httpx.AsyncBaseTransport:
-        return GatedTransport(super()._init_proxy_transport(proxy, *args, **kwargs))
+#: The ``httpx.AsyncClient`` settings :func:`host_routes` decides with, and those its
+#: routes replace.
+_REPLACED_SETTINGS = frozenset({"transport", "proxy", "mounts"})
+_ROUTE_SETTINGS = ("limits", "verify", "cert", "trust_env", "http1", "http2", *_REPLACED_SETTINGS)
+
+
+@attrs.frozen
+class HostRoutes:
+    """What :class:`HostHttpClient` hands httpx: the ``transport`` for every URL no
+    ``mounts`` pattern claims (a mount of ``None`` sends its URLs there too)."""
+
+    transport: httpx.AsyncBaseTransport
+    mounts: dict[str, httpx.AsyncBaseTransport | None]
+
+
+def host_routes(
+    *,
+    limits: httpx.Limits,
+    verify: Any = True,
+    cert: Any = None,
+    trust_env: bool = True,
+    http1: bool = True,
+    http2: bool = False,
+    transport: httpx.AsyncBaseTransport | None = None,
+    proxy: httpx.Proxy | httpx.URL | str | None = None,
+    mounts: Mapping[str, httpx.AsyncBaseTransport | None] | None = None,
+) -> HostRoutes:
+    """The transports for ``httpx.AsyncClient``'s settings, routed as httpx 0.28 routes
+    them: ``proxy`` for every URL, or else (with ``trust_env`` and no ``transport`` of the
+    caller's) the environment's proxies; the caller's ``mounts`` over both. The default
+    transport is a :class:`KeepAliveTransport` for HTTP/1.1; any other, and every
+    proxy's, is httpx's own behind a :class:`GatedTransport`."""
+    pool_settings: dict[str, Any] = {
+        "verify": verify,
+        "cert": cert,
+        "trust_env": trust_env,
+        "http1": http1,
+        "http2": http2,
+        "limits": limits,
+    }
+    default: httpx.AsyncBaseTransport
+    if transport is not None:
+        default = GatedTransport(transport)
+    elif http1 and not http2:
+        default = KeepAliveTransport(verify=verify, cert=cert, trust_env=trust_env, limits=limits)
+    else:
+        default = GatedTransport(httpx.AsyncHTTPTransport(**pool_settings))
+    proxies: Mapping[str, httpx.Proxy | httpx.URL | str | None]
+    if proxy is not None:
+        proxies = {"all://": proxy}
+    elif trust_env and transport is None:
+        proxies = proxies_from_environment()
+    else:
+        proxies = {}
+    routes: dict[str, httpx.AsyncBaseTransport | None] = {
+        pattern: None
+        if via is None
+        else GatedTransport(httpx.AsyncHTTPTransport(proxy=via, **pool_settings))
+        for pattern, via in proxies.items()
+    }
+    routes.update(mounts or {})
+    return HostRoutes(transport=default, mounts=routes)
+
+
+def proxies_from_environment() -> dict[str, str | None]:
+    """``mounts`` patterns and their proxy URLs from ``HTTP_PROXY``, ``HTTPS_PROXY``,
+    ``ALL_PROXY`` and ``NO_PROXY`` (either case); a ``NO_PROXY`` host's pattern maps to
+    ``None``, the default transport.
+
+    These are httpx 0.28's rules (``get_environment_proxies``, which httpx keeps private),
+    on the same standard-library reader; the NO_PROXY forms follow curl's.
+    """
+    found = urllib.request.getproxies()
+    proxies: dict[str, str | None] = {}
+    for scheme in ("http", "https", "all"):
+        # getproxies() also reports proxies for other schemes (ftp, ...): not httpx's.
+        if url := found.get(scheme):
+            proxies[f"{scheme}://"] = url if "://" in url else f"http://{url}"
+    for host in (entry.strip() for entry in found.get("no", "").split(",")):
+        if host == "*":
+            return {}
+        if not host:
+            continue
+        if "://" in host:
+            proxies[host] = None
+        elif _is_ip_address(host, ipaddress.IPv4Address):
+            proxies[f"all://{host}"] = None
+        elif _is_ip_address(host, ipaddress.IPv6Address):
+            proxies[f"all://[{host}]"] = None
+        elif host.lower() == "localhost":
+            proxies[f"all://{host}"] = None
+        else:
+            # example.com exempts example.com and its subdomains; .example.com only these.
+            proxies[f"all://*{host}"] = None
+    return proxies
+
+
+def _is_ip_address(host: str, kind: type[ipaddress.IPv4Address | ipaddress.IPv6Address]) -> bool:
+    try:
+        kind(host.split("/")[0])  # an address with a prefix length counts, as for httpx
+    except ValueError:
+        return False
+    return True
 
 
 class _CookiesFromResponses(httpx.Cookies):

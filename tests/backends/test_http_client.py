@@ -5,9 +5,12 @@ side, and no failure leaves an origin's gate shut."""
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import Any
 
 import anyio
+import anyio.abc
 import httpx
 import pytest
 from starlette.applications import Starlette
@@ -15,7 +18,12 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from agenthost.backends.http_client import GatedTransport, HostHttpClient, KeepAliveTransport
+from agenthost.backends.http_client import (
+    GatedTransport,
+    HostHttpClient,
+    KeepAliveTransport,
+    host_routes,
+)
 from tests.served import served
 
 pytestmark = pytest.mark.anyio
@@ -280,18 +288,154 @@ async def test_at_the_connection_limit_an_idle_connection_of_another_origin_make
                 assert (await client.get(f"{base_url}/readiness")).status_code == 200
 
 
-async def test_httpx_builds_the_default_transport_through_the_host_client() -> None:
-    # The client overrides httpx's (0.28) private transport factories: if httpx stopped
-    # calling them, the fan-out would silently be back on the pool this module avoids.
-    async with HostHttpClient() as default, HostHttpClient(transport=PoolLikeTransport()) as own:
-        assert isinstance(
-            default._transport_for_url(httpx.URL("http://a.example/")), KeepAliveTransport
-        )
-        assert isinstance(own._transport_for_url(httpx.URL("http://a.example/")), GatedTransport)
-    async with HostHttpClient(proxy="http://proxy.example:3128") as proxied:
-        assert isinstance(
-            proxied._transport_for_url(httpx.URL("http://a.example/")), GatedTransport
-        )
+async def test_the_client_hands_httpx_the_keep_alive_transport_and_gates_every_other() -> None:
+    limits = httpx.Limits()
+    default = host_routes(limits=limits)
+    assert isinstance(default.transport, KeepAliveTransport)
+    own = PoolLikeTransport()
+    given = host_routes(limits=limits, transport=own)
+    assert isinstance(given.transport, GatedTransport) and given.transport.inner is own
+    http2 = host_routes(limits=limits, http2=True).transport
+    assert isinstance(http2, GatedTransport)
+    assert isinstance(http2.inner, httpx.AsyncHTTPTransport)
+    proxied = host_routes(limits=limits, proxy="http://proxy.example:3128").mounts
+    assert list(proxied) == ["all://"]
+    assert isinstance(proxied["all://"], GatedTransport)
+    # A caller's own mounts stand as given, over the proxy.
+    mounted = host_routes(limits=limits, proxy="http://proxy.example:3128", mounts={"all://": own})
+    assert mounted.mounts == {"all://": own}
+
+
+_PROXY_VARIABLES = [
+    f"{scheme}_{suffix}"
+    for scheme in ("http", "https", "all", "no")
+    for suffix in ("proxy", "PROXY")
+]
+
+
+@pytest.fixture
+def no_proxy_settings(monkeypatch: pytest.MonkeyPatch) -> pytest.MonkeyPatch:
+    """The environment without proxy settings, for a test to set its own."""
+    for name in [*_PROXY_VARIABLES, "REQUEST_METHOD"]:
+        monkeypatch.delenv(name, raising=False)
+    return monkeypatch
+
+
+@asynccontextmanager
+async def loopback_proxy() -> AsyncIterator[tuple[str, list[str]]]:
+    """An HTTP proxy on 127.0.0.1 that records each request line (absolute-form when a
+    client sends through a proxy) and answers ``200 proxied`` itself."""
+    request_lines: list[str] = []
+    listener = await anyio.create_tcp_listener(local_host="127.0.0.1", local_port=0)
+
+    async def answer(stream: anyio.abc.SocketStream) -> None:
+        async with stream:
+            head = b""
+            while b"\r\n\r\n" not in head and len(head) < 65536:
+                try:
+                    head += await stream.receive()
+                except (anyio.EndOfStream, anyio.BrokenResourceError):
+                    return
+            request_lines.append(head.split(b"\r\n", 1)[0].decode())
+            await stream.send(
+                b"HTTP/1.1 200 OK\r\nContent-Length: 7\r\nConnection: close\r\n\r\nproxied"
+            )
+
+    port = listener.extra(anyio.abc.SocketAttribute.local_port)
+    async with listener, anyio.create_task_group() as tasks:
+        tasks.start_soon(listener.serve, answer)
+        try:
+            yield f"http://127.0.0.1:{port}", request_lines
+        finally:
+            tasks.cancel_scope.cancel()
+
+
+def _direct_app() -> Starlette:
+    async def direct(request: Request) -> Response:
+        return Response(b"direct")
+
+    return Starlette(routes=[Route("/readiness", direct), Route("/hook", direct)])
+
+
+async def test_a_request_goes_through_the_environments_proxy_unless_no_proxy_exempts_it(
+    no_proxy_settings: pytest.MonkeyPatch,
+) -> None:
+    async with served(_direct_app()) as base_url, loopback_proxy() as (proxy_url, lines):
+        port = httpx.URL(base_url).port
+        no_proxy_settings.setenv("HTTP_PROXY", proxy_url)
+        no_proxy_settings.setenv("NO_PROXY", "127.0.0.1")
+        async with HostHttpClient() as client:
+            with anyio.fail_after(10):
+                # The same server by name: not exempt, so through the proxy.
+                proxied = await client.get(f"http://localhost:{port}/hook?x=1")
+                exempt = await client.get(f"{base_url}/hook")
+    assert proxied.text == "proxied"
+    assert lines == [f"GET http://localhost:{port}/hook?x=1 HTTP/1.1"]
+    assert exempt.text == "direct"  # straight to the server; the proxy saw nothing more
+
+
+async def test_a_proxy_given_to_the_client_carries_its_requests(
+    no_proxy_settings: pytest.MonkeyPatch,
+) -> None:
+    async with loopback_proxy() as (proxy_url, lines), HostHttpClient(proxy=proxy_url) as client:
+        with anyio.fail_after(10):
+            # Port 9 (discard): refused on loopback unless the proxy answers in its place.
+            response = await client.post("http://127.0.0.1:9/hook", content=b"{}")
+    assert response.text == "proxied"
+    assert lines == ["POST http://127.0.0.1:9/hook HTTP/1.1"]
+
+
+@pytest.mark.parametrize(
+    ("environment", "expected"),
+    [
+        # (proxy settings, with {proxy} for the loopback proxy's URL), what
+        # http://127.0.0.1:<port>/ and http://localhost:<port>/ reach.
+        ({"HTTP_PROXY": "{proxy}"}, ("proxied", "proxied")),
+        ({"http_proxy": "{proxy}"}, ("proxied", "proxied")),
+        ({"ALL_PROXY": "{proxy}"}, ("proxied", "proxied")),
+        ({"HTTP_PROXY": "{proxy_without_scheme}"}, ("proxied", "proxied")),
+        ({"HTTPS_PROXY": "{proxy}"}, ("direct", "direct")),
+        ({"HTTP_PROXY": "{proxy}", "NO_PROXY": "127.0.0.1"}, ("direct", "proxied")),
+        ({"HTTP_PROXY": "{proxy}", "no_proxy": "localhost"}, ("proxied", "direct")),
+        ({"HTTP_PROXY": "{proxy}", "NO_PROXY": "*"}, ("direct", "direct")),
+        ({"ALL_PROXY": "{proxy}", "NO_PROXY": "other, localhost"}, ("proxied", "direct")),
+        ({"HTTP_PROXY": "{proxy}", "NO_PROXY": "http://127.0.0.1"}, ("direct", "proxied")),
+        ({"HTTP_PROXY": "{proxy}", "NO_PROXY": "https://127.0.0.1"}, ("proxied", "proxied")),
+        ({"HTTP_PROXY": "{proxy}", "NO_PROXY": ".localhost"}, ("proxied", "proxied")),
+        # A name exempts itself and the names ending in ".<name>" (curl's rule).
+        ({"HTTP_PROXY": "{proxy}", "NO_PROXY": "0.0.1"}, ("direct", "proxied")),
+        ({"HTTP_PROXY": "{proxy}", "NO_PROXY": "127.0.0.0/8"}, ("proxied", "proxied")),
+        ({"HTTP_PROXY": "{proxy}", "NO_PROXY": "127.0.0.1/8"}, ("direct", "proxied")),
+    ],
+)
+async def test_the_environments_proxies_route_each_url_as_httpx_routes_it(
+    no_proxy_settings: pytest.MonkeyPatch, environment: dict[str, str], expected: tuple[str, str]
+) -> None:
+    async with served(_direct_app()) as base_url, loopback_proxy() as (proxy_url, _):
+        port = httpx.URL(base_url).port
+        urls = [f"http://127.0.0.1:{port}/readiness", f"http://localhost:{port}/readiness"]
+        for name, value in environment.items():
+            no_proxy_settings.setenv(
+                name,
+                value.format(proxy=proxy_url, proxy_without_scheme=proxy_url[len("http://") :]),
+            )
+        reached: dict[str, tuple[str, ...]] = {}
+        with anyio.fail_after(20):
+            for name, client in [("host", HostHttpClient()), ("httpx", httpx.AsyncClient())]:
+                async with client:
+                    reached[name] = tuple([(await client.get(url)).text for url in urls])
+    assert reached == {"host": expected, "httpx": expected}
+
+
+async def test_without_trust_env_the_environments_proxy_is_not_used(
+    no_proxy_settings: pytest.MonkeyPatch,
+) -> None:
+    async with served(_direct_app()) as base_url, loopback_proxy() as (proxy_url, lines):
+        no_proxy_settings.setenv("HTTP_PROXY", proxy_url)
+        async with HostHttpClient(trust_env=False) as client:
+            with anyio.fail_after(10):
+                assert (await client.get(f"{base_url}/hook")).text == "direct"
+    assert lines == []
 
 
 async def test_a_cookie_a_server_sets_is_kept_and_sent_back() -> None:

@@ -8,7 +8,7 @@ from __future__ import annotations
 import os
 import resource
 import ssl
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -84,18 +84,27 @@ class Scripted:
 
 
 @asynccontextmanager
+async def listening(
+    handler: Callable[[anyio.abc.SocketStream], Awaitable[None]],
+) -> AsyncIterator[str]:
+    """Serve each connection to a loopback port with ``handler``; yield the base URL."""
+    listener = await anyio.create_tcp_listener(local_host="127.0.0.1")
+    port = listener.extra(anyio.abc.SocketAttribute.local_port)
+    async with listener, anyio.create_task_group() as tasks:
+        tasks.start_soon(listener.serve, handler)
+        try:
+            yield f"http://127.0.0.1:{port}"
+        finally:
+            tasks.cancel_scope.cancel()
+
+
+@asynccontextmanager
 async def scripted(
     *replies: bytes | Callable[[bytes], bytes] | None,
 ) -> AsyncIterator[tuple[str, Scripted]]:
     server = Scripted(list(replies))
-    listener = await anyio.create_tcp_listener(local_host="127.0.0.1")
-    port = listener.extra(anyio.abc.SocketAttribute.local_port)
-    async with listener, anyio.create_task_group() as tasks:
-        tasks.start_soon(listener.serve, server.serve)
-        try:
-            yield f"http://127.0.0.1:{port}", server
-        finally:
-            tasks.cancel_scope.cancel()
+    async with listening(server.serve) as url:
+        yield url, server
 
 
 async def test_a_length_framed_body_is_read_and_the_connection_reused() -> None:
@@ -213,19 +222,16 @@ async def test_an_idle_connection_the_server_closed_is_not_reused() -> None:
 
 
 async def test_a_silent_server_is_a_read_timeout() -> None:
-    listener = await anyio.create_tcp_listener(local_host="127.0.0.1")
-    port = listener.extra(anyio.abc.SocketAttribute.local_port)
-
     async def hold(stream: anyio.abc.SocketStream) -> None:
         async with stream:
             await anyio.sleep(30)
 
-    async with listener, anyio.create_task_group() as tasks:
-        tasks.start_soon(listener.serve, hold)
-        async with HostHttpClient(timeout=httpx.Timeout(5.0, read=0.2)) as client:
-            with anyio.fail_after(10), pytest.raises(httpx.ReadTimeout):
-                await client.get(f"http://127.0.0.1:{port}/")
-        tasks.cancel_scope.cancel()
+    async with (
+        listening(hold) as url,
+        HostHttpClient(timeout=httpx.Timeout(5.0, read=0.2)) as client,
+    ):
+        with anyio.fail_after(10), pytest.raises(httpx.ReadTimeout):
+            await client.get(f"{url}/")
 
 
 async def test_a_refused_connection_is_a_connect_error() -> None:
@@ -317,9 +323,6 @@ async def test_an_answer_sent_before_the_body_was_read_is_returned() -> None:
     # client's write breaks, and the 413 is what the caller should see. On asyncio,
     # anyio's stream reads nothing between receives and its transport closes the socket
     # when the write fails, so the answer is lost there: the write's error it is.
-    listener = await anyio.create_tcp_listener(local_host="127.0.0.1")
-    port = listener.extra(anyio.abc.SocketAttribute.local_port)
-
     async def refuse(stream: anyio.abc.SocketStream) -> None:
         async with stream:
             buffer = b""
@@ -328,18 +331,13 @@ async def test_an_answer_sent_before_the_body_was_read_is_returned() -> None:
             await stream.send(b"HTTP/1.1 413 Payload Too Large\r\nContent-Length: 0\r\n\r\n")
             await anyio.sleep(0.2)
 
-    async with listener, anyio.create_task_group() as tasks:
-        tasks.start_soon(listener.serve, refuse)
-        async with HostHttpClient() as client:
-            with anyio.fail_after(10):
-                try:
-                    response = await client.post(
-                        f"http://127.0.0.1:{port}/", content=b"x" * 20_000_000
-                    )
-                    answered: int | str = response.status_code
-                except httpx.WriteError:
-                    answered = "write error"
-        tasks.cancel_scope.cancel()
+    async with listening(refuse) as url, HostHttpClient() as client:
+        with anyio.fail_after(10):
+            try:
+                response = await client.post(f"{url}/", content=b"x" * 20_000_000)
+                answered: int | str = response.status_code
+            except httpx.WriteError:
+                answered = "write error"
     assert answered == (413 if sniffio.current_async_library() == "trio" else "write error")
 
 

@@ -105,7 +105,7 @@ class DeliveryWorker:
         self._wake = anyio.Event()
         self._inflight: dict[str, _InFlight] = {}
         # Per conversation with a send under way: the claimed sends waiting their turn.
-        self._following: dict[_Conversation, list[tuple[Delivery, _InFlight]]] = {}
+        self._following: dict[delivery.Conversation, list[tuple[Delivery, _InFlight]]] = {}
         self._idle: anyio.Event | None = None
         self._stopping = False
         self._claiming: anyio.CancelScope | None = None
@@ -213,11 +213,11 @@ class DeliveryWorker:
                 interrupted = delivery.Interrupted(self._owner, self._clock())
                 await self._steps.record_all([(d.delivery_id, interrupted) for d in claimed])
                 return 0
-        for d in sorted(claimed, key=_scheduling_order):
+        for d in sorted(claimed, key=delivery.scheduling_order):
             sending = _InFlight()
             self._inflight[d.delivery_id] = sending
             await self._limiter.acquire_on_behalf_of(d.delivery_id)
-            conversation = _conversation_of(d)
+            conversation = delivery.conversation_of(d)
             following = self._following.get(conversation)
             if following is not None:  # a send to this conversation is under way
                 following.append((d, sending))
@@ -257,7 +257,7 @@ class DeliveryWorker:
     # --- one delivery ---------------------------------------------------------------
 
     async def _deliver_in_order(
-        self, conversation: _Conversation, d: Delivery, sending: _InFlight
+        self, conversation: delivery.Conversation, d: Delivery, sending: _InFlight
     ) -> None:
         """Send ``d``, then the deliveries to the same conversation claimed meanwhile, one
         at a time: a conversation's messages reach it in the order they were scheduled
@@ -481,17 +481,6 @@ class DeliveryWorker:
     async def _record(self, delivery_id: str, event: delivery.DeliveryEvent) -> Delivery | None:
         [recorded] = await self._steps.record_all([(delivery_id, event)])
         return recorded
-
-
-_Conversation = tuple[str, ChannelIdentity, "str | None"]
-
-
-def _conversation_of(d: Delivery) -> _Conversation:
-    return (d.channel, d.identity, d.conversation_id)
-
-
-def _scheduling_order(d: Delivery) -> tuple[float, str]:
-    return (d.created_at, d.delivery_id)
 
 
 @attrs.define

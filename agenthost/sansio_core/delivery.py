@@ -34,6 +34,11 @@ Rules (everything that decides a delivery's status lives in this file):
 8. An operator may replay ``dead`` or ``unknown`` deliveries (``-> scheduled``, attempts
    and the retry streak reset) or purge dead ones. ``delivered`` is final: nothing moves
    it, so a delivery is never both delivered and dead.
+9. The deliveries to one conversation (:func:`conversation_of`: channel, identity,
+   conversation id) that one worker holds are sent one at a time, in the order they were
+   scheduled (:func:`scheduling_order`), so a chat sees its replies and an A2A receiver a
+   task's states in turn; other conversations' go side by side. A retry, or two workers
+   claiming one conversation's deliveries, can still reorder them.
 
 Time, owners and jitter (a number in [0, 1) drawn by the backend) come in with the events.
 The transitions are :data:`DELIVERY_TRANSITIONS`; ``apply`` refuses any other step.
@@ -206,6 +211,20 @@ def plan(
         )
         for d in destinations
     )
+
+
+Conversation = tuple[str, ChannelIdentity, "str | None"]
+
+
+def conversation_of(delivery: Delivery) -> Conversation:
+    """What rule 9 keeps in order: the deliveries to one conversation at one identity."""
+    return (delivery.channel, delivery.identity, delivery.conversation_id)
+
+
+def scheduling_order(delivery: Delivery) -> tuple[float, str]:
+    """Rule 9's order: when a delivery was scheduled, then its id (a channel that writes
+    several at one instant, as A2A does a task's notifications, numbers them in it)."""
+    return (delivery.created_at, delivery.delivery_id)
 
 
 def echo_text(channel_display_name: str, user_text: str) -> str:

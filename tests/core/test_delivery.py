@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import attrs
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -700,3 +701,35 @@ def test_retries_always_terminate(
     assert counted_claims <= max_attempts
     if d.status is DEAD and d.last_error != "permanent":
         assert counted_claims == max_attempts
+
+
+# --- rule 9: one conversation's deliveries in the order they were scheduled --------------
+
+
+def test_deliveries_share_a_conversation_only_on_one_channel_identity_and_conversation() -> None:
+    base = scheduled()
+    same = attrs.evolve(base, delivery_id="dl_2", reply={"text": "another"}, created_at=200.0)
+    others = [
+        attrs.evolve(base, conversation_id="chat_43"),
+        attrs.evolve(base, conversation_id=None),
+        attrs.evolve(base, identity=ChannelIdentity("telegram", "someone-else")),
+        attrs.evolve(base, channel="discord", identity=ChannelIdentity("discord", "u1")),
+    ]
+    assert delivery.conversation_of(same) == delivery.conversation_of(base)
+    assert all(delivery.conversation_of(o) != delivery.conversation_of(base) for o in others)
+
+
+def test_deliveries_are_ordered_by_when_they_were_scheduled_then_by_id() -> None:
+    base = scheduled()
+    later = attrs.evolve(base, delivery_id="a:00000001", created_at=101.0)
+    first_of_an_instant = attrs.evolve(base, delivery_id="a:00000002", created_at=102.0)
+    second_of_that_instant = attrs.evolve(base, delivery_id="a:00000003", created_at=102.0)
+    # due order (a retry comes due later) does not change the order they go out in
+    retried = attrs.evolve(base, delivery_id="a:00000000", created_at=100.0, next_attempt_at=500.0)
+    shuffled = [second_of_that_instant, later, retried, first_of_an_instant]
+    assert sorted(shuffled, key=delivery.scheduling_order) == [
+        retried,
+        later,
+        first_of_an_instant,
+        second_of_that_instant,
+    ]

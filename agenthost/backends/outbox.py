@@ -1,4 +1,4 @@
-"""The delivery worker: sends what the outbox holds, one task per delivery.
+"""The delivery worker: sends what the outbox holds, one task per conversation in flight.
 
 It claims due deliveries in batches (``store.claim_due_deliveries``, a lease each), and
 runs the claimed sends side by side under the host's fan-out limit, so one slow or
@@ -33,6 +33,7 @@ import inspect
 import logging
 import math
 import random
+from collections import deque
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -105,7 +106,7 @@ class DeliveryWorker:
         self._wake = anyio.Event()
         self._inflight: dict[str, _InFlight] = {}
         # Per conversation with a send under way: the claimed sends waiting their turn.
-        self._following: dict[delivery.Conversation, list[tuple[Delivery, _InFlight]]] = {}
+        self._following: dict[delivery.Conversation, deque[tuple[Delivery, _InFlight]]] = {}
         self._idle: anyio.Event | None = None
         self._stopping = False
         self._claiming: anyio.CancelScope | None = None
@@ -222,7 +223,7 @@ class DeliveryWorker:
             if following is not None:  # a send to this conversation is under way
                 following.append((d, sending))
                 continue
-            self._following[conversation] = []
+            self._following[conversation] = deque()
             sends.start_soon(
                 self._deliver_in_order, conversation, d, sending, name=f"delivery {d.delivery_id}"
             )
@@ -268,7 +269,7 @@ class DeliveryWorker:
                 await self._deliver(d, sending)
                 if not following:
                     return
-                d, sending = following.pop(0)
+                d, sending = following.popleft()
         finally:
             del self._following[conversation]
             if following:
@@ -289,6 +290,10 @@ class DeliveryWorker:
     async def _deliver(self, d: Delivery, sending: _InFlight) -> None:
         progress = _Progress()
         try:
+            if sending.lease_lost.cancel_called:
+                # Taken by another worker while waiting its turn (this process was frozen
+                # past the lease): it is not ours to send, nor to record anything on.
+                return
             if sending.interrupt.cancel_called:
                 # Interrupted while waiting its turn behind a send to its conversation:
                 # nothing of it went out, whatever the channel (not ``unknown``).

@@ -15,11 +15,13 @@ from agenthost import ChannelIdentity, Host, HostMessage
 from agenthost.backends.destinations import DeliveryRouter
 from agenthost.backends.outbox import DeliveryWorker, OutboxSettings
 from agenthost.backends.push import PushMessage, PushOutcome
+from agenthost.sansio_core import delivery
 from agenthost.sansio_core.delivery import Delivery, DeliveryStatus, RetryPolicy
 from agenthost.sansio_core.link_policy import LinkRules
 from agenthost.sansio_core.routing import Destination
 from agenthost.stores.memory import MemoryStore
 from tests.delivery.receiver import PushChat
+from tests.delivery.test_outbox_steps import GatedChat, StepCountingStore
 
 pytestmark = pytest.mark.anyio
 
@@ -161,3 +163,32 @@ async def test_a_drain_hands_back_the_sends_waiting_their_turn_while_the_worker_
                 await anyio.sleep(0.01)
             tasks.cancel_scope.cancel()
     await only_the_first_was_pushed(store, chat)
+
+
+async def test_a_send_taken_by_another_worker_while_waiting_its_turn_is_not_pushed(
+    tmp_path: Path,
+) -> None:
+    store, chat = StepCountingStore(), GatedChat()
+    first, second = to_conversation("a", 2, time.time())
+    await store.schedule_deliveries([first, second])
+    host = Host(
+        answer, channels=[chat], store=store, state_dir=tmp_path, delivery_lease_seconds=0.6
+    )
+    async with host.running():
+        await until(lambda: len(chat.pushed) == 1)  # the first is pushing, the second waits
+        # Another worker, whose clock runs far ahead, finds the waiting one's lease expired
+        # (as if this process had been frozen) and takes it.
+        later = time.time() + 1000
+        await store.apply_delivery_event(
+            second.delivery_id, delivery.Recover(later, idempotent_push=True)
+        )
+        [taken] = await store.claim_due_deliveries("another-worker", later, 60.0, 1)
+        renewals = len(store.calls_with("Renew"))
+        # Two renewal rounds: the first was refused for the taken one, and handled.
+        await until(lambda: len(store.calls_with("Renew")) >= renewals + 2)
+        chat.gate.set()  # the first goes out; the chain comes to the taken one
+        await until(lambda: bool(store.calls_with("Sent")))
+        await anyio.sleep(0.1)  # room for a wrong push of the taken one to start
+        after = await store.get_delivery(second.delivery_id)
+    assert [message.text for _, message in chat.pushed] == ["0"]
+    assert after == taken  # nothing recorded over the other worker's claim

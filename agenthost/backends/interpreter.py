@@ -253,13 +253,22 @@ class TurnInterpreter:
                     else:
                         writes = await finisher.writes_for(None, None)
                     finished = await store.finish_turn(
-                        effect.session_id, effect.run_id, effect.session, self._clock(), writes
+                        effect.session_id,
+                        effect.run_id,
+                        effect.session,
+                        self._clock(),
+                        writes,
+                        creation=effect.creation,
                     )
                     finisher.finished(finished)
                     saved = finished.saved
                 else:
                     saved = await store.finish_run(
-                        effect.session_id, effect.run_id, effect.session, self._clock()
+                        effect.session_id,
+                        effect.run_id,
+                        effect.session,
+                        self._clock(),
+                        creation=effect.creation,
                     )
                 spanned.set_attribute("agenthost.saved", saved)
             guard.holding = False
@@ -303,7 +312,13 @@ class TurnInterpreter:
             else:
                 spanned.set_attribute("agenthost.access", "allowed")
                 spanned.set_attribute("agenthost.session_id", outcome.session_ref.session_id or "")
-        if isinstance(outcome, opening.Opened) and outcome.lease is not None:
+        # A session the save creates (``opening`` rule 5) has no stored lease yet: nothing to
+        # renew while the target runs, nothing to give back if the turn is abandoned.
+        if (
+            isinstance(outcome, opening.Opened)
+            and outcome.lease is not None
+            and outcome.creation is None
+        ):
             session_id = outcome.session_ref.session_id
             assert session_id is not None
             guard.session_id, guard.run_id = session_id, effect.opening.run_id

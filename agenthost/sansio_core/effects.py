@@ -14,7 +14,7 @@ import attrs
 
 from agenthost.sansio_core import leases
 from agenthost.sansio_core.linking import UserFacts
-from agenthost.sansio_core.opening import Opening
+from agenthost.sansio_core.opening import Creation, Opening
 from agenthost.sansio_core.routing import LastSeen
 from agenthost.sansio_core.sessions import ScopeKey, SessionAlias, SessionRecord
 from agenthost.sansio_core.types import (
@@ -189,11 +189,15 @@ class FinishRun:
     """Save the session (when ``session`` is given) and release the lease, atomically.
 
     The store saves only while ``run_id`` still holds the lease. Answer: ``bool`` saved.
+    ``creation`` is a session the turn's opening left for this write to create
+    (``opening.Creation``): its alias, its record (``session`` when given) and its
+    released lease are written here, in the same transaction.
     """
 
     session_id: str
     run_id: str
     session: SessionRecord | None
+    creation: Creation | None = None
 
 
 @attrs.frozen

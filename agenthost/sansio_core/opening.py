@@ -26,6 +26,15 @@ Rules:
    key, such as a Responses ``previous_response_id``) resolves its source in ``scope`` and
    creates its own session under ``fork_scope``: a copy of the source's, or an empty one
    when it names no source. Its new session's lease is fresh.
+5. A session only this turn can name (``create_at_finish``: its key was minted for this
+   request and nobody sees it before the reply, such as a new Responses response id) is
+   not written when the turn opens: no other request can reach it, so its lease excludes
+   no one. The outcome carries it as a :class:`Creation` and the write that saves the turn
+   creates it (alias, record, released lease), so such a turn costs one read and one
+   write. Only when the opening writes nothing else: a key to issue or a last-seen record
+   must be written before the target runs, and then the session is created with them.
+   A store may load and decide outside a write transaction for such a plan; when the
+   decision names writes anyway (:attr:`Writes.empty` is false), it decides again in one.
 """
 
 from __future__ import annotations
@@ -63,6 +72,7 @@ class Opening:
     lease_seconds: float = 30.0  # the host's lease time (``TurnSettings.lease_seconds``)
     fork_scope: ScopeKey | None = None  # where a forking request saves (rule 4)
     has_source_key: bool = False  # a forking request names a source to copy
+    create_at_finish: bool = False  # the new session is one only this turn can name (rule 5)
 
     @property
     def new_session_id(self) -> str:
@@ -101,12 +111,24 @@ class Refused:
 
 @builds_fast
 @attrs.frozen
+class Creation:
+    """A new session left for the write that saves the turn (rule 5): its alias, its empty
+    record, and its lease as granted to the turn."""
+
+    alias: SessionAlias
+    record: SessionRecord
+    lease: leases.LeaseState
+
+
+@builds_fast
+@attrs.frozen
 class Opened:
     """The turn's session and its place at the lease (``lease`` is ``None`` when stateless)."""
 
     session_ref: SessionRef
     lease: leases.LeaseDecision | None
     session: SessionRecord | None  # the session to run on, when the lease was granted
+    creation: Creation | None = None  # a session not written yet (rule 5)
 
 
 @builds_fast
@@ -119,6 +141,16 @@ class Writes:
     create: tuple[SessionAlias, SessionRecord] | None = None  # a new alias and its session
     lease: leases.LeaseState | None = None
 
+    @property
+    def empty(self) -> bool:
+        """Nothing to write: the opening needs no write transaction (rule 5)."""
+        return (
+            self.issue_key is None
+            and self.last_seen is None
+            and self.create is None
+            and self.lease is None
+        )
+
 
 Outcome = Refused | Opened
 
@@ -127,6 +159,8 @@ _arrive = builder(leases.Arrive)
 _session_ref = builder(SessionRef)
 _opened = builder(Opened)
 _writes = builder(Writes)
+_creation = builder(Creation)
+_NOTHING_TO_WRITE = Writes()
 
 
 def decide(opening: Opening, loaded: Loaded) -> tuple[Outcome, Writes]:
@@ -194,5 +228,15 @@ def decide(opening: Opening, loaded: Loaded) -> tuple[Outcome, Writes]:
     new_lease, lease_decision = leases.apply(lease_state, arrive)
     granted = isinstance(lease_decision, leases.Granted)
     ref = _session_ref(key, alias.session_id, opening.session_key)
+    if (
+        create is not None
+        and record is not None  # always, for a session created here
+        and opening.create_at_finish
+        and granted
+        and issue_key is None
+        and last_seen is None
+    ):
+        creation = _creation(alias, record, new_lease)
+        return _opened(ref, lease_decision, record, creation), _NOTHING_TO_WRITE
     opened = _opened(ref, lease_decision, record if granted else None)
     return opened, _writes(issue_key, last_seen, create, new_lease)

@@ -278,9 +278,11 @@ def _run_under_lease(
     *,
     run_id: str,
     now: float,
+    creation: opening.Creation | None = None,
 ) -> Generator[fx.Effect, Any, TurnOutcome]:
     """From the lease's first answer (``decision``, with the session ``record`` when granted):
-    wait for it, run the target, save on success, release."""
+    wait for it, run the target, save on success, release. ``creation`` is the session the
+    opening left for the save to create (``opening`` rule 5)."""
     assert ref.session_id is not None
     if not isinstance(decision, leases.Granted):
         while isinstance(decision, leases.Waiting):
@@ -302,7 +304,7 @@ def _run_under_lease(
             finished_at,
             expires_when_idle=answer.state_expires_when_idle,
         )
-    saved: bool = yield _finish_run(ref.session_id, run_id, to_save)
+    saved: bool = yield _finish_run(ref.session_id, run_id, to_save, creation)
     return _outcome(answer, ref, saved=saved)
 
 
@@ -324,7 +326,7 @@ def open_turn(
         seen = routing.LastSeen(
             request.channel, request.identity, request.session.conversation_id, now
         )
-    # Positional: keyword matching for thirteen fields cost more than the value's own init.
+    # Positional: keyword matching for fourteen fields cost more than the value's own init.
     plan = _opening(
         request.identity,  # identity
         scope,
@@ -339,6 +341,7 @@ def open_turn(
         settings.lease_seconds,
         fork_scope,
         request.session.key is not None,  # has_source_key
+        request.session.private_until_reply,  # create_at_finish
     )
     opened: opening.Outcome = yield _open_turn_effect(plan)
     if isinstance(opened, opening.Refused):
@@ -353,7 +356,13 @@ def open_turn(
         return _outcome(answer, ref, saved=False)
     return (
         yield from _run_under_lease(
-            request, ref, opened.lease, opened.session, run_id=run_id, now=now
+            request,
+            ref,
+            opened.lease,
+            opened.session,
+            run_id=run_id,
+            now=now,
+            creation=opened.creation,
         )
     )
 

@@ -145,6 +145,10 @@ class ChannelSession:
     attributes: Mapping[str, Any] = attrs.field(
         default=None, converter=_frozen_mapping, eq=False, hash=False
     )
+    # The new session this request may create is named by a key minted for it that nobody
+    # sees before the reply (a Responses response id not streamed): it is written with the
+    # turn's save rather than before the run (``opening`` rule 5).
+    private_until_reply: bool = False
 
 
 class TargetKind(enum.Enum):

@@ -311,6 +311,10 @@ class Store(abc.ABC):
         that key; the alias's lease and session), apply ``opening.decide`` and write exactly
         the records its ``Writes`` name: the identity's key, the last-seen record, the alias
         with its empty session, the lease.
+
+        For a plan with ``create_at_finish`` the store may load and decide outside a write
+        transaction; when the decision's ``Writes`` are not ``empty`` it must then load and
+        decide again inside one (``opening`` rule 5).
         """
 
     @abc.abstractmethod
@@ -319,11 +323,22 @@ class Store(abc.ABC):
 
     @abc.abstractmethod
     async def finish_run(
-        self, session_id: str, run_id: str, session: SessionRecord | None, now: float
+        self,
+        session_id: str,
+        run_id: str,
+        session: SessionRecord | None,
+        now: float,
+        *,
+        creation: opening.Creation | None = None,
     ) -> bool:
         """Save ``session`` (if given) and release the lease, atomically.
 
         Saves only while ``run_id`` still holds the lease; returns whether it saved.
+
+        With ``creation`` (a session the opening did not write, ``opening`` rule 5) the
+        lease is ``creation.lease``, held by ``run_id``: write the alias, the session
+        (``session``, or else ``creation.record``) and the released lease. When the alias
+        exists already, write none of them and answer ``False``.
         """
 
     @abc.abstractmethod
@@ -334,9 +349,11 @@ class Store(abc.ABC):
         session: SessionRecord | None,
         now: float,
         writes: TurnWrites,
+        *,
+        creation: opening.Creation | None = None,
     ) -> FinishedTurn:
         """:meth:`finish_run` (nothing of it when ``session_id`` is ``None``: a stateless
-        turn) and ``writes``, in one transaction.
+        turn; ``creation`` as there) and ``writes``, in one transaction.
 
         This is what makes a turn's effects exactly-once: a background run whose session
         was saved is completed by the same commit, so recovery never re-applies a saved

@@ -29,6 +29,8 @@ Rules:
    its transaction. A batch that runs inline holds the event loop, so without this step
    nothing could queue behind it and every call would pay its own BEGIN and COMMIT, which
    cost more than the statements of a small turn.
+6. Work submitted as ``read_only`` writes nothing: a batch of such work only may run in a
+   transaction that takes no write lock (the store's choice, ``WorkItem.read_only``).
 
 It is runtime-neutral (anyio): the same code serves asyncio and trio.
 """
@@ -51,10 +53,11 @@ DEFAULT_MAX_BATCH = 128
 class WorkItem(Generic[ConnectionT]):
     """One caller's work in a batch; ``run_batch`` fills in ``result`` or ``error``."""
 
-    __slots__ = ("error", "finished", "result", "taken", "work")
+    __slots__ = ("error", "finished", "read_only", "result", "taken", "work")
 
-    def __init__(self, work: Callable[[ConnectionT], Any]) -> None:
+    def __init__(self, work: Callable[[ConnectionT], Any], read_only: bool = False) -> None:
         self.work = work
+        self.read_only = read_only
         self.result: Any = None
         self.error: BaseException | None = None
         self.taken = False
@@ -82,9 +85,11 @@ class GroupCommit(Generic[ConnectionT]):
         # Made on first use, inside the event loop (an anyio Event needs one).
         self._batch_done: anyio.Event | None = None
 
-    async def submit(self, work: Callable[[ConnectionT], T]) -> T:
-        """Run ``work(connection)`` in the next batch; its result once the batch committed."""
-        item: WorkItem[ConnectionT] = WorkItem(work)
+    async def submit(self, work: Callable[[ConnectionT], T], *, read_only: bool = False) -> T:
+        """Run ``work(connection)`` in the next batch; its result once the batch committed.
+
+        ``read_only`` promises that ``work`` writes nothing (rule 6)."""
+        item: WorkItem[ConnectionT] = WorkItem(work, read_only)
         self._pending.append(item)
         try:
             while not item.finished:

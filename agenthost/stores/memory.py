@@ -443,14 +443,27 @@ class MemoryStore(Store):
             return LeaseAnswer(decision, session)
 
     async def finish_run(
-        self, session_id: str, run_id: str, session: SessionRecord | None, now: float
+        self,
+        session_id: str,
+        run_id: str,
+        session: SessionRecord | None,
+        now: float,
+        *,
+        creation: opening.Creation | None = None,
     ) -> bool:
         with self._lock:
-            return self._finish_run(session_id, run_id, session, now)
+            return self._finish_run(session_id, run_id, session, now, creation)
 
     def _finish_run(
-        self, session_id: str, run_id: str, session: SessionRecord | None, now: float
+        self,
+        session_id: str,
+        run_id: str,
+        session: SessionRecord | None,
+        now: float,
+        creation: opening.Creation | None,
     ) -> bool:
+        if creation is not None:
+            return self._finish_creation(creation, run_id, session, now)
         state = self._leases.get(session_id) or leases.initial_state(session_id)
         new_state, decision = leases.apply(state, leases.Release(run_id, now))
         if not isinstance(decision, leases.Released):
@@ -461,6 +474,20 @@ class MemoryStore(Store):
         self._sessions[session_id] = session
         return True
 
+    def _finish_creation(
+        self, creation: opening.Creation, run_id: str, session: SessionRecord | None, now: float
+    ) -> bool:
+        alias = creation.alias
+        if (alias.owner, alias.qualifier) in self._aliases:
+            return False  # the key was not private after all: the existing session stays
+        new_state, decision = leases.apply(creation.lease, leases.Release(run_id, now))
+        if not isinstance(decision, leases.Released):  # pragma: no cover - the turn holds it
+            return False
+        self._aliases[(alias.owner, alias.qualifier)] = alias
+        self._sessions[alias.session_id] = session if session is not None else creation.record
+        self._leases[alias.session_id] = new_state
+        return session is not None
+
     async def finish_turn(
         self,
         session_id: str | None,
@@ -468,6 +495,8 @@ class MemoryStore(Store):
         session: SessionRecord | None,
         now: float,
         writes: TurnWrites,
+        *,
+        creation: opening.Creation | None = None,
     ) -> FinishedTurn:
         with self._lock:
             # Checked first, so a refused transition changes nothing of the run's writes.
@@ -480,7 +509,7 @@ class MemoryStore(Store):
                     refused = run_refusal_reason(exc)
             saved = False
             if session_id is not None:
-                saved = self._finish_run(session_id, run_id, session, now)
+                saved = self._finish_run(session_id, run_id, session, now, creation)
             if refused is None:
                 self._insert_deliveries(writes.deliveries)
             for record in writes.channel_records:

@@ -152,6 +152,13 @@ class PostgresStore(Store):
             await self.open()
         return await self._lanes.submit(work)
 
+    async def _read(self, work: Callable[[Conn], T]) -> T:
+        """:meth:`_run` for ``work`` that only reads (outside a transaction when its batch
+        holds only reads, ``postgres_writer``)."""
+        if not self._checked:
+            await self.open()
+        return await self._lanes.submit(work, read_only=True)
+
     # --- identities -----------------------------------------------------------------
 
     async def load_context(
@@ -414,43 +421,15 @@ class PostgresStore(Store):
     # --- session leases -------------------------------------------------------------
 
     async def open_turn(self, plan: opening.Opening) -> opening.Outcome:
+        if plan.create_at_finish:
+            # Decided on a read first (no locks, no transaction): when it writes nothing,
+            # the session is created by the turn's save (``opening`` rule 5).
+            decided = await self._read(lambda conn: _decide_opening(conn, plan, lock=False))
+            if decided[1].empty:
+                return decided[0]
+
         def work(conn: Conn) -> opening.Outcome:
-            # Locks in the one order (identity, alias, lease), each before the reads that
-            # depend on it, so what ``decide`` sees is still true when its writes land.
-            # Two round trips before the decision. The first sends, pipelined, the
-            # identity's lock, the alias's, and the context query taking the lease's lock
-            # (each its own statement, so each read sees what the lock holder committed);
-            # the second reads the lease and the session.
-            scope = plan.scope
-            with conn.pipeline():
-                q.lock_identity(conn, plan.identity)
-                if scope is not None:
-                    q.lock_scope_alias(conn, plan.identity, scope)
-                context = q.load_context(
-                    conn, plan.identity, scope, plan.access.needs_facts, lock_lease=True
-                )
-            alias = context.alias
-            if context.isolation_key is None and scope is not None and scope.owner:
-                # A shared scope names its owner: its alias exists without this key.
-                alias = q.select_alias(conn, scope.owner, scope.qualifier)
-                if alias is not None:
-                    q.lock_lease(conn, alias.session_id)
-            lease = session = None
-            if alias is not None:
-                lease, session = q.select_lease_and_session(conn, alias.session_id)
-            loaded = opening.Loaded(context.isolation_key, alias, context.facts, lease, session)
-            key = context.isolation_key
-            if plan.fork_scope is not None and key is not None:
-                # A retried fork finds the session its first try made (it wins).
-                q.lock_alias(conn, key, plan.fork_scope.qualifier)
-                fork = q.select_alias(conn, key, plan.fork_scope.qualifier)
-                if fork is not None:
-                    q.lock_lease(conn, fork.session_id)
-                    fork_lease, fork_session = q.select_lease_and_session(conn, fork.session_id)
-                    loaded = attrs.evolve(
-                        loaded, fork_alias=fork, fork_lease=fork_lease, fork_session=fork_session
-                    )
-            outcome, writes = opening.decide(plan, loaded)
+            outcome, writes = _decide_opening(conn, plan, lock=True)
             # The writes depend on nothing they answer: sent together, one round trip.
             with conn.pipeline():
                 if writes.issue_key is not None:
@@ -482,9 +461,17 @@ class PostgresStore(Store):
         return await self._run(work)
 
     async def finish_run(
-        self, session_id: str, run_id: str, session: SessionRecord | None, now: float
+        self,
+        session_id: str,
+        run_id: str,
+        session: SessionRecord | None,
+        now: float,
+        *,
+        creation: opening.Creation | None = None,
     ) -> bool:
         def work(conn: Conn) -> bool:
+            if creation is not None:
+                return _finish_creation(conn, creation, run_id, session, now)
             # Fencing: the session is written only while ``run_id`` still holds the lease,
             # checked under the lease's lock; a replica whose lease expired and was granted
             # elsewhere saves nothing.
@@ -509,6 +496,8 @@ class PostgresStore(Store):
         session: SessionRecord | None,
         now: float,
         writes: TurnWrites,
+        *,
+        creation: opening.Creation | None = None,
     ) -> FinishedTurn:
         delivery_rows = [table_rows.delivery_row(d) for d in writes.deliveries]
         record_rows = [table_rows.channel_record_row(r) for r in writes.channel_records]
@@ -524,7 +513,9 @@ class PostgresStore(Store):
                 except (background.RunTransitionRefused, RunNotFound) as exc:
                     refused = run_refusal_reason(exc)
             saved = False
-            if session_id is not None:
+            if creation is not None:
+                saved = _finish_creation(conn, creation, run_id, session, now)
+            elif session_id is not None:
                 with conn.pipeline():
                     q.lock_lease(conn, session_id)
                     state = q.select_lease(conn, session_id)
@@ -931,3 +922,73 @@ def _alias_key(scope: ScopeKey) -> tuple[str, str]:
     if scope.owner is None:
         raise ValueError("an alias scope needs its owner")
     return (scope.owner, scope.qualifier)
+
+
+def _decide_opening(
+    conn: Conn, plan: opening.Opening, *, lock: bool
+) -> tuple[opening.Outcome, opening.Writes]:
+    """Load what ``opening.decide`` needs for ``plan`` and decide (nothing written).
+
+    With ``lock``, in a transaction that writes what it decides: the locks are taken in the
+    one order (identity, alias, lease), each before the reads that depend on it, so what
+    ``decide`` sees is still true when its writes land. Two round trips: the first sends,
+    pipelined, the identity's lock, the alias's, and the context query taking the lease's
+    lock (each its own statement, so each read sees what the lock holder committed); the
+    second reads the lease and the session. Without ``lock``, the same reads, for a
+    decision that is kept only when it writes nothing (``opening`` rule 5).
+    """
+    scope = plan.scope
+    needs_facts = plan.access.needs_facts
+    if lock:
+        with conn.pipeline():
+            q.lock_identity(conn, plan.identity)
+            if scope is not None:
+                q.lock_scope_alias(conn, plan.identity, scope)
+            context = q.load_context(conn, plan.identity, scope, needs_facts, lock_lease=True)
+    else:
+        context = q.load_context(conn, plan.identity, scope, needs_facts)
+    alias = context.alias
+    if context.isolation_key is None and scope is not None and scope.owner:
+        # A shared scope names its owner: its alias exists without this key.
+        alias = q.select_alias(conn, scope.owner, scope.qualifier)
+        if alias is not None and lock:
+            q.lock_lease(conn, alias.session_id)
+    lease = session = None
+    if alias is not None:
+        lease, session = q.select_lease_and_session(conn, alias.session_id)
+    loaded = opening.Loaded(context.isolation_key, alias, context.facts, lease, session)
+    key = context.isolation_key
+    # A retried fork finds the session its first try made; a private key (``opening``
+    # rule 5) has none before its turn's save.
+    if plan.fork_scope is not None and key is not None and not plan.create_at_finish:
+        q.lock_alias(conn, key, plan.fork_scope.qualifier)
+        fork = q.select_alias(conn, key, plan.fork_scope.qualifier)
+        if fork is not None:
+            q.lock_lease(conn, fork.session_id)
+            fork_lease, fork_session = q.select_lease_and_session(conn, fork.session_id)
+            loaded = attrs.evolve(
+                loaded, fork_alias=fork, fork_lease=fork_lease, fork_session=fork_session
+            )
+    return opening.decide(plan, loaded)
+
+
+def _finish_creation(
+    conn: Conn,
+    creation: opening.Creation,
+    run_id: str,
+    session: SessionRecord | None,
+    now: float,
+) -> bool:
+    """In the save's transaction: create the session the opening left to it (``opening``
+    rule 5), with the turn's ``session`` when it has one, and its lease released. Nobody
+    else can name it yet, so it takes no lock; the alias's unique key settles a race."""
+    alias = creation.alias
+    new_state, decision = leases.apply(creation.lease, leases.Release(run_id, now))
+    if not isinstance(decision, leases.Released):  # pragma: no cover - the turn holds it
+        return False
+    if not q.insert_alias_if_absent(conn, alias):
+        return False  # the key was not private after all: the existing session stays
+    with conn.pipeline():
+        q.write_session(conn, alias.session_id, session if session is not None else creation.record)
+        q.write_lease(conn, alias.session_id, new_state)
+    return session is not None

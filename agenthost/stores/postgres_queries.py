@@ -373,6 +373,14 @@ def write_alias(conn: Conn, alias: SessionAlias) -> None:
     )
 
 
+def insert_alias_if_absent(conn: Conn, alias: SessionAlias) -> bool:
+    """Insert ``alias`` unless its scope has one; answer whether it was inserted."""
+    row = conn.execute(
+        "INSERT INTO session_aliases (owner, qualifier, session_id, generation, created_at)"
+        " VALUES (%s, %s, %s, %s, %s) ON CONFLICT (owner, qualifier) DO NOTHING RETURNING 1",
+        (alias.owner, alias.qualifier, alias.session_id, alias.generation, alias.created_at),
+    ).fetchone()
+    return row is not None
 
 
 def select_session(conn: Conn, session_id: str) -> SessionRecord | None:

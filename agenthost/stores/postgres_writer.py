@@ -103,6 +103,9 @@ class Lane:
             self._conn = None
 
     def _run_batch(self, batch: Sequence[WorkItem[Conn]]) -> None:
+        if all(item.read_only for item in batch):
+            self._run_reads(batch)
+            return
         try:
             conn = self._begin()
         except Exception as exc:
@@ -134,6 +137,24 @@ class Lane:
             _fail(batch, exc)
             return
         for item in batch:
+            item.finished = True
+
+    def _run_reads(self, batch: Sequence[WorkItem[Conn]]) -> None:
+        """A batch of reads only: each on the autocommit connection, no transaction. Under
+        PostgreSQL's read committed each statement sees what was committed when it began,
+        inside a transaction or not, so one saves the BEGIN and COMMIT round trips."""
+        try:
+            conn = self._connection()
+        except Exception as exc:
+            _fail(batch, exc)
+            return
+        for item in batch:
+            try:
+                item.result = item.work(conn)
+            except Exception as exc:
+                if conn.broken or conn.closed:
+                    self._conn = None
+                item.error = exc
             item.finished = True
 
 
@@ -190,11 +211,11 @@ class Lanes:
             raise ValueError("a PostgreSQL store needs at least one connection")
         self._lanes = [Lane(open_connection) for _ in range(size)]
 
-    async def submit(self, work: Callable[[Conn], T]) -> T:
+    async def submit(self, work: Callable[[Conn], T], *, read_only: bool = False) -> T:
         lane = min(self._lanes, key=lambda candidate: candidate.in_flight)
         lane.in_flight += 1
         try:
-            return await lane.commit.submit(work)
+            return await lane.commit.submit(work, read_only=read_only)
         finally:
             lane.in_flight -= 1
 

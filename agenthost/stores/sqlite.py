@@ -308,6 +308,11 @@ class SQLiteStore(Store):
         """Run ``work`` on the connection in the next batch, opening the store if needed."""
         return await self._writer.submit(work)
 
+    async def _read(self, work: Callable[[sqlite3.Connection], T]) -> T:
+        """:meth:`_run` for ``work`` that only reads: when its whole batch only reads, the
+        batch's transaction takes no write lock and its commit writes nothing."""
+        return await self._writer.submit(work, read_only=True)
+
     def _run_batch(self, batch: Sequence[WorkItem[sqlite3.Connection]]) -> None:
         """In the worker thread: one transaction for the whole batch, waiting for the write
         lock as long as the busy timeout allows (see group_commit)."""
@@ -316,7 +321,7 @@ class SQLiteStore(Store):
                 self._conn = self._open_sync()
             conn = self._conn
             self._set_busy_timeout(conn, BUSY_TIMEOUT_MS)
-            conn.execute("BEGIN IMMEDIATE")
+            conn.execute(_begin(batch))
         except Exception as exc:
             _fail(batch, exc)
             return
@@ -335,7 +340,7 @@ class SQLiteStore(Store):
             return False
         try:
             self._set_busy_timeout(conn, 0)
-            conn.execute("BEGIN IMMEDIATE")
+            conn.execute(_begin(batch))
         except sqlite3.OperationalError:
             return False
         _commit_batch(conn, batch, self._checkpoints.committed)
@@ -749,33 +754,16 @@ class SQLiteStore(Store):
     # --- session leases -------------------------------------------------------------
 
     async def open_turn(self, plan: opening.Opening) -> opening.Outcome:
+        if plan.create_at_finish:
+            # Decided on a read first: when it writes nothing (the session is created by
+            # the turn's save, ``opening`` rule 5) the turn needs no write transaction here.
+            decided = await self._read(lambda conn: _decide_opening(conn, plan))
+            if decided[1].empty:
+                return decided[0]
+
         def work(conn: sqlite3.Connection) -> opening.Outcome:
             with _transaction(conn):
-                context, lease, session = _load_opening(
-                    conn, plan.identity, plan.scope, plan.access.needs_facts
-                )
-                alias = context.alias
-                scope = plan.scope
-                if context.isolation_key is None and scope is not None and scope.owner:
-                    # A shared scope names its owner: its alias exists without this key.
-                    alias = _select_alias(conn, scope.owner, scope.qualifier)
-                    if alias is not None:
-                        lease = _select_lease(conn, alias.session_id)
-                        session = _select_session(conn, alias.session_id)
-                loaded = opening.Loaded(
-                    context.isolation_key, alias, context.facts, lease, session
-                )
-                key = context.isolation_key
-                if plan.fork_scope is not None and key is not None:
-                    fork = _select_alias(conn, key, plan.fork_scope.qualifier)
-                    if fork is not None:
-                        loaded = attrs.evolve(
-                            loaded,
-                            fork_alias=fork,
-                            fork_lease=_select_lease(conn, fork.session_id),
-                            fork_session=_select_session(conn, fork.session_id),
-                        )
-                outcome, writes = opening.decide(plan, loaded)
+                outcome, writes = _decide_opening(conn, plan)
                 if writes.issue_key is not None:
                     _insert_identity_if_absent(conn, plan.identity, writes.issue_key, plan.now)
                 if writes.last_seen is not None:
@@ -804,11 +792,17 @@ class SQLiteStore(Store):
         return await self._run(work)
 
     async def finish_run(
-        self, session_id: str, run_id: str, session: SessionRecord | None, now: float
+        self,
+        session_id: str,
+        run_id: str,
+        session: SessionRecord | None,
+        now: float,
+        *,
+        creation: opening.Creation | None = None,
     ) -> bool:
         def work(conn: sqlite3.Connection) -> bool:
             with _transaction(conn):
-                return _finish_run(conn, session_id, run_id, session, now)
+                return _finish_run(conn, session_id, run_id, session, now, creation)
 
         return await self._run(work)
 
@@ -819,6 +813,8 @@ class SQLiteStore(Store):
         session: SessionRecord | None,
         now: float,
         writes: TurnWrites,
+        *,
+        creation: opening.Creation | None = None,
     ) -> FinishedTurn:
         delivery_rows = [delivery_row(d) for d in writes.deliveries]
         record_rows = [channel_record_row(r) for r in writes.channel_records]
@@ -835,7 +831,7 @@ class SQLiteStore(Store):
                         refused = run_refusal_reason(exc)
                 saved = False
                 if session_id is not None:
-                    saved = _finish_run(conn, session_id, run_id, session, now)
+                    saved = _finish_run(conn, session_id, run_id, session, now, creation)
                 if refused is None and delivery_rows:
                     _insert_deliveries(conn, delivery_rows)
                 if record_rows:
@@ -1262,6 +1258,15 @@ def _session_states(conn: sqlite3.Connection) -> SessionStates | None:
 # --- SQL in one place -------------------------------------------------------------------
 
 
+def _begin(batch: Sequence[WorkItem[sqlite3.Connection]]) -> str:
+    """How a batch's transaction begins: with the write lock, unless all its work only
+    reads (a deferred transaction then takes a read snapshot and no lock that would make
+    writers, here or in another process, wait)."""
+    if all(item.read_only for item in batch):
+        return "BEGIN"
+    return "BEGIN IMMEDIATE"
+
+
 def _commit_batch(
     conn: sqlite3.Connection,
     batch: Sequence[WorkItem[sqlite3.Connection]],
@@ -1388,6 +1393,37 @@ def _load_context(
     if row is None:
         return RequestContext(None, None)
     return _context_from_row(row, facts)
+
+
+def _decide_opening(
+    conn: sqlite3.Connection, plan: opening.Opening
+) -> tuple[opening.Outcome, opening.Writes]:
+    """Load what ``opening.decide`` needs for ``plan`` and decide (nothing written)."""
+    context, lease, session = _load_opening(
+        conn, plan.identity, plan.scope, plan.access.needs_facts
+    )
+    alias = context.alias
+    scope = plan.scope
+    if context.isolation_key is None and scope is not None and scope.owner:
+        # A shared scope names its owner: its alias exists without this key.
+        alias = _select_alias(conn, scope.owner, scope.qualifier)
+        if alias is not None:
+            lease = _select_lease(conn, alias.session_id)
+            session = _select_session(conn, alias.session_id)
+    loaded = opening.Loaded(context.isolation_key, alias, context.facts, lease, session)
+    key = context.isolation_key
+    # A retried fork finds the session its first try made; a private key (``opening``
+    # rule 5) has none before its turn's save.
+    if plan.fork_scope is not None and key is not None and not plan.create_at_finish:
+        fork = _select_alias(conn, key, plan.fork_scope.qualifier)
+        if fork is not None:
+            loaded = attrs.evolve(
+                loaded,
+                fork_alias=fork,
+                fork_lease=_select_lease(conn, fork.session_id),
+                fork_session=_select_session(conn, fork.session_id),
+            )
+    return opening.decide(plan, loaded)
 
 
 def _load_opening(
@@ -1696,6 +1732,14 @@ def _write_alias(conn: sqlite3.Connection, alias: SessionAlias) -> None:
     )
 
 
+def _insert_alias_if_absent(conn: sqlite3.Connection, alias: SessionAlias) -> bool:
+    """Insert ``alias`` unless its scope has one; answer whether it was inserted."""
+    inserted = conn.execute(
+        "INSERT INTO session_aliases (owner, qualifier, session_id, generation, created_at)"
+        " VALUES (?, ?, ?, ?, ?) ON CONFLICT (owner, qualifier) DO NOTHING",
+        (alias.owner, alias.qualifier, alias.session_id, alias.generation, alias.created_at),
+    )
+    return inserted.rowcount == 1
 
 
 def _select_session(conn: sqlite3.Connection, session_id: str) -> SessionRecord | None:
@@ -1757,8 +1801,11 @@ def _finish_run(
     run_id: str,
     session: SessionRecord | None,
     now: float,
+    creation: opening.Creation | None = None,
 ) -> bool:
     """Inside a transaction: release the lease; save ``session`` while ``run_id`` held it."""
+    if creation is not None:
+        return _finish_creation(conn, creation, run_id, session, now)
     state = _select_lease(conn, session_id)
     new_state, decision = leases.apply(state, leases.Release(run_id, now))
     if not isinstance(decision, leases.Released):
@@ -1768,6 +1815,26 @@ def _finish_run(
         return False
     _write_session(conn, session_id, session)
     return True
+
+
+def _finish_creation(
+    conn: sqlite3.Connection,
+    creation: opening.Creation,
+    run_id: str,
+    session: SessionRecord | None,
+    now: float,
+) -> bool:
+    """Inside a transaction: create the session the opening left to the save (``opening``
+    rule 5), with the turn's ``session`` when it has one, and its lease released."""
+    alias = creation.alias
+    new_state, decision = leases.apply(creation.lease, leases.Release(run_id, now))
+    if not isinstance(decision, leases.Released):  # pragma: no cover - the turn holds it
+        return False
+    if not _insert_alias_if_absent(conn, alias):
+        return False  # the key was not private after all: the existing session stays
+    _write_session(conn, alias.session_id, session if session is not None else creation.record)
+    _write_lease(conn, alias.session_id, new_state)
+    return session is not None
 
 
 def _select_lease(conn: sqlite3.Connection, session_id: str) -> leases.LeaseState:

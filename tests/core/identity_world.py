@@ -342,6 +342,18 @@ class IdentityWorld:
         if isinstance(effect, fx.RunTarget):
             self.targets.append(effect)
             return self.target(effect)
+        if isinstance(effect, fx.FinishRun) and effect.creation is not None:
+            # What a store does for a session the opening left to the save (rule 5).
+            creation = effect.creation
+            alias = creation.alias
+            if (alias.owner, alias.qualifier) in self.aliases:
+                return False
+            self.aliases[(alias.owner, alias.qualifier)] = alias
+            self.sessions[alias.session_id] = effect.session or creation.record
+            self.leases[alias.session_id], _ = leases.apply(
+                creation.lease, leases.Release(effect.run_id, self.now)
+            )
+            return effect.session is not None
         if isinstance(effect, fx.FinishRun):
             state = self.leases[effect.session_id]
             saved = state.holder == effect.run_id and effect.session is not None

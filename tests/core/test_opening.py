@@ -55,12 +55,18 @@ def requests(draw: st.DrawFn) -> ChannelRequest:
     # a fork continues ``keyed`` (if any) and saves under a key of its own, as a Responses
     # create does: k1/k2 are then the keys of earlier forks
     fork = draw(st.sampled_from([None, "k1", "k2"]))
+    caller_keyed = keyed is not None or fork is not None or draw(st.booleans())
+    # A key minted for this request alone (a new fork's, or the one the core mints for a
+    # caller-keyed request naming none) may be private until the reply (opening rule 5):
+    # ``one_trip_and_step_by_step_decide_alike`` gives such a fork a key of its own.
+    private = (fork is not None or (caller_keyed and keyed is None)) and draw(st.booleans())
     session = ChannelSession(
         key=keyed,
         conversation_id=group,
         is_direct=group is None,
-        caller_keyed=keyed is not None or fork is not None,
+        caller_keyed=caller_keyed,
         fork_key=fork,
+        private_until_reply=private,
     )
     return ChannelRequest(
         channel=who.channel,
@@ -77,21 +83,27 @@ def snapshot(world: IdentityWorld) -> tuple[Any, ...]:
     return (world.identities, world.aliases, world.sessions, world.leases, world.seen)
 
 
-@settings(max_examples=150, deadline=None)
+@settings(max_examples=300, deadline=None)
 @given(
     st.lists(st.tuples(requests(), st.booleans()), min_size=1, max_size=6),
     st.sampled_from(["open", "allowlist"]),
+    st.booleans(),
 )
 def test_one_trip_and_step_by_step_decide_alike(
-    turns: list[tuple[ChannelRequest, bool]], profile: str
+    turns: list[tuple[ChannelRequest, bool]], profile: str, record_last_seen: bool
 ) -> None:
     allowlist: Allowlist | None = None
     if profile == "allowlist":
         allowlist = NativeIdAllowlist({"telegram": ["0", "1"]})
-    turn_settings = attrs.evolve(settings_for(allowlist, can_link=False), record_last_seen=True)
+    turn_settings = attrs.evolve(
+        settings_for(allowlist, can_link=False), record_last_seen=record_last_seen
+    )
     one_trip, stepwise = IdentityWorld(), IdentityWorld()
     for n, (request, busy) in enumerate(turns):
         run_id = f"r{n}"
+        if request.session.private_until_reply and request.session.fork_key is not None:
+            private_key = attrs.evolve(request.session, fork_key=f"fresh-{run_id}")
+            request = attrs.evolve(request, session=private_key)
         if busy:
             # another run holds every existing session: a REJECT turn is refused, an
             # ENQUEUE one would wait forever here, so busy turns always reject

@@ -28,7 +28,7 @@ from agenthost.sansio_core.types import (
     SessionRef,
     UriPart,
 )
-from agenthost.stores.base import RunNotFound, Store
+from agenthost.stores.base import FinishedTurn, RunNotFound, Store, TurnWrites
 
 pytestmark = pytest.mark.anyio
 
@@ -691,3 +691,98 @@ async def test_open_turn_of_a_fork_whose_source_is_unknown_is_refused(store: Sto
         has_source_key=True,
     )
     assert await store.open_turn(fork) == opening.Refused(None)
+
+
+# --- a session only its turn can name (opening rule 5) ---------------------------------
+
+
+def private_fork_for(identity: ChannelIdentity, run_id: str, key: str) -> opening.Opening:
+    """A Responses create naming no previous response, answered without a stream: its new
+    session's key (the response id) is shown first in the reply."""
+    return attrs.evolve(
+        opening_for(identity, run_id, scope=None),
+        fork_scope=ScopeKey(None, f"responses:key:{key}"),
+        session_key=key,
+        last_seen=None,
+        create_at_finish=True,
+    )
+
+
+async def known(store: Store, identity: ChannelIdentity) -> str:
+    """Make ``identity`` known (its key issued by a first turn) and answer its key."""
+    first = await store.open_turn(opening_for(identity, "r0"))
+    assert isinstance(first, opening.Opened)
+    await store.finish_run("s_r0", "r0", None, 10.5)
+    assert first.session_ref.isolation_key is not None
+    return first.session_ref.isolation_key
+
+
+async def test_a_private_session_is_written_by_the_save_not_by_the_opening(
+    store: Store,
+) -> None:
+    key = await known(store, ALICE)
+    opened = await store.open_turn(private_fork_for(ALICE, "r1", "resp_1"))
+    assert isinstance(opened, opening.Opened) and isinstance(opened.lease, leases.Granted)
+    assert opened.creation is not None and opened.session is not None
+    assert opened.session_ref == SessionRef(key, "s_r1", "resp_1")
+    scope = ScopeKey(key, "responses:key:resp_1")
+    # nothing of it is stored while the target runs
+    assert await store.load_alias(scope) is None
+    assert await store.load_session("s_r1") is None
+
+    saved = attrs.evolve(opened.session, state={"history": ["one"]}, turns=1)
+    assert await store.finish_turn(
+        "s_r1", "r1", saved, 11.0, TurnWrites(), creation=opened.creation
+    ) == FinishedTurn(saved=True)
+    alias = await store.load_alias(scope)
+    assert alias is not None and alias.session_id == "s_r1"
+    stored = await store.load_session("s_r1")
+    assert stored is not None and stored.state == {"history": ["one"]} and stored.turns == 1
+    # its lease was released: the next turn on it is granted at once, on the saved state
+    next_turn = await store.apply_lease_event("s_r1", leases.Arrive("r2", ENQUEUE, 12.0, TTL))
+    assert isinstance(next_turn.decision, leases.Granted)
+    assert next_turn.session is not None and next_turn.session.state == {"history": ["one"]}
+
+
+async def test_a_private_session_whose_run_failed_is_created_empty(store: Store) -> None:
+    await known(store, ALICE)
+    opened = await store.open_turn(private_fork_for(ALICE, "r1", "resp_1"))
+    assert isinstance(opened, opening.Opened) and opened.creation is not None
+    assert not await store.finish_run("s_r1", "r1", None, 11.0, creation=opened.creation)
+    stored = await store.load_session("s_r1")
+    assert stored is not None and stored.state is None and stored.turns == 0
+    answer = await store.apply_lease_event("s_r1", leases.Arrive("r2", ENQUEUE, 12.0, TTL))
+    assert isinstance(answer.decision, leases.Granted)
+
+
+async def test_a_private_session_whose_key_was_taken_meanwhile_saves_nothing(
+    store: Store,
+) -> None:
+    await known(store, ALICE)
+    opened = await store.open_turn(private_fork_for(ALICE, "r1", "resp_1"))
+    assert isinstance(opened, opening.Opened) and opened.creation is not None
+    assert opened.session is not None
+    # a channel that broke its promise: another turn created a session under that key
+    other = await store.open_turn(
+        attrs.evolve(private_fork_for(ALICE, "r2", "resp_1"), create_at_finish=False)
+    )
+    assert isinstance(other, opening.Opened) and other.session_ref.session_id == "s_r2"
+    saved = attrs.evolve(opened.session, state={"history": ["lost"]}, turns=1)
+    assert not await store.finish_run("s_r1", "r1", saved, 11.0, creation=opened.creation)
+    created = opened.creation.alias
+    alias = await store.load_alias(ScopeKey(created.owner, created.qualifier))
+    assert alias is not None and alias.session_id == "s_r2"  # the other's stays
+    assert await store.load_session("s_r1") is None
+
+
+async def test_a_private_session_of_a_stranger_is_written_when_the_turn_opens(
+    store: Store,
+) -> None:
+    # The stranger's key must be issued before the target runs: the session comes with it.
+    opened = await store.open_turn(private_fork_for(ALICE, "r1", "resp_1"))
+    assert isinstance(opened, opening.Opened) and isinstance(opened.lease, leases.Granted)
+    assert opened.creation is None
+    assert opened.session_ref.isolation_key == "ik_r1"
+    alias = await store.load_alias(ScopeKey("ik_r1", "responses:key:resp_1"))
+    assert alias is not None and alias.session_id == "s_r1"
+    assert await store.finish_run("s_r1", "r1", opened.session, 11.0)

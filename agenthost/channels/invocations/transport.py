@@ -199,6 +199,7 @@ class _Handlers:
         session_id = body.session_id or request.query_params.get("agent_session_id")
         if session_id is not None and codec.invocation_id(session_id) is None:
             return _error(422, "invalid_session_id", "'agent_session_id' is malformed.", headers)
+        caller_keyed = self._channel.session_keys == "caller"
         channel_request = ChannelRequest(
             channel=self._channel.name,
             identity=ChannelIdentity(
@@ -211,7 +212,10 @@ class _Handlers:
             session=ChannelSession(
                 key=session_id,
                 conversation_id=caller.conversation_id,
-                caller_keyed=self._channel.session_keys == "caller",
+                caller_keyed=caller_keyed,
+                # A new session's id is first shown with the reply (a stream's ``done``
+                # event, sent after the save), unless a background answer shows it first.
+                private_until_reply=caller_keyed and session_id is None and not body.background,
             ),
             session_mode=body.session_mode,
             multitask=self._channel._multitask,

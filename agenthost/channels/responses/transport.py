@@ -366,7 +366,9 @@ class _Service:
         caller = await self.channel.caller(request)
         body = codec.parse_json(await self._body(request))
         create = codec.parse_create(body)
-        turn = await self._prepare(create, caller, request)
+        turn = await self._prepare(
+            create, caller, request, id_shown_early=create.stream or create.background
+        )
         if create.background and host_command_of(self.host, turn.request) is not None:
             # A command is answered at once, here, so its reply is never stored as a
             # background result (where a link code would outlive the one answer).
@@ -407,18 +409,31 @@ class _Service:
         )
 
     async def _prepare(
-        self, create: CreateRequest, caller: str, connection: HTTPConnection
+        self,
+        create: CreateRequest,
+        caller: str,
+        connection: HTTPConnection,
+        *,
+        id_shown_early: bool,
     ) -> _Turn:
+        """The turn of ``create``; ``id_shown_early``: the response id is shown before the
+        run ends (a stream's first event, a background answer, WebSocket mode)."""
         if self._target_takes_no_tools:
             _refuse_tools(create)
         response_id = new_id("resp")
         resolved = await self._resolve_references(create.items, caller)
         items = tuple(_with_id(item) for item in resolved)
         pending: list[Mapping[str, Any]] = []
+        # Only a response id first shown in the reply names a session nobody else can reach
+        # while the run goes on: that session is then written with the save.
+        private = not id_shown_early
         if create.previous_response_id is not None:
             await self._check_previous(create.previous_response_id, caller)
             session = ChannelSession(
-                key=create.previous_response_id, fork_key=response_id, caller_keyed=True
+                key=create.previous_response_id,
+                fork_key=response_id,
+                caller_keyed=True,
+                private_until_reply=private,
             )
         elif create.conversation_id is not None:
             conversation = await self.records.owned(
@@ -429,7 +444,9 @@ class _Service:
             pending = list(conversation.value.get("pending", []))
             session = ChannelSession(key=create.conversation_id, caller_keyed=True)
         else:
-            session = ChannelSession(fork_key=response_id, caller_keyed=True)
+            session = ChannelSession(
+                fork_key=response_id, caller_keyed=True, private_until_reply=private
+            )
 
         response = codec.base_response(
             create,
@@ -974,7 +991,7 @@ class _Service:
     ) -> None:
         fields = {key: value for key, value in data.items() if key not in ("type", "stream_id")}
         create = codec.parse_create(fields, websocket=True)
-        turn = await self._prepare(create, caller, websocket)
+        turn = await self._prepare(create, caller, websocket, id_shown_early=True)
         stream_id = data.get("stream_id")
         machine = self._machine(
             turn.response, stream_id=stream_id if isinstance(stream_id, str) else None

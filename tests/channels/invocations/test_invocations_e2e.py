@@ -625,3 +625,47 @@ async def test_reject_strategy_answers_busy(tmp_path: Path) -> None:
 
     assert target.max_active == 1
     assert target.calls == [["hold"], ["hold", "done hold", "later"]]
+
+
+# --- store trips -------------------------------------------------------------------------
+
+
+async def test_a_new_session_is_written_once_with_its_first_reply(tmp_path: Path) -> None:
+    """A request naming no session gets one whose id the reply shows first: the turn opens on
+    a read and its save creates the session (``opening`` rule 5), one write transaction; a
+    session the caller names is written when the turn opens, and again by the save."""
+
+    async def counting(messages: list[HostMessage]) -> str:
+        return f"{len(messages)} messages"
+
+    host = make_host(counting, tmp_path)
+    assert isinstance(host.store, SQLiteStore)
+    with anyio.fail_after(TIMEOUT):
+        async with client_for(host) as client:
+            await ask(client, "warm up", "named")  # opens the store
+            conn = host.store._conn
+            assert conn is not None
+            writes: dict[str, int] = {}
+            for case, body in (
+                ("new", {"input": "hi"}),
+                ("new, streamed", {"input": "hi", "stream": True}),
+                ("named", {"input": "hi", "session_id": "named-2"}),
+            ):
+                statements: list[str] = []
+                conn.set_trace_callback(statements.append)
+                try:
+                    if body.get("stream"):
+                        _, done = deltas_and_done(await stream_events(client, body))
+                        session_id = done["session_id"]
+                    else:
+                        response = await client.post(INVOKE, json=body)
+                        assert response.status_code == 200, response.text
+                        session_id = response.json()["session_id"]
+                finally:
+                    conn.set_trace_callback(None)
+                writes[case] = statements.count("BEGIN IMMEDIATE")
+                # the session was saved with the turn: the next request continues it
+                again = await client.post(INVOKE, json={"input": "again", "session_id": session_id})
+                assert again.status_code == 200, again.text
+                assert again.json()["output"] == "3 messages"
+    assert writes == {"new": 1, "new, streamed": 1, "named": 2}

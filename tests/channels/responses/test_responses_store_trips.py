@@ -1,5 +1,7 @@
-"""A Responses create costs two store commits: the one that opens the turn, and the one
-that saves the session together with the stored response and its items."""
+"""A Responses create costs one read and one write transaction when its response id is first
+shown in its reply: the opening reads, and the save creates the session together with the
+stored response and its items (``opening`` rule 5). Streamed, the id is shown before the run
+ends, so the opening writes the session first: two write transactions."""
 
 from __future__ import annotations
 
@@ -19,7 +21,7 @@ async def echo(messages: list[HostMessage]) -> str:
     return f"echo: {messages[-1].text}"
 
 
-async def test_a_create_commits_twice_and_its_response_reads_back(tmp_path: Path) -> None:
+async def test_a_create_writes_once_and_its_response_reads_back(tmp_path: Path) -> None:
     host = make_host(echo, tmp_path)
     assert isinstance(host.store, SQLiteStore)
     with anyio.fail_after(TIMEOUT):
@@ -38,13 +40,14 @@ async def test_a_create_commits_twice_and_its_response_reads_back(tmp_path: Path
             chained = await client.responses.create(
                 model="demo", input="more", previous_response_id=first.id
             )
-    assert statements.count("COMMIT") == 2
+    assert statements.count("BEGIN IMMEDIATE") == 1  # the save: the only write
+    assert statements.count("BEGIN") == 1  # the opening's read
     assert first.output_text == again.output_text == "echo: hello"
     assert [item.content[0].text for item in items.data] == ["hello"]  # type: ignore[union-attr]
     assert chained.output_text == "echo: more"
 
 
-async def test_a_streamed_create_commits_twice_and_its_response_reads_back(
+async def test_a_streamed_create_writes_twice_and_its_response_reads_back(
     tmp_path: Path,
 ) -> None:
     host = make_host(echo, tmp_path)
@@ -67,7 +70,28 @@ async def test_a_streamed_create_commits_twice_and_its_response_reads_back(
             chained = await client.responses.create(
                 model="demo", input="more", previous_response_id=done.id
             )
-    assert statements.count("COMMIT") == 2
+    assert statements.count("BEGIN IMMEDIATE") == 2 and statements.count("COMMIT") == 2
     assert kinds[0] == "response.created" and kinds[-1] == "response.completed"
     assert done.output_text == "echo: hello"
     assert chained.output_text == "echo: more"
+
+
+async def test_a_run_longer_than_its_lease_in_a_session_not_yet_written_goes_on(
+    tmp_path: Path,
+) -> None:
+    """The session the save creates has no stored lease while the target runs: renewing
+    one would find it lost and stop the run. The run goes on and is saved."""
+
+    async def slow(messages: list[HostMessage]) -> str:
+        await anyio.sleep(1.0)  # the lease is renewed every 0.2 s meanwhile
+        return f"slow: {messages[-1].text}"
+
+    host = make_host(slow, tmp_path, lease_seconds=0.6)
+    with anyio.fail_after(TIMEOUT):
+        async with serving(host) as base_url, sdk_client(base_url) as client:
+            first = await client.responses.create(model="demo", input="hello")
+            chained = await client.responses.create(
+                model="demo", input="more", previous_response_id=first.id
+            )
+    assert first.output_text == "slow: hello"
+    assert chained.output_text == "slow: more"

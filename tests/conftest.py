@@ -6,9 +6,13 @@ every async test runs on that backend through anyio's pytest plugin.
 
 from __future__ import annotations
 
+import logging
 import os
+from collections.abc import Iterator
 
 import pytest
+
+from agenthost.backends.logs import LOGGERS
 
 BACKEND = os.environ.get("AGENTHOST_TEST_BACKEND", "asyncio")
 if BACKEND not in ("asyncio", "trio"):
@@ -18,3 +22,22 @@ if BACKEND not in ("asyncio", "trio"):
 @pytest.fixture
 def anyio_backend() -> str:
     return BACKEND
+
+
+@pytest.fixture(autouse=True)
+def _host_loggers_left_as_found() -> Iterator[None]:
+    """Put the host's loggers back as they were before each test.
+
+    A test that serves through the CLI in this process configures them for the process
+    (JSON lines on stderr, INFO, not propagated): left so, a later test's ``caplog`` would
+    never see their DEBUG records, and wait for them in vain.
+    """
+    saved = [
+        (logger, logger.level, logger.propagate, list(logger.handlers))
+        for logger in map(logging.getLogger, LOGGERS)
+    ]
+    yield
+    for logger, level, propagate, handlers in saved:
+        logger.setLevel(level)
+        logger.propagate = propagate
+        logger.handlers[:] = handlers

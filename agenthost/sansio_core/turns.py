@@ -278,11 +278,9 @@ def _run_under_lease(
     *,
     run_id: str,
     now: float,
-    creation: opening.Creation | None = None,
 ) -> Generator[fx.Effect, Any, TurnOutcome]:
     """From the lease's first answer (``decision``, with the session ``record`` when granted):
-    wait for it, run the target, save on success, release. ``creation`` is the session the
-    opening left for the save to create (``opening`` rule 5)."""
+    wait for it, run the target, save on success, release."""
     assert ref.session_id is not None
     if not isinstance(decision, leases.Granted):
         while isinstance(decision, leases.Waiting):
@@ -295,17 +293,22 @@ def _run_under_lease(
 
     state = record.state if record is not None else None
     answer = yield _run_target(request, ref, state, run_id)
-    to_save = None
-    if isinstance(answer, fx.TargetSucceeded) and record is not None:
-        finished_at = answer.finished_at if answer.finished_at is not None else now
-        to_save = sessions.after_successful_run(
-            record,
-            answer.new_state,
-            finished_at,
-            expires_when_idle=answer.state_expires_when_idle,
-        )
-    saved: bool = yield _finish_run(ref.session_id, run_id, to_save, creation)
+    saved: bool = yield _finish_run(ref.session_id, run_id, _to_save(answer, record, now))
     return _outcome(answer, ref, saved=saved)
+
+
+def _to_save(
+    answer: fx.TargetSucceeded | fx.TargetFailed,
+    record: sessions.SessionRecord | None,
+    now: float,
+) -> sessions.SessionRecord | None:
+    """The session to save once the target answered ``answer`` (rule 1: only on success)."""
+    if record is None or not isinstance(answer, fx.TargetSucceeded):
+        return None
+    finished_at = answer.finished_at if answer.finished_at is not None else now
+    return sessions.after_successful_run(
+        record, answer.new_state, finished_at, expires_when_idle=answer.state_expires_when_idle
+    )
 
 
 def opens_in_one_trip(request: ChannelRequest, settings: TurnSettings) -> bool:
@@ -350,21 +353,22 @@ def open_turn(
         refused = _refusal(opened.access)
         assert refused is not None
         return refused
-    ref = opened.session_ref
-    if opened.lease is None:
-        answer = yield fx.RunTarget(request, ref, None, run_id)
+    ref, lease, record = opened.session_ref, opened.lease, opened.session
+    if lease is None:
+        answer = yield _run_target(request, ref, None, run_id)
         return _outcome(answer, ref, saved=False)
-    return (
-        yield from _run_under_lease(
-            request,
-            ref,
-            opened.lease,
-            opened.session,
-            run_id=run_id,
-            now=now,
-            creation=opened.creation,
-        )
-    )
+    if not isinstance(lease, leases.Granted):
+        # (never a Creation: a session only this turn can name is granted at once)
+        return (yield from _run_under_lease(request, ref, lease, record, run_id=run_id, now=now))
+    # Granted at once, the usual case: ``_run_under_lease``'s last steps written out here,
+    # because delegating to it puts one more generator frame under each of the two effects.
+    assert ref.session_id is not None
+    state = record.state if record is not None else None
+    answer = yield _run_target(request, ref, state, run_id)
+    # ``opened.creation``: the session this save creates (``opening`` rule 5).
+    to_save = _to_save(answer, record, now)
+    saved: bool = yield _finish_run(ref.session_id, run_id, to_save, opened.creation)
+    return _outcome(answer, ref, saved=saved)
 
 
 def record_proactive_message(

@@ -55,12 +55,15 @@ def builds_fast(cls: _Value) -> _Value:
     _check_supported(cls)
     value_class: Any = cls  # the class is rewritten below: past what a type checker follows
     attrs_init = value_class.__init__
-    # Same slots (it adds none), plain attribute stores; compatible for ``__class__``.
+    # Same slots (it adds none), plain attribute stores; compatible for ``__class__``. Its
+    # ``__init__`` is object's own, so ``unlocked()`` allocates a blank instance at C speed:
+    # about half what ``object.__new__(unlocked)`` costs, which packs its arguments first.
     unlocked = type(
         f"_Unlocked{cls.__name__}",
         (cls,),
         {
             "__slots__": (),
+            "__init__": object.__init__,
             "__setattr__": object.__setattr__,
             "__delattr__": object.__delattr__,
             "__module__": cls.__module__,
@@ -79,7 +82,9 @@ def builds_fast(cls: _Value) -> _Value:
         arg = field.alias
         default = field.default
         if isinstance(default, attrs.Factory):  # type: ignore[arg-type]
-            namespace[f"_factory_{arg}"] = default.factory
+            # A factory that is itself a builds_fast class (a request's default session) is
+            # called through its builder: the same value, without the trip through the class.
+            namespace[f"_factory_{arg}"] = _BUILDERS.get(default.factory, default.factory)
             param = f"{arg}=NOTHING"
             value = f"({arg} if {arg} is not NOTHING else _factory_{arg}())"
         elif default is not attrs.NOTHING:
@@ -109,7 +114,7 @@ def builds_fast(cls: _Value) -> _Value:
     # Built unlocked from the start: one class change (cheaper than even one slot setter
     # call), and no trip through type.__call__.
     build_body = [
-        "    self = _new(_unlocked)",
+        "    self = _unlocked()",
         *stores,
         "    self.__class__ = _cls",
         "    return self",
@@ -123,7 +128,6 @@ def builds_fast(cls: _Value) -> _Value:
             *build_body,
         ]
     )
-    namespace["_new"] = object.__new__
     exec(compile(source, f"<builds_fast {cls.__qualname__}>", "exec"), namespace)  # noqa: S102
     init = namespace["__init__"]
     init.__qualname__ = f"{cls.__qualname__}.__init__"

@@ -12,12 +12,15 @@ from typing import Any
 
 import attrs
 
-from agenthost.sansio_core.values import builds_fast
+from agenthost.sansio_core.values import builds_fast, converts_inline
 
 
 def _frozen_mapping(value: Mapping[str, Any] | None) -> Mapping[str, Any]:
     # A private copy, so a caller mutating its dict later cannot change a frozen value.
     return dict(value) if value else {}
+
+
+converts_inline(_frozen_mapping, "dict({value}) if {value} else {{}}")
 
 
 class SessionMode(enum.Enum):

@@ -35,6 +35,9 @@ _Built = TypeVar("_Built")
 # Each builds_fast class's builder (see ``builder``).
 _BUILDERS: dict[type, Callable[..., Any]] = {}
 
+# The converters marked with ``converts_inline``, and their expressions.
+_INLINE_CONVERTERS: dict[Callable[[Any], Any], str] = {}
+
 # ``instance.__class__ = ...`` on an instance whose own ``__setattr__`` refuses it; called
 # through the descriptor, it costs less than ``object.__setattr__(instance, "__class__", ...)``.
 _SET_CLASS = object.__dict__["__class__"].__set__
@@ -45,6 +48,17 @@ _MOST_SLOT_SETTER_CALLS = 2
 
 # The slot where attrs keeps a ``cache_hash=True`` class's hash; ``None`` until first asked.
 _CACHED_HASH = "_attrs_cached_hash"
+
+
+def converts_inline(converter: Callable[[Any], Any], expression: str) -> None:
+    """Record that ``converter``'s whole body is ``expression`` (``{value}`` standing for its
+    argument, braces doubled): a builds_fast ``__init__`` then writes the expression where it
+    would call the function. A request has three such fields, and calling a function costs
+    more than what these conversions do. attrs itself (and ``evolve``) still calls it.
+
+    Record it before decorating the classes that use the converter.
+    """
+    _INLINE_CONVERTERS[converter] = expression
 
 
 def builds_fast(cls: _Value) -> _Value:
@@ -95,7 +109,12 @@ def builds_fast(cls: _Value) -> _Value:
             param = value = arg
         if field.converter is not None:
             namespace[f"_convert_{arg}"] = field.converter
-            value = f"_convert_{arg}({value})"
+            inline = _INLINE_CONVERTERS.get(field.converter)
+            # Only over the bare argument: a factory's call must not be written twice.
+            if inline is not None and value == arg:
+                value = "(" + inline.format(value=arg) + ")"
+            else:
+                value = f"_convert_{arg}({value})"
         (keyword_only if field.kw_only else params).append(param)
         writes.append((field.name, value))
     if _CACHED_HASH in value_class.__slots__:

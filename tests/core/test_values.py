@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import copy
 import pickle
+import types as stdlib_types
 from typing import Any
 
 import attrs
 import pytest
 
 from agenthost.sansio_core import effects, leases, opening, routing, sessions, types
-from agenthost.sansio_core.values import builder, builds_fast
+from agenthost.sansio_core.values import builder, builds_fast, converts_inline
 
 
 def _tuple(value: Any) -> tuple[Any, ...]:
@@ -213,3 +214,44 @@ def test_a_value_copies_and_pickles_as_attrs_made_it() -> None:
         assert hash(copied.identity) == hash(value.identity)
         with pytest.raises(attrs.exceptions.FrozenInstanceError):
             copied.channel = "other"  # type: ignore[misc]
+
+
+_factory_calls: list[int] = []
+
+
+def _counted_factory() -> list[str]:
+    _factory_calls.append(1)
+    return ["made"]
+
+
+def _inline_tuple(value: Any) -> tuple[Any, ...]:
+    return tuple(value)
+
+
+converts_inline(_inline_tuple, "tuple({value})")
+
+
+@builds_fast
+@attrs.frozen
+class Converted:
+    given: tuple[str, ...] = attrs.field(default=(), converter=_inline_tuple)
+    made: tuple[str, ...] = attrs.field(factory=_counted_factory, converter=_inline_tuple)
+
+
+@pytest.mark.parametrize("mapping", [None, {}, {"k": 1}, stdlib_types.MappingProxyType({"k": 2})])
+def test_an_inline_converter_gives_what_its_function_gives(mapping: Any) -> None:
+    request = types.ChannelRequest(
+        "telegram", types.ChannelIdentity("telegram", "1", mapping), ("hi",), options=mapping
+    )
+    expected = types._frozen_mapping(mapping)
+    for converted in (request.options, request.identity.attributes):
+        assert type(converted) is type(expected) and converted == expected
+        assert converted is not mapping  # still a private copy
+    assert request.metadata == {} and type(request.metadata) is dict
+
+
+def test_an_inline_converter_over_a_factory_calls_the_factory_once() -> None:
+    _factory_calls.clear()
+    value = Converted(["a"])
+    assert value == Converted(("a",), ("made",))
+    assert len(_factory_calls) == 1

@@ -24,6 +24,7 @@ silently. A plain (non-attrs) subclass of such a class gets attrs' own ``__init_
 from __future__ import annotations
 
 from collections.abc import Callable
+from types import FunctionType
 from typing import Any, ParamSpec, TypeVar
 
 import attrs
@@ -98,7 +99,10 @@ def builds_fast(cls: _Value) -> _Value:
         if isinstance(default, attrs.Factory):  # type: ignore[arg-type]
             # A factory that is itself a builds_fast class (a request's default session) is
             # called through its builder: the same value, without the trip through the class.
-            namespace[f"_factory_{arg}"] = _BUILDERS.get(default.factory, default.factory)
+            factory = default.factory
+            if isinstance(factory, type) and factory in _BUILDERS:  # (a class: hashable)
+                factory = _BUILDERS[factory]
+            namespace[f"_factory_{arg}"] = factory
             param = f"{arg}=NOTHING"
             value = f"({arg} if {arg} is not NOTHING else _factory_{arg}())"
         elif default is not attrs.NOTHING:
@@ -109,7 +113,9 @@ def builds_fast(cls: _Value) -> _Value:
             param = value = arg
         if field.converter is not None:
             namespace[f"_convert_{arg}"] = field.converter
-            inline = _INLINE_CONVERTERS.get(field.converter)
+            inline = None
+            if isinstance(field.converter, FunctionType):  # (a function: hashable)
+                inline = _INLINE_CONVERTERS.get(field.converter)
             # Only over the bare argument: a factory's call must not be written twice.
             if inline is not None and value == arg:
                 value = "(" + inline.format(value=arg) + ")"
@@ -191,6 +197,9 @@ def _check_supported(cls: Any) -> None:
         raise TypeError(f"builds_fast takes a slotted attrs class; {name} is not one")
     if cls.__setattr__ is object.__setattr__:
         raise TypeError(f"builds_fast takes a frozen attrs class; {name} is not frozen")
+    if cls.__new__ is not object.__new__:
+        # a builder allocates with ``object``'s own __new__, so it would skip this one
+        raise TypeError(f"builds_fast does not run __new__; {name} has one")
     for hook in ("__attrs_pre_init__", "__attrs_post_init__", "__attrs_init_subclass__"):
         if hasattr(cls, hook):
             raise TypeError(f"builds_fast does not run {hook}; {name} has one")

@@ -161,6 +161,39 @@ def test_a_class_it_cannot_build_exactly_is_refused_at_import(
         builds_fast(value_class)
 
 
+def test_a_class_with_its_own_new_is_refused() -> None:
+    @attrs.frozen
+    class Allocating:
+        x: int
+
+        def __new__(cls, *args: Any, **kwargs: Any) -> Allocating:
+            return super().__new__(cls)
+
+    with pytest.raises(TypeError, match="__new__"):
+        builds_fast(Allocating)
+
+
+def test_unhashable_factories_and_converters_are_called_as_given() -> None:
+    defaults = ["d"]
+
+    @builds_fast
+    @attrs.frozen
+    class Odd:
+        items: list[str] = attrs.field(factory=defaults.copy)
+        keys: tuple[str, ...] = attrs.field(default=(), converter=_Unhashable())
+
+    value = Odd()
+    assert value.items == ["d"] and value.items is not defaults
+    assert Odd(keys=["k"]).keys == ("k",)
+
+
+class _Unhashable:
+    __hash__ = None  # type: ignore[assignment]
+
+    def __call__(self, value: Any) -> tuple[str, ...]:
+        return tuple(value)
+
+
 def test_a_post_init_hook_is_refused() -> None:
     @attrs.frozen
     class Hooked:

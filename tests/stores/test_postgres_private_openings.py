@@ -8,11 +8,15 @@ import anyio
 import psycopg
 import pytest
 
-from agenthost.sansio_core import leases, opening
-from agenthost.stores.base import TurnWrites
+from agenthost.sansio_core import opening
 from agenthost.stores.postgres import PostgresStore
 from tests.postgres_fixture import postgres_schema
-from tests.stores.test_store_contract import ALICE, known, private_fork_for
+from tests.stores.test_store_contract import (
+    ALICE,
+    known,
+    opened_privately_and_saved,
+    private_fork_for,
+)
 
 pytestmark = pytest.mark.anyio
 
@@ -42,13 +46,7 @@ async def test_a_private_opening_reads_while_another_replica_holds_the_identity_
                 other.execute("ROLLBACK")  # a locking opening would wait until now
             assert opened_while_locked
             [opened] = outcome
-            assert isinstance(opened, opening.Opened) and opened.creation is not None
-            assert isinstance(opened.lease, leases.Granted)
-            finished = await store.finish_turn(
-                "s_r1", "r1", opened.session, 11.0, TurnWrites(), creation=opened.creation
-            )
-            assert finished.saved
-            assert await store.load_session("s_r1") is not None
+            await opened_privately_and_saved(store, opened)
         finally:
             other.close()
             await store.close()

@@ -11,10 +11,13 @@ from pathlib import Path
 import anyio
 import pytest
 
-from agenthost.sansio_core import leases, opening
-from agenthost.stores.base import TurnWrites
 from agenthost.stores.sqlite import SQLiteStore
-from tests.stores.test_store_contract import ALICE, known, private_fork_for
+from tests.stores.test_store_contract import (
+    ALICE,
+    known,
+    opened_privately_and_saved,
+    private_fork_for,
+)
 
 pytestmark = pytest.mark.anyio
 
@@ -33,15 +36,9 @@ async def test_a_private_opening_reads_while_another_process_holds_the_write_loc
             # Well inside the store's 5 s busy timeout: a write would still be waiting.
             with anyio.fail_after(2.0):
                 opened = await store.open_turn(private_fork_for(ALICE, "r1", "resp_1"))
-            assert isinstance(opened, opening.Opened)
-            assert isinstance(opened.lease, leases.Granted) and opened.creation is not None
         finally:
             other.execute("ROLLBACK")
-        finished = await store.finish_turn(
-            "s_r1", "r1", opened.session, 11.0, TurnWrites(), creation=opened.creation
-        )
-        assert finished.saved
-        assert await store.load_session("s_r1") is not None
+        await opened_privately_and_saved(store, opened)
     finally:
         other.close()
         await store.close()

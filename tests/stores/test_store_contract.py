@@ -717,6 +717,18 @@ async def known(store: Store, identity: ChannelIdentity) -> str:
     return first.session_ref.isolation_key
 
 
+async def opened_privately_and_saved(store: Store, outcome: opening.Outcome) -> None:
+    """``outcome`` opened a private session (run ``r1``, session ``s_r1``): save it, and find
+    it stored."""
+    assert isinstance(outcome, opening.Opened) and outcome.creation is not None
+    assert isinstance(outcome.lease, leases.Granted)
+    finished = await store.finish_turn(
+        "s_r1", "r1", outcome.session, 11.0, TurnWrites(), creation=outcome.creation
+    )
+    assert finished.saved
+    assert await store.load_session("s_r1") is not None
+
+
 async def test_a_private_session_is_written_by_the_save_not_by_the_opening(
     store: Store,
 ) -> None:

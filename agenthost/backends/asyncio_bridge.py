@@ -22,6 +22,7 @@ import anyio.from_thread
 T = TypeVar("T")
 
 _END = object()
+THREAD_NAME = "agenthost-asyncio-bridge"  # the helper loop's thread, under trio
 
 
 def running_on_asyncio() -> bool:
@@ -45,15 +46,22 @@ class AsyncioBridge:
     async def __aenter__(self) -> AsyncioBridge:
         if not running_on_asyncio():
             self._portal_cm = anyio.from_thread.start_blocking_portal(
-                "asyncio", name="agenthost-asyncio-bridge"
+                "asyncio", name=THREAD_NAME
             )
-            self._portal = await anyio.to_thread.run_sync(self._portal_cm.__enter__)
+            # Shielded, as the exit below: a started loop must be known, to be stopped.
+            with anyio.CancelScope(shield=True):
+                self._portal = await anyio.to_thread.run_sync(self._portal_cm.__enter__)
         return self
 
     async def __aexit__(self, *exc_info: object) -> None:
         if self._portal_cm is not None:
             cm, self._portal_cm, self._portal = self._portal_cm, None, None
-            await anyio.to_thread.run_sync(cm.__exit__, None, None, None)
+            # Shielded: left in a cancelled scope (a lifespan cancelled from outside), trio's
+            # to_thread.run_sync refuses to start and the loop's thread would run on; at
+            # interpreter exit its portal's clean-up then waits for that (daemon, killed)
+            # thread forever, and the process never ends. Stopping the loop takes little.
+            with anyio.CancelScope(shield=True):
+                await anyio.to_thread.run_sync(cm.__exit__, None, None, None)
 
     async def call(self, fn: Callable[..., Awaitable[T]], *args: Any) -> T:
         """Await ``fn(*args)`` on an asyncio loop."""

@@ -17,7 +17,7 @@ from contextlib import aclosing
 import anyio
 import pytest
 
-from agenthost.backends.asyncio_bridge import AsyncioBridge, running_on_asyncio
+from agenthost.backends.asyncio_bridge import THREAD_NAME, AsyncioBridge, running_on_asyncio
 from tests.conftest import BACKEND
 
 pytestmark = pytest.mark.anyio
@@ -157,3 +157,21 @@ async def test_leaving_a_stream_early_closes_the_asyncio_generator() -> None:
                         break
             assert received == [0, 1, 2]
             assert seen == ["closed"]
+
+
+async def test_a_bridge_left_in_a_cancelled_scope_stops_its_loop() -> None:
+    """A lifespan cancelled from outside still stops the helper loop: left running, its
+    daemon thread is killed at interpreter exit and the portal's clean-up then waits for it
+    forever, so the process never ends (seen under trio after a failing test)."""
+
+    def bridge_threads() -> list[threading.Thread]:
+        return [t for t in threading.enumerate() if t.name == THREAD_NAME]
+
+    with anyio.fail_after(10):
+        with anyio.move_on_after(0.2) as left:
+            async with AsyncioBridge() as bridge:
+                assert await bridge.call(doubled_on_asyncio, 1) == (2, True)
+                assert len(bridge_threads()) == (1 if BACKEND == "trio" else 0)
+                await anyio.sleep(5)
+        assert left.cancelled_caught
+        assert bridge_threads() == []

@@ -131,12 +131,42 @@ def load_run(text: str) -> RunRecord:
     return attrs.evolve(record, request=attrs.evolve(record.request, input=request_input))
 
 
+# A lease is written twice and read once or twice every turn: it gets its own encoder and
+# decoder rather than cattrs' generic walk. Both produce exactly what ``dump`` and ``load``
+# do (keys in sorted order, cattrs' conversions of each field), so stored text is unchanged.
+_COMPACT = json.JSONEncoder(separators=(",", ":")).encode
+
+
 def dump_lease(state: leases.LeaseState) -> str:
-    return dump(state)
+    return _COMPACT(
+        {
+            "expires_at": state.expires_at,
+            "grants": state.grants,
+            "holder": state.holder,
+            "interrupt_requested": state.interrupt_requested,
+            "session_id": state.session_id,
+            "waiters": [
+                {"expires_at": waiter.expires_at, "run_id": waiter.run_id}
+                for waiter in state.waiters
+            ],
+        }
+    )
 
 
 def load_lease(text: str) -> leases.LeaseState:
-    return load(text, leases.LeaseState)
+    data = json.loads(text)
+    holder = data.get("holder")
+    return leases.LeaseState(
+        str(data["session_id"]),
+        None if holder is None else str(holder),
+        float(data.get("expires_at", 0.0)),
+        bool(data.get("interrupt_requested", False)),
+        tuple(
+            leases.Waiter(str(waiter["run_id"]), float(waiter["expires_at"]))
+            for waiter in data.get("waiters", ())
+        ),
+        int(data.get("grants", 0)),
+    )
 
 
 def load_delivery(text: str) -> Delivery:

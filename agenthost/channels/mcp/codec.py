@@ -319,6 +319,7 @@ def session_for(
     mcp_session: str | None,
     direct: bool,
     fresh: str | None = None,
+    answered_at_end: bool = False,
 ) -> ChannelSession:
     """Which conversation a call continues.
 
@@ -326,6 +327,11 @@ def session_for(
     the caller. Without a name: the caller's direct conversation (``direct``), else the
     MCP session's own (session era), else a new conversation named ``fresh`` (so the
     answer, even a background run's, can say how to continue it).
+
+    ``answered_at_end``: the call's result, after the run, is the first place its
+    conversation's name is shown (a foreground call; progress notifications carry only
+    the reply's text). A fresh conversation is then one nobody else can name while the
+    run goes on, and the host writes it with the turn's save.
     """
     if conversation is not None:
         return ChannelSession(key=conversation, caller_keyed=True)
@@ -333,7 +339,9 @@ def session_for(
         return ChannelSession()
     if mcp_session is not None:
         return ChannelSession(key=f"session-{mcp_session}", caller_keyed=True)
-    return ChannelSession(key=fresh, caller_keyed=True)
+    return ChannelSession(
+        key=fresh, caller_keyed=True, private_until_reply=fresh is not None and answered_at_end
+    )
 
 
 # --- results ---------------------------------------------------------------------------

@@ -126,6 +126,7 @@ class ToolService:
                 direct=self._channel.conversations == "direct",
                 # A command starts nothing: "/new" without a conversation resets none.
                 fresh=None if command else f"new-{secrets.token_hex(12)}",
+                answered_at_end=not background,
             ),
             multitask=self._channel.multitask,
             background=background,

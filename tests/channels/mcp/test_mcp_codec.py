@@ -281,7 +281,18 @@ def test_which_conversation_a_call_continues() -> None:
     per_session = codec.session_for(None, mcp_session="abc", direct=False)
     assert (per_session.key, per_session.caller_keyed) == ("session-abc", True)
     fresh = codec.session_for(None, mcp_session=None, direct=False, fresh="new-1")
-    assert (fresh.key, fresh.caller_keyed) == ("new-1", True)
+    assert (fresh.key, fresh.caller_keyed, fresh.private_until_reply) == ("new-1", True, False)
+    # Answered only once the run ends: nobody else can name it before (``opening`` rule 5).
+    answered = codec.session_for(
+        None, mcp_session=None, direct=False, fresh="new-1", answered_at_end=True
+    )
+    assert (answered.key, answered.private_until_reply) == ("new-1", True)
+    for shown_before in (
+        codec.session_for("project-x", mcp_session=None, direct=False, answered_at_end=True),
+        codec.session_for(None, mcp_session="abc", direct=False, answered_at_end=True),
+        codec.session_for(None, mcp_session=None, direct=True, answered_at_end=True),
+    ):
+        assert not shown_before.private_until_reply
     # No name for a new one (a command): caller-keyed without a key, nothing to continue.
     command = codec.session_for(None, mcp_session=None, direct=False)
     assert (command.key, command.caller_keyed) == (None, True)

@@ -26,6 +26,7 @@ from starlette.requests import HTTPConnection
 from agenthost import HostMessage, NativeIdAllowlist, OneTimeCodeLinker, RunStatus
 from agenthost.channels.invocations import InvocationsChannel
 from agenthost.channels.mcp import MCPChannel
+from agenthost.stores.sqlite import SQLiteStore
 from tests.channels.mcp.conftest import (
     TIMEOUT,
     TOKENS,
@@ -124,6 +125,42 @@ async def test_a_call_answers_text_and_structured_content(tmp_path: Path, genera
     assert structured["text"] == "hello there"
     assert isinstance(structured["conversation"], str) and structured["conversation"]
     assert recorder.calls == [["hello there"]]
+
+
+async def test_a_fresh_conversation_is_written_once_with_its_first_reply(
+    tmp_path: Path,
+) -> None:
+    """A stateless call naming no conversation gets one whose name only its result shows:
+    the turn opens on a read and its save creates the session, one write transaction (a
+    named conversation is written when the turn opens, and again by the save). A background
+    call shows the name at once, so its session is written before the run."""
+    host = make_host(Recorder(), tmp_path)
+    assert isinstance(host.store, SQLiteStore)
+    writes: dict[str, int] = {}
+    with anyio.fail_after(TIMEOUT):
+        async with served(host.app) as base, mcp_client(base, MODERN) as client:
+            await client.call_tool("ask", {"message": "warm up"})  # opens the store
+            conn = host.store._conn
+            assert conn is not None
+            for case, arguments in (
+                ("fresh", {"message": "hi"}),
+                ("named", {"message": "hi", "conversation": "project-x"}),
+            ):
+                statements: list[str] = []
+                conn.set_trace_callback(statements.append)
+                try:
+                    first = answered(await client.call_tool("ask", arguments))
+                finally:
+                    conn.set_trace_callback(None)
+                writes[case] = statements.count("BEGIN IMMEDIATE")
+                # saved with the turn: the next call continues it
+                again = answered(
+                    await client.call_tool(
+                        "ask", {"message": "again", "conversation": first["conversation"]}
+                    )
+                )
+                assert again["text"] == "hi | again"
+    assert writes == {"fresh": 1, "named": 2}
 
 
 async def test_streamed_updates_become_progress_notifications(

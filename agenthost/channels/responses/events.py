@@ -34,7 +34,8 @@ Input is what a run streams: Agent Framework ``AgentResponseUpdate``s (or their
 ``function_call``, ``function_result`` and ``usage``; or plain text chunks for targets
 that stream text only. A finished result (an ``AgentResponse``, a workflow's list of
 outputs, a string) is rendered by feeding its messages the same way
-(:func:`render_result`), so a streamed and a non-streamed run produce the same items.
+(:func:`render_result`), so a streamed and a non-streamed run produce the same items; a
+plain text result is built directly into the very object the machine would make.
 Item ids come from an injected ``new_id`` and time arrives as arguments.
 """
 
@@ -45,6 +46,7 @@ from collections.abc import Callable, Iterator, Mapping
 from typing import Any, Literal
 
 from agenthost.channels.responses.codec import client_function_names, failed_error, usage
+from agenthost.sansio_core.commands import CommandReply
 
 NewId = Callable[[str], str]  # prefix -> a fresh id such as "msg_..."
 ServerToolCalls = Literal["omit", "mcp_call"]
@@ -593,7 +595,60 @@ def render_result(
     completed_at: int,
     server_tool_calls: ServerToolCalls = "omit",
 ) -> dict[str, Any]:
-    """The completed response object for a finished result (the non-streaming path)."""
+    """The completed response object for a finished result (the non-streaming path).
+
+    A plain text (a string, a host command's reply) is one message item, built here
+    directly: the machine would build and throw away a dozen events to get the same
+    object, and that is most foreground answers. Anything else goes through the machine.
+    """
+    text = _plain_text(result)
+    if text is not None:
+        message = {
+            "id": new_id("msg"),
+            "type": "message",
+            "role": "assistant",
+            "content": [{"type": "output_text", "text": text, "annotations": [], "logprobs": []}],
+            "status": "completed",
+        }
+        # The keys the machine sets, in the order it sets them.
+        return {
+            **response,
+            "output": [*response.get("output", ()), message],
+            "completed_at": completed_at,
+            "usage": None,
+            "status": "completed",
+        }
+    return render_by_machine(
+        response,
+        result,
+        new_id=new_id,
+        completed_at=completed_at,
+        server_tool_calls=server_tool_calls,
+    )
+
+
+def _plain_text(result: Any) -> str | None:
+    """The text of a result that is one plain text message and nothing else, or ``None``.
+
+    Exact types only: a subclass may carry ``messages``, usage or a finish reason, which
+    only the machine reads.
+    """
+    if type(result) is str:
+        return result
+    if type(result) is CommandReply and type(result.text) is str:
+        return result.text
+    return None
+
+
+def render_by_machine(
+    response: Mapping[str, Any],
+    result: Any,
+    *,
+    new_id: NewId,
+    completed_at: int,
+    server_tool_calls: ServerToolCalls = "omit",
+) -> dict[str, Any]:
+    """:func:`render_result` for any result, by feeding it to the event machine."""
     machine = ResponseEvents(response, new_id=new_id, server_tool_calls=server_tool_calls)
     feed_result(machine, result)
     machine.complete(completed_at=completed_at)

@@ -16,14 +16,20 @@ from typing import Any
 
 import pytest
 from agent_framework import AgentResponse, AgentResponseUpdate, Content, Message
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from agenthost.channels.responses import codec
 from agenthost.channels.responses.events import (
+    SERVER_TOOL_CALLS,
     TERMINAL_EVENTS,
+    NewId,
     ResponseEvents,
     feed_result,
+    render_by_machine,
     render_result,
 )
+from agenthost.sansio_core.commands import CommandReply
 
 TOOL_CALL_UPDATES: list[dict[str, Any]] = [
     {
@@ -550,3 +556,76 @@ def test_feeding_a_result_after_a_start_streams_its_events() -> None:
     events += machine.complete(completed_at=1)
     assert_well_formed(events)
     assert len(machine.response["output"]) == 2
+
+
+# --- plain text results: built directly, exactly as the machine builds them -------------
+
+texts = st.one_of(
+    st.text(),
+    st.text(alphabet=st.characters(codec="utf-8"), min_size=1),  # any unicode, \n and \r too
+    st.builds(lambda piece, times: piece * times, st.text(min_size=1), st.integers(50, 2000)),
+)
+plain_results = st.one_of(texts, st.builds(CommandReply, st.sampled_from(["link", "help"]), texts))
+create_bodies = st.fixed_dictionaries(
+    {"input": st.just("hi")},
+    optional={
+        "tools": st.just([WEATHER_TOOL]),
+        "tool_choice": st.sampled_from(["none", "auto", "required"]),
+        "instructions": st.text(max_size=20),
+        "metadata": st.dictionaries(st.text(max_size=8), st.text(max_size=8), max_size=3),
+        "background": st.booleans(),
+        "temperature": st.floats(0, 2),
+        "max_output_tokens": st.integers(1, 100),
+        "text": st.just({"format": {"type": "json_object"}}),
+    },
+)
+EARLIER_ITEM = {"id": "msg_earlier", "type": "message", "role": "assistant", "content": []}
+
+
+@st.composite
+def base_responses(draw: st.DrawFn) -> dict[str, Any]:
+    body = draw(create_bodies)
+    session = draw(st.sampled_from([{}, {"previous_response_id": "resp_0"}, {"conversation": "c"}]))
+    create = codec.parse_create({**body, **session})
+    status = "queued" if create.background else "in_progress"
+    response = codec.base_response(
+        create, response_id="resp_1", created_at=100, model="demo", status=status
+    )
+    if draw(st.booleans()):
+        response["output"] = [EARLIER_ITEM]
+    # Any mapping the caller hands in: keys the renderer sets may be missing from it.
+    for name in draw(st.sets(st.sampled_from(["output", "status", "completed_at", "usage"]))):
+        del response[name]
+    return response
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    response=base_responses(),
+    result=plain_results,
+    server_tool_calls=st.sampled_from(SERVER_TOOL_CALLS),
+)
+def test_a_plain_text_renders_as_the_machine_renders_it(
+    response: dict[str, Any], result: Any, server_tool_calls: Any
+) -> None:
+    given_response = json.dumps(response)
+    rendered = []
+    for render in (render_result, render_by_machine):
+        asked: list[str] = []
+        ids = counter_ids()
+
+        def new_id(prefix: str, asked: list[str] = asked, ids: NewId = ids) -> str:
+            asked.append(prefix)
+            return ids(prefix)
+
+        out = render(
+            response,
+            result,
+            new_id=new_id,
+            completed_at=101,
+            server_tool_calls=server_tool_calls,
+        )
+        rendered.append((json.dumps(out, ensure_ascii=False), asked))
+    # The same object, key order and all, from the same ids asked in the same order.
+    assert rendered[0] == rendered[1]
+    assert json.dumps(response) == given_response  # neither path changed its input

@@ -31,6 +31,7 @@ from agenthost.sansio_core.types import (
     TextPart,
     UriPart,
 )
+from agenthost.sansio_core.values import builds_fast
 
 MAX_INPUT_ITEMS = 1000
 MAX_METADATA_PAIRS = 16
@@ -104,6 +105,8 @@ _HANDLED = frozenset(
         "parallel_tool_calls",
     }
 )
+# Fields that are not a run_hook's ``extra`` (``type``: a WebSocket message's own).
+_NOT_EXTRA = _HANDLED | {"type"}
 # Request settings a Response object repeats back, with their defaults.
 _ECHOED_DEFAULTS: Mapping[str, Any] = {
     "text": {"format": {"type": "text"}},
@@ -114,6 +117,7 @@ _ECHOED_DEFAULTS: Mapping[str, Any] = {
     "service_tier": None,
     "prompt_cache_key": None,
 }
+_ECHOED_NAMES = frozenset(_ECHOED_DEFAULTS)
 
 
 class ResponsesError(Exception):
@@ -172,6 +176,7 @@ def _quoted(ident: str) -> str:
 # --- the create request -----------------------------------------------------------
 
 
+@builds_fast  # one a create
 @attrs.frozen
 class CreateRequest:
     """A validated create body. ``items`` are the input items as they will be stored
@@ -292,12 +297,20 @@ def parse_create(data: Any, *, websocket: bool = False) -> CreateRequest:
         model=model,
         options=options,
         echoed=echoed,
-        extra={key: value for key, value in data.items() if key not in _HANDLED and key != "type"},
+        extra=_extra_fields(data),
     )
+
+
+def _extra_fields(data: Mapping[str, Any]) -> dict[str, Any]:
+    """The fields this channel does not read, in the body's order (usually none)."""
+    unread = data.keys() - _NOT_EXTRA
+    return {key: value for key, value in data.items() if key in unread} if unread else {}
 
 
 def _echoed_settings(data: Mapping[str, Any]) -> dict[str, Any]:
     """The settings a response repeats back, checked so that each renders as OpenAI's."""
+    if data.keys().isdisjoint(_ECHOED_NAMES):
+        return dict(_ECHOED_DEFAULTS)  # what the checks below make of a body naming none
     echoed = {key: data.get(key, default) for key, default in _ECHOED_DEFAULTS.items()}
     for name in ("text", "reasoning"):
         if echoed[name] is not None and not isinstance(echoed[name], dict):
@@ -706,6 +719,7 @@ def base_response(
 ) -> dict[str, Any]:
     """The response object before anything ran: the request's settings, no output yet."""
     conversation = {"id": create.conversation_id} if create.conversation_id else None
+    echoed = create.echoed.get
     return {
         "id": response_id,
         "object": "response",
@@ -716,24 +730,24 @@ def base_response(
         "error": None,
         "incomplete_details": None,
         "instructions": create.instructions,
-        "max_output_tokens": create.echoed.get("max_output_tokens"),
+        "max_output_tokens": echoed("max_output_tokens"),
         "model": create.model or model,
         "output": [],
-        "parallel_tool_calls": create.echoed.get("parallel_tool_calls", True),
+        "parallel_tool_calls": echoed("parallel_tool_calls", True),
         "previous_response_id": create.previous_response_id,
         "conversation": conversation,
         "store": create.store,
-        "temperature": create.echoed.get("temperature", 1.0),
-        "text": create.echoed.get("text"),
-        "tool_choice": create.echoed.get("tool_choice", "auto"),
-        "tools": list(create.echoed.get("tools") or []),
-        "top_p": create.echoed.get("top_p", 1.0),
-        "truncation": create.echoed.get("truncation", "disabled"),
-        "reasoning": create.echoed.get("reasoning"),
-        "max_tool_calls": create.echoed.get("max_tool_calls"),
-        "top_logprobs": create.echoed.get("top_logprobs"),
-        "service_tier": create.echoed.get("service_tier"),
-        "prompt_cache_key": create.echoed.get("prompt_cache_key"),
+        "temperature": echoed("temperature", 1.0),
+        "text": echoed("text"),
+        "tool_choice": echoed("tool_choice", "auto"),
+        "tools": list(echoed("tools") or []),
+        "top_p": echoed("top_p", 1.0),
+        "truncation": echoed("truncation", "disabled"),
+        "reasoning": echoed("reasoning"),
+        "max_tool_calls": echoed("max_tool_calls"),
+        "top_logprobs": echoed("top_logprobs"),
+        "service_tier": echoed("service_tier"),
+        "prompt_cache_key": echoed("prompt_cache_key"),
         "safety_identifier": create.safety_identifier,
         "user": create.user,
         "usage": None,

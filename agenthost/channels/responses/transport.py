@@ -33,7 +33,7 @@ import hashlib
 import inspect
 import json
 import logging
-import secrets
+import os
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any
 
@@ -87,6 +87,7 @@ from agenthost.sansio_core.types import (
     MultitaskStrategy,
     RunStatus,
 )
+from agenthost.sansio_core.values import builds_fast
 from agenthost.stores.base import ChannelRecord
 
 log = logging.getLogger("agenthost.channels.responses")
@@ -98,7 +99,12 @@ _SETTLE_SECONDS = 5.0  # a final run whose result record never appears is settle
 
 
 def new_id(prefix: str) -> str:
-    return f"{prefix}_{secrets.token_hex(16)}"
+    # secrets.token_hex's own source and format, without its two Python calls: three a create.
+    return f"{prefix}_{os.urandom(16).hex()}"
+
+
+def _request_id() -> str:
+    return f"req_{os.urandom(12).hex()}"
 
 
 class ResponsesChannel(Channel):
@@ -326,6 +332,7 @@ def _internal_error() -> ResponsesError:
     )
 
 
+@builds_fast  # one a create
 @attrs.frozen
 class _Turn:
     """One create, prepared: its id, the request for the host and what to store after."""
@@ -421,9 +428,13 @@ class _Service:
         if self._target_takes_no_tools:
             _refuse_tools(create)
         response_id = new_id("resp")
-        resolved = await self._resolve_references(create.items, caller)
+        resolved = (
+            await self._resolve_references(create.items, caller)
+            if create.references
+            else create.items
+        )
         items = tuple(_with_id(item) for item in resolved)
-        pending: list[Mapping[str, Any]] = []
+        pending: Sequence[Mapping[str, Any]] = ()
         # Only a response id first shown in the reply names a session nobody else can reach
         # while the run goes on: that session is then written with the save.
         private = not id_shown_early
@@ -441,7 +452,7 @@ class _Service:
             )
             if conversation is None:
                 raise codec.not_found("Conversation", create.conversation_id, "conversation")
-            pending = list(conversation.value.get("pending", []))
+            pending = conversation.value.get("pending", ())
             session = ChannelSession(key=create.conversation_id, caller_keyed=True)
         else:
             session = ChannelSession(
@@ -455,14 +466,11 @@ class _Service:
             model=self.channel.model,
             status="queued" if create.background else "in_progress",
         )
-        hints = {
-            name: value
-            for name, value in (
-                ("safety_identifier", create.safety_identifier),
-                ("user", create.user),
-            )
-            if value is not None
-        }
+        hints: dict[str, str] = {}
+        if create.safety_identifier is not None:
+            hints["safety_identifier"] = create.safety_identifier
+        if create.user is not None:
+            hints["user"] = create.user
         if self.channel.mints_callers:
             # Any new bearer key is a new caller: limits hold per source too.
             hints.update(source_attributes(connection))
@@ -481,11 +489,12 @@ class _Service:
         attributes["response_object"] = (
             response if create.background else {**response, "status": "queued", "background": True}
         )
-        attributes["conversation_items_taken"] = [str(item["id"]) for item in pending]
+        taken = [str(item["id"]) for item in pending]
+        attributes["conversation_items_taken"] = taken
         channel_request = ChannelRequest(
             channel=self.channel.name,
             identity=ChannelIdentity(self.channel.name, caller, attributes=hints),
-            input=codec.host_messages([*pending, *items]),
+            input=codec.host_messages([*pending, *items] if pending else items),
             session=session,
             options=create.options,
             multitask=self.channel.multitask,
@@ -501,7 +510,7 @@ class _Service:
             items=items,
             response=response,
             request=channel_request,
-            pending_taken=tuple(str(item["id"]) for item in pending),
+            pending_taken=tuple(taken),
         )
 
     async def _resolve_references(
@@ -1301,12 +1310,11 @@ def _sse(batch: Sequence[Mapping[str, Any]]) -> bytes:
 
 
 def _request_id_header() -> dict[str, str]:
-    return {"x-request-id": f"req_{secrets.token_hex(12)}"}
+    return {"x-request-id": _request_id()}
 
 
 def _json(body: Mapping[str, Any], status: int = 200) -> Response:
-    request_id = f"req_{secrets.token_hex(12)}".encode()
-    return JsonAnswer(body, status, [(b"x-request-id", request_id)])
+    return JsonAnswer(body, status, [(b"x-request-id", _request_id().encode())])
 
 
 def _error(error: ResponsesError) -> Response:

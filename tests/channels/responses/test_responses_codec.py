@@ -5,6 +5,8 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from agenthost.channels.responses import codec
 from agenthost.channels.responses.codec import ResponsesError
@@ -129,6 +131,50 @@ def test_unknown_and_unmapped_fields_are_kept_for_a_run_hook() -> None:
     assert codec.base_response(create, response_id="r", created_at=0, model="m")["model"] == (
         "gpt-x"
     )
+
+
+# Each echoed setting sent as its default: the checks then run, and must agree with the
+# short cut a body naming none of them takes.
+EXPLICIT_DEFAULTS = {
+    "text": {"format": {"type": "text"}},
+    "truncation": "disabled",
+    "reasoning": None,
+    "max_tool_calls": None,
+    "top_logprobs": None,
+    "service_tier": None,
+    "prompt_cache_key": None,
+}
+
+
+@settings(max_examples=100, deadline=None)
+@given(named=st.sets(st.sampled_from(sorted(EXPLICIT_DEFAULTS))))
+def test_settings_left_out_echo_as_their_defaults_sent(named: set[str]) -> None:
+    body = {"input": "hi", **{name: EXPLICIT_DEFAULTS[name] for name in sorted(named)}}
+    create = codec.parse_create(body)
+    assert list(create.echoed.items()) == list(codec.parse_create({"input": "hi"}).echoed.items())
+    assert create.echoed == {
+        **EXPLICIT_DEFAULTS,
+        "temperature": 1.0,
+        "top_p": 1.0,
+        "max_output_tokens": None,
+        "tools": [],
+        "tool_choice": "auto",
+        "parallel_tool_calls": True,
+    }
+
+
+body_fields = st.sampled_from(["input", "model", "stream", "store", "type", "my_field", "x", "z"])
+
+
+@settings(max_examples=100, deadline=None)
+@given(names=st.lists(body_fields, unique=True), value=st.integers() | st.text())
+def test_extra_fields_are_every_unread_field_in_the_bodys_order(
+    names: list[str], value: Any
+) -> None:
+    known = {"input": "hi", "model": "m", "stream": False, "store": True, "type": "t"}
+    body = {name: known.get(name, value) for name in [*names, "input"]}
+    extra = codec.parse_create(body).extra
+    assert list(extra.items()) == [(k, v) for k, v in body.items() if k not in known]
 
 
 def test_identity_hints_and_session_fields() -> None:

@@ -64,11 +64,13 @@ class RunStatus(enum.Enum):
 _FINAL_RUN_STATUSES = frozenset({RunStatus.COMPLETED, RunStatus.FAILED, RunStatus.CANCELLED})
 
 
+@builds_fast
 @attrs.frozen
 class TextPart:
     text: str
 
 
+@builds_fast
 @attrs.frozen
 class UriPart:
     """A reference to content the target may fetch (an image, a file)."""
@@ -80,6 +82,7 @@ class UriPart:
 ContentPart = TextPart | UriPart
 
 
+@builds_fast
 @attrs.frozen
 class FunctionCall:
     """A call the model made to a function tool that the *caller* runs (a client-declared
@@ -90,6 +93,7 @@ class FunctionCall:
     arguments: str  # JSON text, as the model wrote it
 
 
+@builds_fast
 @attrs.frozen
 class HostMessage:
     """One input message in the host's neutral form; adapters translate it per target.

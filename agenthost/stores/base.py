@@ -38,6 +38,7 @@ from agenthost.sansio_core.linking import LinkRecord, LinkResult, UserFacts, Ver
 from agenthost.sansio_core.routing import LastSeen
 from agenthost.sansio_core.sessions import ScopeKey, SessionAlias, SessionRecord
 from agenthost.sansio_core.types import ChannelIdentity, RunStatus
+from agenthost.sansio_core.values import builds_fast
 
 # 2: the singletons table in SQLite (PostgreSQL had it).
 # 3: sessions.state_expires_when_idle (and its index), for ``expire_idle_states``.
@@ -65,6 +66,7 @@ class DeliveryNotFound(KeyError):
 DeliveryStepAnswer = Delivery | DeliveryNotFound | DeliveryTransitionRefused
 
 
+@builds_fast  # a channel keeps several a turn (a Responses create: three)
 @attrs.frozen
 class ChannelRecord:
     """A record a channel keeps for its own protocol (a stored response, a conversation item,

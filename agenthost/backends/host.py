@@ -299,6 +299,8 @@ class Host:
         if self._worker is not None:
             raise HostNotRunning("this host is already running")
         await self.store.open()
+        # Asked once: the application installs its tracer provider before serving.
+        self._interpreter.traced = tracing.tracing_enabled()
         try:
             async with (
                 self._bridge,
@@ -349,9 +351,7 @@ class Host:
                         # sends drain, side by side within one grace period.
                         async with anyio.create_task_group() as draining:
                             for channel in reversed(started):
-                                draining.start_soon(
-                                    _stop_channel, channel, self._shutdown_grace
-                                )
+                                draining.start_soon(_stop_channel, channel, self._shutdown_grace)
                             draining.start_soon(worker.drain, self._shutdown_grace)
                             draining.start_soon(outbox.drain, self._shutdown_grace)
                     self._outbox = None
@@ -437,7 +437,7 @@ class Host:
         writes = None
         if self._turn_settings.run_hook or records is not None:
             writes = _ForegroundWrites(self, run_id, rewritten, records)
-        traced = tracing.tracing_enabled()  # asked once for the turn's spans
+        traced = self._interpreter.records_spans()
         with tracing.span(
             "agenthost.turn", enabled=traced, channel=request.channel, run_id=run_id
         ) as spanned:
@@ -453,7 +453,6 @@ class Host:
                 protocol_request=protocol_request,
                 on_request=rewritten.append,
                 finisher=writes,
-                traced=traced,
             )
             spanned.set_attribute("agenthost.outcome", _outcome_name(outcome))
         _log_outcome(run_id, request.channel, outcome)

@@ -80,9 +80,16 @@ class LocalRuns:
 
 
 @attrs.define
-class _LeaseGuard:
-    """Which lease the turn being driven holds or waits for, for cleanup on cancel."""
+class _DrivenTurn:
+    """The turn being driven: what its effects are performed with, and which lease it
+    holds or waits for, for cleanup on cancel."""
 
+    on_update: UpdateSink | None
+    protocol_request: Any
+    on_request: Callable[[ChannelRequest], None] | None
+    finisher: TurnFinisher | None
+    # Whether spans are recorded, asked once per turn rather than once per span.
+    traced: bool
     session_id: str | None = None
     run_id: str | None = None
     holding: bool = False
@@ -93,8 +100,6 @@ class _LeaseGuard:
     waited: bool = False  # the run waited for the lease at least once
     # The target's run and its answer, for a TurnFinisher's writes.
     ran: tuple[fx.RunTarget, fx.TargetSucceeded | fx.TargetFailed] | None = None
-    # Whether spans are recorded, asked once per turn rather than once per span.
-    traced: bool = False
 
 
 class TurnFinisher(Protocol):
@@ -143,6 +148,14 @@ class TurnInterpreter:
         self._run_hook = run_hook
         self._target_object = target_object
         self._linkers = tuple(linkers)
+        # Whether turns record spans: decided by the host when it starts (a tracer provider
+        # is installed before serving), so no turn asks again; ``None`` asks once a turn.
+        self.traced: bool | None = None
+
+    def records_spans(self) -> bool:
+        """Whether the turn about to be driven records its spans."""
+        traced = self.traced
+        return tracing.tracing_enabled() if traced is None else traced
 
     async def drive(
         self,
@@ -152,18 +165,16 @@ class TurnInterpreter:
         protocol_request: Any = None,
         on_request: Callable[[ChannelRequest], None] | None = None,
         finisher: TurnFinisher | None = None,
-        traced: bool | None = None,
     ) -> OutcomeT:
         """Run a core generator to its outcome, performing each effect it yields.
 
         ``on_request`` sees each request a ``run_hook`` returns (the hook may choose where
         the reply goes); ``finisher`` adds its writes to the transaction that saves the
-        session (a stateless turn has none: it never finishes a run). ``traced`` is
-        whether spans are recorded, when the caller has asked already.
+        session (a stateless turn has none: it never finishes a run).
         """
-        if traced is None:
-            traced = tracing.tracing_enabled()
-        guard = _LeaseGuard(traced=traced)
+        driven = _DrivenTurn(
+            on_update, protocol_request, on_request, finisher, self.records_spans()
+        )
         answer: Any = None
         try:
             while True:
@@ -172,132 +183,144 @@ class TurnInterpreter:
                 except StopIteration as stop:
                     outcome: OutcomeT = stop.value
                     return outcome
-                answer = await self._perform(effect, guard, on_update, protocol_request, finisher)
-                if on_request is not None and isinstance(effect, fx.CallRunHook):
-                    on_request(answer)
+                answer = await self._perform(effect, driven)
         finally:
             turn.close()
-            if guard.holding or guard.waiting:
+            if driven.holding or driven.waiting:
                 with anyio.CancelScope(shield=True):
-                    await self._abandon_lease(guard)
+                    await self._abandon_lease(driven)
 
-    async def _perform(
-        self,
-        effect: fx.Effect,
-        guard: _LeaseGuard,
-        on_update: UpdateSink | None,
-        protocol_request: Any,
-        finisher: TurnFinisher | None,
+    async def _perform(self, effect: fx.Effect, turn: _DrivenTurn) -> Any:
+        kind = type(effect)
+        perform = _PERFORMERS.get(kind)
+        if perform is None:
+            perform = _performer_of(kind)
+        return await perform(self, effect, turn)
+
+    async def _load_context(self, effect: fx.LoadContext, turn: _DrivenTurn) -> Any:
+        return await self._store.load_context(effect.identity, effect.scope, facts=effect.facts)
+
+    async def _issue_isolation_key(self, effect: fx.IssueIsolationKey, turn: _DrivenTurn) -> Any:
+        return await self._store.issue_isolation_key(effect.identity, effect.candidate, effect.now)
+
+    async def _load_alias(self, effect: fx.LoadAlias, turn: _DrivenTurn) -> Any:
+        return await self._store.load_alias(effect.scope)
+
+    async def _create_session(self, effect: fx.CreateSession, turn: _DrivenTurn) -> Any:
+        return await self._store.create_session(effect.alias, effect.now)
+
+    async def _fork_session(self, effect: fx.ForkSession, turn: _DrivenTurn) -> Any:
+        return await self._store.fork_session(effect.source_session_id, effect.alias, effect.now)
+
+    async def _record_last_seen(self, effect: fx.RecordLastSeen, turn: _DrivenTurn) -> Any:
+        return await self._store.record_last_seen(effect.isolation_key, effect.seen)
+
+    async def _call_identity_resolver(
+        self, effect: fx.CallIdentityResolver, turn: _DrivenTurn
     ) -> Any:
-        store = self._store
-        if isinstance(effect, fx.LoadContext):
-            return await store.load_context(effect.identity, effect.scope, facts=effect.facts)
-        if isinstance(effect, fx.IssueIsolationKey):
-            return await store.issue_isolation_key(effect.identity, effect.candidate, effect.now)
-        if isinstance(effect, fx.LoadAlias):
-            return await store.load_alias(effect.scope)
-        if isinstance(effect, fx.CreateSession):
-            return await store.create_session(effect.alias, effect.now)
-        if isinstance(effect, fx.ForkSession):
-            return await store.fork_session(effect.source_session_id, effect.alias, effect.now)
-        if isinstance(effect, fx.RecordLastSeen):
-            return await store.record_last_seen(effect.isolation_key, effect.seen)
-        if isinstance(effect, fx.CallIdentityResolver):
-            assert self._identity_resolver is not None
-            return await _maybe_await(self._identity_resolver(effect.identity))
-        if isinstance(effect, fx.CallRunHook):
-            assert self._run_hook is not None
-            rewritten = await _maybe_await(
-                self._run_hook(
-                    effect.request, target=self._target_object, protocol_request=protocol_request
-                )
-            )
-            return effect.request if rewritten is None else rewritten
-        if isinstance(effect, fx.OpenTurn):
-            return await self._open_turn(effect, guard)
-        if isinstance(effect, fx.AcquireLease):
-            guard.session_id, guard.run_id, guard.waiting = effect.session_id, effect.run_id, True
-            guard.wakeup = self._local.released(effect.session_id)
-            answer = await store.apply_lease_event(
-                effect.session_id,
-                leases.Arrive(effect.run_id, effect.strategy, self._clock(), self._ttl),
-            )
-            return self._track(guard, answer)
-        if isinstance(effect, fx.WaitForLease):
-            # The session is busy: a lease wait, on the turn's span and in the logs.
-            if not guard.waited:  # once a run: /metrics counts runs that waited
-                guard.waited = True
-                trace.get_current_span().add_event("agenthost.lease_wait")
-                log.info("session lease wait", extra={"run_id": effect.run_id})
-            if effect.interrupting is not None:
-                self._local.cancel(effect.interrupting)
-            assert guard.wakeup is not None
-            with anyio.move_on_after(self._settings.lease_poll_seconds):
-                await guard.wakeup.wait()
-            guard.wakeup = self._local.released(effect.session_id)
-            answer = await store.apply_lease_event(
-                effect.session_id, leases.Poll(effect.run_id, self._clock(), self._ttl)
-            )
-            return self._track(guard, answer)
-        if isinstance(effect, fx.RunTarget):
-            ran = await self._run_target(effect, guard, on_update)
-            guard.ran = (effect, ran)
-            return ran
-        if isinstance(effect, fx.AppendAssistantMessage):
-            return await self._target.append_assistant_message(effect.state, effect.text)
-        if isinstance(effect, fx.FinishRun):
-            with tracing.span("agenthost.save", enabled=guard.traced) as spanned:
-                if finisher is not None:
-                    if guard.ran is not None:
-                        writes = await finisher.writes_for(*guard.ran)
-                    else:
-                        writes = await finisher.writes_for(None, None)
-                    finished = await store.finish_turn(
-                        effect.session_id,
-                        effect.run_id,
-                        effect.session,
-                        self._clock(),
-                        writes,
-                        creation=effect.creation,
-                    )
-                    finisher.finished(finished)
-                    saved = finished.saved
-                else:
-                    saved = await store.finish_run(
-                        effect.session_id,
-                        effect.run_id,
-                        effect.session,
-                        self._clock(),
-                        creation=effect.creation,
-                    )
-                spanned.set_attribute("agenthost.saved", saved)
-            guard.holding = False
-            self._local.notify_released(effect.session_id)
-            return saved
-        if isinstance(effect, fx.BeginLink):
-            return tuple([await linker.begin(effect.identity) for linker in self._linkers])
-        if isinstance(effect, fx.CompleteLink):
-            for linker in self._linkers:
-                if linker.completes_by_command:
-                    return await linker.complete(
-                        effect.challenge_id, effect.proof, identity=effect.identity
-                    )
-            return None
-        if isinstance(effect, fx.UnlinkIdentity):
-            result = await store.unlink_identity(effect.identity, effect.new_key, effect.now)
-            log.info(
-                "unlink", extra={"channel": effect.identity.channel, "reason": result.reason.value}
-            )
-            return result
-        if isinstance(effect, fx.RotateSession):
-            return await store.rotate_session(effect.scope, effect.new_session_id, effect.now)
-        raise TypeError(f"no interpreter for effect {type(effect).__name__}")
+        assert self._identity_resolver is not None
+        return await _maybe_await(self._identity_resolver(effect.identity))
 
-    async def _open_turn(self, effect: fx.OpenTurn, guard: _LeaseGuard) -> opening.Outcome:
+    async def _call_run_hook(self, effect: fx.CallRunHook, turn: _DrivenTurn) -> Any:
+        assert self._run_hook is not None
+        rewritten = await _maybe_await(
+            self._run_hook(
+                effect.request, target=self._target_object, protocol_request=turn.protocol_request
+            )
+        )
+        request = effect.request if rewritten is None else rewritten
+        if turn.on_request is not None:
+            turn.on_request(request)
+        return request
+
+    async def _acquire_lease(self, effect: fx.AcquireLease, turn: _DrivenTurn) -> Any:
+        turn.session_id, turn.run_id, turn.waiting = effect.session_id, effect.run_id, True
+        turn.wakeup = self._local.released(effect.session_id)
+        answer = await self._store.apply_lease_event(
+            effect.session_id,
+            leases.Arrive(effect.run_id, effect.strategy, self._clock(), self._ttl),
+        )
+        return self._track(turn, answer)
+
+    async def _wait_for_lease(self, effect: fx.WaitForLease, turn: _DrivenTurn) -> Any:
+        # The session is busy: a lease wait, on the turn's span and in the logs.
+        if not turn.waited:  # once a run: /metrics counts runs that waited
+            turn.waited = True
+            trace.get_current_span().add_event("agenthost.lease_wait")
+            log.info("session lease wait", extra={"run_id": effect.run_id})
+        if effect.interrupting is not None:
+            self._local.cancel(effect.interrupting)
+        assert turn.wakeup is not None
+        with anyio.move_on_after(self._settings.lease_poll_seconds):
+            await turn.wakeup.wait()
+        turn.wakeup = self._local.released(effect.session_id)
+        answer = await self._store.apply_lease_event(
+            effect.session_id, leases.Poll(effect.run_id, self._clock(), self._ttl)
+        )
+        return self._track(turn, answer)
+
+    async def _append_assistant_message(
+        self, effect: fx.AppendAssistantMessage, turn: _DrivenTurn
+    ) -> Any:
+        return await self._target.append_assistant_message(effect.state, effect.text)
+
+    async def _finish_run(self, effect: fx.FinishRun, turn: _DrivenTurn) -> Any:
+        store, finisher = self._store, turn.finisher
+        with tracing.span("agenthost.save", enabled=turn.traced) as spanned:
+            if finisher is not None:
+                if turn.ran is not None:
+                    writes = await finisher.writes_for(*turn.ran)
+                else:
+                    writes = await finisher.writes_for(None, None)
+                finished = await store.finish_turn(
+                    effect.session_id,
+                    effect.run_id,
+                    effect.session,
+                    self._clock(),
+                    writes,
+                    creation=effect.creation,
+                )
+                finisher.finished(finished)
+                saved = finished.saved
+            else:
+                saved = await store.finish_run(
+                    effect.session_id,
+                    effect.run_id,
+                    effect.session,
+                    self._clock(),
+                    creation=effect.creation,
+                )
+            spanned.set_attribute("agenthost.saved", saved)
+        turn.holding = False
+        self._local.notify_released(effect.session_id)
+        return saved
+
+    async def _begin_link(self, effect: fx.BeginLink, turn: _DrivenTurn) -> Any:
+        return tuple([await linker.begin(effect.identity) for linker in self._linkers])
+
+    async def _complete_link(self, effect: fx.CompleteLink, turn: _DrivenTurn) -> Any:
+        for linker in self._linkers:
+            if linker.completes_by_command:
+                return await linker.complete(
+                    effect.challenge_id, effect.proof, identity=effect.identity
+                )
+        return None
+
+    async def _unlink_identity(self, effect: fx.UnlinkIdentity, turn: _DrivenTurn) -> Any:
+        result = await self._store.unlink_identity(effect.identity, effect.new_key, effect.now)
+        log.info(
+            "unlink", extra={"channel": effect.identity.channel, "reason": result.reason.value}
+        )
+        return result
+
+    async def _rotate_session(self, effect: fx.RotateSession, turn: _DrivenTurn) -> Any:
+        return await self._store.rotate_session(effect.scope, effect.new_session_id, effect.now)
+
+    async def _open_turn(self, effect: fx.OpenTurn, turn: _DrivenTurn) -> opening.Outcome:
         releases_before = self._local.releases
         plan = effect.opening
         with tracing.span(
-            "agenthost.resolve_session", enabled=guard.traced, channel=plan.identity.channel
+            "agenthost.resolve_session", enabled=turn.traced, channel=plan.identity.channel
         ) as spanned:
             outcome = await self._store.open_turn(plan)
             if isinstance(outcome, opening.Refused):
@@ -321,14 +344,14 @@ class TurnInterpreter:
         ):
             session_id = outcome.session_ref.session_id
             assert session_id is not None
-            guard.session_id, guard.run_id = session_id, effect.opening.run_id
-            self._track(guard, fx.LeaseAnswer(outcome.lease, outcome.session))
-            if guard.waiting:
+            turn.session_id, turn.run_id = session_id, effect.opening.run_id
+            self._track(turn, fx.LeaseAnswer(outcome.lease, outcome.session))
+            if turn.waiting:
                 # The session id was not known before the trip, so a release that landed
                 # during it could not be watched for: if any did, look again at once.
-                guard.wakeup = self._local.released(session_id)
+                turn.wakeup = self._local.released(session_id)
                 if self._local.releases != releases_before:
-                    guard.wakeup = _already_set()
+                    turn.wakeup = _already_set()
         return outcome
 
     @property
@@ -336,20 +359,20 @@ class TurnInterpreter:
         return self._settings.lease_seconds
 
     @staticmethod
-    def _track(guard: _LeaseGuard, answer: fx.LeaseAnswer) -> fx.LeaseAnswer:
-        guard.holding = isinstance(answer.decision, leases.Granted)
-        guard.waiting = isinstance(answer.decision, leases.Waiting)
+    def _track(turn: _DrivenTurn, answer: fx.LeaseAnswer) -> fx.LeaseAnswer:
+        turn.holding = isinstance(answer.decision, leases.Granted)
+        turn.waiting = isinstance(answer.decision, leases.Waiting)
         return answer
 
     async def _run_target(
-        self, effect: fx.RunTarget, guard: _LeaseGuard, on_update: UpdateSink | None
+        self, effect: fx.RunTarget, turn: _DrivenTurn
     ) -> fx.TargetSucceeded | fx.TargetFailed:
-        call = TargetCall(effect.request, effect.session_ref, effect.session_state, on_update)
+        call = TargetCall(effect.request, effect.session_ref, effect.session_state, turn.on_update)
         answer: fx.TargetSucceeded | fx.TargetFailed
-        held = guard.session_id if guard.holding else None
+        held = turn.session_id if turn.holding else None
         with (
             anyio.CancelScope() as run_scope,
-            tracing.span("agenthost.run", enabled=guard.traced) as spanned,
+            tracing.span("agenthost.run", enabled=turn.traced) as spanned,
         ):
             self._local.register(effect.run_id, run_scope, held)  # renew_leases keeps it
             try:
@@ -375,7 +398,8 @@ class TurnInterpreter:
                 "succeeded" if isinstance(answer, fx.TargetSucceeded) else "failed",
             )
         if run_scope.cancelled_caught:
-            return fx.TargetFailed("the run was interrupted", cancelled=True)
+            answer = fx.TargetFailed("the run was interrupted", cancelled=True)
+        turn.ran = (effect, answer)
         return answer
 
     async def renew_leases(self) -> None:
@@ -412,16 +436,51 @@ class TurnInterpreter:
             )
             self._local.cancel(run_id)
 
-    async def _abandon_lease(self, guard: _LeaseGuard) -> None:
-        assert guard.session_id is not None and guard.run_id is not None
-        if guard.holding:
-            await self._store.finish_run(guard.session_id, guard.run_id, None, self._clock())
-            self._local.notify_released(guard.session_id)
+    async def _abandon_lease(self, turn: _DrivenTurn) -> None:
+        assert turn.session_id is not None and turn.run_id is not None
+        if turn.holding:
+            await self._store.finish_run(turn.session_id, turn.run_id, None, self._clock())
+            self._local.notify_released(turn.session_id)
         else:
             await self._store.apply_lease_event(
-                guard.session_id, leases.Withdraw(guard.run_id, self._clock())
+                turn.session_id, leases.Withdraw(turn.run_id, self._clock())
             )
-        guard.holding = guard.waiting = False
+        turn.holding = turn.waiting = False
+
+
+Performer = Callable[[TurnInterpreter, Any, _DrivenTurn], Awaitable[Any]]
+
+# Each effect type's performer, looked up by the effect's type: one dict look-up a step,
+# where a chain of isinstance checks cost a dozen for a turn's later effects.
+_PERFORMERS: dict[type, Performer] = {
+    fx.LoadContext: TurnInterpreter._load_context,
+    fx.IssueIsolationKey: TurnInterpreter._issue_isolation_key,
+    fx.LoadAlias: TurnInterpreter._load_alias,
+    fx.CreateSession: TurnInterpreter._create_session,
+    fx.ForkSession: TurnInterpreter._fork_session,
+    fx.RecordLastSeen: TurnInterpreter._record_last_seen,
+    fx.CallIdentityResolver: TurnInterpreter._call_identity_resolver,
+    fx.CallRunHook: TurnInterpreter._call_run_hook,
+    fx.OpenTurn: TurnInterpreter._open_turn,
+    fx.AcquireLease: TurnInterpreter._acquire_lease,
+    fx.WaitForLease: TurnInterpreter._wait_for_lease,
+    fx.RunTarget: TurnInterpreter._run_target,
+    fx.AppendAssistantMessage: TurnInterpreter._append_assistant_message,
+    fx.FinishRun: TurnInterpreter._finish_run,
+    fx.BeginLink: TurnInterpreter._begin_link,
+    fx.CompleteLink: TurnInterpreter._complete_link,
+    fx.UnlinkIdentity: TurnInterpreter._unlink_identity,
+    fx.RotateSession: TurnInterpreter._rotate_session,
+}
+
+
+def _performer_of(kind: type) -> Performer:
+    """The performer of a subclass of an effect type (its nearest base's), else TypeError."""
+    for base in kind.__mro__:
+        perform = _PERFORMERS.get(base)
+        if perform is not None:
+            return perform
+    raise TypeError(f"no interpreter for effect {kind.__name__}")
 
 
 def _already_set() -> anyio.Event:

@@ -32,6 +32,16 @@ def raw_headers(headers: Iterable[tuple[str, str]]) -> RawHeaders:
     return [(name.lower().encode("latin-1"), value.encode("latin-1")) for name, value in headers]
 
 
+def request_header(request: Request, name: bytes) -> str | None:
+    """The first value of the header ``name`` (lower-case, as ASGI gives names), or
+    ``None``: ``request.headers.get`` without building a ``Headers`` or raising a
+    ``KeyError`` for a header the request lacks."""
+    for key, value in request.scope["headers"]:
+        if key == name:
+            return str(value.decode("latin-1"))
+    return None
+
+
 def encode_json(content: Any) -> bytes:
     """``content`` as the JSON bytes every answer here carries."""
     return _ENCODER.encode(content).encode()

@@ -23,6 +23,8 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.types import Receive, Scope, Send
 
+from agenthost.backends.answers import request_header
+
 DRAIN_BYTES = 8 * 1024 * 1024
 DRAIN_SECONDS = 10.0
 BODY_SECONDS = 30.0
@@ -83,7 +85,7 @@ class ClientGone(Exception):
 
 def require_json(request: Request) -> None:
     """Refuse a declared content type that is not JSON (none declared is taken as JSON)."""
-    declared = request.headers.get("content-type")
+    declared = request_header(request, b"content-type")
     if declared is None:
         return
     media_type = declared.split(";", 1)[0].strip().lower()
@@ -114,7 +116,7 @@ async def read_limited(request: Request, limit: int, *, within: float = BODY_SEC
         if len(cached) > limit:
             raise BodyTooLarge(limit)
         return cached
-    declared = request.headers.get("content-length")
+    declared = request_header(request, b"content-length")
     if declared is not None and declared.isascii() and declared.isdigit() and int(declared) > limit:
         raise BodyTooLarge(limit)
     body = await receive_limited(request.receive, limit, within=within)

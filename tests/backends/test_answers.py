@@ -6,13 +6,15 @@ import math
 
 import httpx
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from agenthost.backends.answers import AsgiRoute, JsonAnswer, raw_headers
+from agenthost.backends.answers import AsgiRoute, JsonAnswer, raw_headers, request_header
 
 pytestmark = pytest.mark.anyio
 
@@ -50,3 +52,20 @@ async def test_an_asgi_route_answers_and_keeps_the_apps_method_and_error_handlin
     assert answered.json() == {"path": "/a", "body": "hi"}
     assert wrong_method.status_code == 405
     assert failed.status_code == 418
+
+
+_HEADER_NAMES = st.sampled_from(
+    [b"content-type", b"content-length", b"x-agent-invocation-id", b"x-other", b"x"]
+)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    headers=st.lists(st.tuples(_HEADER_NAMES, st.binary(max_size=12)), max_size=6),
+    name=_HEADER_NAMES,
+)
+def test_a_request_header_is_what_starlette_headers_answer(
+    headers: list[tuple[bytes, bytes]], name: bytes
+) -> None:
+    request = Request({"type": "http", "headers": headers})
+    assert request_header(request, name) == request.headers.get(name.decode())

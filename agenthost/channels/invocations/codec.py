@@ -103,6 +103,7 @@ def parse_body(raw: bytes, *, typed_input: bool = False) -> InvocationBody:
     )
 
 
+_ORIGINATING = ResponseTarget.originating()  # frozen: every request may share it
 _TARGET_KINDS = ("originating", "active", "channel", "channels", "identities", "all_linked", "none")
 
 
@@ -112,7 +113,7 @@ def parse_response_target(value: Any) -> ResponseTarget:
     Whether the caller may choose it is the host's decision, not the codec's.
     """
     if value is None:
-        return ResponseTarget.originating()
+        return _ORIGINATING
     if isinstance(value, str):
         value = {"kind": value}
     if not isinstance(value, dict) or value.get("kind") not in _TARGET_KINDS:

@@ -18,7 +18,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
-from agenthost.backends.answers import AsgiRoute, JsonAnswer, raw_headers
+from agenthost.backends.answers import AsgiRoute, JsonAnswer, raw_headers, request_header
 from agenthost.backends.bodies import BODY_SECONDS, BodyRefused, ClientGone, read_json_body
 from agenthost.backends.channel import (
     INHERIT,
@@ -78,6 +78,8 @@ _REFUSALS: dict[RefusalReason, tuple[int, str, str]] = {
 }
 
 SessionKeys = Literal["caller", "host"]
+
+_ANONYMOUS_CALLER = codec.PlatformCaller(user_id=codec.ANONYMOUS, conversation_id=None)
 
 
 class InvocationsChannel(Channel):
@@ -176,9 +178,9 @@ class _Handlers:
         self._host = host
 
     async def invoke(self, request: Request) -> Response:
-        invocation = codec.invocation_id(request.headers.get("x-agent-invocation-id")) or (
-            secrets.token_hex(16)
-        )
+        invocation = codec.invocation_id(
+            request_header(request, b"x-agent-invocation-id")
+        ) or secrets.token_hex(16)
         headers = {"x-agent-invocation-id": invocation}
         channel = self._channel
         try:
@@ -196,9 +198,14 @@ class _Handlers:
             log.debug("invocation abandoned: the client left before its body arrived")
             return Response(status_code=400)
 
-        session_id = body.session_id or request.query_params.get("agent_session_id")
-        if session_id is not None and codec.invocation_id(session_id) is None:
-            return _error(422, "invalid_session_id", "'agent_session_id' is malformed.", headers)
+        # The codec checked a body's session id; one in the query string is checked here.
+        session_id = body.session_id
+        if session_id is None and request.scope.get("query_string"):
+            session_id = request.query_params.get("agent_session_id")
+            if session_id is not None and codec.invocation_id(session_id) is None:
+                return _error(
+                    422, "invalid_session_id", "'agent_session_id' is malformed.", headers
+                )
         caller_keyed = self._channel.session_keys == "caller"
         channel_request = ChannelRequest(
             channel=self._channel.name,
@@ -279,7 +286,7 @@ class _Handlers:
                     401, "unauthenticated", "The platform did not name the calling user."
                 )
             return caller
-        return codec.PlatformCaller(user_id=codec.ANONYMOUS, conversation_id=None)
+        return _ANONYMOUS_CALLER
 
     async def _start_background(
         self, channel_request: ChannelRequest, request: Request, headers: dict[str, str]
@@ -337,8 +344,9 @@ class _Handlers:
 def _render_outcome(outcome: TurnOutcome, invocation: str, headers: dict[str, str]) -> Response:
     if isinstance(outcome, TurnCompleted):
         session = outcome.result.session.key
+        answered = [(b"x-agent-invocation-id", invocation.encode("latin-1"))]
         if session is not None:
-            headers = {**headers, "x-agent-session-id": session}
+            answered.append((b"x-agent-session-id", session.encode("latin-1")))
         return JsonAnswer(
             codec.completed_body(
                 text=outcome.result.text,
@@ -346,7 +354,7 @@ def _render_outcome(outcome: TurnOutcome, invocation: str, headers: dict[str, st
                 invocation=invocation,
                 result=outcome.result.result,
             ),
-            headers=raw_headers(headers.items()),
+            headers=answered,
         )
     status, code, message = _failure_parts(outcome)
     return _error(status, code, message, headers)

@@ -38,15 +38,21 @@ class ConvertedHistories:
 
     def messages(
         self, session_id: str | None, stored: Sequence[Mapping[str, Any]]
-    ) -> list[HostMessage]:
-        """The history ``stored`` (the session's stored form) as host messages."""
+    ) -> tuple[HostMessage, ...]:
+        """The history ``stored`` (the session's stored form) as host messages.
+
+        A tuple, shared with the cache while nothing was appended: a turn's history is
+        not copied again unless it changed.
+        """
         entry = self._entries.get(session_id) if session_id is not None else None
         if entry is not None:
             count, last, converted = entry
             if count <= len(stored) and (count == 0 or stored[count - 1] == last):
                 self._entries.move_to_end(session_id)  # type: ignore[arg-type]
-                return [*converted, *structure_messages(stored[count:])]
-        return structure_messages(stored)
+                if count == len(stored):
+                    return converted
+                return (*converted, *structure_messages(stored[count:]))
+        return tuple(structure_messages(stored))
 
     def remember(
         self,
@@ -54,7 +60,8 @@ class ConvertedHistories:
         stored: Sequence[Mapping[str, Any]],
         messages: Sequence[HostMessage],
     ) -> None:
-        """``messages`` is ``stored`` converted: the history a successful turn saves."""
+        """``messages`` is ``stored`` converted: the history a successful turn saves (kept
+        as it is when it is a tuple already)."""
         if session_id is None or len(stored) != len(messages):
             return
         self._entries[session_id] = (len(stored), stored[-1] if stored else None, tuple(messages))

@@ -207,7 +207,8 @@ class CallableTarget(TargetAdapter):
         session_id = call.session_ref.session_id
         stored = (call.state or {}).get("messages", [])
         history = self._histories.messages(session_id, stored)
-        new_input = list(input_messages(call.request))
+        new_input = input_messages(call.request)
+        # The target gets a list of its own (it may change it); the history stays shared.
         produced = self._fn([*history, *new_input])
         if inspect.isawaitable(produced):
             text = await produced
@@ -224,8 +225,8 @@ class CallableTarget(TargetAdapter):
             text = "".join(chunks)
         reply = HostMessage(role="assistant", parts=(TextPart(text),))
         # The stored history is already in stored form: only this turn's messages convert.
-        saved = [*stored, *unstructure_messages([*new_input, reply])]
-        self._histories.remember(session_id, saved, [*history, *new_input, reply])
+        saved = [*stored, *unstructure_messages((*new_input, reply))]
+        self._histories.remember(session_id, saved, (*history, *new_input, reply))
         return TargetSucceeded(result=text, text=text, new_state={"messages": saved})
 
     async def append_assistant_message(

@@ -6,11 +6,13 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from agenthost.backends.histories import ConvertedHistories, LiveSessions
-from agenthost.sansio_core.types import HostMessage
+from agenthost.backends.targets import CallableTarget, TargetCall
+from agenthost.sansio_core.types import ChannelIdentity, ChannelRequest, HostMessage, SessionRef
 from agenthost.stores.codec import structure_messages, unstructure_messages
 
 
@@ -33,7 +35,7 @@ def test_the_cache_always_answers_the_full_conversion(steps: list[tuple[str, str
     history: list[dict[str, Any]] = []
     for kind, text in steps:
         got = cache.messages("s1", history)
-        assert got == structure_messages(history)
+        assert got == tuple(structure_messages(history))
         saved = [*history, *stored(text)]
         cache.remember("s1", saved, [*got, HostMessage.user(text)])
         if kind == "turn":
@@ -41,7 +43,7 @@ def test_the_cache_always_answers_the_full_conversion(steps: list[tuple[str, str
         elif kind == "rewritten" and saved:
             history = [*saved[:-1], *stored(text + "!")]
         # "lost": the store still holds the history before the turn
-    assert cache.messages("s1", history) == structure_messages(history)
+    assert cache.messages("s1", history) == tuple(structure_messages(history))
 
 
 def test_only_the_newest_sessions_are_kept() -> None:
@@ -58,7 +60,7 @@ def test_a_stateless_turn_is_never_cached() -> None:
     cache = ConvertedHistories()
     cache.remember(None, stored("hi"), [HostMessage.user("hi")])
     assert cache._entries == {}
-    assert cache.messages(None, stored("x")) == [HostMessage.user("x")]
+    assert cache.messages(None, stored("x")) == (HostMessage.user("x"),)
 
 
 def test_a_live_session_is_handed_back_once_and_only_for_its_state() -> None:
@@ -78,3 +80,34 @@ def test_only_the_newest_live_sessions_are_kept() -> None:
     for session in ("a", "b", "c"):
         cache.keep(session, {}, session)
     assert list(cache._entries) == ["b", "c"]
+
+
+def test_an_unchanged_history_is_handed_out_without_a_copy() -> None:
+    cache = ConvertedHistories()
+    history = stored("a", "b")
+    converted = cache.messages("s1", history)
+    cache.remember("s1", history, converted)
+    assert cache.messages("s1", history) is converted
+
+
+@pytest.mark.anyio
+async def test_a_target_that_changes_its_messages_changes_no_later_turn() -> None:
+    seen: list[list[str]] = []
+
+    async def vandal(messages: list[HostMessage]) -> str:
+        seen.append([m.text for m in messages])
+        reply = f"r{len(seen)}"
+        messages.clear()  # its own list: the host's history must not notice
+        messages.append(HostMessage.user("injected"))
+        return reply
+
+    target = CallableTarget(vandal)
+    state: dict[str, Any] | None = None
+    for text in ("one", "two", "three"):
+        request = ChannelRequest("app", ChannelIdentity("app", "u"), (HostMessage.user(text),))
+        done = await target.run(TargetCall(request, SessionRef("k", "s1", "s1"), state))
+        state = dict(done.new_state or {})
+    assert seen == [["one"], ["one", "r1", "two"], ["one", "r1", "two", "r2", "three"]]
+    assert [m.text for m in structure_messages(state["messages"])] == [
+        "one", "r1", "two", "r2", "three", "r3",
+    ]  # fmt: skip

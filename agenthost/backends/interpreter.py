@@ -45,11 +45,10 @@ class LocalRuns:
         self._holding: dict[str, str] = {}  # run id -> session id, while its target runs
         self.releases = 0  # how many leases this process released, ever
 
-    def register(self, run_id: str, scope: anyio.CancelScope, session_id: str | None) -> None:
-        """A run's target starts; with ``session_id`` it holds that session's lease."""
+    def register(self, run_id: str, scope: anyio.CancelScope, session_id: str) -> None:
+        """A run's target starts, holding ``session_id``'s lease."""
         self._scopes[run_id] = scope
-        if session_id is not None:
-            self._holding[run_id] = session_id
+        self._holding[run_id] = session_id
 
     def unregister(self, run_id: str) -> None:
         self._scopes.pop(run_id, None)
@@ -369,12 +368,18 @@ class TurnInterpreter:
     ) -> fx.TargetSucceeded | fx.TargetFailed:
         call = TargetCall(effect.request, effect.session_ref, effect.session_state, turn.on_update)
         answer: fx.TargetSucceeded | fx.TargetFailed
-        held = turn.session_id if turn.holding else None
+        # Only a lease's holder is ever stopped (its lease lost, an interrupt): a run
+        # holding none (stateless, or in a session its save creates) needs no cancel scope,
+        # which costs more than the rest of the run's handling here.
+        stoppable = anyio.CancelScope() if turn.holding else None
         with (
-            anyio.CancelScope() as run_scope,
+            _UNSTOPPABLE if stoppable is None else stoppable as run_scope,
             tracing.span("agenthost.run", enabled=turn.traced) as spanned,
         ):
-            self._local.register(effect.run_id, run_scope, held)  # renew_leases keeps it
+            if stoppable is not None:
+                assert turn.session_id is not None
+                # renew_leases keeps its lease, an interrupt or a lost lease stops it
+                self._local.register(effect.run_id, stoppable, turn.session_id)
             try:
                 done = await self._target.run(call)
                 answer = fx.TargetSucceeded(
@@ -392,7 +397,8 @@ class TurnInterpreter:
                 )
                 answer = fx.TargetFailed(f"the target raised {type(exc).__name__}")
             finally:
-                self._local.unregister(effect.run_id)
+                if stoppable is not None:
+                    self._local.unregister(effect.run_id)
             spanned.set_attribute(
                 "agenthost.outcome",
                 "succeeded" if isinstance(answer, fx.TargetSucceeded) else "failed",
@@ -481,6 +487,21 @@ def _performer_of(kind: type) -> Performer:
         if perform is not None:
             return perform
     raise TypeError(f"no interpreter for effect {kind.__name__}")
+
+
+class _Unstoppable:
+    """In place of the cancel scope of a run nothing can stop (it holds no lease)."""
+
+    cancelled_caught = False
+
+    def __enter__(self) -> _Unstoppable:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        return None
+
+
+_UNSTOPPABLE = _Unstoppable()
 
 
 def _already_set() -> anyio.Event:

@@ -40,6 +40,7 @@ from agenthost.backends.workflow_outputs import (
 )
 from agenthost.sansio_core.effects import TargetSucceeded
 from agenthost.sansio_core.types import ChannelRequest, HostMessage, SessionRef, TextPart, UriPart
+from agenthost.sansio_core.values import builds_fast
 from agenthost.stores.codec import unstructure_messages
 
 if TYPE_CHECKING:
@@ -64,6 +65,7 @@ class StreamUpdate:
 UpdateSink = Callable[[StreamUpdate], Awaitable[None]]
 
 
+@builds_fast  # one a turn
 @attrs.frozen
 class TargetCall:
     request: ChannelRequest

@@ -12,7 +12,7 @@ import pytest
 
 from agenthost.backends import interpreter
 from agenthost.backends.interpreter import InterpreterSettings, LocalRuns, TurnInterpreter
-from agenthost.backends.targets import CallableTarget
+from agenthost.backends.targets import CallableTarget, TargetCall
 from agenthost.sansio_core import effects as fx
 from agenthost.sansio_core import leases
 from agenthost.sansio_core.sessions import ScopeKey
@@ -175,3 +175,17 @@ async def test_a_holder_is_stopped_by_its_lease_and_a_cancellation_from_outside_
                 tasks.cancel_scope.cancel()  # the caller went away: not an interrupted run
         assert not outer.cancelled_caught
         assert interpreter._local.holding() == []
+
+
+def test_a_target_call_holds_what_it_was_built_with() -> None:
+    # TargetCall builds fast: still the frozen attrs value it declares, defaults included.
+    run = _run_target("run-1")
+    call = TargetCall(run.request, run.session_ref, None)
+    assert attrs.asdict(call, recurse=False) == {
+        "request": run.request,
+        "session_ref": run.session_ref,
+        "state": None,
+        "on_update": None,
+    }
+    with pytest.raises(attrs.exceptions.FrozenInstanceError):
+        call.state = {}  # type: ignore[misc]

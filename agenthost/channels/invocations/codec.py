@@ -36,6 +36,7 @@ from agenthost.sansio_core.types import (
     TextPart,
     UriPart,
 )
+from agenthost.sansio_core.values import builds_fast
 
 ANONYMOUS = "anonymous"
 _ID_PATTERN = re.compile(r"[A-Za-z0-9\-_.:]{1,256}")  # always fullmatch: "$" allows a "\n"
@@ -54,6 +55,7 @@ class InvocationError(Exception):
         self.message = message
 
 
+@builds_fast  # one a request
 @attrs.frozen
 class InvocationBody:
     input: Any

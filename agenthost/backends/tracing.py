@@ -25,14 +25,14 @@ What this module owns:
      span carries both ``agenthost.access`` (``allowed``, or the ``Denied.reason_code`` /
      ``link_required`` of the refused ``opening.Outcome``; never its ``log_details``) and
      ``agenthost.session_id`` and whether the lease was granted or is waited for;
-  3. a lease wait: in the ``fx.WaitForLease`` branch of ``TurnInterpreter._perform``, a
+  3. a lease wait: in ``TurnInterpreter._wait_for_lease`` (``fx.WaitForLease``), a
      span event ``agenthost.lease_wait`` on the current span, and (once per run) a
      ``HostEvent("lease", "waited", channel)`` for ``agenthost_lease_waits_total``;
   4. ``agenthost.run`` around ``self._target.run(call)`` in
      ``TurnInterpreter._run_target``, with ``agenthost.outcome`` = succeeded, failed or
      cancelled (the error's type only);
-  5. ``agenthost.save`` around ``store.finish_run(...)`` in the ``fx.FinishRun`` branch,
-     with ``agenthost.saved``;
+  5. ``agenthost.save`` around ``store.finish_run(...)`` in
+     ``TurnInterpreter._finish_run`` (``fx.FinishRun``), with ``agenthost.saved``;
   6. ``agenthost.deliver`` around ``pusher.push(destination, message)`` in
      ``DeliveryWorker._push``, with ``delivery_id``, ``channel``, ``phase`` (echo or
      reply) and the outcome's state;
@@ -91,7 +91,9 @@ def span(
     turn passes several of these, and spans nobody records should cost nothing. Asking
     the API whether a provider is installed is itself not free (it looks the environment
     up each time), so a caller opening several spans for one turn asks
-    :func:`tracing_enabled` once and passes the answer as ``enabled``.
+    :func:`tracing_enabled` once and passes the answer as ``enabled``; the host asks once,
+    when it starts (``TurnInterpreter.traced``): the application installs its provider
+    before serving.
     """
     if not (tracing_enabled() if enabled is None else enabled):
         return _NOT_RECORDING

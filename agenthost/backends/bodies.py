@@ -24,6 +24,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.types import Receive, Scope, Send
 
 from agenthost.backends.answers import request_header
+from agenthost.backends.asyncio_bridge import asyncio_timeout
 
 DRAIN_BYTES = 8 * 1024 * 1024
 DRAIN_SECONDS = 10.0
@@ -127,26 +128,37 @@ async def read_limited(request: Request, limit: int, *, within: float = BODY_SEC
 async def receive_limited(receive: Receive, limit: int, *, within: float) -> bytes:
     """The body's bytes from ASGI ``receive`` messages, within ``limit`` and ``within``
     (:func:`read_limited`'s rules, for an app that holds no ``Request``)."""
+    timeout = asyncio_timeout(within)  # cheaper than anyio's scope, where there is one
+    if timeout is not None:
+        try:
+            async with timeout:
+                return await _receive_body(receive, limit)
+        except TimeoutError:
+            raise BodyTimedOut(within) from None
+    with anyio.CancelScope(deadline=anyio.current_time() + within):
+        return await _receive_body(receive, limit)
+    # Only the deadline ends the scope without an answer: a cancellation from outside
+    # propagates.
+    raise BodyTimedOut(within)
+
+
+async def _receive_body(receive: Receive, limit: int) -> bytes:
     chunks: list[bytes] = []
     size = 0
-    # One cancel scope with a deadline: a cheaper way to bound the wait than fail_after.
-    with anyio.CancelScope(deadline=anyio.current_time() + within):
-        while True:
-            message = await receive()
-            kind = message["type"]
-            if kind == "http.request":
-                chunk = message.get("body", b"")
-                if chunk:
-                    size += len(chunk)
-                    if size > limit:
-                        raise BodyTooLarge(limit)
-                    chunks.append(chunk)
-                if not message.get("more_body", False):
-                    return chunks[0] if len(chunks) == 1 else b"".join(chunks)
-            elif kind == "http.disconnect":
-                raise ClientGone()
-    # Only the deadline ends the loop here: a cancellation from outside propagates.
-    raise BodyTimedOut(within)
+    while True:
+        message = await receive()
+        kind = message["type"]
+        if kind == "http.request":
+            chunk = message.get("body", b"")
+            if chunk:
+                size += len(chunk)
+                if size > limit:
+                    raise BodyTooLarge(limit)
+                chunks.append(chunk)
+            if not message.get("more_body", False):
+                return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+        elif kind == "http.disconnect":
+            raise ClientGone()
 
 
 class OversizedBodyResponse(JSONResponse):

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import anyio
+import anyio.lowlevel
 import pytest
 from starlette.requests import Request
 
@@ -86,6 +87,35 @@ async def test_a_cancellation_from_outside_is_not_a_timeout() -> None:
     request, _ = request_with(chunks(2), {})
     with anyio.move_on_after(0.1) as outer:
         await read_limited(request, 1000, within=5.0)
+    assert outer.cancelled_caught
+
+
+async def test_a_timeout_inside_an_outer_scope_leaves_the_task_usable() -> None:
+    # On asyncio the deadline is asyncio's own timeout, inside anyio's scopes: its expiry
+    # must not look like a cancellation to them, nor leave the task marked as cancelling.
+    request, _ = request_with(chunks(2), {})
+    with anyio.fail_after(5) as outer:
+        with pytest.raises(BodyTimedOut):
+            await read_limited(request, 1000, within=0.1)
+        await anyio.lowlevel.checkpoint()  # a checkpoint after it passes
+        with anyio.move_on_after(0.05) as later:
+            await anyio.sleep(5)
+        assert later.cancelled_caught
+        await anyio.lowlevel.checkpoint()
+    assert not outer.cancel_called
+
+
+async def test_an_outer_cancel_while_reading_is_not_a_timeout_and_ends_the_scope() -> None:
+    request, _ = request_with(chunks(1), {})
+    with anyio.CancelScope() as outer:
+        async with anyio.create_task_group() as tasks:
+
+            async def read() -> None:
+                await read_limited(request, 1000, within=0.2)
+
+            tasks.start_soon(read)
+            await anyio.sleep(0.05)
+            outer.cancel()  # before the body's deadline
     assert outer.cancelled_caught
 
 

@@ -13,7 +13,6 @@ This module renders and serves; it decides nothing about what an answer says.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from typing import Any
 
@@ -21,9 +20,11 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
+from agenthost.sansio_core.json_encoders import compact_encoder
+
 RawHeaders = list[tuple[bytes, bytes]]
 
-_ENCODER = json.JSONEncoder(ensure_ascii=False, allow_nan=False, separators=(",", ":"))
+_ENCODE = compact_encoder(ensure_ascii=False, allow_nan=False)
 _JSON_TYPE = (b"content-type", b"application/json")
 
 
@@ -44,7 +45,7 @@ def request_header(request: Request, name: bytes) -> str | None:
 
 def encode_json(content: Any) -> bytes:
     """``content`` as the JSON bytes every answer here carries."""
-    return _ENCODER.encode(content).encode()
+    return _ENCODE(content).encode()
 
 
 class JsonAnswer(Response):

@@ -18,6 +18,7 @@ import cattrs
 from agenthost.sansio_core import leases
 from agenthost.sansio_core.background import RunRecord
 from agenthost.sansio_core.delivery import Delivery
+from agenthost.sansio_core.json_encoders import compact_encoder
 from agenthost.sansio_core.types import ContentPart, FunctionCall, HostMessage, TextPart, UriPart
 
 T = TypeVar("T")
@@ -100,13 +101,11 @@ def structure_input(data: Mapping[str, Any]) -> Any:
     raise ValueError(f"unknown input kind {data['kind']!r}")
 
 
-def to_json(value: Any) -> str:
-    return json.dumps(value, separators=(",", ":"), sort_keys=True)
+# Built once (json.dumps with options builds an encoder per call): see json_encoders.
+to_json = compact_encoder(sort_keys=True)
 
-
-def to_state_json(state: Mapping[str, Any]) -> str:
-    """A session's state as the target adapter made it (JSON-shaped already)."""
-    return json.dumps(state, separators=(",", ":"), allow_nan=False)
+# A session's state as the target adapter made it (JSON-shaped already).
+to_state_json = compact_encoder(allow_nan=False)
 
 
 def dump(value: Any) -> str:
@@ -134,7 +133,7 @@ def load_run(text: str) -> RunRecord:
 # A lease is written twice and read once or twice every turn: it gets its own encoder and
 # decoder rather than cattrs' generic walk. Both produce exactly what ``dump`` and ``load``
 # do (keys in sorted order, cattrs' conversions of each field), so stored text is unchanged.
-_COMPACT = json.JSONEncoder(separators=(",", ":")).encode
+_COMPACT = compact_encoder()
 
 
 def dump_lease(state: leases.LeaseState) -> str:

@@ -40,8 +40,7 @@ from agenthost.stores import codec
 DEFAULT_SESSIONS = 256
 
 # The encoder of codec.to_state_json: ASCII-escaped, compact, no NaN.
-_ENCODER = json.JSONEncoder(separators=(",", ":"), allow_nan=False)
-_encode = _ENCODER.encode
+_encode = codec.to_state_json
 
 
 class _Kept:

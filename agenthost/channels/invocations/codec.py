@@ -16,7 +16,6 @@ when the transport says the deployment sets them.
 
 from __future__ import annotations
 
-import json
 import re
 from collections.abc import Mapping
 from typing import Any
@@ -25,6 +24,7 @@ import attrs
 
 from agenthost.backends.workflow_outputs import WorkflowTurn
 from agenthost.sansio_core import strict_json
+from agenthost.sansio_core.json_encoders import compact_encoder
 from agenthost.sansio_core.media_uris import media_uri_problem
 from agenthost.sansio_core.types import (
     ChannelIdentity,
@@ -339,5 +339,8 @@ def error_body(code: str, message: str) -> dict[str, Any]:
     return {"error": {"code": code, "message": message}}
 
 
+_ENCODE_EVENT = compact_encoder()  # one a streamed chunk: built once
+
+
 def sse_event(event: str, data: Mapping[str, Any]) -> bytes:
-    return f"event: {event}\ndata: {json.dumps(data, separators=(',', ':'))}\n\n".encode()
+    return f"event: {event}\ndata: {_ENCODE_EVENT(data)}\n\n".encode()

@@ -20,9 +20,10 @@ from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
 Emit = Callable[[bytes], Awaitable[None]]
-#: Writes chunks through ``emit``; may return a response to send instead, which is used
-#: only if it emitted nothing.
-Producer = Callable[[Emit], Awaitable[Response | None]]
+#: Writes chunks through ``emit``; may return the body's last chunk, which is sent with
+#: the body's end (one send less), or a response to send instead, which is used only if
+#: it emitted nothing.
+Producer = Callable[[Emit], Awaitable[Response | bytes | None]]
 
 
 class ProducerResponse(Response):
@@ -73,18 +74,23 @@ class ProducerResponse(Response):
                         tasks.cancel_scope.cancel()
                         return
 
-            async def emit(chunk: bytes) -> None:
+            async def emit(chunk: bytes, more_body: bool = True) -> None:
                 try:
-                    await start()
-                    await send({"type": "http.response.body", "body": chunk, "more_body": True})
+                    if not started:
+                        await start()
+                    await send(
+                        {"type": "http.response.body", "body": chunk, "more_body": more_body}
+                    )
                 except OSError:
                     tasks.cancel_scope.cancel()
                     await anyio.lowlevel.checkpoint()
 
             tasks.start_soon(watch_disconnect)
             answer = await self._produce(emit)
-            if answer is not None and not started:
+            if isinstance(answer, Response) and not started:
                 instead = answer
+            elif isinstance(answer, bytes) and answer:
+                await emit(answer, more_body=False)
             else:
                 await start()
                 await send({"type": "http.response.body", "body": b"", "more_body": False})

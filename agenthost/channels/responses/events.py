@@ -144,6 +144,20 @@ class ResponseEvents:
             self._text(text, None, events)
         return events
 
+    def continue_text(self, text: str) -> tuple[int, str, int] | None:
+        """Take a plain text chunk that only continues the open message, for a wire that
+        renders its one ``response.output_text.delta`` event itself: that event's sequence
+        number, item id and output index. ``None``, having taken nothing, when the chunk
+        needs :meth:`feed_text` (no message is open, the text is empty, or it finished).
+        """
+        opened = self._open
+        if opened is None or opened.kind != "message" or not text or self.finished:
+            return None
+        opened.chunks.append(text)
+        sequence = self._sequence
+        self._sequence = sequence + 1
+        return sequence, opened.id, opened.index
+
     def break_item(self) -> list[dict[str, Any]]:
         """Close the open item: what comes next is a new item."""
         events: list[dict[str, Any]] = []

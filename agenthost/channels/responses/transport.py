@@ -64,7 +64,7 @@ from agenthost.backends.channel import (
 )
 from agenthost.backends.streaming import Emit, ProducerResponse
 from agenthost.backends.targets import StreamUpdate, UpdateSink
-from agenthost.channels.responses import codec, events, records
+from agenthost.channels.responses import codec, events, records, sse
 from agenthost.channels.responses.codec import CreateRequest, ResponsesError
 from agenthost.channels.responses.live import BackgroundRun, EventLog
 from agenthost.channels.responses.records import Records
@@ -572,18 +572,24 @@ class _Service:
 
     def _stream(self, turn: _Turn, request: Request) -> Response:
         machine = self._machine(turn.response)
+        text_deltas = sse.TextDeltaFrames()
 
-        async def produce(emit: Emit) -> Response | None:
+        async def produce(emit: Emit) -> Response | bytes:
             async def send(batch: list[dict[str, Any]]) -> None:
                 if batch:
-                    await emit(_sse(batch))
+                    await emit(sse.frames(batch))
+
+            async def send_text_delta(delta: tuple[int, str, int], text: str) -> None:
+                await emit(text_deltas.frame(*delta, text))
 
             try:
-                await self._run_streaming(turn, machine, send, protocol_request=request)
+                final = await self._run_streaming(
+                    turn, machine, send, protocol_request=request, send_text_delta=send_text_delta
+                )
             except ResponsesError as refused:
                 # Nothing was sent yet: the refusal keeps its own status, no stream starts.
                 return _error(refused)
-            return None
+            return sse.frames(final)  # sent with the end of the body
 
         return ProducerResponse(produce, headers=_request_id_header())
 
@@ -594,12 +600,16 @@ class _Service:
         send: Callable[[list[dict[str, Any]]], Awaitable[None]],
         *,
         protocol_request: Any,
-    ) -> None:
-        """Run a turn, sending its events as they come (SSE and WebSocket alike).
+        send_text_delta: Callable[[tuple[int, str, int], str], Awaitable[None]] | None = None,
+    ) -> list[dict[str, Any]]:
+        """Run a turn, sending its events as they come (SSE and WebSocket alike); the
+        events left to send at the end (the terminal ones), for the caller to send.
 
         ``response.created`` goes out with the first update (or the end), once the host
         has accepted the turn: a refused turn raises its ``ResponsesError`` before any
-        event, so no response is announced that will never exist.
+        event, so no response is announced that will never exist. ``send_text_delta``,
+        when given, sends the text that only continues the open message itself
+        (:meth:`events.ResponseEvents.continue_text`), without an event dict.
         """
         opening = machine.created() + machine.in_progress()
 
@@ -610,12 +620,15 @@ class _Service:
             await send(batch)
 
         async def on_update(update: StreamUpdate) -> None:
-            batch = (
-                machine.feed(update.raw)
-                if update.raw is not None
-                else machine.feed_text(update.text)
-            )
-            await send_opened(batch)
+            if update.raw is not None:
+                await send_opened(machine.feed(update.raw))
+                return
+            if send_text_delta is not None and not opening:
+                delta = machine.continue_text(update.text)
+                if delta is not None:
+                    await send_text_delta(delta, update.text)
+                    return
+            await send_opened(machine.feed_text(update.text))
 
         finals: list[list[dict[str, Any]]] = []
 
@@ -641,7 +654,7 @@ class _Service:
         else:  # nothing was saved with the turn (stateless, a command): stored on its own
             final = self._finish_events(machine, outcome)
             await self._save_turn(turn, machine.response, outcome)
-        await send_opened(final)
+        return opening + final
 
     def _finish_events(
         self, machine: events.ResponseEvents, outcome: TurnCompleted | TurnFailed
@@ -828,7 +841,7 @@ class _Service:
     def _follow(self, rid: str, caller: str, *, starting_after: int) -> Response:
         async def produce(emit: Emit) -> None:
             async def send(batch: list[dict[str, Any]]) -> None:
-                await emit(_sse(batch))
+                await emit(sse.frames(batch))
 
             async def settled() -> bool:
                 return await self._settled(rid, caller)
@@ -1005,7 +1018,7 @@ class _Service:
         machine = self._machine(
             turn.response, stream_id=stream_id if isinstance(stream_id, str) else None
         )
-        await self._run_streaming(turn, machine, send, protocol_request=websocket)
+        await send(await self._run_streaming(turn, machine, send, protocol_request=websocket))
 
     # --- conversations ----------------------------------------------------------------
 
@@ -1297,16 +1310,6 @@ _FORBIDDEN: dict[RefusalReason, tuple[str, str]] = {
     RefusalReason.SESSION_NOT_FOUND: ("not_found", "No session matches this request."),
     RefusalReason.SESSION_BUSY: ("conversation_busy", "The conversation is busy."),
 }
-
-
-# Built once: json.dumps with any option builds an encoder per call, and a stream
-# encodes one per event.
-_SSE_ENCODER = json.JSONEncoder(separators=(",", ":"))
-
-
-def _sse(batch: Sequence[Mapping[str, Any]]) -> bytes:
-    encode = _SSE_ENCODER.encode
-    return "".join(f"event: {event['type']}\ndata: {encode(event)}\n\n" for event in batch).encode()
 
 
 def _request_id_header() -> dict[str, str]:

@@ -10,13 +10,29 @@ what :func:`frames` makes of the event :class:`~.events.ResponseEvents` would ha
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from json.encoder import encode_basestring_ascii
 from typing import Any
 
-# Built once: json.dumps with any option builds an encoder per call, and a stream
-# encodes one per event.
-_ENCODER = json.JSONEncoder(separators=(",", ":"))
+
+def _compact_encoder() -> Callable[[Any], str]:
+    """``json.dumps(value, separators=(",", ":"))``, its C encoder built once.
+
+    ``JSONEncoder.encode`` builds one per call, in Python, and a stream encodes one per
+    event. Without circular-reference checks: events are trees the machine built.
+    """
+    encoder = json.JSONEncoder(separators=(",", ":"), check_circular=False)
+    # Not in typeshed, and None without the C accelerator (another Python implementation).
+    make_encoder = getattr(json.encoder, "c_make_encoder", None)
+    if make_encoder is None:
+        return encoder.encode
+    make = make_encoder(
+        None, encoder.default, encode_basestring_ascii, None, ":", ",", False, False, True
+    )
+    return lambda value: "".join(make(value, 0))
+
+
+_encode = _compact_encoder()
 
 _DELTA = "response.output_text.delta"
 _DELTA_HEAD = f'event: {_DELTA}\ndata: {{"type":"{_DELTA}","sequence_number":'.encode()
@@ -25,7 +41,7 @@ _DELTA_TAIL = b',"logprobs":[]}\n\n'
 
 def frames(batch: Sequence[Mapping[str, Any]]) -> bytes:
     """``event:`` and ``data:`` lines for each event, in order."""
-    encode = _ENCODER.encode
+    encode = _encode
     return "".join(f"event: {event['type']}\ndata: {encode(event)}\n\n" for event in batch).encode()
 
 

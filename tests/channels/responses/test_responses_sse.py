@@ -113,6 +113,21 @@ def test_text_delta_frames_are_the_general_paths_bytes(
     assert taken <= sum(1 for kind, value in steps if kind == "text" and value)
 
 
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | texts,
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(texts, inner, max_size=4),
+    max_leaves=20,
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(kind=st.text(max_size=30), fields=st.dictionaries(texts, json_values, max_size=6))
+def test_frames_encode_as_compact_json_dumps(kind: str, fields: dict[str, Any]) -> None:
+    event = {"type": kind, **fields}
+    data = json.dumps(event, separators=(",", ":"))
+    assert sse.frames([event, event]) == f"event: {kind}\ndata: {data}\n\n".encode() * 2
+
+
 def test_a_text_delta_continues_only_an_open_message() -> None:
     events = machine("resp_1")
     events.created()

@@ -113,6 +113,18 @@ class ResponseEvents:
         self.response["status"] = "in_progress"
         return [self._event("response.in_progress", response=self._snapshot())]
 
+    def started(self) -> list[dict[str, Any]]:
+        """:meth:`created` then :meth:`in_progress`, a foreground stream's first events.
+
+        A response that was in progress already is the same in both: they share one
+        snapshot, which the SSE encoder then encodes once.
+        """
+        events = self.created()
+        if self.response.get("status") != "in_progress":
+            return events + self.in_progress()
+        events.append(self._event("response.in_progress", response=events[0]["response"]))
+        return events
+
     # --- updates ----------------------------------------------------------------------
 
     def feed(self, update: Any) -> list[dict[str, Any]]:

@@ -39,10 +39,35 @@ _DELTA_HEAD = f'event: {_DELTA}\ndata: {{"type":"{_DELTA}","sequence_number":'.e
 _DELTA_TAIL = b',"logprobs":[]}\n\n'
 
 
+_SNAPSHOT_EVENT = ("type", "sequence_number", "response")
+
+
 def frames(batch: Sequence[Mapping[str, Any]]) -> bytes:
-    """``event:`` and ``data:`` lines for each event, in order."""
+    """``event:`` and ``data:`` lines for each event, in order.
+
+    A response object is the bulk of the events that carry one, and events of a batch
+    may share it (:meth:`~.events.ResponseEvents.started`): it is encoded once, and such
+    an event is written around it.
+    """
     encode = _encode
-    return "".join(f"event: {event['type']}\ndata: {encode(event)}\n\n" for event in batch).encode()
+    written = []
+    response: Any = None
+    response_json = ""
+    for event in batch:
+        kind = event["type"]
+        if tuple(event) == _SNAPSHOT_EVENT:
+            if event["response"] is not response:
+                response = event["response"]
+                response_json = encode(response)
+            sequence_number = encode(event["sequence_number"])
+            data = (
+                f'{{"type":{encode(kind)},"sequence_number":{sequence_number},'
+                f'"response":{response_json}}}'
+            )
+        else:
+            data = encode(event)
+        written.append(f"event: {kind}\ndata: {data}\n\n")
+    return "".join(written).encode()
 
 
 class TextDeltaFrames:

@@ -611,7 +611,7 @@ class _Service:
         when given, sends the text that only continues the open message itself
         (:meth:`events.ResponseEvents.continue_text`), without an event dict.
         """
-        opening = machine.created() + machine.in_progress()
+        opening = machine.started()
 
         async def send_opened(batch: list[dict[str, Any]]) -> None:
             nonlocal opening

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import anyio.lowlevel
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from starlette.testclient import TestClient
@@ -89,8 +90,8 @@ def test_text_delta_frames_are_the_general_paths_bytes(
     deltas = sse.TextDeltaFrames()
     sent: tuple[list[bytes], list[bytes]] = ([], [])
     taken = 0
-    for side, events in ((general, sent[0]), (fast, sent[1])):
-        events.append(sse.frames(side.created() + side.in_progress()))
+    sent[0].append(sse.frames(general.created() + general.in_progress()))
+    sent[1].append(sse.frames(fast.started()))
     for kind, value in steps:
         if kind == "text":
             sent[0].append(sse.frames(general.feed_text(value)))
@@ -126,6 +127,37 @@ def test_frames_encode_as_compact_json_dumps(kind: str, fields: dict[str, Any]) 
     event = {"type": kind, **fields}
     data = json.dumps(event, separators=(",", ":"))
     assert sse.frames([event, event]) == f"event: {kind}\ndata: {data}\n\n".encode() * 2
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    responses=st.lists(st.dictionaries(texts, json_values, max_size=6), min_size=1, max_size=3),
+    picks=st.lists(st.tuples(st.integers(0, 2), st.booleans(), json_values), max_size=6),
+)
+def test_events_sharing_a_response_encode_as_compact_json_dumps(
+    responses: list[dict[str, Any]], picks: list[tuple[int, bool, Any]]
+) -> None:
+    batch: list[dict[str, Any]] = []
+    for index, extra, sequence_number in picks:
+        event = {"type": "response.x", "sequence_number": sequence_number}
+        event["response"] = responses[index % len(responses)]  # shared objects
+        if extra:
+            event["stream_id"] = "lane"  # another shape: encoded whole
+        batch.append(event)
+    expected = b"".join(
+        f"event: response.x\ndata: {json.dumps(event, separators=(',', ':'))}\n\n".encode()
+        for event in batch
+    )
+    assert sse.frames(batch) == expected
+
+
+@pytest.mark.parametrize("status", ["in_progress", "queued"])
+def test_started_is_created_then_in_progress(status: str) -> None:
+    apart, together = machine("resp_1"), machine("resp_1")
+    apart.response["status"] = together.response["status"] = status
+    expected = apart.created() + apart.in_progress()
+    assert json.dumps(together.started()) == json.dumps(expected)
+    assert json.dumps(together.response) == json.dumps(apart.response)
 
 
 def test_a_text_delta_continues_only_an_open_message() -> None:

@@ -34,11 +34,6 @@ def _compact_encoder() -> Callable[[Any], str]:
 
 _encode = _compact_encoder()
 
-_DELTA = "response.output_text.delta"
-_DELTA_HEAD = f'event: {_DELTA}\ndata: {{"type":"{_DELTA}","sequence_number":'.encode()
-_DELTA_TAIL = b',"logprobs":[]}\n\n'
-
-
 _SNAPSHOT_EVENT = ("type", "sequence_number", "response")
 
 
@@ -68,6 +63,11 @@ def frames(batch: Sequence[Mapping[str, Any]]) -> bytes:
             data = encode(event)
         written.append(f"event: {kind}\ndata: {data}\n\n")
     return "".join(written).encode()
+
+
+_DELTA = "response.output_text.delta"
+_DELTA_HEAD = f'event: {_DELTA}\ndata: {{"type":"{_DELTA}","sequence_number":'.encode()
+_DELTA_TAIL = b',"logprobs":[]}\n\n'
 
 
 class TextDeltaFrames:

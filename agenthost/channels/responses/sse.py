@@ -9,30 +9,13 @@ what :func:`frames` makes of the event :class:`~.events.ResponseEvents` would ha
 
 from __future__ import annotations
 
-import json
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from json.encoder import encode_basestring_ascii
 from typing import Any
 
+from agenthost.sansio_core.json_encoders import compact_encoder
 
-def _compact_encoder() -> Callable[[Any], str]:
-    """``json.dumps(value, separators=(",", ":"))``, its C encoder built once.
-
-    ``JSONEncoder.encode`` builds one per call, in Python, and a stream encodes one per
-    event. Without circular-reference checks: events are trees the machine built.
-    """
-    encoder = json.JSONEncoder(separators=(",", ":"), check_circular=False)
-    # Not in typeshed, and None without the C accelerator (another Python implementation).
-    make_encoder = getattr(json.encoder, "c_make_encoder", None)
-    if make_encoder is None:
-        return encoder.encode
-    make = make_encoder(
-        None, encoder.default, encode_basestring_ascii, None, ":", ",", False, False, True
-    )
-    return lambda value: "".join(make(value, 0))
-
-
-_encode = _compact_encoder()
+_encode = compact_encoder()  # built once: a stream encodes one event after another
 
 _SNAPSHOT_EVENT = ("type", "sequence_number", "response")
 

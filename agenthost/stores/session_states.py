@@ -149,6 +149,11 @@ class KeptLeases:
         self._keep(session_id, text, state)
         return text
 
+    def last(self, session_id: str) -> tuple[str, leases.LeaseState] | None:
+        """The text last read or written for the session's lease and its state, if kept:
+        what the store held then, not necessarily what it holds now."""
+        return self._kept.get(session_id)
+
     def _keep(self, session_id: str, text: str, state: leases.LeaseState) -> None:
         self._kept[session_id] = (text, state)
         self._kept.move_to_end(session_id)

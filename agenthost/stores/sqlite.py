@@ -1806,11 +1806,12 @@ def _finish_run(
     """Inside a transaction: release the lease; save ``session`` while ``run_id`` held it."""
     if creation is not None:
         return _finish_creation(conn, creation, run_id, session, now)
-    state = _select_lease(conn, session_id)
-    new_state, decision = leases.apply(state, leases.Release(run_id, now))
-    if not isinstance(decision, leases.Released):
-        return False
-    _write_lease(conn, session_id, new_state)
+    if not _release_kept_lease(conn, session_id, run_id, now):
+        state = _select_lease(conn, session_id)
+        new_state, decision = leases.apply(state, leases.Release(run_id, now))
+        if not isinstance(decision, leases.Released):
+            return False
+        _write_lease(conn, session_id, new_state)
     if session is None:
         return False
     _write_session(conn, session_id, session)
@@ -1835,6 +1836,31 @@ def _finish_creation(
     _write_session(conn, alias.session_id, session if session is not None else creation.record)
     _write_lease(conn, alias.session_id, new_state)
     return session is not None
+
+
+def _release_kept_lease(
+    conn: sqlite3.Connection, session_id: str, run_id: str, now: float
+) -> bool:
+    """Release the lease in one statement when it is stored as this connection last wrote
+    it (the turn's own grant, in the usual case): whether it did.
+
+    The release is decided on the kept state and written only where the stored text is
+    still the kept text, so a lease that changed since (a waiter arrived, another process
+    took over) is left alone and ``False`` sends the caller to the full read.
+    """
+    kept = conn.leases.last(session_id) if isinstance(conn, _Connection) else None
+    if kept is None:
+        return False
+    kept_text, kept_state = kept
+    new_state, decision = leases.apply(kept_state, leases.Release(run_id, now))
+    if not isinstance(decision, leases.Released):
+        return False
+    assert isinstance(conn, _Connection)
+    cursor = conn.execute(
+        "UPDATE session_leases SET state = ? WHERE session_id = ? AND state = ?",
+        (conn.leases.encode(session_id, new_state), session_id, kept_text),
+    )
+    return cursor.rowcount == 1
 
 
 def _select_lease(conn: sqlite3.Connection, session_id: str) -> leases.LeaseState:

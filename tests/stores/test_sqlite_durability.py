@@ -416,3 +416,59 @@ async def test_a_returning_turn_opens_with_one_indexed_query(tmp_path: Path) -> 
     plan = [row[3] for row in conn.execute(f"EXPLAIN QUERY PLAN {queries[0]}")]
     assert not [step for step in plan if step.startswith("SCAN")], plan
     await store.close()
+
+
+async def test_a_turn_releases_its_own_grant_without_reading_the_lease_again(
+    tmp_path: Path,
+) -> None:
+    # The lease as the turn's opening wrote it is released by one conditional update.
+    from tests.stores.test_store_contract import opening_for
+
+    store = SQLiteStore(tmp_path / "state.db")
+    opened = await store.open_turn(opening_for(ALICE, "r1"))
+    assert isinstance(opened, opening.Opened) and opened.session is not None
+    conn = store._conn
+    assert conn is not None
+    statements: list[str] = []
+    conn.set_trace_callback(statements.append)
+    try:
+        saved = attrs.evolve(opened.session, state={"history": ["hi"]}, turns=1)
+        assert await store.finish_run("s_r1", "r1", saved, 11.0)
+    finally:
+        conn.set_trace_callback(None)
+    reads = [s for s in statements if s.lstrip().upper().startswith("SELECT")]
+    assert reads == [], reads
+    again = await store.apply_lease_event("s_r1", leases.Arrive("r2", ENQUEUE, 12.0, 30.0))
+    assert isinstance(again.decision, leases.Granted)
+    assert again.session is not None and again.session.state == {"history": ["hi"]}
+    await store.close()
+
+
+async def test_a_lease_changed_by_another_connection_is_released_from_what_is_stored(
+    tmp_path: Path,
+) -> None:
+    # The first connection keeps the lease text it wrote at the grant; a run that arrives
+    # through a second connection changes the stored lease (it waits). The release must
+    # start from what is stored, or the waiter would be dropped and never run.
+    from tests.stores.test_store_contract import opening_for
+
+    path = tmp_path / "state.db"
+    first, second = SQLiteStore(path), SQLiteStore(path)
+    try:
+        opened = await first.open_turn(opening_for(ALICE, "r1"))
+        assert isinstance(opened, opening.Opened)
+        assert isinstance(opened.lease, leases.Granted)
+        waiting = await second.apply_lease_event(
+            "s_r1", leases.Arrive("r2", ENQUEUE, 2.0, 30.0)
+        )
+        assert isinstance(waiting.decision, leases.Waiting)
+        assert opened.session is not None
+        assert await first.finish_run("s_r1", "r1", opened.session, 3.0)
+        polled = await second.apply_lease_event("s_r1", leases.Poll("r2", 4.0, 30.0))
+        assert isinstance(polled.decision, leases.Granted)
+        # and the first connection, asked again, sees r2 holding (no stale kept state)
+        late = await first.apply_lease_event("s_r1", leases.Arrive("r3", ENQUEUE, 5.0, 30.0))
+        assert isinstance(late.decision, leases.Waiting)
+    finally:
+        await first.close()
+        await second.close()

@@ -343,13 +343,13 @@ def serve_in_process(build_app: Callable[[], Any], backend: str, conn: Connectio
     """
     from agenthost.backends.serving import (
         bound_socket,
-        freeze_start_up_objects,
         hypercorn_config,
+        prepare_collector,
         serve_app,
     )
 
     app = build_app()
-    freeze_start_up_objects()  # as `agenthost serve` does
+    prepare_collector()  # as `agenthost serve` does
     sock = bound_socket(HOST)
     port = sock.getsockname()[1]
     # Hypercorn takes ownership of the descriptor and closes it when it stops.

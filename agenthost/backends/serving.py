@@ -71,17 +71,34 @@ def serve_forever(
     if not application_configured_logging():
         configure_logging(log_level)
     config = hypercorn_config(bind=[_bind_address(host, port)], graceful_timeout=graceful_timeout)
-    freeze_start_up_objects()
+    prepare_collector()
     anyio.run(partial(serve_until_signalled, app, config), backend=backend)
 
 
-def freeze_start_up_objects() -> None:
-    """Everything built before serving (modules, the host, the target) lives as long as the
+# Container allocations (net of frees) between two collections of the youngest generation
+# while serving; CPython's default is 700. A turn's young objects reach into the session's
+# whole history (the state it read, the list it saves), so each young collection walks
+# long lists: at 700 a host on SQLite spent about 9% of its CPU collecting (16 concurrent
+# invokes, growing histories). What is still garbage waits at most this many allocations.
+SERVING_YOUNG_THRESHOLD = 10_000
+
+
+def prepare_collector() -> None:
+    """Set the cyclic garbage collector up for serving. Called once, by the process that
+    serves, after the app is built.
+
+    Everything built before serving (modules, the host, the target) lives as long as the
     process: moved out of the collector's sight, it is never walked again, so a collection
     while serving scans only what requests create (no long collector pauses in the tail
-    latency). Called once, by the process that serves."""
+    latency). And the youngest generation is collected every
+    :data:`SERVING_YOUNG_THRESHOLD` allocations rather than every 700, unless the
+    application asked for a higher threshold already.
+    """
     gc.collect()
     gc.freeze()
+    young, older, oldest = gc.get_threshold()
+    if young != 0:  # 0: the application disabled automatic collection; leave it so
+        gc.set_threshold(max(young, SERVING_YOUNG_THRESHOLD), older, oldest)
 
 
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)

@@ -63,10 +63,14 @@ class MemoryStore(Store):
         self._sessions: dict[str, SessionRecord] = {}
         self._leases: dict[str, leases.LeaseState] = {}
         self._runs: dict[str, RunRecord] = {}
-        # Channel records by (channel, kind): key -> record, the same keys kept sorted (for
-        # ranges and pages), and the expiry of each record that has one.
+        # Channel records by (channel, kind): key -> record, the same keys in a list sorted
+        # when read (for ranges and pages), and the expiry of each record that has one.
         self._records: dict[tuple[str, str], dict[str, ChannelRecord]] = {}
         self._record_keys: dict[tuple[str, str], list[str]] = {}
+        # Groups whose key list had keys appended since it was last sorted: a write appends
+        # (an insort moves half the list on every write; a turn writes several records and
+        # few are ever listed), the next read sorts.
+        self._unsorted: set[tuple[str, str]] = set()
         self._expiring: dict[tuple[str, str, str], float] = {}
         # Linking: the members of each key (in arrival order), claims per identity and the
         # identities holding each claim, link records, code challenges and counters.
@@ -731,7 +735,7 @@ class MemoryStore(Store):
         """The keys a listing answers, in its order (the caller holds the lock)."""
         if limit <= 0:
             return []
-        keys = self._record_keys[(channel, kind)]
+        keys = self._sorted_keys((channel, kind))
         low, high = _prefix_range(keys, prefix)
         if after is not None:
             if descending:
@@ -747,7 +751,7 @@ class MemoryStore(Store):
             group = self._records.get((channel, kind))
             if group is None:
                 return 0
-            keys = self._record_keys[(channel, kind)]
+            keys = self._sorted_keys((channel, kind))
             low, high = _prefix_range(keys, prefix)
             doomed = keys[low:high]
             del keys[low:high]
@@ -755,8 +759,7 @@ class MemoryStore(Store):
                 del group[key]
                 self._expiring.pop((channel, kind, key), None)
             if not group:
-                del self._records[(channel, kind)]
-                del self._record_keys[(channel, kind)]
+                self._forget_group((channel, kind))
             return len(doomed)
 
     async def delete_expired_channel_records(self, now: float) -> int:
@@ -770,7 +773,8 @@ class MemoryStore(Store):
         group_key = (record.channel, record.kind)
         group = self._records.setdefault(group_key, {})
         if record.key not in group:
-            bisect.insort(self._record_keys.setdefault(group_key, []), record.key)
+            self._record_keys.setdefault(group_key, []).append(record.key)
+            self._unsorted.add(group_key)
         group[record.key] = record
         ident = (record.channel, record.kind, record.key)
         if record.expires_at is None:
@@ -783,12 +787,24 @@ class MemoryStore(Store):
         group_key = (channel, kind)
         group = self._records[group_key]
         del group[key]
-        keys = self._record_keys[group_key]
+        keys = self._sorted_keys(group_key)
         del keys[bisect.bisect_left(keys, key)]
         self._expiring.pop(ident, None)
         if not group:
-            del self._records[group_key]
-            del self._record_keys[group_key]
+            self._forget_group(group_key)
+
+    def _sorted_keys(self, group_key: tuple[str, str]) -> list[str]:
+        """The group's keys, sorted (the caller holds the lock)."""
+        keys = self._record_keys[group_key]
+        if group_key in self._unsorted:
+            keys.sort()  # a sorted run and the few keys appended since: close to linear
+            self._unsorted.discard(group_key)
+        return keys
+
+    def _forget_group(self, group_key: tuple[str, str]) -> None:
+        del self._records[group_key]
+        del self._record_keys[group_key]
+        self._unsorted.discard(group_key)
 
 
 def _prefix_range(keys: list[str], prefix: str) -> tuple[int, int]:

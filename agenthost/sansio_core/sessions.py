@@ -159,6 +159,7 @@ _session_alias = builder(SessionAlias)
 _use_session = builder(UseSession)
 _create_session = builder(CreateSession)
 _session_record = builder(SessionRecord)
+_fork_session = builder(ForkSession)
 
 
 def resolve_fork(
@@ -172,12 +173,12 @@ def resolve_fork(
     """Decide a forking request's session: a copy of its source, or a fresh one."""
     if fork_scope.owner is None:
         raise ValueError("resolve_fork needs a scope whose owner is known")
-    alias = SessionAlias(fork_scope.owner, fork_scope.qualifier, new_session_id, 1, now)
+    alias = _session_alias(fork_scope.owner, fork_scope.qualifier, new_session_id, 1, now)
     if not has_source_key:
-        return CreateSession(alias)
+        return _create_session(alias)
     if source is None:
         return SessionNotFound()
-    return ForkSession(source, alias)
+    return _fork_session(source, alias)
 
 
 def resolve(

@@ -68,6 +68,7 @@ test-trio: install
 
 lint: install
 	$(VENV)/bin/ruff check agenthost tests benchmarks docs samples
+	$(VENV)/bin/ruff format --check agenthost tests benchmarks docs samples
 	$(VENV)/bin/mypy
 
 bench: $(VENV)/.installed-bench

@@ -19,9 +19,7 @@ def percentile(sorted_samples: list[float], fraction: float) -> float:
     return sorted_samples[index]
 
 
-def summarise(
-    name: str, samples: list[float], extra: Mapping[str, str] | None = None
-) -> Row:
+def summarise(name: str, samples: list[float], extra: Mapping[str, str] | None = None) -> Row:
     ordered = sorted(samples)
     columns = {
         "p50": format_seconds(percentile(ordered, 0.50)),

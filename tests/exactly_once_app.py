@@ -29,9 +29,7 @@ class CompletionStallingStore(SQLiteStore):
         self._marker = marker
         self._stall = stall
 
-    async def apply_run_event(
-        self, token: str, event: background.RunEvent
-    ) -> background.RunRecord:
+    async def apply_run_event(self, token: str, event: background.RunEvent) -> background.RunRecord:
         if isinstance(event, background.Complete):
             await self._stall_here()
         return await super().apply_run_event(token, event)

@@ -62,9 +62,7 @@ class AsyncioBridge:
 
     async def __aenter__(self) -> AsyncioBridge:
         if not running_on_asyncio():
-            self._portal_cm = anyio.from_thread.start_blocking_portal(
-                "asyncio", name=THREAD_NAME
-            )
+            self._portal_cm = anyio.from_thread.start_blocking_portal("asyncio", name=THREAD_NAME)
             # Shielded, as the exit below: a started loop must be known, to be stopped.
             with anyio.CancelScope(shield=True):
                 self._portal = await anyio.to_thread.run_sync(self._portal_cm.__enter__)

@@ -196,9 +196,7 @@ class BackgroundWorker:
                     outcome = await self._interpreter.drive(
                         turns.start_background_turn(
                             record.request,
-                            SessionRef(
-                                record.isolation_key, record.session_id, record.session_key
-                            ),
+                            SessionRef(record.isolation_key, record.session_id, record.session_key),
                             run_id=token,
                             now=self._clock(),
                             settings=self._turn_settings,

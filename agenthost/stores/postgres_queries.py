@@ -624,8 +624,7 @@ def select_deliveries_for_update(conn: Conn, ids: Iterable[str]) -> dict[str, De
     """The deliveries among ``ids`` that exist, by id, locked. Rows are locked in id order,
     so two batches over overlapping deliveries queue behind each other, not deadlock."""
     rows = conn.execute(
-        "SELECT record FROM deliveries WHERE delivery_id = ANY(%s)"
-        " ORDER BY delivery_id FOR UPDATE",
+        "SELECT record FROM deliveries WHERE delivery_id = ANY(%s) ORDER BY delivery_id FOR UPDATE",
         (sorted(ids),),
     ).fetchall()
     found = (codec.load_delivery(row[0]) for row in rows)

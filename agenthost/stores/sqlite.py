@@ -1069,8 +1069,7 @@ class SQLiteStore(Store):
     ) -> set[str]:
         rows = [channel_record_row(r) for r in records]
         followers = {
-            key: [channel_record_row(r) for r in those]
-            for key, those in (companions or {}).items()
+            key: [channel_record_row(r) for r in those] for key, those in (companions or {}).items()
         }
         always = [channel_record_row(r) for r in put]
 
@@ -1226,9 +1225,7 @@ class SQLiteStore(Store):
     async def release_singleton(self, name: str, holder: str) -> None:
         def work(conn: sqlite3.Connection) -> None:
             with _transaction(conn):
-                conn.execute(
-                    "DELETE FROM singletons WHERE name = ? AND holder = ?", (name, holder)
-                )
+                conn.execute("DELETE FROM singletons WHERE name = ? AND holder = ?", (name, holder))
 
         await self._run(work)
 
@@ -1838,9 +1835,7 @@ def _finish_creation(
     return session is not None
 
 
-def _release_kept_lease(
-    conn: sqlite3.Connection, session_id: str, run_id: str, now: float
-) -> bool:
+def _release_kept_lease(conn: sqlite3.Connection, session_id: str, run_id: str, now: float) -> bool:
     """Release the lease in one statement when it is stored as this connection last wrote
     it (the turn's own grant, in the usual case): whether it did.
 
@@ -1913,5 +1908,3 @@ def _put_channel_records(conn: sqlite3.Connection, rows: Sequence[tuple[Any, ...
         " created_at, expires_at, value) VALUES (?, ?, ?, ?, ?, ?, ?)",
         rows,
     )
-
-

@@ -96,9 +96,10 @@ async def test_telegram_link_sample(tmp_path: Path, monkeypatch: pytest.MonkeyPa
 
 async def test_scheduler_sample(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     with anyio.fail_after(TIMEOUT * 2):
-        async with telegram_sample(
-            "scheduler", tmp_path, monkeypatch, REMINDER_SECONDS="0.3"
-        ) as (fake, _):
+        async with telegram_sample("scheduler", tmp_path, monkeypatch, REMINDER_SECONDS="0.3") as (
+            fake,
+            _,
+        ):
             await say(fake, "remind me")
             await fake.wait_until(
                 lambda: any(m.text == "Reminder: drink some water." for m in fake.sent_to(USER)),
@@ -111,8 +112,10 @@ async def test_scheduler_sample(tmp_path: Path, monkeypatch: pytest.MonkeyPatch)
             await fake.wait_until(lambda: bool(fake.sent_to(other)), timeout=TIMEOUT)
             reminders = len([m for m in fake.sent_to(USER) if m.text.startswith("Reminder")])
             await fake.wait_until(
-                lambda: len([m for m in fake.sent_to(USER) if m.text.startswith("Reminder")])
-                > reminders,
+                lambda: (
+                    len([m for m in fake.sent_to(USER) if m.text.startswith("Reminder")])
+                    > reminders
+                ),
                 timeout=TIMEOUT,
             )  # the schedule goes on...
             assert not [m for m in fake.sent_to(other) if m.text.startswith("Reminder")]

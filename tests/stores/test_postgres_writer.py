@@ -112,9 +112,7 @@ def test_two_batches_that_deadlock_both_commit_every_call() -> None:
             [WorkItem(write("x", then_wait=True)), WorkItem(write("y", then_wait=False))],
             [WorkItem(write("y", then_wait=True)), WorkItem(write("x", then_wait=False))],
         ]
-        lanes = [
-            Lane(lambda: _fast_deadlocks(connect(dsn, schema))) for _ in batches
-        ]
+        lanes = [Lane(lambda: _fast_deadlocks(connect(dsn, schema))) for _ in batches]
         try:
             threads = [
                 threading.Thread(target=lane._run_batch, args=(batch,))

@@ -458,9 +458,7 @@ async def test_a_lease_changed_by_another_connection_is_released_from_what_is_st
         opened = await first.open_turn(opening_for(ALICE, "r1"))
         assert isinstance(opened, opening.Opened)
         assert isinstance(opened.lease, leases.Granted)
-        waiting = await second.apply_lease_event(
-            "s_r1", leases.Arrive("r2", ENQUEUE, 2.0, 30.0)
-        )
+        waiting = await second.apply_lease_event("s_r1", leases.Arrive("r2", ENQUEUE, 2.0, 30.0))
         assert isinstance(waiting.decision, leases.Waiting)
         assert opened.session is not None
         assert await first.finish_run("s_r1", "r1", opened.session, 3.0)

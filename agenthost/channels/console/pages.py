@@ -70,14 +70,17 @@ class Page:
         )
         return (
             f'<form method="post" action="{self.href(path)}" class="inline">'
-            f"{self.csrf_field()}{hidden}<button type=\"submit\">{e(label)}</button></form>"
+            f'{self.csrf_field()}{hidden}<button type="submit">{e(label)}</button></form>'
         )
 
     def layout(self, title: str, body: str, *, current: str = "", nav: bool = True) -> str:
-        links = "" if not nav else "".join(
-            f'<a href="{self.href(path)}"{CURRENT if path == current else ""}>'
-            f"{e(label)}</a>"
-            for path, label in NAV
+        links = (
+            ""
+            if not nav
+            else "".join(
+                f'<a href="{self.href(path)}"{CURRENT if path == current else ""}>{e(label)}</a>'
+                for path, label in NAV
+            )
         )
         logout = (
             f'<form method="post" action="{self.href("/logout")}" class="inline">'
@@ -94,7 +97,7 @@ class Page:
             f'<link rel="stylesheet" href="{self.href("/static/console.css")}">'
             f'<script src="{self.href("/static/console.js")}" defer></script>'
             f'</head><body data-mount="{e(self.mount)}">'
-            f'<header><strong>agenthost</strong><nav>{links}</nav>{logout}</header>'
+            f"<header><strong>agenthost</strong><nav>{links}</nav>{logout}</header>"
             f"<main><h1>{e(title)}</h1>{body}</main></body></html>"
         )
 
@@ -122,7 +125,7 @@ def chat_page(
 ) -> str:
     transcript = "".join(
         f'<div class="turn {"user" if role == "user" else "agent"}">'
-        f'<span>{"You" if role == "user" else "Agent"}</span><p>{e(text)}</p></div>'
+        f"<span>{'You' if role == 'user' else 'Agent'}</span><p>{e(text)}</p></div>"
         for role, text in history
     )
     if asked is not None:
@@ -238,7 +241,7 @@ def session_page(page: Page, session: SessionRecord) -> str:
         for role, text in history_of(session.state)
     )
     body = (
-        f'<p>Session <code>{e(session.session_id)}</code> of '
+        f"<p>Session <code>{e(session.session_id)}</code> of "
         f'<a href="{page.href("/users/" + u(session.owner))}"><code>{e(session.owner)}'
         f"</code></a>, {session.turns} turns, updated {e(when(session.updated_at))}.</p>"
         + (turns or "<p>No history the console can read.</p>")
@@ -291,11 +294,7 @@ def runs_page(page: Page, runs: Sequence[RunRecord]) -> str:
         f'<tr class="run {e(r.status.value)}"><td><code>{e(r.token)}</code></td>'
         f"<td>{e(r.request.channel)}</td><td>{e(r.status.value)}</td><td>{r.attempts}</td>"
         f"<td>{e(when(r.created_at))}</td><td>{e(r.error or '')}</td><td>"
-        + (
-            page.action(f"/runs/{u(r.token)}/cancel", "Cancel")
-            if not r.status.is_final
-            else ""
-        )
+        + (page.action(f"/runs/{u(r.token)}/cancel", "Cancel") if not r.status.is_final else "")
         + "</td></tr>"
         for r in runs
     )
@@ -314,7 +313,7 @@ def deliveries_page(
 ) -> str:
     tabs = "".join(
         f'<a href="{page.href("/deliveries" + (f"?state={s.value}" if s else ""))}"'
-        f'{CURRENT if s == state else ""}>{e(s.value if s else "all")}</a>'
+        f"{CURRENT if s == state else ''}>{e(s.value if s else 'all')}</a>"
         for s in (None, *DeliveryStatus)
     )
     rows = "".join(
@@ -331,15 +330,12 @@ def deliveries_page(
         + "</td></tr>"
         for d in deliveries
     )
-    body = (
-        f'<nav class="tabs">{tabs}</nav>'
-        + (
-            '<table id="deliveries"><thead><tr><th>Delivery</th><th>Channel</th>'
-            "<th>To</th><th>State</th><th>Attempts</th><th>Reason</th><th>Updated</th>"
-            f"<th></th></tr></thead><tbody>{rows}</tbody></table>"
-            if rows
-            else "<p>No deliveries in this state.</p>"
-        )
+    body = f'<nav class="tabs">{tabs}</nav>' + (
+        '<table id="deliveries"><thead><tr><th>Delivery</th><th>Channel</th>'
+        "<th>To</th><th>State</th><th>Attempts</th><th>Reason</th><th>Updated</th>"
+        f"<th></th></tr></thead><tbody>{rows}</tbody></table>"
+        if rows
+        else "<p>No deliveries in this state.</p>"
     )
     return page.layout("Deliveries", body, current="/deliveries")
 

@@ -161,9 +161,7 @@ class ConsoleChannel(Channel):
             Route(f"{m}/runs", g(handlers.runs), methods=["GET"]),
             Route(f"{m}/runs/{{token}}/cancel", g(handlers.cancel_run), methods=["POST"]),
             Route(f"{m}/deliveries", g(handlers.deliveries), methods=["GET"]),
-            Route(
-                f"{m}/deliveries/{{delivery_id}}/replay", g(handlers.replay), methods=["POST"]
-            ),
+            Route(f"{m}/deliveries/{{delivery_id}}/replay", g(handlers.replay), methods=["POST"]),
             Route(f"{m}/live", g(handlers.live_page), methods=["GET"]),
             Route(f"{m}/events", g(handlers.live_events), methods=["GET"]),
             Route(f"{m}/link", g(handlers.link_page), methods=["GET"]),
@@ -628,9 +626,7 @@ def _answer_text(outcome: TurnOutcome | Any) -> str:
     if isinstance(outcome, TurnRefused):
         return outcome.user_message or "The host refused this message."
     if isinstance(outcome, TurnFailed):
-        return (
-            "The run was interrupted." if outcome.cancelled else "The agent could not answer."
-        )
+        return "The run was interrupted." if outcome.cancelled else "The agent could not answer."
     return "The agent could not answer."
 
 

@@ -83,7 +83,6 @@ _USERNAME = re.compile(r"@?[A-Za-z0-9_]{3,64}")
 _DIRECT_ONLY_COMMANDS = frozenset({"link", "unlink"})  # challenges never go to groups
 
 
-
 class TelegramChannel(Channel):
     """A Telegram bot for the hosted target (``pip install 'agenthost[telegram]'``).
 

@@ -127,9 +127,7 @@ def classify_response(response: httpx.Response) -> PushOutcome:
     if 200 <= status < 300:
         return PushOutcome.ok()
     if status in _TRANSIENT_STATUSES or status >= 500:
-        return PushOutcome.transient(
-            f"http {status}", retry_after=_retry_after(response)
-        )
+        return PushOutcome.transient(f"http {status}", retry_after=_retry_after(response))
     return PushOutcome.permanent(f"http {status}")
 
 

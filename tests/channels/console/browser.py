@@ -140,8 +140,10 @@ class Tab:
         with anyio.fail_after(timeout):
             while True:
                 try:
-                    value = await self.evaluate(f"(() => {{ try {{ return ({condition}); }} "
-                                                "catch (e) { return null; } })()")
+                    value = await self.evaluate(
+                        f"(() => {{ try {{ return ({condition}); }} "
+                        "catch (e) { return null; } })()"
+                    )
                 except CdpError:
                     value = None
                 if value:

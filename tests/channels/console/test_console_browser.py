@@ -117,9 +117,7 @@ async def test_a_chat_answer_streams_into_the_page(tmp_path: Path) -> None:
         await tab.screenshot("console-chat-empty")
         await tab.type_into("textarea[name=message]", "what is 2 + 3")
         await tab.click("#chat button[type=submit]")
-        answer = await tab.wait_for(
-            "document.querySelector('.turn.agent.done p')?.textContent"
-        )
+        answer = await tab.wait_for("document.querySelector('.turn.agent.done p')?.textContent")
         assert "5" in answer, answer
         deltas = await tab.evaluate("Number(document.querySelector('.turn.agent').dataset.deltas)")
         assert deltas >= 2, "the answer arrived in one piece, not streamed"
@@ -186,9 +184,7 @@ async def test_linking_two_identities_shows_them_joined_and_unlink_parts_them(
         assert {i.native_id for i in alice} == {"alice", "operator"}
 
         await tab.submit("#identities tr.identity:nth-child(2) button")
-        await tab.wait_for(
-            "document.querySelectorAll('#identities tr.identity').length === 1"
-        )
+        await tab.wait_for("document.querySelectorAll('#identities tr.identity').length === 1")
         remaining = await tab.evaluate(
             "document.querySelector('#identities tr.identity').cells[1].textContent"
         )
@@ -260,7 +256,7 @@ async def test_a_dead_letter_shows_its_reason_and_is_delivered_after_replay(
         for _ in range(200):
             await tab.goto(w.url("/deliveries"))
             state = await tab.evaluate(
-                f"document.querySelector('tr.delivery[data-id=\"{scheduled.delivery_id}\"] "
+                f'document.querySelector(\'tr.delivery[data-id="{scheduled.delivery_id}"] '
                 ".state')?.textContent"
             )
             if state == "delivered":
@@ -336,4 +332,3 @@ async def test_the_login_page_when_remote_access_is_configured(tmp_path: Path) -
             assert await tab.evaluate("document.querySelector('h1').textContent") == (
                 "Background runs"
             )
-

@@ -216,6 +216,7 @@ async def test_a_turn_that_waits_for_its_session_counts_as_a_lease_wait() -> Non
             httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1") as client,
             anyio.create_task_group() as tasks,
         ):
+
             async def invoke() -> None:
                 await client.post("/invocations/invoke", json={"input": "hi", "session_id": "s"})
 

@@ -2,10 +2,12 @@
 
 Kinds and keys (all within the channel's name):
 
-- ``response``, by response id: the response object as created, its run token when it runs
-  in the background, its conversation, and whether it is stored (``store``);
+- ``response``, by response id: the response object as created, its input items
+  (``input_items``), its run token when it runs in the background, its conversation, and
+  whether it is stored (``store``);
 - ``result``, by response id: the final response object of a background run;
-- ``input_item``, ``{response id}:{index:06d}``: one input item;
+- ``input_item``, ``{response id}:{index:06d}``: one input item of a response stored before
+  its record held them (read when the record has no ``input_items``, deleted with it);
 - ``event``, ``{response id}:{sequence:08d}``: one stream event of a background run
   (these expire after a day);
 - ``item``, by item id: an output item, for ``item_reference`` inputs;
@@ -40,10 +42,6 @@ CONVERSATION_ITEM = "conversation_item"
 CONVERSATION_ITEM_REF = "conversation_item_ref"
 
 _PAGE = 500
-
-
-def input_item_key(response_id: str, index: int) -> str:
-    return f"{response_id}:{index:06d}"
 
 
 def event_key(response_id: str, sequence: int) -> str:

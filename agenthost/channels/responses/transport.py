@@ -697,12 +697,7 @@ class _Service:
         batch = []
         if turn.create.store:
             value["response"] = response
-            batch += [
-                self.records.record(
-                    records.INPUT_ITEM, records.input_item_key(rid, index), {"item": item}, caller
-                )
-                for index, item in enumerate(items)
-            ]
+            value["input_items"] = list(items)
             batch += self._output_index(response, caller)
         batch.append(self.records.record(records.RESPONSE, rid, value, caller))
         return batch
@@ -747,16 +742,11 @@ class _Service:
             "stored": True,
             "background": True,
             "response": response,
+            "input_items": list(turn.items),
             "token": token.token,
             "conversation": turn.create.conversation_id,
         }
         batch = [self.records.record(records.RESPONSE, rid, value, caller)]
-        batch += [
-            self.records.record(
-                records.INPUT_ITEM, records.input_item_key(rid, i), {"item": item}, caller
-            )
-            for i, item in enumerate(turn.items)
-        ]
         batch += self.records.event_records(rid, opening, caller)
         await self.records.put(batch)
         self.log.wake(rid)
@@ -929,7 +919,7 @@ class _Service:
             output = current.get("output", [])
         for item in output:
             await self.records.delete(records.ITEM, item["id"])
-        for kind in (records.INPUT_ITEM, records.EVENT):
+        for kind in (records.INPUT_ITEM, records.EVENT):  # (input items: older responses)
             await self.records.delete(kind, f"{rid}:")
         await self.records.delete(records.RESULT, rid)
         await self.records.delete(records.RESPONSE, rid)
@@ -940,7 +930,9 @@ class _Service:
         caller = await self.channel.caller(request)
         record = await self._owned_response(request, caller)
         query = codec.parse_list_query(request.query_params)
-        items = await self.records.all_values(records.INPUT_ITEM, f"{record.key}:", "item")
+        items = record.value.get("input_items")
+        if items is None:  # stored before a response's record held its input items
+            items = await self.records.all_values(records.INPUT_ITEM, f"{record.key}:", "item")
         page, has_more = codec.page_of(items, query)
         return _json(codec.list_page(page, has_more=has_more))
 

@@ -8,9 +8,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import anyio
+import attrs
 import pytest
 
 from agenthost import HostMessage
+from agenthost.stores.base import ChannelRecord
 from agenthost.stores.sqlite import SQLiteStore
 from tests.channels.responses.conftest import TIMEOUT, make_host, sdk_client, serving
 
@@ -95,3 +97,68 @@ async def test_a_run_longer_than_its_lease_in_a_session_not_yet_written_goes_on(
             )
     assert first.output_text == "slow: hello"
     assert chained.output_text == "slow: more"
+
+
+THREE_ITEMS = [
+    {"role": "user", "content": "one"},
+    {"role": "assistant", "content": "two"},
+    {"role": "user", "content": "three"},
+]
+
+
+def _texts(page: object) -> list[str]:
+    return [item.content[0].text for item in page.data]  # type: ignore[attr-defined]
+
+
+async def test_a_create_keeps_its_input_items_in_its_response_record(tmp_path: Path) -> None:
+    # A client that sends the whole conversation each time (no previous_response_id) must
+    # not cost a record written per input item: the response's record holds them.
+    host = make_host(echo, tmp_path)
+    assert isinstance(host.store, SQLiteStore)
+    with anyio.fail_after(TIMEOUT):
+        async with serving(host) as base_url, sdk_client(base_url) as client:
+            await client.responses.create(model="demo", input="warm up")  # opens the store
+            conn = host.store._conn
+            assert conn is not None
+            statements: list[str] = []
+            conn.set_trace_callback(statements.append)
+            try:
+                created = await client.responses.create(model="demo", input=THREE_ITEMS)  # type: ignore[arg-type]
+            finally:
+                conn.set_trace_callback(None)
+            listed = await client.responses.input_items.list(created.id, order="asc")
+    written = [s for s in statements if s.startswith("INSERT OR REPLACE INTO channel_records")]
+    assert len(written) == 2, written  # the response, and its one output item's index
+    assert _texts(listed) == ["one", "two", "three"]
+
+
+async def test_input_items_stored_one_record_each_by_an_earlier_version_are_listed(
+    tmp_path: Path,
+) -> None:
+    host = make_host(echo, tmp_path)
+    with anyio.fail_after(TIMEOUT):
+        async with serving(host) as base_url, sdk_client(base_url) as client:
+            created = await client.responses.create(model="demo", input=THREE_ITEMS)  # type: ignore[arg-type]
+            record = await host.store.get_channel_record("responses", "response", created.id)
+            assert record is not None and "input_items" in record.value
+            # The layout earlier versions wrote: the items under "{response id}:{index:06d}",
+            # the response's record without them.
+            value = {k: v for k, v in record.value.items() if k != "input_items"}
+            old = [
+                ChannelRecord(
+                    "responses",
+                    "input_item",
+                    f"{created.id}:{index:06d}",
+                    {"item": item},
+                    record.owner,
+                    record.created_at,
+                    record.expires_at,
+                )
+                for index, item in enumerate(record.value["input_items"])
+            ]
+            await host.store.put_channel_records([attrs.evolve(record, value=value), *old])
+            listed = await client.responses.input_items.list(created.id, order="asc")
+            await client.responses.delete(created.id)
+            left = await host.store.list_channel_records("responses", "input_item", prefix="")
+    assert _texts(listed) == ["one", "two", "three"]
+    assert left == []  # deleted with the response

@@ -5,13 +5,15 @@ ends, so the opening writes the session first: two write transactions."""
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from pathlib import Path
 
 import anyio
 import attrs
 import pytest
 
-from agenthost import HostMessage
+from agenthost import Host, HostMessage
 from agenthost.stores.base import ChannelRecord
 from agenthost.stores.sqlite import SQLiteStore
 from tests.channels.responses.conftest import TIMEOUT, make_host, sdk_client, serving
@@ -23,20 +25,28 @@ async def echo(messages: list[HostMessage]) -> str:
     return f"echo: {messages[-1].text}"
 
 
+@contextlib.contextmanager
+def traced(host: Host) -> Iterator[list[str]]:
+    """The SQL statements the host's SQLite store runs inside the block."""
+    assert isinstance(host.store, SQLiteStore)
+    conn = host.store._conn
+    assert conn is not None  # opened by an earlier request
+    statements: list[str] = []
+    conn.set_trace_callback(statements.append)
+    try:
+        yield statements
+    finally:
+        conn.set_trace_callback(None)
+
+
 async def test_a_create_writes_once_and_its_response_reads_back(tmp_path: Path) -> None:
     host = make_host(echo, tmp_path)
     assert isinstance(host.store, SQLiteStore)
     with anyio.fail_after(TIMEOUT):
         async with serving(host) as base_url, sdk_client(base_url) as client:
             await client.responses.create(model="demo", input="warm up")  # opens the store
-            conn = host.store._conn
-            assert conn is not None
-            statements: list[str] = []
-            conn.set_trace_callback(statements.append)
-            try:
+            with traced(host) as statements:
                 first = await client.responses.create(model="demo", input="hello")
-            finally:
-                conn.set_trace_callback(None)
             again = await client.responses.retrieve(first.id)
             items = await client.responses.input_items.list(first.id)
             chained = await client.responses.create(
@@ -57,15 +67,9 @@ async def test_a_streamed_create_writes_twice_and_its_response_reads_back(
     with anyio.fail_after(TIMEOUT):
         async with serving(host) as base_url, sdk_client(base_url) as client:
             await client.responses.create(model="demo", input="warm up")  # opens the store
-            conn = host.store._conn
-            assert conn is not None
-            statements: list[str] = []
-            conn.set_trace_callback(statements.append)
-            try:
+            with traced(host) as statements:
                 stream = await client.responses.create(model="demo", input="hello", stream=True)
                 streamed = [event async for event in stream]
-            finally:
-                conn.set_trace_callback(None)
             # Stored with the turn, before the terminal event: a chain at once finds it.
             kinds = [event.type for event in streamed]
             done = await client.responses.retrieve(streamed[0].response.id)  # type: ignore[union-attr]
@@ -118,14 +122,8 @@ async def test_a_create_keeps_its_input_items_in_its_response_record(tmp_path: P
     with anyio.fail_after(TIMEOUT):
         async with serving(host) as base_url, sdk_client(base_url) as client:
             await client.responses.create(model="demo", input="warm up")  # opens the store
-            conn = host.store._conn
-            assert conn is not None
-            statements: list[str] = []
-            conn.set_trace_callback(statements.append)
-            try:
+            with traced(host) as statements:
                 created = await client.responses.create(model="demo", input=THREE_ITEMS)  # type: ignore[arg-type]
-            finally:
-                conn.set_trace_callback(None)
             listed = await client.responses.input_items.list(created.id, order="asc")
     written = [s for s in statements if s.startswith("INSERT OR REPLACE INTO channel_records")]
     assert len(written) == 2, written  # the response, and its one output item's index

@@ -11,7 +11,7 @@ import platform
 import sys
 import traceback
 
-from benchmarks import BENCHMARKS
+from benchmarks import BENCHMARKS, targets
 from benchmarks.report import BenchmarkPending, Row, render_table
 
 
@@ -46,6 +46,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     print()
     print(render_table(rows, notes))
+    print()
+    print(targets.report(rows))
     return 1 if failed else 0
 
 

@@ -44,11 +44,14 @@ from agenthost.channels.a2a.records import TaskRecords
 from agenthost.sansio_core.authorization import Allowlist
 from agenthost.sansio_core.background import RunRecord
 from agenthost.sansio_core.delivery import RetryPolicy
+from agenthost.sansio_core.json_encoders import compact_encoder
 from agenthost.sansio_core.link_policy import DEFAULT_TIER
 from agenthost.sansio_core.routing import Destination
 from agenthost.sansio_core.types import MultitaskStrategy
 
 log = logging.getLogger("agenthost.channels.a2a")
+
+_encode_event = compact_encoder()  # built once: a stream encodes one event after another
 
 CallerAuthenticator = Callable[[Request], "str | Awaitable[str | None] | None"]
 ANONYMOUS = "anonymous"
@@ -335,7 +338,7 @@ class _Service:
         def frame(event: Any) -> bytes:
             rendered = codec.render_event(event, generation)
             body = codec.jsonrpc_result(call.request_id, rendered) if json_rpc else rendered
-            return b"data: " + json.dumps(body, separators=(",", ":")).encode() + b"\n\n"
+            return b"data: " + _encode_event(body).encode() + b"\n\n"
 
         async def produce(emit: Emit) -> None:
             await emit(frame(pb.StreamResponse(task=task)))
@@ -354,7 +357,7 @@ class _Service:
                     body: Any = codec.jsonrpc_error(call.request_id, error)
                 else:
                     body = codec.rest_error(error)[1]
-                await emit(b"data: " + json.dumps(body).encode() + b"\n\n")
+                await emit(b"data: " + _encode_event(body).encode() + b"\n\n")
 
         return ProducerResponse(produce)
 

@@ -31,7 +31,6 @@ from __future__ import annotations
 import functools
 import hashlib
 import inspect
-import json
 import logging
 import os
 from collections.abc import Awaitable, Callable, Mapping, Sequence
@@ -71,6 +70,7 @@ from agenthost.channels.responses.records import Records
 from agenthost.sansio_core.authorization import Allowlist
 from agenthost.sansio_core.background import RunRecord
 from agenthost.sansio_core.commands import CommandReply
+from agenthost.sansio_core.json_encoders import compact_encoder
 from agenthost.sansio_core.link_policy import DEFAULT_TIER
 from agenthost.sansio_core.turns import (
     RefusalReason,
@@ -95,6 +95,7 @@ log = logging.getLogger("agenthost.channels.responses")
 CallerAuthenticator = Callable[[HTTPConnection], "str | Awaitable[str | None] | None"]
 
 _FAILED_MESSAGE = "The agent could not complete this response."
+_encode_event = compact_encoder()  # built once: a WebSocket sends one event after another
 _SETTLE_SECONDS = 5.0  # a final run whose result record never appears is settled after this
 
 
@@ -958,7 +959,7 @@ class _Service:
         async def send(batch: list[dict[str, Any]]) -> None:
             async with sending:
                 for event in batch:
-                    await websocket.send_text(json.dumps(event, separators=(",", ":")))
+                    await websocket.send_text(_encode_event(event))
 
         async def respond(data: Mapping[str, Any], tasks: anyio.abc.TaskGroup) -> None:
             nonlocal busy

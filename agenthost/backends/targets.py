@@ -30,7 +30,7 @@ import anyio
 import attrs
 
 from agenthost.backends.asyncio_bridge import AsyncioBridge
-from agenthost.backends.histories import ConvertedHistories, LiveSessions
+from agenthost.backends.histories import ConvertedHistories, LiveSessions, SerializedHistories
 from agenthost.backends.workflow_outputs import (
     InputRequest,
     WorkflowTurn,
@@ -318,6 +318,7 @@ class AgentTarget(TargetAdapter):
         create = getattr(agent, "create_session", None)
         self._new_session: Callable[[], Any] = create if callable(create) else AgentSession
         self._live: LiveSessions[Any] = LiveSessions()
+        self._serialized = SerializedHistories()
 
     async def run(self, call: TargetCall) -> TargetSucceeded:
         messages = to_framework_messages(input_messages(call.request))
@@ -341,7 +342,7 @@ class AgentTarget(TargetAdapter):
             response = final[0]
         new_state = None
         if session is not None:
-            new_state = session.to_dict()
+            new_state = self._serialized.to_dict(session)
             self._live.keep(_own_id(new_state), new_state, session)
         return TargetSucceeded(result=response, text=response.text or "", new_state=new_state)
 
@@ -360,7 +361,7 @@ class AgentTarget(TargetAdapter):
                 self._live.keep(_own_id(state), state, session)  # unchanged: still current
             return state
         await self._bridge.call(self._save_assistant_message, session, text)
-        new_state = dict(session.to_dict())
+        new_state = self._serialized.to_dict(session)
         self._live.keep(_own_id(new_state), new_state, session)
         return new_state
 

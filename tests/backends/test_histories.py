@@ -4,13 +4,14 @@ hands an object back once, and only for the state it saved."""
 
 from __future__ import annotations
 
+import copy
 from typing import Any
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from agenthost.backends.histories import ConvertedHistories, LiveSessions
+from agenthost.backends.histories import ConvertedHistories, LiveSessions, SerializedHistories
 from agenthost.backends.targets import CallableTarget, TargetCall
 from agenthost.sansio_core.types import ChannelIdentity, ChannelRequest, HostMessage, SessionRef
 from agenthost.stores.codec import structure_messages, unstructure_messages
@@ -111,3 +112,83 @@ async def test_a_target_that_changes_its_messages_changes_no_later_turn() -> Non
     assert [m.text for m in structure_messages(state["messages"])] == [
         "one", "r1", "two", "r2", "three", "r3",
     ]  # fmt: skip
+
+
+def _message(role: str, text: str) -> Any:
+    from agent_framework import Content, Message
+
+    return Message(role=role, contents=[Content.from_text(text)])
+
+
+# Each step: a turn that appends to the live session; a restore from the saved form (new
+# message objects, as after a restart or on another replica); a message replaced in place
+# (the same length, another object); a session forked from an earlier save.
+SESSION_STEPS = st.lists(
+    st.tuples(st.sampled_from(["turn", "restore", "replace", "fork"]), st.text(max_size=3)),
+    max_size=10,
+)
+
+
+@settings(max_examples=100, deadline=None)
+@given(SESSION_STEPS)
+def test_a_session_is_saved_as_its_own_to_dict_saves_it(steps: list[tuple[str, str]]) -> None:
+    from agent_framework import AgentSession
+
+    serialized = SerializedHistories()
+    session = AgentSession()
+    session.state["in_memory"] = {"messages": []}
+    session.state["notes"] = {"count": 0}
+    saves = [serialized.to_dict(session)]
+    snapshots = [copy.deepcopy(saves[0])]
+    for kind, text in steps:
+        messages = session.state["in_memory"]["messages"]
+        if kind == "turn":
+            messages += [_message("user", text), _message("assistant", text + "!")]
+            session.state["notes"] = {"count": len(messages)}
+        elif kind == "restore":
+            session = AgentSession.from_dict(dict(saves[-1]))
+        elif kind == "replace" and messages:
+            messages[0] = _message("user", "replaced " + text)
+        elif kind == "fork":
+            session = AgentSession.from_dict(dict(saves[len(saves) // 2]))
+        saves.append(serialized.to_dict(session))
+        snapshots.append(copy.deepcopy(saves[-1]))
+        assert saves[-1] == session.to_dict()
+    assert saves == snapshots  # no save changed a saved one (they share message dicts)
+
+
+def test_a_growing_history_is_serialized_once_a_message() -> None:
+    from agent_framework import AgentSession, Message
+
+    calls = 0
+    original = Message.to_dict
+
+    def counting(self: Any, *args: Any, **kwargs: Any) -> Any:
+        nonlocal calls
+        calls += 1
+        return original(self, *args, **kwargs)
+
+    serialized = SerializedHistories()
+    session = AgentSession()
+    session.state["in_memory"] = {"messages": []}
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(Message, "to_dict", counting)
+        for turn in range(10):
+            session.state["in_memory"]["messages"] += [
+                _message("user", str(turn)),
+                _message("assistant", str(turn)),
+            ]
+            serialized.to_dict(session)
+    assert calls == 20  # each message once, not 2 + 4 + ... + 20
+
+
+def test_a_session_of_another_class_is_saved_by_its_own_to_dict() -> None:
+    from agent_framework import AgentSession
+
+    class Custom(AgentSession):
+        def to_dict(self) -> dict[str, Any]:
+            return {**super().to_dict(), "custom": True}
+
+    session = Custom()
+    session.state["in_memory"] = {"messages": [_message("user", "hi")]}
+    assert SerializedHistories().to_dict(session)["custom"] is True

@@ -161,8 +161,8 @@ def report(rows: Sequence[Row], targets: Sequence[Target] = TARGETS) -> str:
         if value is None:
             unmeasured += 1
             continue
-        held += met(target, value)
-        verdict = "met" if met(target, value) else "NOT MET"
+        held += (holds := met(target, value))
+        verdict = "met" if holds else "NOT MET"
         shown = f"{value:,.0f}" if abs(value) >= 1000 else f"{value:g}"
         lines.append(f"  {verdict:<7}  {target.label}: {shown} (target {_bound(target)})")
     heading = f"targets of the throughput issue, this run: {held} of {len(lines)} met"

@@ -1844,13 +1844,12 @@ def _release_kept_lease(conn: sqlite3.Connection, session_id: str, run_id: str, 
     took over) is left alone and ``False`` sends the caller to the full read.
     """
     kept = conn.leases.last(session_id) if isinstance(conn, _Connection) else None
-    if kept is None:
+    if kept is None or not isinstance(conn, _Connection):
         return False
     kept_text, kept_state = kept
     new_state, decision = leases.apply(kept_state, leases.Release(run_id, now))
     if not isinstance(decision, leases.Released):
         return False
-    assert isinstance(conn, _Connection)
     cursor = conn.execute(
         "UPDATE session_leases SET state = ? WHERE session_id = ? AND state = ?",
         (conn.leases.encode(session_id, new_state), session_id, kept_text),

@@ -11,7 +11,6 @@ from __future__ import annotations
 import hashlib
 import logging
 import re
-import secrets
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
@@ -35,6 +34,7 @@ from agenthost.backends.configuration import ConfigurationError as Configuration
 from agenthost.backends.configuration import check_host_configuration, identity_configuration
 from agenthost.backends.destinations import DeliveryRouter
 from agenthost.backends.http_client import HostHttpClient
+from agenthost.backends.ids import ordered_hex
 from agenthost.backends.interpreter import (
     IdentityResolver,
     InterpreterSettings,
@@ -81,7 +81,9 @@ class HostNotRunning(RuntimeError):
 
 
 def _new_id() -> str:
-    return secrets.token_hex(16)
+    # In minting order: run ids become session ids and isolation keys, row keys a store
+    # indexes (see backends.ids).
+    return ordered_hex()
 
 
 class Host:

@@ -29,6 +29,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from agenthost.backends.channel import HostServices
+from agenthost.backends.ids import ordered_hex
 from agenthost.stores.base import ChannelRecord
 
 TASK = "task"
@@ -50,7 +51,7 @@ def new_task_id(now: float) -> str:
 
 
 def new_context_id() -> str:
-    return f"ctx_{secrets.token_hex(16)}"
+    return f"ctx_{ordered_hex()}"  # in minting order: it keys stored records (backends.ids)
 
 
 def task_key(caller: str, task_id: str) -> str:

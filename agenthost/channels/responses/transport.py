@@ -61,6 +61,7 @@ from agenthost.backends.channel import (
     host_command_of,
     source_attributes,
 )
+from agenthost.backends.ids import ordered_hex
 from agenthost.backends.streaming import Emit, ProducerResponse
 from agenthost.backends.targets import StreamUpdate, UpdateSink
 from agenthost.channels.responses import codec, events, records, sse
@@ -100,8 +101,8 @@ _SETTLE_SECONDS = 5.0  # a final run whose result record never appears is settle
 
 
 def new_id(prefix: str) -> str:
-    # secrets.token_hex's own source and format, without its two Python calls: three a create.
-    return f"{prefix}_{os.urandom(16).hex()}"
+    # In minting order: a response id keys its stored record (see backends.ids).
+    return f"{prefix}_{ordered_hex()}"
 
 
 def _request_id() -> str:

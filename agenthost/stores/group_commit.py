@@ -24,11 +24,15 @@ Rules:
 4. A store may run a batch on the event loop instead (``run_inline``) when it cannot block
    there (the write lock is free at once) and is shorter than the hop: it answers whether
    it did, having touched nothing when it did not.
-5. A leader yields to the event loop once before it takes the queue: the tasks that are
-   ready to run then (other requests on their way to the store) queue their work and share
-   its transaction. A batch that runs inline holds the event loop, so without this step
+5. A leader yields to the event loop before it takes the queue: the tasks that are ready
+   to run then (other requests on their way to the store) queue their work and share its
+   transaction. A batch that runs inline holds the event loop, so without this step
    nothing could queue behind it and every call would pay its own BEGIN and COMMIT, which
-   cost more than the statements of a small turn.
+   cost more than the statements of a small turn. While a yield brought more work (and the
+   batch is not full) it yields again, up to ``gather_yields`` times: on a busy server
+   requests reach the store a loop turn or two apart (each first passes through its HTTP
+   parsing), and each that joins saves its own BEGIN and COMMIT; on an idle one the first
+   yield brings nothing and the leader goes at once.
 6. Work submitted as ``read_only`` writes nothing: a batch of such work only may run in a
    transaction that takes no write lock (the store's choice, ``WorkItem.read_only``).
 
@@ -48,6 +52,10 @@ ConnectionT = TypeVar("ConnectionT")
 T = TypeVar("T")
 
 DEFAULT_MAX_BATCH = 128
+# Loop turns a leader waits for more work while each brings some (rule 5). Measured with 16
+# connections invoking on SQLite: batches of ~3 calls -> ~12, commits per request
+# 0.66 -> 0.16; more turns than 4 gathered no more.
+DEFAULT_GATHER_YIELDS = 4
 
 
 class WorkItem(Generic[ConnectionT]):
@@ -76,10 +84,12 @@ class GroupCommit(Generic[ConnectionT]):
         *,
         run_inline: Callable[[Sequence[WorkItem[ConnectionT]]], bool] | None = None,
         max_batch: int = DEFAULT_MAX_BATCH,
+        gather_yields: int = DEFAULT_GATHER_YIELDS,
     ) -> None:
         self._run_batch = run_batch
         self._run_inline = run_inline
         self._max_batch = max_batch
+        self._gather_yields = gather_yields
         self._pending: list[WorkItem[ConnectionT]] = []
         self._busy = False
         # Made on first use, inside the event loop (an anyio Event needs one).
@@ -127,8 +137,7 @@ class GroupCommit(Generic[ConnectionT]):
     async def _lead(self) -> None:
         self._busy = True
         try:
-            # Let the tasks that are ready to run reach the queue first (rule 5).
-            await anyio.lowlevel.checkpoint()
+            await self._gather()
         except BaseException:
             self._hand_over()  # cancelled before taking anything: someone else leads
             raise
@@ -148,6 +157,16 @@ class GroupCommit(Generic[ConnectionT]):
             raise
         finally:
             self._hand_over()
+
+    async def _gather(self) -> None:
+        """Let the tasks that are ready to run reach the queue first, for as long as they
+        keep coming (rule 5)."""
+        pending = self._pending
+        for _ in range(self._gather_yields):
+            queued = len(pending)
+            await anyio.lowlevel.checkpoint()
+            if len(pending) == queued or len(pending) >= self._max_batch:
+                return
 
     async def _next_batch_done(self) -> None:
         if self._batch_done is None:

@@ -95,6 +95,32 @@ async def test_calls_made_together_share_one_commit_on_the_event_loop(
     assert sorted(r.key for r in stored) == ["k0", "k1", "k2", "k3", "k4", "warm"]
 
 
+async def test_callers_arriving_loop_turns_apart_share_one_commit(store: SQLiteStore) -> None:
+    # On a busy server requests reach the store a loop turn or two apart: the leader keeps
+    # yielding while each turn brings more work. Here the callers arrive one loop turn after
+    # another, each just before the leader looks again. Under asyncio that is every time;
+    # trio runs each loop turn's tasks in either order, so a few tries may be needed there.
+    await store.put_channel_records([record("warm")])
+    for attempt in range(100):
+        statements = commits_of(store)
+
+        async def after_turns(turns: int, key: str) -> None:
+            for _ in range(turns):
+                await anyio.lowlevel.checkpoint()
+            await store.put_channel_records([record(key)])
+
+        with anyio.fail_after(WAIT):
+            async with anyio.create_task_group() as tasks:
+                for turns in (3, 2, 1, 0):  # the last to start leads, the others follow
+                    tasks.start_soon(after_turns, turns, f"k{attempt}-{turns}")
+        if [s for s in statements if s == "COMMIT"] == ["COMMIT"]:
+            break
+    else:
+        raise AssertionError("callers one loop turn apart never shared a commit")
+    stored = {r.key for r in await store.list_channel_records("test", "item")}
+    assert {f"k{n}-{turns}" for n in range(attempt + 1) for turns in range(4)} <= stored
+
+
 async def test_a_failing_call_undoes_only_its_own_writes(store: SQLiteStore) -> None:
     from agenthost.sansio_core.background import Cancel
 

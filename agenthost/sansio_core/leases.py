@@ -266,6 +266,35 @@ def initial_state(session_id: str) -> LeaseState:
     return _lease_state(session_id)
 
 
+_FIRST_GRANT = Granted(fence=1)  # frozen: one value serves every new session's first turn
+_arrival = builder(Arrive)
+
+
+def arrive(
+    state: LeaseState | None,
+    session_id: str,
+    run_id: str,
+    strategy: MultitaskStrategy,
+    now: float,
+    ttl: float,
+) -> tuple[LeaseState, LeaseDecision]:
+    """``apply(state or initial_state(session_id), Arrive(run_id, strategy, now, ttl))``.
+
+    A turn nearly always arrives at a free lease (a new session's, or one the session's
+    last run released), which is granted at once: that step is taken here without building
+    the event or the initial state and without the table check, which allows it whatever
+    the strategy (absent -> holding, answered ``Granted``). Every other arrival goes
+    through :func:`apply`.
+    """
+    if state is None:
+        return _lease_state(session_id, run_id, now + ttl, False, (), 1), _FIRST_GRANT
+    if not state.waiters and (
+        state.holder is None or (state.holder != run_id and now >= state.expires_at)
+    ):
+        return _grant(state, run_id, now, ttl)
+    return apply(state, _arrival(run_id, strategy, now, ttl))
+
+
 def _drop_expired_waiters(state: LeaseState, event: LeaseEvent) -> LeaseState:
     if not state.waiters:
         return state

@@ -155,7 +155,6 @@ class Writes:
 Outcome = Refused | Opened
 
 # Built on every turn: without the trip through ``type.__call__``.
-_arrive = builder(leases.Arrive)
 _session_ref = builder(SessionRef)
 _opened = builder(Opened)
 _writes = builder(Writes)
@@ -204,12 +203,12 @@ def decide(opening: Opening, loaded: Loaded) -> tuple[Outcome, Writes]:
         return opened, Writes(issue_key, last_seen)
 
     record: SessionRecord | None
-    lease_state: leases.LeaseState
+    lease_state: leases.LeaseState | None  # None: a new session's, never granted
     create = None
     if opening.fork_scope is not None and loaded.fork_alias is not None:
         alias = loaded.fork_alias  # created by an earlier try: it wins, as an insert would
         record = loaded.fork_session
-        lease_state = loaded.fork_lease or leases.initial_state(alias.session_id)
+        lease_state = loaded.fork_lease
     # a tuple of classes, not ``A | B``: that builds a union object on every turn
     elif isinstance(session_decision, (sessions.CreateSession, sessions.ForkSession)):
         alias = session_decision.alias
@@ -218,14 +217,20 @@ def decide(opening: Opening, loaded: Loaded) -> tuple[Outcome, Writes]:
         else:
             record = sessions.new_session_record(alias, opening.now)
         create = (alias, record)
-        lease_state = leases.initial_state(alias.session_id)
+        lease_state = None
     else:
         alias = session_decision.alias
         record = loaded.session
-        lease_state = loaded.lease or leases.initial_state(alias.session_id)
+        lease_state = loaded.lease
 
-    arrive = _arrive(opening.run_id, opening.strategy, opening.now, opening.lease_seconds)
-    new_lease, lease_decision = leases.apply(lease_state, arrive)
+    new_lease, lease_decision = leases.arrive(
+        lease_state,
+        alias.session_id,
+        opening.run_id,
+        opening.strategy,
+        opening.now,
+        opening.lease_seconds,
+    )
     granted = isinstance(lease_decision, leases.Granted)
     ref = _session_ref(key, alias.session_id, opening.session_key)
     if (

@@ -451,6 +451,31 @@ def test_apply_never_breaks_its_own_table(events: list[leases.LeaseEvent]) -> No
         assert isinstance(decision, leases.RUN_LEASE_TRANSITIONS[(before, type(event), after)])
 
 
+@settings(max_examples=200, deadline=None)
+@given(lease_events(), st.sampled_from(RUNS), strategies, time_steps, ttls)
+def test_arrive_answers_as_apply_does(
+    events: list[leases.LeaseEvent],
+    run_id: str,
+    strategy: MultitaskStrategy,
+    later: float,
+    ttl: float,
+) -> None:
+    """``arrive``'s shortcut for a free lease changes nothing: on every state a lease can
+    reach (and on none stored yet), it answers what ``apply`` answers for the arrival."""
+    state = leases.initial_state("s1")
+    now = 0.0
+    for event in [*events, None]:
+        if event is not None:
+            state, _ = leases.apply(state, event)
+            now = event.now
+        arrival = Arrive(run_id, strategy, now + later, ttl)
+        assert leases.arrive(state, "s1", run_id, strategy, now + later, ttl) == leases.apply(
+            state, arrival
+        )
+    fresh = leases.apply(leases.initial_state("s1"), Arrive(run_id, strategy, later, ttl))
+    assert leases.arrive(None, "s1", run_id, strategy, later, ttl) == fresh
+
+
 @st.composite
 def enqueue_schedules(draw: st.DrawFn) -> list[tuple[str, int]]:
     """Actions: ("arrive", _), ("release", _), ("tick", _), in a random interleaving."""

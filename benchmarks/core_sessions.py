@@ -5,6 +5,13 @@ answer each effect the way a store would, calling the same pure lease function
 (``leases.apply``) a store calls inside its transaction. The target answers at once. So the
 numbers are the cost of the core's decisions plus dict look-ups: an upper bound no backend
 can beat, and a baseline to spot a core change that makes every request slower.
+
+Two things around the turns are not counted, as in a served host: building each
+``ChannelRequest`` (a channel codec's work, which the HTTP rows measure; done before the
+turns are timed) and collecting the garbage of start-up. The turn rows run with the
+collector a served host has (``serving.prepare_collector``, applied once the world is
+seeded, as ``agenthost serve`` applies it once the app is built); the world keeps growing
+during the new-identity rows, as a memory store would, and its collections are counted.
 """
 
 from __future__ import annotations
@@ -22,7 +29,7 @@ from agenthost.sansio_core.types import (
     SessionMode,
 )
 from benchmarks.report import Row
-from benchmarks.timing import time_calls
+from benchmarks.timing import serving_collector, time_calls, time_prepared_calls
 
 BUDGET_SECONDS = 0.75  # per row; four rows
 RETURNING_USERS = 1_000
@@ -175,12 +182,16 @@ def returning_request(i: int) -> ChannelRequest:
 def _turn_row(name: str, request_for: Any, world: DictWorld) -> Row:
     effects_before = world.effects
 
-    def one_turn(i: int) -> None:
-        outcome = world.drive(request_for(i), run_id=f"{name}-{i}")
-        if not isinstance(outcome, turns.TurnCompleted):  # pragma: no cover - a broken core
-            raise AssertionError(f"turn {i} of {name!r} did not complete: {outcome!r}")
+    def prepare(i: int) -> tuple[ChannelRequest, str]:
+        return request_for(i), f"{name}-{i}"
 
-    row = time_calls(f"core run_turn: {name}", one_turn, budget=BUDGET_SECONDS)
+    def one_turn(prepared: tuple[ChannelRequest, str]) -> None:
+        request, run_id = prepared
+        outcome = world.drive(request, run_id=run_id)
+        if not isinstance(outcome, turns.TurnCompleted):  # pragma: no cover - a broken core
+            raise AssertionError(f"turn {run_id} of {name!r} did not complete: {outcome!r}")
+
+    row = time_prepared_calls(f"core run_turn: {name}", prepare, one_turn, budget=BUDGET_SECONDS)
     effects = (world.effects - effects_before) / row.operations
     return Row(row.name, row.operations, row.seconds, {**row.extra, "effects/op": f"{effects:.2f}"})
 
@@ -230,13 +241,14 @@ def _scope_and_resolve_row() -> Row:
 
 def run() -> list[Row]:
     world = seeded_world()
-    return [
-        _turn_row("new identities", lambda i: direct_message(f"new-{i}"), world),
-        _turn_row("returning identities", returning_request, world),
-        _turn_row(
-            "mixed, 1 new : 3 returning",
-            lambda i: direct_message(f"mixed-new-{i}") if i % 4 == 0 else returning_request(i),
-            world,
-        ),
-        _scope_and_resolve_row(),
-    ]
+    with serving_collector():
+        turn_rows = [
+            _turn_row("new identities", lambda i: direct_message(f"new-{i}"), world),
+            _turn_row("returning identities", returning_request, world),
+            _turn_row(
+                "mixed, 1 new : 3 returning",
+                lambda i: direct_message(f"mixed-new-{i}") if i % 4 == 0 else returning_request(i),
+                world,
+            ),
+        ]
+    return [*turn_rows, _scope_and_resolve_row()]

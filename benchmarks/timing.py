@@ -8,9 +8,13 @@ from __future__ import annotations
 
 import gc
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Iterator, Mapping
+from contextlib import contextmanager
+from typing import TypeVar
 
 from benchmarks.report import Row, format_seconds
+
+T = TypeVar("T")
 
 
 def percentile(sorted_samples: list[float], fraction: float) -> float:
@@ -49,6 +53,53 @@ def time_calls(
         i += 1
         if finished >= deadline:
             return summarise(name, samples, extra)
+
+
+def time_prepared_calls(
+    name: str,
+    prepare: Callable[[int], T],
+    operation: Callable[[T], object],
+    *,
+    budget: float,
+    chunk: int = 1_000,
+    extra: Mapping[str, str] | None = None,
+) -> Row:
+    """``time_calls`` for an operation whose input costs something to build that the row does
+    not measure: ``prepare(i)`` builds the i-th input, ``chunk`` at a time, outside the
+    timed calls of ``operation(input)``."""
+    gc.collect()
+    samples: list[float] = []
+    clock = time.perf_counter
+    spent = 0.0
+    i = 0
+    while spent < budget:
+        inputs = [prepare(n) for n in range(i, i + chunk)]
+        i += chunk
+        for prepared in inputs:
+            started = clock()
+            operation(prepared)
+            finished = clock()
+            samples.append(finished - started)
+            spent += finished - started
+            if spent >= budget:
+                break
+    return summarise(name, samples, extra)
+
+
+@contextmanager
+def serving_collector() -> Iterator[None]:
+    """The cyclic collector as a served host runs it (``serving.prepare_collector``: what
+    exists now is frozen as start-up state, the young generation collected less often),
+    restored on leaving."""
+    from agenthost.backends.serving import prepare_collector
+
+    threshold = gc.get_threshold()
+    prepare_collector()
+    try:
+        yield
+    finally:
+        gc.unfreeze()
+        gc.set_threshold(*threshold)
 
 
 async def time_async_calls(

@@ -2,9 +2,11 @@
 
 Each server runs in its own process (``multiprocessing``, spawn context) behind the
 project's Hypercorn helpers on a loopback socket (:mod:`benchmarks.loopback`), so the load
-generator here does not share the server's event loop. ``WORKERS`` concurrent workers each
-keep one connection alive and send one request at a time for ``BUDGET_SECONDS`` after a
-short warm-up; every request's latency is recorded.
+generator here does not share the server's event loop. All of them run at once: after a
+short warm-up of each, every row is measured for ``BUDGET_SECONDS`` in all, in windows
+taken in turn with the other rows' (``loopback.in_rounds``), so the machine's slow moments
+fall on every row. In a window ``WORKERS`` concurrent workers each keep one connection
+alive and send one request at a time; every request's latency is recorded.
 
 - the baseline is a bare Starlette app, served the same way, whose route reads the JSON
   body, checks ``input`` is a string and answers ``{"output", "status", "session_id"}``;
@@ -15,7 +17,7 @@ short warm-up; every request's latency is recorded.
   ``n = w + WORKERS * k``, so two requests in flight never share a session (no lease waits).
   The echo target is a plain ``async def``, so the host keeps its conversation history: a
   returning session's history grows by two messages a turn, and the ``history`` column says
-  how long it had grown by the end of the row. "new session" requests carry no session_id.
+  how long it had grown by the end of the last round. "new session" requests carry no session_id.
 
 The load comes from a minimal HTTP/1.1 client on anyio sockets (``loopback.RawConnection``:
 pre-built request bytes, reconnecting when Hypercorn closes a connection after
@@ -31,13 +33,14 @@ time (100% is one core busy): a client near 100% means the row measures the load
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import json
 import secrets
 import tempfile
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -109,72 +112,97 @@ PLAN: tuple[tuple[ServerSpec, tuple[RowSpec, ...]], ...] = (
 
 
 def run() -> list[Row]:
-    rows: list[Row] = []
-    baselines = loopback.Baselines()  # compared per (backend, client)
-    with tempfile.TemporaryDirectory(prefix="agenthost-bench-http-") as directory:
-        for index, (server_spec, row_specs) in enumerate(PLAN):
+    with (
+        tempfile.TemporaryDirectory(prefix="agenthost-bench-http-") as directory,
+        contextlib.ExitStack() as servers_running,
+    ):
+        servers = []
+        for index, (server_spec, _) in enumerate(PLAN):
             state_dir = Path(directory) / f"server-{index}"
             state_dir.mkdir()
             build = partial(_build_app, server_spec, state_dir)
             name = f"bench-{server_spec.app}-{server_spec.backend}"
-            with loopback.server_process(
+            server = loopback.server_process(
                 build, name=name, label=str(server_spec), backend=server_spec.backend
-            ) as server:
-                measured = anyio.run(
-                    _measure_server, server, server_spec, row_specs, backend="asyncio"
-                )
-            for spec, row in zip(row_specs, measured, strict=True):
-                key = (server_spec.backend, spec.client)
-                rows.append(baselines.compare(row, key, baseline=server_spec.app == "baseline"))
+            )
+            servers.append(servers_running.enter_context(server))
+        measured = anyio.run(_measure_servers, servers, backend="asyncio")
+    rows: list[Row] = []
+    baselines = loopback.Baselines()  # compared per (backend, client)
+    for (server_spec, row_specs), server_rows in zip(PLAN, measured, strict=True):
+        for spec, row in zip(row_specs, server_rows, strict=True):
+            key = (server_spec.backend, spec.client)
+            rows.append(baselines.compare(row, key, baseline=server_spec.app == "baseline"))
     return rows
 
 
-async def _measure_server(
-    server: loopback.Server, server_spec: ServerSpec, row_specs: tuple[RowSpec, ...]
-) -> list[Row]:
-    await loopback.wait_ready(server)
+@dataclass
+class _Tally:
+    """One row's load and what its windows measured so far (see ``loopback.in_rounds``)."""
+
+    server: loopback.Server
+    server_spec: ServerSpec
+    spec: RowSpec
+    load: Callable[[float], Awaitable[list[float]]]
+    sent_on_session: list[int]  # shared by the rows of one server
+    samples: list[float] = field(default_factory=list)
+    wall: float = 0.0
+    server_cpu: float = 0.0
+    client_cpu: float = 0.0
+
+    async def window(self, seconds: float) -> None:
+        gc.collect()
+        server_cpu = self.server.cpu_seconds()
+        client_cpu = time.process_time()
+        started = time.perf_counter()
+        self.samples += await self.load(seconds)
+        self.wall += time.perf_counter() - started
+        self.client_cpu += time.process_time() - client_cpu
+        self.server_cpu += self.server.cpu_seconds() - server_cpu
+
+    def row(self) -> Row:
+        ordered = sorted(self.samples)
+        extra = {
+            "p50": format_seconds(percentile(ordered, 0.50)),
+            "p99": format_seconds(percentile(ordered, 0.99)),
+        }
+        if self.spec.returning and self.server_spec.app == "host":
+            # Each turn adds the input and the reply to its session's history.
+            extra["history"] = f"~{2 * sum(self.sent_on_session) / SESSIONS:,.0f} msgs"
+        extra["server CPU"] = f"{self.server_cpu / self.wall:.0%}"
+        extra["client CPU"] = f"{self.client_cpu / self.wall:.0%}"
+        return Row(self.spec.name, len(self.samples), self.wall, extra)
+
+
+async def _measure_servers(servers: list[loopback.Server]) -> list[list[Row]]:
+    """Check and warm up every row, then measure them all in rounds; the rows per server."""
     limits = httpx.Limits(max_connections=WORKERS, max_keepalive_connections=WORKERS)
-    async with httpx.AsyncClient(
-        base_url=server.base_url, limits=limits, timeout=REQUEST_TIMEOUT, trust_env=False
-    ) as client:
-        sent_on_session = [0] * WORKERS  # per worker, requests sent on its sessions so far
-        rows = []
-        for spec in row_specs:
-            with anyio.fail_after(WARMUP_SECONDS + BUDGET_SECONDS + 60.0):
-                for body in _bodies(spec.returning)[:3]:
-                    _check(*await _httpx_post(client, body))
+    tallies: list[list[_Tally]] = []
+    async with contextlib.AsyncExitStack() as clients:
+        for server, (server_spec, row_specs) in zip(servers, PLAN, strict=True):
+            await loopback.wait_ready(server)
+            client = await clients.enter_async_context(
+                httpx.AsyncClient(
+                    base_url=server.base_url,
+                    limits=limits,
+                    timeout=REQUEST_TIMEOUT,
+                    trust_env=False,
+                )
+            )
+            sent_on_session = [0] * WORKERS  # per worker, requests sent on its sessions so far
+            server_tallies = []
+            for spec in row_specs:
                 load = partial(_load, server, client, spec, sent_on_session=sent_on_session)
-                await load(WARMUP_SECONDS)
-                rows.append(await _measured_row(server, server_spec, spec, load, sent_on_session))
-        return rows
-
-
-async def _measured_row(
-    server: loopback.Server,
-    server_spec: ServerSpec,
-    spec: RowSpec,
-    load: Callable[[float], Awaitable[list[float]]],
-    sent_on_session: list[int],
-) -> Row:
-    gc.collect()
-    server_cpu = server.cpu_seconds()
-    client_cpu = time.process_time()
-    started = time.perf_counter()
-    samples = await load(BUDGET_SECONDS)
-    wall = time.perf_counter() - started
-    client_cpu = time.process_time() - client_cpu
-    server_cpu = server.cpu_seconds() - server_cpu
-    ordered = sorted(samples)
-    extra = {
-        "p50": format_seconds(percentile(ordered, 0.50)),
-        "p99": format_seconds(percentile(ordered, 0.99)),
-    }
-    if spec.returning and server_spec.app == "host":
-        # Each turn adds the input and the reply to its session's history.
-        extra["history"] = f"~{2 * sum(sent_on_session) / SESSIONS:,.0f} msgs"
-    extra["server CPU"] = f"{server_cpu / wall:.0%}"
-    extra["client CPU"] = f"{client_cpu / wall:.0%}"
-    return Row(spec.name, len(samples), wall, extra)
+                with anyio.fail_after(WARMUP_SECONDS + 60.0):
+                    for body in _bodies(spec.returning)[:3]:
+                        _check(*await _httpx_post(client, body))
+                    await load(WARMUP_SECONDS)
+                server_tallies.append(_Tally(server, server_spec, spec, load, sent_on_session))
+            tallies.append(server_tallies)
+        windows = [tally.window for server_tallies in tallies for tally in server_tallies]
+        with anyio.fail_after(len(windows) * (BUDGET_SECONDS + 30.0)):
+            await loopback.in_rounds(windows, BUDGET_SECONDS)
+    return [[tally.row() for tally in server_tallies] for server_tallies in tallies]
 
 
 def _bodies(returning: bool) -> list[bytes]:

@@ -24,14 +24,16 @@ module owns:
   (p50, p99, p99/p50, the server's CPU share);
 - what both serve around their own parts: :func:`host_app` (a ``Host`` on the SQLite or the
   memory store), :func:`bare_app` (the bare Starlette baseline doing the route's JSON work)
-  and :class:`Baselines` (the other rows' ``ratio`` column against that baseline).
+  and :class:`Baselines` (the other rows' ``ratio`` column against that baseline);
+- :func:`in_rounds`, which measures the rows of several servers in turns, so a stretch of
+  time when the machine runs slow falls on all of them rather than on one.
 """
 
 from __future__ import annotations
 
 import multiprocessing
 import time
-from collections.abc import Callable, Hashable, Iterator, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Hashable, Iterator, Mapping, Sequence
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from functools import partial
@@ -432,6 +434,29 @@ def bare_app(
         Route(path, post, methods=["POST"]),
     ]
     return Starlette(routes=routes)
+
+
+ROUNDS = 6  # windows each interleaved row is measured in
+
+
+async def in_rounds(
+    windows: Sequence[Callable[[float], Awaitable[None]]],
+    seconds: float,
+    *,
+    rounds: int = ROUNDS,
+) -> None:
+    """Measure every row for ``seconds`` in all, in ``rounds`` windows taken in turn.
+
+    ``windows[k](length)`` measures row ``k`` for ``length`` seconds and adds what it saw
+    to the row's tally. Each round runs every row's window once, starting one row further
+    along than the round before. On a shared machine whose speed drifts over seconds (other
+    tenants, the kernel's own work), a slow stretch then slows every row a little instead
+    of one row a lot: the ratios between rows hold better than their absolute values.
+    """
+    length = seconds / rounds
+    for round_number in range(rounds):
+        for k in range(len(windows)):
+            await windows[(round_number + k) % len(windows)](length)
 
 
 class Baselines:

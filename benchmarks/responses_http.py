@@ -2,7 +2,9 @@
 
 Each server runs in its own process (``multiprocessing``, spawn context) behind the
 project's Hypercorn helpers on a loopback socket (:mod:`benchmarks.loopback`), so the load
-generator here does not share the server's event loop. Three measurements per server, each
+generator here does not share the server's event loop. The three servers run at once, and
+each measurement's rows are taken in windows in turn (``loopback.in_rounds``), so the
+machine's slow moments fall on every server's row. Three measurements per server, each
 after a short warm-up:
 
 - **first event**: one stream at a time; the time from sending the request to having read
@@ -29,11 +31,12 @@ HTTP/1.1 client on anyio sockets (``loopback.RawConnection``: pre-built request 
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import json
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -71,58 +74,89 @@ MEASUREMENTS = ("first event", "stream events", "create")
 
 
 def run() -> list[Row]:
-    rows: list[Row] = []
-    baselines = loopback.Baselines()  # compared per measurement
-    with tempfile.TemporaryDirectory(prefix="agenthost-bench-responses-") as directory:
+    with (
+        tempfile.TemporaryDirectory(prefix="agenthost-bench-responses-") as directory,
+        contextlib.ExitStack() as servers_running,
+    ):
+        servers = []
         for index, spec in enumerate(PLAN):
             state_dir = Path(directory) / f"server-{index}"
             state_dir.mkdir()
             build = partial(_build_app, spec, state_dir)
             name = f"bench-responses-{spec.app}"
-            with loopback.server_process(build, name=name, label=str(spec)) as server:
-                measured = anyio.run(_measure, server, spec, backend="asyncio")
-            for measurement, row in zip(MEASUREMENTS, measured, strict=True):
-                rows.append(baselines.compare(row, measurement, baseline=spec.app == "baseline"))
+            server = loopback.server_process(build, name=name, label=str(spec))
+            servers.append(servers_running.enter_context(server))
+        measured = anyio.run(_measure, servers, backend="asyncio")
+    rows: list[Row] = []
+    baselines = loopback.Baselines()  # compared per measurement
+    for spec, server_rows in zip(PLAN, measured, strict=True):
+        for measurement, row in zip(MEASUREMENTS, server_rows, strict=True):
+            rows.append(baselines.compare(row, measurement, baseline=spec.app == "baseline"))
     return rows
 
 
-async def _measure(server: loopback.Server, spec: ServerSpec) -> list[Row]:
-    await loopback.wait_ready(server)
-    port = server.port
-    rows = []
-    with anyio.fail_after(3 * (WARMUP_SECONDS + BUDGET_SECONDS) + 60.0):
-        # Check the answers once before measuring anything.
-        connection = loopback.RawConnection(port)
-        try:
-            _check_json(await connection.request(_request(stream=False)))
-            _check_stream(await connection.request(_request(stream=True)))
-        finally:
-            await connection.aclose()
-        for measurement in MEASUREMENTS:
-            await _run_row(port, measurement, WARMUP_SECONDS)
-            gc.collect()
-            rows.append(await _run_row(port, measurement, BUDGET_SECONDS, spec=spec))
-    return rows
+@dataclass
+class _Tally:
+    """One server's row of one measurement, summed over its windows (``loopback.in_rounds``)."""
+
+    port: int
+    spec: ServerSpec
+    measurement: str
+    counted: int = 0  # events or requests
+    latencies: list[float] = field(default_factory=list)
+    wall: float = 0.0
+
+    async def window(self, seconds: float) -> None:
+        gc.collect()
+        if self.measurement == "first event":
+            self.latencies += await _first_events(self.port, seconds)
+            return
+        started = time.perf_counter()
+        counted, latencies = await _load(
+            self.port, seconds, stream=self.measurement == "stream events"
+        )
+        self.wall += time.perf_counter() - started
+        self.counted += counted
+        self.latencies += latencies
+
+    def row(self) -> Row:
+        name = f"responses http {self.measurement}: {self.spec.label} (asyncio)"
+        if self.measurement == "first event":
+            return summarise(name, self.latencies)
+        ordered = sorted(self.latencies)
+        extra = {
+            "p50": format_seconds(percentile(ordered, 0.50)),
+            "p99": format_seconds(percentile(ordered, 0.99)),
+        }
+        if self.measurement == "stream events":
+            extra["streams"] = f"{len(self.latencies):,}"
+        return Row(name, self.counted, self.wall, extra)
 
 
-async def _run_row(
-    port: int, measurement: str, seconds: float, *, spec: ServerSpec | None = None
-) -> Row:
-    name = f"responses http {measurement}: {spec.label if spec else ''} (asyncio)"
-    if measurement == "first event":
-        return summarise(name, await _first_events(port, seconds))
-    stream = measurement == "stream events"
-    started = time.perf_counter()
-    counts, latencies = await _load(port, seconds, stream=stream)
-    wall = time.perf_counter() - started
-    ordered = sorted(latencies)
-    extra = {
-        "p50": format_seconds(percentile(ordered, 0.50)),
-        "p99": format_seconds(percentile(ordered, 0.99)),
-    }
-    if stream:
-        extra["streams"] = f"{len(latencies):,}"
-    return Row(name, counts, wall, extra)
+async def _measure(servers: list[loopback.Server]) -> list[list[Row]]:
+    """Check and warm up every server, then measure every row in rounds; rows per server."""
+    tallies = []
+    for server, spec in zip(servers, PLAN, strict=True):
+        await loopback.wait_ready(server)
+        with anyio.fail_after(len(MEASUREMENTS) * WARMUP_SECONDS + 60.0):
+            # Check the answers once before measuring anything.
+            connection = loopback.RawConnection(server.port)
+            try:
+                _check_json(await connection.request(_request(stream=False)))
+                _check_stream(await connection.request(_request(stream=True)))
+            finally:
+                await connection.aclose()
+            server_tallies = [_Tally(server.port, spec, m) for m in MEASUREMENTS]
+            for tally in server_tallies:
+                await tally.window(WARMUP_SECONDS)
+                tally.counted, tally.latencies, tally.wall = 0, [], 0.0  # warm-up: not counted
+        tallies.append(server_tallies)
+    # Each measurement's rows in turn with the other servers' rows of that measurement.
+    for measurement in range(len(MEASUREMENTS)):
+        windows = [server_tallies[measurement].window for server_tallies in tallies]
+        with anyio.fail_after(len(windows) * (BUDGET_SECONDS + 30.0)):
+            await loopback.in_rounds(windows, BUDGET_SECONDS)
+    return [[tally.row() for tally in server_tallies] for server_tallies in tallies]
 
 
 async def _first_events(port: int, seconds: float) -> list[float]:

@@ -1,10 +1,10 @@
 """Core decisions per second for session resolution, with no event loop and no I/O.
 
 ``run_turn`` generators are driven to completion by :class:`DictWorld`, a few dicts that
-answer each effect the way a store would, calling the same pure lease function
-(``leases.apply``) a store calls inside its transaction. The target answers at once. So the
-numbers are the cost of the core's decisions plus dict look-ups: an upper bound no backend
-can beat, and a baseline to spot a core change that makes every request slower.
+answer each effect the way a store would, calling the same pure functions (``leases``,
+``opening.decide``) a store calls inside its transaction. The target answers at once. So
+the numbers are the cost of the core's decisions plus dict look-ups: an upper bound no
+backend can beat, and a baseline to spot a core change that makes every request slower.
 
 Two things around the turns are not counted, as in a served host: building each
 ``ChannelRequest`` (a channel codec's work, which the HTTP rows measure; done before the
@@ -112,7 +112,7 @@ class DictWorld:
 
     def _finish_run(self, effect: fx.FinishRun) -> bool:
         state = self.leases[effect.session_id]
-        state, decision = leases.apply(state, leases.Release(effect.run_id, self.now))
+        state, decision = leases.release(state, effect.run_id, self.now)
         self.leases[effect.session_id] = state
         if not isinstance(decision, leases.Released) or effect.session is None:
             return False

@@ -295,6 +295,15 @@ def arrive(
     return apply(state, _arrival(run_id, strategy, now, ttl))
 
 
+def release(state: LeaseState, run_id: str, now: float) -> tuple[LeaseState, LeaseDecision]:
+    """``apply(state, Release(run_id, now))``: every turn ends with one, nearly always by
+    the holder of a lease nobody waits for, a step taken here directly (holding -> absent,
+    answered ``Released``); every other release goes through :func:`apply`."""
+    if state.holder == run_id and not state.waiters:
+        return _lease_state(state.session_id, None, 0.0, False, (), state.grants), _RELEASED
+    return apply(state, Release(run_id, now))
+
+
 def _drop_expired_waiters(state: LeaseState, event: LeaseEvent) -> LeaseState:
     if not state.waiters:
         return state

@@ -469,7 +469,7 @@ class MemoryStore(Store):
         if creation is not None:
             return self._finish_creation(creation, run_id, session, now)
         state = self._leases.get(session_id) or leases.initial_state(session_id)
-        new_state, decision = leases.apply(state, leases.Release(run_id, now))
+        new_state, decision = leases.release(state, run_id, now)
         if not isinstance(decision, leases.Released):
             return False
         self._leases[session_id] = new_state
@@ -484,7 +484,7 @@ class MemoryStore(Store):
         alias = creation.alias
         if (alias.owner, alias.qualifier) in self._aliases:
             return False  # the key was not private after all: the existing session stays
-        new_state, decision = leases.apply(creation.lease, leases.Release(run_id, now))
+        new_state, decision = leases.release(creation.lease, run_id, now)
         if not isinstance(decision, leases.Released):  # pragma: no cover - the turn holds it
             return False
         self._aliases[(alias.owner, alias.qualifier)] = alias

@@ -478,7 +478,7 @@ class PostgresStore(Store):
             with conn.pipeline():  # the lock and the read in one round trip
                 q.lock_lease(conn, session_id)
                 state = q.select_lease(conn, session_id)
-            new_state, decision = leases.apply(state, leases.Release(run_id, now))
+            new_state, decision = leases.release(state, run_id, now)
             if not isinstance(decision, leases.Released):
                 return False
             with conn.pipeline():
@@ -519,7 +519,7 @@ class PostgresStore(Store):
                 with conn.pipeline():
                     q.lock_lease(conn, session_id)
                     state = q.select_lease(conn, session_id)
-                new_state, decision = leases.apply(state, leases.Release(run_id, now))
+                new_state, decision = leases.release(state, run_id, now)
                 if isinstance(decision, leases.Released):
                     q.write_lease(conn, session_id, new_state)
                     if session is not None:
@@ -983,7 +983,7 @@ def _finish_creation(
     rule 5), with the turn's ``session`` when it has one, and its lease released. Nobody
     else can name it yet, so it takes no lock; the alias's unique key settles a race."""
     alias = creation.alias
-    new_state, decision = leases.apply(creation.lease, leases.Release(run_id, now))
+    new_state, decision = leases.release(creation.lease, run_id, now)
     if not isinstance(decision, leases.Released):  # pragma: no cover - the turn holds it
         return False
     if not q.insert_alias_if_absent(conn, alias):

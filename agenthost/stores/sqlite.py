@@ -1805,7 +1805,7 @@ def _finish_run(
         return _finish_creation(conn, creation, run_id, session, now)
     if not _release_kept_lease(conn, session_id, run_id, now):
         state = _select_lease(conn, session_id)
-        new_state, decision = leases.apply(state, leases.Release(run_id, now))
+        new_state, decision = leases.release(state, run_id, now)
         if not isinstance(decision, leases.Released):
             return False
         _write_lease(conn, session_id, new_state)
@@ -1825,7 +1825,7 @@ def _finish_creation(
     """Inside a transaction: create the session the opening left to the save (``opening``
     rule 5), with the turn's ``session`` when it has one, and its lease released."""
     alias = creation.alias
-    new_state, decision = leases.apply(creation.lease, leases.Release(run_id, now))
+    new_state, decision = leases.release(creation.lease, run_id, now)
     if not isinstance(decision, leases.Released):  # pragma: no cover - the turn holds it
         return False
     if not _insert_alias_if_absent(conn, alias):
@@ -1847,7 +1847,7 @@ def _release_kept_lease(conn: sqlite3.Connection, session_id: str, run_id: str, 
     if kept is None or not isinstance(conn, _Connection):
         return False
     kept_text, kept_state = kept
-    new_state, decision = leases.apply(kept_state, leases.Release(run_id, now))
+    new_state, decision = leases.release(kept_state, run_id, now)
     if not isinstance(decision, leases.Released):
         return False
     cursor = conn.execute(

@@ -476,6 +476,24 @@ def test_arrive_answers_as_apply_does(
     assert leases.arrive(None, "s1", run_id, strategy, later, ttl) == fresh
 
 
+@settings(max_examples=200, deadline=None)
+@given(lease_events(), st.sampled_from(RUNS), time_steps)
+def test_release_answers_as_apply_does(
+    events: list[leases.LeaseEvent], run_id: str, later: float
+) -> None:
+    """``release``'s shortcut for a holder nobody waits behind changes nothing: on every
+    state a lease can reach, it answers what ``apply`` answers for the release."""
+    state = leases.initial_state("s1")
+    now = 0.0
+    for event in [*events, None]:
+        if event is not None:
+            state, _ = leases.apply(state, event)
+            now = event.now
+        for releasing in {run_id, state.holder or run_id}:  # the holder too, when there is one
+            expected = leases.apply(state, Release(releasing, now + later))
+            assert leases.release(state, releasing, now + later) == expected
+
+
 @st.composite
 def enqueue_schedules(draw: st.DrawFn) -> list[tuple[str, int]]:
     """Actions: ("arrive", _), ("release", _), ("tick", _), in a random interleaving."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+from collections.abc import Iterator
 
 import attrs
 import pytest
@@ -451,6 +452,15 @@ def test_apply_never_breaks_its_own_table(events: list[leases.LeaseEvent]) -> No
         assert isinstance(decision, leases.RUN_LEASE_TRANSITIONS[(before, type(event), after)])
 
 
+def states_reached(events: list[leases.LeaseEvent]) -> Iterator[tuple[leases.LeaseState, float]]:
+    """The initial lease and the lease after each of ``events``, each with its time."""
+    state = leases.initial_state("s1")
+    yield state, 0.0
+    for event in events:
+        state, _ = leases.apply(state, event)
+        yield state, event.now
+
+
 @settings(max_examples=200, deadline=None)
 @given(lease_events(), st.sampled_from(RUNS), strategies, time_steps, ttls)
 def test_arrive_answers_as_apply_does(
@@ -462,12 +472,7 @@ def test_arrive_answers_as_apply_does(
 ) -> None:
     """``arrive``'s shortcut for a free lease changes nothing: on every state a lease can
     reach (and on none stored yet), it answers what ``apply`` answers for the arrival."""
-    state = leases.initial_state("s1")
-    now = 0.0
-    for event in [*events, None]:
-        if event is not None:
-            state, _ = leases.apply(state, event)
-            now = event.now
+    for state, now in states_reached(events):
         arrival = Arrive(run_id, strategy, now + later, ttl)
         assert leases.arrive(state, "s1", run_id, strategy, now + later, ttl) == leases.apply(
             state, arrival
@@ -483,12 +488,7 @@ def test_release_answers_as_apply_does(
 ) -> None:
     """``release``'s shortcut for a holder nobody waits behind changes nothing: on every
     state a lease can reach, it answers what ``apply`` answers for the release."""
-    state = leases.initial_state("s1")
-    now = 0.0
-    for event in [*events, None]:
-        if event is not None:
-            state, _ = leases.apply(state, event)
-            now = event.now
+    for state, now in states_reached(events):
         for releasing in {run_id, state.holder or run_id}:  # the holder too, when there is one
             expected = leases.apply(state, Release(releasing, now + later))
             assert leases.release(state, releasing, now + later) == expected

@@ -10,7 +10,10 @@ Kinds and keys (all within the channel's name):
   its record held them (read when the record has no ``input_items``, deleted with it);
 - ``event``, ``{response id}:{sequence:08d}``: one stream event of a background run
   (these expire after a day);
-- ``item``, by item id: an output item, for ``item_reference`` inputs;
+- ``item``, by item id: an output item of a response stored before output item ids named
+  their response (:func:`item_ids`), read for an ``item_reference`` whose id names none and
+  deleted with its response; an item whose id names its response is found in that
+  response's record;
 - ``conversation``, by conversation id: the conversation, the number its next item gets,
   and the items added by the API that its session has not seen yet;
 - ``conversation_item``, ``{conversation id}:{number:08d}``: one conversation item;
@@ -26,6 +29,7 @@ id's records.
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -42,6 +46,27 @@ CONVERSATION_ITEM = "conversation_item"
 CONVERSATION_ITEM_REF = "conversation_item_ref"
 
 _PAGE = 500
+
+
+def item_ids(response_id: str) -> Callable[[str], str]:
+    """The ids of one response's output items, in the order they are made: the item kind's
+    prefix, the response id's own part and a count (``msg_<that part>_0``), so that an
+    item's id names its response (:func:`response_of_item`) and an ``item_reference`` is
+    resolved from the response's record, with no record per item. The same response renders
+    the same ids again. Unguessable as the response id is, and read only by its owner."""
+    stem = response_id.removeprefix("resp_")
+    count = itertools.count()
+    return lambda prefix: f"{prefix}_{stem}_{next(count)}"
+
+
+def response_of_item(item_id: str) -> str | None:
+    """The id of the response whose output item ``item_id`` is, if the id says (see
+    :func:`item_ids`); ``None`` for any other id."""
+    head, _, number = item_id.rpartition("_")
+    stem = head.rpartition("_")[2]
+    if not stem or not number.isdigit():
+        return None
+    return f"resp_{stem}"
 
 
 def event_key(response_id: str, sequence: int) -> str:

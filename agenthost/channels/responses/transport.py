@@ -34,7 +34,7 @@ import inspect
 import logging
 import os
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from typing import Any
+from typing import Any, cast
 
 import anyio
 import anyio.abc
@@ -523,11 +523,25 @@ class _Service:
             if item.get("type") != "item_reference":
                 resolved.append(item)
                 continue
-            found = await self.records.owned(records.ITEM, item["id"], caller)
+            found = await self._output_item(item["id"], caller)
             if found is None:
                 raise codec.not_found("Item", item["id"], f"input[{index}].id")
-            resolved.append(found.value["item"])
+            resolved.append(found)
         return resolved
+
+    async def _output_item(self, item_id: str, caller: str) -> Mapping[str, Any] | None:
+        """The caller's stored output item ``item_id``: from the record of the response its
+        id names (``records.item_ids``), else from its own record (older responses)."""
+        response_id = records.response_of_item(item_id)
+        if response_id is not None:
+            record = await self.records.owned(records.RESPONSE, response_id, caller)
+            if record is not None and record.value.get("stored"):
+                response = await self._current_response(record)
+                for output in response.get("output", ()):
+                    if output.get("id") == item_id:
+                        return cast("Mapping[str, Any]", output)
+        found = await self.records.owned(records.ITEM, item_id, caller)
+        return found.value["item"] if found is not None else None
 
     async def _check_previous(self, previous_id: str, caller: str) -> None:
         record = await self.records.owned(records.RESPONSE, previous_id, caller)
@@ -556,7 +570,7 @@ class _Service:
             return events.render_result(
                 turn.response,
                 outcome.result.result,
-                new_id=new_id,
+                new_id=records.item_ids(turn.response_id),
                 completed_at=now,
                 server_tool_calls=self.channel.server_tool_calls,
             )
@@ -569,7 +583,10 @@ class _Service:
 
     def _machine(self, response: Mapping[str, Any], **options: Any) -> events.ResponseEvents:
         return events.ResponseEvents(
-            response, new_id=new_id, server_tool_calls=self.channel.server_tool_calls, **options
+            response,
+            new_id=records.item_ids(response["id"]),
+            server_tool_calls=self.channel.server_tool_calls,
+            **options,
         )
 
     def _stream(self, turn: _Turn, request: Request) -> Response:
@@ -700,7 +717,6 @@ class _Service:
         if turn.create.store:
             value["response"] = response
             value["input_items"] = list(items)
-            batch += self._output_index(response, caller)
         batch.append(self.records.record(records.RESPONSE, rid, value, caller))
         return batch
 
@@ -715,12 +731,6 @@ class _Service:
                 [*turn.items, *response["output"]],
                 taken=turn.pending_taken,
             )
-
-    def _output_index(self, response: Mapping[str, Any], caller: str) -> list[Any]:
-        return [
-            self.records.record(records.ITEM, item["id"], {"item": item}, caller)
-            for item in response.get("output", [])
-        ]
 
     # --- background runs --------------------------------------------------------------
 
@@ -764,7 +774,7 @@ class _Service:
             owner=record.request.identity.native_id,
             log=self.log,
             records=self.records,
-            new_id=new_id,
+            new_id=records.item_ids(rid),
             server_tool_calls=self.channel.server_tool_calls,
         )
         self._live[rid] = run
@@ -785,7 +795,7 @@ class _Service:
                 owner=owner,
                 log=self.log,
                 records=self.records,
-                new_id=new_id,
+                new_id=records.item_ids(rid),
                 server_tool_calls=self.channel.server_tool_calls,
             )
         async with run.lock:
@@ -797,7 +807,6 @@ class _Service:
             final = run.machine.response
             batch = self.records.event_records(rid, final_events, owner)
             batch.append(self.records.record(records.RESULT, rid, {"response": final}, owner))
-            batch += self._output_index(final, owner)
             await self.records.put(batch)
         self.log.wake(rid)
         conversation = (response.get("conversation") or {}).get("id")
@@ -920,7 +929,8 @@ class _Service:
                 current = await self._current_response(record)
             output = current.get("output", [])
         for item in output:
-            await self.records.delete(records.ITEM, item["id"])
+            if records.response_of_item(item["id"]) != rid:  # its own record (an older response)
+                await self.records.delete(records.ITEM, item["id"])
         for kind in (records.INPUT_ITEM, records.EVENT):  # (input items: older responses)
             await self.records.delete(kind, f"{rid}:")
         await self.records.delete(records.RESULT, rid)
@@ -1234,7 +1244,7 @@ def _from_token(
         return events.render_result(
             base,
             output,
-            new_id=new_id,
+            new_id=records.item_ids(base["id"]),
             completed_at=completed_at,
             server_tool_calls=server_tool_calls,
         )

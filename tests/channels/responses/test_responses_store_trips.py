@@ -126,7 +126,7 @@ async def test_a_create_keeps_its_input_items_in_its_response_record(tmp_path: P
                 created = await client.responses.create(model="demo", input=THREE_ITEMS)  # type: ignore[arg-type]
             listed = await client.responses.input_items.list(created.id, order="asc")
     written = [s for s in statements if s.startswith("INSERT OR REPLACE INTO channel_records")]
-    assert len(written) == 2, written  # the response, and its one output item's index
+    assert len(written) == 1, written  # the response, with its input and output items
     assert _texts(listed) == ["one", "two", "three"]
 
 
@@ -159,4 +159,69 @@ async def test_input_items_stored_one_record_each_by_an_earlier_version_are_list
             await client.responses.delete(created.id)
             left = await host.store.list_channel_records("responses", "input_item", prefix="")
     assert _texts(listed) == ["one", "two", "three"]
+    assert left == []  # deleted with the response
+
+
+async def test_output_items_resolve_from_their_responses_however_created(
+    tmp_path: Path,
+) -> None:
+    # An output item's id names its response: a reference to it reads that response's
+    # record, whether the response was answered at once, streamed or run in the background.
+    received: list[str] = []
+
+    async def noting(messages: list[HostMessage]) -> str:
+        received.append(" | ".join(m.text for m in messages))
+        return f"echo: {messages[-1].text}"
+
+    host = make_host(noting, tmp_path)
+    with anyio.fail_after(TIMEOUT):
+        async with serving(host) as base_url, sdk_client(base_url) as client:
+            plain = await client.responses.create(model="demo", input="plain")
+            stream = await client.responses.create(model="demo", input="streamed", stream=True)
+            streamed = [event async for event in stream][-1].response  # type: ignore[union-attr]
+            queued = await client.responses.create(model="demo", input="later", background=True)
+            background = await client.responses.retrieve(queued.id)
+            for _ in range(200):
+                if background.status == "completed":
+                    break
+                await anyio.sleep(0.05)
+                background = await client.responses.retrieve(queued.id)
+            references = [
+                {"type": "item_reference", "id": response.output[0].id}
+                for response in (plain, streamed, background)
+            ]
+            await client.responses.create(model="demo", input=references)  # type: ignore[arg-type]
+            items = await host.store.list_channel_records("responses", "item", prefix="")
+    assert received[-1] == "echo: plain | echo: streamed | echo: later"
+    assert items == []  # no record of their own
+
+
+async def test_output_items_stored_one_record_each_by_an_earlier_version_resolve(
+    tmp_path: Path,
+) -> None:
+    host = make_host(echo, tmp_path)
+    with anyio.fail_after(TIMEOUT):
+        async with serving(host) as base_url, sdk_client(base_url) as client:
+            created = await client.responses.create(model="demo", input="hello")
+            record = await host.store.get_channel_record("responses", "response", created.id)
+            assert record is not None
+            # The layout earlier versions wrote: a random item id, and the item's own record.
+            item = {**record.value["response"]["output"][0], "id": "msg_0123456789abcdef"}
+            response = {**record.value["response"], "output": [item]}
+            old_item = ChannelRecord(
+                "responses",
+                "item",
+                item["id"],
+                {"item": item},
+                record.owner,
+                record.created_at,
+                record.expires_at,
+            )
+            changed = attrs.evolve(record, value={**record.value, "response": response})
+            await host.store.put_channel_records([changed, old_item])
+            reference = {"type": "item_reference", "id": item["id"]}
+            answered = await client.responses.create(model="demo", input=[reference])  # type: ignore[list-item]
+            await client.responses.delete(created.id)
+            left = await host.store.list_channel_records("responses", "item", prefix="")
+    assert answered.output_text == "echo: echo: hello"
     assert left == []  # deleted with the response

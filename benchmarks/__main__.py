@@ -13,6 +13,7 @@ import traceback
 
 from benchmarks import BENCHMARKS, targets
 from benchmarks.report import BenchmarkPending, Row, render_table
+from benchmarks.timing import machine_speed
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -28,6 +29,7 @@ def main(argv: list[str] | None = None) -> int:
     rows: list[Row] = []
     notes: dict[str, str] = {}
     failed = False
+    speed_before = machine_speed()
     for name in names:
         print(f"running {name} ...", file=sys.stderr, flush=True)
         module = importlib.import_module(f"benchmarks.{name}")
@@ -43,6 +45,11 @@ def main(argv: list[str] | None = None) -> int:
     print(
         f"agenthost benchmarks - Python {platform.python_version()} "
         f"({platform.python_implementation()}) on {platform.machine()} {platform.system()}"
+    )
+    print(
+        f"machine speed: a fixed Python loop took {speed_before * 1000:.0f} ms before the "
+        f"benchmarks and {machine_speed() * 1000:.0f} ms after (rows with no baseline beside "
+        "them, such as core and routing, move with it)"
     )
     print()
     print(render_table(rows, notes))

@@ -55,6 +55,24 @@ def time_calls(
             return summarise(name, samples, extra)
 
 
+CALIBRATION_ADDITIONS = 3_000_000
+
+
+def machine_speed(rounds: int = 3) -> float:
+    """Seconds a fixed pure-Python loop takes here (the best of ``rounds``): how fast this
+    machine runs the interpreter now. Rows with no baseline measured beside them (the core
+    and routing rows, fan-out) move with it; on a shared machine it drifts from run to run.
+    """
+    best = float("inf")
+    for _ in range(rounds):
+        started = time.perf_counter()
+        total = 0
+        for n in range(CALIBRATION_ADDITIONS):
+            total += n
+        best = min(best, time.perf_counter() - started)
+    return best
+
+
 def time_prepared_calls(
     name: str,
     prepare: Callable[[int], T],

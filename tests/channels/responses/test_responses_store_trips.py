@@ -6,11 +6,12 @@ ends, so the opening writes the session first: two write transactions."""
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import anyio
 import attrs
+import openai
 import pytest
 
 from agenthost import Host, HostMessage
@@ -39,12 +40,20 @@ def traced(host: Host) -> Iterator[list[str]]:
         conn.set_trace_callback(None)
 
 
-async def test_a_create_writes_once_and_its_response_reads_back(tmp_path: Path) -> None:
+@contextlib.asynccontextmanager
+async def warmed(tmp_path: Path) -> AsyncIterator[tuple[Host, openai.AsyncOpenAI]]:
+    """The echo host on SQLite served on loopback, its store opened by a first create, and
+    a client: what a traced create needs first."""
     host = make_host(echo, tmp_path)
     assert isinstance(host.store, SQLiteStore)
+    async with serving(host) as base_url, sdk_client(base_url) as client:
+        await client.responses.create(model="demo", input="warm up")  # opens the store
+        yield host, client
+
+
+async def test_a_create_writes_once_and_its_response_reads_back(tmp_path: Path) -> None:
     with anyio.fail_after(TIMEOUT):
-        async with serving(host) as base_url, sdk_client(base_url) as client:
-            await client.responses.create(model="demo", input="warm up")  # opens the store
+        async with warmed(tmp_path) as (host, client):
             with traced(host) as statements:
                 first = await client.responses.create(model="demo", input="hello")
             again = await client.responses.retrieve(first.id)
@@ -62,11 +71,8 @@ async def test_a_create_writes_once_and_its_response_reads_back(tmp_path: Path) 
 async def test_a_streamed_create_writes_twice_and_its_response_reads_back(
     tmp_path: Path,
 ) -> None:
-    host = make_host(echo, tmp_path)
-    assert isinstance(host.store, SQLiteStore)
     with anyio.fail_after(TIMEOUT):
-        async with serving(host) as base_url, sdk_client(base_url) as client:
-            await client.responses.create(model="demo", input="warm up")  # opens the store
+        async with warmed(tmp_path) as (host, client):
             with traced(host) as statements:
                 stream = await client.responses.create(model="demo", input="hello", stream=True)
                 streamed = [event async for event in stream]
@@ -117,11 +123,8 @@ def _texts(page: object) -> list[str]:
 async def test_a_create_keeps_its_input_items_in_its_response_record(tmp_path: Path) -> None:
     # A client that sends the whole conversation each time (no previous_response_id) must
     # not cost a record written per input item: the response's record holds them.
-    host = make_host(echo, tmp_path)
-    assert isinstance(host.store, SQLiteStore)
     with anyio.fail_after(TIMEOUT):
-        async with serving(host) as base_url, sdk_client(base_url) as client:
-            await client.responses.create(model="demo", input="warm up")  # opens the store
+        async with warmed(tmp_path) as (host, client):
             with traced(host) as statements:
                 created = await client.responses.create(model="demo", input=THREE_ITEMS)  # type: ignore[arg-type]
             listed = await client.responses.input_items.list(created.id, order="asc")

@@ -42,7 +42,8 @@ from agenthost.sansio_core.values import builds_fast
 
 # 2: the singletons table in SQLite (PostgreSQL had it).
 # 3: sessions.state_expires_when_idle (and its index), for ``expire_idle_states``.
-SCHEMA_VERSION = 3
+# 4: session states as a head and appended tails in SQLite (PostgreSQL: unchanged).
+SCHEMA_VERSION = 4
 
 
 class StoreError(Exception):

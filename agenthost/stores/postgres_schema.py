@@ -45,6 +45,7 @@ MIGRATIONS: dict[int, Migration] = {}
 # nothing to change here but the number.
 MIGRATIONS[1] = lambda conn: None
 MIGRATIONS[2] = _add_idle_state_expiry
+MIGRATIONS[3] = lambda conn: None  # SQLite's state layout; this schema stores states whole
 
 # The advisory lock every migration holds (a constant: one migrator per database schema).
 _MIGRATION_LOCK = "agenthost:migrate"

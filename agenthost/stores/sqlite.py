@@ -53,7 +53,7 @@ from agenthost.sansio_core.linking import (
 from agenthost.sansio_core.routing import LastSeen
 from agenthost.sansio_core.sessions import ScopeKey, SessionAlias, SessionRecord
 from agenthost.sansio_core.types import ChannelIdentity, RunStatus
-from agenthost.stores import codec
+from agenthost.stores import codec, session_states
 from agenthost.stores.base import (
     SCHEMA_VERSION,
     ChannelRecord,
@@ -79,7 +79,7 @@ from agenthost.stores.rows import (
     run_row,
     session_from_row,
 )
-from agenthost.stores.session_states import KeptLeases, SessionStates
+from agenthost.stores.session_states import KeptLeases, SessionStates, StateWrite
 from agenthost.stores.wal_checkpoints import WalCheckpointer
 
 T = TypeVar("T")
@@ -125,8 +125,31 @@ def _add_singletons(conn: sqlite3.Connection) -> None:
     )
 
 
+def _add_state_tails(conn: sqlite3.Connection) -> None:
+    """3 -> 4: session states as a head and appended tails (``stores.session_states``).
+
+    States saved before the upgrade are read as heads without tails, and written in the new
+    layout by their next save.
+    """
+    conn.execute("ALTER TABLE sessions ADD COLUMN state_tag TEXT")
+    conn.execute("ALTER TABLE sessions ADD COLUMN state_tails INTEGER NOT NULL DEFAULT 0")
+    # Clustered by session: a state's tails are read, and deleted, as one range.
+    conn.execute(
+        """
+        CREATE TABLE session_state_tails (
+            session_id TEXT NOT NULL,
+            seq INTEGER NOT NULL,
+            path TEXT NOT NULL,
+            items TEXT NOT NULL,
+            PRIMARY KEY (session_id, seq)
+        ) WITHOUT ROWID
+        """
+    )
+
+
 MIGRATIONS[1] = _add_singletons
 MIGRATIONS[2] = _add_idle_state_expiry
+MIGRATIONS[3] = _add_state_tails
 
 _SCHEMA_V1 = (
     """
@@ -669,7 +692,9 @@ class SQLiteStore(Store):
                 if existing is not None:
                     return existing
                 _write_alias(conn, alias)
-                _write_session(conn, alias.session_id, sessions.new_session_record(alias, now))
+                _write_session(
+                    conn, alias.session_id, sessions.new_session_record(alias, now), fresh=True
+                )
                 return alias
 
         return await self._run(work)
@@ -684,7 +709,9 @@ class SQLiteStore(Store):
                     return existing
                 source = _select_session(conn, source_session_id)
                 _write_alias(conn, alias)
-                _write_session(conn, alias.session_id, sessions.forked_record(source, alias, now))
+                _write_session(
+                    conn, alias.session_id, sessions.forked_record(source, alias, now), fresh=True
+                )
                 return alias
 
         return await self._run(work)
@@ -699,7 +726,9 @@ class SQLiteStore(Store):
                 current = _select_alias(conn, owner, qualifier)
                 alias = sessions.rotate(scope, current, new_session_id=new_session_id, now=now)
                 _write_alias(conn, alias)
-                _write_session(conn, alias.session_id, sessions.new_session_record(alias, now))
+                _write_session(
+                    conn, alias.session_id, sessions.new_session_record(alias, now), fresh=True
+                )
                 return alias
 
         return await self._run(work)
@@ -710,11 +739,11 @@ class SQLiteStore(Store):
     async def list_sessions(self, owner: str) -> list[SessionRecord]:
         def work(conn: sqlite3.Connection) -> list[SessionRecord]:
             rows = conn.execute(
-                f"SELECT {SESSION_COLUMNS} FROM sessions WHERE owner = ?"  # noqa: S608 - a constant column list
+                f"SELECT {_SESSION_COLUMNS} FROM sessions WHERE owner = ?"  # noqa: S608 - a constant column list
                 " ORDER BY created_at, generation, session_id",
                 (owner,),
             ).fetchall()
-            return [session_from_row(row) for row in rows]
+            return [_session_from_row(conn, row, keep=False) for row in rows]
 
         return await self._run(work)
 
@@ -743,10 +772,11 @@ class SQLiteStore(Store):
                     )
                 ]
                 conn.executemany(
-                    "UPDATE sessions SET state = NULL, state_expires_when_idle = 0"
-                    " WHERE session_id = ?",
+                    "UPDATE sessions SET state = NULL, state_tag = NULL, state_tails = 0,"
+                    " state_expires_when_idle = 0 WHERE session_id = ?",
                     doomed,
                 )
+                conn.executemany(_DELETE_TAILS, doomed)
                 return len(doomed)
 
         return await self._run(work)
@@ -771,7 +801,7 @@ class SQLiteStore(Store):
                 if writes.create is not None:
                     created, record = writes.create
                     _write_alias(conn, created)
-                    _write_session(conn, created.session_id, record)
+                    _write_session(conn, created.session_id, record, fresh=True)
                 if writes.lease is not None:
                     _write_lease(conn, writes.lease.session_id, writes.lease)
                 return outcome
@@ -1248,8 +1278,10 @@ class _Connection(sqlite3.Connection):
         self.leases = KeptLeases()
 
 
-def _session_states(conn: sqlite3.Connection) -> SessionStates | None:
-    return conn.session_states if isinstance(conn, _Connection) else None
+def _states(conn: sqlite3.Connection) -> SessionStates:
+    if not isinstance(conn, _Connection):  # pragma: no cover - the store opens only these
+        raise TypeError("the SQLite store's connections are its own _Connection")
+    return conn.session_states
 
 
 # --- SQL in one place -------------------------------------------------------------------
@@ -1369,9 +1401,15 @@ _CONTEXT_WHERE = "WHERE i.channel = :channel AND i.native_id = :native_id"
 
 _LOAD_CONTEXT = f"SELECT {_CONTEXT_COLUMNS} {_CONTEXT_JOIN} {_CONTEXT_WHERE}"
 
+# A session's columns as ``rows.session_from_row`` reads them, then its state's layout
+# (``stores.session_states``): the tag of the save that wrote it and how many tails it has.
+_SESSION_COLUMNS = f"{SESSION_COLUMNS}, state_tag, state_tails"
+_SESSION_TAILS = "SELECT path, items FROM session_state_tails WHERE session_id = ? ORDER BY seq"
+
+
 # The same, with the alias's lease and session (columns 8 and 9...): what a turn opens on,
 # in one statement rather than three.
-_OPEN_TURN_COLUMNS = ", ".join(f"s.{name.strip()}" for name in SESSION_COLUMNS.split(","))
+_OPEN_TURN_COLUMNS = ", ".join(f"s.{name.strip()}" for name in _SESSION_COLUMNS.split(","))
 _LOAD_OPENING = (
     f"SELECT {_CONTEXT_COLUMNS}, l.state, {_OPEN_TURN_COLUMNS} {_CONTEXT_JOIN}"
     " LEFT JOIN session_leases AS l ON l.session_id = a.session_id"
@@ -1741,43 +1779,109 @@ def _insert_alias_if_absent(conn: sqlite3.Connection, alias: SessionAlias) -> bo
 
 def _select_session(conn: sqlite3.Connection, session_id: str) -> SessionRecord | None:
     row = conn.execute(
-        f"SELECT {SESSION_COLUMNS} FROM sessions WHERE session_id = ?",  # noqa: S608 - a constant column list
+        f"SELECT {_SESSION_COLUMNS} FROM sessions WHERE session_id = ?",  # noqa: S608 - a constant column list
         (session_id,),
     ).fetchone()
     return _session_from_row(conn, row) if row is not None else None
 
 
-def _session_from_row(conn: sqlite3.Connection, row: Any) -> SessionRecord:
-    """A session's row as a record; its state decoded unless the connection kept it."""
-    states = _session_states(conn)
-    if states is None or row[7] is None:
-        return session_from_row(row)
-    return session_from_row(row, state=states.decode(row[0], row[7]))
+def _session_from_row(conn: sqlite3.Connection, row: Any, keep: bool = True) -> SessionRecord:
+    """A session's row (``_SESSION_COLUMNS``) as a record; its state read with its tails
+    unless the connection kept it (``keep``: and kept from now on)."""
+    session_id, head, tag, tail_count = row[0], row[7], row[9], row[10]
+    if head is None:
+        return session_from_row(row[:9])
+
+    def tails() -> list[tuple[str, str]]:
+        return conn.execute(_SESSION_TAILS, (session_id,)).fetchall() if tail_count else []
+
+    if keep:
+        state = _states(conn).read(session_id, head, tag, tails)
+    else:
+        state = session_states.assemble(head, tails())
+    return session_from_row(row[:9], state=state)
 
 
-def _write_session(conn: sqlite3.Connection, session_id: str, record: SessionRecord) -> None:
+def _write_session(
+    conn: sqlite3.Connection, session_id: str, record: SessionRecord, *, fresh: bool = False
+) -> None:
+    """Save ``record``: its state on the stored tails when its long lists only grew
+    (``stores.session_states``), else whole. ``fresh``: the session is being created (a
+    new alias's), so it has no tails to delete."""
+    states = _states(conn)
+    if record.state is None:
+        states.forget(session_id)
+        _upsert_session(conn, session_id, record, None, None, 0)
+        if not fresh:
+            conn.execute(_DELETE_TAILS, (session_id,))
+        return
+    # Already JSON-shaped (the target adapter's own serialization): dumped as it is,
+    # without a converter walk.
+    write = states.plan(session_id, record.state)
+    if write.replaces is None or not _update_session(conn, session_id, record, write):
+        if write.replaces is not None:  # another process saved it since: write it whole
+            write = states.plan_whole(record.state)
+        _upsert_session(conn, session_id, record, write.head, write.tag, len(write.rows))
+    if write.rewrite and not fresh:
+        conn.execute(_DELETE_TAILS, (session_id,))
+    for seq, path, items in write.tails:
+        conn.execute(_INSERT_TAIL, (session_id, seq, path, items))
+    states.saved(session_id, write)
+
+
+_DELETE_TAILS = "DELETE FROM session_state_tails WHERE session_id = ?"
+_INSERT_TAIL = "INSERT INTO session_state_tails (session_id, seq, path, items) VALUES (?, ?, ?, ?)"
+
+
+def _update_session(
+    conn: sqlite3.Connection, session_id: str, record: SessionRecord, write: StateWrite
+) -> bool:
+    """Save ``record`` with ``write``'s head, if the row still holds the state ``write``
+    builds on; answer whether it did."""
+    updated = conn.execute(
+        "UPDATE sessions SET owner = ?, qualifier = ?, generation = ?, created_at = ?,"
+        " updated_at = ?, turns = ?, state = ?, state_tag = ?, state_tails = ?,"
+        " state_expires_when_idle = ? WHERE session_id = ? AND state_tag = ?",
+        (
+            record.owner,
+            record.qualifier,
+            record.generation,
+            record.created_at,
+            record.updated_at,
+            record.turns,
+            write.head,
+            write.tag,
+            len(write.rows),
+            int(record.state_expires_when_idle),
+            session_id,
+            write.replaces,
+        ),
+    )
+    return updated.rowcount == 1
+
+
+def _upsert_session(
+    conn: sqlite3.Connection,
+    session_id: str,
+    record: SessionRecord,
+    head: str | None,
+    tag: str | None,
+    tail_count: int,
+) -> None:
     # An upsert, not INSERT OR REPLACE: a replace deletes the row and inserts it again under
     # a new rowid, rewriting every index entry of it, where an update in place leaves the
     # primary-key index alone. Each page a commit dirties is a WAL frame written, and the
     # session is saved on every turn.
-    state = None
-    if record.state is not None:
-        states = _session_states(conn)
-        # Already JSON-shaped (the target adapter's own serialization): dumped as it is,
-        # without a converter walk, and only what a turn appended (see session_states).
-        state = (
-            codec.to_state_json(record.state)
-            if states is None
-            else states.encode(session_id, record.state)
-        )
     conn.execute(
         "INSERT INTO sessions (session_id, owner, qualifier, generation, created_at,"
-        " updated_at, turns, state, state_expires_when_idle) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
+        " updated_at, turns, state, state_expires_when_idle, state_tag, state_tails)"
+        " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
         " ON CONFLICT (session_id) DO UPDATE SET owner = excluded.owner,"
         " qualifier = excluded.qualifier, generation = excluded.generation,"
         " created_at = excluded.created_at, updated_at = excluded.updated_at,"
         " turns = excluded.turns, state = excluded.state,"
-        " state_expires_when_idle = excluded.state_expires_when_idle",
+        " state_expires_when_idle = excluded.state_expires_when_idle,"
+        " state_tag = excluded.state_tag, state_tails = excluded.state_tails",
         (
             session_id,
             record.owner,
@@ -1786,8 +1890,10 @@ def _write_session(conn: sqlite3.Connection, session_id: str, record: SessionRec
             record.created_at,
             record.updated_at,
             record.turns,
-            state,
+            head,
             int(record.state_expires_when_idle),
+            tag,
+            tail_count,
         ),
     )
 
@@ -1830,7 +1936,9 @@ def _finish_creation(
         return False
     if not _insert_alias_if_absent(conn, alias):
         return False  # the key was not private after all: the existing session stays
-    _write_session(conn, alias.session_id, session if session is not None else creation.record)
+    _write_session(
+        conn, alias.session_id, session if session is not None else creation.record, fresh=True
+    )
     _write_lease(conn, alias.session_id, new_state)
     return session is not None
 

@@ -37,6 +37,7 @@ from agenthost.stores.rows import (
     facts_from_json,
     link_from_row,
     run_row,
+    session_columns,
     session_from_row,
 )
 
@@ -412,12 +413,7 @@ def write_session(conn: Conn, session_id: str, record: SessionRecord) -> None:
         " state_expires_when_idle = excluded.state_expires_when_idle",
         (
             session_id,
-            record.owner,
-            record.qualifier,
-            record.generation,
-            record.created_at,
-            record.updated_at,
-            record.turns,
+            *session_columns(record),
             codec.to_state_json(record.state) if record.state is not None else None,
             record.state_expires_when_idle,
         ),

@@ -86,6 +86,18 @@ def channel_record_from_row(row: Any) -> ChannelRecord:
 _DECODE = object()  # session_from_row's default: decode the row's state column
 
 
+def session_columns(record: SessionRecord) -> tuple[str, str, int, float, float, int]:
+    """A session's columns from ``owner`` to ``turns``, in ``SESSION_COLUMNS`` order."""
+    return (
+        record.owner,
+        record.qualifier,
+        record.generation,
+        record.created_at,
+        record.updated_at,
+        record.turns,
+    )
+
+
 def session_from_row(row: Any, state: Any = _DECODE) -> SessionRecord:
     """The session in ``row``; ``state`` is its state column decoded, when the caller has
     done that already."""

@@ -77,6 +77,7 @@ from agenthost.stores.rows import (
     facts_from_json,
     link_from_row,
     run_row,
+    session_columns,
     session_from_row,
 )
 from agenthost.stores.session_states import KeptLeases, SessionStates, StateWrite
@@ -1843,12 +1844,7 @@ def _update_session(
         " updated_at = ?, turns = ?, state = ?, state_tag = ?, state_tails = ?,"
         " state_expires_when_idle = ? WHERE session_id = ? AND state_tag = ?",
         (
-            record.owner,
-            record.qualifier,
-            record.generation,
-            record.created_at,
-            record.updated_at,
-            record.turns,
+            *session_columns(record),
             write.head,
             write.tag,
             len(write.rows),
@@ -1884,12 +1880,7 @@ def _upsert_session(
         " state_tag = excluded.state_tag, state_tails = excluded.state_tails",
         (
             session_id,
-            record.owner,
-            record.qualifier,
-            record.generation,
-            record.created_at,
-            record.updated_at,
-            record.turns,
+            *session_columns(record),
             head,
             int(record.state_expires_when_idle),
             tag,

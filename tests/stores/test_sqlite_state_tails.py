@@ -44,6 +44,17 @@ async def turn(store: SQLiteStore, at: float, state: dict[str, Any] | None) -> S
     return saved
 
 
+async def read_back(path: Path) -> Any:
+    """The session's state as another process reads it (nothing kept)."""
+    other = SQLiteStore(path)
+    try:
+        loaded = await other.load_session("s1")
+        assert loaded is not None
+        return loaded.state
+    finally:
+        await other.close()
+
+
 async def new_store(path: Path) -> SQLiteStore:
     store = SQLiteStore(path)
     await store.create_session(SessionAlias("ik", "direct", "s1", 1, 1.0), now=1.0)
@@ -68,12 +79,9 @@ async def test_a_returning_turn_writes_its_messages_and_a_small_head(tmp_path: P
             assert json.loads(items) == (history if seq == 0 else history[-2:])
             assert head == '{"messages":[]}'
     # The reads of another process (no state kept) assemble the same history.
-    other = SQLiteStore(path)
-    loaded = await other.load_session("s1")
-    assert loaded is not None and loaded.state == {"messages": history}
+    assert await read_back(path) == {"messages": history}
     appending = query(path, "SELECT count(*) FROM session_state_tails")[0][0]
     assert 0 < appending <= MAX_TAILS
-    await other.close()
     await store.close()
 
 
@@ -89,10 +97,8 @@ async def test_two_processes_taking_turns_each_read_the_others_save(tmp_path: Pa
         assert stored.state == (None if n == 0 else {"messages": history})
         history = [*history, message(100 + n)]
         await turn(store, 2.0 + n, {"messages": history})
-    third = SQLiteStore(path)
-    loaded = await third.load_session("s1")
-    assert loaded is not None and loaded.state == {"messages": history}
-    for store in (first, second, third):
+    assert await read_back(path) == {"messages": history}
+    for store in (first, second):
         await store.close()
 
 
@@ -123,10 +129,7 @@ async def test_a_save_the_file_lost_is_not_read_back(tmp_path: Path) -> None:
     assert loaded is not None and loaded.state == {"messages": history}
     grown = {"messages": [*history, message(60)]}
     await turn(store, 4.0, grown)
-    other = SQLiteStore(path)
-    loaded = await other.load_session("s1")
-    assert loaded is not None and loaded.state == grown
-    await other.close()
+    assert await read_back(path) == grown
     await store.close()
 
 
@@ -146,10 +149,7 @@ async def test_an_append_lands_only_on_the_state_it_grew_from(tmp_path: Path) ->
     grown = {"messages": [*history, message(60)]}
     saved = sessions.after_successful_run(granted.session, grown, 5.0, expires_when_idle=True)
     assert await store.finish_run("s1", "run-b", saved, now=5.0)
-    other = SQLiteStore(path)
-    loaded = await other.load_session("s1")
-    assert loaded is not None and loaded.state == grown
-    await other.close()
+    assert await read_back(path) == grown
     await store.close()
 
 
@@ -192,17 +192,13 @@ async def test_a_version_3_file_reads_its_states_and_saves_them_in_tails(
             " updated_at, turns, state) VALUES ('s1', 'ik', 'direct', 1, 1.0, 1.0, 1, ?)",
             (json.dumps({"messages": history}),),
         )
+    assert await read_back(path) == {"messages": history}
     store = SQLiteStore(path)
-    loaded = await store.load_session("s1")
-    assert loaded is not None and loaded.state == {"messages": history}
     grown = {"messages": [*history, message(20)]}
     await turn(store, 2.0, grown)
     assert query(path, "SELECT count(*) FROM session_state_tails")[0][0] == 1
     await store.close()
-    again = SQLiteStore(path)
-    loaded = await again.load_session("s1")
-    assert loaded is not None and loaded.state == grown
-    await again.close()
+    assert await read_back(path) == grown
 
 
 async def test_a_lease_another_connection_changed_is_read_back(tmp_path: Path) -> None:

@@ -18,10 +18,10 @@ restored from the store, as after a restart, when the caches are empty.
 
 from __future__ import annotations
 
-from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from typing import Any, Generic, TypeVar
 
+from agenthost.recent import RecentMap
 from agenthost.sansio_core.types import HostMessage
 from agenthost.stores.codec import structure_messages
 
@@ -34,9 +34,10 @@ class ConvertedHistories:
     """A bounded, least-recently-used map from session id to its converted history."""
 
     def __init__(self, max_sessions: int = DEFAULT_SESSIONS) -> None:
-        self._max_sessions = max_sessions
         # session id -> (how many stored messages were converted, the last of them, messages)
-        self._entries: OrderedDict[str, tuple[int, Any, tuple[HostMessage, ...]]] = OrderedDict()
+        self._entries: RecentMap[str, tuple[int, Any, tuple[HostMessage, ...]]] = RecentMap(
+            max_sessions
+        )
 
     def messages(
         self, session_id: str | None, stored: Sequence[Mapping[str, Any]]
@@ -50,7 +51,6 @@ class ConvertedHistories:
         if entry is not None:
             count, last, converted = entry
             if count <= len(stored) and (count == 0 or stored[count - 1] == last):
-                self._entries.move_to_end(session_id)  # type: ignore[arg-type]
                 if count == len(stored):
                     return converted
                 return (*converted, *structure_messages(stored[count:]))
@@ -66,10 +66,9 @@ class ConvertedHistories:
         as it is when it is a tuple already)."""
         if session_id is None or len(stored) != len(messages):
             return
-        self._entries[session_id] = (len(stored), stored[-1] if stored else None, tuple(messages))
-        self._entries.move_to_end(session_id)
-        while len(self._entries) > self._max_sessions:
-            self._entries.popitem(last=False)
+        self._entries.put(
+            session_id, (len(stored), stored[-1] if stored else None, tuple(messages))
+        )
 
 
 class LiveSessions(Generic[LiveT]):
@@ -83,12 +82,11 @@ class LiveSessions(Generic[LiveT]):
     """
 
     def __init__(self, max_sessions: int = DEFAULT_SESSIONS) -> None:
-        self._max_sessions = max_sessions
-        self._entries: OrderedDict[str, tuple[Mapping[str, Any], LiveT]] = OrderedDict()
+        self._entries: RecentMap[str, tuple[Mapping[str, Any], LiveT]] = RecentMap(max_sessions)
 
     def take(self, key: str | None, stored: Mapping[str, Any]) -> LiveT | None:
         """The object saved as ``stored`` under ``key``, or ``None`` (restore it then)."""
-        entry = self._entries.pop(key, None) if key is not None else None
+        entry = self._entries.pop(key) if key is not None else None
         if entry is None:
             return None
         saved, live = entry
@@ -101,10 +99,7 @@ class LiveSessions(Generic[LiveT]):
         either afterwards."""
         if key is None:
             return
-        self._entries[key] = (saved, live)
-        self._entries.move_to_end(key)
-        while len(self._entries) > self._max_sessions:
-            self._entries.popitem(last=False)
+        self._entries.put(key, (saved, live))
 
 
 class SerializedHistories:
@@ -125,16 +120,17 @@ class SerializedHistories:
     """
 
     def __init__(self, max_sessions: int = DEFAULT_SESSIONS) -> None:
-        self._max_sessions = max_sessions
         # own session id -> state key -> (the messages serialized, their dicts)
-        self._entries: OrderedDict[str, dict[str, tuple[list[Any], list[Any]]]] = OrderedDict()
+        self._entries: RecentMap[str, dict[str, tuple[list[Any], list[Any]]]] = RecentMap(
+            max_sessions
+        )
 
     def to_dict(self, session: Any) -> dict[str, Any]:
         from agent_framework import AgentSession, Message
 
         if type(session) is not AgentSession:
             return dict(session.to_dict())
-        kept = self._entries.pop(session.session_id, {})
+        kept = self._entries.pop(session.session_id) or {}
         state: dict[str, Any] = {}
         reused: dict[str, tuple[list[Any], list[Any]]] = {}
         for key, value in session.state.items():
@@ -161,7 +157,5 @@ class SerializedHistories:
             holder = result["state"][key]
             holder["messages"] = [*saved, *holder["messages"]]
             entry[key] = (messages, holder["messages"])
-        self._entries[session.session_id] = entry
-        while len(self._entries) > self._max_sessions:
-            self._entries.popitem(last=False)
+        self._entries.put(session.session_id, entry)
         return result

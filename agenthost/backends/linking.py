@@ -20,10 +20,10 @@ from __future__ import annotations
 import abc
 import logging
 import secrets
-from collections import OrderedDict
 from collections.abc import Collection
 from typing import TYPE_CHECKING, Protocol
 
+from agenthost.recent import RecentMap
 from agenthost.sansio_core import link_codes
 from agenthost.sansio_core.link_codes import AttemptLimit, CodeLimits
 from agenthost.sansio_core.link_policy import LinkRules
@@ -150,7 +150,8 @@ class OneTimeCodeLinker(IdentityLinker):
             per_source=per_source or defaults.per_source,
             overall=overall or defaults.overall,
         )
-        self._sources: OrderedDict[str, link_codes.AttemptCounter] = OrderedDict()
+        # the most recent last; the oldest are dropped
+        self._sources: RecentMap[str, link_codes.AttemptCounter] = RecentMap(_MAX_SOURCES)
 
     async def begin(self, identity: ChannelIdentity) -> LinkChallenge:
         host = self.linking_host
@@ -200,8 +201,8 @@ class OneTimeCodeLinker(IdentityLinker):
         )
         if scope is not None and result.reason is LinkReason.WRONG_CODE:
             counter = self._source_counter(scope)
-            self._sources[scope] = link_codes.after_failure(
-                counter, self.limits.per_source, host.now()
+            self._sources.put(
+                scope, link_codes.after_failure(counter, self.limits.per_source, host.now())
             )
         # The reason code only: never the code, its locator or the identity's claims.
         log.info(
@@ -211,12 +212,10 @@ class OneTimeCodeLinker(IdentityLinker):
         return result
 
     def _source_counter(self, scope: str) -> link_codes.AttemptCounter:
-        counter = self._sources.pop(scope, None)
+        counter = self._sources.get(scope)
         if counter is None or link_codes.counter_is_expired(counter, self.linking_host.now()):
             counter = link_codes.AttemptCounter(scope)
-        self._sources[scope] = counter  # the most recent last; the oldest are dropped
-        while len(self._sources) > _MAX_SOURCES:
-            self._sources.popitem(last=False)
+            self._sources.put(scope, counter)
         return counter
 
     async def complete_code(self, identity: ChannelIdentity, code: str) -> LinkResult | None:

@@ -45,10 +45,10 @@ from __future__ import annotations
 import itertools
 import json
 import secrets
-from collections import OrderedDict
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
+from agenthost.recent import RecentMap
 from agenthost.sansio_core import leases
 from agenthost.stores import codec
 
@@ -127,8 +127,7 @@ class SessionStates:
     """A bounded, least-recently-used map from session id to its state as stored."""
 
     def __init__(self, max_sessions: int = DEFAULT_SESSIONS) -> None:
-        self._max_sessions = max_sessions
-        self._kept: OrderedDict[str, _Kept] = OrderedDict()
+        self._kept: RecentMap[str, _Kept] = RecentMap(max_sessions)
         # Tags: random per connection (other processes share the file), counted per save.
         self._tag_prefix = secrets.token_hex(8)
         self._saves = itertools.count(1)
@@ -144,15 +143,14 @@ class SessionStates:
         order, and is called only when the state is not kept."""
         kept = self._kept.get(session_id)
         if kept is not None and tag is not None and kept.tag == tag:
-            self._kept.move_to_end(session_id)
             return kept.state
         rows = list(tail_rows())
         state: Mapping[str, Any]
         state, tailed = _assemble(head, rows)
         if tag is None:  # saved before tags (schema 3): its next save writes it whole
-            self._kept.pop(session_id, None)
+            self._kept.pop(session_id)
         else:
-            self._keep(session_id, _Kept(state, tag, rows, tailed))
+            self._kept.put(session_id, _Kept(state, tag, rows, tailed))
         return state
 
     def plan(self, session_id: str, state: Mapping[str, Any]) -> StateWrite:
@@ -179,19 +177,13 @@ class SessionStates:
 
     def saved(self, session_id: str, write: StateWrite) -> None:
         """``write`` was made (in a transaction not yet committed: the tag decides later)."""
-        self._keep(session_id, _Kept(write.state, write.tag, write.rows, write.layout))
+        self._kept.put(session_id, _Kept(write.state, write.tag, write.rows, write.layout))
 
     def forget(self, session_id: str) -> None:
-        self._kept.pop(session_id, None)
+        self._kept.pop(session_id)
 
     def _new_tag(self) -> str:
         return f"{self._tag_prefix}{next(self._saves):x}"
-
-    def _keep(self, session_id: str, kept: _Kept) -> None:
-        self._kept[session_id] = kept
-        self._kept.move_to_end(session_id)
-        while len(self._kept) > self._max_sessions:
-            self._kept.popitem(last=False)
 
 
 def assemble(head: str, rows: Iterable[TailRow]) -> Any:
@@ -348,32 +340,24 @@ class KeptLeases:
     written and its text."""
 
     def __init__(self, max_sessions: int = DEFAULT_SESSIONS) -> None:
-        self._max_sessions = max_sessions
-        self._kept: OrderedDict[str, tuple[str, leases.LeaseState]] = OrderedDict()
+        self._kept: RecentMap[str, tuple[str, leases.LeaseState]] = RecentMap(max_sessions)
 
     def decode(self, session_id: str, text: str) -> leases.LeaseState:
         """The lease stored as ``text``."""
         kept = self._kept.get(session_id)
         if kept is not None and kept[0] == text:
-            self._kept.move_to_end(session_id)
             return kept[1]
         state = codec.load_lease(text)
-        self._keep(session_id, text, state)
+        self._kept.put(session_id, (text, state))
         return state
 
     def encode(self, session_id: str, state: leases.LeaseState) -> str:
         """``state`` as the text to store."""
         text = codec.dump_lease(state)
-        self._keep(session_id, text, state)
+        self._kept.put(session_id, (text, state))
         return text
 
     def last(self, session_id: str) -> tuple[str, leases.LeaseState] | None:
         """The text last read or written for the session's lease and its state, if kept:
         what the store held then, not necessarily what it holds now."""
-        return self._kept.get(session_id)
-
-    def _keep(self, session_id: str, text: str, state: leases.LeaseState) -> None:
-        self._kept[session_id] = (text, state)
-        self._kept.move_to_end(session_id)
-        while len(self._kept) > self._max_sessions:
-            self._kept.popitem(last=False)
+        return self._kept.peek(session_id)

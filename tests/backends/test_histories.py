@@ -60,7 +60,7 @@ def test_only_the_newest_sessions_are_kept() -> None:
 def test_a_stateless_turn_is_never_cached() -> None:
     cache = ConvertedHistories()
     cache.remember(None, stored("hi"), [HostMessage.user("hi")])
-    assert cache._entries == {}
+    assert len(cache._entries) == 0
     assert cache.messages(None, stored("x")) == (HostMessage.user("x"),)
 
 

@@ -26,7 +26,6 @@ from __future__ import annotations
 import json
 import logging
 import secrets
-from collections import OrderedDict
 from collections.abc import AsyncIterator, Mapping, Sequence
 from typing import Any
 
@@ -67,6 +66,7 @@ from agenthost.channels.activity.tokens import (
     SigningKeys,
     TokenVerifier,
 )
+from agenthost.recent import RecentMap
 from agenthost.sansio_core import chat_replies
 from agenthost.sansio_core.authorization import Allowlist
 from agenthost.sansio_core.link_policy import DEFAULT_TIER
@@ -252,7 +252,7 @@ class ActivityChannel(Channel):
         self._tokens: BotTokens | None = None
         self._connector: Connector | None = None
         self._inbox: Inbox | None = None
-        self._claimed: OrderedDict[str, None] = OrderedDict()
+        self._claimed: RecentMap[str, bool] = RecentMap(_REMEMBERED_CLAIMS)
 
     def __repr__(self) -> str:  # the credential stays out of reprs and logs
         return f"ActivityChannel(name={self.name!r}, app_id={self.app_id!r})"
@@ -488,8 +488,7 @@ class ActivityChannel(Channel):
         ):
             return
         remembered = f"{inbound.tenant_id}/{inbound.aad_object_id}"
-        if remembered in self._claimed:
-            self._claimed.move_to_end(remembered)
+        if self._claimed.get(remembered):
             return
         identity: ChannelIdentity = inbound.identity(self.name)
         result = await host.link_verified_claims(
@@ -498,9 +497,7 @@ class ActivityChannel(Channel):
             source=ENTRA_SOURCE,
         )
         log.debug("teams claims presented", extra={"reason": result.reason.value})
-        self._claimed[remembered] = None
-        while len(self._claimed) > _REMEMBERED_CLAIMS:
-            self._claimed.popitem(last=False)
+        self._claimed.put(remembered, True)
 
     # --- files ---------------------------------------------------------------------------
 

@@ -22,12 +22,11 @@ Rules:
 
 from __future__ import annotations
 
-from collections import OrderedDict
-
 from agenthost.backends.channel import HostServices
 from agenthost.backends.push import PushMessage, PushOutcome
 from agenthost.channels.discord import rendering
 from agenthost.channels.discord.api import DiscordApi, DiscordError, RateLimited
+from agenthost.recent import RecentMap
 from agenthost.sansio_core.routing import Destination
 from agenthost.stores.base import ChannelRecord
 
@@ -45,7 +44,7 @@ class Pusher:
         self._host = host
         self._channel = channel
         self._push_to = push_to
-        self._dms: OrderedDict[str, str] = OrderedDict()
+        self._dms: RecentMap[str, str] = RecentMap(self._MAX_DMS)
 
     async def push(self, destination: Destination, message: PushMessage) -> PushOutcome:
         parts = rendering.split_message(message.text)
@@ -90,11 +89,7 @@ class Pusher:
         channel_id = self._dms.get(user_id)
         if channel_id is None:
             channel_id = await self._api.open_dm(user_id, wait=False)
-            self._dms[user_id] = channel_id
-            if len(self._dms) > self._MAX_DMS:
-                self._dms.popitem(last=False)
-        else:
-            self._dms.move_to_end(user_id)
+            self._dms.put(user_id, channel_id)
         return channel_id
 
     async def _progress(self, delivery_id: str) -> int:

@@ -150,7 +150,6 @@ class OneTimeCodeLinker(IdentityLinker):
             per_source=per_source or defaults.per_source,
             overall=overall or defaults.overall,
         )
-        # the most recent last; the oldest are dropped
         self._sources: RecentMap[str, link_codes.AttemptCounter] = RecentMap(_MAX_SOURCES)
 
     async def begin(self, identity: ChannelIdentity) -> LinkChallenge:

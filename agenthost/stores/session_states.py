@@ -77,24 +77,23 @@ _MISSING = object()
 
 
 class StateWrite:
-    """What one save writes: the row's ``head`` and ``tag``, and ``tails``, the tail rows
-    to insert as ``(seq, path JSON, items JSON)``, after deleting every tail row first when
-    ``rewrite``; ``rows`` is what the tail rows are then (their number, the row's
-    ``state_tails``).
+    """What one save writes: the row's ``head`` and ``tag``, and the tail rows ``rows`` are
+    then (their number is the row's ``state_tails``); the rows from ``first`` on are
+    inserted, after every tail row is deleted when ``rewrite``.
 
     ``replaces`` is the tag the row must hold for this write to apply (a save that builds
     on the stored tails); ``None`` for a save of the whole state.
     """
 
-    __slots__ = ("head", "layout", "replaces", "rewrite", "rows", "state", "tag", "tails")
+    __slots__ = ("first", "head", "layout", "replaces", "rewrite", "rows", "state", "tag")
 
     def __init__(
         self,
         state: Mapping[str, Any],
         head: str,
         tag: str,
-        tails: list[tuple[int, str, str]],
         rows: list[TailRow],
+        first: int,
         replaces: str | None,
         rewrite: bool,
         layout: Tailed,
@@ -102,11 +101,19 @@ class StateWrite:
         self.state = state
         self.head = head
         self.tag = tag
-        self.tails = tails
         self.rows = rows
+        self.first = first
         self.replaces = replaces
         self.rewrite = rewrite
         self.layout = layout
+
+    @property
+    def tails(self) -> list[tuple[int, str, str]]:
+        """The tail rows to insert, ``(seq, path JSON, items JSON)``."""
+        return [
+            (seq, path, items)
+            for seq, (path, items) in enumerate(self.rows[self.first :], self.first)
+        ]
 
 
 class _Kept:
@@ -172,8 +179,7 @@ class SessionStates:
         else:
             head = _encode(state)  # not a shape with paths: no tails
         rows = [(tailed[path][2], _encode(items)) for path, items in lists]
-        tails = [(seq, path, items) for seq, (path, items) in enumerate(rows)]
-        return StateWrite(state, head, self._new_tag(), tails, rows, None, True, tailed)
+        return StateWrite(state, head, self._new_tag(), rows, 0, None, True, tailed)
 
     def saved(self, session_id: str, write: StateWrite) -> None:
         """``write`` was made (in a transaction not yet committed: the tag decides later)."""
@@ -221,16 +227,13 @@ def _appending(kept: _Kept, state: Mapping[str, Any], tag: str) -> StateWrite | 
     added = [(tailed[path][2], _encode(items)) for path, items in appends]
     rows = [*kept.rows, *added]
     if len(rows) <= MAX_TAILS:
-        start = len(kept.rows)
-        tails = [(start + n, path, items) for n, (path, items) in enumerate(added)]
-        return StateWrite(state, head, tag, tails, rows, kept.tag, False, tailed)
+        return StateWrite(state, head, tag, rows, len(kept.rows), kept.tag, False, tailed)
     # One row per list, joined from the texts stored: nothing is encoded again.
     texts: dict[str, list[str]] = {}
     for path, items in rows:
         texts.setdefault(path, []).append(items[1:-1])
     rows = [(path, f"[{','.join(parts)}]") for path, parts in texts.items()]
-    tails = [(seq, path, items) for seq, (path, items) in enumerate(rows)]
-    return StateWrite(state, head, tag, tails, rows, kept.tag, True, tailed)
+    return StateWrite(state, head, tag, rows, 0, kept.tag, True, tailed)
 
 
 def _grown_object(

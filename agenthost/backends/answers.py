@@ -1,9 +1,9 @@
 """Plain JSON answers for the channels' hot routes, and the route shape that serves them.
 
 Every foreground turn ends in one JSON answer, so what Starlette does per answer counts:
-:class:`JsonAnswer` renders its body with one encoder built once (the same bytes as
-Starlette's ``JSONResponse``: UTF-8, no ASCII escaping, no NaN, compact separators) and
-takes its headers as the bytes they go out as. :class:`AsgiRoute` serves a handler of a
+:class:`JsonAnswer` renders its body with one encoder built once (compact UTF-8 JSON, as
+Starlette's ``JSONResponse`` writes it, by :mod:`~agenthost.sansio_core.json_encoders`'
+rules) and takes its headers as the bytes they go out as. :class:`AsgiRoute` serves a handler of a
 ``Request`` as a plain ASGI app, mounted in the app's router like any route (routing,
 middleware and exception handling stay the app's), without the per-request wrapping a
 Starlette endpoint function gets.
@@ -20,11 +20,11 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
-from agenthost.sansio_core.json_encoders import compact_encoder
+from agenthost.sansio_core.json_encoders import compact_bytes_encoder
 
 RawHeaders = list[tuple[bytes, bytes]]
 
-_ENCODE = compact_encoder(ensure_ascii=False, allow_nan=False)
+_ENCODE = compact_bytes_encoder()
 _JSON_TYPE = (b"content-type", b"application/json")
 
 
@@ -45,7 +45,7 @@ def request_header(request: Request, name: bytes) -> str | None:
 
 def encode_json(content: Any) -> bytes:
     """``content`` as the JSON bytes every answer here carries."""
-    return _ENCODE(content).encode()
+    return _ENCODE(content)
 
 
 class JsonAnswer(Response):

@@ -101,11 +101,11 @@ def structure_input(data: Mapping[str, Any]) -> Any:
     raise ValueError(f"unknown input kind {data['kind']!r}")
 
 
-# Built once (json.dumps with options builds an encoder per call): see json_encoders.
+# Built once: see json_encoders.
 to_json = compact_encoder(sort_keys=True)
 
-# A session's state as the target adapter made it (JSON-shaped already).
-to_state_json = compact_encoder(allow_nan=False)
+# A session's state as the target adapter made it (JSON-shaped already), keys in its order.
+to_state_json = compact_encoder()
 
 
 def dump(value: Any) -> str:

@@ -1,4 +1,5 @@
-"""The encoders built once write exactly what the standard library's encoder writes."""
+"""The encoders built once write compact JSON that reads back as the value (json_encoders'
+rules), and fall back to the standard library for what msgspec will not write."""
 
 from __future__ import annotations
 
@@ -10,45 +11,100 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from agenthost.sansio_core.json_encoders import compact_encoder
+from agenthost.sansio_core.json_encoders import compact_bytes_encoder, compact_encoder
 
-scalars = st.one_of(
+finite = st.one_of(
     st.none(),
     st.booleans(),
     st.integers(-(2**70), 2**70),
-    st.floats(),  # NaN and infinities included: refused or written as the options say
+    st.floats(allow_nan=False, allow_infinity=False),
     st.text(),  # any code point, lone surrogates too
 )
-values = st.recursive(
-    scalars,
-    lambda children: st.one_of(
-        st.lists(children, max_size=4),
-        st.dictionaries(st.text(max_size=8), children, max_size=4),
-    ),
-    max_leaves=20,
-)
-options = st.fixed_dictionaries(
-    {"ensure_ascii": st.booleans(), "allow_nan": st.booleans(), "sort_keys": st.booleans()}
-)
 
 
-def _written(encode: Any, value: Any) -> str | type[Exception]:
-    try:
-        return str(encode(value))
-    except ValueError as refused:  # NaN or an infinity with allow_nan=False
-        return type(refused)
+def _values(scalars: st.SearchStrategy[Any]) -> st.SearchStrategy[Any]:
+    return st.recursive(
+        scalars,
+        lambda children: st.one_of(
+            st.lists(children, max_size=4),
+            st.dictionaries(st.text(max_size=8), children, max_size=4),
+        ),
+        max_leaves=20,
+    )
 
 
-@given(values, options)
-def test_it_writes_what_the_standard_encoder_writes(value: Any, chosen: dict[str, bool]) -> None:
-    reference = json.JSONEncoder(separators=(",", ":"), **chosen).encode
-    assert _written(compact_encoder(**chosen), value) == _written(reference, value)
+def _outside_strings(text: str) -> str:
+    """``text`` with every JSON string literal removed (what is left is syntax)."""
+    kept, inside, escaped = [], False, False
+    for char in text:
+        if inside:
+            if escaped:
+                escaped = False
+            elif char == "\\":
+                escaped = True
+            elif char == '"':
+                inside = False
+        elif char == '"':
+            inside = True
+        else:
+            kept.append(char)
+    return "".join(kept)
 
 
-def test_a_value_json_cannot_write_is_refused_as_by_the_standard_encoder() -> None:
+def _non_finite_as_null(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, list):
+        return [_non_finite_as_null(item) for item in value]
+    if isinstance(value, dict):
+        return {key: _non_finite_as_null(item) for key, item in value.items()}
+    return value
+
+
+@given(_values(finite), st.booleans())
+def test_a_json_value_reads_back_equal_and_compact(value: Any, sort_keys: bool) -> None:
+    text = compact_encoder(sort_keys=sort_keys)(value)
+    assert json.loads(text) == value
+    assert compact_bytes_encoder(sort_keys=sort_keys)(value) == text.encode()
+    syntax = _outside_strings(text)
+    assert " " not in syntax and "\n" not in syntax
+
+
+@given(st.dictionaries(st.text(max_size=8), st.integers(), min_size=2, max_size=6))
+def test_keys_are_sorted_when_asked_and_kept_in_order_otherwise(value: dict[str, int]) -> None:
+    assert list(json.loads(compact_encoder(sort_keys=True)(value))) == sorted(value)
+    assert list(json.loads(compact_encoder()(value))) == list(value)
+
+
+def test_text_is_written_as_utf8_and_a_lone_surrogate_as_an_escape() -> None:
     encode = compact_encoder()
-    with pytest.raises(TypeError):
-        encode({"when": object()})
-    with pytest.raises(ValueError, match="Out of range float"):
-        compact_encoder(allow_nan=False)([math.inf])
-    assert encode([math.nan]) == "[NaN]"
+    assert encode({"text": "caf\u00e9 \u2603"}) == '{"text":"caf\u00e9 \u2603"}'
+    written = encode(["ok \u00e9", "half \ud800 pair"])
+    assert written.isascii()  # the standard library's escaping, for the whole value
+    assert json.loads(written) == ["ok \u00e9", "half \ud800 pair"]
+    written.encode()  # storable and sendable as UTF-8
+
+
+def test_keys_that_are_not_strings_are_written_as_the_standard_library_writes_them() -> None:
+    value = {None: 1, True: 2, 3: 3}
+    assert compact_encoder()(value) == json.dumps(value, separators=(",", ":"))
+    assert compact_encoder(sort_keys=True)({2: "b", 1: "a"}) == '{"1":"a","2":"b"}'
+
+
+@given(_values(st.one_of(finite, st.floats())))
+def test_nan_and_the_infinities_are_written_as_null(value: Any) -> None:
+    text = compact_encoder()(value)
+    assert "NaN" not in _outside_strings(text) and "Infinity" not in _outside_strings(text)
+    assert json.loads(text) == _non_finite_as_null(value)
+
+
+def test_nan_is_written_as_null_in_a_value_the_standard_library_writes() -> None:
+    value = {"score": math.nan, "text": "half \ud800 pair", "limits": (math.inf, 1.5)}
+    written = compact_encoder()(value)
+    assert json.loads(written) == {"score": None, "text": "half \ud800 pair", "limits": [None, 1.5]}
+
+
+def test_a_value_json_cannot_write_is_refused_with_a_type_error() -> None:
+    for encode in (compact_encoder(), compact_encoder(sort_keys=True), compact_bytes_encoder()):
+        with pytest.raises(TypeError):
+            encode({"when": object()})

@@ -4,18 +4,17 @@
 would cost a dict and a JSON encoding of it; :class:`TextDeltaFrames` builds a
 ``response.output_text.delta`` frame around the JSON-escaped text instead, byte for byte
 what :func:`frames` makes of the event :class:`~.events.ResponseEvents` would have built
-(its keys in the machine's order, compact separators, ASCII escapes).
+(its keys in the machine's order, written by :mod:`~agenthost.sansio_core.json_encoders`).
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from json.encoder import encode_basestring_ascii
 from typing import Any
 
-from agenthost.sansio_core.json_encoders import compact_encoder
+from agenthost.sansio_core.json_encoders import compact_bytes_encoder
 
-_encode = compact_encoder()  # built once: a stream encodes one event after another
+_encode = compact_bytes_encoder()  # built once: a stream encodes one event after another
 
 _SNAPSHOT_EVENT = ("type", "sequence_number", "response")
 
@@ -28,24 +27,28 @@ def frames(batch: Sequence[Mapping[str, Any]]) -> bytes:
     an event is written around it.
     """
     encode = _encode
-    written = []
+    written: list[bytes] = []
     response: Any = None
-    response_json = ""
+    response_json = b""
     for event in batch:
         kind = event["type"]
+        written.append(f"event: {kind}\ndata: ".encode())
         if tuple(event) == _SNAPSHOT_EVENT:
             if event["response"] is not response:
                 response = event["response"]
                 response_json = encode(response)
-            sequence_number = encode(event["sequence_number"])
-            data = (
-                f'{{"type":{encode(kind)},"sequence_number":{sequence_number},'
-                f'"response":{response_json}}}'
+            written += (
+                b'{"type":',
+                encode(kind),
+                b',"sequence_number":',
+                encode(event["sequence_number"]),
+                b',"response":',
+                response_json,
+                b"}\n\n",
             )
         else:
-            data = encode(event)
-        written.append(f"event: {kind}\ndata: {data}\n\n")
-    return "".join(written).encode()
+            written += (encode(event), b"\n\n")
+    return b"".join(written)
 
 
 _DELTA = "response.output_text.delta"
@@ -69,16 +72,13 @@ class TextDeltaFrames:
     def frame(self, sequence_number: int, item_id: str, output_index: int, text: str) -> bytes:
         if item_id != self._item_id:
             self._item_id = item_id
-            self._middle = (
-                f',"item_id":{encode_basestring_ascii(item_id)}'
-                f',"output_index":{output_index},"content_index":0,"delta":'
-            ).encode()
-        return b"".join(
-            (
-                _DELTA_HEAD,
-                b"%d" % sequence_number,
-                self._middle,
-                encode_basestring_ascii(text).encode(),
-                _DELTA_TAIL,
+            self._middle = b"".join(
+                (
+                    b',"item_id":',
+                    _encode(item_id),
+                    b',"output_index":%d,"content_index":0,"delta":' % output_index,
+                )
             )
+        return b"".join(
+            (_DELTA_HEAD, b"%d" % sequence_number, self._middle, _encode(text), _DELTA_TAIL)
         )

@@ -1,12 +1,12 @@
 """Plain JSON answers for the channels' hot routes, and the route shape that serves them.
 
 Every foreground turn ends in one JSON answer, so what Starlette does per answer counts:
-:class:`JsonAnswer` renders its body with one encoder built once (compact UTF-8 JSON, as
-Starlette's ``JSONResponse`` writes it, by :mod:`~agenthost.sansio_core.json_encoders`'
-rules) and takes its headers as the bytes they go out as. :class:`AsgiRoute` serves a handler of a
-``Request`` as a plain ASGI app, mounted in the app's router like any route (routing,
-middleware and exception handling stay the app's), without the per-request wrapping a
-Starlette endpoint function gets.
+:class:`JsonAnswer` renders its body with one encoder built once (compact UTF-8 JSON with
+no NaN, as Starlette's ``JSONResponse`` writes it, by :mod:`~agenthost.sansio_core.json_encoders`'
+rules) and takes its headers as the bytes they go out as. :class:`AsgiRoute` serves a
+handler of a ``Request`` as a plain ASGI app, mounted in the app's router like any route
+(routing, middleware and exception handling stay the app's), without the per-request
+wrapping a Starlette endpoint function gets.
 
 This module renders and serves; it decides nothing about what an answer says.
 """
@@ -24,7 +24,7 @@ from agenthost.sansio_core.json_encoders import compact_bytes_encoder
 
 RawHeaders = list[tuple[bytes, bytes]]
 
-_ENCODE = compact_bytes_encoder()
+_ENCODE = compact_bytes_encoder(allow_nan=False)
 _JSON_TYPE = (b"content-type", b"application/json")
 
 

@@ -104,8 +104,9 @@ def structure_input(data: Mapping[str, Any]) -> Any:
 # Built once: see json_encoders.
 to_json = compact_encoder(sort_keys=True)
 
-# A session's state as the target adapter made it (JSON-shaped already), keys in its order.
-to_state_json = compact_encoder()
+# A session's state as the target adapter made it (JSON-shaped already), keys in its order;
+# a NaN is refused rather than stored as a token other JSON readers refuse.
+to_state_json = compact_encoder(allow_nan=False)
 
 
 def dump(value: Any) -> str:

@@ -71,7 +71,7 @@ Tailed = dict[Path, tuple[int, int, str]]
 # A tail row as stored: (path JSON, items JSON)
 TailRow = tuple[str, str]
 
-# The encoder of codec.to_state_json (compact, keys in the state's order).
+# The encoder of codec.to_state_json (compact, keys in the state's order, no NaN).
 _encode = codec.to_state_json
 _MISSING = object()
 

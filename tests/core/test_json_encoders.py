@@ -1,5 +1,5 @@
 """The encoders built once write compact JSON that reads back as the value (json_encoders'
-rules), and fall back to the standard library for what msgspec will not write."""
+rules), and leave to the standard library what msgspec would write otherwise or not at all."""
 
 from __future__ import annotations
 
@@ -51,16 +51,6 @@ def _outside_strings(text: str) -> str:
     return "".join(kept)
 
 
-def _non_finite_as_null(value: Any) -> Any:
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, list):
-        return [_non_finite_as_null(item) for item in value]
-    if isinstance(value, dict):
-        return {key: _non_finite_as_null(item) for key, item in value.items()}
-    return value
-
-
 @given(_values(finite), st.booleans())
 def test_a_json_value_reads_back_equal_and_compact(value: Any, sort_keys: bool) -> None:
     text = compact_encoder(sort_keys=sort_keys)(value)
@@ -91,17 +81,55 @@ def test_keys_that_are_not_strings_are_written_as_the_standard_library_writes_th
     assert compact_encoder(sort_keys=True)({2: "b", 1: "a"}) == '{"1":"a","2":"b"}'
 
 
-@given(_values(st.one_of(finite, st.floats())))
-def test_nan_and_the_infinities_are_written_as_null(value: Any) -> None:
-    text = compact_encoder()(value)
-    assert "NaN" not in _outside_strings(text) and "Infinity" not in _outside_strings(text)
-    assert json.loads(text) == _non_finite_as_null(value)
+options = st.fixed_dictionaries({"sort_keys": st.booleans(), "allow_nan": st.booleans()})
 
 
-def test_nan_is_written_as_null_in_a_value_the_standard_library_writes() -> None:
-    value = {"score": math.nan, "text": "half \ud800 pair", "limits": (math.inf, 1.5)}
-    written = compact_encoder()(value)
-    assert json.loads(written) == {"score": None, "text": "half \ud800 pair", "limits": [None, 1.5]}
+def _written(encode: Any, value: Any) -> Any:
+    try:
+        return encode(value)
+    except ValueError as refused:  # a NaN or an infinity with allow_nan=False
+        return type(refused)
+
+
+@given(_values(st.one_of(finite, st.floats())), options)
+def test_a_value_with_nan_or_an_infinity_is_written_as_the_standard_library_writes_it(
+    value: Any, chosen: dict[str, bool]
+) -> None:
+    # Never null (which reads back as another value): NaN and Infinity tokens, or refused.
+    reference = json.JSONEncoder(separators=(",", ":"), ensure_ascii=True, **chosen).encode
+    expected = _written(reference, value)
+    written = _written(compact_encoder(**chosen), value)
+    if expected is ValueError or _has_non_finite(value):
+        assert written == expected
+    else:
+        assert json.loads(written) == json.loads(expected)
+
+
+def _has_non_finite(value: Any) -> bool:
+    if isinstance(value, float):
+        return not math.isfinite(value)
+    if isinstance(value, list):
+        return any(_has_non_finite(item) for item in value)
+    if isinstance(value, dict):
+        return any(_has_non_finite(item) for item in value.values())
+    return False
+
+
+def test_nan_and_the_infinities_are_tokens_or_refused_never_null() -> None:
+    value = {"score": math.nan, "limits": (math.inf, -math.inf, 1.5)}
+    assert compact_encoder()(value) == '{"score":NaN,"limits":[Infinity,-Infinity,1.5]}'
+    assert compact_bytes_encoder()(value) == b'{"score":NaN,"limits":[Infinity,-Infinity,1.5]}'
+    for refusing in (compact_encoder(allow_nan=False), compact_bytes_encoder(allow_nan=False)):
+        with pytest.raises(ValueError):
+            refusing(value)
+        with pytest.raises(ValueError):
+            refusing([1.0, [2.0, {"deep": math.nan}]])
+
+
+@pytest.mark.parametrize("number", [2**63, -(2**63) - 1, 2**64 + 1, -(10**30)])
+def test_integers_past_64_bits_are_written_whole(number: int) -> None:
+    assert compact_encoder()({"n": [number, math.nan]}) == f'{{"n":[{number},NaN]}}'
+    assert json.loads(compact_encoder()({"n": number})) == {"n": number}
 
 
 def test_a_value_json_cannot_write_is_refused_with_a_type_error() -> None:

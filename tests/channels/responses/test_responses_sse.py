@@ -140,7 +140,7 @@ def test_frames_encode_each_event_whole(kind: str, fields: dict[str, Any]) -> No
 @settings(max_examples=200, deadline=None)
 @given(
     responses=st.lists(st.dictionaries(texts, json_values, max_size=6), min_size=1, max_size=3),
-    picks=st.lists(st.tuples(st.integers(0, 2), st.booleans(), st.integers()), max_size=6),
+    picks=st.lists(st.tuples(st.integers(0, 2), st.booleans(), st.integers(0, 2**53)), max_size=6),
 )
 def test_events_sharing_a_response_encode_as_each_event_whole(
     responses: list[dict[str, Any]], picks: list[tuple[int, bool, int]]

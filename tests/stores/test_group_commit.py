@@ -4,6 +4,8 @@ cancellation touches only its own work."""
 
 from __future__ import annotations
 
+import contextlib
+import os
 import sqlite3
 import threading
 from collections.abc import AsyncIterator, Callable
@@ -239,3 +241,39 @@ async def test_the_thread_still_waits_for_a_lock_the_inline_path_never_waits_for
         await anyio.sleep(0.2)  # the batch is in the thread, waiting on the lock
         release()
     assert await store.get_channel_record("test", "item", "waited") is not None
+
+
+def _open_temp_files() -> list[str]:
+    """The SQLite temp files this process holds open (SQLite names them ``etilqs_*`` and
+    unlinks them at once, so only the open descriptors show them)."""
+    found = []
+    for fd in Path("/proc/self/fd").iterdir():
+        with contextlib.suppress(OSError):  # a descriptor closed while listing
+            target = os.readlink(fd)
+            if "etilqs_" in target:
+                found.append(target)
+    return found
+
+
+@pytest.mark.skipif(not Path("/proc/self/fd").is_dir(), reason="lists descriptors in /proc")
+async def test_a_batchs_savepoint_journal_stays_in_memory(store: SQLiteStore) -> None:
+    # Each item of a batch runs under a savepoint: SQLite journals the pages it changes
+    # until its RELEASE, and past 64 KiB in a temp file by default, a system call per page
+    # on a busy host (an item that rewrites a few large rows passes that). In memory, no file.
+    def big(key: str, text: str) -> ChannelRecord:
+        return ChannelRecord("test", "item", key, {"text": text * 3000})
+
+    await store.put_channel_records([big(f"k{n:02}", "a") for n in range(40)])
+    statements = commits_of(store)
+    seen_inside: list[list[str]] = []
+
+    def look(conn: sqlite3.Connection) -> None:
+        seen_inside.append(_open_temp_files())
+
+    async with anyio.create_task_group() as tasks:
+        tasks.start_soon(store.put_channel_records, [big(f"k{n:02}", "b") for n in range(40)])
+        tasks.start_soon(store._run, look)  # the next item of the same batch
+    assert statements.count("SAVEPOINT item") == 2  # one batch of two items
+    assert seen_inside == [[]]
+    stored = await store.list_channel_records("test", "item", limit=50)
+    assert [r.value["text"][0] for r in stored] == ["b"] * 40

@@ -53,7 +53,10 @@ def compact_bytes_encoder(
     *, sort_keys: bool = False, allow_nan: bool = True
 ) -> Callable[[Any], bytes]:
     """An encoder writing compact UTF-8 JSON bytes (see the module's rules)."""
-    fast, standard = _encoders(sort_keys, allow_nan)
+    fast = msgspec.json.Encoder(order="sorted" if sort_keys else None).encode
+    standard = json.JSONEncoder(
+        ensure_ascii=True, allow_nan=allow_nan, sort_keys=sort_keys, separators=(",", ":")
+    ).encode
     pack, non_finite = _PACK, _NON_FINITE_FLOAT.search
 
     def encode(value: Any) -> bytes:
@@ -69,25 +72,9 @@ def compact_bytes_encoder(
 
 def compact_encoder(*, sort_keys: bool = False, allow_nan: bool = True) -> Callable[[Any], str]:
     """An encoder writing compact JSON text (see the module's rules)."""
-    fast, standard = _encoders(sort_keys, allow_nan)
-    pack, non_finite = _PACK, _NON_FINITE_FLOAT.search
+    encode_bytes = compact_bytes_encoder(sort_keys=sort_keys, allow_nan=allow_nan)
 
     def encode(value: Any) -> str:
-        try:
-            if non_finite(pack(value)) is None:
-                return fast(value).decode()
-        except _NOT_WRITTEN:
-            pass
-        return standard(value)
+        return encode_bytes(value).decode()
 
     return encode
-
-
-def _encoders(
-    sort_keys: bool, allow_nan: bool
-) -> tuple[Callable[[Any], bytes], Callable[[Any], str]]:
-    fast = msgspec.json.Encoder(order="sorted" if sort_keys else None).encode
-    standard = json.JSONEncoder(
-        ensure_ascii=True, allow_nan=allow_nan, sort_keys=sort_keys, separators=(",", ":")
-    ).encode
-    return fast, standard

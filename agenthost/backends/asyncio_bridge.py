@@ -14,7 +14,8 @@ from __future__ import annotations
 import contextvars
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Coroutine
 from contextlib import AbstractAsyncContextManager, AbstractContextManager
-from typing import Any, TypeVar
+from types import TracebackType
+from typing import Any, Protocol, TypeVar
 
 import anyio
 import anyio.from_thread
@@ -51,6 +52,119 @@ def asyncio_timeout(seconds: float) -> AbstractAsyncContextManager[Any] | None:
     if not running_on_asyncio():
         return None
     return asyncio.timeout(seconds)
+
+
+class StopScope(Protocol):
+    """Where a task's work can be stopped from another task: ``cancel()`` stops it at its
+    next checkpoint, and the scope swallows that one cancellation (``cancelled_caught``).
+    A cancellation from outside the scope passes through it."""
+
+    @property
+    def cancelled_caught(self) -> bool: ...
+
+    def cancel(self) -> None: ...
+
+    async def __aenter__(self) -> StopScope: ...
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> bool: ...
+
+
+def stop_scope() -> StopScope:
+    """A :class:`StopScope` for the calling task: on asyncio, the task's own cancellation
+    (``Task.cancel`` and ``Task.uncancel``, as ``asyncio.timeout`` uses it); on trio, an
+    anyio cancel scope.
+
+    On asyncio an anyio cancel scope costs a run that holds a session lease about 32,000
+    instructions (callgrind, a returning Invocations turn on MemoryStore: 496k -> 464k
+    without one), 6% of the request: it tracks its host task and the scopes around it, and
+    its exit walks them. This one keeps the task and its cancel count, and nothing else.
+    """
+    if running_on_asyncio():
+        return _AsyncioStopScope()
+    return _AnyioStopScope()
+
+
+class _AsyncioStopScope:
+    """The rules of ``asyncio.timeout``, without its deadline. ``cancel()`` is called from
+    another task while this one waits inside the scope (the interpreter registers the scope
+    after entering it and unregisters it before leaving), so ``Task.cancel`` throws a
+    ``CancelledError`` at the await it waits in; each call sends one more (a target that
+    swallowed one is stopped by the next lease round or interrupt). On the way out the
+    scope takes back the cancellations it sent (``Task.uncancel``) and swallows the error
+    only when no other is pending on the task: a cancellation from outside passes through.
+    """
+
+    __slots__ = ("_cancelling", "_sent", "_task", "cancelled_caught")
+
+    def __init__(self) -> None:
+        self._task: Any = None
+        self._cancelling = 0  # the task's pending cancellations on entry
+        self._sent = 0
+        self.cancelled_caught = False
+
+    def cancel(self) -> None:
+        if self._task is not None:
+            self._sent += 1
+            self._task.cancel()
+
+    async def __aenter__(self) -> _AsyncioStopScope:
+        import asyncio  # noqa: TID251 - this module is where the host names asyncio
+
+        task = asyncio.current_task()
+        if task is None:  # pragma: no cover - only called from a task
+            raise RuntimeError("a stop scope must be entered inside an asyncio task")
+        self._task = task
+        self._cancelling = task.cancelling()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> bool:
+        task, self._task = self._task, None
+        if not self._sent:
+            return False
+        import asyncio  # noqa: TID251 - this module is where the host names asyncio
+
+        for _ in range(self._sent):
+            pending = task.uncancel()
+        if pending <= self._cancelling and exc_type is asyncio.CancelledError:
+            self.cancelled_caught = True
+            return True
+        return False
+
+
+class _AnyioStopScope:
+    __slots__ = ("_scope",)
+
+    def __init__(self) -> None:
+        self._scope = anyio.CancelScope()
+
+    @property
+    def cancelled_caught(self) -> bool:
+        return self._scope.cancelled_caught
+
+    def cancel(self) -> None:
+        self._scope.cancel()
+
+    async def __aenter__(self) -> _AnyioStopScope:
+        self._scope.__enter__()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> bool:
+        return bool(self._scope.__exit__(exc_type, exc, traceback))
 
 
 class AsyncioBridge:

@@ -20,6 +20,7 @@ import attrs
 from opentelemetry import trace
 
 from agenthost.backends import tracing
+from agenthost.backends.asyncio_bridge import StopScope, stop_scope
 from agenthost.backends.linking import IdentityLinker
 from agenthost.backends.targets import TargetAdapter, TargetCall, UpdateSink
 from agenthost.sansio_core import effects as fx
@@ -40,12 +41,12 @@ class LocalRuns:
     """What this process knows of the runs it hosts: their cancel scopes and lease waiters."""
 
     def __init__(self) -> None:
-        self._scopes: dict[str, anyio.CancelScope] = {}
+        self._scopes: dict[str, StopScope] = {}
         self._released: dict[str, anyio.Event] = {}
         self._holding: dict[str, str] = {}  # run id -> session id, while its target runs
         self.releases = 0  # how many leases this process released, ever
 
-    def register(self, run_id: str, scope: anyio.CancelScope, session_id: str) -> None:
+    def register(self, run_id: str, scope: StopScope, session_id: str) -> None:
         """A run's target starts, holding ``session_id``'s lease."""
         self._scopes[run_id] = scope
         self._holding[run_id] = session_id
@@ -371,38 +372,36 @@ class TurnInterpreter:
         # Only a lease's holder is ever stopped (its lease lost, an interrupt): a run
         # holding none (stateless, or in a session its save creates) needs no cancel scope,
         # which costs more than the rest of the run's handling here.
-        stoppable = anyio.CancelScope() if turn.holding else None
-        with (
-            _UNSTOPPABLE if stoppable is None else stoppable as run_scope,
-            tracing.span("agenthost.run", enabled=turn.traced) as spanned,
-        ):
-            if stoppable is not None:
-                assert turn.session_id is not None
-                # renew_leases keeps its lease, an interrupt or a lost lease stops it
-                self._local.register(effect.run_id, stoppable, turn.session_id)
-            try:
-                done = await self._target.run(call)
-                answer = fx.TargetSucceeded(
-                    done.result,
-                    done.text,
-                    done.new_state,
-                    self._clock(),
-                    done.state_expires_when_idle,
-                )
-            except Exception as exc:
-                # The error's text may quote the user's input: log its type only.
-                log.warning(
-                    "target failed",
-                    extra={"run_id": effect.run_id, "error_type": type(exc).__name__},
-                )
-                answer = fx.TargetFailed(f"the target raised {type(exc).__name__}")
-            finally:
+        stoppable = stop_scope() if turn.holding else None
+        async with _UNSTOPPABLE if stoppable is None else stoppable as run_scope:
+            with tracing.span("agenthost.run", enabled=turn.traced) as spanned:
                 if stoppable is not None:
-                    self._local.unregister(effect.run_id)
-            spanned.set_attribute(
-                "agenthost.outcome",
-                "succeeded" if isinstance(answer, fx.TargetSucceeded) else "failed",
-            )
+                    assert turn.session_id is not None
+                    # renew_leases keeps its lease, an interrupt or a lost lease stops it
+                    self._local.register(effect.run_id, stoppable, turn.session_id)
+                try:
+                    done = await self._target.run(call)
+                    answer = fx.TargetSucceeded(
+                        done.result,
+                        done.text,
+                        done.new_state,
+                        self._clock(),
+                        done.state_expires_when_idle,
+                    )
+                except Exception as exc:
+                    # The error's text may quote the user's input: log its type only.
+                    log.warning(
+                        "target failed",
+                        extra={"run_id": effect.run_id, "error_type": type(exc).__name__},
+                    )
+                    answer = fx.TargetFailed(f"the target raised {type(exc).__name__}")
+                finally:
+                    if stoppable is not None:
+                        self._local.unregister(effect.run_id)
+                spanned.set_attribute(
+                    "agenthost.outcome",
+                    "succeeded" if isinstance(answer, fx.TargetSucceeded) else "failed",
+                )
         if run_scope.cancelled_caught:
             answer = fx.TargetFailed("the run was interrupted", cancelled=True)
         turn.ran = (effect, answer)
@@ -490,15 +489,18 @@ def _performer_of(kind: type) -> Performer:
 
 
 class _Unstoppable:
-    """In place of the cancel scope of a run nothing can stop (it holds no lease)."""
+    """In place of the stop scope of a run nothing can stop (it holds no lease)."""
 
     cancelled_caught = False
 
-    def __enter__(self) -> _Unstoppable:
+    def cancel(self) -> None:
+        return None
+
+    async def __aenter__(self) -> _Unstoppable:
         return self
 
-    def __exit__(self, *exc_info: object) -> None:
-        return None
+    async def __aexit__(self, *exc_info: object) -> bool:
+        return False
 
 
 _UNSTOPPABLE = _Unstoppable()

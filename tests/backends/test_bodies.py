@@ -16,6 +16,7 @@ from agenthost.backends.bodies import (
     UnsupportedMediaType,
     read_json_body,
     read_limited,
+    receive_limited,
 )
 
 pytestmark = pytest.mark.anyio
@@ -117,6 +118,86 @@ async def test_an_outer_cancel_while_reading_is_not_a_timeout_and_ends_the_scope
             await anyio.sleep(0.05)
             outer.cancel()  # before the body's deadline
     assert outer.cancelled_caught
+
+
+async def test_a_body_whose_first_receive_waits_is_read_when_it_arrives() -> None:
+    # The first receive() is started before the deadline is armed; when it has to wait,
+    # the wait it began goes on (under the deadline) and gets the message, on both
+    # backends (asyncio's futures, trio's traps and the values sent back into them).
+    send, receive = anyio.create_memory_object_stream[dict[str, Any]](4)
+    async with send, receive:
+
+        async def client() -> None:
+            await anyio.sleep(0.05)
+            await send.send(chunks(1)[0])
+            await anyio.sleep(0.05)
+            await send.send(last(b"yz"))
+
+        with anyio.fail_after(5):
+            async with anyio.create_task_group() as tasks:
+                tasks.start_soon(client)
+                assert await receive_limited(receive.receive, 100, within=2.0) == b"x" * 10 + b"yz"
+
+
+async def test_a_first_receive_that_never_answers_times_out() -> None:
+    send, receive = anyio.create_memory_object_stream[dict[str, Any]](4)
+    async with send, receive:
+        with anyio.fail_after(5), pytest.raises(BodyTimedOut):
+            await receive_limited(receive.receive, 100, within=0.1)
+
+
+async def test_a_cancelled_first_receive_withdraws_its_wait() -> None:
+    # Cancelled from outside while its first receive waits: the cancellation propagates,
+    # and the wait it began is withdrawn, so the next message goes to the next reader.
+    send, receive = anyio.create_memory_object_stream[dict[str, Any]](4)
+    async with send, receive:
+        with anyio.move_on_after(0.05) as outer:
+            await receive_limited(receive.receive, 100, within=5.0)
+        assert outer.cancelled_caught
+        await send.send(last(b"next"))
+        with anyio.fail_after(1):
+            assert await receive.receive() == last(b"next")
+
+
+class LateReceive:
+    """An ASGI ``receive`` whose message arrives later; counts calls and sees its waits
+    cancelled (as Hypercorn's queue does, it registers its wait before yielding)."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+        self.cancelled = 0
+        self.arrived = anyio.Event()
+
+    async def __call__(self) -> dict[str, Any]:
+        self.calls += 1
+        try:
+            await self.arrived.wait()
+        except anyio.get_cancelled_exc_class():
+            self.cancelled += 1
+            raise
+        return last(b"late")
+
+
+async def test_the_first_receive_that_waits_is_the_one_awaited() -> None:
+    late = LateReceive()
+
+    async def arrive() -> None:
+        await anyio.sleep(0.05)
+        late.arrived.set()
+
+    with anyio.fail_after(5):
+        async with anyio.create_task_group() as tasks:
+            tasks.start_soon(arrive)
+            assert await receive_limited(late, 100, within=2.0) == b"late"
+    assert late.calls == 1  # not abandoned for a second receive()
+
+
+async def test_a_cancellation_reaches_the_first_receive_that_waits() -> None:
+    late = LateReceive()
+    with anyio.move_on_after(0.05) as outer:
+        await receive_limited(late, 100, within=5.0)
+    assert outer.cancelled_caught
+    assert (late.calls, late.cancelled) == (1, 1)
 
 
 async def test_a_client_gone_mid_body_is_client_gone() -> None:

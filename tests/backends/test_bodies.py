@@ -9,6 +9,7 @@ import anyio.lowlevel
 import pytest
 from starlette.requests import Request
 
+from agenthost.backends.asyncio_bridge import running_on_asyncio
 from agenthost.backends.bodies import (
     BodyTimedOut,
     BodyTooLarge,
@@ -198,6 +199,67 @@ async def test_a_cancellation_reaches_the_first_receive_that_waits() -> None:
         await receive_limited(late, 100, within=5.0)
     assert outer.cancelled_caught
     assert (late.calls, late.cancelled) == (1, 1)
+
+
+async def test_a_body_the_server_already_holds_is_read_without_a_timer(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Hypercorn's shape: the bytes with more_body, then an empty last message, both queued
+    # before the app reads. On asyncio a deadline is a timer on the loop (call_at); none is
+    # armed unless a receive has to wait.
+    if not running_on_asyncio():
+        pytest.skip("asyncio's timers")
+    import asyncio  # noqa: TID251 - the asyncio loop's timers are what this test counts
+
+    loop = asyncio.get_running_loop()
+    armed: list[float] = []
+    call_at = loop.call_at
+
+    def counting_call_at(when: float, *args: Any, **kwargs: Any) -> Any:
+        armed.append(when)
+        return call_at(when, *args, **kwargs)
+
+    monkeypatch.setattr(loop, "call_at", counting_call_at)
+    request, receive = request_with([*chunks(1), last()], {})
+    assert await read_limited(request, 100, within=5.0) == b"x" * 10
+    assert (armed, receive.calls) == ([], 2)
+    # One that waits arms it (the test counts what it claims to).
+    slow, _ = request_with(chunks(1), {})
+    deadline = loop.time() + 0.05
+    with pytest.raises(BodyTimedOut):
+        await read_limited(slow, 100, within=0.05)
+    assert any(abs(when - deadline) < 0.04 for when in armed)
+
+
+class ScopedReceive:
+    """A ``receive`` that opens a cancel scope of its own around its wait (a middleware's
+    timeout, say); its message arrives once ``arrived`` is set."""
+
+    def __init__(self) -> None:
+        self.arrived = anyio.Event()
+
+    async def __call__(self) -> dict[str, Any]:
+        with anyio.move_on_after(30):
+            await self.arrived.wait()
+        return last(b"scoped")
+
+
+async def test_a_receive_with_a_cancel_scope_of_its_own_is_read_and_timed() -> None:
+    # On trio a receive begun outside the deadline's scope would open its scope outside
+    # it too, and leaving them would corrupt the task's scope stack.
+    scoped = ScopedReceive()
+
+    async def arrive() -> None:
+        await anyio.sleep(0.05)
+        scoped.arrived.set()
+
+    with anyio.fail_after(5):
+        async with anyio.create_task_group() as tasks:
+            tasks.start_soon(arrive)
+            assert await receive_limited(scoped, 100, within=2.0) == b"scoped"
+        with pytest.raises(BodyTimedOut):
+            await receive_limited(ScopedReceive(), 100, within=0.05)
+        await anyio.lowlevel.checkpoint()  # the task's scopes are intact
 
 
 async def test_a_client_gone_mid_body_is_client_gone() -> None:

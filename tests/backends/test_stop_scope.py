@@ -6,6 +6,7 @@ from __future__ import annotations
 import sys
 
 import anyio
+import anyio.lowlevel
 import pytest
 
 from agenthost.backends.asyncio_bridge import StopScope, running_on_asyncio, stop_scope
@@ -36,7 +37,7 @@ async def _stop_while_inside(body_after_stop: str) -> tuple[list[str], StopScope
                 await anyio.sleep(30)
                 seen.append("slept on")
         seen.append("after the scope")
-        await anyio.sleep(0)  # a cancellation left pending would be raised here
+        await anyio.lowlevel.checkpoint()  # a cancellation left pending would be raised here
         seen.append("checkpoint passed")
         if running_on_asyncio():
             import asyncio  # noqa: TID251 - the asyncio side of the scope
@@ -85,8 +86,8 @@ async def test_a_body_that_swallowed_one_stop_is_stopped_by_the_next() -> None:
 
 async def test_a_scope_never_stopped_changes_nothing() -> None:
     async with stop_scope() as scope:
-        await anyio.sleep(0)
-    await anyio.sleep(0)
+        await anyio.lowlevel.checkpoint()
+    await anyio.lowlevel.checkpoint()
     assert not scope.cancelled_caught
 
 

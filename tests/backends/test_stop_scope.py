@@ -91,6 +91,30 @@ async def test_a_scope_never_stopped_changes_nothing() -> None:
     assert not scope.cancelled_caught
 
 
+async def test_a_stop_passes_the_scopes_a_target_opens_inside() -> None:
+    # An agent waits inside cancel scopes of its own (anyio's, a framework's timeout): the
+    # stop must reach the run scope through them, not end at the innermost.
+    entered = anyio.Event()
+    reached: list[str] = []
+    scopes: list[StopScope] = []
+
+    async def body() -> None:
+        async with stop_scope() as scope:
+            scopes.append(scope)
+            with anyio.move_on_after(30):
+                entered.set()
+                await anyio.sleep_forever()
+            reached.append("after the inner scope")
+        reached.append("after the run scope")
+
+    with anyio.fail_after(10):
+        async with anyio.create_task_group() as tasks:
+            tasks.start_soon(body)
+            await entered.wait()
+            scopes[0].cancel()
+    assert reached == ["after the run scope"] and scopes[0].cancelled_caught
+
+
 async def test_a_cancellation_from_outside_passes_through_a_scope() -> None:
     entered = anyio.Event()
     reached: list[str] = []

@@ -3,8 +3,6 @@ another task, it swallows its own cancellation and nothing else, on asyncio and 
 
 from __future__ import annotations
 
-import sys
-
 import anyio
 import anyio.lowlevel
 import pytest
@@ -133,7 +131,6 @@ async def test_a_cancellation_from_outside_passes_through_a_scope() -> None:
     assert reached == []
 
 
-@pytest.mark.skipif(sys.version_info < (3, 11), reason="asyncio.timeout is 3.11+")
 async def test_on_asyncio_a_native_cancellation_sent_with_a_stop_is_not_swallowed() -> None:
     # anyio re-delivers its own cancellations; a native one (asyncio.timeout's, a task's
     # cancel()) is sent once, so a scope that swallowed it would lose it for good.

@@ -38,7 +38,7 @@ RunHook = Callable[..., "ChannelRequest | Awaitable[ChannelRequest | None] | Non
 
 
 class LocalRuns:
-    """What this process knows of the runs it hosts: their cancel scopes and lease waiters."""
+    """What this process knows of the runs it hosts: their stop scopes and lease waiters."""
 
     def __init__(self) -> None:
         self._scopes: dict[str, StopScope] = {}
@@ -370,8 +370,8 @@ class TurnInterpreter:
         call = TargetCall(effect.request, effect.session_ref, effect.session_state, turn.on_update)
         answer: fx.TargetSucceeded | fx.TargetFailed
         # Only a lease's holder is ever stopped (its lease lost, an interrupt): a run
-        # holding none (stateless, or in a session its save creates) needs no cancel scope,
-        # which costs more than the rest of the run's handling here.
+        # holding none (stateless, or in a session its save creates) needs no stop scope,
+        # and enters none (what one costs: asyncio_bridge.stop_scope).
         stoppable = stop_scope() if turn.holding else None
         async with _UNSTOPPABLE if stoppable is None else stoppable as run_scope:
             with tracing.span("agenthost.run", enabled=turn.traced) as spanned:

@@ -143,8 +143,22 @@ class LiveTasks:
     ) -> int:
         """Store ``events`` numbered from ``first_number`` (and ``with_records``) in one
         write, wake this process's readers; answer the next free number."""
-        expires = self.records.expiry()
         values = [codec.to_dict(event) for event in events]
+        return await self.append_values(
+            task_id, values, first_number, owner, with_records=with_records
+        )
+
+    async def append_values(
+        self,
+        task_id: str,
+        values: Sequence[dict[str, Any]],
+        first_number: int,
+        owner: str | None,
+        *,
+        with_records: Sequence[ChannelRecord] = (),
+    ) -> int:
+        """:meth:`append_events` for events already in their stored form (ProtoJSON)."""
+        expires = self.records.expiry()
         batch = [
             self.records.record(
                 EVENT,
@@ -158,7 +172,7 @@ class LiveTasks:
         await self.records.put([*batch, *with_records])
         self._remember(task_id, first_number, values)
         self.wake(task_id)
-        return first_number + len(events)
+        return first_number + len(values)
 
     async def resume(
         self,
@@ -368,7 +382,7 @@ class LiveTasks:
             if writer is not None and writer.next_number is not None:
                 # Chunks the flush task has not stored yet go first, in order.
                 events += [
-                    _chunk(task_id, task.context_id, piece, append=True)
+                    tasks.chunk(task_id, task.context_id, piece, append=True)
                     for piece in writer.take_pending()
                 ]
             streamed = "".join(writer.streamed) if writer is not None else None
@@ -486,11 +500,12 @@ class TaskWriter:
                     batch = self.take_pending()
                     if not batch or self.closed or self.next_number is None:
                         return
-                    events = [
-                        _chunk(self.task_id, self._context_id, text, append=True) for text in batch
+                    values = [
+                        tasks.chunk_value(self.task_id, self._context_id, text, append=True)
+                        for text in batch
                     ]
-                    self.next_number = await self._live.append_events(
-                        self.task_id, events, self.next_number, self.owner
+                    self.next_number = await self._live.append_values(
+                        self.task_id, values, self.next_number, self.owner
                     )
         finally:
             self._flushing = False
@@ -575,8 +590,3 @@ async def _woken(wakeup: anyio.Event, seconds: float) -> bool:
         await wakeup.wait()
         return True
     return False
-
-
-def _chunk(task_id: str, context_id: str, text: str, *, append: bool) -> Any:
-    shell = codec.task_from_dict({"id": task_id, "contextId": context_id})
-    return tasks.chunk_event(shell, text, append=append)

@@ -105,15 +105,44 @@ def working(task: Any, now: float) -> Any:
 
 def chunk_event(task: Any, text: str, *, append: bool) -> Any:
     """One streamed piece of the reply."""
+    return chunk(task.id, task.context_id, text, append=append)
+
+
+def chunk(task_id: str, context_id: str, text: str, *, append: bool) -> Any:
+    """:func:`chunk_event` of the task ``task_id`` in ``context_id``."""
     event = pb.StreamResponse()
     update = event.artifact_update
-    update.task_id = task.id
-    update.context_id = task.context_id
+    update.task_id = task_id
+    update.context_id = context_id
     update.append = append
     update.artifact.artifact_id = ARTIFACT_ID
     update.artifact.name = ARTIFACT_NAME
     update.artifact.parts.add().text = text
     return event
+
+
+def chunk_value(task_id: str, context_id: str, text: str, *, append: bool) -> dict[str, Any]:
+    """:func:`chunk`'s event in ProtoJSON, as ``codec.to_dict`` writes it, built directly.
+
+    A reply is stored one event a streamed piece, and protobuf's pure-Python converters
+    cost some hundred times what building this dict does (their field walk per message).
+    As the converter does, a field at its default (an empty id, ``append`` false) is left
+    out, and text protobuf refuses (a lone surrogate) raises ``UnicodeEncodeError``.
+    """
+    text.encode()  # protobuf's check of a string field: UTF-8 or an error
+    update: dict[str, Any] = {}
+    if task_id:
+        update["taskId"] = task_id
+    if context_id:
+        update["contextId"] = context_id
+    update["artifact"] = {
+        "artifactId": ARTIFACT_ID,
+        "name": ARTIFACT_NAME,
+        "parts": [{"text": text}],
+    }
+    if append:  # after the artifact: the converter writes fields in their numbers' order
+        update["append"] = True
+    return {"artifactUpdate": update}
 
 
 def whole_reply_event(task: Any, text: str) -> Any:

@@ -249,3 +249,30 @@ def test_a_failed_answer_asks_the_last_question_again() -> None:
     assert again is not None and again.status.state == pb.TASK_STATE_INPUT_REQUIRED
     assert list(again.status.message.parts) == list(waiting.status.message.parts)
     assert again.status.message.message_id != waiting.status.message.message_id
+
+
+@pytest.mark.parametrize(
+    ("task_id", "context_id", "text", "append"),
+    [
+        ("tsk_1", "ctx_1", "word ", True),
+        ("tsk_1", "ctx_1", "first", False),
+        ("tsk_1", "ctx_1", "", True),
+        ("tsk_1", "", "héllo \u2603 \U0001f600", True),
+        ("", "ctx_1", 'quote " and \\ and \n', False),
+    ],
+)
+def test_a_chunk_s_stored_form_is_what_protobuf_writes(
+    task_id: str, context_id: str, text: str, append: bool
+) -> None:
+    event = tasks.chunk(task_id, context_id, text, append=append)
+    value = tasks.chunk_value(task_id, context_id, text, append=append)
+    assert value == codec.to_dict(event)
+    assert json.dumps(value) == json.dumps(codec.to_dict(event))  # the same key order too
+    assert codec.stream_response_from_dict(value) == event
+
+
+def test_a_chunk_with_text_protobuf_refuses_is_refused_in_both_forms() -> None:
+    with pytest.raises(UnicodeEncodeError):
+        tasks.chunk("tsk_1", "ctx_1", "lone \ud800", append=True)
+    with pytest.raises(UnicodeEncodeError):
+        tasks.chunk_value("tsk_1", "ctx_1", "lone \ud800", append=True)

@@ -41,12 +41,14 @@ from agenthost.channels.a2a.records import (
     task_key,
     waiting_key,
 )
+from agenthost.recent import RecentMap
 from agenthost.sansio_core.background import RunRecord
 from agenthost.sansio_core.types import ContinuationToken, RunStatus
 from agenthost.stores.base import ChannelRecord
 
 _READ_BATCH = 500
 _RECENT_EVENTS = 1000
+_PARSED_TASKS = 256  # tasks kept parsed (see ``LiveTasks.load``)
 TASK_ATTRIBUTE = "a2a_task_id"  # the request attribute naming the run's task
 _FINAL_STATES = {
     RunStatus.COMPLETED: tasks.COMPLETED,
@@ -81,6 +83,8 @@ class LiveTasks:
         self._recent: dict[str, list[tuple[int, Any]]] = {}
         self._locks: dict[str, tuple[anyio.Lock, int]] = {}
         self.writers: dict[str, TaskWriter] = {}
+        # Task id -> (its stored ProtoJSON, the task it parses to), as last read or written.
+        self._parsed: RecentMap[str, tuple[Mapping[str, Any], Any]] = RecentMap(_PARSED_TASKS)
 
     # --- writing ----------------------------------------------------------------------
 
@@ -91,7 +95,28 @@ class LiveTasks:
         record = await self.records.task(caller, task_id)
         if record is None:
             return None
-        return codec.task_from_dict(record.value["task"]), record
+        return self._task_of(record.value["task"]), record
+
+    def _task_of(self, value: Mapping[str, Any]) -> Any:
+        """The task whose ProtoJSON is ``value``. A task is read back several times a turn
+        (its run, its end, its readers), and protobuf's pure-Python JSON parser costs far
+        more than comparing the value with the one this process last read or wrote: when
+        they are equal, a copy of the task kept then is the same task. A value another
+        replica wrote since differs, and is parsed."""
+        task_id = value.get("id")
+        kept = self._parsed.get(task_id) if isinstance(task_id, str) else None
+        if kept is not None and kept[0] == value:
+            task = pb.Task()
+            task.CopyFrom(kept[1])
+            return task
+        task = codec.task_from_dict(value)
+        self._keep(value, task)
+        return task
+
+    def _keep(self, value: Mapping[str, Any], task: Any) -> None:
+        kept = pb.Task()
+        kept.CopyFrom(task)  # the caller's own may change; the kept one never does
+        self._parsed.put(kept.id, (value, kept))
 
     async def save(
         self,
@@ -124,10 +149,12 @@ class LiveTasks:
         """The stored form of ``task``; ``base`` carries its bookkeeping (``token``,
         ``number``, ``pushes``: whether it has push configs; ``answered``: the token of the run
         whose question the current turn answers). A finished or waiting task expires."""
+        value = codec.to_dict(task)
+        self._keep(value, task)
         return self.records.record(
             TASK,
             task_key(caller, task.id),
-            {**base, "task": codec.to_dict(task)},
+            {**base, "task": value},
             owner,
             expires_at=self.records.expiry() if final else None,
         )

@@ -350,3 +350,30 @@ async def test_an_answer_the_workflow_cannot_take_leaves_the_question_open(
     assert [r["text"] for r in question_of(still)[1]] == ["Which room for the gala?"]
     assert artifact_text(done) == "42 seats in the ballroom"
     assert len({m.message_id for m in done.history}) == len(done.history) == 8
+
+
+async def test_a_replica_reads_the_task_another_replica_answered(tmp_path: Path) -> None:
+    """Two hosts on one store: the task one of them last read (waiting for input) is
+    answered and finished by the other; the first then reads the stored task, not the
+    one it read before."""
+    with anyio.fail_after(TIMEOUT):
+        async with (
+            serving(make_host(greeter_factory, tmp_path)) as first_url,
+            serving(make_host(greeter_factory, tmp_path)) as second_url,
+        ):
+
+            async def scenario() -> tuple[Any, Any]:
+                async with (
+                    sdk_client(first_url, streaming=False) as first,
+                    sdk_client(second_url, streaming=False) as second,
+                ):
+                    [asked] = await collect(first.send_message(send_request("the party")))
+                    waiting = await first.get_task(pb.GetTaskRequest(id=asked.task.id))
+                    await collect(second.send_message(answer_request(waiting, "Ann")))
+                    return waiting, await first.get_task(pb.GetTaskRequest(id=waiting.id))
+
+            waiting, fetched = await in_client(scenario)
+
+    assert waiting.status.state == pb.TASK_STATE_INPUT_REQUIRED
+    assert fetched.status.state == pb.TASK_STATE_COMPLETED
+    assert artifact_text(fetched) == "Hello Ann (re: the party), greeting #1"

@@ -64,6 +64,7 @@ from agenthost.sansio_core.types import (
     ContinuationToken,
     MultitaskStrategy,
     ResponseTarget,
+    SessionRef,
 )
 from agenthost.stores.base import ChannelRecord, FinishedTurn, RunNotFound, Store, TurnWrites
 
@@ -524,15 +525,7 @@ class Host:
             _log_outcome(token, request.channel, outcome)
             return outcome
         # The hook chose where the reply goes: the wire gets the token, the target the push.
-        record = background.new_run(
-            token=token,
-            request=request,  # as it arrived: the hook runs again when the run starts
-            isolation_key=resolved.session_ref.isolation_key,
-            session_id=resolved.session_ref.session_id,
-            session_key=resolved.session_ref.key,
-            now=now,
-            max_attempts=self._background_max_attempts,
-        )
+        record = self._new_run(token, request, resolved.session_ref, now)
         await self.store.create_run(record)
         worker.submit(token)
         log.info(
@@ -598,26 +591,57 @@ class Host:
         )
         if command is not None:
             return await self._command_in_background(request, command, token, now, worker)
-        resolved = await self._interpreter.drive(
-            turns.resolve_turn(request, run_id=token, now=now, settings=self._turn_settings),
-            protocol_request=protocol_request,
-        )
-        if isinstance(resolved, turns.TurnRefused):
-            _log_outcome(token, request.channel, resolved)
-            return resolved
-        record = background.new_run(
-            token=token,
-            request=request,  # as it arrived: the hook runs again when the run starts
-            isolation_key=resolved.session_ref.isolation_key,
-            session_id=resolved.session_ref.session_id,
-            session_key=resolved.session_ref.key,
-            now=now,
-            max_attempts=self._background_max_attempts,
-        )
-        await self.store.create_run(record)
+        recorded = await self._record_background_run(request, token, now, protocol_request)
+        if isinstance(recorded, turns.TurnRefused):
+            _log_outcome(token, request.channel, recorded)
+            return recorded
+        record = recorded
         worker.submit(token)
         log.info("background run accepted", extra={"token": token, "channel": request.channel})
         return record.to_token()
+
+    async def _record_background_run(
+        self, request: ChannelRequest, token: str, now: float, protocol_request: Any
+    ) -> background.RunRecord | turns.TurnRefused:
+        """Settle the request's turn and record its run (the request as it arrived: a hook
+        runs again when the run starts): in one store write when no application callback
+        comes between (``turns`` rule 11), else step by step."""
+        settings = self._turn_settings
+        if turns.opens_in_one_trip(request, settings):
+            return await self._interpreter.drive(
+                turns.record_background_turn(
+                    request,
+                    run_id=token,
+                    now=now,
+                    settings=settings,
+                    max_attempts=self._background_max_attempts,
+                ),
+                protocol_request=protocol_request,
+            )
+        resolved = await self._interpreter.drive(
+            turns.resolve_turn(request, run_id=token, now=now, settings=settings),
+            protocol_request=protocol_request,
+        )
+        if isinstance(resolved, turns.TurnRefused):
+            return resolved
+        record = self._new_run(token, request, resolved.session_ref, now)
+        await self.store.create_run(record)
+        return record
+
+    def _new_run(
+        self, token: str, request: ChannelRequest, ref: SessionRef, now: float
+    ) -> background.RunRecord:
+        """The record of a background run of ``request`` (as it arrived: the hook runs
+        again when the run starts) in the session ``ref``."""
+        return background.new_run(
+            token=token,
+            request=request,
+            isolation_key=ref.isolation_key,
+            session_id=ref.session_id,
+            session_key=ref.key,
+            now=now,
+            max_attempts=self._background_max_attempts,
+        )
 
     async def _command_in_background(
         self,

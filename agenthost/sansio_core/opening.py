@@ -35,23 +35,39 @@ Rules:
    must be written before the target runs, and then the session is created with them.
    A store may load and decide outside a write transaction for such a plan; when the
    decision names writes anyway (:attr:`Writes.empty` is false), it decides again in one.
+6. A background request (:attr:`Opening.background`) is recorded, not run: its opening
+   takes no lease (the worker arrives at the lease when it runs the turn, maybe much
+   later) and names the run's record (:class:`BackgroundRun`) among the writes, with the
+   key and session the same decision settled, so recording a background run is one
+   write. Rule 5 does not apply to it: its session is written with the run.
 """
 
 from __future__ import annotations
 
 import attrs
 
-from agenthost.sansio_core import authorization, identity, leases, routing, sessions
+from agenthost.sansio_core import authorization, background, identity, leases, routing, sessions
 from agenthost.sansio_core.authorization import Allowed, ChannelAccess, Denied, LinkRequired
+from agenthost.sansio_core.background import RunRecord
 from agenthost.sansio_core.linking import UserFacts
 from agenthost.sansio_core.sessions import ScopeKey, SessionAlias, SessionRecord
 from agenthost.sansio_core.types import (
     ChannelIdentity,
+    ChannelRequest,
     MultitaskStrategy,
     SessionMode,
     SessionRef,
 )
 from agenthost.sansio_core.values import builder, builds_fast
+
+
+@attrs.frozen
+class BackgroundRun:
+    """A background request's run, to record with its opening (rule 6): the request as it
+    arrived (the run's token is the opening's ``run_id``) and how often it may be tried."""
+
+    request: ChannelRequest
+    max_attempts: int
 
 
 @builds_fast
@@ -73,6 +89,7 @@ class Opening:
     fork_scope: ScopeKey | None = None  # where a forking request saves (rule 4)
     has_source_key: bool = False  # a forking request names a source to copy
     create_at_finish: bool = False  # the new session is one only this turn can name (rule 5)
+    background: BackgroundRun | None = None  # record this run instead of opening it (rule 6)
 
     @property
     def new_session_id(self) -> str:
@@ -123,12 +140,14 @@ class Creation:
 @builds_fast
 @attrs.frozen
 class Opened:
-    """The turn's session and its place at the lease (``lease`` is ``None`` when stateless)."""
+    """The turn's session and its place at the lease (``lease`` is ``None`` when stateless,
+    and for a background request, which takes none: ``run`` is then its recorded run)."""
 
     session_ref: SessionRef
     lease: leases.LeaseDecision | None
     session: SessionRecord | None  # the session to run on, when the lease was granted
     creation: Creation | None = None  # a session not written yet (rule 5)
+    run: RunRecord | None = None  # a background request's run, written (rule 6)
 
 
 @builds_fast
@@ -140,6 +159,7 @@ class Writes:
     last_seen: tuple[str, routing.LastSeen] | None = None  # (isolation key, record)
     create: tuple[SessionAlias, SessionRecord] | None = None  # a new alias and its session
     lease: leases.LeaseState | None = None
+    run: RunRecord | None = None  # a background run to insert (rule 6)
 
     @property
     def empty(self) -> bool:
@@ -149,6 +169,7 @@ class Writes:
             and self.last_seen is None
             and self.create is None
             and self.lease is None
+            and self.run is None
         )
 
 
@@ -199,8 +220,9 @@ def decide(opening: Opening, loaded: Loaded) -> tuple[Outcome, Writes]:
     if isinstance(session_decision, sessions.SessionNotFound):
         return Refused(None), Writes(issue_key, last_seen)
     if isinstance(session_decision, sessions.Stateless):
-        opened = Opened(SessionRef(key, None, opening.session_key), None, None)
-        return opened, Writes(issue_key, last_seen)
+        ref = SessionRef(key, None, opening.session_key)
+        run = _background_run(opening, ref)
+        return Opened(ref, None, None, run=run), Writes(issue_key, last_seen, run=run)
 
     record: SessionRecord | None
     lease_state: leases.LeaseState | None  # None: a new session's, never granted
@@ -222,6 +244,11 @@ def decide(opening: Opening, loaded: Loaded) -> tuple[Outcome, Writes]:
         alias = session_decision.alias
         record = loaded.session
         lease_state = loaded.lease
+
+    if opening.background is not None:
+        ref = _session_ref(key, alias.session_id, opening.session_key)
+        run = _background_run(opening, ref)
+        return Opened(ref, None, None, run=run), Writes(issue_key, last_seen, create, run=run)
 
     new_lease, lease_decision = leases.arrive(
         lease_state,
@@ -245,3 +272,19 @@ def decide(opening: Opening, loaded: Loaded) -> tuple[Outcome, Writes]:
         return _opened(ref, lease_decision, record, creation), _NOTHING_TO_WRITE
     opened = _opened(ref, lease_decision, record if granted else None)
     return opened, _writes(issue_key, last_seen, create, new_lease)
+
+
+def _background_run(opening: Opening, ref: SessionRef) -> RunRecord | None:
+    """The run a background opening records in ``ref`` (rule 6); ``None`` for a turn."""
+    plan = opening.background
+    if plan is None:
+        return None
+    return background.new_run(
+        token=opening.run_id,
+        request=plan.request,
+        isolation_key=ref.isolation_key,
+        session_id=ref.session_id,
+        session_key=ref.key,
+        now=opening.now,
+        max_attempts=plan.max_attempts,
+    )

@@ -35,6 +35,9 @@ Rules:
    resolver, no run hook) opens in one store round trip (``opening.py``): the
    same decisions as :func:`resolve_turn` and the lease arrival, applied by the store in
    one transaction. With the save and release in one more, such a turn costs two trips.
+11. A background request that needs no such callback is recorded the same way
+   (:func:`record_background_turn`): the decisions of :func:`resolve_turn`, and its run's
+   record instead of the lease arrival, in one transaction.
 
 Each function is a generator: it yields effects from ``effects.py``, receives their answers
 through ``send``, and returns its outcome. Fresh ids are derived from ``run_id`` (fresh
@@ -51,6 +54,7 @@ import attrs
 
 from agenthost.sansio_core import (
     authorization,
+    background,
     commands,
     identity,
     leases,
@@ -320,39 +324,10 @@ def open_turn(
     request: ChannelRequest, *, run_id: str, now: float, settings: TurnSettings
 ) -> Generator[fx.Effect, Any, TurnOutcome]:
     """A whole foreground turn opened in one round trip (rule 10), then run as usual."""
-    scope, session_key = sessions.scope_for(request, fresh_key=f"s_{run_id}")
-    fork_scope = sessions.fork_scope_for(request)
-    if fork_scope is not None:
-        session_key = request.session.fork_key
-    seen = None
-    if settings.record_last_seen:
-        seen = routing.LastSeen(
-            request.channel, request.identity, request.session.conversation_id, now
-        )
-    # Positional: keyword matching for fourteen fields cost more than the value's own init.
-    plan = _opening(
-        request.identity,  # identity
-        scope,
-        session_key,
-        request.session_mode,
-        settings.access.for_channel(request.channel),  # access
-        request.session.is_direct,  # is_direct
-        run_id,
-        request.multitask or settings.default_multitask,  # strategy
-        now,
-        seen,  # last_seen
-        settings.lease_seconds,
-        fork_scope,
-        request.session.key is not None,  # has_source_key
-        request.session.private_until_reply,  # create_at_finish
-    )
+    plan = _opening_plan(request, run_id, now, settings, None)
     opened: opening.Outcome = yield _open_turn_effect(plan)
     if isinstance(opened, opening.Refused):
-        if opened.access is None:
-            return TurnRefused(RefusalReason.SESSION_NOT_FOUND, "no session matches the request")
-        refused = _refusal(opened.access)
-        assert refused is not None
-        return refused
+        return _opening_refusal(opened)
     ref, lease, record = opened.session_ref, opened.lease, opened.session
     if lease is None:
         answer = yield _run_target(request, ref, None, run_id)
@@ -369,6 +344,71 @@ def open_turn(
     to_save = _to_save(answer, record, now)
     saved: bool = yield _finish_run(ref.session_id, run_id, to_save, opened.creation)
     return _outcome(answer, ref, saved=saved)
+
+
+def record_background_turn(
+    request: ChannelRequest,
+    *,
+    run_id: str,
+    now: float,
+    settings: TurnSettings,
+    max_attempts: int,
+) -> Generator[fx.Effect, Any, background.RunRecord | TurnRefused]:
+    """A background request's turn settled and its run recorded in one round trip (rule
+    11): the run's record (token ``run_id``), written, or why the request was refused."""
+    plan = _opening_plan(
+        request, run_id, now, settings, opening.BackgroundRun(request, max_attempts)
+    )
+    opened: opening.Outcome = yield _open_turn_effect(plan)
+    if isinstance(opened, opening.Refused):
+        return _opening_refusal(opened)
+    assert opened.run is not None  # a background opening always names its run
+    return opened.run
+
+
+def _opening_plan(
+    request: ChannelRequest,
+    run_id: str,
+    now: float,
+    settings: TurnSettings,
+    background_run: opening.BackgroundRun | None,
+) -> opening.Opening:
+    scope, session_key = sessions.scope_for(request, fresh_key=f"s_{run_id}")
+    fork_scope = sessions.fork_scope_for(request)
+    if fork_scope is not None:
+        session_key = request.session.fork_key
+    seen = None
+    if settings.record_last_seen:
+        seen = routing.LastSeen(
+            request.channel, request.identity, request.session.conversation_id, now
+        )
+    # Positional: keyword matching for fifteen fields cost more than the value's own init.
+    return _opening(
+        request.identity,  # identity
+        scope,
+        session_key,
+        request.session_mode,
+        settings.access.for_channel(request.channel),  # access
+        request.session.is_direct,  # is_direct
+        run_id,
+        request.multitask or settings.default_multitask,  # strategy
+        now,
+        seen,  # last_seen
+        settings.lease_seconds,
+        fork_scope,
+        request.session.key is not None,  # has_source_key
+        # create_at_finish: never for a background run, written with its session
+        request.session.private_until_reply and background_run is None,
+        background_run,
+    )
+
+
+def _opening_refusal(refused: opening.Refused) -> TurnRefused:
+    if refused.access is None:
+        return TurnRefused(RefusalReason.SESSION_NOT_FOUND, "no session matches the request")
+    refusal = _refusal(refused.access)
+    assert refusal is not None
+    return refusal
 
 
 def record_proactive_message(

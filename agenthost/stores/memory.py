@@ -423,6 +423,8 @@ class MemoryStore(Store):
                         fork_session=self._sessions.get(fork.session_id),
                     )
             outcome, writes = opening.decide(plan, loaded)
+            if writes.run is not None:
+                self._insert_run(writes.run)  # first: a token in use leaves nothing written
             if writes.issue_key is not None:
                 self._set_key(_native(plan.identity), writes.issue_key)
             if writes.last_seen is not None:
@@ -522,9 +524,12 @@ class MemoryStore(Store):
 
     async def create_run(self, record: RunRecord) -> None:
         with self._lock:
-            if record.token in self._runs:
-                raise ValueError(f"a run with token {record.token!r} exists")
-            self._runs[record.token] = record
+            self._insert_run(record)
+
+    def _insert_run(self, record: RunRecord) -> None:
+        if record.token in self._runs:
+            raise ValueError(f"a run with token {record.token!r} exists")
+        self._runs[record.token] = record
 
     async def get_run(self, token: str) -> RunRecord | None:
         with self._lock:

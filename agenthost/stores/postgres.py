@@ -442,6 +442,8 @@ class PostgresStore(Store):
                     q.write_session(conn, created.session_id, record)
                 if writes.lease is not None:
                     q.write_lease(conn, writes.lease.session_id, writes.lease)
+            if writes.run is not None:
+                _insert_run(conn, writes.run)
             return outcome
 
         return await self._run(work)
@@ -536,11 +538,7 @@ class PostgresStore(Store):
     # --- background runs ------------------------------------------------------------
 
     async def create_run(self, record: RunRecord) -> None:
-        def work(conn: Conn) -> None:
-            if not q.insert_run(conn, record):
-                raise ValueError(f"a run with token {record.token!r} exists")
-
-        await self._run(work)
+        await self._run(lambda conn: _insert_run(conn, record))
 
     async def get_run(self, token: str) -> RunRecord | None:
         return await self._run(lambda conn: q.select_run(conn, token))
@@ -901,6 +899,11 @@ class PostgresStore(Store):
                 conn.execute("DELETE FROM singletons WHERE expires_at <= %s", (now,)).rowcount
             )
         )
+
+
+def _insert_run(conn: Conn, record: RunRecord) -> None:
+    if not q.insert_run(conn, record):
+        raise ValueError(f"a run with token {record.token!r} exists")
 
 
 def _notify_channel(schema: str) -> str:

@@ -809,6 +809,8 @@ class SQLiteStore(Store):
                     _write_session(conn, created.session_id, record, fresh=True)
                 if writes.lease is not None:
                     _write_lease(conn, writes.lease.session_id, writes.lease)
+                if writes.run is not None:
+                    _insert_run(conn, writes.run)
                 return outcome
 
         return await self._run(work)
@@ -876,17 +878,7 @@ class SQLiteStore(Store):
         return await self._run(work)
 
     async def create_run(self, record: RunRecord) -> None:
-        def work(conn: sqlite3.Connection) -> None:
-            try:
-                conn.execute(
-                    "INSERT INTO runs (token, status, created_at, expires_at, lease_expires_at,"
-                    " record) VALUES (?, ?, ?, ?, ?, ?)",
-                    run_row(record),
-                )
-            except sqlite3.IntegrityError:
-                raise ValueError(f"a run with token {record.token!r} exists") from None
-
-        await self._run(work)
+        await self._run(lambda conn: _insert_run(conn, record))
 
     async def get_run(self, token: str) -> RunRecord | None:
         return await self._run(lambda conn: _select_run(conn, token))
@@ -1281,6 +1273,17 @@ class _Connection(sqlite3.Connection):
         super().__init__(*args, **kwargs)
         self.session_states = SessionStates()
         self.leases = KeptLeases()
+
+
+def _insert_run(conn: sqlite3.Connection, record: RunRecord) -> None:
+    try:
+        conn.execute(
+            "INSERT INTO runs (token, status, created_at, expires_at, lease_expires_at,"
+            " record) VALUES (?, ?, ?, ?, ?, ?)",
+            run_row(record),
+        )
+    except sqlite3.IntegrityError:
+        raise ValueError(f"a run with token {record.token!r} exists") from None
 
 
 def _states(conn: sqlite3.Connection) -> SessionStates:

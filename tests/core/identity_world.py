@@ -17,6 +17,7 @@ import attrs
 from agenthost.sansio_core import effects as fx
 from agenthost.sansio_core import leases, link_codes, linking, opening, sessions
 from agenthost.sansio_core.authorization import AccessSettings, Allowlist, ChannelAccess
+from agenthost.sansio_core.background import RunRecord
 from agenthost.sansio_core.commands import LINK_COMMANDS, CommandCatalog
 from agenthost.sansio_core.link_codes import AttemptCounter, CodeChallenge, CodeLimits
 from agenthost.sansio_core.link_policy import LinkRules
@@ -119,6 +120,7 @@ class IdentityWorld:
     codes: list[str] = attrs.field(factory=list)  # every code shown, in order
     seen: list[tuple[str, LastSeen]] = attrs.field(factory=list)  # last-seen writes
     targets: list[fx.RunTarget] = attrs.field(factory=list)
+    recorded_runs: dict[str, RunRecord] = attrs.field(factory=dict)  # background runs
     _rng: random.Random = attrs.field(init=False)
     _runs: int = 0
 
@@ -380,6 +382,7 @@ class IdentityWorld:
             lease_states=self.leases,
             facts_of=self.facts,
             seen=self.seen,
+            runs=self.recorded_runs,
         )
 
     def _lease_step(self, session_id: str, event: leases.LeaseEvent) -> fx.LeaseAnswer:

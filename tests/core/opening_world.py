@@ -11,6 +11,7 @@ from collections.abc import Callable
 import attrs
 
 from agenthost.sansio_core import leases, opening
+from agenthost.sansio_core.background import RunRecord
 from agenthost.sansio_core.linking import UserFacts
 from agenthost.sansio_core.routing import LastSeen
 from agenthost.sansio_core.sessions import SessionAlias, SessionRecord
@@ -26,6 +27,7 @@ def open_in_dicts(
     lease_states: dict[str, leases.LeaseState],
     facts_of: Callable[[ChannelIdentity], UserFacts | None] | None = None,
     seen: list[tuple[str, LastSeen]] | None = None,
+    runs: dict[str, RunRecord] | None = None,
 ) -> opening.Outcome:
     native = (plan.identity.channel, plan.identity.native_id)
     key = identities.get(native)
@@ -63,4 +65,8 @@ def open_in_dicts(
         sessions[created.session_id] = record
     if writes.lease is not None:
         lease_states[writes.lease.session_id] = writes.lease
+    if writes.run is not None:
+        assert runs is not None, "this world records no background runs"
+        assert writes.run.token not in runs
+        runs[writes.run.token] = writes.run
     return outcome

@@ -12,14 +12,15 @@ import attrs
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from agenthost.sansio_core import background, leases
 from agenthost.sansio_core import effects as fx
-from agenthost.sansio_core import leases
 from agenthost.sansio_core.authorization import Allowlist, NativeIdAllowlist
 from agenthost.sansio_core.turns import (
     TurnOutcome,
     TurnRefused,
     TurnSettings,
     execute_turn,
+    record_background_turn,
     resolve_turn,
     run_turn,
 )
@@ -80,7 +81,35 @@ def requests(draw: st.DrawFn) -> ChannelRequest:
 
 
 def snapshot(world: IdentityWorld) -> tuple[Any, ...]:
-    return (world.identities, world.aliases, world.sessions, world.leases, world.seen)
+    return (
+        world.identities,
+        world.aliases,
+        world.sessions,
+        world.leases,
+        world.seen,
+        world.recorded_runs,
+    )
+
+
+def background_step_by_step(
+    request: ChannelRequest, *, run_id: str, now: float, settings: TurnSettings
+) -> Generator[fx.Effect, Any, background.RunRecord | TurnRefused]:
+    """How a host records a background run without the one trip: resolve, then the run."""
+    resolved = yield from resolve_turn(request, run_id=run_id, now=now, settings=settings)
+    if isinstance(resolved, TurnRefused):
+        return resolved
+    return background.new_run(
+        token=run_id,
+        request=request,
+        isolation_key=resolved.session_ref.isolation_key,
+        session_id=resolved.session_ref.session_id,
+        session_key=resolved.session_ref.key,
+        now=now,
+        max_attempts=MAX_ATTEMPTS,
+    )
+
+
+MAX_ATTEMPTS = 3
 
 
 @settings(max_examples=300, deadline=None)
@@ -143,3 +172,57 @@ def test_a_refused_stranger_is_decided_in_the_one_trip_and_leaves_nothing() -> N
     assert driven.kinds == ["OpenTurn"]
     assert isinstance(driven.outcome, TurnRefused)
     assert snapshot(world) == before
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.lists(st.tuples(requests(), st.booleans()), min_size=1, max_size=6),
+    st.sampled_from(["open", "allowlist"]),
+    st.booleans(),
+)
+def test_a_background_run_is_recorded_in_one_trip_as_step_by_step(
+    turns: list[tuple[ChannelRequest, bool]], profile: str, record_last_seen: bool
+) -> None:
+    """Rule 11 of ``turns``: the same key, session, last-seen record and run as resolving
+    the turn first and recording its run after, in one ``OpenTurn``; no lease is taken
+    (the worker takes it when it runs), and a foreground turn between background ones
+    finds the worlds alike."""
+    allowlist: Allowlist | None = None
+    if profile == "allowlist":
+        allowlist = NativeIdAllowlist({"telegram": ["0", "1"]})
+    turn_settings = attrs.evolve(
+        settings_for(allowlist, can_link=False), record_last_seen=record_last_seen
+    )
+    one_trip, stepwise = IdentityWorld(), IdentityWorld()
+    for n, (request, in_foreground) in enumerate(turns):
+        run_id = f"r{n}"
+        if request.session.private_until_reply and request.session.fork_key is not None:
+            private_key = attrs.evolve(request.session, fork_key=f"fresh-{run_id}")
+            request = attrs.evolve(request, session=private_key)
+        if in_foreground:
+            for world in (one_trip, stepwise):
+                world.drive(run_turn(request, run_id=run_id, now=world.now, settings=turn_settings))
+            assert snapshot(one_trip) == snapshot(stepwise)
+            continue
+        fast = one_trip.drive(
+            record_background_turn(
+                request,
+                run_id=run_id,
+                now=one_trip.now,
+                settings=turn_settings,
+                max_attempts=MAX_ATTEMPTS,
+            )
+        )
+        slow = stepwise.drive(
+            background_step_by_step(
+                request, run_id=run_id, now=stepwise.now, settings=turn_settings
+            )
+        )
+        if isinstance(slow.outcome, background.RunRecord):
+            stepwise.recorded_runs[run_id] = slow.outcome  # the host's create_run
+        assert fast.kinds == ["OpenTurn"]
+        assert fast.outcome == slow.outcome
+        assert snapshot(one_trip) == snapshot(stepwise)
+        if isinstance(fast.outcome, background.RunRecord):
+            assert one_trip.recorded_runs[run_id] == fast.outcome
+            assert fast.outcome.max_attempts == MAX_ATTEMPTS

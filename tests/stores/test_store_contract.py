@@ -6,6 +6,8 @@ this module passes for it unchanged.
 
 from __future__ import annotations
 
+from typing import Any
+
 import anyio
 import attrs
 import pytest
@@ -798,3 +800,52 @@ async def test_a_private_session_of_a_stranger_is_written_when_the_turn_opens(
     alias = await store.load_alias(ScopeKey("ik_r1", "responses:key:resp_1"))
     assert alias is not None and alias.session_id == "s_r1"
     assert await store.finish_run("s_r1", "r1", opened.session, 11.0)
+
+
+# --- recording a background run in one trip (``opening`` rule 6) --------------------
+
+
+def background_opening_for(
+    identity: ChannelIdentity, token: str, **options: Any
+) -> opening.Opening:
+    plan = opening_for(identity, token, **options)
+    request = attrs.evolve(make_run(token).request, identity=identity, channel=identity.channel)
+    return attrs.evolve(plan, background=opening.BackgroundRun(request, max_attempts=2))
+
+
+async def test_a_background_opening_records_the_run_with_its_session_and_no_lease(
+    store: Store,
+) -> None:
+    opened = await store.open_turn(background_opening_for(ALICE, "run_1"))
+    assert isinstance(opened, opening.Opened)
+    assert opened.lease is None and opened.session is None
+    assert opened.session_ref == SessionRef("ik_run_1", "s_run_1", None)
+    assert opened.run is not None
+    assert await store.get_run("run_1") == opened.run
+    assert (opened.run.session_id, opened.run.isolation_key) == ("s_run_1", "ik_run_1")
+    assert opened.run.status == RunStatus.QUEUED and opened.run.max_attempts == 2
+    assert (await store.load_context(ALICE, ScopeKey(None, "direct"))).alias is not None
+    assert [s.channel for s in await store.list_last_seen("ik_run_1")] == ["telegram"]
+    # No lease was taken: the worker's arrival, when it runs the turn, is granted at once.
+    answer = await store.apply_lease_event("s_run_1", leases.Arrive("run_1", ENQUEUE, 11.0, TTL))
+    assert isinstance(answer.decision, leases.Granted)
+    # A returning user's next background run goes to the same session.
+    again = await store.open_turn(background_opening_for(ALICE, "run_2", now=12.0))
+    assert isinstance(again, opening.Opened) and again.run is not None
+    assert again.run.session_id == "s_run_1" and again.run.isolation_key == "ik_run_1"
+
+
+async def test_a_refused_background_opening_records_no_run(store: Store) -> None:
+    closed = ChannelAccess(allowlist=NativeIdAllowlist({"telegram": ["someone-else"]}))
+    refused = await store.open_turn(background_opening_for(ALICE, "run_1", access=closed))
+    assert isinstance(refused, opening.Refused)
+    assert await store.get_run("run_1") is None
+    assert await store.load_context(ALICE, ScopeKey(None, "direct")) == RequestContext(None, None)
+
+
+async def test_a_background_opening_with_a_token_in_use_writes_nothing(store: Store) -> None:
+    await store.create_run(make_run("run_1"))
+    with pytest.raises(ValueError, match="run_1"):
+        await store.open_turn(background_opening_for(BOB, "run_1"))
+    assert await store.load_context(BOB, ScopeKey(None, "direct")) == RequestContext(None, None)
+    assert await store.list_last_seen("ik_run_1") == []

@@ -80,6 +80,21 @@ def requests(draw: st.DrawFn) -> ChannelRequest:
     )
 
 
+def settings_of(profile: str, record_last_seen: bool) -> TurnSettings:
+    allowlist: Allowlist | None = None
+    if profile == "allowlist":
+        allowlist = NativeIdAllowlist({"telegram": ["0", "1"]})
+    return attrs.evolve(settings_for(allowlist, can_link=False), record_last_seen=record_last_seen)
+
+
+def with_own_private_key(request: ChannelRequest, run_id: str) -> ChannelRequest:
+    """A private fork's key is minted for its request alone (``opening`` rule 5)."""
+    if request.session.private_until_reply and request.session.fork_key is not None:
+        private_key = attrs.evolve(request.session, fork_key=f"fresh-{run_id}")
+        return attrs.evolve(request, session=private_key)
+    return request
+
+
 def snapshot(world: IdentityWorld) -> tuple[Any, ...]:
     return (
         world.identities,
@@ -121,18 +136,11 @@ MAX_ATTEMPTS = 3
 def test_one_trip_and_step_by_step_decide_alike(
     turns: list[tuple[ChannelRequest, bool]], profile: str, record_last_seen: bool
 ) -> None:
-    allowlist: Allowlist | None = None
-    if profile == "allowlist":
-        allowlist = NativeIdAllowlist({"telegram": ["0", "1"]})
-    turn_settings = attrs.evolve(
-        settings_for(allowlist, can_link=False), record_last_seen=record_last_seen
-    )
+    turn_settings = settings_of(profile, record_last_seen)
     one_trip, stepwise = IdentityWorld(), IdentityWorld()
     for n, (request, busy) in enumerate(turns):
         run_id = f"r{n}"
-        if request.session.private_until_reply and request.session.fork_key is not None:
-            private_key = attrs.evolve(request.session, fork_key=f"fresh-{run_id}")
-            request = attrs.evolve(request, session=private_key)
+        request = with_own_private_key(request, run_id)
         if busy:
             # another run holds every existing session: a REJECT turn is refused, an
             # ENQUEUE one would wait forever here, so busy turns always reject
@@ -187,18 +195,11 @@ def test_a_background_run_is_recorded_in_one_trip_as_step_by_step(
     the turn first and recording its run after, in one ``OpenTurn``; no lease is taken
     (the worker takes it when it runs), and a foreground turn between background ones
     finds the worlds alike."""
-    allowlist: Allowlist | None = None
-    if profile == "allowlist":
-        allowlist = NativeIdAllowlist({"telegram": ["0", "1"]})
-    turn_settings = attrs.evolve(
-        settings_for(allowlist, can_link=False), record_last_seen=record_last_seen
-    )
+    turn_settings = settings_of(profile, record_last_seen)
     one_trip, stepwise = IdentityWorld(), IdentityWorld()
     for n, (request, in_foreground) in enumerate(turns):
         run_id = f"r{n}"
-        if request.session.private_until_reply and request.session.fork_key is not None:
-            private_key = attrs.evolve(request.session, fork_key=f"fresh-{run_id}")
-            request = attrs.evolve(request, session=private_key)
+        request = with_own_private_key(request, run_id)
         if in_foreground:
             for world in (one_trip, stepwise):
                 world.drive(run_turn(request, run_id=run_id, now=world.now, settings=turn_settings))

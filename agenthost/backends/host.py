@@ -595,10 +595,9 @@ class Host:
         if isinstance(recorded, turns.TurnRefused):
             _log_outcome(token, request.channel, recorded)
             return recorded
-        record = recorded
         worker.submit(token)
         log.info("background run accepted", extra={"token": token, "channel": request.channel})
-        return record.to_token()
+        return recorded.to_token()
 
     async def _record_background_run(
         self, request: ChannelRequest, token: str, now: float, protocol_request: Any

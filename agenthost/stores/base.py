@@ -307,13 +307,15 @@ class Store(abc.ABC):
 
     @abc.abstractmethod
     async def open_turn(self, plan: opening.Opening) -> opening.Outcome:
-        """Open a foreground turn in one transaction (one round trip).
+        """Open a foreground turn, or record a background one, in one transaction (one
+        round trip).
 
         Load :class:`opening.Loaded` (the identity's key and, when ``plan.access`` needs
         them, its facts; the alias of ``plan.scope`` under the owner it names or else under
         that key; the alias's lease and session), apply ``opening.decide`` and write exactly
         the records its ``Writes`` name: the identity's key, the last-seen record, the alias
-        with its empty session, the lease.
+        with its empty session, the lease, and a background plan's run (inserted as
+        :meth:`create_run` does: a token in use raises ``ValueError`` and writes nothing).
 
         For a plan with ``create_at_finish`` the store may load and decide outside a write
         transaction; when the decision's ``Writes`` are not ``empty`` it must then load and
